@@ -1,0 +1,2 @@
+//! # ftvm — command line
+fn main() {}
