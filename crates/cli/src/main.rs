@@ -1,2 +1,123 @@
 //! # ftvm — command line
-fn main() {}
+//!
+//! `ftvm run` boots a guest on the deterministic RISC-V machine with its
+//! UART on this terminal. The flags mirror `qemu-system-riscv64 -M virt`
+//! (`-kernel`, `-bios`, `-initrd`, `-append`, `-m`) so the same guest can be
+//! started on either and compared.
+//!
+//! The host side of the machine's input boundary lives here: this is the
+//! only place that reads the terminal and the host clock, and it hands what
+//! it reads to the machine as typed inputs at instruction boundaries.
+
+mod console;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use ftvm_board::{Firmware, MachineConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "ftvm",
+    version,
+    about = "Fault-tolerant virtual machines on a deterministic RISC-V (RV64GC) machine",
+    long_about = "Fault-tolerant virtual machines on a deterministic RISC-V (RV64GC) machine \
+                  that mirrors QEMU's `virt` board.\n\nSet RUST_LOG=debug for diagnostics."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a guest with its console on this terminal.
+    ///
+    /// The process exits with 0 when the guest powers off with the pass code
+    /// (sifive-test 0x5555, or HTIF tohost = 1), with the guest's own code
+    /// when it reports failure, and with 1 on a host-side error. Press
+    /// Ctrl-A then x to quit from an interactive terminal (Ctrl-A Ctrl-A
+    /// sends a Ctrl-A to the guest).
+    Run(RunArgs),
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// Kernel to boot: an ELF file (loaded at its physical addresses) or a
+    /// raw image (loaded at the start of RAM, or after the firmware).
+    #[arg(long, value_name = "FILE")]
+    kernel: PathBuf,
+
+    /// Firmware run before the kernel, in M-mode: `none` starts the kernel
+    /// itself in M-mode at its entry point (like QEMU's `-bios none`);
+    /// otherwise an ELF or raw firmware image (e.g. OpenSBI's fw_dynamic),
+    /// which is given the kernel's address like QEMU does.
+    #[arg(long, value_name = "none|FILE", default_value = "none")]
+    bios: String,
+
+    /// Initial ramdisk, advertised to the kernel in the device tree.
+    #[arg(long, value_name = "FILE")]
+    initrd: Option<PathBuf>,
+
+    /// Kernel command line (the device tree's /chosen/bootargs).
+    #[arg(long, value_name = "ARGS", default_value = "")]
+    append: String,
+
+    /// Guest RAM in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = MachineConfig::DEFAULT_MEMORY_MIB)]
+    memory: u64,
+
+    /// Stop after this many guest instructions (exit code 124, like
+    /// timeout(1)); for scripted runs that must end.
+    #[arg(long, value_name = "N")]
+    max_insns: Option<u64>,
+
+    /// Print the final instruction count and state digest on stderr when
+    /// the run ends, as `icount: N` and `final state digest: HEX`.
+    #[arg(long)]
+    digest: bool,
+}
+
+impl RunArgs {
+    fn machine_config(&self) -> MachineConfig {
+        let firmware = if self.bios == "none" {
+            Firmware::None
+        } else {
+            Firmware::File(PathBuf::from(&self.bios))
+        };
+        MachineConfig {
+            memory_mib: self.memory,
+            firmware,
+            kernel: self.kernel.clone(),
+            initrd: self.initrd.clone(),
+            append: self.append.clone(),
+            insns_per_tick: MachineConfig::DEFAULT_INSNS_PER_TICK,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match dispatch(Cli::parse()) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("ftvm: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Run(args) => run::run(&args),
+    }
+}

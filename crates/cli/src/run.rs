@@ -1,0 +1,167 @@
+//! `ftvm run`: drive one machine with the terminal as its console.
+//!
+//! The machine runs in slices of instructions; between slices its console
+//! output is written out and pending console input is injected. When the
+//! guest idles (WFI) the host really sleeps, until the guest's timer is due
+//! or a key arrives, and then tells the machine how much guest time passed.
+//! These injected inputs are the only non-determinism the machine sees.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use ftvm_board::{Input, Machine, Stop};
+
+use crate::console::{Console, ConsoleEvent, Wait};
+use crate::RunArgs;
+
+/// Instructions per slice: a few milliseconds of guest execution, short
+/// enough that console input and output feel immediate.
+const SLICE: u64 = 1 << 20;
+
+/// Length of one `mtime` tick (the board's timer runs at 10 MHz).
+const TICK: Duration = Duration::from_nanos(100);
+
+/// How a run ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    /// The guest powered off or exited through HTIF with this code.
+    Guest(u64),
+    /// `--max-insns` was reached.
+    InsnLimit,
+    /// The user pressed Ctrl-A x.
+    Quit,
+}
+
+pub fn run(args: &RunArgs) -> Result<ExitCode> {
+    let config = args.machine_config();
+    let mut machine = Machine::new(&config)?;
+    let mut console = Console::open()?;
+    let limit = args.max_insns.unwrap_or(u64::MAX);
+
+    let outcome = loop {
+        let stop = machine.run(machine.icount().saturating_add(SLICE).min(limit));
+        flush_console(&mut machine)?;
+        if inject_pending_input(&mut machine, &mut console) == Some(Outcome::Quit) {
+            break Outcome::Quit;
+        }
+        match stop {
+            Stop::Limit if machine.icount() >= limit => break Outcome::InsnLimit,
+            Stop::Limit => {}
+            Stop::Idle { wake_at } => {
+                if let Some(outcome) = sleep_while_idle(&mut machine, &mut console, wake_at)? {
+                    break outcome;
+                }
+            }
+            Stop::PowerOff { code } => break Outcome::Guest(u64::from(code)),
+            Stop::HtifExit { code } => break Outcome::Guest(code),
+            Stop::Reset => {
+                tracing::info!(icount = machine.icount(), "guest requested a reset");
+                machine = Machine::new(&config)?;
+            }
+        }
+    };
+    drop(console);
+
+    if args.digest {
+        eprintln!("icount: {}", machine.icount());
+        eprintln!("final state digest: {}", machine.digest());
+    }
+    Ok(match outcome {
+        Outcome::Guest(code) => guest_exit_code(code),
+        Outcome::InsnLimit => {
+            eprintln!(
+                "ftvm: stopped after {} instructions (--max-insns)",
+                machine.icount()
+            );
+            ExitCode::from(124)
+        }
+        Outcome::Quit => ExitCode::SUCCESS,
+    })
+}
+
+/// A guest's failure code as a process exit code: its low byte, but never
+/// 0 for a failure.
+fn guest_exit_code(code: u64) -> ExitCode {
+    match code {
+        0 => ExitCode::SUCCESS,
+        c if c & 0xff == 0 => ExitCode::FAILURE,
+        c => ExitCode::from((c & 0xff) as u8),
+    }
+}
+
+fn flush_console(machine: &mut Machine) -> Result<()> {
+    let bytes = machine.take_console_output();
+    if !bytes.is_empty() {
+        let mut stdout = std::io::stdout().lock();
+        stdout
+            .write_all(&bytes)
+            .and_then(|()| stdout.flush())
+            .context("writing the guest console to stdout")?;
+    }
+    Ok(())
+}
+
+/// Inject every console byte that has arrived. Returns `Some(Quit)` if the
+/// user asked to quit.
+fn inject_pending_input(machine: &mut Machine, console: &mut Console) -> Option<Outcome> {
+    while let Some(event) = console.poll() {
+        match event {
+            ConsoleEvent::Byte(byte) => machine.inject(Input::ConsoleByte(byte)),
+            ConsoleEvent::Quit => return Some(Outcome::Quit),
+        }
+    }
+    None
+}
+
+/// The guest waits for an interrupt: sleep on the host until its timer is
+/// due (`wake_at`, in `mtime` ticks) or console input arrives, then inject
+/// the guest time that passed and the input.
+fn sleep_while_idle(
+    machine: &mut Machine,
+    console: &mut Console,
+    wake_at: Option<u64>,
+) -> Result<Option<Outcome>> {
+    let now = machine.hart().mtime();
+    // A deadline already passed cannot wake the guest (its timer interrupt
+    // is masked); only input can.
+    let ticks_to_deadline = wake_at.filter(|&t| t > now).map(|t| t - now);
+    let timeout = ticks_to_deadline.map(|t| TICK.saturating_mul(u32::try_from(t).unwrap_or(u32::MAX)));
+    let started = Instant::now();
+    let event = match console.wait(timeout) {
+        Wait::Event(event) => Some(event),
+        Wait::TimedOut => None,
+        Wait::Closed => bail!(
+            "the guest is waiting for an interrupt with no timer armed and the console \
+             input is closed: it can never wake up"
+        ),
+    };
+    let slept = match (event.is_some(), ticks_to_deadline) {
+        (false, Some(ticks)) => ticks,
+        (_, deadline) => {
+            let elapsed = (started.elapsed().as_nanos() / TICK.as_nanos()) as u64;
+            deadline.map_or(elapsed, |d| elapsed.min(d))
+        }
+    };
+    machine.inject(Input::IdleSleep { ticks: slept });
+    match event {
+        Some(ConsoleEvent::Byte(byte)) => machine.inject(Input::ConsoleByte(byte)),
+        Some(ConsoleEvent::Quit) => return Ok(Some(Outcome::Quit)),
+        None => {}
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_codes_never_map_to_success() {
+        assert_eq!(guest_exit_code(0), ExitCode::SUCCESS);
+        assert_eq!(guest_exit_code(3), ExitCode::from(3));
+        assert_eq!(guest_exit_code(0x100), ExitCode::FAILURE);
+        assert_eq!(guest_exit_code(0x1ff), ExitCode::from(0xff));
+    }
+}

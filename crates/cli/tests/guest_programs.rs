@@ -1,0 +1,98 @@
+//! The project's own ISA and privilege test programs (`guest/`), run on
+//! ftvm: each must pass by its own checks, and where QEMU is installed its
+//! console output must equal QEMU `virt`'s byte for byte (differential
+//! test against the reference machine).
+
+mod support;
+
+use std::time::Duration;
+
+use support::{ftvm_run, guest_elf, qemu_available, qemu_run};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+fn check_program(name: &str) {
+    let elf = guest_elf(name);
+    let ours = ftvm_run(&elf, &["--max-insns", "2000000000"], LIMIT);
+    let text = ours.stdout_text();
+    assert!(
+        !ours.stderr.contains("panicked"),
+        "{name}: ftvm panicked:\n{}",
+        ours.stderr
+    );
+    assert_eq!(
+        ours.code,
+        Some(0),
+        "{name} failed on ftvm (exit {:?}):\n{text}\n{}",
+        ours.code,
+        ours.stderr
+    );
+    assert!(
+        text.contains("ok ") && !text.contains("FAIL"),
+        "{name}: unexpected output on ftvm:\n{text}"
+    );
+    if qemu_available() {
+        let reference = qemu_run(&elf, &[], LIMIT);
+        assert_eq!(reference.code, Some(0), "{name} failed on QEMU: {}", reference.stderr);
+        let theirs = reference.stdout_text();
+        if text != theirs {
+            let first = text
+                .lines()
+                .zip(theirs.lines())
+                .find(|(a, b)| a != b)
+                .map(|(a, b)| format!("first difference:\n  ftvm: {a}\n  qemu: {b}"))
+                .unwrap_or_else(|| "one output is a prefix of the other".into());
+            panic!("{name}: ftvm and QEMU disagree; {first}\n--- ftvm ---\n{text}\n--- qemu ---\n{theirs}");
+        }
+    } else {
+        eprintln!("qemu-system-riscv64 not installed: {name} checked on ftvm only");
+    }
+}
+
+macro_rules! guest_tests {
+    ($($test:ident => $program:literal,)*) => {
+        $(
+            #[test]
+            fn $test() {
+                check_program($program);
+            }
+        )*
+    };
+}
+
+guest_tests! {
+    rv64i => "rv64i",
+    rv64m => "rv64m",
+    rv64a => "rv64a",
+    rv64c => "rv64c",
+    rv64f => "rv64f",
+    rv64d => "rv64d",
+    zicsr => "zicsr",
+    traps => "traps",
+    interrupts => "interrupts",
+    sv39 => "sv39",
+    counters => "counters",
+}
+
+#[test]
+fn htif_tohost_pass_ends_the_run_with_code_zero() {
+    let run = ftvm_run(&guest_elf("htif"), &[], LIMIT);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(!run.stdout.is_empty(), "htif printed nothing");
+}
+
+#[test]
+fn htif_tohost_failure_code_becomes_the_exit_code() {
+    let run = ftvm_run(&guest_elf("htif-fail"), &[], LIMIT);
+    assert_eq!(run.code, Some(3), "{}", run.stderr);
+}
+
+#[test]
+fn bench_program_agrees_with_qemu() {
+    let elf = guest_elf("bench");
+    let ours = ftvm_run(&elf, &[], LIMIT);
+    assert_eq!(ours.code, Some(0), "{}", ours.stderr);
+    if qemu_available() {
+        assert_eq!(ours.stdout_text(), qemu_run(&elf, &[], LIMIT).stdout_text());
+    }
+}

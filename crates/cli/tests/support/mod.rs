@@ -1,0 +1,169 @@
+//! Shared by the integration tests and the benchmarks: building the guest
+//! programs under `guest/`, and running ftvm or QEMU on one with a time
+//! limit.
+#![allow(dead_code)] // each test binary uses a different part of this
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use wait_timeout::ChildExt;
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Build every guest program (once per test binary) and return the
+/// directory holding the ELFs. The cross compiler is a hard requirement:
+/// `.ci/run` installs it.
+pub fn guest_build_dir() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let guest = repo_root().join("guest");
+            let output = Command::new("make")
+                .arg("-s")
+                .arg("-C")
+                .arg(&guest)
+                .output()
+                .expect("running make (is it installed?)");
+            assert!(
+                output.status.success(),
+                "building the guest programs failed (is gcc-riscv64-linux-gnu installed?):\n{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            guest.join("build")
+        })
+        .clone()
+}
+
+pub fn guest_elf(name: &str) -> PathBuf {
+    let path = guest_build_dir().join(format!("{name}.elf"));
+    assert!(path.exists(), "guest program {} was not built", path.display());
+    path
+}
+
+pub fn ftvm_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ftvm"))
+}
+
+/// What a finished (or killed) process left behind.
+#[derive(Debug)]
+pub struct Finished {
+    /// `None` if it was killed at the time limit or by a signal.
+    pub code: Option<i32>,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+    pub elapsed: Duration,
+    pub timed_out: bool,
+}
+
+impl Finished {
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+}
+
+/// Run `cmd` with stdin closed, capturing its output, killing it after
+/// `limit`.
+pub fn run_limited(mut cmd: Command, limit: Duration) -> Finished {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let started = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+    let mut stdout_pipe = child.stdout.take().expect("piped stdout");
+    let mut stderr_pipe = child.stderr.take().expect("piped stderr");
+    let out_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stdout_pipe.read_to_end(&mut buf);
+        buf
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stderr_pipe.read_to_end(&mut buf);
+        buf
+    });
+    let status = child.wait_timeout(limit).expect("waiting for the child");
+    let timed_out = status.is_none();
+    let status = match status {
+        Some(status) => status,
+        None => {
+            let _ = child.kill();
+            child.wait().expect("reaping the killed child")
+        }
+    };
+    let elapsed = started.elapsed();
+    Finished {
+        code: status.code(),
+        stdout: out_reader.join().unwrap_or_default(),
+        stderr: String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned(),
+        elapsed,
+        timed_out,
+    }
+}
+
+/// `ftvm run --bios none --kernel ELF` plus `extra` arguments.
+pub fn ftvm_run(elf: &Path, extra: &[&str], limit: Duration) -> Finished {
+    let mut cmd = Command::new(ftvm_bin());
+    cmd.args(["run", "--bios", "none", "--kernel"]).arg(elf).args(extra);
+    run_limited(cmd, limit)
+}
+
+pub fn qemu_available() -> bool {
+    Command::new("qemu-system-riscv64")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// QEMU's `rv64` CPU restricted to what ftvm implements (RV64GC, Zicsr,
+/// Zifencei): its default adds H, bitmanip, Sstc and more, which would show
+/// in `misa`, the device tree and the instructions that work.
+pub const QEMU_CPU: &str = "rv64,h=false,zba=false,zbb=false,zbc=false,zbs=false,sstc=false,\
+                            Zihintpause=false,svinval=false,svnapot=false,svpbmt=false";
+
+/// `qemu-system-riscv64 -M virt -cpu QEMU_CPU -bios none -kernel ELF` plus
+/// `extra`.
+pub fn qemu_run(elf: &Path, extra: &[&str], limit: Duration) -> Finished {
+    let mut cmd = Command::new("qemu-system-riscv64");
+    cmd.args([
+        "-M",
+        "virt",
+        "-cpu",
+        QEMU_CPU,
+        "-m",
+        "128",
+        "-nographic",
+        "-monitor",
+        "none",
+        "-bios",
+        "none",
+        "-kernel",
+    ])
+    .arg(elf)
+    .args(extra);
+    run_limited(cmd, limit)
+}
+
+/// Parse the `icount: N` and `final state digest: HEX` lines of
+/// `ftvm run --digest`.
+pub fn parse_digest(stderr: &str) -> (u64, String) {
+    let icount = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("icount: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no icount line in:\n{stderr}"));
+    let digest = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("final state digest: "))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| panic!("no digest line in:\n{stderr}"));
+    (icount, digest)
+}
