@@ -5,7 +5,7 @@ volatile u64 s_trap_count, s_last_cause, s_last_tval, s_last_epc, s_last_sstatus
 int (*volatile m_hook)(struct frame *f, u64 cause);
 int (*volatile s_hook)(struct frame *f, u64 cause);
 static u64 n_checks, n_fail;
-extern char mode_return[];
+extern char mode_return[], mode_exit_ecall[];
 
 void *memset(void *d, int c, unsigned long n) { unsigned char *p = d; while (n--) *p++ = (unsigned char)c; return d; }
 void *memcpy(void *d, const void *s, unsigned long n) { unsigned char *p = d; const unsigned char *q = s; while (n--) *p++ = *q++; return d; }
@@ -77,7 +77,7 @@ static u64 insn_len_at(u64 pc) {
 void m_trap(struct frame *f) {
   u64 cause = csrr(mcause);
   if (cause == 8 || cause == 9 || cause == 11) {
-    if (f->r[17] == ECALL_MAGIC) {
+    if (f->r[17] == ECALL_MAGIC && csrr(mepc) == (u64)mode_exit_ecall) {
       /* return to M-mode at mode_return with a0 intact */
       csrs(mstatus, 3UL << 11);
       csrw(mepc, (u64)mode_return);
@@ -104,11 +104,11 @@ void m_trap(struct frame *f) {
 
 void s_trap(struct frame *f) {
   u64 cause = csrr(scause);
-  if (cause == 8 && f->r[17] == ECALL_MAGIC) {
+  if (cause == 8 && f->r[17] == ECALL_MAGIC && csrr(sepc) == (u64)mode_exit_ecall) {
     /* forward the mode-exit request to M */
     register u64 a0 asm("a0") = f->r[10];
     register u64 a7 asm("a7") = ECALL_MAGIC;
-    asm volatile("ecall" :: "r"(a0), "r"(a7));
+    asm volatile("j mode_exit_ecall" :: "r"(a0), "r"(a7));
   }
   s_trap_count++;
   s_last_cause = cause;

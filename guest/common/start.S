@@ -82,6 +82,8 @@ run_in_mode:
   .globl mode_exit_stub
 mode_exit_stub:
   li a7, ECALL_MAGIC
+  .globl mode_exit_ecall
+mode_exit_ecall:
   ecall
 1: j 1b
   .globl mode_return
