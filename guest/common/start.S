@@ -75,6 +75,8 @@ run_in_mode:
   csrc mstatus, t1
   slli t1, a0, 11
   csrs mstatus, t1
+  li t1, (1 << 7)
+  csrc mstatus, t1
   csrw mepc, a1
   mv a0, a2
   la ra, mode_exit_stub
@@ -88,6 +90,7 @@ mode_exit_ecall:
 1: j 1b
   .globl mode_return
 mode_return:
+  csrci mstatus, 8
   la t0, mode_ctx
   ld ra, 0(t0)
   ld sp, 8(t0)
