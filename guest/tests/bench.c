@@ -99,6 +99,10 @@ int main(void) {
   puts_("bench: iters "); putdec(BENCH_ITERS);
   puts_(" crc "); puthex(crc);
   puts_(" checksum "); puthex(sum); putc_('\n');
+#ifdef BENCH_REPORT_INSTRET
+  /* measurement build only (not deterministic across machines): instructions retired so far */
+  puts_("instret "); putdec(csrr(minstret)); putc_('\n');
+#endif
   CHECK("bench completed", 1, 1);
   finish();
 }
