@@ -83,11 +83,10 @@ int main(void) {
     CHECK("jalr odd target bit0 cleared", r, 7);
     asm volatile("la %0, 3f\n jalr %0, 0(%0)\n 3:" : "=&r"(link) :: "memory");
     (void)link; }
-  { u64 link, exp; asm volatile("la t0, 1f\n jalr %0, -4(t0)\n nop\n 1: nop\n" : "=&r"(link) :: "t0"); 
-    asm volatile("auipc %0, 0" : "=r"(exp)); (void)exp; CHECK("jalr negative offset lands", 1, 1); }
-  { u64 r; asm volatile("la t0, 1f\n jalr t0, 0(t0)\n 1: mv %0, t0\n" : "=r"(r) :: "t0");
-    u64 l; asm volatile("la %0, 1f\n addi %0,%0,0\n 1:" : "=r"(l)); (void)l;
-    CHECK("jalr rd==rs1 uses old rs1 (link != target)", r != 0, 1); }
+  { u64 r; asm volatile("la t0, 2f\n addi t0, t0, 8\n li %0, 0\n jalr zero, -8(t0)\n li %0, 1\n 2: addi %0, %0, 2" : "=&r"(r) :: "t0");
+    CHECK("jalr negative offset", r, 2); }
+  { u64 m, d; asm volatile(".option push\n.option norvc\n li %0, 0\n la t0, 2f\n jalr t0, 0(t0)\n 1: li %0, 1\n 2: la %1, 1b\n sub %1, t0, %1\n.option pop" : "=&r"(m), "=&r"(d) :: "t0");
+    CHECK("jalr rd==rs1: jumps to old rs1", m, 0); CHECK("jalr rd==rs1: link = pc+4", d, 0); }
   { u64 z; asm volatile("addi x0, x0, 5\n mv %0, x0" : "=r"(z)); CHECK("x0 hardwired", z, 0); }
   /* loads */
   volatile unsigned char *m = (volatile unsigned char *)mem;

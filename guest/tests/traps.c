@@ -190,6 +190,7 @@ int main(void) {
   CHECK("medeleg: ecall from U goes to S (scause 8)", s_last_cause, 8);
   CHECK("medeleg: sepc", s_last_epc, ecall_pc);
   CHECK("medeleg: SPP=U", !!(s_last_sstatus & MSTATUS_SPP), 0);
+  CHECK("medeleg: SIE cleared in S handler", !!(s_last_sstatus & 2), 0);
   reset_traps();
   do_illegal(0);
   CHECK("medeleg: illegal in M stays in M", last_cause, 2);
