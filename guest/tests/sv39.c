@@ -17,7 +17,7 @@ static u64 root_s[512] __attribute__((aligned(4096)));
 static u64 root_u[512] __attribute__((aligned(4096)));
 static u64 l1[512] __attribute__((aligned(4096)));
 static u64 l0[512] __attribute__((aligned(4096)));
-static volatile u64 pages[10][512] __attribute__((aligned(4096)));
+static volatile u64 pages[11][512] __attribute__((aligned(4096)));
 static volatile u64 target_var = 0x1badb002;
 
 #define TVA 0x40000000UL               /* 4K test pages: TVA + k*4K */
@@ -27,7 +27,7 @@ static volatile u64 target_var = 0x1badb002;
 #define GIG_VA 0xc0000000UL            /* 1G alias of 0x80000000 */
 #define UNMAPPED_VA 0x100000000UL      /* root[4]: invalid */
 
-enum { P_RW, P_RO, P_XO, P_INV, P_URW, P_RSVD, P_WO, P_RW2, P_ALT, P_UX };
+enum { P_RW, P_RO, P_XO, P_INV, P_URW, P_RSVD, P_WO, P_RW2, P_ALT, P_UX, P_RSVD54 };
 #define VA(k) (TVA + (u64)(k) * 4096)
 
 static u64 s_load(u64 va) { return *(volatile u64 *)va; }
@@ -45,7 +45,7 @@ static u64 s_sfence_test(u64 va) {
 }
 
 static void setup(void) {
-  for (int k = 0; k < 10; k++) { pages[k][0] = 0x1000 + k; pages[k][1] = 0; }
+  for (int k = 0; k < 11; k++) { pages[k][0] = 0x1000 + k; pages[k][1] = 0; }
   for (int i = 0; i < 512; i++) { root_s[i] = 0; root_u[i] = 0; l1[i] = 0; l0[i] = 0; }
   root_s[2] = PTE(0x80000000UL, V | R | W | X | A | D);        /* 1G identity, S */
   root_s[3] = PTE(0x80000000UL, V | R | A | D);              /* 1G alias at 0xc0000000 */
@@ -61,6 +61,7 @@ static void setup(void) {
   l0[P_INV] = PTE(&pages[P_INV][0], R | W | A | D);
   l0[P_URW] = PTE(&pages[P_URW][0], V | R | W | U | A | D);
   l0[P_RSVD] = PTE(&pages[P_RSVD][0], V | R | W | A | D) | (1UL << 61); /* PBMT without Svpbmt */
+  l0[P_RSVD54] = PTE(&pages[P_RSVD54][0], V | R | W | A | D) | (1UL << 54);
   l0[P_WO] = PTE(&pages[P_WO][0], V | W | A | D);               /* W without R: reserved */
   l0[P_RW2] = PTE(&pages[P_RW2][0], V | R | W | A);             /* D clear */
   l0[P_UX] = PTE(&pages[P_UX][0], V | R | X | U | A);
@@ -113,6 +114,7 @@ int main(void) {
   FAULT("S load misaligned 2M superpage", 1, s_load, BADSUPER_VA, 13);
   FAULT("S load W-without-R PTE", 1, s_load, VA(P_WO), 13);
   FAULT("S load PTE with PBMT bits (no Svpbmt)", 1, s_load, VA(P_RSVD), 13);
+  FAULT("S load PTE with reserved bit 54", 1, s_load, VA(P_RSVD54), 13);
   FAULT("S store 1G alias (not writable)", 1, s_store, GIG_VA + 0x100000, 15);
   FAULT("S load non-canonical VA", 1, s_load, 0x0000008000000000UL, 13);
   /* SUM / MXR */
