@@ -31,11 +31,15 @@ int main(void) {
   CHECK("mhartid", csrr(mhartid), 0);
   v = csrr(misa);
   CHECK("misa MXL=2 (RV64)", v >> 62, 2);
-  CHECK("misa has I M A F D C S U", v & 0x14112d, 0x14112d);
-  /* QEMU 7.2 default misa = 0x80000000001411ad (includes H); ftvm is RV64GC, H not asserted */
+  /* exactly RV64 IMAFDCSU: QEMU runs with -cpu rv64,h=false,... (see Makefile) */
+  CHECK("misa is RV64 IMAFDCSU", v, 0x800000000014112dUL);
   CHECK("mvendorid", csrr(mvendorid), 0);
-  CHECK("marchid (QEMU 7.2 value)", csrr(marchid), 0x70216);
-  CHECK("mimpid (QEMU 7.2 value)", csrr(mimpid), 0x70216);
+  /* marchid/mimpid are implementation-defined (QEMU puts its version there):
+     only their readability is architectural */
+  reset_traps();
+  (void)csrr(marchid);
+  (void)csrr(mimpid);
+  CHECK("marchid/mimpid readable", trap_count, 0);
   /* read-only CSR writes trap */
   reset_traps();
   asm volatile("csrw mhartid, %0" :: "r"(1UL));
