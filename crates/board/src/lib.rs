@@ -19,9 +19,15 @@
 //! and taken by the host with [`Machine::take_console_output`], so that a
 //! later layer can hold them (the output rule) or drop them (a backup).
 
+mod devices;
+mod fdt;
+mod loader;
+mod machine;
+
 use std::path::PathBuf;
 
 pub use ftvm_cpu::{Exit, Hart, HartConfig};
+pub use machine::{Machine, Snapshot};
 
 /// Errors building a machine. Each names the offending file and problem in
 /// one line.
@@ -106,12 +112,6 @@ pub enum Stop {
     HtifExit { code: u64 },
 }
 
-/// A whole-machine snapshot: hart, devices and RAM.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Snapshot {
-    // filled in by the board implementation
-}
-
 /// A state digest (BLAKE3 over hart state, device state and RAM).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Digest(pub [u8; 32]);
@@ -122,51 +122,5 @@ impl std::fmt::Display for Digest {
             write!(f, "{b:02x}")?;
         }
         Ok(())
-    }
-}
-
-pub struct Machine {
-    // filled in by the board implementation
-}
-
-impl Machine {
-    /// Build the machine: load firmware, kernel and initrd, generate the
-    /// device tree, set the reset state.
-    pub fn new(config: &MachineConfig) -> Result<Machine, BoardError> {
-        let _ = config;
-        todo!("board: Machine::new")
-    }
-    /// Run until `icount` reaches `icount_limit` or a [`Stop`] condition.
-    pub fn run(&mut self, icount_limit: u64) -> Stop {
-        let _ = icount_limit;
-        todo!("board: Machine::run")
-    }
-    /// Apply one input at the current icount.
-    pub fn inject(&mut self, input: Input) {
-        let _ = input;
-        todo!()
-    }
-    /// Console bytes the guest wrote since the last call (UART and HTIF).
-    pub fn take_console_output(&mut self) -> Vec<u8> {
-        todo!()
-    }
-    pub fn icount(&self) -> u64 {
-        todo!()
-    }
-    pub fn hart(&self) -> &Hart {
-        todo!()
-    }
-    pub fn hart_mut(&mut self) -> &mut Hart {
-        todo!()
-    }
-    pub fn snapshot(&self) -> Snapshot {
-        todo!()
-    }
-    pub fn restore(&mut self, snapshot: &Snapshot) -> Result<(), BoardError> {
-        let _ = snapshot;
-        todo!()
-    }
-    pub fn digest(&self) -> Digest {
-        todo!()
     }
 }

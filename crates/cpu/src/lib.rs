@@ -24,7 +24,14 @@
 //! `icount` itself is the machine's clock of record and is never written by
 //! the guest.
 
+mod csr;
 pub mod fpu;
+mod hart;
+mod ram;
+mod rvc;
+
+pub use hart::{Hart, HartState};
+pub use ram::Ram;
 
 use serde::{Deserialize, Serialize};
 
@@ -59,10 +66,12 @@ pub struct BusFault {
 ///
 /// `size` is 1, 2, 4 or 8 and the address is naturally aligned for it (the
 /// hart splits misaligned MMIO accesses into byte accesses). Values are
-/// little-endian, zero-extended in the low `size` bytes.
+/// little-endian, zero-extended in the low `size` bytes. `icount` is the
+/// instruction count of the accessing instruction, so that devices whose
+/// registers depend on guest time (the CLINT's `mtime`) read it exactly.
 pub trait Bus {
-    fn load(&mut self, paddr: u64, size: u8) -> Result<u64, BusFault>;
-    fn store(&mut self, paddr: u64, size: u8, value: u64) -> Result<(), BusFault>;
+    fn load(&mut self, paddr: u64, size: u8, icount: u64) -> Result<u64, BusFault>;
+    fn store(&mut self, paddr: u64, size: u8, value: u64, icount: u64) -> Result<(), BusFault>;
 }
 
 /// Why [`Hart::run`] returned.
@@ -126,151 +135,3 @@ pub struct HartConfig {
     pub insns_per_tick: u64,
 }
 
-/// Guest RAM: one contiguous block of physical memory at `base`.
-///
-/// Host-side writes (loader, device DMA at an instruction boundary, snapshot
-/// restore) go through [`Ram::write`] / [`Ram::restore_bytes`], which keep
-/// the hart's decoded-instruction cache coherent.
-pub struct Ram {
-    // filled in by the CPU implementation
-}
-
-impl Ram {
-    pub fn new(base: u64, size: u64) -> Self {
-        let _ = (base, size);
-        todo!("cpu: Ram::new")
-    }
-    pub fn base(&self) -> u64 {
-        todo!()
-    }
-    pub fn size(&self) -> u64 {
-        todo!()
-    }
-    /// True if `[paddr, paddr+len)` lies wholly in RAM.
-    pub fn contains(&self, paddr: u64, len: u64) -> bool {
-        let _ = (paddr, len);
-        todo!()
-    }
-    /// The whole of RAM (for digests and snapshots).
-    pub fn bytes(&self) -> &[u8] {
-        todo!()
-    }
-    pub fn read(&self, paddr: u64, buf: &mut [u8]) -> Result<(), BusFault> {
-        let _ = (paddr, buf);
-        todo!()
-    }
-    pub fn write(&mut self, paddr: u64, data: &[u8]) -> Result<(), BusFault> {
-        let _ = (paddr, data);
-        todo!()
-    }
-    /// Replace the whole of RAM (snapshot restore). `data.len()` must equal `size()`.
-    pub fn restore_bytes(&mut self, data: &[u8]) -> Result<(), BusFault> {
-        let _ = data;
-        todo!()
-    }
-}
-
-/// Architectural state of the hart except RAM: registers, CSRs, privilege,
-/// icount, clock, reservation. Serializable for snapshots; two harts with
-/// equal `HartState` and equal RAM behave identically.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HartState {
-    // filled in by the CPU implementation
-}
-
-pub struct Hart {
-    // filled in by the CPU implementation
-}
-
-impl Hart {
-    /// A hart at reset: M-mode, pc = ram_base, all registers zero, icount 0.
-    pub fn new(config: HartConfig) -> Self {
-        let _ = config;
-        todo!("cpu: Hart::new")
-    }
-    pub fn config(&self) -> &HartConfig {
-        todo!()
-    }
-    pub fn ram(&self) -> &Ram {
-        todo!()
-    }
-    pub fn ram_mut(&mut self) -> &mut Ram {
-        todo!()
-    }
-    /// Execute until `icount == icount_limit` or an [`Exit`] condition. If
-    /// `icount >= icount_limit` on entry, returns `Exit::Limit` at once
-    /// without executing. Pending enabled interrupts are taken before the
-    /// first instruction.
-    pub fn run<B: Bus>(&mut self, bus: &mut B, icount_limit: u64) -> Exit {
-        let _ = (bus, icount_limit);
-        todo!("cpu: Hart::run")
-    }
-    pub fn icount(&self) -> u64 {
-        todo!()
-    }
-    pub fn pc(&self) -> u64 {
-        todo!()
-    }
-    pub fn set_pc(&mut self, pc: u64) {
-        let _ = pc;
-        todo!()
-    }
-    pub fn xreg(&self, index: usize) -> u64 {
-        let _ = index;
-        todo!()
-    }
-    /// Writes to x0 are ignored.
-    pub fn set_xreg(&mut self, index: usize, value: u64) {
-        let _ = (index, value);
-        todo!()
-    }
-    pub fn freg(&self, index: usize) -> u64 {
-        let _ = index;
-        todo!()
-    }
-    pub fn privilege(&self) -> Privilege {
-        todo!()
-    }
-    /// Drive the board-owned bits of `mip` ([`irq::BOARD_DRIVEN`]): bits in
-    /// `mask` take their value from `value`.
-    pub fn set_irq_lines(&mut self, mask: u64, value: u64) {
-        let _ = (mask, value);
-        todo!()
-    }
-    /// True if an interrupt is pending and enabled in `mie` (the WFI wake-up
-    /// condition, independent of the global enable bits).
-    pub fn wfi_wakeup_pending(&self) -> bool {
-        todo!()
-    }
-    pub fn clock(&self) -> &GuestClock {
-        todo!()
-    }
-    pub fn clock_mut(&mut self) -> &mut GuestClock {
-        todo!()
-    }
-    /// Current guest time (`mtime`).
-    pub fn mtime(&self) -> u64 {
-        self.clock().mtime(self.icount())
-    }
-    /// Make stores that touch the 8 bytes at `paddr` (in RAM) end `run` with
-    /// [`Exit::StoreWatch`] once they have completed (HTIF `tohost`).
-    pub fn watch_store(&mut self, paddr: u64) {
-        let _ = paddr;
-        todo!()
-    }
-    /// Read a CSR by number as the hardware would in M-mode (for debugging
-    /// and tests); `None` if it does not exist.
-    pub fn csr(&self, number: u16) -> Option<u64> {
-        let _ = number;
-        todo!()
-    }
-    pub fn state(&self) -> HartState {
-        todo!()
-    }
-    /// Restore architectural state; caches are flushed. RAM is restored
-    /// separately through [`Ram::restore_bytes`].
-    pub fn restore(&mut self, state: &HartState) {
-        let _ = state;
-        todo!()
-    }
-}

@@ -1,0 +1,434 @@
+//! The machine: the hart, the devices on its bus, and the run loop that
+//! connects them at instruction boundaries.
+
+use ftvm_cpu::{irq, Bus, BusFault, Exit, GuestClock, Hart, HartConfig, HartState};
+use serde::{Deserialize, Serialize};
+
+use crate::devices::{
+    empty_virtio_load, sifive_test_request, Clint, ClintEffect, Plic, TestRequest, Uart,
+    SIFIVE_TEST_BASE, SIFIVE_TEST_SIZE, VIRTIO_BASE, VIRTIO_SLOTS, VIRTIO_SLOT_SIZE,
+};
+use crate::{fdt, loader, BoardError, Digest, Firmware, Input, MachineConfig, Stop};
+
+const RAM_BASE: u64 = 0x8000_0000;
+const TIMEBASE_HZ: u32 = 10_000_000;
+
+/// Everything on the bus except RAM. Its state is part of snapshots.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Devices {
+    clint: Clint,
+    plic: Plic,
+    uart: Uart,
+    /// HTIF mailbox addresses (from the kernel ELF's symbols).
+    tohost: Option<u64>,
+}
+
+/// The bus as the hart sees it during `Hart::run`: the devices plus what an
+/// access asked of the machine, collected for after the run returns.
+struct BusView<'a> {
+    devices: &'a mut Devices,
+    clock: GuestClock,
+    console: &'a mut Vec<u8>,
+    test_request: Option<TestRequest>,
+    set_mtime: Option<(u64, u64)>,
+}
+
+impl Bus for BusView<'_> {
+    fn load(&mut self, paddr: u64, size: u8, icount: u64) -> Result<u64, BusFault> {
+        let fault = BusFault { addr: paddr };
+        let d = &mut *self.devices;
+        match paddr {
+            a if (Clint::BASE..Clint::BASE + Clint::SIZE).contains(&a) => d
+                .clint
+                .load(a - Clint::BASE, size, self.clock.mtime(icount))
+                .ok_or(fault),
+            a if (Plic::BASE..Plic::BASE + Plic::SIZE).contains(&a) => {
+                d.plic.load(a - Plic::BASE, size).ok_or(fault)
+            }
+            a if (Uart::BASE..Uart::BASE + Uart::SIZE).contains(&a) && size == 1 => {
+                Ok(u64::from(d.uart.load(a - Uart::BASE)))
+            }
+            a if (SIFIVE_TEST_BASE..SIFIVE_TEST_BASE + SIFIVE_TEST_SIZE).contains(&a) => Ok(0),
+            a if (VIRTIO_BASE..VIRTIO_BASE + VIRTIO_SLOTS * VIRTIO_SLOT_SIZE).contains(&a)
+                && size == 4 =>
+            {
+                Ok(empty_virtio_load((a - VIRTIO_BASE) % VIRTIO_SLOT_SIZE))
+            }
+            _ => Err(fault),
+        }
+    }
+
+    fn store(&mut self, paddr: u64, size: u8, value: u64, icount: u64) -> Result<(), BusFault> {
+        let fault = BusFault { addr: paddr };
+        let d = &mut *self.devices;
+        match paddr {
+            a if (Clint::BASE..Clint::BASE + Clint::SIZE).contains(&a) => {
+                let mtime = self.clock.mtime(icount);
+                if let ClintEffect::SetMtime(v) = d.clint.store(a - Clint::BASE, size, value, mtime)
+                {
+                    self.set_mtime = Some((icount, v));
+                }
+                Ok(())
+            }
+            a if (Plic::BASE..Plic::BASE + Plic::SIZE).contains(&a) => {
+                d.plic.store(a - Plic::BASE, size, value).ok_or(fault)
+            }
+            a if (Uart::BASE..Uart::BASE + Uart::SIZE).contains(&a) && size == 1 => {
+                if let Some(byte) = d.uart.store(a - Uart::BASE, value as u8) {
+                    self.console.push(byte);
+                }
+                Ok(())
+            }
+            a if (SIFIVE_TEST_BASE..SIFIVE_TEST_BASE + SIFIVE_TEST_SIZE).contains(&a) => {
+                if let Some(req) = sifive_test_request(a - SIFIVE_TEST_BASE, value) {
+                    self.test_request = Some(req);
+                }
+                Ok(())
+            }
+            a if (VIRTIO_BASE..VIRTIO_BASE + VIRTIO_SLOTS * VIRTIO_SLOT_SIZE).contains(&a) => {
+                Ok(())
+            }
+            _ => Err(fault),
+        }
+    }
+}
+
+pub struct Machine {
+    hart: Hart,
+    devices: Devices,
+    console: Vec<u8>,
+    ram_size: u64,
+}
+
+/// A whole-machine snapshot: hart, devices and RAM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    ram_size: u64,
+    hart: HartState,
+    devices: Devices,
+    ram: Vec<u8>,
+}
+
+const SNAPSHOT_MAGIC: &[u8; 8] = b"FTVMSNAP";
+const SNAPSHOT_VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotHeader {
+    ram_size: u64,
+    hart: HartState,
+    devices: Devices,
+}
+
+impl Snapshot {
+    /// `FTVMSNAP`, a version, the length of the header, the header
+    /// (postcard: RAM size, hart and devices), then RAM raw.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let header = SnapshotHeader {
+            ram_size: self.ram_size,
+            hart: self.hart.clone(),
+            devices: self.devices.clone(),
+        };
+        // Serialising plain owned data into a Vec cannot fail.
+        let header = postcard::to_stdvec(&header).unwrap_or_default();
+        let mut out = Vec::with_capacity(16 + header.len() + self.ram.len());
+        out.extend_from_slice(SNAPSHOT_MAGIC);
+        out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+        out.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        out.extend_from_slice(&header);
+        out.extend_from_slice(&self.ram);
+        out
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Snapshot, BoardError> {
+        let bad = |what: &str| BoardError::Snapshot(what.to_string());
+        if bytes.len() < 16 || &bytes[..8] != SNAPSHOT_MAGIC {
+            return Err(bad("not an ftvm snapshot"));
+        }
+        let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+        if version != SNAPSHOT_VERSION {
+            return Err(bad(&format!("unsupported snapshot version {version}")));
+        }
+        let len = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]) as usize;
+        let header_bytes = bytes
+            .get(16..16 + len)
+            .ok_or_else(|| bad("truncated header"))?;
+        let header: SnapshotHeader =
+            postcard::from_bytes(header_bytes).map_err(|e| bad(&format!("corrupt header: {e}")))?;
+        let ram = &bytes[16 + len..];
+        if ram.len() as u64 != header.ram_size {
+            return Err(bad("RAM image has the wrong size"));
+        }
+        Ok(Snapshot {
+            ram_size: header.ram_size,
+            hart: header.hart,
+            devices: header.devices,
+            ram: ram.to_vec(),
+        })
+    }
+}
+
+impl Machine {
+    /// Build the machine: load firmware, kernel and initrd, generate the
+    /// device tree, set the reset state.
+    pub fn new(config: &MachineConfig) -> Result<Machine, BoardError> {
+        let ram_size = config
+            .memory_mib
+            .checked_mul(1 << 20)
+            .filter(|&s| (16 << 20..=(64u64 << 30)).contains(&s))
+            .ok_or_else(|| {
+                BoardError::Config(format!(
+                    "memory must be between 16 MiB and 64 GiB, not {} MiB",
+                    config.memory_mib
+                ))
+            })?;
+        if config.insns_per_tick == 0 {
+            return Err(BoardError::Config("insns_per_tick must be at least 1".into()));
+        }
+        let mut hart = Hart::new(HartConfig {
+            hart_id: 0,
+            ram_base: RAM_BASE,
+            ram_size,
+            insns_per_tick: config.insns_per_tick,
+        });
+        let ram = hart.ram_mut();
+
+        let kernel_bytes = loader::read(&config.kernel)?;
+        let (start_pc, kernel, fw_dynamic) = match &config.firmware {
+            Firmware::None => {
+                let kernel = loader::load_image(ram, &config.kernel, &kernel_bytes, RAM_BASE)?;
+                (kernel.entry, kernel, false)
+            }
+            Firmware::File(path) => {
+                let fw_bytes = loader::read(path)?;
+                let fw = loader::load_image(ram, path, &fw_bytes, RAM_BASE)?;
+                let kernel_base = loader::kernel_start_after(fw.end);
+                let kernel = loader::load_image(ram, &config.kernel, &kernel_bytes, kernel_base)?;
+                if kernel.start < fw.end {
+                    return Err(BoardError::TooLarge {
+                        path: config.kernel.clone(),
+                        what: format!("it overlaps the firmware, which ends at {:#x}", fw.end),
+                    });
+                }
+                (fw.entry, kernel, true)
+            }
+        };
+        let initrd = match &config.initrd {
+            Some(path) => Some(loader::load_initrd(ram, path, kernel.entry)?),
+            None => None,
+        };
+
+        let blob = fdt::build(&fdt::FdtParams {
+            ram_base: RAM_BASE,
+            ram_size,
+            bootargs: &config.append,
+            initrd,
+            timebase_frequency: TIMEBASE_HZ,
+        })
+        .map_err(|e| BoardError::Config(format!("building the device tree: {e}")))?;
+        let fdt_addr = loader::fdt_address(ram, blob.len() as u64);
+        let overlaps = |(s, e): (u64, u64)| s < fdt_addr + blob.len() as u64 && fdt_addr < e;
+        if overlaps((kernel.start, kernel.end)) || initrd.is_some_and(overlaps) {
+            return Err(BoardError::Config(format!(
+                "the kernel or initrd overlaps the device tree at {fdt_addr:#x}: give the guest more memory"
+            )));
+        }
+        ram.write(fdt_addr, &blob)
+            .map_err(|e| BoardError::Config(format!("placing the device tree: {e}")))?;
+        // fw_dynamic_info lives in RAM just below the device tree (QEMU puts
+        // it in its reset ROM, which this board does not have).
+        let info_addr = fdt_addr - 0x1000;
+        if fw_dynamic {
+            ram.write(info_addr, &loader::fw_dynamic_info(kernel.start))
+                .map_err(|e| BoardError::Config(format!("placing fw_dynamic_info: {e}")))?;
+        }
+
+        hart.set_pc(start_pc);
+        hart.set_xreg(10, 0); // a0: hart id
+        hart.set_xreg(11, fdt_addr); // a1: device tree
+        if fw_dynamic {
+            hart.set_xreg(12, info_addr); // a2: fw_dynamic_info
+        }
+        let tohost = kernel.tohost;
+        if let Some(addr) = tohost {
+            hart.watch_store(addr);
+        }
+        Ok(Machine {
+            hart,
+            devices: Devices {
+                clint: Clint::new(),
+                plic: Plic::new(),
+                uart: Uart::new(),
+                tohost,
+            },
+            console: Vec::new(),
+            ram_size,
+        })
+    }
+
+    /// Propagate device state to the hart's interrupt lines.
+    fn update_irq_lines(&mut self) {
+        let d = &mut self.devices;
+        d.plic.set_level(Uart::IRQ, d.uart.irq_level());
+        let mtime = self.hart.mtime();
+        let mut lines = 0;
+        if d.clint.msip & 1 != 0 {
+            lines |= irq::MSIP;
+        }
+        if d.clint.timer_pending(mtime) {
+            lines |= irq::MTIP;
+        }
+        if d.plic.context_pending(0) {
+            lines |= irq::MEIP;
+        }
+        if d.plic.context_pending(1) {
+            lines |= irq::SEIP;
+        }
+        self.hart.set_irq_lines(irq::BOARD_DRIVEN, lines);
+    }
+
+    /// Run until `icount` reaches `icount_limit` or a [`Stop`] condition.
+    pub fn run(&mut self, icount_limit: u64) -> Stop {
+        loop {
+            self.update_irq_lines();
+            let icount = self.hart.icount();
+            if icount >= icount_limit {
+                return Stop::Limit;
+            }
+            // Stop at the timer deadline so MTIP rises at its exact icount.
+            // A timer already pending has none: MTIP changes again only
+            // through a CLINT write, which ends the run anyway.
+            let clint = &self.devices.clint;
+            let limit = if clint.timer_pending(self.hart.mtime()) {
+                icount_limit
+            } else {
+                icount_limit.min(clint.deadline(self.hart.clock(), icount))
+            };
+            let mut view = BusView {
+                devices: &mut self.devices,
+                clock: *self.hart.clock(),
+                console: &mut self.console,
+                test_request: None,
+                set_mtime: None,
+            };
+            let exit = self.hart.run(&mut view, limit);
+            let (test_request, set_mtime) = (view.test_request, view.set_mtime);
+            if let Some((at, value)) = set_mtime {
+                self.hart.clock_mut().set_mtime(at, value);
+            }
+            match test_request {
+                Some(TestRequest::PowerOff(code)) => return Stop::PowerOff { code },
+                Some(TestRequest::Reset) => return Stop::Reset,
+                None => {}
+            }
+            match exit {
+                Exit::Limit | Exit::Mmio => {}
+                Exit::Wfi => {
+                    self.update_irq_lines();
+                    if !self.hart.wfi_wakeup_pending() {
+                        return Stop::Idle {
+                            wake_at: self.timer_wake(),
+                        };
+                    }
+                }
+                Exit::StoreWatch(addr) => {
+                    if let Some(stop) = self.htif(addr) {
+                        return stop;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The `mtime` at which the timer would wake an idle hart, if it can.
+    fn timer_wake(&self) -> Option<u64> {
+        let mie = self.hart.csr(0x304).unwrap_or(0);
+        let cmp = self.devices.clint.mtimecmp;
+        (mie & irq::MTIP != 0 && cmp > self.hart.mtime() && cmp != u64::MAX).then_some(cmp)
+    }
+
+    /// Spike's HTIF: `tohost = (code << 1) | 1` exits; device 1 command 1
+    /// prints a character. Other requests (the syscall proxy of riscv-tests'
+    /// printf) are acknowledged and ignored.
+    fn htif(&mut self, addr: u64) -> Option<Stop> {
+        let mut buf = [0u8; 8];
+        self.hart.ram().read(addr, &mut buf).ok()?;
+        let value = u64::from_le_bytes(buf);
+        if value == 0 {
+            return None;
+        }
+        let device = value >> 56;
+        let command = (value >> 48) & 0xff;
+        if device == 0 && command == 0 && value & 1 != 0 {
+            return Some(Stop::HtifExit {
+                code: (value & ((1 << 48) - 1)) >> 1,
+            });
+        }
+        if device == 1 && command == 1 {
+            self.console.push(value as u8);
+        }
+        // Acknowledge: clear tohost and answer in fromhost (the next word).
+        let ram = self.hart.ram_mut();
+        let _ = ram.write(addr, &0u64.to_le_bytes());
+        let _ = ram.write(addr + 8, &((device << 56) | (command << 48)).to_le_bytes());
+        None
+    }
+
+    /// Apply one input at the current icount.
+    pub fn inject(&mut self, input: Input) {
+        match input {
+            Input::ConsoleByte(byte) => self.devices.uart.receive(byte),
+            Input::IdleSleep { ticks } => self.hart.clock_mut().advance(ticks),
+        }
+        self.update_irq_lines();
+    }
+
+    /// Console bytes the guest wrote since the last call (UART and HTIF).
+    pub fn take_console_output(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.console)
+    }
+    pub fn icount(&self) -> u64 {
+        self.hart.icount()
+    }
+    pub fn hart(&self) -> &Hart {
+        &self.hart
+    }
+    pub fn hart_mut(&mut self) -> &mut Hart {
+        &mut self.hart
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            ram_size: self.ram_size,
+            hart: self.hart.state(),
+            devices: self.devices.clone(),
+            ram: self.hart.ram().bytes().to_vec(),
+        }
+    }
+
+    pub fn restore(&mut self, snapshot: &Snapshot) -> Result<(), BoardError> {
+        if snapshot.ram_size != self.ram_size {
+            return Err(BoardError::Snapshot(format!(
+                "it has {} MiB of RAM, this machine {} MiB",
+                snapshot.ram_size >> 20,
+                self.ram_size >> 20
+            )));
+        }
+        self.hart
+            .ram_mut()
+            .restore_bytes(&snapshot.ram)
+            .map_err(|_| BoardError::Snapshot("RAM image has the wrong size".into()))?;
+        self.hart.restore(&snapshot.hart);
+        self.devices = snapshot.devices.clone();
+        self.update_irq_lines();
+        Ok(())
+    }
+
+    pub fn digest(&self) -> Digest {
+        let mut hasher = blake3::Hasher::new();
+        // Serialising plain owned data into a Vec cannot fail.
+        hasher.update(&postcard::to_stdvec(&self.hart.state()).unwrap_or_default());
+        hasher.update(&postcard::to_stdvec(&self.devices).unwrap_or_default());
+        hasher.update(self.hart.ram().bytes());
+        Digest(*hasher.finalize().as_bytes())
+    }
+}

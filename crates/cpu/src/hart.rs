@@ -1,0 +1,1350 @@
+//! The hart: architectural state, CSRs, traps, Sv39 translation and the
+//! interpreter loop.
+
+use serde::{Deserialize, Serialize};
+
+use crate::csr::{self, status};
+use crate::fpu::{self, FpOp, Fmt, Rm};
+use crate::ram::{Ram, PAGE_SHIFT};
+use crate::{irq, rvc, Bus, Exit, GuestClock, HartConfig, Privilege};
+
+const PAGE_SIZE: u64 = 1 << PAGE_SHIFT;
+const PAGE_MASK: u64 = PAGE_SIZE - 1;
+
+/// Exception causes.
+mod cause {
+    pub const INSN_ACCESS: u64 = 1;
+    pub const ILLEGAL: u64 = 2;
+    pub const BREAKPOINT: u64 = 3;
+    pub const LOAD_MISALIGNED: u64 = 4;
+    pub const LOAD_ACCESS: u64 = 5;
+    pub const STORE_MISALIGNED: u64 = 6;
+    pub const STORE_ACCESS: u64 = 7;
+    pub const ECALL_U: u64 = 8;
+    pub const INSN_PAGE: u64 = 12;
+    pub const LOAD_PAGE: u64 = 13;
+    pub const STORE_PAGE: u64 = 15;
+    pub const INTERRUPT: u64 = 1 << 63;
+}
+
+/// A synchronous exception about to be taken.
+#[derive(Clone, Copy, Debug)]
+struct Trap {
+    cause: u64,
+    tval: u64,
+}
+
+impl Trap {
+    fn new(cause: u64, tval: u64) -> Self {
+        Trap { cause, tval }
+    }
+    fn illegal(insn: u32) -> Self {
+        Trap::new(cause::ILLEGAL, u64::from(insn))
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Access {
+    Fetch = 0,
+    Load = 1,
+    Store = 2,
+}
+
+impl Access {
+    fn page_fault(self) -> u64 {
+        match self {
+            Access::Fetch => cause::INSN_PAGE,
+            Access::Load => cause::LOAD_PAGE,
+            Access::Store => cause::STORE_PAGE,
+        }
+    }
+    fn access_fault(self) -> u64 {
+        match self {
+            Access::Fetch => cause::INSN_ACCESS,
+            Access::Load => cause::LOAD_ACCESS,
+            Access::Store => cause::STORE_ACCESS,
+        }
+    }
+}
+
+/// Architectural state of the hart except RAM: registers, CSRs, privilege,
+/// icount, clock, reservation. Serializable for snapshots; two harts with
+/// equal `HartState` and equal RAM behave identically.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HartState {
+    pub x: [u64; 32],
+    pub f: [u64; 32],
+    pub pc: u64,
+    pub privilege: Privilege,
+    pub icount: u64,
+    pub mstatus: u64,
+    pub medeleg: u64,
+    pub mideleg: u64,
+    pub mie: u64,
+    /// Bits of `mip` written by software (SSIP, STIP, SEIP).
+    pub mip_software: u64,
+    /// Bits of `mip` driven by the board (MSIP, MTIP, MEIP, SEIP).
+    pub mip_lines: u64,
+    pub mtvec: u64,
+    pub stvec: u64,
+    pub mscratch: u64,
+    pub sscratch: u64,
+    pub mepc: u64,
+    pub sepc: u64,
+    pub mcause: u64,
+    pub scause: u64,
+    pub mtval: u64,
+    pub stval: u64,
+    pub satp: u64,
+    pub mcounteren: u64,
+    pub scounteren: u64,
+    pub mcountinhibit: u64,
+    /// `fflags` in bits 4:0, `frm` in bits 7:5.
+    pub fcsr: u64,
+    pub pmpcfg: Vec<u64>,
+    pub pmpaddr: Vec<u64>,
+    pub menvcfg: u64,
+    pub senvcfg: u64,
+    /// `mcycle = icount + mcycle_offset` (wrapping); writes move the offset.
+    pub mcycle_offset: u64,
+    pub minstret_offset: u64,
+    pub clock: GuestClock,
+    /// Physical address reserved by LR.
+    pub reservation: Option<u64>,
+    /// Watched physical addresses (8 bytes each).
+    pub watches: Vec<u64>,
+}
+
+#[derive(Clone, Copy)]
+struct TlbEntry {
+    /// Virtual page | access key; `u64::MAX` when empty.
+    tag: u64,
+    /// Physical page address.
+    ppage: u64,
+}
+
+const TLB_ENTRIES: usize = 256;
+const EMPTY_TLB: TlbEntry = TlbEntry {
+    tag: u64::MAX,
+    ppage: 0,
+};
+
+pub struct Hart {
+    config: HartConfig,
+    ram: Ram,
+    s: HartState,
+    /// One direct-mapped TLB per access type, keyed by virtual page and the
+    /// translation context (effective privilege, SUM, MXR).
+    tlb: Box<[[TlbEntry; TLB_ENTRIES]; 3]>,
+    /// The RAM offset of the page `pc` is on (`fetch_vpage`), so sequential
+    /// fetches skip translation.
+    fetch_vpage: u64,
+    fetch_page_off: usize,
+    /// Set when something the board must see happened during an instruction.
+    exit: Option<Exit>,
+    /// Set when interrupt state may have changed.
+    irq_dirty: bool,
+}
+
+/// Sign-extend the low `bits` of `v`.
+#[inline(always)]
+fn sext(v: u64, bits: u32) -> u64 {
+    (((v << (64 - bits)) as i64) >> (64 - bits)) as u64
+}
+
+#[inline(always)]
+fn sext32(v: u64) -> u64 {
+    v as i32 as i64 as u64
+}
+
+impl Hart {
+    /// A hart at reset: M-mode, pc = ram_base, all registers zero, icount 0.
+    pub fn new(config: HartConfig) -> Self {
+        let clock = GuestClock {
+            insns_per_tick: config.insns_per_tick.max(1),
+            offset: 0,
+        };
+        let s = HartState {
+            x: [0; 32],
+            f: [0; 32],
+            pc: config.ram_base,
+            privilege: Privilege::Machine,
+            icount: 0,
+            mstatus: status::XLEN_FIELDS,
+            medeleg: 0,
+            mideleg: 0,
+            mie: 0,
+            mip_software: 0,
+            mip_lines: 0,
+            mtvec: 0,
+            stvec: 0,
+            mscratch: 0,
+            sscratch: 0,
+            mepc: 0,
+            sepc: 0,
+            mcause: 0,
+            scause: 0,
+            mtval: 0,
+            stval: 0,
+            satp: 0,
+            mcounteren: 0,
+            scounteren: 0,
+            mcountinhibit: 0,
+            fcsr: 0,
+            pmpcfg: vec![0; 8],
+            pmpaddr: vec![0; 64],
+            menvcfg: 0,
+            senvcfg: 0,
+            mcycle_offset: 0,
+            minstret_offset: 0,
+            clock,
+            reservation: None,
+            watches: Vec::new(),
+        };
+        Hart {
+            config,
+            ram: Ram::new(config.ram_base, config.ram_size),
+            s,
+            tlb: Box::new([[EMPTY_TLB; TLB_ENTRIES]; 3]),
+            fetch_vpage: u64::MAX,
+            fetch_page_off: 0,
+            exit: None,
+            irq_dirty: true,
+        }
+    }
+    pub fn config(&self) -> &HartConfig {
+        &self.config
+    }
+    pub fn ram(&self) -> &Ram {
+        &self.ram
+    }
+    pub fn ram_mut(&mut self) -> &mut Ram {
+        &mut self.ram
+    }
+    pub fn icount(&self) -> u64 {
+        self.s.icount
+    }
+    pub fn pc(&self) -> u64 {
+        self.s.pc
+    }
+    pub fn set_pc(&mut self, pc: u64) {
+        self.s.pc = pc;
+    }
+    pub fn xreg(&self, index: usize) -> u64 {
+        self.s.x[index & 31]
+    }
+    /// Writes to x0 are ignored.
+    pub fn set_xreg(&mut self, index: usize, value: u64) {
+        if index & 31 != 0 {
+            self.s.x[index & 31] = value;
+        }
+    }
+    pub fn freg(&self, index: usize) -> u64 {
+        self.s.f[index & 31]
+    }
+    pub fn privilege(&self) -> Privilege {
+        self.s.privilege
+    }
+    /// Drive the board-owned bits of `mip` ([`irq::BOARD_DRIVEN`]): bits in
+    /// `mask` take their value from `value`.
+    pub fn set_irq_lines(&mut self, mask: u64, value: u64) {
+        let mask = mask & irq::BOARD_DRIVEN;
+        self.s.mip_lines = (self.s.mip_lines & !mask) | (value & mask);
+        self.irq_dirty = true;
+    }
+    fn mip(&self) -> u64 {
+        self.s.mip_software | self.s.mip_lines
+    }
+    /// True if an interrupt is pending and enabled in `mie` (the WFI wake-up
+    /// condition, independent of the global enable bits).
+    pub fn wfi_wakeup_pending(&self) -> bool {
+        self.mip() & self.s.mie != 0
+    }
+    pub fn clock(&self) -> &GuestClock {
+        &self.s.clock
+    }
+    pub fn clock_mut(&mut self) -> &mut GuestClock {
+        &mut self.s.clock
+    }
+    /// Current guest time (`mtime`).
+    pub fn mtime(&self) -> u64 {
+        self.clock().mtime(self.icount())
+    }
+    /// Make stores that touch the 8 bytes at `paddr` (in RAM) end `run` with
+    /// [`Exit::StoreWatch`] once they have completed (HTIF `tohost`).
+    pub fn watch_store(&mut self, paddr: u64) {
+        if !self.s.watches.contains(&paddr) {
+            self.s.watches.push(paddr);
+        }
+    }
+    /// Read a CSR by number as the hardware would in M-mode (for debugging
+    /// and tests); `None` if it does not exist.
+    pub fn csr(&self, number: u16) -> Option<u64> {
+        self.csr_value(number)
+    }
+    pub fn state(&self) -> HartState {
+        self.s.clone()
+    }
+    /// Restore architectural state; caches are flushed. RAM is restored
+    /// separately through [`Ram::restore_bytes`].
+    pub fn restore(&mut self, state: &HartState) {
+        self.s = state.clone();
+        self.flush_tlb();
+        self.exit = None;
+        self.irq_dirty = true;
+    }
+
+    fn flush_tlb(&mut self) {
+        for tlb in self.tlb.iter_mut() {
+            tlb.fill(EMPTY_TLB);
+        }
+        self.fetch_vpage = u64::MAX;
+    }
+
+    // ----- the run loop -----
+
+    /// Execute until `icount == icount_limit` or an [`Exit`] condition. If
+    /// `icount >= icount_limit` on entry, returns `Exit::Limit` at once
+    /// without executing. Pending enabled interrupts are taken before the
+    /// first instruction.
+    pub fn run<B: Bus>(&mut self, bus: &mut B, icount_limit: u64) -> Exit {
+        self.irq_dirty = true;
+        while self.s.icount < icount_limit {
+            if self.irq_dirty {
+                self.irq_dirty = false;
+                if let Some(cause) = self.pending_interrupt() {
+                    self.take_trap(cause | cause::INTERRUPT, 0);
+                }
+            }
+            let pc = self.s.pc;
+            let result = match self.fetch(pc) {
+                Ok((insn, len)) => self.execute(bus, insn, len),
+                Err(trap) => Err(trap),
+            };
+            self.s.icount += 1;
+            if let Err(trap) = result {
+                self.take_trap(trap.cause, trap.tval);
+            }
+            if let Some(exit) = self.exit.take() {
+                return exit;
+            }
+        }
+        Exit::Limit
+    }
+
+    fn pending_interrupt(&self) -> Option<u64> {
+        let pending = self.mip() & self.s.mie;
+        if pending == 0 {
+            return None;
+        }
+        let prv = self.s.privilege;
+        let m_enabled = prv < Privilege::Machine || self.s.mstatus & status::MIE != 0;
+        let s_enabled = prv < Privilege::Supervisor
+            || (prv == Privilege::Supervisor && self.s.mstatus & status::SIE != 0);
+        let m_pending = if m_enabled {
+            pending & !self.s.mideleg
+        } else {
+            0
+        };
+        let s_pending = if s_enabled {
+            pending & self.s.mideleg
+        } else {
+            0
+        };
+        let set = if m_pending != 0 { m_pending } else { s_pending };
+        // Priority: MEI, MSI, MTI, SEI, SSI, STI.
+        [11u64, 3, 7, 9, 1, 5]
+            .into_iter()
+            .find(|&bit| set & (1 << bit) != 0)
+    }
+
+    fn take_trap(&mut self, cause: u64, tval: u64) {
+        let interrupt = cause & cause::INTERRUPT != 0;
+        let code = cause & 63;
+        let deleg = if interrupt {
+            self.s.mideleg
+        } else {
+            self.s.medeleg
+        };
+        let prv = self.s.privilege;
+        let to_s = prv <= Privilege::Supervisor && (deleg >> code) & 1 != 0;
+        let vector_offset = |tvec: u64| {
+            if tvec & 1 != 0 && interrupt {
+                4 * code
+            } else {
+                0
+            }
+        };
+        if to_s {
+            self.s.scause = cause;
+            self.s.sepc = self.s.pc;
+            self.s.stval = tval;
+            let mut st = self.s.mstatus & !(status::SPIE | status::SPP | status::SIE);
+            if self.s.mstatus & status::SIE != 0 {
+                st |= status::SPIE;
+            }
+            if prv == Privilege::Supervisor {
+                st |= status::SPP;
+            }
+            self.s.mstatus = st;
+            self.s.privilege = Privilege::Supervisor;
+            self.s.pc = (self.s.stvec & !3) + vector_offset(self.s.stvec);
+        } else {
+            self.s.mcause = cause;
+            self.s.mepc = self.s.pc;
+            self.s.mtval = tval;
+            let mut st = self.s.mstatus & !(status::MPIE | status::MPP | status::MIE);
+            if self.s.mstatus & status::MIE != 0 {
+                st |= status::MPIE;
+            }
+            st |= (prv as u64) << status::MPP_SHIFT;
+            self.s.mstatus = st;
+            self.s.privilege = Privilege::Machine;
+            self.s.pc = (self.s.mtvec & !3) + vector_offset(self.s.mtvec);
+        }
+        self.s.reservation = None;
+        self.fetch_vpage = u64::MAX;
+        self.irq_dirty = true;
+    }
+
+    // ----- address translation -----
+
+    fn effective_privilege(&self, access: Access) -> Privilege {
+        if access != Access::Fetch && self.s.mstatus & status::MPRV != 0 {
+            match (self.s.mstatus & status::MPP) >> status::MPP_SHIFT {
+                0 => Privilege::User,
+                1 => Privilege::Supervisor,
+                _ => Privilege::Machine,
+            }
+        } else {
+            self.s.privilege
+        }
+    }
+
+    /// Virtual to physical, with the TLB in front of the Sv39 walk.
+    #[inline(always)]
+    fn translate(&mut self, vaddr: u64, access: Access) -> Result<u64, Trap> {
+        let prv = self.effective_privilege(access);
+        if prv == Privilege::Machine || self.s.satp >> 60 == 0 {
+            return Ok(vaddr);
+        }
+        let key = (prv as u64) | ((self.s.mstatus >> 16) & 0xc); // SUM, MXR -> bits 2, 3
+        let tag = (vaddr & !PAGE_MASK) | key;
+        let slot = ((vaddr >> PAGE_SHIFT) as usize) % TLB_ENTRIES;
+        let entry = self.tlb[access as usize][slot];
+        if entry.tag == tag {
+            return Ok(entry.ppage | (vaddr & PAGE_MASK));
+        }
+        let ppage = self.walk(vaddr, access, prv)?;
+        self.tlb[access as usize][slot] = TlbEntry { tag, ppage };
+        Ok(ppage | (vaddr & PAGE_MASK))
+    }
+
+    /// Sv39 page-table walk with hardware A/D updates; returns the physical
+    /// page of `vaddr`.
+    fn walk(&mut self, vaddr: u64, access: Access, prv: Privilege) -> Result<u64, Trap> {
+        let page_fault = Trap::new(access.page_fault(), vaddr);
+        // Bits 63:39 must equal bit 38.
+        if sext(vaddr, 39) != vaddr {
+            return Err(page_fault);
+        }
+        let mut table = (self.s.satp & ((1 << 44) - 1)) << PAGE_SHIFT;
+        for level in (0..3).rev() {
+            let vpn = (vaddr >> (12 + 9 * level)) & 0x1ff;
+            let pte_addr = table + vpn * 8;
+            if !self.ram.contains(pte_addr, 8) {
+                return Err(Trap::new(access.access_fault(), vaddr));
+            }
+            let off = self.ram.off(pte_addr);
+            let mut pte = self.ram.load_le(off, 8);
+            let (v, r, w, x, u) = (
+                pte & 1 != 0,
+                pte & 2 != 0,
+                pte & 4 != 0,
+                pte & 8 != 0,
+                pte & 16 != 0,
+            );
+            // Bits 63:54 (reserved, PBMT, N) must be zero: none of those
+            // extensions is implemented.
+            if !v || (!r && w) || pte >> 54 != 0 {
+                return Err(page_fault);
+            }
+            let ppn = (pte >> 10) & ((1 << 44) - 1);
+            if !r && !x {
+                if level == 0 {
+                    return Err(page_fault);
+                }
+                table = ppn << PAGE_SHIFT;
+                continue;
+            }
+            // A leaf: check permissions.
+            let allowed = match access {
+                Access::Fetch => x,
+                Access::Load => r || (x && self.s.mstatus & status::MXR != 0),
+                Access::Store => w,
+            };
+            let user_ok = match prv {
+                Privilege::User => u,
+                Privilege::Supervisor => {
+                    !u || (access != Access::Fetch && self.s.mstatus & status::SUM != 0)
+                }
+                Privilege::Machine => true,
+            };
+            if !allowed || !user_ok {
+                return Err(page_fault);
+            }
+            let low_ppn_mask = (1u64 << (9 * level)) - 1;
+            if ppn & low_ppn_mask != 0 {
+                return Err(page_fault); // misaligned superpage
+            }
+            let new_pte = pte | 0x40 | if access == Access::Store { 0x80 } else { 0 };
+            if new_pte != pte {
+                pte = new_pte;
+                self.ram.store_le(off, 8, pte);
+            }
+            let vpn_low = (vaddr >> PAGE_SHIFT) & low_ppn_mask;
+            return Ok((ppn | vpn_low) << PAGE_SHIFT);
+        }
+        Err(page_fault)
+    }
+
+    // ----- memory access -----
+
+    #[inline(always)]
+    fn fetch(&mut self, pc: u64) -> Result<(u32, u64), Trap> {
+        let page_off = (pc & PAGE_MASK) as usize;
+        if pc & !PAGE_MASK == self.fetch_vpage && page_off <= PAGE_SIZE as usize - 4 {
+            let off = self.fetch_page_off + page_off;
+            let word = self.ram.load_le(off, 4) as u32;
+            return Ok(if word & 3 == 3 {
+                (word, 4)
+            } else {
+                (word & 0xffff, 2)
+            });
+        }
+        let low = self.fetch_half(pc)?;
+        if low & 3 != 3 {
+            return Ok((low, 2));
+        }
+        let high = self.fetch_half(pc.wrapping_add(2))?;
+        Ok((low | (high << 16), 4))
+    }
+
+    fn fetch_half(&mut self, vaddr: u64) -> Result<u32, Trap> {
+        let paddr = self.translate(vaddr, Access::Fetch)?;
+        if !self.ram.contains(paddr, 2) {
+            return Err(Trap::new(cause::INSN_ACCESS, vaddr));
+        }
+        let page = paddr & !PAGE_MASK;
+        if self.ram.contains(page, PAGE_SIZE) {
+            self.fetch_vpage = vaddr & !PAGE_MASK;
+            self.fetch_page_off = self.ram.off(page);
+        }
+        Ok(self.ram.load_le(self.ram.off(paddr), 2) as u32)
+    }
+
+    #[inline(always)]
+    fn load<B: Bus>(&mut self, bus: &mut B, vaddr: u64, size: u64) -> Result<u64, Trap> {
+        if (vaddr & PAGE_MASK) + size > PAGE_SIZE {
+            return self.load_bytewise(bus, vaddr, size);
+        }
+        let paddr = self.translate(vaddr, Access::Load)?;
+        if self.ram.contains(paddr, size) {
+            return Ok(self.ram.load_le(self.ram.off(paddr), size as usize));
+        }
+        if paddr & (size - 1) != 0 {
+            return self.load_bytewise(bus, vaddr, size);
+        }
+        self.exit = Some(Exit::Mmio);
+        bus.load(paddr, size as u8, self.s.icount)
+            .map_err(|_| Trap::new(cause::LOAD_ACCESS, vaddr))
+    }
+
+    fn load_bytewise<B: Bus>(&mut self, bus: &mut B, vaddr: u64, size: u64) -> Result<u64, Trap> {
+        let mut value = 0;
+        for i in 0..size {
+            let byte = self.load(bus, vaddr.wrapping_add(i), 1)?;
+            value |= byte << (8 * i);
+        }
+        Ok(value)
+    }
+
+    #[inline(always)]
+    fn store<B: Bus>(&mut self, bus: &mut B, vaddr: u64, size: u64, value: u64) -> Result<(), Trap> {
+        if (vaddr & PAGE_MASK) + size > PAGE_SIZE {
+            // Translate both pages first so a fault leaves memory untouched.
+            self.translate(vaddr, Access::Store)?;
+            self.translate((vaddr | PAGE_MASK).wrapping_add(1), Access::Store)?;
+            return self.store_bytewise(bus, vaddr, size, value);
+        }
+        let paddr = self.translate(vaddr, Access::Store)?;
+        if self.ram.contains(paddr, size) {
+            self.ram.store_le(self.ram.off(paddr), size as usize, value);
+            if self.s.reservation.is_some_and(|r| r >> 3 == paddr >> 3) {
+                self.s.reservation = None;
+            }
+            if !self.s.watches.is_empty() {
+                self.check_watch(paddr, size);
+            }
+            return Ok(());
+        }
+        if paddr & (size - 1) != 0 {
+            return self.store_bytewise(bus, vaddr, size, value);
+        }
+        self.exit = Some(Exit::Mmio);
+        bus.store(paddr, size as u8, value, self.s.icount)
+            .map_err(|_| Trap::new(cause::STORE_ACCESS, vaddr))
+    }
+
+    fn store_bytewise<B: Bus>(
+        &mut self,
+        bus: &mut B,
+        vaddr: u64,
+        size: u64,
+        value: u64,
+    ) -> Result<(), Trap> {
+        for i in 0..size {
+            self.store(bus, vaddr.wrapping_add(i), 1, value >> (8 * i))?;
+        }
+        Ok(())
+    }
+
+    fn check_watch(&mut self, paddr: u64, size: u64) {
+        if let Some(&w) = self
+            .s
+            .watches
+            .iter()
+            .find(|&&w| paddr < w + 8 && w < paddr + size)
+        {
+            self.exit = Some(Exit::StoreWatch(w));
+        }
+    }
+
+    // ----- CSRs -----
+
+    fn counter_allowed(&self, number: u16) -> bool {
+        let bit = 1u64 << (number & 31);
+        match self.s.privilege {
+            Privilege::Machine => true,
+            Privilege::Supervisor => self.s.mcounteren & bit != 0,
+            Privilege::User => self.s.mcounteren & bit != 0 && self.s.scounteren & bit != 0,
+        }
+    }
+
+    fn mcycle(&self) -> u64 {
+        self.s.icount.wrapping_add(self.s.mcycle_offset)
+    }
+    fn minstret(&self) -> u64 {
+        self.s.icount.wrapping_add(self.s.minstret_offset)
+    }
+
+    /// The value of a CSR, ignoring access rules; `None` if it doesn't exist.
+    fn csr_value(&self, number: u16) -> Option<u64> {
+        let s = &self.s;
+        let sstatus = |m: u64| m & status::S_VISIBLE;
+        Some(match number {
+            csr::FFLAGS => s.fcsr & 0x1f,
+            csr::FRM => (s.fcsr >> 5) & 7,
+            csr::FCSR => s.fcsr & 0xff,
+            csr::CYCLE | csr::MCYCLE => self.mcycle(),
+            csr::INSTRET | csr::MINSTRET => self.minstret(),
+            csr::TIME => s.clock.mtime(s.icount),
+            csr::HPMCOUNTER3..=csr::HPMCOUNTER31 => 0,
+            csr::MHPMCOUNTER3..=csr::MHPMCOUNTER31 => 0,
+            csr::MHPMEVENT3..=csr::MHPMEVENT31 => 0,
+            csr::SSTATUS => sstatus(self.mstatus()),
+            csr::SIE => s.mie & s.mideleg,
+            csr::STVEC => s.stvec,
+            csr::SCOUNTEREN => s.scounteren,
+            csr::SENVCFG => s.senvcfg,
+            csr::SSCRATCH => s.sscratch,
+            csr::SEPC => s.sepc,
+            csr::SCAUSE => s.scause,
+            csr::STVAL => s.stval,
+            csr::SIP => self.mip() & s.mideleg,
+            csr::SATP => s.satp,
+            csr::MVENDORID | csr::MARCHID | csr::MIMPID | csr::MCONFIGPTR => 0,
+            csr::MHARTID => self.config.hart_id,
+            csr::MSTATUS => self.mstatus(),
+            csr::MISA => csr::MISA_VALUE,
+            csr::MEDELEG => s.medeleg,
+            csr::MIDELEG => s.mideleg,
+            csr::MIE => s.mie,
+            csr::MTVEC => s.mtvec,
+            csr::MCOUNTEREN => s.mcounteren,
+            csr::MENVCFG => s.menvcfg,
+            csr::MCOUNTINHIBIT => s.mcountinhibit,
+            csr::MSCRATCH => s.mscratch,
+            csr::MEPC => s.mepc,
+            csr::MCAUSE => s.mcause,
+            csr::MTVAL => s.mtval,
+            csr::MIP => self.mip(),
+            csr::PMPCFG0..=csr::PMPCFG15 => {
+                if number & 1 != 0 {
+                    return None; // odd pmpcfg registers do not exist on RV64
+                }
+                s.pmpcfg[usize::from((number - csr::PMPCFG0) / 2)]
+            }
+            csr::PMPADDR0..=csr::PMPADDR63 => s.pmpaddr[usize::from(number - csr::PMPADDR0)],
+            csr::TSELECT..=csr::TDATA3 => 0,
+            _ => return None,
+        })
+    }
+
+    fn mstatus(&self) -> u64 {
+        let m = self.s.mstatus;
+        if m & status::FS == status::FS {
+            m | status::SD
+        } else {
+            m & !status::SD
+        }
+    }
+
+    /// Read-modify-write of a CSR by an instruction at the current privilege.
+    fn csr_access(&mut self, insn: u32, number: u16, write: Option<u64>) -> Result<u64, Trap> {
+        let illegal = Trap::illegal(insn);
+        let min_prv = (number >> 8) & 3;
+        if (self.s.privilege as u16) < min_prv {
+            return Err(illegal);
+        }
+        let fp_csr = matches!(number, csr::FFLAGS | csr::FRM | csr::FCSR);
+        if fp_csr && self.s.mstatus & status::FS == 0 {
+            return Err(illegal);
+        }
+        if number == csr::SATP
+            && self.s.privilege == Privilege::Supervisor
+            && self.s.mstatus & status::TVM != 0
+        {
+            return Err(illegal);
+        }
+        if (csr::CYCLE..=csr::HPMCOUNTER31).contains(&number) && !self.counter_allowed(number) {
+            return Err(illegal);
+        }
+        let old = self.csr_value(number).ok_or(illegal)?;
+        let Some(value) = write else {
+            return Ok(old);
+        };
+        if number >> 10 == 3 {
+            return Err(illegal); // read-only
+        }
+        let s = &mut self.s;
+        match number {
+            csr::FFLAGS => s.fcsr = (s.fcsr & !0x1f) | (value & 0x1f),
+            csr::FRM => s.fcsr = (s.fcsr & 0x1f) | ((value & 7) << 5),
+            csr::FCSR => s.fcsr = value & 0xff,
+            csr::MCYCLE => {
+                // The write replaces this instruction's own increment.
+                s.mcycle_offset = value.wrapping_sub(s.icount + 1);
+            }
+            csr::MINSTRET => s.minstret_offset = value.wrapping_sub(s.icount + 1),
+            csr::MHPMCOUNTER3..=csr::MHPMCOUNTER31 | csr::MHPMEVENT3..=csr::MHPMEVENT31 => {}
+            csr::SSTATUS => {
+                s.mstatus = (s.mstatus & !status::S_WRITABLE) | (value & status::S_WRITABLE);
+                self.flush_tlb();
+            }
+            csr::SIE => s.mie = (s.mie & !s.mideleg) | (value & s.mideleg & csr::MIE_WRITABLE),
+            csr::STVEC => s.stvec = value & !2,
+            csr::SCOUNTEREN => s.scounteren = value & 0xffff_ffff,
+            csr::SENVCFG => s.senvcfg = 0,
+            csr::SSCRATCH => s.sscratch = value,
+            csr::SEPC => s.sepc = value & !1,
+            csr::SCAUSE => s.scause = value,
+            csr::STVAL => s.stval = value,
+            csr::SIP => {
+                let mask = irq::SSIP & s.mideleg;
+                s.mip_software = (s.mip_software & !mask) | (value & mask);
+            }
+            csr::SATP => {
+                let mode = value >> 60;
+                if mode == 0 || mode == 8 {
+                    s.satp = value & !(0xffffu64 << 44); // no ASIDs
+                    self.flush_tlb();
+                }
+            }
+            csr::MSTATUS => {
+                let mut v = value & status::M_WRITABLE;
+                if (v & status::MPP) >> status::MPP_SHIFT == 2 {
+                    v &= !status::MPP; // reserved: WARL to U
+                }
+                s.mstatus = v | status::XLEN_FIELDS;
+                self.flush_tlb();
+            }
+            csr::MISA => {}
+            csr::MEDELEG => s.medeleg = value & csr::MEDELEG_WRITABLE,
+            csr::MIDELEG => s.mideleg = value & csr::MIDELEG_WRITABLE,
+            csr::MIE => s.mie = value & csr::MIE_WRITABLE,
+            csr::MTVEC => s.mtvec = value & !2,
+            csr::MCOUNTEREN => s.mcounteren = value & 0xffff_ffff,
+            csr::MENVCFG => s.menvcfg = 0,
+            csr::MCOUNTINHIBIT => s.mcountinhibit = 0,
+            csr::MSCRATCH => s.mscratch = value,
+            csr::MEPC => s.mepc = value & !1,
+            csr::MCAUSE => s.mcause = value,
+            csr::MTVAL => s.mtval = value,
+            csr::MIP => {
+                s.mip_software = (s.mip_software & !csr::MIP_M_WRITABLE)
+                    | (value & csr::MIP_M_WRITABLE);
+            }
+            csr::PMPCFG0..=csr::PMPCFG15 => {
+                s.pmpcfg[usize::from((number - csr::PMPCFG0) / 2)] = value;
+            }
+            csr::PMPADDR0..=csr::PMPADDR63 => {
+                s.pmpaddr[usize::from(number - csr::PMPADDR0)] = value & ((1 << 54) - 1);
+            }
+            csr::TSELECT..=csr::TDATA3 => {}
+            _ => return Err(illegal),
+        }
+        if fp_csr {
+            self.s.mstatus |= status::FS_DIRTY;
+        }
+        self.irq_dirty = true;
+        Ok(old)
+    }
+
+    // ----- the interpreter -----
+
+    #[inline(always)]
+    fn set_x(&mut self, rd: usize, value: u64) {
+        self.s.x[rd] = value;
+        self.s.x[0] = 0;
+    }
+
+    fn fp_enabled(&self) -> bool {
+        self.s.mstatus & status::FS != 0
+    }
+
+    fn set_f(&mut self, rd: usize, value: u64) {
+        self.s.f[rd] = value;
+        self.s.mstatus |= status::FS_DIRTY;
+    }
+
+    /// Execute one instruction (`len` 2 or 4 bytes; compressed ones are
+    /// expanded here). On success `pc` points to the next instruction; on a
+    /// trap `pc` is unchanged.
+    #[inline(always)]
+    fn execute<B: Bus>(&mut self, bus: &mut B, raw: u32, len: u64) -> Result<(), Trap> {
+        let insn = if len == 2 {
+            rvc::expand(raw as u16).ok_or(Trap::illegal(raw))?
+        } else {
+            raw
+        };
+        let pc = self.s.pc;
+        let mut npc = pc.wrapping_add(len);
+        let rd = ((insn >> 7) & 31) as usize;
+        let rs1 = ((insn >> 15) & 31) as usize;
+        let rs2 = ((insn >> 20) & 31) as usize;
+        let funct3 = (insn >> 12) & 7;
+        let funct7 = insn >> 25;
+        let x1 = self.s.x[rs1];
+        let x2 = self.s.x[rs2];
+        let imm_i = ((insn as i32) >> 20) as i64 as u64;
+        let imm_s = ((((insn as i32) >> 25) << 5) as i64 as u64) | u64::from((insn >> 7) & 31);
+        let illegal = Trap::illegal(raw);
+
+        match insn & 0x7f {
+            0x37 => self.set_x(rd, (insn & 0xffff_f000) as i32 as i64 as u64), // lui
+            0x17 => self.set_x(rd, pc.wrapping_add((insn & 0xffff_f000) as i32 as i64 as u64)), // auipc
+            0x6f => {
+                // jal
+                let imm = (((insn as i32) >> 31) as i64 as u64) << 20
+                    | u64::from((insn >> 21) & 0x3ff) << 1
+                    | u64::from((insn >> 20) & 1) << 11
+                    | u64::from((insn >> 12) & 0xff) << 12;
+                self.set_x(rd, npc);
+                npc = pc.wrapping_add(imm);
+            }
+            0x67 => {
+                if funct3 != 0 {
+                    return Err(illegal);
+                }
+                let target = x1.wrapping_add(imm_i) & !1;
+                self.set_x(rd, npc);
+                npc = target;
+            }
+            0x63 => {
+                let taken = match funct3 {
+                    0 => x1 == x2,
+                    1 => x1 != x2,
+                    4 => (x1 as i64) < (x2 as i64),
+                    5 => (x1 as i64) >= (x2 as i64),
+                    6 => x1 < x2,
+                    7 => x1 >= x2,
+                    _ => return Err(illegal),
+                };
+                if taken {
+                    let imm = (((insn as i32) >> 31) as i64 as u64) << 12
+                        | u64::from((insn >> 25) & 0x3f) << 5
+                        | u64::from((insn >> 8) & 0xf) << 1
+                        | u64::from((insn >> 7) & 1) << 11;
+                    npc = pc.wrapping_add(imm);
+                }
+            }
+            0x03 => {
+                let addr = x1.wrapping_add(imm_i);
+                let value = match funct3 {
+                    0 => sext(self.load(bus, addr, 1)?, 8),
+                    1 => sext(self.load(bus, addr, 2)?, 16),
+                    2 => sext32(self.load(bus, addr, 4)?),
+                    3 => self.load(bus, addr, 8)?,
+                    4 => self.load(bus, addr, 1)?,
+                    5 => self.load(bus, addr, 2)?,
+                    6 => self.load(bus, addr, 4)?,
+                    _ => return Err(illegal),
+                };
+                self.set_x(rd, value);
+            }
+            0x23 => {
+                let addr = x1.wrapping_add(imm_s);
+                match funct3 {
+                    0 => self.store(bus, addr, 1, x2)?,
+                    1 => self.store(bus, addr, 2, x2)?,
+                    2 => self.store(bus, addr, 4, x2)?,
+                    3 => self.store(bus, addr, 8, x2)?,
+                    _ => return Err(illegal),
+                }
+            }
+            0x13 => {
+                let shamt = (insn >> 20) & 63;
+                let value = match funct3 {
+                    0 => x1.wrapping_add(imm_i),
+                    2 => ((x1 as i64) < (imm_i as i64)) as u64,
+                    3 => (x1 < imm_i) as u64,
+                    4 => x1 ^ imm_i,
+                    6 => x1 | imm_i,
+                    7 => x1 & imm_i,
+                    1 if insn >> 26 == 0 => x1 << shamt,
+                    5 if insn >> 26 == 0 => x1 >> shamt,
+                    5 if insn >> 26 == 0x10 => ((x1 as i64) >> shamt) as u64,
+                    _ => return Err(illegal),
+                };
+                self.set_x(rd, value);
+            }
+            0x1b => {
+                let shamt = (insn >> 20) & 31;
+                let value = match (funct3, funct7) {
+                    (0, _) => sext32(x1.wrapping_add(imm_i)),
+                    (1, 0) => sext32(x1 << shamt),
+                    (5, 0) => sext32((x1 as u32 >> shamt) as u64),
+                    (5, 0x20) => ((x1 as i32) >> shamt) as i64 as u64,
+                    _ => return Err(illegal),
+                };
+                self.set_x(rd, value);
+            }
+            0x33 => {
+                let value = match (funct7, funct3) {
+                    (0, 0) => x1.wrapping_add(x2),
+                    (0x20, 0) => x1.wrapping_sub(x2),
+                    (0, 1) => x1 << (x2 & 63),
+                    (0, 2) => ((x1 as i64) < (x2 as i64)) as u64,
+                    (0, 3) => (x1 < x2) as u64,
+                    (0, 4) => x1 ^ x2,
+                    (0, 5) => x1 >> (x2 & 63),
+                    (0x20, 5) => ((x1 as i64) >> (x2 & 63)) as u64,
+                    (0, 6) => x1 | x2,
+                    (0, 7) => x1 & x2,
+                    (1, 0) => x1.wrapping_mul(x2),
+                    (1, 1) => ((x1 as i64 as i128 * x2 as i64 as i128) >> 64) as u64,
+                    (1, 2) => ((x1 as i64 as i128 * x2 as i128) >> 64) as u64,
+                    (1, 3) => ((x1 as u128 * x2 as u128) >> 64) as u64,
+                    (1, 4) => {
+                        let (a, b) = (x1 as i64, x2 as i64);
+                        if b == 0 {
+                            u64::MAX
+                        } else {
+                            a.wrapping_div(b) as u64
+                        }
+                    }
+                    (1, 5) => x1.checked_div(x2).unwrap_or(u64::MAX),
+                    (1, 6) => {
+                        let (a, b) = (x1 as i64, x2 as i64);
+                        if b == 0 {
+                            x1
+                        } else {
+                            a.wrapping_rem(b) as u64
+                        }
+                    }
+                    (1, 7) => x1.checked_rem(x2).unwrap_or(x1),
+                    _ => return Err(illegal),
+                };
+                self.set_x(rd, value);
+            }
+            0x3b => {
+                let (a, b) = (x1 as u32, x2 as u32);
+                let value = match (funct7, funct3) {
+                    (0, 0) => sext32(a.wrapping_add(b) as u64),
+                    (0x20, 0) => sext32(a.wrapping_sub(b) as u64),
+                    (0, 1) => sext32((a << (b & 31)) as u64),
+                    (0, 5) => sext32((a >> (b & 31)) as u64),
+                    (0x20, 5) => ((a as i32) >> (b & 31)) as i64 as u64,
+                    (1, 0) => sext32(a.wrapping_mul(b) as u64),
+                    (1, 4) => {
+                        let (a, b) = (a as i32, b as i32);
+                        if b == 0 {
+                            u64::MAX
+                        } else {
+                            a.wrapping_div(b) as i64 as u64
+                        }
+                    }
+                    (1, 5) => sext32(a.checked_div(b).unwrap_or(u32::MAX) as u64),
+                    (1, 6) => {
+                        let (a, b) = (a as i32, b as i32);
+                        if b == 0 {
+                            a as i64 as u64
+                        } else {
+                            a.wrapping_rem(b) as i64 as u64
+                        }
+                    }
+                    (1, 7) => sext32(a.checked_rem(b).unwrap_or(a) as u64),
+                    _ => return Err(illegal),
+                };
+                self.set_x(rd, value);
+            }
+            0x0f => match funct3 {
+                0 => {}                           // fence
+                1 => self.fetch_vpage = u64::MAX, // fence.i: nothing is cached beyond the page
+                _ => return Err(illegal),
+            },
+            0x73 => return self.system(bus, raw, insn, npc),
+            0x2f => self.atomic(bus, raw, insn)?,
+            0x07 | 0x27 | 0x43 | 0x47 | 0x4b | 0x4f | 0x53 => self.float(bus, raw, insn)?,
+            _ => return Err(illegal),
+        }
+        self.s.pc = npc;
+        Ok(())
+    }
+
+    fn system<B: Bus>(&mut self, _bus: &mut B, raw: u32, insn: u32, npc: u64) -> Result<(), Trap> {
+        let illegal = Trap::illegal(raw);
+        let funct3 = (insn >> 12) & 7;
+        let rd = ((insn >> 7) & 31) as usize;
+        let rs1 = ((insn >> 15) & 31) as usize;
+        let prv = self.s.privilege;
+        if funct3 == 0 {
+            match insn {
+                0x0000_0073 => {
+                    return Err(Trap::new(cause::ECALL_U + prv as u64, 0));
+                }
+                0x0010_0073 => return Err(Trap::new(cause::BREAKPOINT, 0)),
+                0x1020_0073 => {
+                    // sret
+                    if prv < Privilege::Supervisor
+                        || (prv == Privilege::Supervisor && self.s.mstatus & status::TSR != 0)
+                    {
+                        return Err(illegal);
+                    }
+                    let st = self.s.mstatus;
+                    self.s.privilege = if st & status::SPP != 0 {
+                        Privilege::Supervisor
+                    } else {
+                        Privilege::User
+                    };
+                    let mut st = st & !(status::SIE | status::SPP);
+                    if st & status::SPIE != 0 {
+                        st |= status::SIE;
+                    }
+                    st |= status::SPIE;
+                    if self.s.privilege != Privilege::Machine {
+                        st &= !status::MPRV;
+                    }
+                    self.s.mstatus = st;
+                    self.s.pc = self.s.sepc;
+                    self.after_xret();
+                    return Ok(());
+                }
+                0x3020_0073 => {
+                    // mret
+                    if prv != Privilege::Machine {
+                        return Err(illegal);
+                    }
+                    let st = self.s.mstatus;
+                    self.s.privilege = match (st & status::MPP) >> status::MPP_SHIFT {
+                        0 => Privilege::User,
+                        1 => Privilege::Supervisor,
+                        _ => Privilege::Machine,
+                    };
+                    let mut st = st & !(status::MIE | status::MPP);
+                    if st & status::MPIE != 0 {
+                        st |= status::MIE;
+                    }
+                    st |= status::MPIE;
+                    if self.s.privilege != Privilege::Machine {
+                        st &= !status::MPRV;
+                    }
+                    self.s.mstatus = st;
+                    self.s.pc = self.s.mepc;
+                    self.after_xret();
+                    return Ok(());
+                }
+                0x1050_0073 => {
+                    // wfi
+                    if prv == Privilege::User
+                        || (prv == Privilege::Supervisor && self.s.mstatus & status::TW != 0)
+                    {
+                        return Err(illegal);
+                    }
+                    self.s.pc = npc;
+                    if !self.wfi_wakeup_pending() {
+                        self.exit = Some(Exit::Wfi);
+                    }
+                    return Ok(());
+                }
+                _ if insn >> 25 == 0x09 && rd == 0 => {
+                    // sfence.vma
+                    if prv == Privilege::User
+                        || (prv == Privilege::Supervisor && self.s.mstatus & status::TVM != 0)
+                    {
+                        return Err(illegal);
+                    }
+                    self.flush_tlb();
+                    self.s.pc = npc;
+                    return Ok(());
+                }
+                _ => return Err(illegal),
+            }
+        }
+        let number = (insn >> 20) as u16;
+        let operand = if funct3 & 4 != 0 {
+            rs1 as u64
+        } else {
+            self.s.x[rs1]
+        };
+        let old_for_write = |old: u64| match funct3 & 3 {
+            1 => Some(operand),
+            2 => (rs1 != 0).then_some(old | operand),
+            3 => (rs1 != 0).then_some(old & !operand),
+            _ => None,
+        };
+        let op = funct3 & 3;
+        if op == 0 {
+            return Err(illegal);
+        }
+        // csrrw with rd = x0 does not read (no read side effects exist here).
+        let current = if op == 1 {
+            self.csr_access(raw, number, None)?
+        } else {
+            self.csr_access(raw, number, None)?
+        };
+        let old = match old_for_write(current) {
+            Some(value) => self.csr_access(raw, number, Some(value))?,
+            None => current,
+        };
+        self.set_x(rd, old);
+        self.s.pc = npc;
+        Ok(())
+    }
+
+    fn after_xret(&mut self) {
+        self.s.reservation = None;
+        self.fetch_vpage = u64::MAX;
+        self.irq_dirty = true;
+    }
+
+    fn atomic<B: Bus>(&mut self, bus: &mut B, raw: u32, insn: u32) -> Result<(), Trap> {
+        let illegal = Trap::illegal(raw);
+        let funct3 = (insn >> 12) & 7;
+        let size = match funct3 {
+            2 => 4,
+            3 => 8,
+            _ => return Err(illegal),
+        };
+        let rd = ((insn >> 7) & 31) as usize;
+        let addr = self.s.x[((insn >> 15) & 31) as usize];
+        let src = self.s.x[((insn >> 20) & 31) as usize];
+        let funct5 = insn >> 27;
+        let extend = |v: u64| if size == 4 { sext32(v) } else { v };
+        match funct5 {
+            0x02 => {
+                // lr
+                if addr & (size - 1) != 0 {
+                    return Err(Trap::new(cause::LOAD_MISALIGNED, addr));
+                }
+                let value = self.load(bus, addr, size)?;
+                let paddr = self.translate(addr, Access::Load)?;
+                self.s.reservation = Some(paddr);
+                self.set_x(rd, extend(value));
+            }
+            0x03 => {
+                // sc
+                if addr & (size - 1) != 0 {
+                    return Err(Trap::new(cause::STORE_MISALIGNED, addr));
+                }
+                let paddr = self.translate(addr, Access::Store)?;
+                if self.s.reservation == Some(paddr) {
+                    self.store(bus, addr, size, src)?;
+                    self.set_x(rd, 0);
+                } else {
+                    self.set_x(rd, 1);
+                }
+                self.s.reservation = None;
+            }
+            _ => {
+                if addr & (size - 1) != 0 {
+                    return Err(Trap::new(cause::STORE_MISALIGNED, addr));
+                }
+                // Translate for store first: an AMO faults as a store.
+                self.translate(addr, Access::Store)?;
+                let old = self.load(bus, addr, size).map_err(|t| {
+                    if t.cause == cause::LOAD_ACCESS {
+                        Trap::new(cause::STORE_ACCESS, t.tval)
+                    } else {
+                        t
+                    }
+                })?;
+                let (a, b) = (extend(old), extend(src));
+                let new = match funct5 {
+                    0x01 => b,
+                    0x00 => a.wrapping_add(b),
+                    0x04 => a ^ b,
+                    0x0c => a & b,
+                    0x08 => a | b,
+                    0x10 => (a as i64).min(b as i64) as u64,
+                    0x14 => (a as i64).max(b as i64) as u64,
+                    0x18 => a.min(b),
+                    0x1c => a.max(b),
+                    _ => return Err(illegal),
+                };
+                let new = if size == 4 {
+                    // unsigned min/max of .w compare the 32-bit values
+                    match funct5 {
+                        0x18 => (old as u32).min(src as u32) as u64,
+                        0x1c => (old as u32).max(src as u32) as u64,
+                        _ => new,
+                    }
+                } else {
+                    new
+                };
+                self.store(bus, addr, size, new)?;
+                self.set_x(rd, a);
+            }
+        }
+        Ok(())
+    }
+
+    fn float<B: Bus>(&mut self, bus: &mut B, raw: u32, insn: u32) -> Result<(), Trap> {
+        let illegal = Trap::illegal(raw);
+        if !self.fp_enabled() {
+            return Err(illegal);
+        }
+        let rd = ((insn >> 7) & 31) as usize;
+        let rs1 = ((insn >> 15) & 31) as usize;
+        let rs2 = ((insn >> 20) & 31) as usize;
+        let rs3 = (insn >> 27) as usize;
+        let funct3 = (insn >> 12) & 7;
+        match insn & 0x7f {
+            0x07 => {
+                let addr = self.s.x[rs1].wrapping_add(((insn as i32) >> 20) as i64 as u64);
+                let value = match funct3 {
+                    2 => self.load(bus, addr, 4)? | 0xffff_ffff_0000_0000,
+                    3 => self.load(bus, addr, 8)?,
+                    _ => return Err(illegal),
+                };
+                self.set_f(rd, value);
+                return Ok(());
+            }
+            0x27 => {
+                let imm = ((((insn as i32) >> 25) << 5) as i64 as u64) | u64::from((insn >> 7) & 31);
+                let addr = self.s.x[rs1].wrapping_add(imm);
+                match funct3 {
+                    2 => self.store(bus, addr, 4, self.s.f[rs2])?,
+                    3 => self.store(bus, addr, 8, self.s.f[rs2])?,
+                    _ => return Err(illegal),
+                }
+                return Ok(());
+            }
+            _ => {}
+        }
+        let fmt = match (insn >> 25) & 3 {
+            0 => Fmt::S,
+            1 => Fmt::D,
+            _ => return Err(illegal),
+        };
+        let (f1, f2, f3) = (self.s.f[rs1], self.s.f[rs2], self.s.f[rs3]);
+        let x1 = self.s.x[rs1];
+        let funct7 = insn >> 25;
+        let (op, a, b, c) = match insn & 0x7f {
+            0x43 => (FpOp::MAdd, f1, f2, f3),
+            0x47 => (FpOp::MSub, f1, f2, f3),
+            0x4b => (FpOp::NMSub, f1, f2, f3),
+            0x4f => (FpOp::NMAdd, f1, f2, f3),
+            _ => {
+                let op = match (funct7 >> 2, funct3, rs2) {
+                    (0x00, _, _) => FpOp::Add,
+                    (0x01, _, _) => FpOp::Sub,
+                    (0x02, _, _) => FpOp::Mul,
+                    (0x03, _, _) => FpOp::Div,
+                    (0x0b, _, 0) => FpOp::Sqrt,
+                    (0x04, 0, _) => FpOp::SgnJ,
+                    (0x04, 1, _) => FpOp::SgnJN,
+                    (0x04, 2, _) => FpOp::SgnJX,
+                    (0x05, 0, _) => FpOp::Min,
+                    (0x05, 1, _) => FpOp::Max,
+                    (0x08, _, 0) if fmt == Fmt::D => FpOp::CvtFromOther, // fcvt.d.s
+                    (0x08, _, 1) if fmt == Fmt::S => FpOp::CvtFromOther, // fcvt.s.d
+                    (0x14, 2, _) => FpOp::Eq,
+                    (0x14, 1, _) => FpOp::Lt,
+                    (0x14, 0, _) => FpOp::Le,
+                    (0x18, _, 0) => FpOp::CvtToW,
+                    (0x18, _, 1) => FpOp::CvtToWU,
+                    (0x18, _, 2) => FpOp::CvtToL,
+                    (0x18, _, 3) => FpOp::CvtToLU,
+                    (0x1a, _, 0) => FpOp::CvtFromW,
+                    (0x1a, _, 1) => FpOp::CvtFromWU,
+                    (0x1a, _, 2) => FpOp::CvtFromL,
+                    (0x1a, _, 3) => FpOp::CvtFromLU,
+                    (0x1c, 0, 0) => FpOp::MvToX,
+                    (0x1c, 1, 0) => FpOp::Class,
+                    (0x1e, 0, 0) => FpOp::MvFromX,
+                    _ => return Err(illegal),
+                };
+                let takes_x = matches!(
+                    op,
+                    FpOp::CvtFromW | FpOp::CvtFromWU | FpOp::CvtFromL | FpOp::CvtFromLU | FpOp::MvFromX
+                );
+                (op, if takes_x { x1 } else { f1 }, f2, 0)
+            }
+        };
+        // Operations whose funct3 is not a rounding mode.
+        let fixed_rm = matches!(
+            op,
+            FpOp::SgnJ
+                | FpOp::SgnJN
+                | FpOp::SgnJX
+                | FpOp::Min
+                | FpOp::Max
+                | FpOp::Eq
+                | FpOp::Lt
+                | FpOp::Le
+                | FpOp::MvToX
+                | FpOp::Class
+                | FpOp::MvFromX
+        );
+        let rm = if fixed_rm {
+            Rm::Rne
+        } else {
+            let code = if funct3 == 7 {
+                (self.s.fcsr >> 5) & 7
+            } else {
+                u64::from(funct3)
+            };
+            match code {
+                0 => Rm::Rne,
+                1 => Rm::Rtz,
+                2 => Rm::Rdn,
+                3 => Rm::Rup,
+                4 => Rm::Rmm,
+                _ => return Err(illegal),
+            }
+        };
+        let result = fpu::execute(op, fmt, a, b, c, rm);
+        if result.flags != 0 {
+            self.s.fcsr |= u64::from(result.flags);
+            self.s.mstatus |= status::FS_DIRTY;
+        }
+        if op.writes_xreg() {
+            self.set_x(rd, result.value);
+        } else {
+            self.set_f(rd, result.value);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,93 @@
+//! Guest RAM and the bookkeeping that keeps decoded code coherent with it.
+
+use crate::BusFault;
+
+/// Size of the pages whose code generation is tracked.
+pub(crate) const PAGE_SHIFT: u32 = 12;
+
+/// Guest RAM: one contiguous block of physical memory at `base`.
+///
+/// Host-side writes (loader, device DMA at an instruction boundary, snapshot
+/// restore) go through [`Ram::write`] / [`Ram::restore_bytes`]; they bump
+/// the code generation so the hart drops instructions it decoded from the
+/// old bytes.
+pub struct Ram {
+    base: u64,
+    bytes: Vec<u8>,
+    /// Bumped by every host-side write: decoded instructions are only valid
+    /// for the generation they were decoded in.
+    pub(crate) host_generation: u64,
+}
+
+impl Ram {
+    pub fn new(base: u64, size: u64) -> Self {
+        Ram {
+            base,
+            bytes: vec![0; size as usize],
+            host_generation: 0,
+        }
+    }
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+    pub fn size(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+    /// True if `[paddr, paddr+len)` lies wholly in RAM.
+    pub fn contains(&self, paddr: u64, len: u64) -> bool {
+        paddr >= self.base
+            && paddr
+                .checked_add(len)
+                .is_some_and(|end| end <= self.base + self.size())
+    }
+    /// The whole of RAM (for digests and snapshots).
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+    pub fn read(&self, paddr: u64, buf: &mut [u8]) -> Result<(), BusFault> {
+        let off = self.offset(paddr, buf.len() as u64)?;
+        buf.copy_from_slice(&self.bytes[off..off + buf.len()]);
+        Ok(())
+    }
+    pub fn write(&mut self, paddr: u64, data: &[u8]) -> Result<(), BusFault> {
+        let off = self.offset(paddr, data.len() as u64)?;
+        self.bytes[off..off + data.len()].copy_from_slice(data);
+        self.host_generation += 1;
+        Ok(())
+    }
+    /// Replace the whole of RAM (snapshot restore). `data.len()` must equal `size()`.
+    pub fn restore_bytes(&mut self, data: &[u8]) -> Result<(), BusFault> {
+        if data.len() != self.bytes.len() {
+            return Err(BusFault {
+                addr: self.base + data.len() as u64,
+            });
+        }
+        self.bytes.copy_from_slice(data);
+        self.host_generation += 1;
+        Ok(())
+    }
+
+    fn offset(&self, paddr: u64, len: u64) -> Result<usize, BusFault> {
+        if self.contains(paddr, len) {
+            Ok((paddr - self.base) as usize)
+        } else {
+            Err(BusFault { addr: paddr })
+        }
+    }
+
+    /// Offset of a RAM access the caller has bounds-checked with `contains`.
+    #[inline(always)]
+    pub(crate) fn off(&self, paddr: u64) -> usize {
+        (paddr - self.base) as usize
+    }
+    #[inline(always)]
+    pub(crate) fn load_le(&self, off: usize, size: usize) -> u64 {
+        let mut b = [0u8; 8];
+        b[..size].copy_from_slice(&self.bytes[off..off + size]);
+        u64::from_le_bytes(b)
+    }
+    #[inline(always)]
+    pub(crate) fn store_le(&mut self, off: usize, size: usize, value: u64) {
+        self.bytes[off..off + size].copy_from_slice(&value.to_le_bytes()[..size]);
+    }
+}
