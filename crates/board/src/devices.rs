@@ -195,11 +195,7 @@ impl Plic {
         let value = value as u32;
         let word = (offset / 4) as usize;
         match offset {
-            0..0x1000 => {
-                if (1..Self::SOURCES).contains(&word) {
-                    self.priority[word] = value & 7;
-                }
-            }
+            0..0x1000 if (1..Self::SOURCES).contains(&word) => self.priority[word] = value & 7,
             0x2000..0x2100 => {
                 let context = (offset as usize - 0x2000) / 0x80;
                 let index = (offset as usize % 0x80) / 4;
@@ -302,11 +298,7 @@ impl Uart {
             2 => self.iir(),
             3 => self.lcr,
             4 => self.mcr,
-            5 => {
-                LSR_THRE
-                    | LSR_TEMT
-                    | if self.rx.is_empty() { 0 } else { LSR_DR }
-            }
+            5 => LSR_THRE | LSR_TEMT | if self.rx.is_empty() { 0 } else { LSR_DR },
             // Loopback reflects MCR in MSR; otherwise report DCD, DSR, CTS.
             6 if self.mcr & 0x10 != 0 => {
                 let m = self.mcr;
@@ -474,7 +466,10 @@ mod tests {
 
     #[test]
     fn sifive_test_codes() {
-        assert_eq!(sifive_test_request(0, 0x5555), Some(TestRequest::PowerOff(0)));
+        assert_eq!(
+            sifive_test_request(0, 0x5555),
+            Some(TestRequest::PowerOff(0))
+        );
         assert_eq!(
             sifive_test_request(0, (7 << 16) | 0x3333),
             Some(TestRequest::PowerOff(7))

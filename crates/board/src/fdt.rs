@@ -107,7 +107,11 @@ pub fn build(p: &FdtParams) -> FdtWriterResult<Vec<u8>> {
     fdt.property_array_u64("reg", &reg(SIFIVE_TEST_BASE, SIFIVE_TEST_SIZE))?;
     fdt.property_string_list(
         "compatible",
-        vec!["sifive,test1".into(), "sifive,test0".into(), "syscon".into()],
+        vec![
+            "sifive,test1".into(),
+            "sifive,test0".into(),
+            "syscon".into(),
+        ],
     )?;
     fdt.end_node(test)?;
 

@@ -1,6 +1,6 @@
 //! Loading firmware, kernel and initrd into RAM the way QEMU `virt` does.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ftvm_cpu::Ram;
 use goblin::elf::{program_header::PT_LOAD, Elf};
@@ -141,7 +141,7 @@ pub fn fdt_address(ram: &Ram, fdt_len: u64) -> u64 {
 /// 128 MiB). Returns its start and end.
 pub fn load_initrd(
     ram: &mut Ram,
-    path: &PathBuf,
+    path: &Path,
     kernel_entry: u64,
 ) -> Result<(u64, u64), BoardError> {
     let bytes = read(path)?;
@@ -218,7 +218,10 @@ mod tests {
         let mut elf = tiny_elf(&[0; 4]);
         elf[18..20].copy_from_slice(&62u16.to_le_bytes()); // x86-64
         let err = load_image(&mut ram(), Path::new("x"), &elf, 0).unwrap_err();
-        assert!(matches!(err, BoardError::NotRiscv64 { machine: 62, .. }), "{err}");
+        assert!(
+            matches!(err, BoardError::NotRiscv64 { machine: 62, .. }),
+            "{err}"
+        );
         let elf = tiny_elf(&[0; 4]);
         let err = load_image(&mut ram(), Path::new("x"), &elf[..90], 0).unwrap_err();
         assert!(matches!(err, BoardError::BadElf { .. }), "{err}");
@@ -228,7 +231,11 @@ mod tests {
     fn raw_image_too_large() {
         let big = vec![0u8; 5 * MIB as usize];
         let err = load_image(&mut ram(), Path::new("big"), &big, 0x8000_0000).unwrap_err();
-        assert!(err.to_string().starts_with("big: does not fit in guest RAM"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("big: does not fit in guest RAM"),
+            "{err}"
+        );
     }
 
     #[test]

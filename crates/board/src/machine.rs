@@ -182,7 +182,9 @@ impl Machine {
                 ))
             })?;
         if config.insns_per_tick == 0 {
-            return Err(BoardError::Config("insns_per_tick must be at least 1".into()));
+            return Err(BoardError::Config(
+                "insns_per_tick must be at least 1".into(),
+            ));
         }
         let mut hart = Hart::new(HartConfig {
             hart_id: 0,

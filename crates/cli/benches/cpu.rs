@@ -66,7 +66,12 @@ fn main() {
     let empty = guest_elf("empty");
 
     let probe = ftvm_run(&bench, &["--digest"], LIMIT);
-    assert_eq!(probe.code, Some(0), "ftvm failed on bench: {}", probe.stderr);
+    assert_eq!(
+        probe.code,
+        Some(0),
+        "ftvm failed on bench: {}",
+        probe.stderr
+    );
     let (icount, _) = parse_digest(&probe.stderr);
     let checksum = probe.stdout_text();
 
@@ -95,9 +100,7 @@ fn main() {
         eprintln!("qemu-system-riscv64 not found: measuring ftvm only");
     }
 
-    println!(
-        "guest program: guest/bench ({icount} instructions), {runs} runs per engine, median"
-    );
+    println!("guest program: guest/bench ({icount} instructions), {runs} runs per engine, median");
     println!(
         "{:<34} {:>10} {:>10} {:>12} {:>12}",
         "engine", "total s", "start-up s", "guest MIPS", "ftvm ratio"

@@ -127,7 +127,8 @@ fn sleep_while_idle(
     // A deadline already passed cannot wake the guest (its timer interrupt
     // is masked); only input can.
     let ticks_to_deadline = wake_at.filter(|&t| t > now).map(|t| t - now);
-    let timeout = ticks_to_deadline.map(|t| TICK.saturating_mul(u32::try_from(t).unwrap_or(u32::MAX)));
+    let timeout =
+        ticks_to_deadline.map(|t| TICK.saturating_mul(u32::try_from(t).unwrap_or(u32::MAX)));
     let started = Instant::now();
     let event = match console.wait(timeout) {
         Wait::Event(event) => Some(event),

@@ -29,7 +29,11 @@ fn assert_clean_error(kernel: &Path, extra: &[&str], expect: &str) {
         "the error must name the file: {}",
         lines[0]
     );
-    assert!(lines[0].contains(expect), "want {expect:?} in: {}", lines[0]);
+    assert!(
+        lines[0].contains(expect),
+        "want {expect:?} in: {}",
+        lines[0]
+    );
     assert!(run.stdout.is_empty(), "nothing may run");
 }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 fn config(program: &str) -> MachineConfig {
     MachineConfig {
-        memory_mib: 64,
+        memory_mib: 16,
         firmware: Firmware::None,
         kernel: guest_elf(program),
         initrd: None,
@@ -51,7 +51,11 @@ fn run_in_chunks(program: &str, chunks: &[u64]) -> (Vec<u8>, Stop, String, u64) 
         if let Some(stop) = stop {
             return (output, stop, machine.digest().to_string(), machine.icount());
         }
-        assert_eq!(machine.icount(), limit, "a run must stop at exactly its icount limit");
+        assert_eq!(
+            machine.icount(),
+            limit,
+            "a run must stop at exactly its icount limit"
+        );
         assert!(machine.icount() < 3_000_000_000, "{program} did not finish");
         if !chunks.is_empty() {
             // Move the machine through bytes into a fresh one, as a backup
@@ -74,7 +78,7 @@ proptest! {
     #[test]
     fn chunked_runs_with_snapshot_restore_match_a_straight_run(
         program in prop::sample::select(PROGRAMS.to_vec()),
-        chunks in prop::collection::vec(1u64..5_000, 1..8),
+        chunks in prop::collection::vec(1u64..20_000, 1..8),
     ) {
         let straight = run_in_chunks(program, &[]);
         let chunked = run_in_chunks(program, &chunks);
@@ -101,5 +105,9 @@ fn digest_reflects_state() {
     let b = Machine::new(&cfg).expect("machine");
     assert_eq!(a.digest(), b.digest());
     step(&mut a, 10);
-    assert_ne!(a.digest(), b.digest(), "executing instructions must change the digest");
+    assert_ne!(
+        a.digest(),
+        b.digest(),
+        "executing instructions must change the digest"
+    );
 }

@@ -33,7 +33,12 @@ fn check_program(name: &str) {
     );
     if qemu_available() {
         let reference = qemu_run(&elf, &[], LIMIT);
-        assert_eq!(reference.code, Some(0), "{name} failed on QEMU: {}", reference.stderr);
+        assert_eq!(
+            reference.code,
+            Some(0),
+            "{name} failed on QEMU: {}",
+            reference.stderr
+        );
         let theirs = reference.stdout_text();
         if text != theirs {
             let first = text

@@ -150,7 +150,11 @@ pub fn execute(op: FpOp, fmt: Fmt, a: u64, b: u64, c: u64, rm: Rm) -> FpResult {
                     rm,
                 );
                 FpResult {
-                    value: if r.float_result { box_s(r.bits as u32) } else { r.bits as u64 },
+                    value: if r.float_result {
+                        box_s(r.bits as u32)
+                    } else {
+                        r.bits as u64
+                    },
                     flags: r.flags,
                 }
             }
@@ -271,10 +275,18 @@ fn exec<F: Float + FloatConvert<Quad>>(
     };
     let sign_bit = 1u128 << (F::BITS - 1);
     match op {
-        FpOp::Add => saturated_overflow(x.add_r(y, r), || wide(x).add_r(wide(y), Round::TowardZero).value),
-        FpOp::Sub => saturated_overflow(x.sub_r(y, r), || wide(x).sub_r(wide(y), Round::TowardZero).value),
-        FpOp::Mul => saturated_overflow(x.mul_r(y, r), || wide(x).mul_r(wide(y), Round::TowardZero).value),
-        FpOp::Div => saturated_overflow(x.div_r(y, r), || wide(x).div_r(wide(y), Round::TowardZero).value),
+        FpOp::Add => saturated_overflow(x.add_r(y, r), || {
+            wide(x).add_r(wide(y), Round::TowardZero).value
+        }),
+        FpOp::Sub => saturated_overflow(x.sub_r(y, r), || {
+            wide(x).sub_r(wide(y), Round::TowardZero).value
+        }),
+        FpOp::Mul => saturated_overflow(x.mul_r(y, r), || {
+            wide(x).mul_r(wide(y), Round::TowardZero).value
+        }),
+        FpOp::Div => saturated_overflow(x.div_r(y, r), || {
+            wide(x).div_r(wide(y), Round::TowardZero).value
+        }),
         FpOp::Sqrt => sqrt::<F>(a, rm),
         FpOp::MAdd | FpOp::MSub | FpOp::NMSub | FpOp::NMAdd => {
             let (x, z) = match op {
@@ -329,7 +341,11 @@ fn exec<F: Float + FloatConvert<Quad>>(
         }
         FpOp::Eq => int_out(u64::from(x == y), snan_flag(&[x, y])),
         FpOp::Lt | FpOp::Le => {
-            let flags = if x.is_nan() || y.is_nan() { flags::NV } else { 0 };
+            let flags = if x.is_nan() || y.is_nan() {
+                flags::NV
+            } else {
+                0
+            };
             let result = if op == FpOp::Lt { x < y } else { x <= y };
             int_out(u64::from(result), flags)
         }
@@ -351,13 +367,16 @@ fn exec<F: Float + FloatConvert<Quad>>(
 /// inexact: then `exact` recomputes the operation in binary128 rounding
 /// toward zero (which cannot overflow there) to see whether the exact value
 /// reaches 2^(emax+1), the overflow threshold when rounding toward zero.
-fn saturated_overflow<F: Float + FloatConvert<Quad>>(r: StatusAnd<F>, exact: impl FnOnce() -> Quad) -> Raw {
+fn saturated_overflow<F: Float + FloatConvert<Quad>>(
+    r: StatusAnd<F>,
+    exact: impl FnOnce() -> Quad,
+) -> Raw {
     let mut out = float_out(r, 0);
     if r.status.contains(Status::INEXACT)
         && !r.status.contains(Status::OVERFLOW)
         && r.value.abs().bitwise_eq(F::largest())
     {
-        let threshold = Quad::from_u128(1).value.scalbn(F::MAX_EXP as i32 + 1);
+        let threshold = Quad::from_u128(1).value.scalbn(F::MAX_EXP + 1);
         if exact().abs() >= threshold {
             out.flags |= flags::OF;
         }
@@ -444,7 +463,11 @@ fn to_int<F: Float>(op: FpOp, x: F, r: Round) -> Raw {
 }
 
 /// fcvt between formats; `pack` turns the result bits into a register.
-fn convert<S: Float + FloatConvert<D>, D: Float>(a: u64, rm: Rm, pack: fn(u128) -> u64) -> FpResult {
+fn convert<S: Float + FloatConvert<D>, D: Float>(
+    a: u64,
+    rm: Rm,
+    pack: fn(u128) -> u64,
+) -> FpResult {
     let x = S::from_bits(u128::from(a));
     let mut loses_info = false;
     let r: StatusAnd<D> = x.convert_r(round(rm), &mut loses_info);
@@ -459,7 +482,13 @@ fn convert<S: Float + FloatConvert<D>, D: Float>(a: u64, rm: Rm, pack: fn(u128) 
 fn sqrt<F: Float>(a: u128, rm: Rm) -> Raw {
     let x = F::from_bits(a);
     if x.is_nan() {
-        return float_out(StatusAnd { status: Status::OK, value: x }, snan_flag(&[x]));
+        return float_out(
+            StatusAnd {
+                status: Status::OK,
+                value: x,
+            },
+            snan_flag(&[x]),
+        );
     }
     if x.is_negative() && !x.is_zero() {
         return float_out(
@@ -492,7 +521,13 @@ fn sqrt<F: Float>(a: u128, rm: Rm) -> Raw {
     };
     use std::cmp::Ordering::*;
     let Some(order) = residual_sign else {
-        return float_out(StatusAnd { status: Status::INVALID_OP, value: canonical_nan::<F>() }, 0);
+        return float_out(
+            StatusAnd {
+                status: Status::INVALID_OP,
+                value: canonical_nan::<F>(),
+            },
+            0,
+        );
     };
     if order == Equal {
         return Raw {
@@ -527,13 +562,27 @@ mod tests {
 
     #[test]
     fn flags_of_basic_operations() {
-        let r = execute(FpOp::Div, Fmt::D, 1f64.to_bits(), 0f64.to_bits(), 0, Rm::Rne);
+        let r = execute(
+            FpOp::Div,
+            Fmt::D,
+            1f64.to_bits(),
+            0f64.to_bits(),
+            0,
+            Rm::Rne,
+        );
         assert_eq!((r.value, r.flags), (f64::INFINITY.to_bits(), flags::DZ));
         let r = execute(FpOp::Add, Fmt::S, s(1.0), s(1e-10), 0, Rm::Rne);
         assert_eq!((r.value, r.flags), (s(1.0), flags::NX));
         let r = execute(FpOp::Mul, Fmt::S, s(f32::MAX), s(2.0), 0, Rm::Rtz);
         assert_eq!((r.value, r.flags), (s(f32::MAX), flags::OF | flags::NX));
-        let r = execute(FpOp::Sub, Fmt::D, f64::INFINITY.to_bits(), f64::INFINITY.to_bits(), 0, Rm::Rne);
+        let r = execute(
+            FpOp::Sub,
+            Fmt::D,
+            f64::INFINITY.to_bits(),
+            f64::INFINITY.to_bits(),
+            0,
+            Rm::Rne,
+        );
         assert_eq!((r.value, r.flags), (0x7ff8_0000_0000_0000, flags::NV));
         let r = execute(FpOp::Mul, Fmt::S, s(1.5e-38), s(0.25), 0, Rm::Rne);
         assert_eq!(r.flags, flags::UF | flags::NX);
@@ -565,10 +614,16 @@ mod tests {
     #[test]
     fn conversions_saturate_like_riscv() {
         let nan = f64::NAN.to_bits();
-        assert_eq!(execute(FpOp::CvtToW, Fmt::D, nan, 0, 0, Rm::Rne).value, 0x7fff_ffff);
+        assert_eq!(
+            execute(FpOp::CvtToW, Fmt::D, nan, 0, 0, Rm::Rne).value,
+            0x7fff_ffff
+        );
         assert_eq!(
             execute(FpOp::CvtToWU, Fmt::D, (-1f64).to_bits(), 0, 0, Rm::Rne),
-            FpResult { value: 0, flags: flags::NV }
+            FpResult {
+                value: 0,
+                flags: flags::NV
+            }
         );
         assert_eq!(
             execute(FpOp::CvtToWU, Fmt::D, 4e9f64.to_bits(), 0, 0, Rm::Rne).value,
@@ -576,7 +631,10 @@ mod tests {
         );
         assert_eq!(
             execute(FpOp::CvtToL, Fmt::D, (-1e300f64).to_bits(), 0, 0, Rm::Rne),
-            FpResult { value: i64::MIN as u64, flags: flags::NV }
+            FpResult {
+                value: i64::MIN as u64,
+                flags: flags::NV
+            }
         );
         let r = execute(FpOp::CvtToW, Fmt::D, 2.5f64.to_bits(), 0, 0, Rm::Rmm);
         assert_eq!((r.value, r.flags), (3, flags::NX));
@@ -599,10 +657,20 @@ mod tests {
             (f64::INFINITY, 1 << 7),
         ];
         for (v, class) in cases {
-            assert_eq!(execute(FpOp::Class, Fmt::D, v.to_bits(), 0, 0, Rm::Rne).value, class, "{v}");
+            assert_eq!(
+                execute(FpOp::Class, Fmt::D, v.to_bits(), 0, 0, Rm::Rne).value,
+                class,
+                "{v}"
+            );
         }
-        assert_eq!(execute(FpOp::Class, Fmt::D, 0x7ff0_0000_0000_0001, 0, 0, Rm::Rne).value, 1 << 8);
-        assert_eq!(execute(FpOp::Class, Fmt::D, f64::NAN.to_bits(), 0, 0, Rm::Rne).value, 1 << 9);
+        assert_eq!(
+            execute(FpOp::Class, Fmt::D, 0x7ff0_0000_0000_0001, 0, 0, Rm::Rne).value,
+            1 << 8
+        );
+        assert_eq!(
+            execute(FpOp::Class, Fmt::D, f64::NAN.to_bits(), 0, 0, Rm::Rne).value,
+            1 << 9
+        );
     }
 
     #[test]

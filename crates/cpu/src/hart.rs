@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::csr::{self, status};
-use crate::fpu::{self, FpOp, Fmt, Rm};
+use crate::fpu::{self, Fmt, FpOp, Rm};
 use crate::ram::{Ram, PAGE_SHIFT};
 use crate::{irq, rvc, Bus, Exit, GuestClock, HartConfig, Privilege};
 
@@ -144,6 +144,8 @@ pub struct Hart {
     exit: Option<Exit>,
     /// Set when interrupt state may have changed.
     irq_dirty: bool,
+    /// [`rvc::expansion_table`].
+    rvc: &'static [u32],
 }
 
 /// Sign-extend the low `bits` of `v`.
@@ -210,6 +212,7 @@ impl Hart {
             fetch_page_off: 0,
             exit: None,
             irq_dirty: true,
+            rvc: rvc::expansion_table(),
         }
     }
     pub fn config(&self) -> &HartConfig {
@@ -325,8 +328,10 @@ impl Hart {
             if let Err(trap) = result {
                 self.take_trap(trap.cause, trap.tval);
             }
-            if let Some(exit) = self.exit.take() {
-                return exit;
+            if self.exit.is_some() {
+                if let Some(exit) = self.exit.take() {
+                    return exit;
+                }
             }
         }
         Exit::Limit
@@ -514,8 +519,7 @@ impl Hart {
     fn fetch(&mut self, pc: u64) -> Result<(u32, u64), Trap> {
         let page_off = (pc & PAGE_MASK) as usize;
         if pc & !PAGE_MASK == self.fetch_vpage && page_off <= PAGE_SIZE as usize - 4 {
-            let off = self.fetch_page_off + page_off;
-            let word = self.ram.load_le(off, 4) as u32;
+            let word = self.ram.load_u32(self.fetch_page_off + page_off);
             return Ok(if word & 3 == 3 {
                 (word, 4)
             } else {
@@ -570,7 +574,13 @@ impl Hart {
     }
 
     #[inline(always)]
-    fn store<B: Bus>(&mut self, bus: &mut B, vaddr: u64, size: u64, value: u64) -> Result<(), Trap> {
+    fn store<B: Bus>(
+        &mut self,
+        bus: &mut B,
+        vaddr: u64,
+        size: u64,
+        value: u64,
+    ) -> Result<(), Trap> {
         if (vaddr & PAGE_MASK) + size > PAGE_SIZE {
             // Translate both pages first so a fault leaves memory untouched.
             self.translate(vaddr, Access::Store)?;
@@ -782,8 +792,8 @@ impl Hart {
             csr::MCAUSE => s.mcause = value,
             csr::MTVAL => s.mtval = value,
             csr::MIP => {
-                s.mip_software = (s.mip_software & !csr::MIP_M_WRITABLE)
-                    | (value & csr::MIP_M_WRITABLE);
+                s.mip_software =
+                    (s.mip_software & !csr::MIP_M_WRITABLE) | (value & csr::MIP_M_WRITABLE);
             }
             csr::PMPCFG0..=csr::PMPCFG15 => {
                 s.pmpcfg[usize::from((number - csr::PMPCFG0) / 2)] = value;
@@ -824,7 +834,10 @@ impl Hart {
     #[inline(always)]
     fn execute<B: Bus>(&mut self, bus: &mut B, raw: u32, len: u64) -> Result<(), Trap> {
         let insn = if len == 2 {
-            rvc::expand(raw as u16).ok_or(Trap::illegal(raw))?
+            match self.rvc[raw as usize & 0xffff] {
+                0 => return Err(Trap::illegal(raw)),
+                expanded => expanded,
+            }
         } else {
             raw
         };
@@ -843,7 +856,10 @@ impl Hart {
 
         match insn & 0x7f {
             0x37 => self.set_x(rd, (insn & 0xffff_f000) as i32 as i64 as u64), // lui
-            0x17 => self.set_x(rd, pc.wrapping_add((insn & 0xffff_f000) as i32 as i64 as u64)), // auipc
+            0x17 => self.set_x(
+                rd,
+                pc.wrapping_add((insn & 0xffff_f000) as i32 as i64 as u64),
+            ), // auipc
             0x6f => {
                 // jal
                 let imm = (((insn as i32) >> 31) as i64 as u64) << 20
@@ -1118,12 +1134,8 @@ impl Hart {
         if op == 0 {
             return Err(illegal);
         }
-        // csrrw with rd = x0 does not read (no read side effects exist here).
-        let current = if op == 1 {
-            self.csr_access(raw, number, None)?
-        } else {
-            self.csr_access(raw, number, None)?
-        };
+        // No CSR here has read side effects, so csrrw with rd = x0 may read.
+        let current = self.csr_access(raw, number, None)?;
         let old = match old_for_write(current) {
             Some(value) => self.csr_access(raw, number, Some(value))?,
             None => current,
@@ -1242,7 +1254,8 @@ impl Hart {
                 return Ok(());
             }
             0x27 => {
-                let imm = ((((insn as i32) >> 25) << 5) as i64 as u64) | u64::from((insn >> 7) & 31);
+                let imm =
+                    ((((insn as i32) >> 25) << 5) as i64 as u64) | u64::from((insn >> 7) & 31);
                 let addr = self.s.x[rs1].wrapping_add(imm);
                 match funct3 {
                     2 => self.store(bus, addr, 4, self.s.f[rs2])?,
@@ -1298,7 +1311,11 @@ impl Hart {
                 };
                 let takes_x = matches!(
                     op,
-                    FpOp::CvtFromW | FpOp::CvtFromWU | FpOp::CvtFromL | FpOp::CvtFromLU | FpOp::MvFromX
+                    FpOp::CvtFromW
+                        | FpOp::CvtFromWU
+                        | FpOp::CvtFromL
+                        | FpOp::CvtFromLU
+                        | FpOp::MvFromX
                 );
                 (op, if takes_x { x1 } else { f1 }, f2, 0)
             }

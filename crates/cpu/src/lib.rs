@@ -134,4 +134,3 @@ pub struct HartConfig {
     /// Guest-time rate: instructions per `mtime` tick.
     pub insns_per_tick: u64,
 }
-

@@ -34,11 +34,11 @@ impl Ram {
         self.bytes.len() as u64
     }
     /// True if `[paddr, paddr+len)` lies wholly in RAM.
+    #[inline(always)]
     pub fn contains(&self, paddr: u64, len: u64) -> bool {
-        paddr >= self.base
-            && paddr
-                .checked_add(len)
-                .is_some_and(|end| end <= self.base + self.size())
+        // One subtraction and compare: wraps to a huge offset below base.
+        let off = paddr.wrapping_sub(self.base);
+        off < self.bytes.len() as u64 && len <= self.bytes.len() as u64 - off
     }
     /// The whole of RAM (for digests and snapshots).
     pub fn bytes(&self) -> &[u8] {
@@ -82,12 +82,26 @@ impl Ram {
     }
     #[inline(always)]
     pub(crate) fn load_le(&self, off: usize, size: usize) -> u64 {
-        let mut b = [0u8; 8];
-        b[..size].copy_from_slice(&self.bytes[off..off + size]);
-        u64::from_le_bytes(b)
+        let b = &self.bytes[off..off + size];
+        match size {
+            1 => u64::from(b[0]),
+            2 => u64::from(u16::from_le_bytes([b[0], b[1]])),
+            4 => u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            _ => u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]),
+        }
+    }
+    #[inline(always)]
+    pub(crate) fn load_u32(&self, off: usize) -> u32 {
+        self.load_le(off, 4) as u32
     }
     #[inline(always)]
     pub(crate) fn store_le(&mut self, off: usize, size: usize, value: u64) {
-        self.bytes[off..off + size].copy_from_slice(&value.to_le_bytes()[..size]);
+        let b = &mut self.bytes[off..off + size];
+        match size {
+            1 => b[0] = value as u8,
+            2 => b.copy_from_slice(&(value as u16).to_le_bytes()),
+            4 => b.copy_from_slice(&(value as u32).to_le_bytes()),
+            _ => b.copy_from_slice(&value.to_le_bytes()),
+        }
     }
 }

@@ -1,6 +1,16 @@
 //! RV64C: each compressed instruction expands to the 32-bit instruction it
 //! abbreviates, so the interpreter has one implementation of each operation.
 
+use std::sync::OnceLock;
+
+/// Every parcel's expansion, computed once: the interpreter looks
+/// compressed instructions up instead of re-assembling them each time they
+/// execute. 0 marks an illegal parcel (no valid expansion is 0).
+pub fn expansion_table() -> &'static [u32] {
+    static TABLE: OnceLock<Vec<u32>> = OnceLock::new();
+    TABLE.get_or_init(|| (0..=u16::MAX).map(|c| expand(c).unwrap_or(0)).collect())
+}
+
 /// The 32-bit equivalent of a 16-bit parcel, or `None` if it is reserved or
 /// illegal (including the all-zero parcel).
 pub fn expand(c: u16) -> Option<u32> {
@@ -78,7 +88,8 @@ pub fn expand(c: u16) -> Option<u32> {
         // Quadrant 0
         (0, 0) => {
             // c.addi4spn
-            let nzuimm = (bits(12, 11) << 4) | (bits(10, 7) << 6) | (bits(6, 6) << 2) | (bits(5, 5) << 3);
+            let nzuimm =
+                (bits(12, 11) << 4) | (bits(10, 7) << 6) | (bits(6, 6) << 2) | (bits(5, 5) << 3);
             if nzuimm == 0 {
                 return None;
             }
@@ -129,7 +140,7 @@ pub fn expand(c: u16) -> Option<u32> {
             match bits(11, 10) {
                 0 => r_type(0, 0, rs1_p, 5, rs1_p, 0x13) | (shamt << 20), // c.srli
                 1 => r_type(0x20, 0, rs1_p, 5, rs1_p, 0x13) | (shamt << 20), // c.srai
-                2 => i_type(ci_imm6, rs1_p, 7, rs1_p, 0x13),               // c.andi
+                2 => i_type(ci_imm6, rs1_p, 7, rs1_p, 0x13),              // c.andi
                 _ => {
                     let rs2 = rd_p;
                     match (bits(12, 12), bits(6, 5)) {
@@ -144,7 +155,7 @@ pub fn expand(c: u16) -> Option<u32> {
                 }
             }
         }
-        (1, 5) => j_type(cj_imm, 0),             // c.j
+        (1, 5) => j_type(cj_imm, 0),           // c.j
         (1, 6) => b_type(cb_imm, 0, rs1_p, 0), // c.beqz
         (1, 7) => b_type(cb_imm, 0, rs1_p, 1), // c.bnez
         // Quadrant 2
@@ -174,7 +185,7 @@ pub fn expand(c: u16) -> Option<u32> {
             (0, 0, 0) => return None,
             (0, rs1, 0) => i_type(0, rs1, 0, 0, 0x67), // c.jr
             (0, rd, rs2) => r_type(0, rs2, 0, 0, rd, 0x33), // c.mv
-            (1, 0, 0) => 0x0010_0073,               // c.ebreak
+            (1, 0, 0) => 0x0010_0073,                  // c.ebreak
             (1, rs1, 0) => i_type(0, rs1, 0, 1, 0x67), // c.jalr
             (_, rd, rs2) => r_type(0, rs2, rd, 0, rd, 0x33), // c.add
         },

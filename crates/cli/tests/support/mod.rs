@@ -42,7 +42,11 @@ pub fn guest_build_dir() -> PathBuf {
 
 pub fn guest_elf(name: &str) -> PathBuf {
     let path = guest_build_dir().join(format!("{name}.elf"));
-    assert!(path.exists(), "guest program {} was not built", path.display());
+    assert!(
+        path.exists(),
+        "guest program {} was not built",
+        path.display()
+    );
     path
 }
 
@@ -111,7 +115,9 @@ pub fn run_limited(mut cmd: Command, limit: Duration) -> Finished {
 /// `ftvm run --bios none --kernel ELF` plus `extra` arguments.
 pub fn ftvm_run(elf: &Path, extra: &[&str], limit: Duration) -> Finished {
     let mut cmd = Command::new(ftvm_bin());
-    cmd.args(["run", "--bios", "none", "--kernel"]).arg(elf).args(extra);
+    cmd.args(["run", "--bios", "none", "--kernel"])
+        .arg(elf)
+        .args(extra);
     run_limited(cmd, limit)
 }
 
