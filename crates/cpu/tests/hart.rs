@@ -2,7 +2,7 @@
 //! properties the guest programs cannot check against QEMU (which does not
 //! follow the spec for `minstret` writes) or that need the host's view.
 
-use ftvm_cpu::{Bus, BusFault, Exit, Hart, HartConfig, Privilege};
+use ftvm_cpu::{Bus, BusFault, Exit, Hart, HartConfig};
 use proptest::prelude::*;
 
 const BASE: u64 = 0x8000_0000;
