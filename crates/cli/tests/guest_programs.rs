@@ -7,7 +7,12 @@ mod support;
 
 use std::time::Duration;
 
-use support::{ftvm_run, guest_elf, qemu_available, qemu_run};
+use std::process::Command;
+
+use support::{
+    ftvm_bin, ftvm_run, guest_elf, qemu_available, qemu_run, qemu_run_with_bios, run_with_input,
+    OPENSBI_FW_DYNAMIC,
+};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -99,5 +104,44 @@ fn bench_program_agrees_with_qemu() {
     assert_eq!(ours.code, Some(0), "{}", ours.stderr);
     if qemu_available() {
         assert_eq!(ours.stdout_text(), qemu_run(&elf, &[], LIMIT).stdout_text());
+    }
+}
+
+#[test]
+fn console_input_reaches_the_guest() {
+    let mut cmd = Command::new(ftvm_bin());
+    cmd.args(["run", "--kernel"]).arg(guest_elf("echo"));
+    let run = run_with_input(cmd, Some(b"hello ftvm\nq\n".to_vec()), LIMIT);
+    let text = run.stdout_text();
+    assert_eq!(run.code, Some(0), "{text}\n{}", run.stderr);
+    assert!(text.contains("you typed: hello ftvm"), "{text}");
+    assert!(text.ends_with("bye\r\n"), "{text}");
+}
+
+#[test]
+fn opensbi_boots_an_s_mode_payload_like_on_qemu() {
+    let payload = guest_elf("sbi-payload");
+    let mut cmd = Command::new(ftvm_bin());
+    cmd.args(["run", "--bios", OPENSBI_FW_DYNAMIC, "--kernel"])
+        .arg(&payload);
+    let ours = support::run_limited(cmd, LIMIT);
+    let text = ours.stdout_text();
+    assert_eq!(ours.code, Some(0), "{text}\n{}", ours.stderr);
+    assert!(text.contains("OpenSBI"), "{text}");
+    assert!(
+        text.contains("Domain0 Next Mode         : S-mode"),
+        "{text}"
+    );
+    assert!(
+        text.contains("payload: hello from S-mode via SBI"),
+        "{text}"
+    );
+    if qemu_available() {
+        let theirs = qemu_run_with_bios(&payload, OPENSBI_FW_DYNAMIC, &[], LIMIT);
+        assert_eq!(
+            text,
+            theirs.stdout_text(),
+            "OpenSBI's console differs from QEMU's"
+        );
     }
 }

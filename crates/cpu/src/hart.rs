@@ -101,8 +101,12 @@ pub struct HartState {
     pub mcountinhibit: u64,
     /// `fflags` in bits 4:0, `frm` in bits 7:5.
     pub fcsr: u64,
+    /// pmpcfg0 and pmpcfg2: the 16 PMP entries QEMU `virt` has.
     pub pmpcfg: Vec<u64>,
     pub pmpaddr: Vec<u64>,
+    /// mhpmcounter3..18: they hold what software writes; with every
+    /// mhpmevent hardwired to "no event" they never count.
+    pub mhpmcounter: Vec<u64>,
     pub menvcfg: u64,
     pub senvcfg: u64,
     /// `mcycle = icount + mcycle_offset` (wrapping); writes move the offset.
@@ -124,6 +128,10 @@ struct TlbEntry {
 }
 
 const TLB_ENTRIES: usize = 256;
+/// As many PMP entries and programmable counters as QEMU 7.2's `virt`, so
+/// firmware probing them sees the same machine.
+const PMP_ENTRIES: usize = 16;
+const HPM_COUNTERS: usize = 16;
 const EMPTY_TLB: TlbEntry = TlbEntry {
     tag: u64::MAX,
     ppage: 0,
@@ -193,8 +201,9 @@ impl Hart {
             scounteren: 0,
             mcountinhibit: 0,
             fcsr: 0,
-            pmpcfg: vec![0; 8],
-            pmpaddr: vec![0; 64],
+            pmpcfg: vec![0; PMP_ENTRIES / 8],
+            pmpaddr: vec![0; PMP_ENTRIES],
+            mhpmcounter: vec![0; HPM_COUNTERS],
             menvcfg: 0,
             senvcfg: 0,
             mcycle_offset: 0,
@@ -641,6 +650,14 @@ impl Hart {
         }
     }
 
+    fn hpmcounter(&self, index: u16) -> u64 {
+        self.s
+            .mhpmcounter
+            .get(usize::from(index))
+            .copied()
+            .unwrap_or(0)
+    }
+
     fn mcycle(&self) -> u64 {
         self.s.icount.wrapping_add(self.s.mcycle_offset)
     }
@@ -659,8 +676,8 @@ impl Hart {
             csr::CYCLE | csr::MCYCLE => self.mcycle(),
             csr::INSTRET | csr::MINSTRET => self.minstret(),
             csr::TIME => s.clock.mtime(s.icount),
-            csr::HPMCOUNTER3..=csr::HPMCOUNTER31 => 0,
-            csr::MHPMCOUNTER3..=csr::MHPMCOUNTER31 => 0,
+            csr::HPMCOUNTER3..=csr::HPMCOUNTER31 => self.hpmcounter(number - csr::HPMCOUNTER3),
+            csr::MHPMCOUNTER3..=csr::MHPMCOUNTER31 => self.hpmcounter(number - csr::MHPMCOUNTER3),
             csr::MHPMEVENT3..=csr::MHPMEVENT31 => 0,
             csr::SSTATUS => sstatus(self.mstatus()),
             csr::SIE => s.mie & s.mideleg,
@@ -693,9 +710,13 @@ impl Hart {
                 if number & 1 != 0 {
                     return None; // odd pmpcfg registers do not exist on RV64
                 }
-                s.pmpcfg[usize::from((number - csr::PMPCFG0) / 2)]
+                let index = usize::from((number - csr::PMPCFG0) / 2);
+                s.pmpcfg.get(index).copied().unwrap_or(0)
             }
-            csr::PMPADDR0..=csr::PMPADDR63 => s.pmpaddr[usize::from(number - csr::PMPADDR0)],
+            csr::PMPADDR0..=csr::PMPADDR63 => {
+                let index = usize::from(number - csr::PMPADDR0);
+                s.pmpaddr.get(index).copied().unwrap_or(0)
+            }
             csr::TSELECT..=csr::TDATA3 => 0,
             _ => return None,
         })
@@ -747,7 +768,15 @@ impl Hart {
                 s.mcycle_offset = value.wrapping_sub(s.icount + 1);
             }
             csr::MINSTRET => s.minstret_offset = value.wrapping_sub(s.icount + 1),
-            csr::MHPMCOUNTER3..=csr::MHPMCOUNTER31 | csr::MHPMEVENT3..=csr::MHPMEVENT31 => {}
+            csr::MHPMCOUNTER3..=csr::MHPMCOUNTER31 => {
+                if let Some(counter) = s
+                    .mhpmcounter
+                    .get_mut(usize::from(number - csr::MHPMCOUNTER3))
+                {
+                    *counter = value;
+                }
+            }
+            csr::MHPMEVENT3..=csr::MHPMEVENT31 => {}
             csr::SSTATUS => {
                 s.mstatus = (s.mstatus & !status::S_WRITABLE) | (value & status::S_WRITABLE);
                 self.flush_tlb();
@@ -796,10 +825,14 @@ impl Hart {
                     (s.mip_software & !csr::MIP_M_WRITABLE) | (value & csr::MIP_M_WRITABLE);
             }
             csr::PMPCFG0..=csr::PMPCFG15 => {
-                s.pmpcfg[usize::from((number - csr::PMPCFG0) / 2)] = value;
+                if let Some(cfg) = s.pmpcfg.get_mut(usize::from((number - csr::PMPCFG0) / 2)) {
+                    *cfg = value;
+                }
             }
             csr::PMPADDR0..=csr::PMPADDR63 => {
-                s.pmpaddr[usize::from(number - csr::PMPADDR0)] = value & ((1 << 54) - 1);
+                if let Some(addr) = s.pmpaddr.get_mut(usize::from(number - csr::PMPADDR0)) {
+                    *addr = value & ((1 << 54) - 1);
+                }
             }
             csr::TSELECT..=csr::TDATA3 => {}
             _ => return Err(illegal),

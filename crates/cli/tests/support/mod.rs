@@ -73,14 +73,29 @@ impl Finished {
 
 /// Run `cmd` with stdin closed, capturing its output, killing it after
 /// `limit`.
-pub fn run_limited(mut cmd: Command, limit: Duration) -> Finished {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+pub fn run_limited(cmd: Command, limit: Duration) -> Finished {
+    run_with_input(cmd, None, limit)
+}
+
+/// Like [`run_limited`], feeding `input` (if any) on stdin and then closing it.
+pub fn run_with_input(mut cmd: Command, input: Option<Vec<u8>>, limit: Duration) -> Finished {
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let started = Instant::now();
     let mut child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let _ = stdin.write_all(&input);
+        });
+    }
     let mut stdout_pipe = child.stdout.take().expect("piped stdout");
     let mut stderr_pipe = child.stderr.take().expect("piped stderr");
     let out_reader = std::thread::spawn(move || {
@@ -112,6 +127,10 @@ pub fn run_limited(mut cmd: Command, limit: Duration) -> Finished {
     }
 }
 
+/// Debian's OpenSBI (package `opensbi`), the firmware QEMU `virt` boots by
+/// default.
+pub const OPENSBI_FW_DYNAMIC: &str = "/usr/lib/riscv64-linux-gnu/opensbi/generic/fw_dynamic.bin";
+
 /// `ftvm run --bios none --kernel ELF` plus `extra` arguments.
 pub fn ftvm_run(elf: &Path, extra: &[&str], limit: Duration) -> Finished {
     let mut cmd = Command::new(ftvm_bin());
@@ -138,6 +157,11 @@ pub const QEMU_CPU: &str = "rv64,h=false,zba=false,zbb=false,zbc=false,zbs=false
 /// `qemu-system-riscv64 -M virt -cpu QEMU_CPU -bios none -kernel ELF` plus
 /// `extra`.
 pub fn qemu_run(elf: &Path, extra: &[&str], limit: Duration) -> Finished {
+    qemu_run_with_bios(elf, "none", extra, limit)
+}
+
+/// QEMU `virt` with the given `-bios` (a path, or `none`).
+pub fn qemu_run_with_bios(elf: &Path, bios: &str, extra: &[&str], limit: Duration) -> Finished {
     let mut cmd = Command::new("qemu-system-riscv64");
     cmd.args([
         "-M",
@@ -150,7 +174,7 @@ pub fn qemu_run(elf: &Path, extra: &[&str], limit: Duration) -> Finished {
         "-monitor",
         "none",
         "-bios",
-        "none",
+        bios,
         "-kernel",
     ])
     .arg(elf)
