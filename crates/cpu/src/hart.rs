@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::csr::{self, status};
+use crate::decode::{decode, Decoded, Op};
 use crate::fpu::{self, Fmt, FpOp, Rm};
 use crate::ram::{Ram, PAGE_SHIFT};
 use crate::{irq, rvc, Bus, Exit, GuestClock, HartConfig, Privilege};
@@ -128,6 +129,9 @@ struct TlbEntry {
 }
 
 const TLB_ENTRIES: usize = 256;
+/// Decoded-instruction cache slots (direct-mapped by RAM offset / 2).
+const ICACHE_SLOTS: usize = 1 << 15;
+const NO_TAG: u64 = u64::MAX;
 /// As many PMP entries and programmable counters as QEMU 7.2's `virt`, so
 /// firmware probing them sees the same machine.
 const PMP_ENTRIES: usize = 16;
@@ -154,6 +158,15 @@ pub struct Hart {
     irq_dirty: bool,
     /// [`rvc::expansion_table`].
     rvc: &'static [u32],
+    /// Decoded instructions by the RAM offset they were fetched from
+    /// (`itags` holds the offset, or `NO_TAG`).
+    icache: Box<[Decoded]>,
+    itags: Box<[u64]>,
+    /// One bit per RAM page that has instructions in the cache: only stores
+    /// to those pages need to look for stale entries.
+    code_pages: Vec<u64>,
+    /// `Ram::host_generation` the cache is coherent with.
+    icache_generation: u64,
 }
 
 /// Sign-extend the low `bits` of `v`.
@@ -222,6 +235,10 @@ impl Hart {
             exit: None,
             irq_dirty: true,
             rvc: rvc::expansion_table(),
+            icache: vec![decode(0, 0, 4); ICACHE_SLOTS].into_boxed_slice(),
+            itags: vec![NO_TAG; ICACHE_SLOTS].into_boxed_slice(),
+            code_pages: vec![0; (config.ram_size >> PAGE_SHIFT).div_ceil(64) as usize],
+            icache_generation: 0,
         }
     }
     pub fn config(&self) -> &HartConfig {
@@ -302,8 +319,34 @@ impl Hart {
     pub fn restore(&mut self, state: &HartState) {
         self.s = state.clone();
         self.flush_tlb();
+        self.flush_icache();
         self.exit = None;
         self.irq_dirty = true;
+    }
+
+    fn flush_icache(&mut self) {
+        self.itags.fill(NO_TAG);
+        self.code_pages.fill(0);
+        self.icache_generation = self.ram.host_generation;
+    }
+
+    /// Drop cached instructions overlapping a guest write to RAM offsets
+    /// `[off, off + size)`.
+    #[inline(always)]
+    fn invalidate_code(&mut self, off: usize, size: usize) {
+        let page = off >> PAGE_SHIFT;
+        if self.code_pages[page / 64] & (1 << (page % 64)) == 0 {
+            return;
+        }
+        // An instruction starting up to 2 bytes before the write overlaps it.
+        let mut start = (off & !1).saturating_sub(2);
+        while start < off + size {
+            let slot = (start >> 1) % ICACHE_SLOTS;
+            if self.itags[slot] == start as u64 {
+                self.itags[slot] = NO_TAG;
+            }
+            start += 2;
+        }
     }
 
     fn flush_tlb(&mut self) {
@@ -321,6 +364,9 @@ impl Hart {
     /// first instruction.
     pub fn run<B: Bus>(&mut self, bus: &mut B, icount_limit: u64) -> Exit {
         self.irq_dirty = true;
+        if self.icache_generation != self.ram.host_generation {
+            self.flush_icache();
+        }
         while self.s.icount < icount_limit {
             if self.irq_dirty {
                 self.irq_dirty = false;
@@ -329,8 +375,8 @@ impl Hart {
                 }
             }
             let pc = self.s.pc;
-            let result = match self.fetch(pc) {
-                Ok((insn, len)) => self.execute(bus, insn, len),
+            let result = match self.fetch_decoded(pc) {
+                Ok(d) => self.execute(bus, d),
                 Err(trap) => Err(trap),
             };
             self.s.icount += 1;
@@ -515,6 +561,7 @@ impl Hart {
             if new_pte != pte {
                 pte = new_pte;
                 self.ram.store_le(off, 8, pte);
+                self.invalidate_code(off, 8);
             }
             let vpn_low = (vaddr >> PAGE_SHIFT) & low_ppn_mask;
             return Ok((ppn | vpn_low) << PAGE_SHIFT);
@@ -524,23 +571,55 @@ impl Hart {
 
     // ----- memory access -----
 
+    /// The instruction at `pc`, from the decoded-instruction cache when it
+    /// is there. Instructions that straddle a page are not cached.
     #[inline(always)]
-    fn fetch(&mut self, pc: u64) -> Result<(u32, u64), Trap> {
+    fn fetch_decoded(&mut self, pc: u64) -> Result<Decoded, Trap> {
         let page_off = (pc & PAGE_MASK) as usize;
         if pc & !PAGE_MASK == self.fetch_vpage && page_off <= PAGE_SIZE as usize - 4 {
-            let word = self.ram.load_u32(self.fetch_page_off + page_off);
-            return Ok(if word & 3 == 3 {
+            let off = self.fetch_page_off + page_off;
+            let slot = (off >> 1) % ICACHE_SLOTS;
+            if self.itags[slot] == off as u64 {
+                return Ok(self.icache[slot]);
+            }
+            let word = self.ram.load_u32(off);
+            let d = self.decode_fetched(if word & 3 == 3 {
                 (word, 4)
             } else {
                 (word & 0xffff, 2)
             });
+            self.icache[slot] = d;
+            self.itags[slot] = off as u64;
+            let page = off >> PAGE_SHIFT;
+            self.code_pages[page / 64] |= 1 << (page % 64);
+            return Ok(d);
         }
         let low = self.fetch_half(pc)?;
         if low & 3 != 3 {
-            return Ok((low, 2));
+            return Ok(self.decode_fetched((low, 2)));
         }
         let high = self.fetch_half(pc.wrapping_add(2))?;
-        Ok((low | (high << 16), 4))
+        Ok(self.decode_fetched((low | (high << 16), 4)))
+    }
+
+    fn decode_fetched(&self, (raw, len): (u32, u8)) -> Decoded {
+        if len == 2 {
+            match self.rvc[raw as usize & 0xffff] {
+                // Reserved parcel: the general path raises illegal-instruction.
+                0 => Decoded {
+                    op: Op::Other,
+                    rd: 0,
+                    rs1: 0,
+                    rs2: 0,
+                    len,
+                    imm: 0,
+                    raw,
+                },
+                expanded => decode(expanded, raw, len),
+            }
+        } else {
+            decode(raw, raw, len)
+        }
     }
 
     fn fetch_half(&mut self, vaddr: u64) -> Result<u32, Trap> {
@@ -598,7 +677,9 @@ impl Hart {
         }
         let paddr = self.translate(vaddr, Access::Store)?;
         if self.ram.contains(paddr, size) {
-            self.ram.store_le(self.ram.off(paddr), size as usize, value);
+            let off = self.ram.off(paddr);
+            self.ram.store_le(off, size as usize, value);
+            self.invalidate_code(off, size as usize);
             if self.s.reservation.is_some_and(|r| r >> 3 == paddr >> 3) {
                 self.s.reservation = None;
             }
@@ -861,198 +942,162 @@ impl Hart {
         self.s.mstatus |= status::FS_DIRTY;
     }
 
-    /// Execute one instruction (`len` 2 or 4 bytes; compressed ones are
-    /// expanded here). On success `pc` points to the next instruction; on a
-    /// trap `pc` is unchanged.
+    /// Execute one decoded instruction. On success `pc` points to the next
+    /// instruction; on a trap `pc` is unchanged.
     #[inline(always)]
-    fn execute<B: Bus>(&mut self, bus: &mut B, raw: u32, len: u64) -> Result<(), Trap> {
+    fn execute<B: Bus>(&mut self, bus: &mut B, d: Decoded) -> Result<(), Trap> {
+        let pc = self.s.pc;
+        let mut npc = pc.wrapping_add(u64::from(d.len));
+        let rd = usize::from(d.rd);
+        let x1 = self.s.x[usize::from(d.rs1)];
+        let x2 = self.s.x[usize::from(d.rs2)];
+        let imm = d.imm as u64;
+        let shamt = d.imm as u32;
+        let branch = |taken: bool| if taken { pc.wrapping_add(imm) } else { npc };
+        let value = match d.op {
+            Op::Lui => imm,
+            Op::Auipc => pc.wrapping_add(imm),
+            Op::Jal => {
+                self.set_x(rd, npc);
+                npc = pc.wrapping_add(imm);
+                self.s.pc = npc;
+                return Ok(());
+            }
+            Op::Jalr => {
+                let target = x1.wrapping_add(imm) & !1;
+                self.set_x(rd, npc);
+                self.s.pc = target;
+                return Ok(());
+            }
+            Op::Beq | Op::Bne | Op::Blt | Op::Bge | Op::Bltu | Op::Bgeu => {
+                self.s.pc = branch(match d.op {
+                    Op::Beq => x1 == x2,
+                    Op::Bne => x1 != x2,
+                    Op::Blt => (x1 as i64) < (x2 as i64),
+                    Op::Bge => (x1 as i64) >= (x2 as i64),
+                    Op::Bltu => x1 < x2,
+                    _ => x1 >= x2,
+                });
+                return Ok(());
+            }
+            Op::Lb => sext(self.load(bus, x1.wrapping_add(imm), 1)?, 8),
+            Op::Lh => sext(self.load(bus, x1.wrapping_add(imm), 2)?, 16),
+            Op::Lw => sext32(self.load(bus, x1.wrapping_add(imm), 4)?),
+            Op::Ld => self.load(bus, x1.wrapping_add(imm), 8)?,
+            Op::Lbu => self.load(bus, x1.wrapping_add(imm), 1)?,
+            Op::Lhu => self.load(bus, x1.wrapping_add(imm), 2)?,
+            Op::Lwu => self.load(bus, x1.wrapping_add(imm), 4)?,
+            Op::Sb | Op::Sh | Op::Sw | Op::Sd => {
+                let size = match d.op {
+                    Op::Sb => 1,
+                    Op::Sh => 2,
+                    Op::Sw => 4,
+                    _ => 8,
+                };
+                self.store(bus, x1.wrapping_add(imm), size, x2)?;
+                self.s.pc = npc;
+                return Ok(());
+            }
+            Op::Addi => x1.wrapping_add(imm),
+            Op::Slti => ((x1 as i64) < (imm as i64)) as u64,
+            Op::Sltiu => (x1 < imm) as u64,
+            Op::Xori => x1 ^ imm,
+            Op::Ori => x1 | imm,
+            Op::Andi => x1 & imm,
+            Op::Slli => x1 << shamt,
+            Op::Srli => x1 >> shamt,
+            Op::Srai => ((x1 as i64) >> shamt) as u64,
+            Op::Addiw => sext32(x1.wrapping_add(imm)),
+            Op::Slliw => sext32(x1 << shamt),
+            Op::Srliw => sext32(u64::from(x1 as u32 >> shamt)),
+            Op::Sraiw => ((x1 as i32) >> shamt) as i64 as u64,
+            Op::Add => x1.wrapping_add(x2),
+            Op::Sub => x1.wrapping_sub(x2),
+            Op::Sll => x1 << (x2 & 63),
+            Op::Slt => ((x1 as i64) < (x2 as i64)) as u64,
+            Op::Sltu => (x1 < x2) as u64,
+            Op::Xor => x1 ^ x2,
+            Op::Srl => x1 >> (x2 & 63),
+            Op::Sra => ((x1 as i64) >> (x2 & 63)) as u64,
+            Op::Or => x1 | x2,
+            Op::And => x1 & x2,
+            Op::Mul => x1.wrapping_mul(x2),
+            Op::Mulh => ((x1 as i64 as i128 * x2 as i64 as i128) >> 64) as u64,
+            Op::Mulhsu => ((x1 as i64 as i128 * x2 as i128) >> 64) as u64,
+            Op::Mulhu => ((x1 as u128 * x2 as u128) >> 64) as u64,
+            Op::Div => {
+                if x2 == 0 {
+                    u64::MAX
+                } else {
+                    (x1 as i64).wrapping_div(x2 as i64) as u64
+                }
+            }
+            Op::Divu => x1.checked_div(x2).unwrap_or(u64::MAX),
+            Op::Rem => {
+                if x2 == 0 {
+                    x1
+                } else {
+                    (x1 as i64).wrapping_rem(x2 as i64) as u64
+                }
+            }
+            Op::Remu => x1.checked_rem(x2).unwrap_or(x1),
+            Op::Addw => sext32(u64::from((x1 as u32).wrapping_add(x2 as u32))),
+            Op::Subw => sext32(u64::from((x1 as u32).wrapping_sub(x2 as u32))),
+            Op::Sllw => sext32(u64::from((x1 as u32) << (x2 & 31))),
+            Op::Srlw => sext32(u64::from((x1 as u32) >> (x2 & 31))),
+            Op::Sraw => ((x1 as i32) >> (x2 & 31)) as i64 as u64,
+            Op::Mulw => sext32(u64::from((x1 as u32).wrapping_mul(x2 as u32))),
+            Op::Divw => {
+                let (a, b) = (x1 as i32, x2 as i32);
+                if b == 0 {
+                    u64::MAX
+                } else {
+                    a.wrapping_div(b) as i64 as u64
+                }
+            }
+            Op::Divuw => sext32(u64::from(
+                (x1 as u32).checked_div(x2 as u32).unwrap_or(u32::MAX),
+            )),
+            Op::Remw => {
+                let (a, b) = (x1 as i32, x2 as i32);
+                if b == 0 {
+                    a as i64 as u64
+                } else {
+                    a.wrapping_rem(b) as i64 as u64
+                }
+            }
+            Op::Remuw => {
+                let (a, b) = (x1 as u32, x2 as u32);
+                sext32(u64::from(a.checked_rem(b).unwrap_or(a)))
+            }
+            Op::Fence => {
+                self.s.pc = npc;
+                return Ok(());
+            }
+            Op::Other => return self.execute_other(bus, d.raw, u64::from(d.len)),
+        };
+        self.set_x(rd, value);
+        self.s.pc = npc;
+        Ok(())
+    }
+
+    /// The instructions that are not executed from their decoded form:
+    /// fence.i, system, atomic and floating point, and anything illegal.
+    fn execute_other<B: Bus>(&mut self, bus: &mut B, raw: u32, len: u64) -> Result<(), Trap> {
+        let illegal = Trap::illegal(raw);
         let insn = if len == 2 {
             match self.rvc[raw as usize & 0xffff] {
-                0 => return Err(Trap::illegal(raw)),
+                0 => return Err(illegal),
                 expanded => expanded,
             }
         } else {
             raw
         };
-        let pc = self.s.pc;
-        let mut npc = pc.wrapping_add(len);
-        let rd = ((insn >> 7) & 31) as usize;
-        let rs1 = ((insn >> 15) & 31) as usize;
-        let rs2 = ((insn >> 20) & 31) as usize;
-        let funct3 = (insn >> 12) & 7;
-        let funct7 = insn >> 25;
-        let x1 = self.s.x[rs1];
-        let x2 = self.s.x[rs2];
-        let imm_i = ((insn as i32) >> 20) as i64 as u64;
-        let imm_s = ((((insn as i32) >> 25) << 5) as i64 as u64) | u64::from((insn >> 7) & 31);
-        let illegal = Trap::illegal(raw);
-
+        let npc = self.s.pc.wrapping_add(len);
         match insn & 0x7f {
-            0x37 => self.set_x(rd, (insn & 0xffff_f000) as i32 as i64 as u64), // lui
-            0x17 => self.set_x(
-                rd,
-                pc.wrapping_add((insn & 0xffff_f000) as i32 as i64 as u64),
-            ), // auipc
-            0x6f => {
-                // jal
-                let imm = (((insn as i32) >> 31) as i64 as u64) << 20
-                    | u64::from((insn >> 21) & 0x3ff) << 1
-                    | u64::from((insn >> 20) & 1) << 11
-                    | u64::from((insn >> 12) & 0xff) << 12;
-                self.set_x(rd, npc);
-                npc = pc.wrapping_add(imm);
-            }
-            0x67 => {
-                if funct3 != 0 {
-                    return Err(illegal);
-                }
-                let target = x1.wrapping_add(imm_i) & !1;
-                self.set_x(rd, npc);
-                npc = target;
-            }
-            0x63 => {
-                let taken = match funct3 {
-                    0 => x1 == x2,
-                    1 => x1 != x2,
-                    4 => (x1 as i64) < (x2 as i64),
-                    5 => (x1 as i64) >= (x2 as i64),
-                    6 => x1 < x2,
-                    7 => x1 >= x2,
-                    _ => return Err(illegal),
-                };
-                if taken {
-                    let imm = (((insn as i32) >> 31) as i64 as u64) << 12
-                        | u64::from((insn >> 25) & 0x3f) << 5
-                        | u64::from((insn >> 8) & 0xf) << 1
-                        | u64::from((insn >> 7) & 1) << 11;
-                    npc = pc.wrapping_add(imm);
-                }
-            }
-            0x03 => {
-                let addr = x1.wrapping_add(imm_i);
-                let value = match funct3 {
-                    0 => sext(self.load(bus, addr, 1)?, 8),
-                    1 => sext(self.load(bus, addr, 2)?, 16),
-                    2 => sext32(self.load(bus, addr, 4)?),
-                    3 => self.load(bus, addr, 8)?,
-                    4 => self.load(bus, addr, 1)?,
-                    5 => self.load(bus, addr, 2)?,
-                    6 => self.load(bus, addr, 4)?,
-                    _ => return Err(illegal),
-                };
-                self.set_x(rd, value);
-            }
-            0x23 => {
-                let addr = x1.wrapping_add(imm_s);
-                match funct3 {
-                    0 => self.store(bus, addr, 1, x2)?,
-                    1 => self.store(bus, addr, 2, x2)?,
-                    2 => self.store(bus, addr, 4, x2)?,
-                    3 => self.store(bus, addr, 8, x2)?,
-                    _ => return Err(illegal),
-                }
-            }
-            0x13 => {
-                let shamt = (insn >> 20) & 63;
-                let value = match funct3 {
-                    0 => x1.wrapping_add(imm_i),
-                    2 => ((x1 as i64) < (imm_i as i64)) as u64,
-                    3 => (x1 < imm_i) as u64,
-                    4 => x1 ^ imm_i,
-                    6 => x1 | imm_i,
-                    7 => x1 & imm_i,
-                    1 if insn >> 26 == 0 => x1 << shamt,
-                    5 if insn >> 26 == 0 => x1 >> shamt,
-                    5 if insn >> 26 == 0x10 => ((x1 as i64) >> shamt) as u64,
-                    _ => return Err(illegal),
-                };
-                self.set_x(rd, value);
-            }
-            0x1b => {
-                let shamt = (insn >> 20) & 31;
-                let value = match (funct3, funct7) {
-                    (0, _) => sext32(x1.wrapping_add(imm_i)),
-                    (1, 0) => sext32(x1 << shamt),
-                    (5, 0) => sext32((x1 as u32 >> shamt) as u64),
-                    (5, 0x20) => ((x1 as i32) >> shamt) as i64 as u64,
-                    _ => return Err(illegal),
-                };
-                self.set_x(rd, value);
-            }
-            0x33 => {
-                let value = match (funct7, funct3) {
-                    (0, 0) => x1.wrapping_add(x2),
-                    (0x20, 0) => x1.wrapping_sub(x2),
-                    (0, 1) => x1 << (x2 & 63),
-                    (0, 2) => ((x1 as i64) < (x2 as i64)) as u64,
-                    (0, 3) => (x1 < x2) as u64,
-                    (0, 4) => x1 ^ x2,
-                    (0, 5) => x1 >> (x2 & 63),
-                    (0x20, 5) => ((x1 as i64) >> (x2 & 63)) as u64,
-                    (0, 6) => x1 | x2,
-                    (0, 7) => x1 & x2,
-                    (1, 0) => x1.wrapping_mul(x2),
-                    (1, 1) => ((x1 as i64 as i128 * x2 as i64 as i128) >> 64) as u64,
-                    (1, 2) => ((x1 as i64 as i128 * x2 as i128) >> 64) as u64,
-                    (1, 3) => ((x1 as u128 * x2 as u128) >> 64) as u64,
-                    (1, 4) => {
-                        let (a, b) = (x1 as i64, x2 as i64);
-                        if b == 0 {
-                            u64::MAX
-                        } else {
-                            a.wrapping_div(b) as u64
-                        }
-                    }
-                    (1, 5) => x1.checked_div(x2).unwrap_or(u64::MAX),
-                    (1, 6) => {
-                        let (a, b) = (x1 as i64, x2 as i64);
-                        if b == 0 {
-                            x1
-                        } else {
-                            a.wrapping_rem(b) as u64
-                        }
-                    }
-                    (1, 7) => x1.checked_rem(x2).unwrap_or(x1),
-                    _ => return Err(illegal),
-                };
-                self.set_x(rd, value);
-            }
-            0x3b => {
-                let (a, b) = (x1 as u32, x2 as u32);
-                let value = match (funct7, funct3) {
-                    (0, 0) => sext32(a.wrapping_add(b) as u64),
-                    (0x20, 0) => sext32(a.wrapping_sub(b) as u64),
-                    (0, 1) => sext32((a << (b & 31)) as u64),
-                    (0, 5) => sext32((a >> (b & 31)) as u64),
-                    (0x20, 5) => ((a as i32) >> (b & 31)) as i64 as u64,
-                    (1, 0) => sext32(a.wrapping_mul(b) as u64),
-                    (1, 4) => {
-                        let (a, b) = (a as i32, b as i32);
-                        if b == 0 {
-                            u64::MAX
-                        } else {
-                            a.wrapping_div(b) as i64 as u64
-                        }
-                    }
-                    (1, 5) => sext32(a.checked_div(b).unwrap_or(u32::MAX) as u64),
-                    (1, 6) => {
-                        let (a, b) = (a as i32, b as i32);
-                        if b == 0 {
-                            a as i64 as u64
-                        } else {
-                            a.wrapping_rem(b) as i64 as u64
-                        }
-                    }
-                    (1, 7) => sext32(a.checked_rem(b).unwrap_or(a) as u64),
-                    _ => return Err(illegal),
-                };
-                self.set_x(rd, value);
-            }
-            0x0f => match funct3 {
-                0 => {}                           // fence
-                1 => self.fetch_vpage = u64::MAX, // fence.i: nothing is cached beyond the page
-                _ => return Err(illegal),
-            },
+            // fence.i: stores already invalidated any cached copy of the
+            // code they overwrote; only the fetch page needs forgetting.
+            0x0f if (insn >> 12) & 7 == 1 => self.fetch_vpage = u64::MAX,
             0x73 => return self.system(bus, raw, insn, npc),
             0x2f => self.atomic(bus, raw, insn)?,
             0x07 | 0x27 | 0x43 | 0x47 | 0x4b | 0x4f | 0x53 => self.float(bus, raw, insn)?,

@@ -25,6 +25,7 @@
 //! the guest.
 
 mod csr;
+mod decode;
 pub mod fpu;
 mod hart;
 mod ram;
