@@ -137,19 +137,20 @@ fn stores_over_executed_code_take_effect_after_fence_i() {
     let patched = addi(10, 0, 42);
     let [lui, addi_low] = li32(6, patched);
     let program = [
-        addi(10, 0, 1), // 0: the slot, first run: a0 = 1
-        WFI,            // 4
-        auipc(5, 0),    // 8: t0 = BASE + 8
-        lui,            // 12
-        addi_low,       // 16: t1 = `addi a0, x0, 42`
-        sw(6, 5, -8),   // 20: overwrite the slot
-        FENCE_I,        // 24
-        jal(0, -28),    // 28: j 0
+        0x0000_0013,    // 0: nop (the first fetch on a page is not cached)
+        addi(10, 0, 1), // 4: the slot, first run: a0 = 1, now cached decoded
+        WFI,            // 8
+        auipc(5, 0),    // 12: t0 = BASE + 12
+        lui,            // 16
+        addi_low,       // 20: t1 = `addi a0, x0, 42`
+        sw(6, 5, -8),   // 24: overwrite the slot
+        FENCE_I,        // 28
+        jal(0, -28),    // 32: back to the slot
     ];
     load_program(&mut h, &program);
     assert_eq!(h.run(&mut NoDevices, 100), Exit::Wfi);
     assert_eq!(h.xreg(10), 1, "the slot executed once");
-    h.set_pc(BASE + 8);
+    h.set_pc(BASE + 12);
     assert_eq!(h.run(&mut NoDevices, 200), Exit::Wfi);
     assert_eq!(
         h.xreg(10),
@@ -158,7 +159,7 @@ fn stores_over_executed_code_take_effect_after_fence_i() {
     );
     // A host-side write over code (loader, DMA) is seen as well.
     h.ram_mut()
-        .write(BASE, &addi(10, 0, 7).to_le_bytes())
+        .write(BASE + 4, &addi(10, 0, 7).to_le_bytes())
         .expect("in RAM");
     h.set_pc(BASE);
     assert_eq!(h.run(&mut NoDevices, 300), Exit::Wfi);
