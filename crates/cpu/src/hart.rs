@@ -175,6 +175,15 @@ fn sext(v: u64, bits: u32) -> u64 {
     (((v << (64 - bits)) as i64) >> (64 - bits)) as u64
 }
 
+/// The privilege held in `mstatus.MPP`.
+fn mpp_privilege(mstatus: u64) -> Privilege {
+    match (mstatus & status::MPP) >> status::MPP_SHIFT {
+        0 => Privilege::User,
+        1 => Privilege::Supervisor,
+        _ => Privilege::Machine,
+    }
+}
+
 #[inline(always)]
 fn sext32(v: u64) -> u64 {
     v as i32 as i64 as u64
@@ -471,11 +480,7 @@ impl Hart {
 
     fn effective_privilege(&self, access: Access) -> Privilege {
         if access != Access::Fetch && self.s.mstatus & status::MPRV != 0 {
-            match (self.s.mstatus & status::MPP) >> status::MPP_SHIFT {
-                0 => Privilege::User,
-                1 => Privilege::Supervisor,
-                _ => Privilege::Machine,
-            }
+            mpp_privilege(self.s.mstatus)
         } else {
             self.s.privilege
         }
@@ -1126,23 +1131,12 @@ impl Hart {
                     {
                         return Err(illegal);
                     }
-                    let st = self.s.mstatus;
-                    self.s.privilege = if st & status::SPP != 0 {
+                    let to = if self.s.mstatus & status::SPP != 0 {
                         Privilege::Supervisor
                     } else {
                         Privilege::User
                     };
-                    let mut st = st & !(status::SIE | status::SPP);
-                    if st & status::SPIE != 0 {
-                        st |= status::SIE;
-                    }
-                    st |= status::SPIE;
-                    if self.s.privilege != Privilege::Machine {
-                        st &= !status::MPRV;
-                    }
-                    self.s.mstatus = st;
-                    self.s.pc = self.s.sepc;
-                    self.after_xret();
+                    self.xret(to, status::SIE, status::SPIE, status::SPP, self.s.sepc);
                     return Ok(());
                 }
                 0x3020_0073 => {
@@ -1150,23 +1144,8 @@ impl Hart {
                     if prv != Privilege::Machine {
                         return Err(illegal);
                     }
-                    let st = self.s.mstatus;
-                    self.s.privilege = match (st & status::MPP) >> status::MPP_SHIFT {
-                        0 => Privilege::User,
-                        1 => Privilege::Supervisor,
-                        _ => Privilege::Machine,
-                    };
-                    let mut st = st & !(status::MIE | status::MPP);
-                    if st & status::MPIE != 0 {
-                        st |= status::MIE;
-                    }
-                    st |= status::MPIE;
-                    if self.s.privilege != Privilege::Machine {
-                        st &= !status::MPRV;
-                    }
-                    self.s.mstatus = st;
-                    self.s.pc = self.s.mepc;
-                    self.after_xret();
+                    let to = mpp_privilege(self.s.mstatus);
+                    self.xret(to, status::MIE, status::MPIE, status::MPP, self.s.mepc);
                     return Ok(());
                 }
                 0x1050_0073 => {
@@ -1223,7 +1202,21 @@ impl Hart {
         Ok(())
     }
 
-    fn after_xret(&mut self) {
+    /// Return from a trap to `to`: the saved interrupt enable (`pie`) comes
+    /// back into `ie`, `pie` is set, the saved privilege field `pp` clears.
+    fn xret(&mut self, to: Privilege, ie: u64, pie: u64, pp: u64, epc: u64) {
+        let old = self.s.mstatus;
+        let mut st = old & !(ie | pp);
+        if old & pie != 0 {
+            st |= ie;
+        }
+        st |= pie;
+        if to != Privilege::Machine {
+            st &= !status::MPRV;
+        }
+        self.s.mstatus = st;
+        self.s.privilege = to;
+        self.s.pc = epc;
         self.s.reservation = None;
         self.fetch_vpage = u64::MAX;
         self.irq_dirty = true;
