@@ -154,7 +154,7 @@ impl Plic {
         }
         let word = (offset / 4) as usize;
         Some(u64::from(match offset {
-            0..0x1000 => *self.priority.get(word)?,
+            0..0x1000 => self.priority.get(word).copied().unwrap_or(0),
             0x1000..0x100c => {
                 let base = (offset as usize - 0x1000) * 8;
                 (0..32).fold(0, |acc, bit| {
@@ -164,7 +164,11 @@ impl Plic {
             0x2000..0x2100 => {
                 let context = (offset as usize - 0x2000) / 0x80;
                 let index = (offset as usize % 0x80) / 4;
-                *self.enable.get(context)?.get(index)?
+                self.enable
+                    .get(context)
+                    .and_then(|c| c.get(index))
+                    .copied()
+                    .unwrap_or(0)
             }
             0x20_0000..0x20_2000 => {
                 let context = (offset as usize - 0x20_0000) / 0x1000;

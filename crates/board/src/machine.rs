@@ -434,3 +434,84 @@ impl Machine {
         Digest(*hasher.finalize().as_bytes())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::path::PathBuf;
+
+    /// A machine running a raw image that counts in a0 forever.
+    fn machine() -> Machine {
+        // A file per call: tests run in parallel threads.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("ftvm-board-test-{}-{n}.img", std::process::id()));
+        // addi a0, a0, 1; j -4
+        let code: Vec<u8> = [0x0015_0513u32, 0xffdf_f06f]
+            .iter()
+            .flat_map(|w| w.to_le_bytes())
+            .collect();
+        std::fs::write(&path, code).expect("write image");
+        let config = MachineConfig {
+            memory_mib: 16,
+            firmware: Firmware::None,
+            kernel: PathBuf::from(&path),
+            initrd: None,
+            append: String::new(),
+            insns_per_tick: 10,
+        };
+        let machine = Machine::new(&config).expect("machine");
+        let _ = std::fs::remove_file(&path);
+        machine
+    }
+
+    #[test]
+    fn snapshot_round_trip_and_digest_sensitivity() {
+        let mut m = machine();
+        assert_eq!(m.run(1001), Stop::Limit);
+        let snap = Snapshot::from_bytes(&m.snapshot().to_bytes()).expect("decodes");
+        let digest = m.digest();
+        let mut other = machine();
+        other.restore(&snap).expect("restore");
+        assert_eq!(other.digest(), digest);
+        other
+            .hart_mut()
+            .ram_mut()
+            .write(0x8010_0000, &[1])
+            .expect("ram");
+        assert_ne!(
+            other.digest(),
+            digest,
+            "one RAM byte must change the digest"
+        );
+    }
+
+    #[test]
+    fn snapshot_of_another_size_is_refused() {
+        let mut small = machine();
+        let mut snap = small.snapshot();
+        snap.ram_size *= 2;
+        snap.ram.resize(snap.ram_size as usize, 0);
+        assert!(matches!(small.restore(&snap), Err(BoardError::Snapshot(_))));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+        #[test]
+        fn corrupt_snapshots_are_errors_not_panics(
+            flips in prop::collection::vec((0usize..400, any::<u8>()), 1..8),
+            cut in prop::option::of(0usize..400),
+        ) {
+            let mut bytes = machine().snapshot().to_bytes();
+            for (at, value) in flips {
+                bytes[at] = value;
+            }
+            if let Some(cut) = cut {
+                bytes.truncate(cut);
+            }
+            let _ = Snapshot::from_bytes(&bytes);
+        }
+    }
+}

@@ -108,13 +108,18 @@ impl GuestClock {
     pub fn mtime(&self, icount: u64) -> u64 {
         self.offset.wrapping_add(icount / self.insns_per_tick)
     }
-    /// Smallest icount >= `now` at which `mtime >= target`.
+    /// Smallest icount >= `now` at which `mtime >= target`. Computed from
+    /// the ticks still to go, so a wrapped `offset` (a guest that set
+    /// `mtime` back) cannot overflow it.
     pub fn icount_at(&self, now: u64, target: u64) -> u64 {
-        if self.mtime(now) >= target {
+        let current = self.mtime(now);
+        if current >= target {
             return now;
         }
-        let ticks_needed = target - self.offset;
-        ticks_needed.saturating_mul(self.insns_per_tick).max(now)
+        let ticks_to_go = target - current;
+        (now / self.insns_per_tick)
+            .saturating_add(ticks_to_go)
+            .saturating_mul(self.insns_per_tick)
     }
     /// Make `mtime(icount) == value`.
     pub fn set_mtime(&mut self, icount: u64, value: u64) {
@@ -134,4 +139,34 @@ pub struct HartConfig {
     pub ram_size: u64,
     /// Guest-time rate: instructions per `mtime` tick.
     pub insns_per_tick: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::GuestClock;
+
+    #[test]
+    fn deadlines_land_on_the_tick_boundary() {
+        let clock = GuestClock {
+            insns_per_tick: 10,
+            offset: 5,
+        };
+        assert_eq!(clock.mtime(0), 5);
+        assert_eq!(clock.icount_at(0, 5), 0);
+        assert_eq!(clock.icount_at(3, 7), 20);
+        assert_eq!(clock.mtime(20), 7);
+        assert_eq!(clock.mtime(19), 6);
+    }
+
+    #[test]
+    fn a_guest_setting_time_back_cannot_overflow_the_deadline() {
+        let mut clock = GuestClock {
+            insns_per_tick: 10,
+            offset: 0,
+        };
+        clock.set_mtime(1_000_000, 3); // offset wraps below zero
+        assert_eq!(clock.mtime(1_000_000), 3);
+        assert_eq!(clock.icount_at(1_000_000, 5), 1_000_020);
+        assert_eq!(clock.icount_at(1_000_000, u64::MAX), u64::MAX);
+    }
 }
