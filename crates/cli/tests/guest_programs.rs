@@ -88,7 +88,11 @@ guest_tests! {
 fn htif_tohost_pass_ends_the_run_with_code_zero() {
     let run = ftvm_run(&guest_elf("htif"), &[], LIMIT);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
-    assert!(!run.stdout.is_empty(), "htif printed nothing");
+    assert_eq!(
+        run.stdout_text(),
+        "htif: exiting with code 0 via tohost\nhtif putchar\n",
+        "UART output, then HTIF console putchar output"
+    );
 }
 
 #[test]
