@@ -463,15 +463,20 @@ fn to_int<F: Float>(op: FpOp, x: F, r: Round) -> Raw {
 }
 
 /// fcvt between formats; `pack` turns the result bits into a register.
-fn convert<S: Float + FloatConvert<D>, D: Float>(
-    a: u64,
-    rm: Rm,
-    pack: fn(u128) -> u64,
-) -> FpResult {
+fn convert<S, D>(a: u64, rm: Rm, pack: fn(u128) -> u64) -> FpResult
+where
+    S: Float + FloatConvert<D> + FloatConvert<Quad>,
+    D: Float + FloatConvert<Quad>,
+{
     let x = S::from_bits(u128::from(a));
     let mut loses_info = false;
     let r: StatusAnd<D> = x.convert_r(round(rm), &mut loses_info);
-    let raw = float_out(r, snan_flag(&[x]));
+    let exact = || -> Quad {
+        let mut loses = false;
+        x.convert(&mut loses).value
+    };
+    let mut raw = saturated_overflow(r, exact);
+    raw.flags |= snan_flag(&[x]);
     FpResult {
         value: pack(raw.bits),
         flags: raw.flags,
@@ -671,6 +676,23 @@ mod tests {
             execute(FpOp::Class, Fmt::D, f64::NAN.to_bits(), 0, 0, Rm::Rne).value,
             1 << 9
         );
+    }
+
+    #[test]
+    fn narrowing_overflow_raises_overflow_in_every_mode() {
+        let big = 1e300f64.to_bits();
+        let r = execute(FpOp::CvtFromOther, Fmt::S, big, 0, 0, Rm::Rtz);
+        assert_eq!((r.value, r.flags), (s(f32::MAX), flags::OF | flags::NX));
+        let r = execute(FpOp::CvtFromOther, Fmt::S, big, 0, 0, Rm::Rne);
+        assert_eq!(
+            (r.value, r.flags),
+            (s(f32::INFINITY), flags::OF | flags::NX)
+        );
+        // Just above f32::MAX but below 2^128: rounding toward zero gives
+        // MAX without overflow.
+        let just_above = (f64::from(f32::MAX) * (1.0 + 2f64.powi(-30))).to_bits();
+        let r = execute(FpOp::CvtFromOther, Fmt::S, just_above, 0, 0, Rm::Rtz);
+        assert_eq!((r.value, r.flags), (s(f32::MAX), flags::NX));
     }
 
     #[test]
