@@ -76,8 +76,9 @@ pub enum Op {
     Other,
 }
 
-/// A decoded instruction. `imm` is sign-extended; for shifts it is the
-/// shift amount.
+/// A decoded instruction (16 bytes, so a block of them is dense in the
+/// host cache). `imm` is the sign-extended immediate (every RV64
+/// immediate fits in 32 bits); for shifts it is the shift amount.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Decoded {
     pub op: Op,
@@ -86,7 +87,7 @@ pub struct Decoded {
     pub rs2: u8,
     /// 2 or 4.
     pub len: u8,
-    pub imm: i64,
+    pub imm: i32,
     /// The instruction as fetched (the 16-bit parcel for compressed ones).
     pub raw: u32,
 }
@@ -98,19 +99,19 @@ pub fn decode(insn: u32, raw: u32, len: u8) -> Decoded {
     let rs2 = ((insn >> 20) & 31) as u8;
     let funct3 = (insn >> 12) & 7;
     let funct7 = insn >> 25;
-    let imm_i = ((insn as i32) >> 20) as i64;
-    let imm_s = ((((insn as i32) >> 25) << 5) | ((insn >> 7) & 31) as i32) as i64;
-    let imm_u = (insn & 0xffff_f000) as i32 as i64;
-    let imm_b = ((((insn as i32) >> 31) << 12)
+    let imm_i = (insn as i32) >> 20;
+    let imm_s = (((insn as i32) >> 25) << 5) | ((insn >> 7) & 31) as i32;
+    let imm_u = (insn & 0xffff_f000) as i32;
+    let imm_b = (((insn as i32) >> 31) << 12)
         | (((insn >> 25) & 0x3f) << 5) as i32
         | (((insn >> 8) & 0xf) << 1) as i32
-        | (((insn >> 7) & 1) << 11) as i32) as i64;
-    let imm_j = ((((insn as i32) >> 31) << 20)
+        | (((insn >> 7) & 1) << 11) as i32;
+    let imm_j = (((insn as i32) >> 31) << 20)
         | (((insn >> 21) & 0x3ff) << 1) as i32
         | (((insn >> 20) & 1) << 11) as i32
-        | (((insn >> 12) & 0xff) << 12) as i32) as i64;
-    let shamt6 = i64::from((insn >> 20) & 63);
-    let shamt5 = i64::from((insn >> 20) & 31);
+        | (((insn >> 12) & 0xff) << 12) as i32;
+    let shamt6 = ((insn >> 20) & 63) as i32;
+    let shamt5 = ((insn >> 20) & 31) as i32;
     use Op::*;
     let (op, imm) = match insn & 0x7f {
         0x37 => (Lui, imm_u),

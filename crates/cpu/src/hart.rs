@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::csr::{self, status};
+use crate::block::{BlockCache, BlockRef, BLOCK_MAX, CHUNK_SHIFT};
 use crate::decode::{decode, Decoded, Op};
 use crate::fpu::{self, Fmt, FpOp, Rm};
 use crate::ram::{Ram, PAGE_SHIFT};
@@ -129,9 +130,6 @@ struct TlbEntry {
 }
 
 const TLB_ENTRIES: usize = 256;
-/// Decoded-instruction cache slots (direct-mapped by RAM offset / 2).
-const ICACHE_SLOTS: usize = 1 << 15;
-const NO_TAG: u64 = u64::MAX;
 /// As many PMP entries and programmable counters as QEMU 7.2's `virt`, so
 /// firmware probing them sees the same machine.
 const PMP_ENTRIES: usize = 16;
@@ -158,15 +156,50 @@ pub struct Hart {
     irq_dirty: bool,
     /// [`rvc::expansion_table`].
     rvc: &'static [u32],
-    /// Decoded instructions by the RAM offset they were fetched from
-    /// (`itags` holds the offset, or `NO_TAG`).
-    icache: Box<[Decoded]>,
-    itags: Box<[u64]>,
-    /// One bit per RAM page that has instructions in the cache: only stores
-    /// to those pages need to look for stale entries.
-    code_pages: Vec<u64>,
-    /// `Ram::host_generation` the cache is coherent with.
-    icache_generation: u64,
+    blocks: BlockCache,
+    /// Set when the block being executed must end after the current
+    /// instruction: an [`Exit`] is pending or a store retired cached code.
+    stop_block: bool,
+}
+
+/// Decode a fetched instruction (`len` 2: a compressed parcel, expanded
+/// through `rvc`, the [`rvc::expansion_table`]).
+fn decode_parcel(rvc: &[u32], (raw, len): (u32, u8)) -> Decoded {
+    if len == 2 {
+        match rvc[raw as usize & 0xffff] {
+            // Reserved parcel: the general path raises illegal-instruction.
+            0 => Decoded {
+                op: Op::Other,
+                rd: 0,
+                rs1: 0,
+                rs2: 0,
+                len,
+                imm: 0,
+                raw,
+            },
+            expanded => decode(expanded, raw, len),
+        }
+    } else {
+        decode(raw, raw, len)
+    }
+}
+
+/// Instructions after which a block ends: control transfers, and those
+/// executed by the general path, which may change privilege, translation
+/// or interrupt state, or stop the run.
+fn ends_block(op: Op) -> bool {
+    matches!(
+        op,
+        Op::Jal
+            | Op::Jalr
+            | Op::Beq
+            | Op::Bne
+            | Op::Blt
+            | Op::Bge
+            | Op::Bltu
+            | Op::Bgeu
+            | Op::Other
+    )
 }
 
 /// Sign-extend the low `bits` of `v`.
@@ -244,10 +277,8 @@ impl Hart {
             exit: None,
             irq_dirty: true,
             rvc: rvc::expansion_table(),
-            icache: vec![decode(0, 0, 4); ICACHE_SLOTS].into_boxed_slice(),
-            itags: vec![NO_TAG; ICACHE_SLOTS].into_boxed_slice(),
-            code_pages: vec![0; (config.ram_size >> PAGE_SHIFT).div_ceil(64) as usize],
-            icache_generation: 0,
+            blocks: BlockCache::new(config.ram_size, decode(0, 0, 4)),
+            stop_block: false,
         }
     }
     pub fn config(&self) -> &HartConfig {
@@ -330,31 +361,21 @@ impl Hart {
         self.flush_tlb();
         self.flush_icache();
         self.exit = None;
+        self.stop_block = false;
         self.irq_dirty = true;
     }
 
     fn flush_icache(&mut self) {
-        self.itags.fill(NO_TAG);
-        self.code_pages.fill(0);
-        self.icache_generation = self.ram.host_generation;
+        self.blocks.flush(self.ram.host_generation);
     }
 
-    /// Drop cached instructions overlapping a guest write to RAM offsets
-    /// `[off, off + size)`.
+    /// Retire cached code overlapping a guest write to RAM offsets
+    /// `[off, off + size)`; the block being executed ends after this
+    /// instruction in case it was among them.
     #[inline(always)]
     fn invalidate_code(&mut self, off: usize, size: usize) {
-        let page = off >> PAGE_SHIFT;
-        if self.code_pages[page / 64] & (1 << (page % 64)) == 0 {
-            return;
-        }
-        // An instruction starting up to 2 bytes before the write overlaps it.
-        let mut start = (off & !1).saturating_sub(2);
-        while start < off + size {
-            let slot = (start >> 1) % ICACHE_SLOTS;
-            if self.itags[slot] == start as u64 {
-                self.itags[slot] = NO_TAG;
-            }
-            start += 2;
+        if self.blocks.note_store(off, size) {
+            self.stop_block = true;
         }
     }
 
@@ -373,32 +394,59 @@ impl Hart {
     /// first instruction.
     pub fn run<B: Bus>(&mut self, bus: &mut B, icount_limit: u64) -> Exit {
         self.irq_dirty = true;
-        if self.icache_generation != self.ram.host_generation {
+        if self.blocks.host_generation != self.ram.host_generation {
             self.flush_icache();
         }
         while self.s.icount < icount_limit {
+            // Everything that can make an interrupt pending or enabled ends
+            // a block (CSR writes, traps, xret, MMIO), or happens outside
+            // `run`, so block boundaries are the only places to look.
             if self.irq_dirty {
                 self.irq_dirty = false;
                 if let Some(cause) = self.pending_interrupt() {
                     self.take_trap(cause | cause::INTERRUPT, 0);
                 }
             }
-            let pc = self.s.pc;
-            let result = match self.fetch_decoded(pc) {
-                Ok(d) => self.execute(bus, d),
-                Err(trap) => Err(trap),
-            };
-            self.s.icount += 1;
-            if let Err(trap) = result {
-                self.take_trap(trap.cause, trap.tval);
-            }
-            if self.exit.is_some() {
+            let Some(block) = self.block_at(self.s.pc) else {
+                self.step_uncached(bus);
                 if let Some(exit) = self.exit.take() {
+                    self.stop_block = false;
                     return exit;
                 }
+                continue;
+            };
+            let budget = (icount_limit - self.s.icount).min(block.len as u64) as usize;
+            for index in block.start..block.start + budget {
+                let d = self.blocks.insn(index);
+                let result = self.execute(bus, d);
+                self.s.icount += 1;
+                if let Err(trap) = result {
+                    self.take_trap(trap.cause, trap.tval);
+                    break;
+                }
+                if self.stop_block {
+                    break;
+                }
+            }
+            self.stop_block = false;
+            if let Some(exit) = self.exit.take() {
+                return exit;
             }
         }
         Exit::Limit
+    }
+
+    /// Execute one instruction without the block cache: instructions that
+    /// straddle a page, and fetches that fault.
+    fn step_uncached<B: Bus>(&mut self, bus: &mut B) {
+        let result = match self.fetch_uncached(self.s.pc) {
+            Ok(d) => self.execute(bus, d),
+            Err(trap) => Err(trap),
+        };
+        self.s.icount += 1;
+        if let Err(trap) = result {
+            self.take_trap(trap.cause, trap.tval);
+        }
     }
 
     fn pending_interrupt(&self) -> Option<u64> {
@@ -576,29 +624,60 @@ impl Hart {
 
     // ----- memory access -----
 
-    /// The instruction at `pc`, from the decoded-instruction cache when it
-    /// is there. Instructions that straddle a page are not cached.
+    /// The cached block starting at `pc`, built if need be; `None` if the
+    /// first instruction straddles a page or its fetch faults (the caller
+    /// then takes the uncached path, which raises the fault).
     #[inline(always)]
-    fn fetch_decoded(&mut self, pc: u64) -> Result<Decoded, Trap> {
-        let page_off = (pc & PAGE_MASK) as usize;
-        if pc & !PAGE_MASK == self.fetch_vpage && page_off <= PAGE_SIZE as usize - 4 {
-            let off = self.fetch_page_off + page_off;
-            let slot = (off >> 1) % ICACHE_SLOTS;
-            if self.itags[slot] == off as u64 {
-                return Ok(self.icache[slot]);
+    fn block_at(&mut self, pc: u64) -> Option<BlockRef> {
+        if pc & !PAGE_MASK != self.fetch_vpage {
+            // Translate (and fill `fetch_vpage`) without raising anything.
+            let paddr = self.translate(pc, Access::Fetch).ok()?;
+            let page = paddr & !PAGE_MASK;
+            if !self.ram.contains(page, PAGE_SIZE) {
+                return None;
             }
-            let word = self.ram.load_u32(off);
-            let d = self.decode_fetched(if word & 3 == 3 {
-                (word, 4)
-            } else {
-                (word & 0xffff, 2)
-            });
-            self.icache[slot] = d;
-            self.itags[slot] = off as u64;
-            let page = off >> PAGE_SHIFT;
-            self.code_pages[page / 64] |= 1 << (page % 64);
-            return Ok(d);
+            self.fetch_vpage = pc & !PAGE_MASK;
+            self.fetch_page_off = self.ram.off(page);
         }
+        let off = self.fetch_page_off + (pc & PAGE_MASK) as usize;
+        if let Some(block) = self.blocks.lookup(off) {
+            return Some(block);
+        }
+        self.build_block(off)
+    }
+
+    /// Decode a block from RAM offset `off`: it ends after a control
+    /// transfer or an instruction that takes the general path, at the end
+    /// of the chunk, or before an instruction straddling the page.
+    #[cold]
+    fn build_block(&mut self, off: usize) -> Option<BlockRef> {
+        let page_end = (off & !(PAGE_SIZE as usize - 1)) + PAGE_SIZE as usize;
+        let chunk = off >> CHUNK_SHIFT;
+        let rvc = self.rvc;
+        let mut at = off;
+        let mut len = 0;
+        while len < BLOCK_MAX && at + 2 <= page_end && at >> CHUNK_SHIFT == chunk {
+            let low = self.ram.load_le(at, 2) as u32;
+            let fetched = if low & 3 != 3 {
+                (low, 2)
+            } else if at + 4 <= page_end {
+                (self.ram.load_u32(at), 4)
+            } else {
+                break;
+            };
+            let d = decode_parcel(rvc, fetched);
+            self.blocks.buffer(off)[len] = d;
+            len += 1;
+            at += usize::from(d.len);
+            if ends_block(d.op) {
+                break;
+            }
+        }
+        (len > 0).then(|| self.blocks.commit(off, len))
+    }
+
+    /// The instruction at `pc`, fetched halfword by halfword.
+    fn fetch_uncached(&mut self, pc: u64) -> Result<Decoded, Trap> {
         let low = self.fetch_half(pc)?;
         if low & 3 != 3 {
             return Ok(self.decode_fetched((low, 2)));
@@ -607,24 +686,8 @@ impl Hart {
         Ok(self.decode_fetched((low | (high << 16), 4)))
     }
 
-    fn decode_fetched(&self, (raw, len): (u32, u8)) -> Decoded {
-        if len == 2 {
-            match self.rvc[raw as usize & 0xffff] {
-                // Reserved parcel: the general path raises illegal-instruction.
-                0 => Decoded {
-                    op: Op::Other,
-                    rd: 0,
-                    rs1: 0,
-                    rs2: 0,
-                    len,
-                    imm: 0,
-                    raw,
-                },
-                expanded => decode(expanded, raw, len),
-            }
-        } else {
-            decode(raw, raw, len)
-        }
+    fn decode_fetched(&self, fetched: (u32, u8)) -> Decoded {
+        decode_parcel(self.rvc, fetched)
     }
 
     fn fetch_half(&mut self, vaddr: u64) -> Result<u32, Trap> {
@@ -652,7 +715,7 @@ impl Hart {
         if paddr & (size - 1) != 0 {
             return self.load_bytewise(bus, vaddr, size);
         }
-        self.exit = Some(Exit::Mmio);
+        self.set_exit(Exit::Mmio);
         bus.load(paddr, size as u8, self.s.icount)
             .map_err(|_| Trap::new(cause::LOAD_ACCESS, vaddr))
     }
@@ -696,7 +759,7 @@ impl Hart {
         if paddr & (size - 1) != 0 {
             return self.store_bytewise(bus, vaddr, size, value);
         }
-        self.exit = Some(Exit::Mmio);
+        self.set_exit(Exit::Mmio);
         bus.store(paddr, size as u8, value, self.s.icount)
             .map_err(|_| Trap::new(cause::STORE_ACCESS, vaddr))
     }
@@ -721,7 +784,7 @@ impl Hart {
             .iter()
             .find(|&&w| paddr < w + 8 && w < paddr + size)
         {
-            self.exit = Some(Exit::StoreWatch(w));
+            self.set_exit(Exit::StoreWatch(w));
         }
     }
 
@@ -933,6 +996,11 @@ impl Hart {
     // ----- the interpreter -----
 
     #[inline(always)]
+    fn set_exit(&mut self, exit: Exit) {
+        self.exit = Some(exit);
+        self.stop_block = true;
+    }
+
     fn set_x(&mut self, rd: usize, value: u64) {
         self.s.x[rd] = value;
         self.s.x[0] = 0;
@@ -956,7 +1024,7 @@ impl Hart {
         let rd = usize::from(d.rd);
         let x1 = self.s.x[usize::from(d.rs1)];
         let x2 = self.s.x[usize::from(d.rs2)];
-        let imm = d.imm as u64;
+        let imm = i64::from(d.imm) as u64;
         let shamt = d.imm as u32;
         let branch = |taken: bool| if taken { pc.wrapping_add(imm) } else { npc };
         let value = match d.op {
@@ -1157,7 +1225,7 @@ impl Hart {
                     }
                     self.s.pc = npc;
                     if !self.wfi_wakeup_pending() {
-                        self.exit = Some(Exit::Wfi);
+                        self.set_exit(Exit::Wfi);
                     }
                     return Ok(());
                 }

@@ -24,6 +24,7 @@
 //! `icount` itself is the machine's clock of record and is never written by
 //! the guest.
 
+mod block;
 mod csr;
 mod decode;
 pub mod fpu;

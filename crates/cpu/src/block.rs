@@ -1,0 +1,177 @@
+//! The decoded-block cache: straight-line runs of decoded instructions,
+//! keyed by the RAM offset of their first instruction, so the run loop
+//! pays for fetch, cache lookup, limit and interrupt checks once per block
+//! rather than once per instruction.
+//!
+//! Coherence is exact, because determinism depends on it: a cached block
+//! must never execute bytes the guest has since overwritten, or a run that
+//! restored a snapshot (with an empty cache) would diverge from one that
+//! did not. RAM is divided into chunks; a block lies within one chunk and
+//! remembers the chunk's generation. A guest store to a chunk that holds
+//! cached code bumps its generation, which retires every block in it at
+//! once. Chunks are smaller than pages so that data sharing a page with hot
+//! code (common in small bare-metal programs) does not keep evicting it.
+
+use crate::decode::Decoded;
+
+/// log2 of the chunk size that code invalidation works in.
+pub(crate) const CHUNK_SHIFT: u32 = 10;
+/// Most instructions in one block.
+pub(crate) const BLOCK_MAX: usize = 64;
+const SLOTS: usize = 1 << 12;
+const NO_TAG: u64 = u64::MAX;
+
+#[derive(Clone, Copy)]
+struct Meta {
+    /// RAM offset of the first instruction, or `NO_TAG`.
+    tag: u64,
+    /// The chunk's generation when the block was built.
+    generation: u32,
+    len: u32,
+}
+
+const EMPTY: Meta = Meta {
+    tag: NO_TAG,
+    generation: 0,
+    len: 0,
+};
+
+pub(crate) struct BlockCache {
+    metas: Box<[Meta]>,
+    /// `SLOTS * BLOCK_MAX` instructions; slot `s` owns `[s * BLOCK_MAX..][..BLOCK_MAX]`.
+    insns: Box<[Decoded]>,
+    /// Per chunk: bumped when a store hits a chunk with cached code.
+    chunk_generation: Box<[u32]>,
+    /// One bit per chunk that has blocks built from it since its last bump.
+    code_chunks: Box<[u64]>,
+    /// `Ram::host_generation` the cache is coherent with.
+    pub(crate) host_generation: u64,
+}
+
+/// A cached block: instructions `insns[start..start + len]`.
+#[derive(Clone, Copy)]
+pub(crate) struct BlockRef {
+    pub start: usize,
+    pub len: usize,
+}
+
+#[inline(always)]
+fn slot_of(off: usize) -> usize {
+    (off >> 1) % SLOTS
+}
+
+impl BlockCache {
+    pub(crate) fn new(ram_size: u64, filler: Decoded) -> Self {
+        let chunks = (ram_size >> CHUNK_SHIFT) as usize + 1;
+        BlockCache {
+            metas: vec![EMPTY; SLOTS].into_boxed_slice(),
+            insns: vec![filler; SLOTS * BLOCK_MAX].into_boxed_slice(),
+            chunk_generation: vec![0; chunks].into_boxed_slice(),
+            code_chunks: vec![0; chunks.div_ceil(64)].into_boxed_slice(),
+            host_generation: 0,
+        }
+    }
+
+    /// Forget every block (host-side writes to RAM, snapshot restore).
+    pub(crate) fn flush(&mut self, host_generation: u64) {
+        self.metas.fill(EMPTY);
+        self.code_chunks.fill(0);
+        self.host_generation = host_generation;
+    }
+
+    #[inline(always)]
+    pub(crate) fn lookup(&self, off: usize) -> Option<BlockRef> {
+        let slot = slot_of(off);
+        let meta = self.metas[slot];
+        (meta.tag == off as u64
+            && meta.generation == self.chunk_generation[off >> CHUNK_SHIFT])
+            .then_some(BlockRef {
+                start: slot * BLOCK_MAX,
+                len: meta.len as usize,
+            })
+    }
+
+    #[inline(always)]
+    pub(crate) fn insn(&self, index: usize) -> Decoded {
+        self.insns[index]
+    }
+
+    /// The buffer a block starting at RAM offset `off` is built in; call
+    /// [`BlockCache::commit`] with its length once filled.
+    pub(crate) fn buffer(&mut self, off: usize) -> &mut [Decoded] {
+        let slot = slot_of(off);
+        &mut self.insns[slot * BLOCK_MAX..][..BLOCK_MAX]
+    }
+
+    pub(crate) fn commit(&mut self, off: usize, len: usize) -> BlockRef {
+        let slot = slot_of(off);
+        let chunk = off >> CHUNK_SHIFT;
+        self.metas[slot] = Meta {
+            tag: off as u64,
+            generation: self.chunk_generation[chunk],
+            len: len as u32,
+        };
+        self.code_chunks[chunk / 64] |= 1 << (chunk % 64);
+        BlockRef {
+            start: slot * BLOCK_MAX,
+            len,
+        }
+    }
+
+    /// Note a guest store to RAM offsets `[off, off + size)`. Returns true
+    /// if it retired cached code. An instruction starting up to 2 bytes
+    /// before the store overlaps it, so the chunk holding `off - 2` counts.
+    #[inline(always)]
+    pub(crate) fn note_store(&mut self, off: usize, size: usize) -> bool {
+        let first = off.saturating_sub(2) >> CHUNK_SHIFT;
+        let last = (off + size - 1) >> CHUNK_SHIFT;
+        let mut hit = false;
+        for chunk in first..=last {
+            let (word, bit) = (chunk / 64, 1u64 << (chunk % 64));
+            if self.code_chunks[word] & bit != 0 {
+                self.code_chunks[word] &= !bit;
+                let generation = &mut self.chunk_generation[chunk];
+                *generation = generation.wrapping_add(1);
+                if *generation == 0 {
+                    // A wrapped generation could revalidate an ancient block.
+                    self.metas.fill(EMPTY);
+                }
+                hit = true;
+            }
+        }
+        hit
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::decode;
+
+    #[test]
+    fn stores_retire_blocks_of_their_chunk_only() {
+        let mut cache = BlockCache::new(1 << 16, decode(0, 0, 4));
+        let a = 0x100;
+        let b = 0x100 + (1 << CHUNK_SHIFT);
+        cache.commit(a, 3);
+        cache.commit(b, 5);
+        assert!(cache.lookup(a).is_some());
+        // A store to a chunk without code retires nothing.
+        assert!(!cache.note_store(0x8000, 8));
+        assert!(cache.lookup(a).is_some());
+        assert!(cache.note_store(a + 40, 4));
+        assert!(cache.lookup(a).is_none());
+        assert_eq!(cache.lookup(b).map(|r| r.len), Some(5));
+        // The chunk's bit is cleared: a second store is free.
+        assert!(!cache.note_store(a + 40, 4));
+    }
+
+    #[test]
+    fn a_store_into_the_tail_of_a_straddling_instruction_retires_it() {
+        let mut cache = BlockCache::new(1 << 16, decode(0, 0, 4));
+        let last_in_chunk = (1 << CHUNK_SHIFT) - 2;
+        cache.commit(last_in_chunk, 1);
+        assert!(cache.note_store(1 << CHUNK_SHIFT, 1));
+        assert!(cache.lookup(last_in_chunk).is_none());
+    }
+}
