@@ -26,7 +26,7 @@ mod machine;
 
 use std::path::PathBuf;
 
-pub use ftvm_cpu::{Exit, Hart, HartConfig};
+pub use ftvm_cpu::{Engine, Exit, Hart, HartConfig};
 pub use machine::{Machine, Snapshot};
 
 /// Errors building a machine. Each names the offending file and problem in
@@ -74,6 +74,8 @@ pub struct MachineConfig {
     pub append: String,
     /// Guest-time rate: instructions per 10 MHz `mtime` tick.
     pub insns_per_tick: u64,
+    /// How the hart executes; the machine behaves identically with either.
+    pub engine: Engine,
 }
 
 impl MachineConfig {

@@ -17,7 +17,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
-use ftvm_board::{Firmware, MachineConfig};
+use ftvm_board::{Engine, Firmware, MachineConfig};
 
 #[derive(Parser)]
 #[command(
@@ -75,6 +75,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "N")]
     max_insns: Option<u64>,
 
+    /// How the CPU executes: `translator` (blocks translated to host code,
+    /// the default on x86-64 Unix) or `interpreter` (the reference, and
+    /// the default elsewhere). The guest behaves identically with either.
+    #[arg(long, value_name = "ENGINE", default_value_t = EngineArg::default())]
+    engine: EngineArg,
+
     /// Print the final instruction count and state digest on stderr when
     /// the run ends, as `icount: N` and `final state digest: HEX`.
     #[arg(long)]
@@ -95,7 +101,35 @@ impl RunArgs {
             initrd: self.initrd.clone(),
             append: self.append.clone(),
             insns_per_tick: MachineConfig::DEFAULT_INSNS_PER_TICK,
+            engine: match self.engine {
+                EngineArg::Translator => Engine::Translator,
+                EngineArg::Interpreter => Engine::Interpreter,
+            },
         }
+    }
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum EngineArg {
+    Translator,
+    Interpreter,
+}
+
+impl Default for EngineArg {
+    fn default() -> Self {
+        match Engine::default() {
+            Engine::Translator => EngineArg::Translator,
+            Engine::Interpreter => EngineArg::Interpreter,
+        }
+    }
+}
+
+impl std::fmt::Display for EngineArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EngineArg::Translator => "translator",
+            EngineArg::Interpreter => "interpreter",
+        })
     }
 }
 

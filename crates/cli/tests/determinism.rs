@@ -5,7 +5,7 @@
 
 mod support;
 
-use ftvm_board::{Firmware, Input, Machine, MachineConfig, Snapshot, Stop};
+use ftvm_board::{Engine, Firmware, Input, Machine, MachineConfig, Snapshot, Stop};
 use proptest::prelude::*;
 use support::{ftvm_run, guest_elf, parse_digest};
 
@@ -19,6 +19,7 @@ fn config(program: &str) -> MachineConfig {
         initrd: None,
         append: String::new(),
         insns_per_tick: MachineConfig::DEFAULT_INSNS_PER_TICK,
+        engine: Engine::default(),
     }
 }
 

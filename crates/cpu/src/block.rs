@@ -28,18 +28,24 @@ struct Meta {
     /// The chunk's generation when the block was built.
     generation: u32,
     len: u32,
+    /// Address of the block's translation, valid in `jit_epoch` (0: none).
+    jit: usize,
+    jit_epoch: u32,
 }
 
 const EMPTY: Meta = Meta {
     tag: NO_TAG,
     generation: 0,
     len: 0,
+    jit: 0,
+    jit_epoch: 0,
 };
 
+/// The cache's bookkeeping. The instructions themselves live in a separate
+/// arena ([`BlockCache::new_arena`]) that the run loop holds as a local, so
+/// iterating over a block borrows nothing from the hart.
 pub(crate) struct BlockCache {
     metas: Box<[Meta]>,
-    /// `SLOTS * BLOCK_MAX` instructions; slot `s` owns `[s * BLOCK_MAX..][..BLOCK_MAX]`.
-    insns: Box<[Decoded]>,
     /// Per chunk: bumped when a store hits a chunk with cached code.
     chunk_generation: Box<[u32]>,
     /// One bit per chunk that has blocks built from it since its last bump.
@@ -53,6 +59,7 @@ pub(crate) struct BlockCache {
 pub(crate) struct BlockRef {
     pub start: usize,
     pub len: usize,
+    pub slot: usize,
 }
 
 #[inline(always)]
@@ -61,11 +68,10 @@ fn slot_of(off: usize) -> usize {
 }
 
 impl BlockCache {
-    pub(crate) fn new(ram_size: u64, filler: Decoded) -> Self {
+    pub(crate) fn new(ram_size: u64) -> Self {
         let chunks = (ram_size >> CHUNK_SHIFT) as usize + 1;
         BlockCache {
             metas: vec![EMPTY; SLOTS].into_boxed_slice(),
-            insns: vec![filler; SLOTS * BLOCK_MAX].into_boxed_slice(),
             chunk_generation: vec![0; chunks].into_boxed_slice(),
             code_chunks: vec![0; chunks.div_ceil(64)].into_boxed_slice(),
             host_generation: 0,
@@ -88,19 +94,20 @@ impl BlockCache {
             .then_some(BlockRef {
                 start: slot * BLOCK_MAX,
                 len: meta.len as usize,
+                slot,
             })
     }
 
-    #[inline(always)]
-    pub(crate) fn insn(&self, index: usize) -> Decoded {
-        self.insns[index]
+    /// The instruction arena: `SLOTS * BLOCK_MAX` instructions; the block
+    /// in slot `s` is at `[s * BLOCK_MAX..][..len]`.
+    pub(crate) fn new_arena(filler: Decoded) -> Box<[Decoded]> {
+        vec![filler; SLOTS * BLOCK_MAX].into_boxed_slice()
     }
 
-    /// The buffer a block starting at RAM offset `off` is built in; call
-    /// [`BlockCache::commit`] with its length once filled.
-    pub(crate) fn buffer(&mut self, off: usize) -> &mut [Decoded] {
-        let slot = slot_of(off);
-        &mut self.insns[slot * BLOCK_MAX..][..BLOCK_MAX]
+    /// Where in the arena a block starting at RAM offset `off` is built;
+    /// call [`BlockCache::commit`] with its length once filled.
+    pub(crate) fn buffer<'a>(&self, arena: &'a mut [Decoded], off: usize) -> &'a mut [Decoded] {
+        &mut arena[slot_of(off) * BLOCK_MAX..][..BLOCK_MAX]
     }
 
     pub(crate) fn commit(&mut self, off: usize, len: usize) -> BlockRef {
@@ -110,12 +117,33 @@ impl BlockCache {
             tag: off as u64,
             generation: self.chunk_generation[chunk],
             len: len as u32,
+            jit: 0,
+            jit_epoch: 0,
         };
         self.code_chunks[chunk / 64] |= 1 << (chunk % 64);
         BlockRef {
             start: slot * BLOCK_MAX,
             len,
+            slot,
         }
+    }
+
+    /// The block's translation made in `epoch`, if any.
+    #[inline(always)]
+    pub(crate) fn translation(&self, block: BlockRef, epoch: u32) -> Option<usize> {
+        let meta = &self.metas[block.slot];
+        (meta.jit_epoch == epoch).then_some(meta.jit)
+    }
+
+    pub(crate) fn set_translation(&mut self, block: BlockRef, code: usize, epoch: u32) {
+        let meta = &mut self.metas[block.slot];
+        meta.jit = code;
+        meta.jit_epoch = epoch;
+    }
+
+    /// The chunk bitmap, for translated code's store check.
+    pub(crate) fn code_chunks_ptr(&self) -> *const u64 {
+        self.code_chunks.as_ptr()
     }
 
     /// Note a guest store to RAM offsets `[off, off + size)`. Returns true
@@ -146,11 +174,10 @@ impl BlockCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::decode;
 
     #[test]
     fn stores_retire_blocks_of_their_chunk_only() {
-        let mut cache = BlockCache::new(1 << 16, decode(0, 0, 4));
+        let mut cache = BlockCache::new(1 << 16);
         let a = 0x100;
         let b = 0x100 + (1 << CHUNK_SHIFT);
         cache.commit(a, 3);
@@ -168,7 +195,7 @@ mod tests {
 
     #[test]
     fn a_store_into_the_tail_of_a_straddling_instruction_retires_it() {
-        let mut cache = BlockCache::new(1 << 16, decode(0, 0, 4));
+        let mut cache = BlockCache::new(1 << 16);
         let last_in_chunk = (1 << CHUNK_SHIFT) - 2;
         cache.commit(last_in_chunk, 1);
         assert!(cache.note_store(1 << CHUNK_SHIFT, 1));

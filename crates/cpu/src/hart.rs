@@ -121,7 +121,9 @@ pub struct HartState {
     pub watches: Vec<u64>,
 }
 
+/// `repr(C)`: translated code reads entries as two u64 words.
 #[derive(Clone, Copy)]
+#[repr(C)]
 struct TlbEntry {
     /// Virtual page | access key; `u64::MAX` when empty.
     tag: u64,
@@ -157,9 +159,232 @@ pub struct Hart {
     /// [`rvc::expansion_table`].
     rvc: &'static [u32],
     blocks: BlockCache,
+    /// [`BlockCache::new_arena`]; taken by `run` for its duration.
+    block_arena: Box<[Decoded]>,
     /// Set when the block being executed must end after the current
     /// instruction: an [`Exit`] is pending or a store retired cached code.
     stop_block: bool,
+    translator: Translator,
+}
+
+/// How the hart executes instructions. Both engines give bit-identical
+/// machine states after any number of instructions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    /// Decoded blocks run by the interpreter: the reference, and the only
+    /// engine on hosts other than x86-64 Unix.
+    Interpreter,
+    /// Blocks translated to x86-64 code, with the interpreter executing
+    /// what the translator leaves to it (the default where available).
+    Translator,
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        if cfg!(all(target_arch = "x86_64", unix)) {
+            Engine::Translator
+        } else {
+            Engine::Interpreter
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("the block translator is only available on x86-64 Unix hosts")]
+    Unsupported,
+    #[cfg(all(target_arch = "x86_64", unix))]
+    #[error(transparent)]
+    Jit(#[from] crate::jit::JitError),
+}
+
+#[cfg(all(target_arch = "x86_64", unix))]
+struct Translator {
+    jit: Option<Box<crate::jit::Jit>>,
+    ctx: crate::jit::JitContext,
+    /// A guest store retired cached code: translations are dropped before
+    /// translated code runs again.
+    flush_pending: bool,
+    link: Option<crate::jit::PendingLink>,
+}
+
+#[cfg(not(all(target_arch = "x86_64", unix)))]
+struct Translator {
+    flush_pending: bool,
+}
+
+/// How translated code handed control back.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum JitExit {
+    /// At a block boundary; `pc` is where to go on.
+    Done,
+    /// `pc` is an instruction the interpreter must execute.
+    Bail,
+}
+
+#[cfg(all(target_arch = "x86_64", unix))]
+impl Translator {
+    fn new() -> Self {
+        Translator {
+            jit: None,
+            ctx: crate::jit::JitContext::default(),
+            flush_pending: false,
+            link: None,
+        }
+    }
+}
+
+#[cfg(not(all(target_arch = "x86_64", unix)))]
+impl Translator {
+    fn new() -> Self {
+        Translator {
+            flush_pending: false,
+        }
+    }
+}
+
+impl Hart {
+    /// Choose the execution engine. The choice does not affect the
+    /// machine's behaviour, only its speed.
+    pub fn set_engine(&mut self, engine: Engine) -> Result<(), EngineError> {
+        match engine {
+            Engine::Interpreter => {
+                #[cfg(all(target_arch = "x86_64", unix))]
+                {
+                    self.translator.jit = None;
+                }
+                Ok(())
+            }
+            #[cfg(all(target_arch = "x86_64", unix))]
+            Engine::Translator => {
+                if self.translator.jit.is_none() {
+                    self.translator.jit = Some(Box::new(crate::jit::Jit::new()?));
+                    self.translator.flush_pending = false;
+                    self.translator.link = None;
+                }
+                Ok(())
+            }
+            #[cfg(not(all(target_arch = "x86_64", unix)))]
+            Engine::Translator => Err(EngineError::Unsupported),
+        }
+    }
+
+    pub fn engine(&self) -> Engine {
+        #[cfg(all(target_arch = "x86_64", unix))]
+        if self.translator.jit.is_some() {
+            return Engine::Translator;
+        }
+        Engine::Interpreter
+    }
+
+    /// Run `block` (at `pc`) and whatever it chains to as translated code;
+    /// `None` if there is no translator or the block cannot be translated.
+    #[cfg(all(target_arch = "x86_64", unix))]
+    fn run_translated(
+        &mut self,
+        block: BlockRef,
+        arena: &[Decoded],
+        icount_limit: u64,
+    ) -> Option<JitExit> {
+        let mut jit = self.translator.jit.take()?;
+        let result = self.run_translated_with(&mut jit, block, arena, icount_limit);
+        self.translator.jit = Some(jit);
+        match result {
+            Ok(exit) => exit,
+            Err(error) => {
+                // The interpreter carries on alone; nothing guest-visible
+                // depends on the engine.
+                tracing::warn!(%error, "block translator disabled");
+                self.translator.jit = None;
+                None
+            }
+        }
+    }
+
+    #[cfg(all(target_arch = "x86_64", unix))]
+    fn run_translated_with(
+        &mut self,
+        jit: &mut crate::jit::Jit,
+        block: BlockRef,
+        arena: &[Decoded],
+        icount_limit: u64,
+    ) -> Result<Option<JitExit>, EngineError> {
+        use crate::jit::{EXIT_BAIL, EXIT_LINK};
+        if self.translator.flush_pending {
+            jit.flush();
+            self.translator.flush_pending = false;
+            self.translator.link = None;
+        }
+        let pc = self.s.pc;
+        let code = match self.blocks.translation(block, jit.epoch) {
+            Some(code) => code,
+            None => {
+                let insns = &arena[block.start..block.start + block.len];
+                let code = match jit.translate(insns, pc & PAGE_MASK)? {
+                    Some(code) => code,
+                    None => {
+                        jit.flush();
+                        self.translator.link = None;
+                        match jit.translate(insns, pc & PAGE_MASK)? {
+                            Some(code) => code,
+                            None => return Ok(None),
+                        }
+                    }
+                };
+                self.blocks.set_translation(block, code, jit.epoch);
+                code
+            }
+        };
+        if let Some(link) = self.translator.link.take() {
+            if link.pc == pc {
+                jit.set_link(link, code);
+            }
+        }
+        let load_prv = self.effective_privilege(Access::Load);
+        let store_prv = self.effective_privilege(Access::Store);
+        let bare = self.s.satp >> 60 == 0;
+        let context_bits = (self.s.mstatus >> 16) & 0xc;
+        let ctx = &mut self.translator.ctx;
+        ctx.x = self.s.x.as_mut_ptr();
+        ctx.ram = self.ram.host_ptr();
+        ctx.ram_base = self.ram.base();
+        ctx.ram_size = self.ram.size();
+        ctx.pc = pc;
+        ctx.icount = self.s.icount;
+        ctx.icount_limit = icount_limit;
+        ctx.code_chunks = self.blocks.code_chunks_ptr();
+        ctx.tlb_load = self.tlb[Access::Load as usize].as_ptr().cast();
+        ctx.tlb_store = self.tlb[Access::Store as usize].as_ptr().cast();
+        ctx.load_direct = u64::from(bare || load_prv == Privilege::Machine);
+        ctx.store_direct = u64::from(bare || store_prv == Privilege::Machine);
+        ctx.load_key = load_prv as u64 | context_bits;
+        ctx.store_key = store_prv as u64 | context_bits;
+        ctx.stores_bail = u64::from(self.s.reservation.is_some() || !self.s.watches.is_empty());
+        ctx.link = std::ptr::null_mut();
+        let kind = jit.run(ctx, code)?;
+        self.s.pc = ctx.pc;
+        self.s.icount = ctx.icount;
+        Ok(Some(match kind {
+            EXIT_BAIL => JitExit::Bail,
+            EXIT_LINK => {
+                self.translator.link = Some(crate::jit::PendingLink {
+                    slot: ctx.link as usize,
+                    pc: ctx.pc,
+                    epoch: jit.epoch,
+                });
+                JitExit::Done
+            }
+            other => {
+                debug_assert_eq!(other, crate::jit::EXIT_DONE);
+                JitExit::Done
+            }
+        }))
+    }
+
+    #[cfg(not(all(target_arch = "x86_64", unix)))]
+    fn run_translated(&mut self, _: BlockRef, _: &[Decoded], _: u64) -> Option<JitExit> {
+        None
+    }
 }
 
 /// Decode a fetched instruction (`len` 2: a compressed parcel, expanded
@@ -184,22 +409,13 @@ fn decode_parcel(rvc: &[u32], (raw, len): (u32, u8)) -> Decoded {
     }
 }
 
-/// Instructions after which a block ends: control transfers, and those
-/// executed by the general path, which may change privilege, translation
-/// or interrupt state, or stop the run.
+/// Instructions after which a block ends: jumps, and those executed by the
+/// general path, which may change privilege, translation or interrupt
+/// state, or stop the run. A conditional branch does not end a block: when
+/// taken it leaves it as a side exit, when not taken execution falls
+/// through to the next instruction of the block.
 fn ends_block(op: Op) -> bool {
-    matches!(
-        op,
-        Op::Jal
-            | Op::Jalr
-            | Op::Beq
-            | Op::Bne
-            | Op::Blt
-            | Op::Bge
-            | Op::Bltu
-            | Op::Bgeu
-            | Op::Other
-    )
+    matches!(op, Op::Jal | Op::Jalr | Op::Other)
 }
 
 /// Sign-extend the low `bits` of `v`.
@@ -277,8 +493,10 @@ impl Hart {
             exit: None,
             irq_dirty: true,
             rvc: rvc::expansion_table(),
-            blocks: BlockCache::new(config.ram_size, decode(0, 0, 4)),
+            blocks: BlockCache::new(config.ram_size),
+            block_arena: BlockCache::new_arena(decode(0, 0, 4)),
             stop_block: false,
+            translator: Translator::new(),
         }
     }
     pub fn config(&self) -> &HartConfig {
@@ -367,6 +585,7 @@ impl Hart {
 
     fn flush_icache(&mut self) {
         self.blocks.flush(self.ram.host_generation);
+        self.translator.flush_pending = true;
     }
 
     /// Retire cached code overlapping a guest write to RAM offsets
@@ -376,6 +595,7 @@ impl Hart {
     fn invalidate_code(&mut self, off: usize, size: usize) {
         if self.blocks.note_store(off, size) {
             self.stop_block = true;
+            self.translator.flush_pending = true;
         }
     }
 
@@ -393,6 +613,13 @@ impl Hart {
     /// without executing. Pending enabled interrupts are taken before the
     /// first instruction.
     pub fn run<B: Bus>(&mut self, bus: &mut B, icount_limit: u64) -> Exit {
+        let mut arena = std::mem::take(&mut self.block_arena);
+        let exit = self.run_blocks(bus, icount_limit, &mut arena);
+        self.block_arena = arena;
+        exit
+    }
+
+    fn run_blocks<B: Bus>(&mut self, bus: &mut B, icount_limit: u64, arena: &mut [Decoded]) -> Exit {
         self.irq_dirty = true;
         if self.blocks.host_generation != self.ram.host_generation {
             self.flush_icache();
@@ -407,7 +634,7 @@ impl Hart {
                     self.take_trap(cause | cause::INTERRUPT, 0);
                 }
             }
-            let Some(block) = self.block_at(self.s.pc) else {
+            let Some(block) = self.block_at(self.s.pc, arena) else {
                 self.step_uncached(bus);
                 if let Some(exit) = self.exit.take() {
                     self.stop_block = false;
@@ -415,19 +642,49 @@ impl Hart {
                 }
                 continue;
             };
+            if self.s.icount + block.len as u64 <= icount_limit {
+                if let Some(kind) = self.run_translated(block, arena, icount_limit) {
+                    if kind == JitExit::Bail {
+                        self.step_uncached(bus);
+                        if let Some(exit) = self.exit.take() {
+                            self.stop_block = false;
+                            return exit;
+                        }
+                    }
+                    continue;
+                }
+            }
             let budget = (icount_limit - self.s.icount).min(block.len as u64) as usize;
-            for index in block.start..block.start + budget {
-                let d = self.blocks.insn(index);
-                let result = self.execute(bus, d);
-                self.s.icount += 1;
-                if let Err(trap) = result {
-                    self.take_trap(trap.cause, trap.tval);
-                    break;
+            // `pc` and `icount` live in registers across the block; the
+            // stores keep the hart's state exact for every instruction that
+            // observes it (CSR reads, MMIO, traps).
+            let mut pc = self.s.pc;
+            let mut icount = self.s.icount;
+            for &d in &arena[block.start..block.start + budget] {
+                self.s.pc = pc;
+                self.s.icount = icount;
+                let result = self.execute(bus, d, pc);
+                icount += 1;
+                match result {
+                    // A taken branch leaves the block (a side exit).
+                    Ok(next) if next != pc.wrapping_add(u64::from(d.len)) => {
+                        pc = next;
+                        break;
+                    }
+                    Ok(next) => pc = next,
+                    Err(trap) => {
+                        self.s.icount = icount;
+                        self.take_trap(trap.cause, trap.tval);
+                        pc = self.s.pc;
+                        break;
+                    }
                 }
                 if self.stop_block {
                     break;
                 }
             }
+            self.s.pc = pc;
+            self.s.icount = icount;
             self.stop_block = false;
             if let Some(exit) = self.exit.take() {
                 return exit;
@@ -439,13 +696,15 @@ impl Hart {
     /// Execute one instruction without the block cache: instructions that
     /// straddle a page, and fetches that fault.
     fn step_uncached<B: Bus>(&mut self, bus: &mut B) {
-        let result = match self.fetch_uncached(self.s.pc) {
-            Ok(d) => self.execute(bus, d),
+        let pc = self.s.pc;
+        let result = match self.fetch_uncached(pc) {
+            Ok(d) => self.execute(bus, d, pc),
             Err(trap) => Err(trap),
         };
         self.s.icount += 1;
-        if let Err(trap) = result {
-            self.take_trap(trap.cause, trap.tval);
+        match result {
+            Ok(next) => self.s.pc = next,
+            Err(trap) => self.take_trap(trap.cause, trap.tval),
         }
     }
 
@@ -628,7 +887,7 @@ impl Hart {
     /// first instruction straddles a page or its fetch faults (the caller
     /// then takes the uncached path, which raises the fault).
     #[inline(always)]
-    fn block_at(&mut self, pc: u64) -> Option<BlockRef> {
+    fn block_at(&mut self, pc: u64, arena: &mut [Decoded]) -> Option<BlockRef> {
         if pc & !PAGE_MASK != self.fetch_vpage {
             // Translate (and fill `fetch_vpage`) without raising anything.
             let paddr = self.translate(pc, Access::Fetch).ok()?;
@@ -643,17 +902,18 @@ impl Hart {
         if let Some(block) = self.blocks.lookup(off) {
             return Some(block);
         }
-        self.build_block(off)
+        self.build_block(off, arena)
     }
 
     /// Decode a block from RAM offset `off`: it ends after a control
     /// transfer or an instruction that takes the general path, at the end
     /// of the chunk, or before an instruction straddling the page.
     #[cold]
-    fn build_block(&mut self, off: usize) -> Option<BlockRef> {
+    fn build_block(&mut self, off: usize, arena: &mut [Decoded]) -> Option<BlockRef> {
         let page_end = (off & !(PAGE_SIZE as usize - 1)) + PAGE_SIZE as usize;
         let chunk = off >> CHUNK_SHIFT;
         let rvc = self.rvc;
+        let buffer = self.blocks.buffer(arena, off);
         let mut at = off;
         let mut len = 0;
         while len < BLOCK_MAX && at + 2 <= page_end && at >> CHUNK_SHIFT == chunk {
@@ -666,7 +926,7 @@ impl Hart {
                 break;
             };
             let d = decode_parcel(rvc, fetched);
-            self.blocks.buffer(off)[len] = d;
+            buffer[len] = d;
             len += 1;
             at += usize::from(d.len);
             if ends_block(d.op) {
@@ -1015,15 +1275,17 @@ impl Hart {
         self.s.mstatus |= status::FS_DIRTY;
     }
 
-    /// Execute one decoded instruction. On success `pc` points to the next
-    /// instruction; on a trap `pc` is unchanged.
+    /// Execute one decoded instruction at `pc` (which `self.s.pc` must
+    /// equal) and return the next `pc`; the caller stores it. On a trap
+    /// `pc` is unchanged. Returning the next pc rather than storing it keeps
+    /// the run loop's pc in a register instead of a chain of memory round
+    /// trips.
     #[inline(always)]
-    fn execute<B: Bus>(&mut self, bus: &mut B, d: Decoded) -> Result<(), Trap> {
-        let pc = self.s.pc;
-        let mut npc = pc.wrapping_add(u64::from(d.len));
-        let rd = usize::from(d.rd);
-        let x1 = self.s.x[usize::from(d.rs1)];
-        let x2 = self.s.x[usize::from(d.rs2)];
+    fn execute<B: Bus>(&mut self, bus: &mut B, d: Decoded, pc: u64) -> Result<u64, Trap> {
+        let npc = pc.wrapping_add(u64::from(d.len));
+        let rd = usize::from(d.rd & 31);
+        let x1 = self.s.x[usize::from(d.rs1 & 31)];
+        let x2 = self.s.x[usize::from(d.rs2 & 31)];
         let imm = i64::from(d.imm) as u64;
         let shamt = d.imm as u32;
         let branch = |taken: bool| if taken { pc.wrapping_add(imm) } else { npc };
@@ -1032,26 +1294,22 @@ impl Hart {
             Op::Auipc => pc.wrapping_add(imm),
             Op::Jal => {
                 self.set_x(rd, npc);
-                npc = pc.wrapping_add(imm);
-                self.s.pc = npc;
-                return Ok(());
+                return Ok(pc.wrapping_add(imm));
             }
             Op::Jalr => {
                 let target = x1.wrapping_add(imm) & !1;
                 self.set_x(rd, npc);
-                self.s.pc = target;
-                return Ok(());
+                return Ok(target);
             }
             Op::Beq | Op::Bne | Op::Blt | Op::Bge | Op::Bltu | Op::Bgeu => {
-                self.s.pc = branch(match d.op {
+                return Ok(branch(match d.op {
                     Op::Beq => x1 == x2,
                     Op::Bne => x1 != x2,
                     Op::Blt => (x1 as i64) < (x2 as i64),
                     Op::Bge => (x1 as i64) >= (x2 as i64),
                     Op::Bltu => x1 < x2,
                     _ => x1 >= x2,
-                });
-                return Ok(());
+                }));
             }
             Op::Lb => sext(self.load(bus, x1.wrapping_add(imm), 1)?, 8),
             Op::Lh => sext(self.load(bus, x1.wrapping_add(imm), 2)?, 16),
@@ -1068,8 +1326,7 @@ impl Hart {
                     _ => 8,
                 };
                 self.store(bus, x1.wrapping_add(imm), size, x2)?;
-                self.s.pc = npc;
-                return Ok(());
+                return Ok(npc);
             }
             Op::Addi => x1.wrapping_add(imm),
             Op::Slti => ((x1 as i64) < (imm as i64)) as u64,
@@ -1143,15 +1400,14 @@ impl Hart {
                 let (a, b) = (x1 as u32, x2 as u32);
                 sext32(u64::from(a.checked_rem(b).unwrap_or(a)))
             }
-            Op::Fence => {
-                self.s.pc = npc;
-                return Ok(());
+            Op::Fence => return Ok(npc),
+            Op::Other => {
+                self.execute_other(bus, d.raw, u64::from(d.len))?;
+                return Ok(self.s.pc);
             }
-            Op::Other => return self.execute_other(bus, d.raw, u64::from(d.len)),
         };
         self.set_x(rd, value);
-        self.s.pc = npc;
-        Ok(())
+        Ok(npc)
     }
 
     /// The instructions that are not executed from their decoded form:

@@ -29,10 +29,12 @@ mod csr;
 mod decode;
 pub mod fpu;
 mod hart;
+#[cfg(all(target_arch = "x86_64", unix))]
+mod jit;
 mod ram;
 mod rvc;
 
-pub use hart::{Hart, HartState};
+pub use hart::{Engine, EngineError, Hart, HartState};
 pub use ram::Ram;
 
 use serde::{Deserialize, Serialize};

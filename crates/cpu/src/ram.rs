@@ -40,6 +40,10 @@ impl Ram {
         let off = paddr.wrapping_sub(self.base);
         off < self.bytes.len() as u64 && len <= self.bytes.len() as u64 - off
     }
+    /// Host address of RAM's first byte, for translated code.
+    pub(crate) fn host_ptr(&mut self) -> *mut u8 {
+        self.bytes.as_mut_ptr()
+    }
     /// The whole of RAM (for digests and snapshots).
     pub fn bytes(&self) -> &[u8] {
         &self.bytes
