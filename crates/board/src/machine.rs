@@ -1,7 +1,7 @@
 //! The machine: the hart, the devices on its bus, and the run loop that
 //! connects them at instruction boundaries.
 
-use ftvm_cpu::{irq, Bus, BusFault, Engine, Exit, GuestClock, Hart, HartConfig, HartState};
+use ftvm_cpu::{irq, Bus, BusFault, Exit, GuestClock, Hart, HartConfig, HartState};
 use serde::{Deserialize, Serialize};
 
 use crate::devices::{
@@ -463,7 +463,7 @@ mod tests {
             initrd: None,
             append: String::new(),
             insns_per_tick: 10,
-            engine: Engine::default(),
+            engine: crate::Engine::default(),
         };
         let machine = Machine::new(&config).expect("machine");
         let _ = std::fs::remove_file(&path);

@@ -12,6 +12,10 @@ use support::{ftvm_run, guest_elf, parse_digest};
 use std::time::Duration;
 
 fn config(program: &str) -> MachineConfig {
+    config_with(program, Engine::default())
+}
+
+fn config_with(program: &str, engine: Engine) -> MachineConfig {
     MachineConfig {
         memory_mib: 16,
         firmware: Firmware::None,
@@ -19,7 +23,7 @@ fn config(program: &str) -> MachineConfig {
         initrd: None,
         append: String::new(),
         insns_per_tick: MachineConfig::DEFAULT_INSNS_PER_TICK,
-        engine: Engine::default(),
+        engine,
     }
 }
 
@@ -41,8 +45,19 @@ fn step(machine: &mut Machine, limit: u64) -> Option<Stop> {
 
 /// Run to the end; returns (console output, final stop, digest, icount).
 fn run_in_chunks(program: &str, chunks: &[u64]) -> (Vec<u8>, Stop, String, u64) {
-    let cfg = config(program);
-    let mut machine = Machine::new(&cfg).expect("machine");
+    run_in_chunks_with(program, chunks, &[Engine::default()])
+}
+
+/// As `run_in_chunks`, each chunk run by the next of `engines` in turn
+/// (the machine moving between them through a snapshot).
+fn run_in_chunks_with(
+    program: &str,
+    chunks: &[u64],
+    engines: &[Engine],
+) -> (Vec<u8>, Stop, String, u64) {
+    let mut engine = engines.iter().copied().cycle();
+    let mut machine =
+        Machine::new(&config_with(program, engine.next().unwrap_or_default())).expect("machine");
     let mut output = Vec::new();
     let mut chunk = chunks.iter().copied().cycle();
     loop {
@@ -64,6 +79,7 @@ fn run_in_chunks(program: &str, chunks: &[u64]) -> (Vec<u8>, Stop, String, u64) 
             let bytes = machine.snapshot().to_bytes();
             let snapshot = Snapshot::from_bytes(&bytes).expect("snapshot decodes");
             let before = machine.digest();
+            let cfg = config_with(program, engine.next().unwrap_or_default());
             machine = Machine::new(&cfg).expect("machine");
             machine.restore(&snapshot).expect("restore");
             assert_eq!(machine.digest(), before, "restore changed the state");
@@ -85,6 +101,50 @@ proptest! {
         let chunked = run_in_chunks(program, &chunks);
         prop_assert_eq!(&straight.1, &Stop::PowerOff { code: 0 });
         prop_assert_eq!(straight, chunked);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 6, ..ProptestConfig::default() })]
+
+    /// The engines are interchangeable at any instruction boundary.
+    #[test]
+    fn engines_alternating_by_chunk_match_a_straight_run(
+        program in prop::sample::select(PROGRAMS.to_vec()),
+        chunks in prop::collection::vec(1u64..20_000, 1..8),
+    ) {
+        let straight = run_in_chunks_with(program, &[], &[Engine::Interpreter]);
+        let alternating = run_in_chunks_with(
+            program,
+            &chunks,
+            &[Engine::Translator, Engine::Interpreter],
+        );
+        prop_assert_eq!(straight, alternating);
+    }
+}
+
+/// Every guest program ends in the same state, with the same output, on
+/// the interpreter and on the block translator.
+#[test]
+fn interpreter_and_translator_agree_on_every_guest_program() {
+    for program in [
+        "rv64i",
+        "rv64m",
+        "rv64a",
+        "rv64c",
+        "rv64f",
+        "rv64d",
+        "zicsr",
+        "traps",
+        "interrupts",
+        "sv39",
+        "counters",
+        "htif",
+        "htif-fail",
+    ] {
+        let interpreted = run_in_chunks_with(program, &[], &[Engine::Interpreter]);
+        let translated = run_in_chunks_with(program, &[], &[Engine::Translator]);
+        assert_eq!(interpreted, translated, "{program}");
     }
 }
 

@@ -89,8 +89,7 @@ impl BlockCache {
     pub(crate) fn lookup(&self, off: usize) -> Option<BlockRef> {
         let slot = slot_of(off);
         let meta = self.metas[slot];
-        (meta.tag == off as u64
-            && meta.generation == self.chunk_generation[off >> CHUNK_SHIFT])
+        (meta.tag == off as u64 && meta.generation == self.chunk_generation[off >> CHUNK_SHIFT])
             .then_some(BlockRef {
                 start: slot * BLOCK_MAX,
                 len: meta.len as usize,

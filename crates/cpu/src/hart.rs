@@ -3,8 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::csr::{self, status};
 use crate::block::{BlockCache, BlockRef, BLOCK_MAX, CHUNK_SHIFT};
+use crate::csr::{self, status};
 use crate::decode::{decode, Decoded, Op};
 use crate::fpu::{self, Fmt, FpOp, Rm};
 use crate::ram::{Ram, PAGE_SHIFT};
@@ -619,7 +619,12 @@ impl Hart {
         exit
     }
 
-    fn run_blocks<B: Bus>(&mut self, bus: &mut B, icount_limit: u64, arena: &mut [Decoded]) -> Exit {
+    fn run_blocks<B: Bus>(
+        &mut self,
+        bus: &mut B,
+        icount_limit: u64,
+        arena: &mut [Decoded],
+    ) -> Exit {
         self.irq_dirty = true;
         if self.blocks.host_generation != self.ram.host_generation {
             self.flush_icache();

@@ -29,6 +29,9 @@
 //! array, r15 = host address of RAM, r13 = icount at the current block's
 //! start, rbp = guest pc of the current block's start.
 
+// dynasm's dynamic-register operands (`Rq(n)`) expand to `n.into()`.
+#![allow(clippy::useless_conversion)]
+
 use std::mem::offset_of;
 
 use dynasmrt::x64::X64Relocation;
@@ -217,14 +220,12 @@ impl Jit {
         self.exit_link = self.base + exit_link;
         self.used = code.len().next_multiple_of(16);
         self.stubs_end = self.used;
-        self.links.fill(self.exit_link);
         Ok(())
     }
 
     /// Drop every translation.
     pub(crate) fn flush(&mut self) {
         self.used = self.stubs_end;
-        self.links[..self.links_used].fill(self.exit_link);
         self.links_used = 0;
         self.epoch = self.epoch.wrapping_add(1).max(1);
     }
@@ -268,7 +269,8 @@ impl Jit {
         insns: &[Decoded],
         page_offset: u64,
     ) -> Result<Option<usize>, JitError> {
-        if self.used + MAX_BLOCK_BYTES > CODE_BYTES || self.links_used + insns.len() + 1 > LINK_SLOTS
+        if self.used + MAX_BLOCK_BYTES > CODE_BYTES
+            || self.links_used + insns.len() + 1 > LINK_SLOTS
         {
             return Ok(None);
         }
@@ -276,6 +278,7 @@ impl Jit {
         let mut emitter = Emitter {
             ops: VecAssembler::new(self.base + at),
             exit: self.exit,
+            exit_link: self.exit_link,
             links: &mut self.links,
             links_used: &mut self.links_used,
             page_offset,
@@ -346,6 +349,7 @@ enum ColdKind {
 struct Emitter<'a> {
     ops: VecAssembler<X64Relocation>,
     exit: usize,
+    exit_link: usize,
     links: &'a mut [usize],
     links_used: &'a mut usize,
     page_offset: u64,
@@ -424,7 +428,10 @@ impl Emitter<'_> {
         let target = self.page_offset as i64 + rel;
         let rel32 = rel as i32;
         if (0..PAGE_BYTES as i64).contains(&target) && *self.links_used < self.links.len() {
-            let slot = &mut self.links[*self.links_used] as *mut usize as i64;
+            // Slots are handed out unlinked; `Jit::set_link` links them.
+            let slot = &mut self.links[*self.links_used];
+            *slot = self.exit_link;
+            let slot = slot as *mut usize as i64;
             *self.links_used += 1;
             dynasm!(self.ops
                 ; .arch x64
