@@ -1,5 +1,5 @@
 //! CPU speed: the same CPU-bound bare-metal program (`guest/bench`) on
-//! ftvm, on QEMU `virt` with plain TCG, and on QEMU in deterministic record
+//! ftvm (both engines), on QEMU `virt` with plain TCG, and on QEMU in deterministic record
 //! mode (`-icount shift=auto,rr=record`), in one run, as guest MIPS and
 //! ratios.
 //!
@@ -77,10 +77,16 @@ fn main() {
 
     let rr_file = std::env::temp_dir().join(format!("ftvm-bench-{}.rr", std::process::id()));
     let rr_arg = format!("shift=auto,rr=record,rrfile={}", rr_file.display());
-    let mut engines = vec![Engine {
-        name: "ftvm",
-        run: Box::new(|elf| ftvm_run(elf, &[], LIMIT)),
-    }];
+    let mut engines = vec![
+        Engine {
+            name: "ftvm (translator)",
+            run: Box::new(|elf| ftvm_run(elf, &["--engine", "translator"], LIMIT)),
+        },
+        Engine {
+            name: "ftvm (interpreter)",
+            run: Box::new(|elf| ftvm_run(elf, &["--engine", "interpreter"], LIMIT)),
+        },
+    ];
     if qemu_available() {
         let qemu_out = qemu_run(&bench, &[], LIMIT);
         assert_eq!(
@@ -120,6 +126,8 @@ fn main() {
             base / mips
         );
     }
-    println!("(ftvm ratio = ftvm MIPS / engine MIPS; above 1 means ftvm is faster)");
+    println!(
+        "(ftvm ratio = ftvm translator MIPS / engine MIPS; above 1 means ftvm is faster)"
+    );
     let _ = std::fs::remove_file(&rr_file);
 }
