@@ -126,8 +126,6 @@ fn main() {
             base / mips
         );
     }
-    println!(
-        "(ftvm ratio = ftvm translator MIPS / engine MIPS; above 1 means ftvm is faster)"
-    );
+    println!("(ftvm ratio = ftvm translator MIPS / engine MIPS; above 1 means ftvm is faster)");
     let _ = std::fs::remove_file(&rr_file);
 }

@@ -76,6 +76,19 @@ pub enum Op {
     Other,
 }
 
+impl Op {
+    /// Bytes a load or store accesses (0 for other operations).
+    pub fn access_size(self) -> u64 {
+        match self {
+            Op::Lb | Op::Lbu | Op::Sb => 1,
+            Op::Lh | Op::Lhu | Op::Sh => 2,
+            Op::Lw | Op::Lwu | Op::Sw => 4,
+            Op::Ld | Op::Sd => 8,
+            _ => 0,
+        }
+    }
+}
+
 /// A decoded instruction (16 bytes, so a block of them is dense in the
 /// host cache). `imm` is the sign-extended immediate (every RV64
 /// immediate fits in 32 bits); for shifts it is the shift amount.

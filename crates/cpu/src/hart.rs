@@ -1324,13 +1324,7 @@ impl Hart {
             Op::Lhu => self.load(bus, x1.wrapping_add(imm), 2)?,
             Op::Lwu => self.load(bus, x1.wrapping_add(imm), 4)?,
             Op::Sb | Op::Sh | Op::Sw | Op::Sd => {
-                let size = match d.op {
-                    Op::Sb => 1,
-                    Op::Sh => 2,
-                    Op::Sw => 4,
-                    _ => 8,
-                };
-                self.store(bus, x1.wrapping_add(imm), size, x2)?;
+                self.store(bus, x1.wrapping_add(imm), d.op.access_size(), x2)?;
                 return Ok(npc);
             }
             Op::Addi => x1.wrapping_add(imm),

@@ -544,12 +544,7 @@ impl Emitter<'_> {
                 }
             }
             Op::Lb | Op::Lh | Op::Lw | Op::Ld | Op::Lbu | Op::Lhu | Op::Lwu => {
-                let size = match d.op {
-                    Op::Lb | Op::Lbu => 1,
-                    Op::Lh | Op::Lhu => 2,
-                    Op::Lw | Op::Lwu => 4,
-                    _ => 8,
-                };
+                let size = d.op.access_size() as i32;
                 let bail = self.bail_label(index, rel);
                 self.address(rs1, imm, size, false, bail);
                 match d.op {
@@ -564,12 +559,7 @@ impl Emitter<'_> {
                 self.store_x(rd, RCX);
             }
             Op::Sb | Op::Sh | Op::Sw | Op::Sd => {
-                let size = match d.op {
-                    Op::Sb => 1,
-                    Op::Sh => 2,
-                    Op::Sw => 4,
-                    _ => 8,
-                };
+                let size = d.op.access_size() as i32;
                 let bail = self.bail_label(index, rel);
                 dynasm!(self.ops
                     ; .arch x64
