@@ -5,7 +5,7 @@
 use vm_fdt::{FdtWriter, FdtWriterResult};
 
 use crate::devices::{
-    Clint, Plic, Uart, SIFIVE_TEST_BASE, SIFIVE_TEST_SIZE, VIRTIO_BASE, VIRTIO_FIRST_IRQ,
+    Clint, Plic, Rtc, Uart, SIFIVE_TEST_BASE, SIFIVE_TEST_SIZE, VIRTIO_BASE, VIRTIO_FIRST_IRQ,
     VIRTIO_SLOTS, VIRTIO_SLOT_SIZE,
 };
 
@@ -114,6 +114,13 @@ pub fn build(p: &FdtParams) -> FdtWriterResult<Vec<u8>> {
         ],
     )?;
     fdt.end_node(test)?;
+
+    let rtc = fdt.begin_node(&format!("rtc@{:x}", Rtc::BASE))?;
+    fdt.property_u32("interrupts", Rtc::IRQ as u32)?;
+    fdt.property_u32("interrupt-parent", PHANDLE_PLIC)?;
+    fdt.property_array_u64("reg", &reg(Rtc::BASE, Rtc::SIZE))?;
+    fdt.property_string("compatible", "google,goldfish-rtc")?;
+    fdt.end_node(rtc)?;
 
     for slot in (0..VIRTIO_SLOTS).rev() {
         let base = VIRTIO_BASE + slot * VIRTIO_SLOT_SIZE;

@@ -93,6 +93,9 @@ pub enum Input {
     /// The hart was idle (WFI) and the host let this many `mtime` ticks
     /// pass before resuming it.
     IdleSleep { ticks: u64 },
+    /// The host's wall-clock time (ns since the Unix epoch), read by the
+    /// RTC from now on as this value plus the guest time that passes.
+    WallClock { unix_ns: u64 },
 }
 
 /// Why [`Machine::run`] stopped.

@@ -5,7 +5,7 @@ use ftvm_cpu::{irq, Bus, BusFault, Exit, GuestClock, Hart, HartConfig, HartState
 use serde::{Deserialize, Serialize};
 
 use crate::devices::{
-    empty_virtio_load, sifive_test_request, Clint, ClintEffect, Plic, TestRequest, Uart,
+    empty_virtio_load, sifive_test_request, Clint, ClintEffect, Plic, Rtc, TestRequest, Uart,
     SIFIVE_TEST_BASE, SIFIVE_TEST_SIZE, VIRTIO_BASE, VIRTIO_SLOTS, VIRTIO_SLOT_SIZE,
 };
 use crate::{fdt, loader, BoardError, Digest, Firmware, Input, MachineConfig, Stop};
@@ -19,6 +19,7 @@ struct Devices {
     clint: Clint,
     plic: Plic,
     uart: Uart,
+    rtc: Rtc,
     /// HTIF mailbox addresses (from the kernel ELF's symbols).
     tohost: Option<u64>,
 }
@@ -49,6 +50,10 @@ impl Bus for BusView<'_> {
                 Ok(u64::from(d.uart.load(a - Uart::BASE)))
             }
             a if (SIFIVE_TEST_BASE..SIFIVE_TEST_BASE + SIFIVE_TEST_SIZE).contains(&a) => Ok(0),
+            a if (Rtc::BASE..Rtc::BASE + Rtc::SIZE).contains(&a) && size == 4 => d
+                .rtc
+                .load(a - Rtc::BASE, self.clock.mtime(icount))
+                .ok_or(fault),
             a if (VIRTIO_BASE..VIRTIO_BASE + VIRTIO_SLOTS * VIRTIO_SLOT_SIZE).contains(&a)
                 && size == 4 =>
             {
@@ -85,6 +90,10 @@ impl Bus for BusView<'_> {
                 }
                 Ok(())
             }
+            a if (Rtc::BASE..Rtc::BASE + Rtc::SIZE).contains(&a) && size == 4 => d
+                .rtc
+                .store(a - Rtc::BASE, value as u32, self.clock.mtime(icount))
+                .ok_or(fault),
             a if (VIRTIO_BASE..VIRTIO_BASE + VIRTIO_SLOTS * VIRTIO_SLOT_SIZE).contains(&a) => {
                 Ok(())
             }
@@ -110,7 +119,7 @@ pub struct Snapshot {
 }
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"FTVMSNAP";
-const SNAPSHOT_VERSION: u32 = 1;
+const SNAPSHOT_VERSION: u32 = 2;
 
 #[derive(Serialize, Deserialize)]
 struct SnapshotHeader {
@@ -262,6 +271,7 @@ impl Machine {
                 clint: Clint::new(),
                 plic: Plic::new(),
                 uart: Uart::new(),
+                rtc: Rtc::default(),
                 tohost,
             },
             console: Vec::new(),
@@ -272,8 +282,10 @@ impl Machine {
     /// Propagate device state to the hart's interrupt lines.
     fn update_irq_lines(&mut self) {
         let d = &mut self.devices;
-        d.plic.set_level(Uart::IRQ, d.uart.irq_level());
         let mtime = self.hart.mtime();
+        d.rtc.poll(mtime);
+        d.plic.set_level(Uart::IRQ, d.uart.irq_level());
+        d.plic.set_level(Rtc::IRQ, d.rtc.irq_level());
         let mut lines = 0;
         if d.clint.msip & 1 != 0 {
             lines |= irq::MSIP;
@@ -302,11 +314,15 @@ impl Machine {
             // A timer already pending has none: MTIP changes again only
             // through a CLINT write, which ends the run anyway.
             let clint = &self.devices.clint;
-            let limit = if clint.timer_pending(self.hart.mtime()) {
+            let mut limit = if clint.timer_pending(self.hart.mtime()) {
                 icount_limit
             } else {
                 icount_limit.min(clint.deadline(self.hart.clock(), icount))
             };
+            // Likewise for an armed RTC alarm.
+            if let Some(alarm) = self.devices.rtc.alarm_mtime() {
+                limit = limit.min(self.hart.clock().icount_at(icount, alarm).max(icount + 1));
+            }
             let mut view = BusView {
                 devices: &mut self.devices,
                 clock: *self.hart.clock(),
@@ -382,6 +398,10 @@ impl Machine {
         match input {
             Input::ConsoleByte(byte) => self.devices.uart.receive(byte),
             Input::IdleSleep { ticks } => self.hart.clock_mut().advance(ticks),
+            Input::WallClock { unix_ns } => {
+                let mtime = self.hart.mtime();
+                self.devices.rtc.set_wall_clock(unix_ns, mtime);
+            }
         }
         self.update_irq_lines();
     }

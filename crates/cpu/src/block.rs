@@ -31,6 +31,8 @@ struct Meta {
     /// Address of the block's translation, valid in `jit_epoch` (0: none).
     jit: usize,
     jit_epoch: u32,
+    /// Times the block ran without a translation.
+    runs: u32,
 }
 
 const EMPTY: Meta = Meta {
@@ -39,6 +41,7 @@ const EMPTY: Meta = Meta {
     len: 0,
     jit: 0,
     jit_epoch: 0,
+    runs: 0,
 };
 
 /// The cache's bookkeeping. The instructions themselves live in a separate
@@ -52,6 +55,8 @@ pub(crate) struct BlockCache {
     code_chunks: Box<[u64]>,
     /// `Ram::host_generation` the cache is coherent with.
     pub(crate) host_generation: u64,
+    /// A chunk generation wrapped since the flag was last cleared.
+    pub(crate) wrapped: bool,
 }
 
 /// A cached block: instructions `insns[start..start + len]`.
@@ -75,6 +80,7 @@ impl BlockCache {
             chunk_generation: vec![0; chunks].into_boxed_slice(),
             code_chunks: vec![0; chunks.div_ceil(64)].into_boxed_slice(),
             host_generation: 0,
+            wrapped: false,
         }
     }
 
@@ -118,6 +124,7 @@ impl BlockCache {
             len: len as u32,
             jit: 0,
             jit_epoch: 0,
+            runs: 0,
         };
         self.code_chunks[chunk / 64] |= 1 << (chunk % 64);
         BlockRef {
@@ -134,10 +141,28 @@ impl BlockCache {
         (meta.jit_epoch == epoch).then_some(meta.jit)
     }
 
+    /// Count one run of `block` without a translation; returns the count.
+    pub(crate) fn count_run(&mut self, block: BlockRef) -> u32 {
+        let meta = &mut self.metas[block.slot];
+        meta.runs = meta.runs.saturating_add(1);
+        meta.runs
+    }
+
     pub(crate) fn set_translation(&mut self, block: BlockRef, code: usize, epoch: u32) {
         let meta = &mut self.metas[block.slot];
         meta.jit = code;
         meta.jit_epoch = epoch;
+    }
+
+    /// The chunk generations, for translated code's staleness check.
+    pub(crate) fn chunk_generation_ptr(&self) -> *const u32 {
+        self.chunk_generation.as_ptr()
+    }
+
+    /// The chunk of RAM offset `off` and its current generation.
+    pub(crate) fn chunk_stamp(&self, off: usize) -> (usize, u32) {
+        let chunk = off >> CHUNK_SHIFT;
+        (chunk, self.chunk_generation[chunk])
     }
 
     /// The chunk bitmap, for translated code's store check.
@@ -148,6 +173,8 @@ impl BlockCache {
     /// Note a guest store to RAM offsets `[off, off + size)`. Returns true
     /// if it retired cached code. An instruction starting up to 2 bytes
     /// before the store overlaps it, so the chunk holding `off - 2` counts.
+    /// If a generation wraps, every block is dropped and `wrapped` is set
+    /// (translations must go too).
     #[inline(always)]
     pub(crate) fn note_store(&mut self, off: usize, size: usize) -> bool {
         let first = off.saturating_sub(2) >> CHUNK_SHIFT;
@@ -162,6 +189,7 @@ impl BlockCache {
                 if *generation == 0 {
                     // A wrapped generation could revalidate an ancient block.
                     self.metas.fill(EMPTY);
+                    self.wrapped = true;
                 }
                 hit = true;
             }

@@ -206,12 +206,17 @@ struct Translator {
     /// translated code runs again.
     flush_pending: bool,
     link: Option<crate::jit::PendingLink>,
+    /// Runs of a block in the interpreter before it is translated.
+    threshold: u32,
 }
 
 #[cfg(not(all(target_arch = "x86_64", unix)))]
 struct Translator {
     flush_pending: bool,
 }
+
+#[cfg(all(target_arch = "x86_64", unix))]
+const TRANSLATE_AFTER_RUNS: u32 = 8;
 
 /// How translated code handed control back.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -230,6 +235,7 @@ impl Translator {
             ctx: crate::jit::JitContext::default(),
             flush_pending: false,
             link: None,
+            threshold: TRANSLATE_AFTER_RUNS,
         }
     }
 }
@@ -267,6 +273,19 @@ impl Hart {
             #[cfg(not(all(target_arch = "x86_64", unix)))]
             Engine::Translator => Err(EngineError::Unsupported),
         }
+    }
+
+    /// Translate a block only after it ran this many times in the
+    /// interpreter (default 8): code that runs a few times only, like most
+    /// of a boot, is cheaper to interpret. Tests set 0 to translate
+    /// everything at once. No effect on the machine's behaviour.
+    pub fn set_translation_threshold(&mut self, runs: u32) {
+        #[cfg(all(target_arch = "x86_64", unix))]
+        {
+            self.translator.threshold = runs;
+        }
+        #[cfg(not(all(target_arch = "x86_64", unix)))]
+        let _ = runs;
     }
 
     pub fn engine(&self) -> Engine {
@@ -318,14 +337,21 @@ impl Hart {
         let pc = self.s.pc;
         let code = match self.blocks.translation(block, jit.epoch) {
             Some(code) => code,
+            // Code that runs a few times only (most of a boot) is cheaper
+            // to interpret than to translate.
+            None if self.blocks.count_run(block) < self.translator.threshold => return Ok(None),
             None => {
                 let insns = &arena[block.start..block.start + block.len];
-                let code = match jit.translate(insns, pc & PAGE_MASK)? {
+                let (index, generation) = self
+                    .blocks
+                    .chunk_stamp(self.fetch_page_off + (pc & PAGE_MASK) as usize);
+                let stamp = crate::jit::ChunkStamp { index, generation };
+                let code = match jit.translate(insns, pc & PAGE_MASK, stamp)? {
                     Some(code) => code,
                     None => {
                         jit.flush();
                         self.translator.link = None;
-                        match jit.translate(insns, pc & PAGE_MASK)? {
+                        match jit.translate(insns, pc & PAGE_MASK, stamp)? {
                             Some(code) => code,
                             None => return Ok(None),
                         }
@@ -353,6 +379,7 @@ impl Hart {
         ctx.icount = self.s.icount;
         ctx.icount_limit = icount_limit;
         ctx.code_chunks = self.blocks.code_chunks_ptr();
+        ctx.chunk_generation = self.blocks.chunk_generation_ptr();
         ctx.tlb_load = self.tlb[Access::Load as usize].as_ptr().cast();
         ctx.tlb_store = self.tlb[Access::Store as usize].as_ptr().cast();
         ctx.load_direct = u64::from(bare || load_prv == Privilege::Machine);
@@ -594,8 +621,12 @@ impl Hart {
     #[inline(always)]
     fn invalidate_code(&mut self, off: usize, size: usize) {
         if self.blocks.note_store(off, size) {
+            // Translations of the retired chunks check its generation on
+            // entry; only a wrapped generation needs them all dropped.
             self.stop_block = true;
-            self.translator.flush_pending = true;
+            if std::mem::take(&mut self.blocks.wrapped) {
+                self.translator.flush_pending = true;
+            }
         }
     }
 

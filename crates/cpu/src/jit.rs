@@ -67,6 +67,8 @@ pub(crate) struct JitContext {
     pub icount_limit: u64,
     /// `BlockCache`'s bitmap of chunks that hold cached code.
     pub code_chunks: *const u64,
+    /// `BlockCache`'s chunk generations.
+    pub chunk_generation: *const u32,
     /// The hart's load and store TLBs (`[TlbEntry; 256]` each).
     pub tlb_load: *const u64,
     pub tlb_store: *const u64,
@@ -101,6 +103,7 @@ impl Default for JitContext {
             icount: 0,
             icount_limit: 0,
             code_chunks: std::ptr::null(),
+            chunk_generation: std::ptr::null(),
             tlb_load: std::ptr::null(),
             tlb_store: std::ptr::null(),
             load_direct: 0,
@@ -121,12 +124,60 @@ macro_rules! ctx {
 
 type Entry = unsafe extern "sysv64" fn(*mut JitContext, *const u8) -> u64;
 
-/// Executable memory holding the entry/exit stubs and translated blocks.
-enum Region {
-    Writable(MmapMut),
-    Executable(Mmap),
-    /// Only while switching between the two.
-    Switching,
+/// Memory holding the entry/exit stubs and translated blocks, mapped
+/// twice: writable at one address, executable at another, never both at
+/// once (W^X) and without a system call per translation.
+struct Region {
+    write_view: MmapMut,
+    exec_view: Mmap,
+}
+
+impl Region {
+    fn new() -> Result<Region, JitError> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let dir = ["/dev/shm"]
+            .into_iter()
+            .map(std::path::PathBuf::from)
+            .find(|d| d.is_dir())
+            .unwrap_or_else(std::env::temp_dir);
+        let path = dir.join(format!(
+            "ftvm-code-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let file = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(JitError::Map)?
+        };
+        // Unlinked at once: from here on only this process can reach it.
+        let _ = std::fs::remove_file(&path);
+        file.set_len(CODE_BYTES as u64).map_err(JitError::Map)?;
+        let mut options = memmap2::MmapOptions::new();
+        options.len(CODE_BYTES);
+        // SAFETY: mapping a file is unsound only if someone else changes
+        // or truncates it while mapped. This file was created exclusively
+        // (create_new, mode 0600) and unlinked before mapping; its size is
+        // fixed here and no other handle to it escapes this function, so
+        // the two views below are its only users, and both live as long as
+        // the region.
+        let (write_view, exec_view) = unsafe {
+            (
+                options.map_mut(&file).map_err(JitError::Map)?,
+                options.map_exec(&file).map_err(JitError::Map)?,
+            )
+        };
+        Ok(Region {
+            write_view,
+            exec_view,
+        })
+    }
 }
 
 pub(crate) struct Jit {
@@ -155,10 +206,10 @@ pub enum JitError {
 
 impl Jit {
     pub(crate) fn new() -> Result<Self, JitError> {
-        let map = MmapMut::map_anon(CODE_BYTES).map_err(JitError::Map)?;
-        let base = map.as_ptr() as usize;
+        let region = Region::new()?;
+        let base = region.exec_view.as_ptr() as usize;
         let mut jit = Jit {
-            region: Region::Writable(map),
+            region,
             base,
             used: 0,
             stubs_end: 0,
@@ -170,7 +221,6 @@ impl Jit {
             epoch: 1,
         };
         jit.emit_stubs()?;
-        jit.make_executable()?;
         Ok(jit)
     }
 
@@ -231,33 +281,10 @@ impl Jit {
     }
 
     fn write(&mut self, at: usize, code: &[u8]) -> Result<(), JitError> {
-        if let Region::Executable(_) = self.region {
-            self.make_writable()?;
-        }
-        match &mut self.region {
-            Region::Writable(map) => {
-                map[at..at + code.len()].copy_from_slice(code);
-                Ok(())
-            }
-            _ => Err(JitError::Map(std::io::Error::other(
-                "the code region was lost when changing its protection",
-            ))),
-        }
-    }
-
-    fn make_writable(&mut self) -> Result<(), JitError> {
-        self.region = match std::mem::replace(&mut self.region, Region::Switching) {
-            Region::Executable(map) => Region::Writable(map.make_mut().map_err(JitError::Map)?),
-            other => other,
-        };
-        Ok(())
-    }
-
-    pub(crate) fn make_executable(&mut self) -> Result<(), JitError> {
-        self.region = match std::mem::replace(&mut self.region, Region::Switching) {
-            Region::Writable(map) => Region::Executable(map.make_exec().map_err(JitError::Map)?),
-            other => other,
-        };
+        self.region.write_view[at..at + code.len()].copy_from_slice(code);
+        // The code is executed through the other view: keep the compiler
+        // from sinking these writes past the call into it.
+        std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
         Ok(())
     }
 
@@ -268,6 +295,7 @@ impl Jit {
         &mut self,
         insns: &[Decoded],
         page_offset: u64,
+        chunk: ChunkStamp,
     ) -> Result<Option<usize>, JitError> {
         if self.used + MAX_BLOCK_BYTES > CODE_BYTES
             || self.links_used + insns.len() + 1 > LINK_SLOTS
@@ -285,7 +313,7 @@ impl Jit {
             count: insns.len() as i32,
             cold: Vec::new(),
         };
-        emitter.block(insns);
+        emitter.block(insns, chunk);
         let code = emitter
             .ops
             .finalize()
@@ -311,12 +339,11 @@ impl Jit {
     /// Run translated code from `code` until it exits; returns the exit
     /// kind.
     pub(crate) fn run(&mut self, ctx: &mut JitContext, code: usize) -> Result<u64, JitError> {
-        self.make_executable()?;
         // SAFETY: `enter` is the entry stub emitted by `emit_stubs`, a
         // sysv64 function of this signature that saves and restores every
         // callee-saved register it uses and returns through the exit stub.
-        // `code` is the start of a translation in the region, which is
-        // executable and not writable now. Translated code reads and writes
+        // `code` is the start of a translation in the region's executable
+        // view, written completely before this call. Translated code reads and writes
         // only: `ctx`'s fields; `ctx.x[0..32]` (register numbers are
         // 5-bit); RAM at offsets it checked against `ctx.ram_size`; the
         // TLBs at a masked index below 256; the code-chunk bitmap at a chunk
@@ -330,6 +357,15 @@ impl Jit {
         };
         Ok(exit)
     }
+}
+
+/// The RAM chunk a block was decoded from and that chunk's generation then:
+/// a translation entered through a link after a store retired its chunk
+/// leaves at once.
+#[derive(Clone, Copy)]
+pub(crate) struct ChunkStamp {
+    pub index: usize,
+    pub generation: u32,
 }
 
 /// A static exit waiting to be emitted out of line.
@@ -358,12 +394,18 @@ struct Emitter<'a> {
 }
 
 impl Emitter<'_> {
-    fn block(&mut self, insns: &[Decoded]) {
+    fn block(&mut self, insns: &[Decoded], chunk: ChunkStamp) {
         let count = self.count;
         let exit = self.exit;
         let no_room = self.ops.new_dynamic_label();
+        let stale = self.ops.new_dynamic_label();
+        let generation_at = (chunk.index * 4) as i32;
+        let generation = chunk.generation as i32;
         dynasm!(self.ops
             ; .arch x64
+            ; mov rax, QWORD [r12 + ctx!(chunk_generation)]
+            ; cmp DWORD [rax + generation_at], generation
+            ; jne =>stale
             ; lea rax, [r13 + count]
             ; cmp rax, QWORD [r12 + ctx!(icount_limit)]
             ; ja =>no_room
@@ -385,6 +427,12 @@ impl Emitter<'_> {
             ; =>no_room
             ; mov QWORD [r12 + ctx!(pc)], rbp
             ; xor eax, eax
+            ; jmp extern exit
+            // Retired code: the run loop translates the block anew and
+            // points the link that led here at the new translation.
+            ; =>stale
+            ; mov QWORD [r12 + ctx!(pc)], rbp
+            ; mov eax, EXIT_LINK as i32
             ; jmp extern exit
         );
         for cold in std::mem::take(&mut self.cold) {

@@ -196,6 +196,7 @@ fn hart(engine: Engine, body: &[u32], regs: &[u64; 30], mode: u64, paged: bool) 
         insns_per_tick: 10,
     });
     h.set_engine(engine).expect("engine available");
+    h.set_translation_threshold(0);
     // Prologue at BASE: mtvec = handler (WFI), mepc = CODE, mret into
     // `mode` (from x29's MPP bits).
     let handler = CODE + 4 * body.len() as u64 + 64;
