@@ -23,11 +23,13 @@ mod devices;
 mod fdt;
 mod loader;
 mod machine;
+pub mod virtio;
 
 use std::path::PathBuf;
 
 pub use ftvm_cpu::{Engine, Exit, Hart, HartConfig};
 pub use machine::{Machine, Snapshot};
+pub use virtio::{DeviceKind, IoRequest, IoStatus};
 
 /// Errors building a machine. Each names the offending file and problem in
 /// one line.
@@ -76,6 +78,8 @@ pub struct MachineConfig {
     pub insns_per_tick: u64,
     /// How the hart executes; the machine behaves identically with either.
     pub engine: Engine,
+    /// virtio devices, placed in slots 7, 6, ... as QEMU does.
+    pub virtio: Vec<DeviceKind>,
 }
 
 impl MachineConfig {
@@ -96,6 +100,13 @@ pub enum Input {
     /// The host's wall-clock time (ns since the Unix epoch), read by the
     /// RTC from now on as this value plus the guest time that passes.
     WallClock { unix_ns: u64 },
+    /// The host's answer to an [`IoRequest`]: its status and the data it
+    /// brings (disk data read, entropy).
+    IoDone {
+        id: u64,
+        status: IoStatus,
+        data: Vec<u8>,
+    },
 }
 
 /// Why [`Machine::run`] stopped.
@@ -115,6 +126,8 @@ pub enum Stop {
     Reset,
     /// An HTIF `tohost` exit: `tohost = (code << 1) | 1`.
     HtifExit { code: u64 },
+    /// A device has requests for the host ([`Machine::take_io_requests`]).
+    Io,
 }
 
 /// A state digest (BLAKE3 over hart state, device state and RAM).

@@ -6,12 +6,29 @@ use serde::{Deserialize, Serialize};
 
 use crate::devices::{
     empty_virtio_load, sifive_test_request, Clint, ClintEffect, Plic, Rtc, TestRequest, Uart,
-    SIFIVE_TEST_BASE, SIFIVE_TEST_SIZE, VIRTIO_BASE, VIRTIO_SLOTS, VIRTIO_SLOT_SIZE,
+    SIFIVE_TEST_BASE, SIFIVE_TEST_SIZE, VIRTIO_BASE, VIRTIO_FIRST_IRQ, VIRTIO_SLOTS,
+    VIRTIO_SLOT_SIZE,
 };
+use crate::virtio::{IoRequest, VirtioMmio};
 use crate::{fdt, loader, BoardError, Digest, Firmware, Input, MachineConfig, Stop};
 
 const RAM_BASE: u64 = 0x8000_0000;
 const TIMEBASE_HZ: u32 = 10_000_000;
+
+/// Place the configured virtio devices in slots 7, 6, ... (QEMU's order).
+fn virtio_slots(kinds: &[crate::virtio::DeviceKind]) -> Result<Vec<Option<VirtioMmio>>, BoardError> {
+    if kinds.len() > VIRTIO_SLOTS as usize {
+        return Err(BoardError::Config(format!(
+            "at most {VIRTIO_SLOTS} virtio devices, not {}",
+            kinds.len()
+        )));
+    }
+    let mut slots: Vec<Option<VirtioMmio>> = vec![None; VIRTIO_SLOTS as usize];
+    for (i, kind) in kinds.iter().enumerate() {
+        slots[VIRTIO_SLOTS as usize - 1 - i] = Some(VirtioMmio::new(kind.clone()));
+    }
+    Ok(slots)
+}
 
 /// Everything on the bus except RAM. Its state is part of snapshots.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,6 +37,11 @@ struct Devices {
     plic: Plic,
     uart: Uart,
     rtc: Rtc,
+    /// The virtio-mmio slots (slot 7 first, as QEMU fills them).
+    virtio: Vec<Option<VirtioMmio>>,
+    /// Requests for the host not yet taken, and the next request's id.
+    io_requests: Vec<IoRequest>,
+    next_io_id: u64,
     /// HTIF mailbox addresses (from the kernel ELF's symbols).
     tohost: Option<u64>,
 }
@@ -54,10 +76,21 @@ impl Bus for BusView<'_> {
                 .rtc
                 .load(a - Rtc::BASE, self.clock.mtime(icount))
                 .ok_or(fault),
-            a if (VIRTIO_BASE..VIRTIO_BASE + VIRTIO_SLOTS * VIRTIO_SLOT_SIZE).contains(&a)
-                && size == 4 =>
-            {
-                Ok(empty_virtio_load((a - VIRTIO_BASE) % VIRTIO_SLOT_SIZE))
+            a if (VIRTIO_BASE..VIRTIO_BASE + VIRTIO_SLOTS * VIRTIO_SLOT_SIZE).contains(&a) => {
+                let slot = ((a - VIRTIO_BASE) / VIRTIO_SLOT_SIZE) as usize;
+                let offset = (a - VIRTIO_BASE) % VIRTIO_SLOT_SIZE;
+                let (aligned, shift) = (offset & !3, 8 * (offset & 3));
+                match d.virtio.get_mut(slot).and_then(Option::as_mut) {
+                    // Registers are 32-bit; the config space (0x100 on) may
+                    // also be read in bytes and halves.
+                    Some(dev) if size == 4 && offset & 3 == 0 => Ok(u64::from(dev.load(offset))),
+                    Some(dev) if offset >= 0x100 && size < 4 && (offset & 3) + u64::from(size) <= 4 => {
+                        let mask = (1u64 << (8 * u64::from(size))) - 1;
+                        Ok((u64::from(dev.load(aligned)) >> shift) & mask)
+                    }
+                    None if size == 4 => Ok(empty_virtio_load(offset)),
+                    _ => Err(fault),
+                }
             }
             _ => Err(fault),
         }
@@ -95,6 +128,12 @@ impl Bus for BusView<'_> {
                 .store(a - Rtc::BASE, value as u32, self.clock.mtime(icount))
                 .ok_or(fault),
             a if (VIRTIO_BASE..VIRTIO_BASE + VIRTIO_SLOTS * VIRTIO_SLOT_SIZE).contains(&a) => {
+                let slot = ((a - VIRTIO_BASE) / VIRTIO_SLOT_SIZE) as usize;
+                if let Some(dev) = d.virtio.get_mut(slot).and_then(Option::as_mut) {
+                    if size == 4 {
+                        dev.store((a - VIRTIO_BASE) % VIRTIO_SLOT_SIZE, value as u32);
+                    }
+                }
                 Ok(())
             }
             _ => Err(fault),
@@ -272,6 +311,9 @@ impl Machine {
                 plic: Plic::new(),
                 uart: Uart::new(),
                 rtc: Rtc::default(),
+                virtio: virtio_slots(&config.virtio)?,
+                io_requests: Vec::new(),
+                next_io_id: 0,
                 tohost,
             },
             console: Vec::new(),
@@ -286,6 +328,12 @@ impl Machine {
         d.rtc.poll(mtime);
         d.plic.set_level(Uart::IRQ, d.uart.irq_level());
         d.plic.set_level(Rtc::IRQ, d.rtc.irq_level());
+        for (slot, dev) in d.virtio.iter().enumerate() {
+            if let Some(dev) = dev {
+                d.plic
+                    .set_level(VIRTIO_FIRST_IRQ as usize + slot, dev.irq_level());
+            }
+        }
         let mut lines = 0;
         if d.clint.msip & 1 != 0 {
             lines |= irq::MSIP;
@@ -339,6 +387,9 @@ impl Machine {
                 Some(TestRequest::PowerOff(code)) => return Stop::PowerOff { code },
                 Some(TestRequest::Reset) => return Stop::Reset,
                 None => {}
+            }
+            if exit == Exit::Mmio && self.process_virtio() {
+                return Stop::Io;
             }
             match exit {
                 Exit::Limit | Exit::Mmio => {}
@@ -402,8 +453,37 @@ impl Machine {
                 let mtime = self.hart.mtime();
                 self.devices.rtc.set_wall_clock(unix_ns, mtime);
             }
+            Input::IoDone { id, status, data } => {
+                let hart = &mut self.hart;
+                let done = self
+                    .devices
+                    .virtio
+                    .iter_mut()
+                    .flatten()
+                    .any(|dev| dev.complete(hart, id, status, &data));
+                if !done {
+                    tracing::debug!(id, "completion for a request no device waits for");
+                }
+            }
         }
         self.update_irq_lines();
+    }
+
+    /// Take the requests of notified virtio queues; true if there are new
+    /// ones for the host.
+    fn process_virtio(&mut self) -> bool {
+        let d = &mut self.devices;
+        let before = d.io_requests.len();
+        for dev in d.virtio.iter_mut().flatten() {
+            dev.process(&self.hart, &mut d.next_io_id, &mut d.io_requests);
+        }
+        d.io_requests.len() > before
+    }
+
+    /// The I/O the devices ask of the host (after [`Stop::Io`], or any
+    /// time). Each must be answered with [`Input::IoDone`].
+    pub fn take_io_requests(&mut self) -> Vec<IoRequest> {
+        std::mem::take(&mut self.devices.io_requests)
     }
 
     /// Console bytes the guest wrote since the last call (UART and HTIF).
@@ -484,6 +564,7 @@ mod tests {
             append: String::new(),
             insns_per_tick: 10,
             engine: crate::Engine::default(),
+            virtio: Vec::new(),
         };
         let machine = Machine::new(&config).expect("machine");
         let _ = std::fs::remove_file(&path);

@@ -10,6 +10,7 @@
 //! it reads to the machine as typed inputs at instruction boundaries.
 
 mod console;
+mod host_io;
 mod run;
 
 use std::path::PathBuf;
@@ -48,23 +49,33 @@ enum Command {
 pub struct RunArgs {
     /// Kernel to boot: an ELF file (loaded at its physical addresses) or a
     /// raw image (loaded at the start of RAM, or after the firmware).
+    /// Without it, ftvm boots the default guest built by
+    /// `scripts/guest-image` (Linux and a busybox initramfs, on OpenSBI).
     #[arg(long, value_name = "FILE")]
-    kernel: PathBuf,
+    kernel: Option<PathBuf>,
 
     /// Firmware run before the kernel, in M-mode: `none` starts the kernel
     /// itself in M-mode at its entry point (like QEMU's `-bios none`);
     /// otherwise an ELF or raw firmware image (e.g. OpenSBI's fw_dynamic),
-    /// which is given the kernel's address like QEMU does.
-    #[arg(long, value_name = "none|FILE", default_value = "none")]
-    bios: String,
+    /// which is given the kernel's address like QEMU does. Default: `none`
+    /// with `--kernel`, the image's OpenSBI for the default guest.
+    #[arg(long, value_name = "none|FILE")]
+    bios: Option<String>,
 
-    /// Initial ramdisk, advertised to the kernel in the device tree.
+    /// Initial ramdisk, advertised to the kernel in the device tree
+    /// (default guest: its initramfs).
     #[arg(long, value_name = "FILE")]
     initrd: Option<PathBuf>,
 
-    /// Kernel command line (the device tree's /chosen/bootargs).
-    #[arg(long, value_name = "ARGS", default_value = "")]
-    append: String,
+    /// Kernel command line (the device tree's /chosen/bootargs). Default:
+    /// empty with `--kernel`, `console=ttyS0` for the default guest.
+    #[arg(long, value_name = "ARGS")]
+    append: Option<String>,
+
+    /// Attach a raw disk image (a whole number of 512-byte sectors) as a
+    /// virtio-blk disk, /dev/vda in the guest. Guest writes go to the file.
+    #[arg(long, value_name = "FILE")]
+    disk: Option<PathBuf>,
 
     /// Guest RAM in MiB.
     #[arg(long, value_name = "MIB", default_value_t = MachineConfig::DEFAULT_MEMORY_MIB)]
@@ -87,25 +98,65 @@ pub struct RunArgs {
     digest: bool,
 }
 
+/// Where `scripts/guest-image` links the default guest: `FTVM_GUEST_IMAGE`,
+/// or `build/guest-image` in the source tree ftvm was built from.
+fn default_guest_dir() -> PathBuf {
+    std::env::var_os("FTVM_GUEST_IMAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../build/guest-image")
+        })
+}
+
 impl RunArgs {
-    fn machine_config(&self) -> MachineConfig {
-        let firmware = if self.bios == "none" {
+    fn machine_config(&self, virtio: Vec<ftvm_board::DeviceKind>) -> Result<MachineConfig> {
+        let (kernel, bios, initrd, append) = match &self.kernel {
+            Some(kernel) => (
+                kernel.clone(),
+                self.bios.clone().unwrap_or_else(|| "none".into()),
+                self.initrd.clone(),
+                self.append.clone().unwrap_or_default(),
+            ),
+            None => {
+                let dir = default_guest_dir();
+                let kernel = dir.join("Image");
+                if !kernel.is_file() {
+                    anyhow::bail!(
+                        "no --kernel given and the default guest is not built ({} is missing): \
+                         run scripts/guest-image",
+                        kernel.display()
+                    );
+                }
+                (
+                    kernel,
+                    self.bios.clone().unwrap_or_else(|| {
+                        dir.join("fw_dynamic.bin").to_string_lossy().into_owned()
+                    }),
+                    Some(self.initrd.clone().unwrap_or_else(|| dir.join("initramfs.cpio.gz"))),
+                    self.append
+                        .clone()
+                        .unwrap_or_else(|| "console=ttyS0".into()),
+                )
+            }
+        };
+        let firmware = if bios == "none" {
             Firmware::None
         } else {
-            Firmware::File(PathBuf::from(&self.bios))
+            Firmware::File(PathBuf::from(bios))
         };
-        MachineConfig {
+        Ok(MachineConfig {
             memory_mib: self.memory,
             firmware,
-            kernel: self.kernel.clone(),
-            initrd: self.initrd.clone(),
-            append: self.append.clone(),
+            kernel,
+            initrd,
+            append,
             insns_per_tick: MachineConfig::DEFAULT_INSNS_PER_TICK,
             engine: match self.engine {
                 EngineArg::Translator => Engine::Translator,
                 EngineArg::Interpreter => Engine::Interpreter,
             },
-        }
+            virtio,
+        })
     }
 }
 

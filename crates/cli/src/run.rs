@@ -14,6 +14,7 @@ use anyhow::{bail, Context, Result};
 use ftvm_board::{Input, Machine, Stop};
 
 use crate::console::{Console, ConsoleEvent, Wait};
+use crate::host_io::{Disk, HostIo};
 use crate::RunArgs;
 
 /// Instructions per slice: a few milliseconds of guest execution, short
@@ -35,20 +36,29 @@ enum Outcome {
 }
 
 pub fn run(args: &RunArgs) -> Result<ExitCode> {
-    let config = args.machine_config();
+    let mut host_io = HostIo {
+        disk: args.disk.as_deref().map(Disk::open).transpose()?,
+    };
+    let config = args.machine_config(host_io.devices())?;
     let mut machine = Machine::new(&config)?;
+    machine.inject(wall_clock());
     let mut console = Console::open()?;
     let limit = args.max_insns.unwrap_or(u64::MAX);
 
     let outcome = loop {
         let stop = machine.run(machine.icount().saturating_add(SLICE).min(limit));
         flush_console(&mut machine)?;
+        // Answer I/O at once, at this instruction boundary.
+        for request in machine.take_io_requests() {
+            let done = host_io.serve(request);
+            machine.inject(done);
+        }
         if inject_pending_input(&mut machine, &mut console) == Some(Outcome::Quit) {
             break Outcome::Quit;
         }
         match stop {
             Stop::Limit if machine.icount() >= limit => break Outcome::InsnLimit,
-            Stop::Limit => {}
+            Stop::Limit | Stop::Io => {}
             Stop::Idle { wake_at } => {
                 if let Some(outcome) = sleep_while_idle(&mut machine, &mut console, wake_at)? {
                     break outcome;
@@ -59,6 +69,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
             Stop::Reset => {
                 tracing::info!(icount = machine.icount(), "guest requested a reset");
                 machine = Machine::new(&config)?;
+                machine.inject(wall_clock());
             }
         }
     };
@@ -79,6 +90,14 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         }
         Outcome::Quit => ExitCode::SUCCESS,
     })
+}
+
+/// The host's time of day, for the guest's RTC.
+fn wall_clock() -> Input {
+    let unix_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    Input::WallClock { unix_ns }
 }
 
 /// A guest's failure code as a process exit code: its low byte, but never

@@ -24,6 +24,7 @@ fn config_with(program: &str, engine: Engine) -> MachineConfig {
         append: String::new(),
         insns_per_tick: MachineConfig::DEFAULT_INSNS_PER_TICK,
         engine,
+        virtio: Vec::new(),
     }
 }
 

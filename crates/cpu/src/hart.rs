@@ -532,6 +532,30 @@ impl Hart {
     pub fn ram(&self) -> &Ram {
         &self.ram
     }
+    /// A device's DMA write into guest RAM, between instructions. Unlike
+    /// [`Ram::write`] it retires only the cached code it overwrites (and an
+    /// LR reservation on it), not the whole cache.
+    pub fn dma_write(&mut self, paddr: u64, data: &[u8]) -> Result<(), crate::BusFault> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        if !self.ram.contains(paddr, data.len() as u64) {
+            return Err(crate::BusFault { addr: paddr });
+        }
+        let off = self.ram.off(paddr);
+        self.ram.bytes_mut()[off..off + data.len()].copy_from_slice(data);
+        self.invalidate_code(off, data.len());
+        self.stop_block = false;
+        if self
+            .s
+            .reservation
+            .is_some_and(|r| r + 8 > paddr && r < paddr + data.len() as u64)
+        {
+            self.s.reservation = None;
+        }
+        Ok(())
+    }
+
     pub fn ram_mut(&mut self) -> &mut Ram {
         &mut self.ram
     }

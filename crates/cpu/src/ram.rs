@@ -40,6 +40,9 @@ impl Ram {
         let off = paddr.wrapping_sub(self.base);
         off < self.bytes.len() as u64 && len <= self.bytes.len() as u64 - off
     }
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.bytes
+    }
     /// Host address of RAM's first byte, for translated code.
     pub(crate) fn host_ptr(&mut self) -> *mut u8 {
         self.bytes.as_mut_ptr()

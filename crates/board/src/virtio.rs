@@ -1,0 +1,463 @@
+//! virtio-mmio (version 2) with split virtqueues, and the devices behind
+//! it: block and entropy.
+//!
+//! Devices never touch the host. A guest's request becomes an
+//! [`IoRequest`] that the machine's owner collects
+//! ([`crate::Machine::take_io_requests`]), performs wherever it likes (a
+//! disk file, the host's entropy source, a logged value on replay) and
+//! answers with [`crate::Input::IoDone`] at an instruction boundary of its
+//! choosing. Only then does the device write the result into guest memory
+//! and raise its interrupt: I/O completions and the data they bring are
+//! inputs of the machine like any other (DESIGN.md §2).
+//!
+//! Guest memory is read (requests, data to write) when the guest notifies
+//! the queue and written when the completion is injected; both happen
+//! between instructions.
+
+use std::collections::BTreeMap;
+
+use ftvm_cpu::Hart;
+use serde::{Deserialize, Serialize};
+
+const MAGIC: u32 = 0x7472_6976; // "virt"
+const VENDOR: u32 = 0x554d_4551; // "QEMU"
+const QUEUE_MAX: u16 = 256;
+const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+const STATUS_FAILED: u32 = 128;
+
+const DESC_F_NEXT: u16 = 1;
+const DESC_F_WRITE: u16 = 2;
+
+/// What a device asks of the host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IoRequest {
+    /// Read `len` bytes of the disk from byte `offset`.
+    BlockRead { id: u64, offset: u64, len: u32 },
+    /// Write `data` to the disk at byte `offset` (an output of the VM).
+    BlockWrite { id: u64, offset: u64, data: Vec<u8> },
+    /// Make earlier writes durable.
+    BlockFlush { id: u64 },
+    /// `len` bytes of entropy.
+    Entropy { id: u64, len: u32 },
+    /// A request the device does not serve (out of range, an unknown
+    /// type): the host answers [`IoStatus::Unsupported`]. It still goes
+    /// through the host so that every completion is an input.
+    Unsupported { id: u64 },
+}
+
+impl IoRequest {
+    pub fn id(&self) -> u64 {
+        match self {
+            IoRequest::BlockRead { id, .. }
+            | IoRequest::BlockWrite { id, .. }
+            | IoRequest::BlockFlush { id }
+            | IoRequest::Entropy { id, .. }
+            | IoRequest::Unsupported { id } => *id,
+        }
+    }
+}
+
+/// The device types ftvm has, with their virtio device IDs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeviceKind {
+    /// A disk of `sectors` 512-byte sectors.
+    Block { sectors: u64 },
+    Entropy,
+}
+
+impl DeviceKind {
+    fn device_id(&self) -> u32 {
+        match self {
+            DeviceKind::Block { .. } => 2,
+            DeviceKind::Entropy => 4,
+        }
+    }
+    fn features(&self) -> u64 {
+        const BLK_F_FLUSH: u64 = 1 << 9;
+        VIRTIO_F_VERSION_1
+            | match self {
+                DeviceKind::Block { .. } => BLK_F_FLUSH,
+                DeviceKind::Entropy => 0,
+            }
+    }
+    fn config(&self, offset: u64) -> u32 {
+        match (self, offset) {
+            (DeviceKind::Block { sectors }, 0) => *sectors as u32,
+            (DeviceKind::Block { sectors }, 4) => (*sectors >> 32) as u32,
+            _ => 0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Queue {
+    num: u16,
+    ready: bool,
+    desc: u64,
+    avail: u64,
+    used: u64,
+    /// The next avail ring entry to take.
+    next_avail: u16,
+    /// The next used ring index to fill.
+    next_used: u16,
+}
+
+/// Where a request's answer goes in guest memory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Pending {
+    queue: usize,
+    head: u16,
+    /// Device-writable buffers, in order (address, length).
+    writable: Vec<(u64, u32)>,
+    /// Block requests: the status byte (the last writable byte).
+    status: Option<u64>,
+}
+
+/// The outcome of a request, as the host reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IoStatus {
+    Ok,
+    Error,
+    Unsupported,
+}
+
+/// One virtio-mmio slot with a device.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VirtioMmio {
+    kind: DeviceKind,
+    device_features_sel: u32,
+    driver_features_sel: u32,
+    driver_features: u64,
+    queue_sel: u32,
+    queues: Vec<Queue>,
+    status: u32,
+    interrupt_status: u32,
+    /// Queues the guest notified, for the machine to process.
+    notified: u32,
+    pending: BTreeMap<u64, Pending>,
+}
+
+impl VirtioMmio {
+    pub fn new(kind: DeviceKind) -> Self {
+        VirtioMmio {
+            kind,
+            device_features_sel: 0,
+            driver_features_sel: 0,
+            driver_features: 0,
+            queue_sel: 0,
+            queues: vec![Queue::default()],
+            status: 0,
+            interrupt_status: 0,
+            notified: 0,
+            pending: BTreeMap::new(),
+        }
+    }
+
+    pub fn kind(&self) -> &DeviceKind {
+        &self.kind
+    }
+
+    pub fn irq_level(&self) -> bool {
+        self.interrupt_status != 0
+    }
+
+    fn reset(&mut self) {
+        *self = VirtioMmio::new(self.kind.clone());
+    }
+
+    fn queue(&mut self) -> Option<&mut Queue> {
+        self.queues.get_mut(self.queue_sel as usize)
+    }
+
+    pub fn load(&mut self, offset: u64) -> u32 {
+        let q = self.queues.get(self.queue_sel as usize);
+        match offset {
+            0x000 => MAGIC,
+            0x004 => 2,
+            0x008 => self.kind.device_id(),
+            0x00c => VENDOR,
+            0x010 => match self.device_features_sel {
+                0 => self.kind.features() as u32,
+                1 => (self.kind.features() >> 32) as u32,
+                _ => 0,
+            },
+            0x034 => q.map_or(0, |_| u32::from(QUEUE_MAX)),
+            0x044 => u32::from(q.is_some_and(|q| q.ready)),
+            0x060 => self.interrupt_status,
+            0x070 => self.status,
+            0x0fc => 0,
+            o if o >= 0x100 => self.kind.config(o - 0x100),
+            _ => 0,
+        }
+    }
+
+    pub fn store(&mut self, offset: u64, value: u32) {
+        let split = |old: u64, high: bool| {
+            if high {
+                (old & 0xffff_ffff) | (u64::from(value) << 32)
+            } else {
+                (old & !0xffff_ffff) | u64::from(value)
+            }
+        };
+        match offset {
+            0x014 => self.device_features_sel = value,
+            0x020 => {
+                let shift = 32 * u64::from(self.driver_features_sel.min(1));
+                if self.driver_features_sel < 2 {
+                    self.driver_features = (self.driver_features & !(0xffff_ffff << shift))
+                        | (u64::from(value) << shift);
+                }
+            }
+            0x024 => self.driver_features_sel = value,
+            0x030 => self.queue_sel = value,
+            0x038 => {
+                if let Some(q) = self.queue() {
+                    q.num = (value as u16).min(QUEUE_MAX);
+                }
+            }
+            0x044 => {
+                if let Some(q) = self.queue() {
+                    q.ready = value & 1 != 0;
+                }
+            }
+            0x050 => {
+                if (value as usize) < self.queues.len() {
+                    self.notified |= 1 << value;
+                }
+            }
+            0x064 => self.interrupt_status &= !value,
+            0x070 => {
+                if value == 0 {
+                    self.reset();
+                } else {
+                    self.status = value;
+                }
+            }
+            0x080 | 0x084 => {
+                if let Some(q) = self.queue() {
+                    q.desc = split(q.desc, offset == 0x084);
+                }
+            }
+            0x090 | 0x094 => {
+                if let Some(q) = self.queue() {
+                    q.avail = split(q.avail, offset == 0x094);
+                }
+            }
+            0x0a0 | 0x0a4 => {
+                if let Some(q) = self.queue() {
+                    q.used = split(q.used, offset == 0x0a4);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Take the requests the guest made available on notified queues,
+    /// numbering them from `next_id`.
+    pub fn process(&mut self, hart: &Hart, next_id: &mut u64, out: &mut Vec<IoRequest>) {
+        let notified = std::mem::take(&mut self.notified);
+        if self.status & STATUS_FAILED != 0 {
+            return;
+        }
+        for index in 0..self.queues.len() {
+            if notified & (1 << index) == 0 || !self.queues[index].ready {
+                continue;
+            }
+            while let Some(chain) = self.pop(hart, index) {
+                let id = *next_id;
+                match self.request(hart, id, index, chain) {
+                    Ok((pending, request)) => {
+                        *next_id += 1;
+                        self.pending.insert(id, pending);
+                        out.push(request);
+                    }
+                    Err(()) => {
+                        // A malformed chain: mark the device broken, as the
+                        // spec allows (DEVICE_NEEDS_RESET), and stop.
+                        self.status |= 64;
+                        self.interrupt_status |= 2;
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next available descriptor chain of queue `index`: its head and
+    /// its descriptors (address, length, writable).
+    fn pop(&mut self, hart: &Hart, index: usize) -> Option<(u16, Vec<(u64, u32, bool)>)> {
+        let q = &self.queues[index];
+        if q.num == 0 {
+            return None;
+        }
+        let avail_idx = read_u16(hart, q.avail + 2)?;
+        if avail_idx == q.next_avail {
+            return None;
+        }
+        let slot = u64::from(q.next_avail % q.num);
+        let head = read_u16(hart, q.avail + 4 + 2 * slot)?;
+        let (desc, num) = (q.desc, q.num);
+        self.queues[index].next_avail = q.next_avail.wrapping_add(1);
+        let mut chain = Vec::new();
+        let mut next = head;
+        for _ in 0..num {
+            if next >= num {
+                return Some((head, Vec::new()));
+            }
+            let at = desc + 16 * u64::from(next);
+            let addr = read_u64(hart, at)?;
+            let len = read_u32(hart, at + 8)?;
+            let flags = read_u16(hart, at + 12)?;
+            chain.push((addr, len, flags & DESC_F_WRITE != 0));
+            if flags & DESC_F_NEXT == 0 {
+                return Some((head, chain));
+            }
+            next = read_u16(hart, at + 14)?;
+        }
+        // A loop: no valid chain.
+        Some((head, Vec::new()))
+    }
+
+    fn request(
+        &self,
+        hart: &Hart,
+        id: u64,
+        queue: usize,
+        (head, chain): (u16, Vec<(u64, u32, bool)>),
+    ) -> Result<(Pending, IoRequest), ()> {
+        let writable: Vec<(u64, u32)> = chain
+            .iter()
+            .filter(|d| d.2)
+            .map(|&(addr, len, _)| (addr, len))
+            .collect();
+        match self.kind {
+            DeviceKind::Entropy => {
+                let len: u32 = writable.iter().map(|d| d.1).sum();
+                Ok((
+                    Pending {
+                        queue,
+                        head,
+                        writable,
+                        status: None,
+                    },
+                    IoRequest::Entropy { id, len },
+                ))
+            }
+            DeviceKind::Block { sectors } => {
+                // Header (type, reserved, sector), data, then a status byte.
+                let &(header, header_len, false) = chain.first().ok_or(())? else {
+                    return Err(());
+                };
+                let &(status_addr, status_len, true) = chain.last().ok_or(())? else {
+                    return Err(());
+                };
+                if header_len < 16 || status_len < 1 || chain.len() < 2 {
+                    return Err(());
+                }
+                let kind = read_u32(hart, header).ok_or(())?;
+                let sector = read_u64(hart, header + 8).ok_or(())?;
+                let data = &chain[1..chain.len() - 1];
+                let status = Some(status_addr + u64::from(status_len) - 1);
+                let mut buffers: Vec<(u64, u32)> = writable;
+                buffers.pop(); // the status descriptor
+                let total: u64 = data.iter().map(|d| u64::from(d.1)).sum();
+                let in_range = sector
+                    .checked_mul(512)
+                    .and_then(|start| start.checked_add(total))
+                    .is_some_and(|end| end <= sectors * 512);
+                let pending = Pending {
+                    queue,
+                    head,
+                    writable: buffers,
+                    status,
+                };
+                let request = match kind {
+                    // IN: the data descriptors must all be writable.
+                    0 if in_range && data.iter().all(|d| d.2) => IoRequest::BlockRead {
+                        id,
+                        offset: sector * 512,
+                        len: total as u32,
+                    },
+                    1 if in_range && data.iter().all(|d| !d.2) => {
+                        let mut bytes = Vec::with_capacity(total as usize);
+                        for &(addr, len, _) in data {
+                            let start = bytes.len();
+                            bytes.resize(start + len as usize, 0);
+                            hart.ram().read(addr, &mut bytes[start..]).map_err(|_| ())?;
+                        }
+                        IoRequest::BlockWrite {
+                            id,
+                            offset: sector * 512,
+                            data: bytes,
+                        }
+                    }
+                    4 => IoRequest::BlockFlush { id },
+                    // Out of range, GET_ID and anything else.
+                    _ => IoRequest::Unsupported { id },
+                };
+                Ok((pending, request))
+            }
+        }
+    }
+
+    /// Apply the host's answer to request `id`: write `data` into the
+    /// request's buffers, its status, the used ring, and interrupt.
+    /// Returns false if no such request is pending (e.g. after a reset).
+    pub fn complete(&mut self, hart: &mut Hart, id: u64, status: IoStatus, data: &[u8]) -> bool {
+        let Some(pending) = self.pending.remove(&id) else {
+            return false;
+        };
+        let mut written: u32 = 0;
+        let mut rest = data;
+        for &(addr, len) in &pending.writable {
+            if rest.is_empty() {
+                break;
+            }
+            let n = rest.len().min(len as usize);
+            if hart.dma_write(addr, &rest[..n]).is_err() {
+                break;
+            }
+            written += n as u32;
+            rest = &rest[n..];
+        }
+        if let Some(status_addr) = pending.status {
+            let byte = match status {
+                IoStatus::Ok => 0u8,
+                IoStatus::Error => 1,
+                IoStatus::Unsupported => 2,
+            };
+            let _ = hart.dma_write(status_addr, &[byte]);
+            written += 1;
+        }
+        let Some(q) = self.queues.get_mut(pending.queue) else {
+            return true;
+        };
+        if q.num == 0 {
+            return true;
+        }
+        let slot = u64::from(q.next_used % q.num);
+        let entry = q.used + 4 + 8 * slot;
+        let _ = hart.dma_write(entry, &u32::from(pending.head).to_le_bytes());
+        let _ = hart.dma_write(entry + 4, &written.to_le_bytes());
+        q.next_used = q.next_used.wrapping_add(1);
+        let _ = hart.dma_write(q.used + 2, &q.next_used.to_le_bytes());
+        self.interrupt_status |= 1;
+        true
+    }
+}
+
+fn read_u16(hart: &Hart, addr: u64) -> Option<u16> {
+    let mut b = [0; 2];
+    hart.ram().read(addr, &mut b).ok()?;
+    Some(u16::from_le_bytes(b))
+}
+fn read_u32(hart: &Hart, addr: u64) -> Option<u32> {
+    let mut b = [0; 4];
+    hart.ram().read(addr, &mut b).ok()?;
+    Some(u32::from_le_bytes(b))
+}
+fn read_u64(hart: &Hart, addr: u64) -> Option<u64> {
+    let mut b = [0; 8];
+    hart.ram().read(addr, &mut b).ok()?;
+    Some(u64::from_le_bytes(b))
+}

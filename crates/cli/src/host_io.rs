@@ -1,0 +1,125 @@
+//! The host side of the machine's I/O: what its devices' requests turn
+//! into on this host. Disks are raw image files; entropy comes from the
+//! host's random source. Every answer goes back to the machine as an input
+//! ([`Input::IoDone`]), which is what record/replay will log.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use ftvm_board::{DeviceKind, Input, IoRequest, IoStatus};
+
+/// A raw disk image attached as virtio-blk.
+pub struct Disk {
+    path: PathBuf,
+    file: File,
+    len: u64,
+}
+
+impl Disk {
+    /// Open `path` read-write. It must exist and be a whole number of
+    /// 512-byte sectors; nothing is written to it here.
+    pub fn open(path: &Path) -> Result<Disk> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .with_context(|| format!("cannot open disk image {}", path.display()))?;
+        let len = file
+            .metadata()
+            .with_context(|| format!("cannot read the size of {}", path.display()))?
+            .len();
+        if len == 0 || len % 512 != 0 {
+            bail!(
+                "disk image {} is {len} bytes, not a whole number of 512-byte sectors",
+                path.display()
+            );
+        }
+        Ok(Disk {
+            path: path.to_path_buf(),
+            file,
+            len,
+        })
+    }
+
+    pub fn device(&self) -> DeviceKind {
+        DeviceKind::Block {
+            sectors: self.len / 512,
+        }
+    }
+
+    fn read(&mut self, offset: u64, len: u32) -> std::io::Result<Vec<u8>> {
+        let mut data = vec![0; len as usize];
+        self.file.seek(SeekFrom::Start(offset))?;
+        self.file.read_exact(&mut data)?;
+        Ok(data)
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.file.seek(SeekFrom::Start(offset))?;
+        self.file.write_all(data)
+    }
+}
+
+/// Serves the devices of one machine: its disk (if any, in the first
+/// slot, so the guest sees it as /dev/vda) and the entropy source.
+pub struct HostIo {
+    pub disk: Option<Disk>,
+}
+
+impl HostIo {
+    /// The machine's virtio devices, in slot order.
+    pub fn devices(&self) -> Vec<DeviceKind> {
+        let mut kinds: Vec<DeviceKind> = self.disk.iter().map(Disk::device).collect();
+        kinds.push(DeviceKind::Entropy);
+        kinds
+    }
+
+    /// Perform `request` and return its answer.
+    pub fn serve(&mut self, request: IoRequest) -> Input {
+        let id = request.id();
+        let (status, data) = match request {
+            IoRequest::BlockRead { offset, len, .. } => match self.disk() {
+                Some(disk) => match disk.read(offset, len) {
+                    Ok(data) => (IoStatus::Ok, data),
+                    Err(e) => {
+                        tracing::warn!(disk = %disk.path.display(), %e, "disk read failed");
+                        (IoStatus::Error, Vec::new())
+                    }
+                },
+                None => (IoStatus::Error, Vec::new()),
+            },
+            IoRequest::BlockWrite { offset, data, .. } => match self.disk() {
+                Some(disk) => match disk.write(offset, &data) {
+                    Ok(()) => (IoStatus::Ok, Vec::new()),
+                    Err(e) => {
+                        tracing::warn!(disk = %disk.path.display(), %e, "disk write failed");
+                        (IoStatus::Error, Vec::new())
+                    }
+                },
+                None => (IoStatus::Error, Vec::new()),
+            },
+            IoRequest::BlockFlush { .. } => match self.disk().map(|d| d.file.sync_data()) {
+                Some(Ok(())) => (IoStatus::Ok, Vec::new()),
+                _ => (IoStatus::Error, Vec::new()),
+            },
+            IoRequest::Entropy { len, .. } => {
+                let mut data = vec![0; len as usize];
+                match getrandom::fill(&mut data) {
+                    Ok(()) => (IoStatus::Ok, data),
+                    Err(e) => {
+                        tracing::warn!(%e, "no host entropy");
+                        (IoStatus::Error, Vec::new())
+                    }
+                }
+            }
+            IoRequest::Unsupported { .. } => (IoStatus::Unsupported, Vec::new()),
+        };
+        Input::IoDone { id, status, data }
+    }
+
+    fn disk(&mut self) -> Option<&mut Disk> {
+        self.disk.as_mut()
+    }
+}
