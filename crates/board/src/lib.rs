@@ -43,6 +43,8 @@ pub enum BoardError {
     },
     #[error("{path}: not a valid ELF file: {reason}")]
     BadElf { path: PathBuf, reason: String },
+    #[error("{path}: {reason}")]
+    BadImage { path: PathBuf, reason: String },
     #[error("{path}: ELF is for machine {machine:#x}, not RISC-V 64-bit")]
     NotRiscv64 { path: PathBuf, machine: u16 },
     #[error("{path}: does not fit in guest RAM ({what})")]

@@ -39,6 +39,13 @@ pub fn load_image(
     if bytes.starts_with(ELF_MAGIC) {
         load_elf(ram, path, bytes)
     } else {
+        if bytes.is_empty() {
+            return Err(BoardError::BadImage {
+                path: path.to_path_buf(),
+                reason: "the file is empty".into(),
+            });
+        }
+        check_linux_header(path, bytes, (ram.base() + ram.size()).saturating_sub(raw_base))?;
         place(ram, path, raw_base, bytes, "raw image")?;
         Ok(Loaded {
             entry: raw_base,
@@ -47,6 +54,37 @@ pub fn load_image(
             tohost: None,
         })
     }
+}
+
+/// A raw image with the RISC-V Linux `Image` header (magic `RSC\x05` at
+/// 0x38) must be consistent with it: the memory it asks for (`image_size`,
+/// which includes its bss) covers the file and fits in RAM.
+fn check_linux_header(path: &Path, bytes: &[u8], room: u64) -> Result<(), BoardError> {
+    if bytes.get(0x38..0x3c) != Some(b"RSC\x05") {
+        return Ok(());
+    }
+    let field = |at: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&bytes[at..at + 8]);
+        u64::from_le_bytes(b)
+    };
+    let image_size = field(0x10);
+    if image_size < bytes.len() as u64 {
+        return Err(BoardError::BadImage {
+            path: path.to_path_buf(),
+            reason: format!(
+                "corrupt Linux image header: image_size {image_size} is smaller than the file ({} bytes)",
+                bytes.len()
+            ),
+        });
+    }
+    if image_size > room {
+        return Err(BoardError::TooLarge {
+            path: path.to_path_buf(),
+            what: format!("its Linux image header asks for {image_size} bytes"),
+        });
+    }
+    Ok(())
 }
 
 fn bad_elf(path: &Path, reason: impl Into<String>) -> BoardError {
