@@ -45,7 +45,11 @@ pub fn load_image(
                 reason: "the file is empty".into(),
             });
         }
-        check_linux_header(path, bytes, (ram.base() + ram.size()).saturating_sub(raw_base))?;
+        check_linux_header(
+            path,
+            bytes,
+            (ram.base() + ram.size()).saturating_sub(raw_base),
+        )?;
         place(ram, path, raw_base, bytes, "raw image")?;
         Ok(Loaded {
             entry: raw_base,

@@ -16,7 +16,9 @@ const RAM_BASE: u64 = 0x8000_0000;
 const TIMEBASE_HZ: u32 = 10_000_000;
 
 /// Place the configured virtio devices in slots 7, 6, ... (QEMU's order).
-fn virtio_slots(kinds: &[crate::virtio::DeviceKind]) -> Result<Vec<Option<VirtioMmio>>, BoardError> {
+fn virtio_slots(
+    kinds: &[crate::virtio::DeviceKind],
+) -> Result<Vec<Option<VirtioMmio>>, BoardError> {
     if kinds.len() > VIRTIO_SLOTS as usize {
         return Err(BoardError::Config(format!(
             "at most {VIRTIO_SLOTS} virtio devices, not {}",
@@ -84,7 +86,9 @@ impl Bus for BusView<'_> {
                     // Registers are 32-bit; the config space (0x100 on) may
                     // also be read in bytes and halves.
                     Some(dev) if size == 4 && offset & 3 == 0 => Ok(u64::from(dev.load(offset))),
-                    Some(dev) if offset >= 0x100 && size < 4 && (offset & 3) + u64::from(size) <= 4 => {
+                    Some(dev)
+                        if offset >= 0x100 && size < 4 && (offset & 3) + u64::from(size) <= 4 =>
+                    {
                         let mask = (1u64 << (8 * u64::from(size))) - 1;
                         Ok((u64::from(dev.load(aligned)) >> shift) & mask)
                     }

@@ -25,6 +25,11 @@ const QUEUE_MAX: u16 = 256;
 const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 const STATUS_FAILED: u32 = 128;
 
+/// Most entropy bytes one request gets.
+const ENTROPY_MAX: u64 = 64 << 10;
+/// Largest block request served (Linux sends at most a few hundred KiB).
+const BLOCK_MAX_BYTES: u32 = 16 << 20;
+
 const DESC_F_NEXT: u16 = 1;
 const DESC_F_WRITE: u16 = 2;
 
@@ -61,7 +66,9 @@ impl IoRequest {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DeviceKind {
     /// A disk of `sectors` 512-byte sectors.
-    Block { sectors: u64 },
+    Block {
+        sectors: u64,
+    },
     Entropy,
 }
 
@@ -101,6 +108,10 @@ struct Queue {
     /// The next used ring index to fill.
     next_used: u16,
 }
+
+/// A descriptor chain: its head index and its buffers (guest address,
+/// length, device-writable).
+type Chain = (u16, Vec<(u64, u32, bool)>);
 
 /// Where a request's answer goes in guest memory.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -220,11 +231,7 @@ impl VirtioMmio {
                     q.ready = value & 1 != 0;
                 }
             }
-            0x050 => {
-                if (value as usize) < self.queues.len() {
-                    self.notified |= 1 << value;
-                }
-            }
+            0x050 if (value as usize) < self.queues.len() => self.notified |= 1 << value,
             0x064 => self.interrupt_status &= !value,
             0x070 => {
                 if value == 0 {
@@ -285,7 +292,7 @@ impl VirtioMmio {
 
     /// The next available descriptor chain of queue `index`: its head and
     /// its descriptors (address, length, writable).
-    fn pop(&mut self, hart: &Hart, index: usize) -> Option<(u16, Vec<(u64, u32, bool)>)> {
+    fn pop(&mut self, hart: &Hart, index: usize) -> Option<Chain> {
         let q = &self.queues[index];
         if q.num == 0 {
             return None;
@@ -323,7 +330,7 @@ impl VirtioMmio {
         hart: &Hart,
         id: u64,
         queue: usize,
-        (head, chain): (u16, Vec<(u64, u32, bool)>),
+        (head, chain): Chain,
     ) -> Result<(Pending, IoRequest), ()> {
         let writable: Vec<(u64, u32)> = chain
             .iter()
@@ -332,7 +339,10 @@ impl VirtioMmio {
             .collect();
         match self.kind {
             DeviceKind::Entropy => {
-                let len: u32 = writable.iter().map(|d| d.1).sum();
+                // The device may fill less than offered; a request is
+                // capped so a guest cannot make the host allocate much.
+                let offered: u64 = writable.iter().map(|d| u64::from(d.1)).sum();
+                let len = offered.min(ENTROPY_MAX) as u32;
                 Ok((
                     Pending {
                         queue,
@@ -364,7 +374,8 @@ impl VirtioMmio {
                 let in_range = sector
                     .checked_mul(512)
                     .and_then(|start| start.checked_add(total))
-                    .is_some_and(|end| end <= sectors * 512);
+                    .is_some_and(|end| end <= sectors.saturating_mul(512))
+                    && total <= u64::from(BLOCK_MAX_BYTES);
                 let pending = Pending {
                     queue,
                     head,
@@ -460,4 +471,147 @@ fn read_u64(hart: &Hart, addr: u64) -> Option<u64> {
     let mut b = [0; 8];
     hart.ram().read(addr, &mut b).ok()?;
     Some(u64::from_le_bytes(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ftvm_cpu::HartConfig;
+    use proptest::prelude::*;
+
+    const RAM: u64 = 0x8000_0000;
+
+    fn hart() -> Hart {
+        Hart::new(HartConfig {
+            hart_id: 0,
+            ram_base: RAM,
+            ram_size: 1 << 20,
+            insns_per_tick: 10,
+        })
+    }
+
+    /// Set up queue 0 with its rings at fixed places and the given chain
+    /// of descriptors (address, length, flags) made available.
+    fn driver(dev: &mut VirtioMmio, h: &mut Hart, descs: &[(u64, u32, u16)]) {
+        let (desc, avail, used) = (RAM + 0x1000, RAM + 0x2000, RAM + 0x3000);
+        for (i, &(addr, len, flags)) in descs.iter().enumerate() {
+            let at = desc + 16 * i as u64;
+            let next = if flags & DESC_F_NEXT != 0 {
+                i as u16 + 1
+            } else {
+                0
+            };
+            h.dma_write(at, &addr.to_le_bytes()).expect("ram");
+            h.dma_write(at + 8, &len.to_le_bytes()).expect("ram");
+            h.dma_write(at + 12, &flags.to_le_bytes()).expect("ram");
+            h.dma_write(at + 14, &next.to_le_bytes()).expect("ram");
+        }
+        h.dma_write(avail + 4, &0u16.to_le_bytes()).expect("ram"); // ring[0] = head 0
+        h.dma_write(avail + 2, &1u16.to_le_bytes()).expect("ram"); // idx = 1
+        for (reg, value) in [
+            (0x030, 0),
+            (0x038, 8),
+            (0x080, desc as u32),
+            (0x084, 0),
+            (0x090, avail as u32),
+            (0x094, 0),
+            (0x0a0, used as u32),
+            (0x0a4, 0),
+            (0x044, 1),
+            (0x070, 15),
+            (0x050, 0),
+        ] {
+            dev.store(reg, value);
+        }
+    }
+
+    #[test]
+    fn block_read_request_completes_into_guest_memory() {
+        let mut h = hart();
+        let mut dev = VirtioMmio::new(DeviceKind::Block { sectors: 8 });
+        assert_eq!(dev.load(0x008), 2);
+        assert_eq!(dev.load(0x100), 8, "capacity in sectors");
+        let (header, data, status) = (RAM + 0x4000, RAM + 0x5000, RAM + 0x6000);
+        h.dma_write(header, &0u32.to_le_bytes()).expect("ram"); // IN
+        h.dma_write(header + 8, &2u64.to_le_bytes()).expect("ram"); // sector 2
+        driver(
+            &mut dev,
+            &mut h,
+            &[
+                (header, 16, DESC_F_NEXT),
+                (data, 1024, DESC_F_NEXT | DESC_F_WRITE),
+                (status, 1, DESC_F_WRITE),
+            ],
+        );
+        let (mut next_id, mut out) = (7, Vec::new());
+        dev.process(&h, &mut next_id, &mut out);
+        assert_eq!(
+            out,
+            vec![IoRequest::BlockRead {
+                id: 7,
+                offset: 1024,
+                len: 1024
+            }]
+        );
+        assert!(!dev.irq_level(), "no interrupt before the completion");
+        assert!(dev.complete(&mut h, 7, IoStatus::Ok, &[0xab; 1024]));
+        assert!(dev.irq_level());
+        let mut buf = [0u8; 1024];
+        h.ram().read(data, &mut buf).expect("ram");
+        assert!(buf.iter().all(|&b| b == 0xab));
+        h.ram().read(status, &mut buf[..1]).expect("ram");
+        assert_eq!(buf[0], 0, "status OK");
+        h.ram().read(RAM + 0x3000 + 2, &mut buf[..2]).expect("ram");
+        assert_eq!(u16::from_le_bytes([buf[0], buf[1]]), 1, "used idx");
+        assert!(!dev.complete(&mut h, 7, IoStatus::Ok, &[]), "only once");
+        dev.store(0x064, 1);
+        assert!(!dev.irq_level(), "acknowledged");
+    }
+
+    #[test]
+    fn a_request_beyond_the_disk_is_unsupported() {
+        let mut h = hart();
+        let mut dev = VirtioMmio::new(DeviceKind::Block { sectors: 1 });
+        let header = RAM + 0x4000;
+        h.dma_write(header + 8, &1u64.to_le_bytes()).expect("ram");
+        driver(
+            &mut dev,
+            &mut h,
+            &[
+                (header, 16, DESC_F_NEXT),
+                (RAM + 0x5000, 512, DESC_F_NEXT | DESC_F_WRITE),
+                (RAM + 0x6000, 1, DESC_F_WRITE),
+            ],
+        );
+        let (mut next_id, mut out) = (0, Vec::new());
+        dev.process(&h, &mut next_id, &mut out);
+        assert_eq!(out, vec![IoRequest::Unsupported { id: 0 }]);
+    }
+
+    proptest! {
+        /// Whatever a guest puts in the registers and rings, processing
+        /// and completing never panics.
+        #[test]
+        fn garbage_queues_never_panic(
+            regs in prop::collection::vec((0u64..0x110, any::<u32>()), 0..40),
+            ring in prop::collection::vec(any::<u8>(), 0..0x3000),
+            entropy in any::<bool>(),
+        ) {
+            let mut h = hart();
+            h.dma_write(RAM, &ring).expect("ram");
+            let kind = if entropy { DeviceKind::Entropy } else { DeviceKind::Block { sectors: 4 } };
+            let mut dev = VirtioMmio::new(kind);
+            for (offset, value) in regs {
+                dev.store(offset & !3, value);
+                let _ = dev.load(offset & !3);
+            }
+            dev.store(0x050, 0);
+            let (mut next_id, mut out) = (0, Vec::new());
+            dev.process(&h, &mut next_id, &mut out);
+            for request in out {
+                let len = match request { IoRequest::BlockRead { len, .. } | IoRequest::Entropy { len, .. } => len, _ => 0 };
+                dev.complete(&mut h, request.id(), IoStatus::Ok, &vec![1; len.min(1 << 16) as usize]);
+            }
+        }
+    }
 }

@@ -132,7 +132,11 @@ impl RunArgs {
                     self.bios.clone().unwrap_or_else(|| {
                         dir.join("fw_dynamic.bin").to_string_lossy().into_owned()
                     }),
-                    Some(self.initrd.clone().unwrap_or_else(|| dir.join("initramfs.cpio.gz"))),
+                    Some(
+                        self.initrd
+                            .clone()
+                            .unwrap_or_else(|| dir.join("initramfs.cpio.gz")),
+                    ),
                     self.append
                         .clone()
                         .unwrap_or_else(|| "console=ttyS0".into()),

@@ -92,19 +92,33 @@ fn devices_rtc_entropy_and_disk_work_and_data_survives_a_reboot() {
     assert_eq!(status, "0", "{console}");
     let mut lines = output.lines();
     let year: u32 = lines.next().and_then(|y| y.parse().ok()).unwrap_or(0);
-    assert!(year >= 2025, "the RTC gives the host's date, not {year}:\n{console}");
-    assert_eq!(lines.next(), Some("8"), "virtio-rng gives bytes:\n{console}");
+    assert!(
+        year >= 2025,
+        "the RTC gives the host's date, not {year}:\n{console}"
+    );
+    assert_eq!(
+        lines.next(),
+        Some("8"),
+        "virtio-rng gives bytes:\n{console}"
+    );
 
     let second = ftvm_boot("cat /mnt/note", &["--disk", &disk_arg]);
     let console = second.stdout_text();
     assert_eq!(second.code, Some(0), "{console}\n{}", second.stderr);
-    assert_eq!(command_output(&console).0, "kept-across-boots\n", "{console}");
+    assert_eq!(
+        command_output(&console).0,
+        "kept-across-boots\n",
+        "{console}"
+    );
     let _ = std::fs::remove_file(&disk);
 }
 
 #[test]
 fn user_space_output_matches_qemu() {
-    assert!(qemu_available(), "qemu-system-riscv64 is needed (scripts/deps)");
+    assert!(
+        qemu_available(),
+        "qemu-system-riscv64 is needed (scripts/deps)"
+    );
     let dir = image_dir();
     let cmd = "uname -srm; echo $((1 << 20)); ls /; busybox | head -n 1; \
                cat /proc/cmdline | wc -w; mount | grep -c proc";
@@ -156,7 +170,8 @@ fn bad_disks_are_refused_and_left_untouched() {
     let run = ftvm_boot("true", &["--disk", &odd.to_string_lossy()]);
     assert_eq!(run.code, Some(1));
     assert!(
-        run.stderr.contains("not a whole number of 512-byte sectors"),
+        run.stderr
+            .contains("not a whole number of 512-byte sectors"),
         "{}",
         run.stderr
     );
@@ -180,6 +195,10 @@ fn a_corrupt_kernel_image_is_refused() {
         .arg(&short);
     let run = run_limited(cmd, LIMIT);
     assert_eq!(run.code, Some(1), "{}", run.stderr);
-    assert!(run.stderr.contains("corrupt Linux image header"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("corrupt Linux image header"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
 }

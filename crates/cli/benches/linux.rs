@@ -1,0 +1,185 @@
+//! Linux on ftvm against QEMU `virt` (plain TCG), same kernel, initramfs
+//! and command line, in one run: time from process start to the guest's
+//! init, time of a CPU-bound command in the guest (32 MiB from /dev/zero
+//! through md5sum), and the peak RSS of the process beyond guest RAM.
+//!
+//! Run with `cargo bench -p ftvm --bench linux` after `scripts/guest-image`.
+//! `FTVM_BENCH_RUNS` sets the runs per engine (default 3; medians).
+//!
+//! Times are taken on the host, from the console lines the guest's init
+//! prints (`ftvm: init ready`, `ftvm_cmd exit`), because guest time on
+//! ftvm follows instructions, not the wall clock.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use support::{ftvm_bin, qemu_available, repo_root, QEMU_CPU};
+
+const MEMORY_MIB: u64 = 128;
+const WORK: &str = "dd if=/dev/zero bs=1M count=32 2>/dev/null | md5sum";
+
+struct Sample {
+    boot_s: f64,
+    work_s: f64,
+    peak_rss_kib: Option<u64>,
+}
+
+fn image_dir() -> PathBuf {
+    std::env::var_os("FTVM_GUEST_IMAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("build/guest-image"))
+}
+
+/// Run `argv` under GNU time (for the peak RSS, when it is installed) and
+/// time the init and command lines on its console.
+fn sample(argv: &[String]) -> Sample {
+    let gnu_time = std::path::Path::new("/usr/bin/time").is_file();
+    let mut cmd = if gnu_time {
+        let mut c = Command::new("/usr/bin/time");
+        c.args(["-f", "peak-rss-kib %M"]).args(argv);
+        c
+    } else {
+        let mut c = Command::new(&argv[0]);
+        c.args(&argv[1..]);
+        c
+    };
+    let start = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the engine");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (mut ready, mut done) = (None, None);
+    for line in BufReader::new(stdout).lines() {
+        let Ok(line) = line else { break };
+        if line.contains("ftvm: init ready") {
+            ready = Some(start.elapsed());
+        }
+        if line.contains("ftvm_cmd exit") {
+            done = Some(start.elapsed());
+        }
+    }
+    let out = child.wait_with_output().expect("engine ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (Some(ready), Some(done)) = (ready, done) else {
+        panic!("{} did not reach init and finish: {stderr}", argv[0]);
+    };
+    Sample {
+        boot_s: ready.as_secs_f64(),
+        work_s: (done - ready).as_secs_f64(),
+        peak_rss_kib: stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("peak-rss-kib "))
+            .and_then(|v| v.trim().parse().ok()),
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let runs: usize = std::env::var("FTVM_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .max(1);
+    let dir = image_dir();
+    assert!(
+        dir.join("Image").is_file(),
+        "run scripts/guest-image first ({} is missing)",
+        dir.join("Image").display()
+    );
+    let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let append = format!("console=ttyS0 ftvm_cmd=\"{WORK}\"");
+    let ftvm = |engine: &str| -> Vec<String> {
+        [
+            ftvm_bin().to_string_lossy().as_ref(),
+            "run",
+            "--engine",
+            engine,
+            "--memory",
+            &MEMORY_MIB.to_string(),
+            "--bios",
+            &path("fw_dynamic.bin"),
+            "--kernel",
+            &path("Image"),
+            "--initrd",
+            &path("initramfs.cpio.gz"),
+            "--append",
+            &append,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let mut engines: Vec<(&str, Vec<String>)> = vec![
+        ("ftvm (translator)", ftvm("translator")),
+        ("ftvm (interpreter)", ftvm("interpreter")),
+    ];
+    if qemu_available() {
+        let qemu: Vec<String> = [
+            "qemu-system-riscv64",
+            "-M",
+            "virt",
+            "-cpu",
+            QEMU_CPU,
+            "-m",
+            &MEMORY_MIB.to_string(),
+            "-nographic",
+            "-monitor",
+            "none",
+            "-bios",
+            &path("fw_dynamic.bin"),
+            "-kernel",
+            &path("Image"),
+            "-initrd",
+            &path("initramfs.cpio.gz"),
+            "-append",
+            &append,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        engines.push(("qemu TCG", qemu));
+    }
+
+    println!("guest: default Linux guest, {MEMORY_MIB} MiB; command: {WORK}; {runs} runs, median");
+    println!(
+        "{:<20} {:>10} {:>10} {:>10} {:>10} {:>14}",
+        "engine", "boot s", "ratio", "command s", "ratio", "RSS-RAM MiB"
+    );
+    let mut base: Option<(f64, f64)> = None;
+    for (name, argv) in &engines {
+        let samples: Vec<Sample> = (0..runs).map(|_| sample(argv)).collect();
+        let boot = median(samples.iter().map(|s| s.boot_s).collect());
+        let work = median(samples.iter().map(|s| s.work_s).collect());
+        let rss = samples.iter().filter_map(|s| s.peak_rss_kib).max();
+        let (b0, w0) = *base.get_or_insert((boot, work));
+        let beyond = rss.map_or("-".to_string(), |kib| {
+            format!("{:.1}", kib as f64 / 1024.0 - MEMORY_MIB as f64)
+        });
+        println!(
+            "{:<20} {:>10.3} {:>9.2}x {:>10.3} {:>9.2}x {:>14}",
+            name,
+            boot,
+            boot / b0,
+            work,
+            work / w0,
+            beyond
+        );
+    }
+    println!("(ratio = engine time / ftvm translator time; RSS-RAM = peak RSS minus guest RAM,");
+    println!(" negative when the guest leaves part of its RAM untouched)");
+}
