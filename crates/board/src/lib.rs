@@ -102,6 +102,8 @@ pub enum Input {
     /// The host's wall-clock time (ns since the Unix epoch), read by the
     /// RTC from now on as this value plus the guest time that passes.
     WallClock { unix_ns: u64 },
+    /// An Ethernet frame arrives at the network card.
+    NetReceive { frame: Vec<u8> },
     /// The host's answer to an [`IoRequest`]: its status and the data it
     /// brings (disk data read, entropy).
     IoDone {

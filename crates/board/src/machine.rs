@@ -457,6 +457,18 @@ impl Machine {
                 let mtime = self.hart.mtime();
                 self.devices.rtc.set_wall_clock(unix_ns, mtime);
             }
+            Input::NetReceive { frame } => {
+                let hart = &mut self.hart;
+                let taken = self
+                    .devices
+                    .virtio
+                    .iter_mut()
+                    .flatten()
+                    .any(|dev| dev.receive(hart, &frame));
+                if !taken {
+                    tracing::debug!(len = frame.len(), "frame dropped: no receive buffer");
+                }
+            }
             Input::IoDone { id, status, data } => {
                 let hart = &mut self.hart;
                 let done = self

@@ -25,6 +25,8 @@ const QUEUE_MAX: u16 = 256;
 const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 const STATUS_FAILED: u32 = 128;
 
+/// Largest Ethernet frame sent or received (no offloads are offered).
+pub const NET_FRAME_MAX: usize = 1514;
 /// Most entropy bytes one request gets.
 const ENTROPY_MAX: u64 = 64 << 10;
 /// Largest block request served (Linux sends at most a few hundred KiB).
@@ -44,6 +46,9 @@ pub enum IoRequest {
     BlockFlush { id: u64 },
     /// `len` bytes of entropy.
     Entropy { id: u64, len: u32 },
+    /// Send `frame` (an Ethernet frame) on the network (an output of the
+    /// VM). Answered with the status only.
+    NetTransmit { id: u64, frame: Vec<u8> },
     /// A request the device does not serve (out of range, an unknown
     /// type): the host answers [`IoStatus::Unsupported`]. It still goes
     /// through the host so that every completion is an input.
@@ -57,6 +62,7 @@ impl IoRequest {
             | IoRequest::BlockWrite { id, .. }
             | IoRequest::BlockFlush { id }
             | IoRequest::Entropy { id, .. }
+            | IoRequest::NetTransmit { id, .. }
             | IoRequest::Unsupported { id } => *id,
         }
     }
@@ -70,27 +76,45 @@ pub enum DeviceKind {
         sectors: u64,
     },
     Entropy,
+    /// A network card with this MAC address.
+    Net {
+        mac: [u8; 6],
+    },
 }
+
+/// The virtio-net header that precedes every frame (with VERSION_1).
+const NET_HEADER: usize = 12;
 
 impl DeviceKind {
     fn device_id(&self) -> u32 {
         match self {
+            DeviceKind::Net { .. } => 1,
             DeviceKind::Block { .. } => 2,
             DeviceKind::Entropy => 4,
         }
     }
     fn features(&self) -> u64 {
         const BLK_F_FLUSH: u64 = 1 << 9;
+        const NET_F_MAC: u64 = 1 << 5;
         VIRTIO_F_VERSION_1
             | match self {
                 DeviceKind::Block { .. } => BLK_F_FLUSH,
+                DeviceKind::Net { .. } => NET_F_MAC,
                 DeviceKind::Entropy => 0,
             }
+    }
+    fn queues(&self) -> usize {
+        match self {
+            DeviceKind::Net { .. } => 2, // receive, transmit
+            _ => 1,
+        }
     }
     fn config(&self, offset: u64) -> u32 {
         match (self, offset) {
             (DeviceKind::Block { sectors }, 0) => *sectors as u32,
             (DeviceKind::Block { sectors }, 4) => (*sectors >> 32) as u32,
+            (DeviceKind::Net { mac }, 0) => u32::from_le_bytes([mac[0], mac[1], mac[2], mac[3]]),
+            (DeviceKind::Net { mac }, 4) => u32::from(u16::from_le_bytes([mac[4], mac[5]])),
             _ => 0,
         }
     }
@@ -150,13 +174,14 @@ pub struct VirtioMmio {
 
 impl VirtioMmio {
     pub fn new(kind: DeviceKind) -> Self {
+        let queues = kind.queues();
         VirtioMmio {
             kind,
             device_features_sel: 0,
             driver_features_sel: 0,
             driver_features: 0,
             queue_sel: 0,
-            queues: vec![Queue::default()],
+            queues: vec![Queue::default(); queues],
             status: 0,
             interrupt_status: 0,
             notified: 0,
@@ -270,6 +295,10 @@ impl VirtioMmio {
             if notified & (1 << index) == 0 || !self.queues[index].ready {
                 continue;
             }
+            // A network card's receive buffers wait for frames.
+            if matches!(self.kind, DeviceKind::Net { .. }) && index == 0 {
+                continue;
+            }
             while let Some(chain) = self.pop(hart, index) {
                 let id = *next_id;
                 match self.request(hart, id, index, chain) {
@@ -338,6 +367,30 @@ impl VirtioMmio {
             .map(|&(addr, len, _)| (addr, len))
             .collect();
         match self.kind {
+            DeviceKind::Net { .. } => {
+                let mut frame = Vec::new();
+                for &(addr, len, writable) in &chain {
+                    if writable || frame.len() + len as usize > NET_FRAME_MAX + NET_HEADER {
+                        return Err(());
+                    }
+                    let start = frame.len();
+                    frame.resize(start + len as usize, 0);
+                    hart.ram().read(addr, &mut frame[start..]).map_err(|_| ())?;
+                }
+                if frame.len() < NET_HEADER {
+                    return Err(());
+                }
+                frame.drain(..NET_HEADER);
+                Ok((
+                    Pending {
+                        queue,
+                        head,
+                        writable,
+                        status: None,
+                    },
+                    IoRequest::NetTransmit { id, frame },
+                ))
+            }
             DeviceKind::Entropy => {
                 // The device may fill less than offered; a request is
                 // capped so a guest cannot make the host allocate much.
@@ -440,19 +493,58 @@ impl VirtioMmio {
             let _ = hart.dma_write(status_addr, &[byte]);
             written += 1;
         }
-        let Some(q) = self.queues.get_mut(pending.queue) else {
-            return true;
+        self.push_used(hart, pending.queue, pending.head, written);
+        true
+    }
+
+    fn push_used(&mut self, hart: &mut Hart, queue: usize, head: u16, written: u32) {
+        let Some(q) = self.queues.get_mut(queue) else {
+            return;
         };
         if q.num == 0 {
-            return true;
+            return;
         }
         let slot = u64::from(q.next_used % q.num);
         let entry = q.used + 4 + 8 * slot;
-        let _ = hart.dma_write(entry, &u32::from(pending.head).to_le_bytes());
+        let _ = hart.dma_write(entry, &u32::from(head).to_le_bytes());
         let _ = hart.dma_write(entry + 4, &written.to_le_bytes());
         q.next_used = q.next_used.wrapping_add(1);
         let _ = hart.dma_write(q.used + 2, &q.next_used.to_le_bytes());
         self.interrupt_status |= 1;
+    }
+
+    /// A network card receives `frame`: into the next receive buffer the
+    /// guest made available, with an interrupt. Returns false (the frame
+    /// is dropped, as a full card would) if there is none.
+    pub fn receive(&mut self, hart: &mut Hart, frame: &[u8]) -> bool {
+        const DRIVER_OK: u32 = 4;
+        if !matches!(self.kind, DeviceKind::Net { .. })
+            || self.status & DRIVER_OK == 0
+            || !self.queues.first().is_some_and(|q| q.ready)
+        {
+            return false;
+        }
+        let Some((head, chain)) = self.pop(hart, 0) else {
+            return false;
+        };
+        let mut header = [0u8; NET_HEADER];
+        header[10] = 1; // num_buffers
+        let packet: Vec<u8> = header.iter().chain(frame).copied().collect();
+        let mut rest = &packet[..];
+        let mut written = 0u32;
+        for &(addr, len, writable) in &chain {
+            if !writable || rest.is_empty() {
+                continue;
+            }
+            let n = rest.len().min(len as usize);
+            if hart.dma_write(addr, &rest[..n]).is_err() {
+                break;
+            }
+            written += n as u32;
+            rest = &rest[n..];
+        }
+        // A buffer too small gets the frame cut short, as the guest asked.
+        self.push_used(hart, 0, head, written);
         true
     }
 }

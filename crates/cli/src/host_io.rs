@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use ftvm_board::{DeviceKind, Input, IoRequest, IoStatus};
+use ftvm_net::NetBackend;
 
 /// A raw disk image attached as virtio-blk.
 pub struct Disk {
@@ -62,18 +63,36 @@ impl Disk {
     }
 }
 
+/// The guest's MAC address (QEMU's default).
+const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+
 /// Serves the devices of one machine: its disk (if any, in the first
-/// slot, so the guest sees it as /dev/vda) and the entropy source.
+/// slot, so the guest sees it as /dev/vda), its network card (if any) and
+/// the entropy source.
 pub struct HostIo {
     pub disk: Option<Disk>,
+    pub net: Option<Box<dyn NetBackend>>,
 }
 
 impl HostIo {
     /// The machine's virtio devices, in slot order.
     pub fn devices(&self) -> Vec<DeviceKind> {
         let mut kinds: Vec<DeviceKind> = self.disk.iter().map(Disk::device).collect();
+        if self.net.is_some() {
+            kinds.push(DeviceKind::Net { mac: GUEST_MAC });
+        }
         kinds.push(DeviceKind::Entropy);
         kinds
+    }
+
+    /// Frames that arrived for the guest.
+    pub fn poll_net(&mut self) -> Vec<Input> {
+        self.net.as_mut().map_or_else(Vec::new, |net| {
+            net.poll()
+                .into_iter()
+                .map(|frame| Input::NetReceive { frame })
+                .collect()
+        })
     }
 
     /// Perform `request` and return its answer.
@@ -114,6 +133,13 @@ impl HostIo {
                     }
                 }
             }
+            IoRequest::NetTransmit { frame, .. } => match self.net.as_mut() {
+                Some(net) => {
+                    net.send(&frame);
+                    (IoStatus::Ok, Vec::new())
+                }
+                None => (IoStatus::Error, Vec::new()),
+            },
             IoRequest::Unsupported { .. } => (IoStatus::Unsupported, Vec::new()),
         };
         Input::IoDone { id, status, data }

@@ -77,6 +77,20 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     disk: Option<PathBuf>,
 
+    /// Attach a network card: `user` is the user-mode network (no
+    /// privileges; the guest is 10.0.2.15, the host is reachable as
+    /// 10.0.2.2), with `hostfwd=tcp:HOSTADDR:PORT-:GUESTPORT` rules
+    /// forwarding host ports to the guest, as in QEMU, e.g.
+    /// `--net user,hostfwd=tcp:127.0.0.1:8080-:80`.
+    #[arg(long, value_name = "user[,hostfwd=...]")]
+    net: Option<String>,
+
+    /// Start the guest's RTC at this time (seconds since the Unix epoch)
+    /// instead of the host's time of day, for runs that must be
+    /// reproducible.
+    #[arg(long, value_name = "UNIX_SECONDS")]
+    rtc_time: Option<u64>,
+
     /// Guest RAM in MiB.
     #[arg(long, value_name = "MIB", default_value_t = MachineConfig::DEFAULT_MEMORY_MIB)]
     memory: u64,

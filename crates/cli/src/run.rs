@@ -16,10 +16,14 @@ use ftvm_board::{Input, Machine, Stop};
 use crate::console::{Console, ConsoleEvent, Wait};
 use crate::host_io::{Disk, HostIo};
 use crate::RunArgs;
+use ftvm_net::{NetBackend, UserNet};
 
 /// Instructions per slice: a few milliseconds of guest execution, short
 /// enough that console input and output feel immediate.
 const SLICE: u64 = 1 << 20;
+
+/// How often an idle guest's host looks at its network sockets.
+const NET_POLL: Duration = Duration::from_millis(1);
 
 /// Length of one `mtime` tick (the board's timer runs at 10 MHz).
 const TICK: Duration = Duration::from_nanos(100);
@@ -36,12 +40,20 @@ enum Outcome {
 }
 
 pub fn run(args: &RunArgs) -> Result<ExitCode> {
+    let net: Option<Box<dyn NetBackend>> = match &args.net {
+        Some(spec) => {
+            let forwards = ftvm_net::parse_user_options(spec)?;
+            Some(Box::new(UserNet::new(&forwards)?))
+        }
+        None => None,
+    };
     let mut host_io = HostIo {
         disk: args.disk.as_deref().map(Disk::open).transpose()?,
+        net,
     };
     let config = args.machine_config(host_io.devices())?;
     let mut machine = Machine::new(&config)?;
-    machine.inject(wall_clock());
+    machine.inject(wall_clock(args.rtc_time));
     let mut console = Console::open()?;
     let limit = args.max_insns.unwrap_or(u64::MAX);
 
@@ -53,6 +65,9 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
             let done = host_io.serve(request);
             machine.inject(done);
         }
+        for frame in host_io.poll_net() {
+            machine.inject(frame);
+        }
         if inject_pending_input(&mut machine, &mut console) == Some(Outcome::Quit) {
             break Outcome::Quit;
         }
@@ -60,7 +75,10 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
             Stop::Limit if machine.icount() >= limit => break Outcome::InsnLimit,
             Stop::Limit | Stop::Io => {}
             Stop::Idle { wake_at } => {
-                if let Some(outcome) = sleep_while_idle(&mut machine, &mut console, wake_at)? {
+                // With a network, the host must look at its sockets often.
+                let poll = host_io.net.is_some().then_some(NET_POLL);
+                if let Some(outcome) = sleep_while_idle(&mut machine, &mut console, wake_at, poll)?
+                {
                     break outcome;
                 }
             }
@@ -69,7 +87,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
             Stop::Reset => {
                 tracing::info!(icount = machine.icount(), "guest requested a reset");
                 machine = Machine::new(&config)?;
-                machine.inject(wall_clock());
+                machine.inject(wall_clock(args.rtc_time));
             }
         }
     };
@@ -92,11 +110,14 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     })
 }
 
-/// The host's time of day, for the guest's RTC.
-fn wall_clock() -> Input {
-    let unix_ns = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+/// The time of day for the guest's RTC: `--rtc-time`, or the host's.
+fn wall_clock(fixed_seconds: Option<u64>) -> Input {
+    let unix_ns = match fixed_seconds {
+        Some(seconds) => seconds.saturating_mul(1_000_000_000),
+        None => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+    };
     Input::WallClock { unix_ns }
 }
 
@@ -141,6 +162,7 @@ fn sleep_while_idle(
     machine: &mut Machine,
     console: &mut Console,
     wake_at: Option<u64>,
+    poll: Option<Duration>,
 ) -> Result<Option<Outcome>> {
     let now = machine.hart().mtime();
     // A deadline already passed cannot wake the guest (its timer interrupt
@@ -148,6 +170,11 @@ fn sleep_while_idle(
     let ticks_to_deadline = wake_at.filter(|&t| t > now).map(|t| t - now);
     let timeout =
         ticks_to_deadline.map(|t| TICK.saturating_mul(u32::try_from(t).unwrap_or(u32::MAX)));
+    let (timeout, polling) = match (timeout, poll) {
+        (Some(t), Some(p)) if p < t => (Some(p), true),
+        (None, Some(p)) => (Some(p), true),
+        (t, _) => (t, false),
+    };
     let started = Instant::now();
     let event = match console.wait(timeout) {
         Wait::Event(event) => Some(event),
@@ -157,7 +184,7 @@ fn sleep_while_idle(
              input is closed: it can never wake up"
         ),
     };
-    let slept = match (event.is_some(), ticks_to_deadline) {
+    let slept = match (event.is_some() || polling, ticks_to_deadline) {
         (false, Some(ticks)) => ticks,
         (_, deadline) => {
             let elapsed = (started.elapsed().as_nanos() / TICK.as_nanos()) as u64;

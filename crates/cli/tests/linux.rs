@@ -202,3 +202,91 @@ fn a_corrupt_kernel_image_is_refused() {
     );
     assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+#[test]
+fn http_through_a_forwarded_port_reaches_busybox_httpd_in_the_guest() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let port = free_port();
+    let cmd = "mkdir -p /www; echo served-by-the-guest > /www/index.html; \
+               httpd -p 80 -h /www; echo httpd-up; sleep 5";
+    let mut child = Command::new(ftvm_bin())
+        .env("FTVM_GUEST_IMAGE", image_dir())
+        .args(["run", "--net"])
+        .arg(format!("user,hostfwd=tcp:127.0.0.1:{port}-:80"))
+        .arg("--append")
+        .arg(format!("console=ttyS0 ftvm_cmd=\"{cmd}\""))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start ftvm");
+    let mut console = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut seen = String::new();
+    let mut line = String::new();
+    while !seen.contains("httpd-up") {
+        line.clear();
+        if console.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        seen.push_str(&line);
+    }
+    assert!(
+        seen.contains("httpd-up"),
+        "the guest did not start httpd:\n{seen}"
+    );
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    stream
+        .write_all(b"GET /index.html HTTP/1.0\r\nHost: guest\r\n\r\n")
+        .expect("send request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    assert!(
+        response.starts_with("HTTP/1.") && response.contains(" 200 "),
+        "{response}"
+    );
+    assert!(response.ends_with("served-by-the-guest\n"), "{response}");
+    let mut rest = String::new();
+    let _ = console.read_to_string(&mut rest);
+    let status = child.wait().expect("ftvm ends");
+    assert!(status.success(), "{rest}");
+}
+
+#[test]
+fn guest_wget_reaches_a_server_on_the_host() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let server = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().expect("the guest connects");
+        let mut request = [0u8; 1024];
+        let n = stream.read(&mut request).unwrap_or(0);
+        let body = "answer-from-the-host\n";
+        let _ = write!(
+            stream,
+            "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        String::from_utf8_lossy(&request[..n]).into_owned()
+    });
+    let run = ftvm_boot(
+        &format!("wget -q -O - http://10.0.2.2:{port}/hello"),
+        &["--net", "user"],
+    );
+    let console = run.stdout_text();
+    assert_eq!(run.code, Some(0), "{console}\n{}", run.stderr);
+    let (output, status) = command_output(&console);
+    assert_eq!(output, "answer-from-the-host\n", "{console}");
+    assert_eq!(status, "0");
+    let request = server.join().expect("server thread");
+    assert!(request.starts_with("GET /hello HTTP/1."), "{request}");
+}

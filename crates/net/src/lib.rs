@@ -1,0 +1,475 @@
+//! # ftvm-net — the host side of a VM's network
+//!
+//! A VM's network card exchanges Ethernet frames with a [`NetBackend`].
+//! The machine never sees the host network: transmitted frames are
+//! outputs the host hands to a backend, received frames are inputs the host
+//! injects (DESIGN.md §2). Keeping the backend behind this narrow,
+//! frame-level interface is what lets a later issue move the gateway out
+//! of the VM process (DESIGN.md §5), so a backup that goes live keeps the
+//! clients' connections.
+//!
+//! [`UserNet`] is the user-mode backend, like QEMU's `-netdev user`: a small
+//! TCP/IP endpoint on the host (smoltcp) at the gateway address 10.0.2.2 of
+//! the guest's network 10.0.2.0/24 (the guest is 10.0.2.15). It offers
+//! * port forwarding: a host TCP port (`hostfwd=tcp:127.0.0.1:8080-:80`)
+//!   whose connections are relayed to a guest port;
+//! * guest connections to 10.0.2.2:PORT, relayed to the host's
+//!   127.0.0.1:PORT (QEMU's slirp gives the host loopback the same way).
+//!
+//! It needs no privileges. IPv4 TCP only (no UDP, DNS or ICMP yet).
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::time::Duration;
+
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
+use smoltcp::socket::tcp;
+use smoltcp::time::Instant;
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
+
+/// Where a VM's frames go and come from.
+pub trait NetBackend {
+    /// A frame the guest transmitted.
+    fn send(&mut self, frame: &[u8]);
+    /// Do pending host work; frames for the guest.
+    fn poll(&mut self) -> Vec<Vec<u8>>;
+}
+
+/// The guest's address on the user-mode network.
+pub const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
+/// The gateway's (the host's) address.
+pub const GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+const GATEWAY_MAC: [u8; 6] = [0x52, 0x55, 0x0a, 0x00, 0x02, 0x02];
+const BUFFER: usize = 64 << 10;
+
+/// A forwarded port: connections to `host` are relayed to the guest's
+/// `guest_port`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostForward {
+    pub host: SocketAddr,
+    pub guest_port: u16,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("bad --net option `{0}`: {1}")]
+    Option(String, String),
+    #[error("cannot listen on {0} for port forwarding: {1}")]
+    Listen(SocketAddr, std::io::Error),
+}
+
+/// Parse QEMU-style user network options: `user[,hostfwd=tcp:ADDR:PORT-:GPORT]...`.
+pub fn parse_user_options(spec: &str) -> Result<Vec<HostForward>, NetError> {
+    let bad = |why: &str| NetError::Option(spec.to_string(), why.to_string());
+    let mut parts = spec.split(',');
+    if parts.next() != Some("user") {
+        return Err(bad("only the `user` backend is built so far"));
+    }
+    parts
+        .map(|part| {
+            let rule = part
+                .strip_prefix("hostfwd=tcp:")
+                .ok_or_else(|| bad("expected hostfwd=tcp:HOSTADDR:HOSTPORT-:GUESTPORT"))?;
+            let (host, guest) = rule
+                .split_once("-:")
+                .ok_or_else(|| bad("expected HOSTADDR:HOSTPORT-:GUESTPORT"))?;
+            let host = if host.starts_with(':') {
+                format!("127.0.0.1{host}")
+            } else {
+                host.to_string()
+            };
+            Ok(HostForward {
+                host: host.parse().map_err(|_| bad("bad host address"))?,
+                guest_port: guest.parse().map_err(|_| bad("bad guest port"))?,
+            })
+        })
+        .collect()
+}
+
+/// The frames between the smoltcp interface and the VM.
+#[derive(Default)]
+struct Frames {
+    to_gateway: VecDeque<Vec<u8>>,
+    to_guest: Vec<Vec<u8>>,
+}
+
+struct RxToken(Vec<u8>);
+struct TxToken<'a>(&'a mut Vec<Vec<u8>>);
+
+impl phy::RxToken for RxToken {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+impl phy::TxToken for TxToken<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut frame = vec![0; len];
+        let result = f(&mut frame);
+        self.0.push(frame);
+        result
+    }
+}
+
+impl Device for Frames {
+    type RxToken<'a> = RxToken;
+    type TxToken<'a> = TxToken<'a>;
+
+    fn receive(&mut self, _: Instant) -> Option<(RxToken, TxToken<'_>)> {
+        let frame = self.to_gateway.pop_front()?;
+        Some((RxToken(frame), TxToken(&mut self.to_guest)))
+    }
+
+    fn transmit(&mut self, _: Instant) -> Option<TxToken<'_>> {
+        Some(TxToken(&mut self.to_guest))
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ethernet;
+        caps.max_transmission_unit = 1514;
+        caps
+    }
+}
+
+/// One relayed TCP connection: a smoltcp socket toward the guest and a
+/// host socket.
+struct Relay {
+    socket: SocketHandle,
+    /// `None` until a guest-initiated connection is established.
+    host: Option<TcpStream>,
+    /// For guest-initiated connections: the host port to connect to.
+    host_port: Option<u16>,
+    to_guest: Vec<u8>,
+    to_host: Vec<u8>,
+    host_eof: bool,
+    guest_eof: bool,
+}
+
+pub struct UserNet {
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    frames: Frames,
+    start: std::time::Instant,
+    forwards: Vec<(TcpListener, u16)>,
+    relays: Vec<Relay>,
+    /// Sockets listening for guest connections to the gateway, by port.
+    listening: HashMap<u16, SocketHandle>,
+    next_local_port: u16,
+}
+
+impl UserNet {
+    pub fn new(forwards: &[HostForward]) -> Result<UserNet, NetError> {
+        let mut frames = Frames::default();
+        let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(GATEWAY_MAC)));
+        config.random_seed = 0x6674_766d;
+        let mut iface = Interface::new(config, &mut frames, Instant::from_millis(0));
+        iface.update_ip_addrs(|addrs| {
+            let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(GATEWAY_IP), 24));
+        });
+        let listeners = forwards
+            .iter()
+            .map(|f| {
+                let listener =
+                    TcpListener::bind(f.host).map_err(|e| NetError::Listen(f.host, e))?;
+                listener
+                    .set_nonblocking(true)
+                    .map_err(|e| NetError::Listen(f.host, e))?;
+                Ok((listener, f.guest_port))
+            })
+            .collect::<Result<Vec<_>, NetError>>()?;
+        Ok(UserNet {
+            iface,
+            sockets: SocketSet::new(Vec::new()),
+            frames,
+            start: std::time::Instant::now(),
+            forwards: listeners,
+            relays: Vec::new(),
+            listening: HashMap::new(),
+            next_local_port: 49152,
+        })
+    }
+
+    fn now(&self) -> Instant {
+        Instant::from_micros(self.start.elapsed().as_micros() as i64)
+    }
+
+    fn new_socket(&mut self) -> SocketHandle {
+        let socket = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; BUFFER]),
+            tcp::SocketBuffer::new(vec![0; BUFFER]),
+        );
+        self.sockets.add(socket)
+    }
+
+    /// A guest SYN to a gateway port nobody listens on yet gets a
+    /// listening socket first, so any port can be relayed to the host.
+    fn listen_for(&mut self, frame: &[u8]) {
+        let Some(port) = syn_to_gateway_port(frame) else {
+            return;
+        };
+        if self.listening.contains_key(&port) {
+            return;
+        }
+        let handle = self.new_socket();
+        if self
+            .sockets
+            .get_mut::<tcp::Socket>(handle)
+            .listen(port)
+            .is_ok()
+        {
+            self.listening.insert(port, handle);
+            self.relays.push(Relay {
+                socket: handle,
+                host: None,
+                host_port: Some(port),
+                to_guest: Vec::new(),
+                to_host: Vec::new(),
+                host_eof: false,
+                guest_eof: false,
+            });
+        } else {
+            self.sockets.remove(handle);
+        }
+    }
+
+    fn accept_forwards(&mut self) {
+        let mut accepted = Vec::new();
+        for (listener, guest_port) in &self.forwards {
+            while let Ok((stream, _)) = listener.accept() {
+                accepted.push((stream, *guest_port));
+            }
+        }
+        for (stream, guest_port) in accepted {
+            if stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            let handle = self.new_socket();
+            let local = self.next_local_port;
+            self.next_local_port = self.next_local_port.checked_add(1).unwrap_or(49152);
+            let connected = self.sockets.get_mut::<tcp::Socket>(handle).connect(
+                self.iface.context(),
+                (IpAddress::Ipv4(GUEST_IP), guest_port),
+                local,
+            );
+            if connected.is_err() {
+                self.sockets.remove(handle);
+                continue;
+            }
+            self.relays.push(Relay {
+                socket: handle,
+                host: Some(stream),
+                host_port: None,
+                to_guest: Vec::new(),
+                to_host: Vec::new(),
+                host_eof: false,
+                guest_eof: false,
+            });
+        }
+    }
+
+    /// Move bytes between each relay's two sockets; drop finished relays.
+    fn relay(&mut self) {
+        let mut buf = vec![0u8; BUFFER];
+        let listening = &mut self.listening;
+        let sockets = &mut self.sockets;
+        self.relays.retain_mut(|relay| {
+            let socket = sockets.get_mut::<tcp::Socket>(relay.socket);
+            // A guest connection to the gateway: reach the host port once
+            // the guest's handshake is done.
+            if relay.host.is_none() {
+                let Some(port) = relay.host_port else {
+                    return false;
+                };
+                match socket.state() {
+                    tcp::State::Listen | tcp::State::SynReceived => return true,
+                    tcp::State::Established => {}
+                    _ => {
+                        listening.remove(&port);
+                        sockets.remove(relay.socket);
+                        return false;
+                    }
+                }
+                listening.remove(&port);
+                let target = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port));
+                match TcpStream::connect_timeout(&target, Duration::from_secs(2))
+                    .and_then(|s| s.set_nonblocking(true).map(|()| s))
+                {
+                    Ok(stream) => relay.host = Some(stream),
+                    Err(e) => {
+                        tracing::debug!(port, %e, "guest connection to the host refused");
+                        socket.abort();
+                        return true;
+                    }
+                }
+            }
+            let Some(stream) = relay.host.as_mut() else {
+                return !matches!(socket.state(), tcp::State::Closed);
+            };
+            // Host -> guest.
+            if relay.to_guest.is_empty() && !relay.host_eof {
+                match stream.read(&mut buf) {
+                    Ok(0) => relay.host_eof = true,
+                    Ok(n) => relay.to_guest.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(e) => {
+                        tracing::debug!(%e, "host side of a relay failed");
+                        relay.host_eof = true;
+                    }
+                }
+                tracing::trace!(
+                    host_eof = relay.host_eof,
+                    pending = relay.to_guest.len(),
+                    "host read"
+                );
+            }
+            if !relay.to_guest.is_empty() && socket.can_send() {
+                if let Ok(n) = socket.send_slice(&relay.to_guest) {
+                    relay.to_guest.drain(..n);
+                }
+            }
+            if relay.host_eof && relay.to_guest.is_empty() && socket.may_send() {
+                socket.close();
+            }
+            // Guest -> host.
+            while socket.can_recv() {
+                match socket.recv_slice(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => relay.to_host.extend_from_slice(&buf[..n]),
+                }
+            }
+            if !relay.to_host.is_empty() {
+                match stream.write(&relay.to_host) {
+                    Ok(n) => {
+                        relay.to_host.drain(..n);
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(_) => relay.to_host.clear(),
+                }
+            }
+            // The guest closed its side (not: the handshake is not done yet).
+            let guest_closed = matches!(
+                socket.state(),
+                tcp::State::CloseWait
+                    | tcp::State::LastAck
+                    | tcp::State::Closing
+                    | tcp::State::TimeWait
+                    | tcp::State::Closed
+            );
+            if guest_closed && relay.to_host.is_empty() && !relay.guest_eof {
+                relay.guest_eof = true;
+                let _ = stream.shutdown(std::net::Shutdown::Write);
+            }
+            let done = matches!(socket.state(), tcp::State::Closed | tcp::State::TimeWait)
+                && relay.to_host.is_empty();
+            if done {
+                sockets.remove(relay.socket);
+            }
+            !done
+        });
+    }
+}
+
+impl NetBackend for UserNet {
+    fn send(&mut self, frame: &[u8]) {
+        tracing::trace!(len = frame.len(), summary = %summary(frame), "frame from the guest");
+        self.listen_for(frame);
+        self.frames.to_gateway.push_back(frame.to_vec());
+    }
+
+    fn poll(&mut self) -> Vec<Vec<u8>> {
+        self.accept_forwards();
+        let now = self.now();
+        self.iface.poll(now, &mut self.frames, &mut self.sockets);
+        self.relay();
+        let now = self.now();
+        self.iface.poll(now, &mut self.frames, &mut self.sockets);
+        let frames = std::mem::take(&mut self.frames.to_guest);
+        for frame in &frames {
+            tracing::trace!(len = frame.len(), summary = %summary(frame), "frame to the guest");
+        }
+        frames
+    }
+}
+
+/// A one-line description of a frame, for traces.
+fn summary(frame: &[u8]) -> String {
+    match frame.get(12..14) {
+        Some([0x08, 0x06]) => "arp".into(),
+        Some([0x08, 0x00]) if frame.len() >= 54 && frame[23] == 6 => {
+            let ihl = usize::from(frame[14] & 0x0f) * 4;
+            let tcp = &frame[14 + ihl..];
+            format!(
+                "tcp {} -> {} flags {:#04x} payload {}",
+                u16::from_be_bytes([tcp[0], tcp[1]]),
+                u16::from_be_bytes([tcp[2], tcp[3]]),
+                tcp.get(13).copied().unwrap_or(0),
+                frame.len().saturating_sub(
+                    14 + ihl + usize::from(tcp.get(12).copied().unwrap_or(0) >> 4) * 4
+                )
+            )
+        }
+        _ => "other".into(),
+    }
+}
+
+/// The destination port of an IPv4 TCP SYN (without ACK) to the gateway.
+fn syn_to_gateway_port(frame: &[u8]) -> Option<u16> {
+    if frame.get(12..14)? != [0x08, 0x00] {
+        return None;
+    }
+    let ip = frame.get(14..)?;
+    let header_len = usize::from(ip.first()? & 0x0f) * 4;
+    if ip.get(9)? != &6 || ip.get(16..20)? != GATEWAY_IP.octets() {
+        return None;
+    }
+    let tcp = ip.get(header_len..)?;
+    let flags = *tcp.get(13)?;
+    (flags & 0x12 == 0x02).then(|| u16::from_be_bytes([tcp[2], tcp[3]]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_in_qemu_style() {
+        assert_eq!(
+            parse_user_options("user,hostfwd=tcp:127.0.0.1:8080-:80").expect("parses"),
+            vec![HostForward {
+                host: "127.0.0.1:8080".parse().expect("addr"),
+                guest_port: 80
+            }]
+        );
+        assert_eq!(
+            parse_user_options("user,hostfwd=tcp::2222-:22").expect("parses")[0].host,
+            "127.0.0.1:2222".parse().expect("addr")
+        );
+        assert_eq!(parse_user_options("user").expect("parses"), vec![]);
+        for bad in [
+            "tap",
+            "user,hostfwd=udp::1-:2",
+            "user,hostfwd=tcp::x-:2",
+            "user,foo",
+        ] {
+            assert!(parse_user_options(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn syn_detection() {
+        let mut frame = vec![0u8; 54];
+        frame[12..14].copy_from_slice(&[0x08, 0x00]);
+        frame[14] = 0x45;
+        frame[23] = 6;
+        frame[30..34].copy_from_slice(&GATEWAY_IP.octets());
+        frame[34 + 2..34 + 4].copy_from_slice(&8000u16.to_be_bytes());
+        frame[34 + 13] = 0x02;
+        assert_eq!(syn_to_gateway_port(&frame), Some(8000));
+        frame[34 + 13] = 0x12; // SYN+ACK
+        assert_eq!(syn_to_gateway_port(&frame), None);
+        assert_eq!(syn_to_gateway_port(&frame[..20]), None);
+    }
+}
