@@ -81,8 +81,10 @@ pub struct RunArgs {
     /// privileges; the guest is 10.0.2.15, the host is reachable as
     /// 10.0.2.2), with `hostfwd=tcp:HOSTADDR:PORT-:GUESTPORT` rules
     /// forwarding host ports to the guest, as in QEMU, e.g.
-    /// `--net user,hostfwd=tcp:127.0.0.1:8080-:80`.
-    #[arg(long, value_name = "user[,hostfwd=...]")]
+    /// `--net user,hostfwd=tcp:127.0.0.1:8080-:80`. `tap,ifname=NAME`
+    /// connects it to the host's TAP interface NAME instead (Linux; needs
+    /// the right to use /dev/net/tun).
+    #[arg(long, value_name = "user[,hostfwd=...]|tap,ifname=NAME")]
     net: Option<String>,
 
     /// Start the guest's RTC at this time (seconds since the Unix epoch)

@@ -16,7 +16,7 @@ use ftvm_board::{Input, Machine, Stop};
 use crate::console::{Console, ConsoleEvent, Wait};
 use crate::host_io::{Disk, HostIo};
 use crate::RunArgs;
-use ftvm_net::{NetBackend, UserNet};
+use ftvm_net::NetBackend;
 
 /// Instructions per slice: a few milliseconds of guest execution, short
 /// enough that console input and output feel immediate.
@@ -39,12 +39,17 @@ enum Outcome {
     Quit,
 }
 
+/// What the console had for the machine.
+#[derive(Debug, PartialEq, Eq)]
+enum ConsoleInput {
+    Nothing,
+    Injected,
+    Quit,
+}
+
 pub fn run(args: &RunArgs) -> Result<ExitCode> {
     let net: Option<Box<dyn NetBackend>> = match &args.net {
-        Some(spec) => {
-            let forwards = ftvm_net::parse_user_options(spec)?;
-            Some(Box::new(UserNet::new(&forwards)?))
-        }
+        Some(spec) => Some(ftvm_net::open(&ftvm_net::parse_net(spec)?)?),
         None => None,
     };
     let mut host_io = HostIo {
@@ -60,20 +65,27 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     let outcome = loop {
         let stop = machine.run(machine.icount().saturating_add(SLICE).min(limit));
         flush_console(&mut machine)?;
-        // Answer I/O at once, at this instruction boundary.
+        // Answer I/O at once, at this instruction boundary. Whatever is
+        // injected here may wake an idle guest, which must then not sleep.
+        let mut injected = false;
         for request in machine.take_io_requests() {
             let done = host_io.serve(request);
             machine.inject(done);
+            injected = true;
         }
         for frame in host_io.poll_net() {
             machine.inject(frame);
+            injected = true;
         }
-        if inject_pending_input(&mut machine, &mut console) == Some(Outcome::Quit) {
-            break Outcome::Quit;
+        match inject_pending_input(&mut machine, &mut console) {
+            ConsoleInput::Quit => break Outcome::Quit,
+            ConsoleInput::Injected => injected = true,
+            ConsoleInput::Nothing => {}
         }
         match stop {
             Stop::Limit if machine.icount() >= limit => break Outcome::InsnLimit,
             Stop::Limit | Stop::Io => {}
+            Stop::Idle { .. } if injected => {}
             Stop::Idle { wake_at } => {
                 // With a network, the host must look at its sockets often.
                 let poll = host_io.net.is_some().then_some(NET_POLL);
@@ -143,16 +155,19 @@ fn flush_console(machine: &mut Machine) -> Result<()> {
     Ok(())
 }
 
-/// Inject every console byte that has arrived. Returns `Some(Quit)` if the
-/// user asked to quit.
-fn inject_pending_input(machine: &mut Machine, console: &mut Console) -> Option<Outcome> {
+/// Inject every console byte that has arrived.
+fn inject_pending_input(machine: &mut Machine, console: &mut Console) -> ConsoleInput {
+    let mut result = ConsoleInput::Nothing;
     while let Some(event) = console.poll() {
         match event {
-            ConsoleEvent::Byte(byte) => machine.inject(Input::ConsoleByte(byte)),
-            ConsoleEvent::Quit => return Some(Outcome::Quit),
+            ConsoleEvent::Byte(byte) => {
+                machine.inject(Input::ConsoleByte(byte));
+                result = ConsoleInput::Injected;
+            }
+            ConsoleEvent::Quit => return ConsoleInput::Quit,
         }
     }
-    None
+    result
 }
 
 /// The guest waits for an interrupt: sleep on the host until its timer is

@@ -54,15 +54,9 @@ fn scratch(name: &str) -> PathBuf {
     dir.join(name)
 }
 
-fn ext4_image(path: &Path, mib: u64) {
-    let file = std::fs::File::create(path).expect("create disk");
-    file.set_len(mib << 20).expect("size disk");
-    let status = Command::new("mkfs.ext4")
-        .args(["-q", "-F"])
-        .arg(path)
-        .status()
-        .expect("mkfs.ext4 (e2fsprogs) runs");
-    assert!(status.success(), "mkfs.ext4 failed");
+/// A copy of the image recipe's data disk.
+fn data_disk(path: &Path) {
+    std::fs::copy(image_dir().join("disk.ext4"), path).expect("copy the data disk");
 }
 
 #[test]
@@ -79,7 +73,7 @@ fn default_guest_boots_runs_a_command_and_powers_off() {
 #[test]
 fn devices_rtc_entropy_and_disk_work_and_data_survives_a_reboot() {
     let disk = scratch("persist.img");
-    ext4_image(&disk, 16);
+    data_disk(&disk);
     let disk_arg = disk.to_string_lossy().into_owned();
     let first = ftvm_boot(
         "echo kept-across-boots > /mnt/note; sync; \
@@ -102,12 +96,12 @@ fn devices_rtc_entropy_and_disk_work_and_data_survives_a_reboot() {
         "virtio-rng gives bytes:\n{console}"
     );
 
-    let second = ftvm_boot("cat /mnt/note", &["--disk", &disk_arg]);
+    let second = ftvm_boot("cat /mnt/note /mnt/README", &["--disk", &disk_arg]);
     let console = second.stdout_text();
     assert_eq!(second.code, Some(0), "{console}\n{}", second.stderr);
     assert_eq!(
         command_output(&console).0,
-        "kept-across-boots\n",
+        "kept-across-boots\nftvm data disk: files written under /mnt survive reboots\n",
         "{console}"
     );
     let _ = std::fs::remove_file(&disk);
@@ -289,4 +283,180 @@ fn guest_wget_reaches_a_server_on_the_host() {
     assert_eq!(status, "0");
     let request = server.join().expect("server thread");
     assert!(request.starts_with("GET /hello HTTP/1."), "{request}");
+}
+
+/// A network namespace of this test's own with a TAP interface `tap0` at
+/// 10.0.2.2/24; deleted on drop. Needs root (or passwordless sudo).
+struct TapNamespace(String);
+
+fn privileged(args: &[&str]) -> Command {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    let mut cmd = if root {
+        Command::new(args[0])
+    } else {
+        let mut c = Command::new("sudo");
+        c.args(["-n", args[0]]);
+        c
+    };
+    cmd.args(&args[1..]);
+    cmd
+}
+
+impl TapNamespace {
+    fn new() -> TapNamespace {
+        let name = format!("ftvm-test-{}", std::process::id());
+        for args in [
+            vec!["ip", "netns", "add", &name],
+            vec![
+                "ip", "netns", "exec", &name, "ip", "link", "set", "lo", "up",
+            ],
+            vec![
+                "ip", "netns", "exec", &name, "ip", "tuntap", "add", "dev", "tap0", "mode", "tap",
+            ],
+            vec![
+                "ip",
+                "netns",
+                "exec",
+                &name,
+                "ip",
+                "addr",
+                "add",
+                "10.0.2.2/24",
+                "dev",
+                "tap0",
+            ],
+            vec![
+                "ip", "netns", "exec", &name, "ip", "link", "set", "tap0", "up",
+            ],
+        ] {
+            let status = privileged(&args).status().expect("run ip");
+            assert!(
+                status.success(),
+                "`{}` failed: the TAP test needs root or passwordless sudo and iproute2",
+                args.join(" ")
+            );
+        }
+        TapNamespace(name)
+    }
+
+    fn exec(&self, args: &[&str]) -> Command {
+        let mut all = vec!["ip", "netns", "exec", &self.0];
+        all.extend_from_slice(args);
+        privileged(&all)
+    }
+}
+
+impl Drop for TapNamespace {
+    fn drop(&mut self) {
+        let _ = privileged(&["ip", "netns", "del", &self.0]).status();
+    }
+}
+
+#[test]
+fn the_tap_backend_carries_the_guests_traffic() {
+    use std::io::{BufRead, BufReader, Read};
+    let ns = TapNamespace::new();
+    let image = image_dir();
+    let cmd = "mkdir -p /www; echo over-the-tap > /www/index.html; \
+               httpd -p 80 -h /www; echo httpd-up; sleep 5";
+    let append = format!("console=ttyS0 ftvm_cmd=\"{cmd}\"");
+    let ftvm = ftvm_bin();
+    let mut child = ns
+        .exec(&[
+            "env",
+            &format!("FTVM_GUEST_IMAGE={}", image.display()),
+            &ftvm.to_string_lossy(),
+            "run",
+            "--net",
+            "tap,ifname=tap0",
+            "--append",
+            &append,
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start ftvm in the namespace");
+    let mut console = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut seen = String::new();
+    let mut line = String::new();
+    while !seen.contains("httpd-up") {
+        line.clear();
+        if console.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        seen.push_str(&line);
+    }
+    assert!(
+        seen.contains("httpd-up"),
+        "the guest did not start httpd:\n{seen}"
+    );
+    // A client in the namespace, with nothing but bash.
+    let client = ns
+        .exec(&[
+            "timeout",
+            "30",
+            "bash",
+            "-c",
+            "exec 3<>/dev/tcp/10.0.2.15/80; printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3",
+        ])
+        .output()
+        .expect("run the client");
+    let response = String::from_utf8_lossy(&client.stdout);
+    assert!(response.contains(" 200 "), "{response}");
+    assert!(response.ends_with("over-the-tap\n"), "{response}");
+    let mut rest = String::new();
+    let _ = console.read_to_string(&mut rest);
+    assert!(child.wait().expect("ftvm ends").success(), "{rest}");
+}
+
+/// The console as a user has it: a shell prompt, typed commands (pasted
+/// at once, as a terminal may send them) and `poweroff`, which ends ftvm
+/// with exit code 0.
+#[test]
+fn the_shell_takes_typed_commands_and_poweroff_ends_ftvm_with_0() {
+    use std::io::{Read, Write};
+    use std::sync::mpsc;
+    let mut child = Command::new(ftvm_bin())
+        .env("FTVM_GUEST_IMAGE", image_dir())
+        .arg("run")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start ftvm");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = stdout.read(&mut buf) {
+            if tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = String::new();
+    let wait_for = |needle: &str, seen: &mut String| {
+        let deadline = std::time::Instant::now() + LIMIT;
+        while !seen.contains(needle) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(chunk) => seen.push_str(&String::from_utf8_lossy(&chunk)),
+                Err(_) => panic!("no `{needle}` on the console:\n{seen}"),
+            }
+        }
+    };
+    wait_for("~ # ", &mut seen);
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin
+        .write_all(b"echo typed-$((2+3))\n")
+        .expect("type a command");
+    wait_for("typed-5", &mut seen);
+    stdin.write_all(b"poweroff\n").expect("type poweroff");
+    wait_for("reboot: Power down", &mut seen);
+    let status = child.wait().expect("ftvm ends");
+    assert_eq!(status.code(), Some(0), "{seen}");
 }

@@ -17,6 +17,13 @@
 //!   127.0.0.1:PORT (QEMU's slirp gives the host loopback the same way).
 //!
 //! It needs no privileges. IPv4 TCP only (no UDP, DNS or ICMP yet).
+//!
+//! [`Tap`] (Linux) connects the card to a TAP interface of the host.
+
+#[cfg(target_os = "linux")]
+mod tap;
+#[cfg(target_os = "linux")]
+pub use tap::Tap;
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
@@ -58,6 +65,42 @@ pub enum NetError {
     Option(String, String),
     #[error("cannot listen on {0} for port forwarding: {1}")]
     Listen(SocketAddr, std::io::Error),
+    #[error("cannot attach to TAP interface {0}: {1}")]
+    Tap(String, std::io::Error),
+}
+
+/// A `--net` option, QEMU style.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NetSpec {
+    /// `user[,hostfwd=tcp:HOSTADDR:HOSTPORT-:GUESTPORT]...`
+    User(Vec<HostForward>),
+    /// `tap,ifname=NAME`
+    Tap(String),
+}
+
+pub fn parse_net(spec: &str) -> Result<NetSpec, NetError> {
+    if let Some(rest) = spec.strip_prefix("tap") {
+        return rest
+            .strip_prefix(",ifname=")
+            .filter(|name| !name.is_empty() && !name.contains(','))
+            .map(|name| NetSpec::Tap(name.to_string()))
+            .ok_or_else(|| NetError::Option(spec.to_string(), "expected tap,ifname=NAME".into()));
+    }
+    parse_user_options(spec).map(NetSpec::User)
+}
+
+/// Open the backend a [`NetSpec`] names.
+pub fn open(spec: &NetSpec) -> Result<Box<dyn NetBackend>, NetError> {
+    match spec {
+        NetSpec::User(forwards) => Ok(Box::new(UserNet::new(forwards)?)),
+        #[cfg(target_os = "linux")]
+        NetSpec::Tap(name) => Ok(Box::new(Tap::open(name)?)),
+        #[cfg(not(target_os = "linux"))]
+        NetSpec::Tap(name) => Err(NetError::Tap(
+            name.clone(),
+            std::io::Error::other("TAP is only supported on Linux"),
+        )),
+    }
 }
 
 /// Parse QEMU-style user network options: `user[,hostfwd=tcp:ADDR:PORT-:GPORT]...`.
@@ -65,7 +108,7 @@ pub fn parse_user_options(spec: &str) -> Result<Vec<HostForward>, NetError> {
     let bad = |why: &str| NetError::Option(spec.to_string(), why.to_string());
     let mut parts = spec.split(',');
     if parts.next() != Some("user") {
-        return Err(bad("only the `user` backend is built so far"));
+        return Err(bad("expected `user[,hostfwd=...]` or `tap,ifname=NAME`"));
     }
     parts
         .map(|part| {
@@ -455,6 +498,17 @@ mod tests {
             "user,foo",
         ] {
             assert!(parse_user_options(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tap_options() {
+        assert_eq!(
+            parse_net("tap,ifname=tap0").expect("parses"),
+            NetSpec::Tap("tap0".into())
+        );
+        for bad in ["tap", "tap,ifname=", "tapx", "bridge"] {
+            assert!(parse_net(bad).is_err(), "{bad}");
         }
     }
 
