@@ -471,19 +471,7 @@ impl VirtioMmio {
         let Some(pending) = self.pending.remove(&id) else {
             return false;
         };
-        let mut written: u32 = 0;
-        let mut rest = data;
-        for &(addr, len) in &pending.writable {
-            if rest.is_empty() {
-                break;
-            }
-            let n = rest.len().min(len as usize);
-            if hart.dma_write(addr, &rest[..n]).is_err() {
-                break;
-            }
-            written += n as u32;
-            rest = &rest[n..];
-        }
+        let mut written = scatter(hart, pending.writable.iter().copied(), data);
         if let Some(status_addr) = pending.status {
             let byte = match status {
                 IoStatus::Ok => 0u8,
@@ -530,23 +518,34 @@ impl VirtioMmio {
         let mut header = [0u8; NET_HEADER];
         header[10] = 1; // num_buffers
         let packet: Vec<u8> = header.iter().chain(frame).copied().collect();
-        let mut rest = &packet[..];
-        let mut written = 0u32;
-        for &(addr, len, writable) in &chain {
-            if !writable || rest.is_empty() {
-                continue;
-            }
-            let n = rest.len().min(len as usize);
-            if hart.dma_write(addr, &rest[..n]).is_err() {
-                break;
-            }
-            written += n as u32;
-            rest = &rest[n..];
-        }
+        let buffers = chain
+            .iter()
+            .filter(|d| d.2)
+            .map(|&(addr, len, _)| (addr, len));
+        let written = scatter(hart, buffers, &packet);
         // A buffer too small gets the frame cut short, as the guest asked.
         self.push_used(hart, 0, head, written);
         true
     }
+}
+
+/// Write `data` across guest buffers (address, length) in order; returns
+/// the bytes written.
+fn scatter(hart: &mut Hart, buffers: impl Iterator<Item = (u64, u32)>, data: &[u8]) -> u32 {
+    let mut written = 0u32;
+    let mut rest = data;
+    for (addr, len) in buffers {
+        if rest.is_empty() {
+            break;
+        }
+        let n = rest.len().min(len as usize);
+        if hart.dma_write(addr, &rest[..n]).is_err() {
+            break;
+        }
+        written += n as u32;
+        rest = &rest[n..];
+    }
+    written
 }
 
 fn read_u16(hart: &Hart, addr: u64) -> Option<u16> {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use support::{ftvm_bin, qemu_available, repo_root, run_limited, Finished, QEMU_CPU};
+use support::{ftvm_bin, qemu_available, qemu_run_with_bios, repo_root, run_limited, Finished};
 
 const LIMIT: Duration = Duration::from_secs(300);
 
@@ -118,26 +118,13 @@ fn user_space_output_matches_qemu() {
                cat /proc/cmdline | wc -w; mount | grep -c proc";
     let append = format!("console=ttyS0 ftvm_cmd=\"{cmd}\"");
     let ours = ftvm_boot(cmd, &[]);
-    let mut qemu = Command::new("qemu-system-riscv64");
-    qemu.args([
-        "-M",
-        "virt",
-        "-cpu",
-        QEMU_CPU,
-        "-m",
-        "128",
-        "-nographic",
-        "-monitor",
-        "none",
-    ])
-    .arg("-bios")
-    .arg(dir.join("fw_dynamic.bin"))
-    .arg("-kernel")
-    .arg(dir.join("Image"))
-    .arg("-initrd")
-    .arg(dir.join("initramfs.cpio.gz"))
-    .args(["-append", &append]);
-    let theirs = run_limited(qemu, LIMIT);
+    let initrd = dir.join("initramfs.cpio.gz");
+    let theirs = qemu_run_with_bios(
+        &dir.join("Image"),
+        &dir.join("fw_dynamic.bin").to_string_lossy(),
+        &["-initrd", &initrd.to_string_lossy(), "-append", &append],
+        LIMIT,
+    );
     assert_eq!(ours.code, Some(0), "ftvm: {}", ours.stderr);
     assert_eq!(theirs.code, Some(0), "qemu: {}", theirs.stderr);
     let (ours, ours_status) = command_output(&ours.stdout_text());
@@ -197,6 +184,39 @@ fn a_corrupt_kernel_image_is_refused() {
     assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
 }
 
+/// Start `cmd` with its console piped and read the console until a line
+/// holding `marker`; returns the child and the rest of its console.
+fn spawn_until(
+    mut cmd: Command,
+    marker: &str,
+) -> (
+    std::process::Child,
+    std::io::BufReader<std::process::ChildStdout>,
+) {
+    use std::io::BufRead;
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start ftvm");
+    let mut console = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut seen = String::new();
+    let mut line = String::new();
+    while !seen.contains(marker) {
+        line.clear();
+        if console.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        seen.push_str(&line);
+    }
+    assert!(
+        seen.contains(marker),
+        "no `{marker}` on the console:\n{seen}"
+    );
+    (child, console)
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -206,35 +226,17 @@ fn free_port() -> u16 {
 
 #[test]
 fn http_through_a_forwarded_port_reaches_busybox_httpd_in_the_guest() {
-    use std::io::{BufRead, BufReader, Read, Write};
+    use std::io::{Read, Write};
     let port = free_port();
     let cmd = "mkdir -p /www; echo served-by-the-guest > /www/index.html; \
                httpd -p 80 -h /www; echo httpd-up; sleep 5";
-    let mut child = Command::new(ftvm_bin())
-        .env("FTVM_GUEST_IMAGE", image_dir())
+    let mut ftvm = Command::new(ftvm_bin());
+    ftvm.env("FTVM_GUEST_IMAGE", image_dir())
         .args(["run", "--net"])
         .arg(format!("user,hostfwd=tcp:127.0.0.1:{port}-:80"))
         .arg("--append")
-        .arg(format!("console=ttyS0 ftvm_cmd=\"{cmd}\""))
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start ftvm");
-    let mut console = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut seen = String::new();
-    let mut line = String::new();
-    while !seen.contains("httpd-up") {
-        line.clear();
-        if console.read_line(&mut line).unwrap_or(0) == 0 {
-            break;
-        }
-        seen.push_str(&line);
-    }
-    assert!(
-        seen.contains("httpd-up"),
-        "the guest did not start httpd:\n{seen}"
-    );
+        .arg(format!("console=ttyS0 ftvm_cmd=\"{cmd}\""));
+    let (mut child, mut console) = spawn_until(ftvm, "httpd-up");
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
@@ -357,43 +359,24 @@ impl Drop for TapNamespace {
 
 #[test]
 fn the_tap_backend_carries_the_guests_traffic() {
-    use std::io::{BufRead, BufReader, Read};
+    use std::io::Read;
     let ns = TapNamespace::new();
     let image = image_dir();
     let cmd = "mkdir -p /www; echo over-the-tap > /www/index.html; \
                httpd -p 80 -h /www; echo httpd-up; sleep 5";
     let append = format!("console=ttyS0 ftvm_cmd=\"{cmd}\"");
     let ftvm = ftvm_bin();
-    let mut child = ns
-        .exec(&[
-            "env",
-            &format!("FTVM_GUEST_IMAGE={}", image.display()),
-            &ftvm.to_string_lossy(),
-            "run",
-            "--net",
-            "tap,ifname=tap0",
-            "--append",
-            &append,
-        ])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start ftvm in the namespace");
-    let mut console = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut seen = String::new();
-    let mut line = String::new();
-    while !seen.contains("httpd-up") {
-        line.clear();
-        if console.read_line(&mut line).unwrap_or(0) == 0 {
-            break;
-        }
-        seen.push_str(&line);
-    }
-    assert!(
-        seen.contains("httpd-up"),
-        "the guest did not start httpd:\n{seen}"
-    );
+    let ftvm = ns.exec(&[
+        "env",
+        &format!("FTVM_GUEST_IMAGE={}", image.display()),
+        &ftvm.to_string_lossy(),
+        "run",
+        "--net",
+        "tap,ifname=tap0",
+        "--append",
+        &append,
+    ]);
+    let (mut child, mut console) = spawn_until(ftvm, "httpd-up");
     // A client in the namespace, with nothing but bash.
     let client = ns
         .exec(&[
