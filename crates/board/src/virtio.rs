@@ -366,6 +366,13 @@ impl VirtioMmio {
             .filter(|d| d.2)
             .map(|&(addr, len, _)| (addr, len))
             .collect();
+        // Requests without a status byte (network, entropy).
+        let unstatused = |writable| Pending {
+            queue,
+            head,
+            writable,
+            status: None,
+        };
         match self.kind {
             DeviceKind::Net { .. } => {
                 let mut frame = Vec::new();
@@ -381,30 +388,14 @@ impl VirtioMmio {
                     return Err(());
                 }
                 frame.drain(..NET_HEADER);
-                Ok((
-                    Pending {
-                        queue,
-                        head,
-                        writable,
-                        status: None,
-                    },
-                    IoRequest::NetTransmit { id, frame },
-                ))
+                Ok((unstatused(writable), IoRequest::NetTransmit { id, frame }))
             }
             DeviceKind::Entropy => {
                 // The device may fill less than offered; a request is
                 // capped so a guest cannot make the host allocate much.
                 let offered: u64 = writable.iter().map(|d| u64::from(d.1)).sum();
                 let len = offered.min(ENTROPY_MAX) as u32;
-                Ok((
-                    Pending {
-                        queue,
-                        head,
-                        writable,
-                        status: None,
-                    },
-                    IoRequest::Entropy { id, len },
-                ))
+                Ok((unstatused(writable), IoRequest::Entropy { id, len }))
             }
             DeviceKind::Block { sectors } => {
                 // Header (type, reserved, sector), data, then a status byte.

@@ -18,18 +18,15 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use support::{ftvm_run, guest_elf, parse_digest, qemu_available, qemu_run, Finished};
+use support::{
+    bench_runs, ftvm_run, guest_elf, median, parse_digest, qemu_available, qemu_run, Finished,
+};
 
 const LIMIT: Duration = Duration::from_secs(600);
 
 struct Engine {
     name: &'static str,
     run: Box<dyn Fn(&Path) -> Finished>,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn timed(engine: &Engine, elf: &Path, runs: usize) -> f64 {
@@ -52,16 +49,9 @@ fn timed(engine: &Engine, elf: &Path, runs: usize) -> f64 {
 }
 
 fn main() {
-    // `cargo test --benches` passes --bench-less args; only run when asked
-    // to bench, so a plain test run stays quick.
-    if !std::env::args().any(|a| a == "--bench") {
+    let Some(runs) = bench_runs() else {
         return;
-    }
-    let runs: usize = std::env::var("FTVM_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3)
-        .max(1);
+    };
     let bench = guest_elf("bench");
     let empty = guest_elf("empty");
 

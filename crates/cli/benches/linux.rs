@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use support::{ftvm_bin, qemu_available, repo_root, QEMU_CPU};
+use support::{bench_runs, ftvm_bin, median, qemu_available, repo_root, QEMU_CPU};
 
 const MEMORY_MIB: u64 = 128;
 const WORK: &str = "dd if=/dev/zero bs=1M count=32 2>/dev/null | md5sum";
@@ -81,20 +81,10 @@ fn sample(argv: &[String]) -> Sample {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
+    let Some(runs) = bench_runs() else {
         return;
-    }
-    let runs: usize = std::env::var("FTVM_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3)
-        .max(1);
+    };
     let dir = image_dir();
     assert!(
         dir.join("Image").is_file(),

@@ -197,3 +197,25 @@ pub fn parse_digest(stderr: &str) -> (u64, String) {
         .unwrap_or_else(|| panic!("no digest line in:\n{stderr}"));
     (icount, digest)
 }
+
+/// Benchmarks: runs per engine (`FTVM_BENCH_RUNS`, default 3), or `None`
+/// when the binary was not started with `--bench` (a plain `cargo test
+/// --benches` run, which should stay quick).
+pub fn bench_runs() -> Option<usize> {
+    if !std::env::args().any(|a| a == "--bench") {
+        return None;
+    }
+    Some(
+        std::env::var("FTVM_BENCH_RUNS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3)
+            .max(1),
+    )
+}
+
+/// The median of a non-empty sample.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
