@@ -442,9 +442,11 @@ impl Machine {
             self.console.push(value as u8);
         }
         // Acknowledge: clear tohost and answer in fromhost (the next word).
-        let ram = self.hart.ram_mut();
-        let _ = ram.write(addr, &0u64.to_le_bytes());
-        let _ = ram.write(addr + 8, &((device << 56) | (command << 48)).to_le_bytes());
+        // A device's write, like DMA: it retires only code it overwrites.
+        let _ = self.hart.dma_write(addr, &0u64.to_le_bytes());
+        let _ = self
+            .hart
+            .dma_write(addr + 8, &((device << 56) | (command << 48)).to_le_bytes());
         None
     }
 

@@ -99,7 +99,7 @@ impl HostIo {
     pub fn serve(&mut self, request: IoRequest) -> Input {
         let id = request.id();
         let (status, data) = match request {
-            IoRequest::BlockRead { offset, len, .. } => match self.disk() {
+            IoRequest::BlockRead { offset, len, .. } => match self.disk.as_mut() {
                 Some(disk) => match disk.read(offset, len) {
                     Ok(data) => (IoStatus::Ok, data),
                     Err(e) => {
@@ -109,7 +109,7 @@ impl HostIo {
                 },
                 None => (IoStatus::Error, Vec::new()),
             },
-            IoRequest::BlockWrite { offset, data, .. } => match self.disk() {
+            IoRequest::BlockWrite { offset, data, .. } => match self.disk.as_mut() {
                 Some(disk) => match disk.write(offset, &data) {
                     Ok(()) => (IoStatus::Ok, Vec::new()),
                     Err(e) => {
@@ -119,7 +119,7 @@ impl HostIo {
                 },
                 None => (IoStatus::Error, Vec::new()),
             },
-            IoRequest::BlockFlush { .. } => match self.disk().map(|d| d.file.sync_data()) {
+            IoRequest::BlockFlush { .. } => match self.disk.as_mut().map(|d| d.file.sync_data()) {
                 Some(Ok(())) => (IoStatus::Ok, Vec::new()),
                 _ => (IoStatus::Error, Vec::new()),
             },
@@ -143,9 +143,5 @@ impl HostIo {
             IoRequest::Unsupported { .. } => (IoStatus::Unsupported, Vec::new()),
         };
         Input::IoDone { id, status, data }
-    }
-
-    fn disk(&mut self) -> Option<&mut Disk> {
-        self.disk.as_mut()
     }
 }

@@ -30,7 +30,7 @@ struct Meta {
     len: u32,
     /// Address of the block's translation, valid in `jit_epoch` (0: none).
     jit: usize,
-    jit_epoch: u32,
+    jit_epoch: u64,
     /// Times the block ran without a translation.
     runs: u32,
 }
@@ -136,7 +136,7 @@ impl BlockCache {
 
     /// The block's translation made in `epoch`, if any.
     #[inline(always)]
-    pub(crate) fn translation(&self, block: BlockRef, epoch: u32) -> Option<usize> {
+    pub(crate) fn translation(&self, block: BlockRef, epoch: u64) -> Option<usize> {
         let meta = &self.metas[block.slot];
         (meta.jit_epoch == epoch).then_some(meta.jit)
     }
@@ -148,7 +148,7 @@ impl BlockCache {
         meta.runs
     }
 
-    pub(crate) fn set_translation(&mut self, block: BlockRef, code: usize, epoch: u32) {
+    pub(crate) fn set_translation(&mut self, block: BlockRef, code: usize, epoch: u64) {
         let meta = &mut self.metas[block.slot];
         meta.jit = code;
         meta.jit_epoch = epoch;

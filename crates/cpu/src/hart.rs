@@ -329,10 +329,8 @@ impl Hart {
         icount_limit: u64,
     ) -> Result<Option<JitExit>, EngineError> {
         use crate::jit::{EXIT_BAIL, EXIT_LINK};
-        if self.translator.flush_pending {
+        if std::mem::take(&mut self.translator.flush_pending) {
             jit.flush();
-            self.translator.flush_pending = false;
-            self.translator.link = None;
         }
         let pc = self.s.pc;
         let code = match self.blocks.translation(block, jit.epoch) {
@@ -346,16 +344,8 @@ impl Hart {
                     .blocks
                     .chunk_stamp(self.fetch_page_off + (pc & PAGE_MASK) as usize);
                 let stamp = crate::jit::ChunkStamp { index, generation };
-                let code = match jit.translate(insns, pc & PAGE_MASK, stamp)? {
-                    Some(code) => code,
-                    None => {
-                        jit.flush();
-                        self.translator.link = None;
-                        match jit.translate(insns, pc & PAGE_MASK, stamp)? {
-                            Some(code) => code,
-                            None => return Ok(None),
-                        }
-                    }
+                let Some(code) = jit.translate(insns, pc & PAGE_MASK, stamp)? else {
+                    return Ok(None);
                 };
                 self.blocks.set_translation(block, code, jit.epoch);
                 code
@@ -539,11 +529,7 @@ impl Hart {
         if data.is_empty() {
             return Ok(());
         }
-        if !self.ram.contains(paddr, data.len() as u64) {
-            return Err(crate::BusFault { addr: paddr });
-        }
-        let off = self.ram.off(paddr);
-        self.ram.bytes_mut()[off..off + data.len()].copy_from_slice(data);
+        let off = self.ram.copy_in(paddr, data)?;
         self.invalidate_code(off, data.len());
         self.stop_block = false;
         if self
@@ -694,63 +680,69 @@ impl Hart {
                     self.take_trap(cause | cause::INTERRUPT, 0);
                 }
             }
-            let Some(block) = self.block_at(self.s.pc, arena) else {
-                self.step_uncached(bus);
-                if let Some(exit) = self.exit.take() {
-                    self.stop_block = false;
-                    return exit;
-                }
-                continue;
-            };
-            if self.s.icount + block.len as u64 <= icount_limit {
-                if let Some(kind) = self.run_translated(block, arena, icount_limit) {
-                    if kind == JitExit::Bail {
-                        self.step_uncached(bus);
-                        if let Some(exit) = self.exit.take() {
-                            self.stop_block = false;
-                            return exit;
-                        }
-                    }
-                    continue;
-                }
+            match self.block_at(self.s.pc, arena) {
+                Some(block) => self.run_block(bus, block, arena, icount_limit),
+                None => self.step_uncached(bus),
             }
-            let budget = (icount_limit - self.s.icount).min(block.len as u64) as usize;
-            // `pc` and `icount` live in registers across the block; the
-            // stores keep the hart's state exact for every instruction that
-            // observes it (CSR reads, MMIO, traps).
-            let mut pc = self.s.pc;
-            let mut icount = self.s.icount;
-            for &d in &arena[block.start..block.start + budget] {
-                self.s.pc = pc;
-                self.s.icount = icount;
-                let result = self.execute(bus, d, pc);
-                icount += 1;
-                match result {
-                    // A taken branch leaves the block (a side exit).
-                    Ok(next) if next != pc.wrapping_add(u64::from(d.len)) => {
-                        pc = next;
-                        break;
-                    }
-                    Ok(next) => pc = next,
-                    Err(trap) => {
-                        self.s.icount = icount;
-                        self.take_trap(trap.cause, trap.tval);
-                        pc = self.s.pc;
-                        break;
-                    }
-                }
-                if self.stop_block {
-                    break;
-                }
-            }
-            self.s.pc = pc;
-            self.s.icount = icount;
             self.stop_block = false;
             if let Some(exit) = self.exit.take() {
                 return exit;
             }
         }
         Exit::Limit
+    }
+
+    /// Run (part of) `block`, which starts at `pc`: translated if it can be,
+    /// interpreted up to the icount limit otherwise.
+    #[inline(always)]
+    fn run_block<B: Bus>(
+        &mut self,
+        bus: &mut B,
+        block: BlockRef,
+        arena: &[Decoded],
+        icount_limit: u64,
+    ) {
+        if self.s.icount + block.len as u64 <= icount_limit {
+            match self.run_translated(block, arena, icount_limit) {
+                Some(JitExit::Bail) => {
+                    self.step_uncached(bus);
+                    return;
+                }
+                Some(JitExit::Done) => return,
+                None => {}
+            }
+        }
+        let budget = (icount_limit - self.s.icount).min(block.len as u64) as usize;
+        // `pc` and `icount` live in registers across the block; the
+        // stores keep the hart's state exact for every instruction that
+        // observes it (CSR reads, MMIO, traps).
+        let mut pc = self.s.pc;
+        let mut icount = self.s.icount;
+        for &d in &arena[block.start..block.start + budget] {
+            self.s.pc = pc;
+            self.s.icount = icount;
+            let result = self.execute(bus, d, pc);
+            icount += 1;
+            match result {
+                // A taken branch leaves the block (a side exit).
+                Ok(next) if next != pc.wrapping_add(u64::from(d.len)) => {
+                    pc = next;
+                    break;
+                }
+                Ok(next) => pc = next,
+                Err(trap) => {
+                    self.s.icount = icount;
+                    self.take_trap(trap.cause, trap.tval);
+                    pc = self.s.pc;
+                    break;
+                }
+            }
+            if self.stop_block {
+                break;
+            }
+        }
+        self.s.pc = pc;
+        self.s.icount = icount;
     }
 
     /// Execute one instruction without the block cache: instructions that
@@ -1000,14 +992,10 @@ impl Hart {
     fn fetch_uncached(&mut self, pc: u64) -> Result<Decoded, Trap> {
         let low = self.fetch_half(pc)?;
         if low & 3 != 3 {
-            return Ok(self.decode_fetched((low, 2)));
+            return Ok(decode_parcel(self.rvc, (low, 2)));
         }
         let high = self.fetch_half(pc.wrapping_add(2))?;
-        Ok(self.decode_fetched((low | (high << 16), 4)))
-    }
-
-    fn decode_fetched(&self, fetched: (u32, u8)) -> Decoded {
-        decode_parcel(self.rvc, fetched)
+        Ok(decode_parcel(self.rvc, (low | (high << 16), 4)))
     }
 
     fn fetch_half(&mut self, vaddr: u64) -> Result<u32, Trap> {
@@ -1315,12 +1303,12 @@ impl Hart {
 
     // ----- the interpreter -----
 
-    #[inline(always)]
     fn set_exit(&mut self, exit: Exit) {
         self.exit = Some(exit);
         self.stop_block = true;
     }
 
+    #[inline(always)]
     fn set_x(&mut self, rd: usize, value: u64) {
         self.s.x[rd] = value;
         self.s.x[0] = 0;

@@ -89,7 +89,7 @@ pub(crate) struct JitContext {
 pub(crate) struct PendingLink {
     pub slot: usize,
     pub pc: u64,
-    pub epoch: u32,
+    pub epoch: u64,
 }
 
 impl Default for JitContext {
@@ -193,7 +193,7 @@ pub(crate) struct Jit {
     links_used: usize,
     /// Bumped by every flush; block cache entries remember the epoch their
     /// translation belongs to.
-    pub epoch: u32,
+    pub epoch: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -277,7 +277,9 @@ impl Jit {
     pub(crate) fn flush(&mut self) {
         self.used = self.stubs_end;
         self.links_used = 0;
-        self.epoch = self.epoch.wrapping_add(1).max(1);
+        // 64 bits: an epoch never comes round again to revive a
+        // translation recorded long ago.
+        self.epoch += 1;
     }
 
     fn write(&mut self, at: usize, code: &[u8]) -> Result<(), JitError> {
@@ -289,18 +291,23 @@ impl Jit {
     }
 
     /// Translate a block whose first instruction is at page offset
-    /// `page_offset`; returns the code's address, or `None` if the region
-    /// is full (the caller flushes and retries).
+    /// `page_offset`; returns the code's address. A full region is flushed
+    /// first (which bumps the epoch); `None` only if the block cannot fit
+    /// even then.
     pub(crate) fn translate(
         &mut self,
         insns: &[Decoded],
         page_offset: u64,
         chunk: ChunkStamp,
     ) -> Result<Option<usize>, JitError> {
-        if self.used + MAX_BLOCK_BYTES > CODE_BYTES
-            || self.links_used + insns.len() + 1 > LINK_SLOTS
-        {
-            return Ok(None);
+        let full = |jit: &Jit| {
+            jit.used + MAX_BLOCK_BYTES > CODE_BYTES || jit.links_used + insns.len() + 1 > LINK_SLOTS
+        };
+        if full(self) {
+            self.flush();
+            if full(self) {
+                return Ok(None);
+            }
         }
         let at = self.used;
         let mut emitter = Emitter {

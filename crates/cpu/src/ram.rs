@@ -40,9 +40,6 @@ impl Ram {
         let off = paddr.wrapping_sub(self.base);
         off < self.bytes.len() as u64 && len <= self.bytes.len() as u64 - off
     }
-    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
-        &mut self.bytes
-    }
     /// Host address of RAM's first byte, for translated code.
     pub(crate) fn host_ptr(&mut self) -> *mut u8 {
         self.bytes.as_mut_ptr()
@@ -57,10 +54,16 @@ impl Ram {
         Ok(())
     }
     pub fn write(&mut self, paddr: u64, data: &[u8]) -> Result<(), BusFault> {
-        let off = self.offset(paddr, data.len() as u64)?;
-        self.bytes[off..off + data.len()].copy_from_slice(data);
+        self.copy_in(paddr, data)?;
         self.host_generation += 1;
         Ok(())
+    }
+    /// Copy `data` to `paddr` without any code-coherence bookkeeping (the
+    /// caller does it); returns the RAM offset written.
+    pub(crate) fn copy_in(&mut self, paddr: u64, data: &[u8]) -> Result<usize, BusFault> {
+        let off = self.offset(paddr, data.len() as u64)?;
+        self.bytes[off..off + data.len()].copy_from_slice(data);
+        Ok(off)
     }
     /// Replace the whole of RAM (snapshot restore). `data.len()` must equal `size()`.
     pub fn restore_bytes(&mut self, data: &[u8]) -> Result<(), BusFault> {
