@@ -99,6 +99,13 @@ pub enum Input {
     /// The hart was idle (WFI) and the host let this many `mtime` ticks
     /// pass before resuming it.
     IdleSleep { ticks: u64 },
+    /// A correction of guest time toward the host's wall clock: `mtime`
+    /// jumps forward by this many ticks (guest time never goes back).
+    GuestTimeStep { ticks: u64 },
+    /// A correction of the guest-time rate toward the host's speed: from
+    /// now on `mtime` advances by one tick every `insns_per_tick`
+    /// instructions (at least 1), continuing from its current value.
+    GuestTimeRate { insns_per_tick: u64 },
     /// The host's wall-clock time (ns since the Unix epoch), read by the
     /// RTC from now on as this value plus the guest time that passes.
     WallClock { unix_ns: u64 },

@@ -454,7 +454,13 @@ impl Machine {
     pub fn inject(&mut self, input: Input) {
         match input {
             Input::ConsoleByte(byte) => self.devices.uart.receive(byte),
-            Input::IdleSleep { ticks } => self.hart.clock_mut().advance(ticks),
+            Input::IdleSleep { ticks } | Input::GuestTimeStep { ticks } => {
+                self.hart.clock_mut().advance(ticks)
+            }
+            Input::GuestTimeRate { insns_per_tick } => {
+                let icount = self.hart.icount();
+                self.hart.clock_mut().set_rate(icount, insns_per_tick);
+            }
             Input::WallClock { unix_ns } => {
                 let mtime = self.hart.mtime();
                 self.devices.rtc.set_wall_clock(unix_ns, mtime);

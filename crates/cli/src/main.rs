@@ -11,6 +11,7 @@
 
 mod console;
 mod host_io;
+mod replay;
 mod run;
 
 use std::path::PathBuf;
@@ -43,6 +44,17 @@ enum Command {
     /// Ctrl-A then x to quit from an interactive terminal (Ctrl-A Ctrl-A
     /// sends a Ctrl-A to the guest).
     Run(RunArgs),
+
+    /// Re-execute a log written by `ftvm run --record`, with no live input.
+    ///
+    /// The machine is rebuilt from the configuration in the log (its files
+    /// must be unchanged) and every logged input is applied at its
+    /// instruction count. Each checkpoint's state digest is checked; on a
+    /// mismatch the replay stops and names the first instruction whose
+    /// state differs. The guest's outputs (console, disk writes, frames)
+    /// go nowhere unless `--console` is given. Exit code 0 when the replay
+    /// reproduced the recording, 1 otherwise.
+    Replay(replay::ReplayArgs),
 }
 
 #[derive(Args)]
@@ -108,10 +120,36 @@ pub struct RunArgs {
     #[arg(long, value_name = "ENGINE", default_value_t = EngineArg::default())]
     engine: EngineArg,
 
-    /// Print the final instruction count and state digest on stderr when
-    /// the run ends, as `icount: N` and `final state digest: HEX`.
+    /// Print the final instruction count, pc and state digest on stderr
+    /// when the run ends, as `icount: N`, `pc: 0xX` and
+    /// `final state digest: HEX` (always printed with `--record`).
     #[arg(long)]
     digest: bool,
+
+    /// Record every non-deterministic input into this log file, for
+    /// `ftvm replay`. The run itself is unchanged (console, disk and
+    /// network stay live).
+    #[arg(long, value_name = "FILE")]
+    record: Option<PathBuf>,
+
+    /// Seconds of host time between state digests in the log (checked by
+    /// replay; each costs one pass over guest RAM).
+    #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
+    checkpoint_interval: f64,
+
+    /// Guest time: `host` follows the host's clock (it advances with the
+    /// instruction count and is corrected toward wall-clock time by small
+    /// logged adjustments); `icount` derives it from the instruction count
+    /// alone (10 instructions per 100 ns tick), so that two runs of a
+    /// program without other input end in the same state.
+    #[arg(long, value_name = "host|icount", default_value = "host")]
+    clock: ClockArg,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClockArg {
+    Host,
+    Icount,
 }
 
 /// Where `scripts/guest-image` links the default guest: `FTVM_GUEST_IMAGE`,
@@ -171,19 +209,25 @@ impl RunArgs {
             initrd,
             append,
             insns_per_tick: MachineConfig::DEFAULT_INSNS_PER_TICK,
-            engine: match self.engine {
-                EngineArg::Translator => Engine::Translator,
-                EngineArg::Interpreter => Engine::Interpreter,
-            },
+            engine: self.engine.engine(),
             virtio,
         })
     }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
-enum EngineArg {
+pub enum EngineArg {
     Translator,
     Interpreter,
+}
+
+impl EngineArg {
+    pub fn engine(self) -> Engine {
+        match self {
+            EngineArg::Translator => Engine::Translator,
+            EngineArg::Interpreter => Engine::Interpreter,
+        }
+    }
 }
 
 impl Default for EngineArg {
@@ -224,5 +268,6 @@ fn main() -> ExitCode {
 fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run::run(&args),
+        Command::Replay(args) => replay::replay(&args),
     }
 }

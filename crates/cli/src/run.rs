@@ -4,7 +4,12 @@
 //! output is written out and pending console input is injected. When the
 //! guest idles (WFI) the host really sleeps, until the guest's timer is due
 //! or a key arrives, and then tells the machine how much guest time passed.
-//! These injected inputs are the only non-determinism the machine sees.
+//! These injected inputs are the only non-determinism the machine sees,
+//! and all of them go through a [`Recorder`], which logs them with
+//! `--record`.
+//!
+//! Guest time is steered toward the host's clock ([`TimeSteering`]) unless
+//! `--clock icount` asks for guest time from the instruction count alone.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -12,10 +17,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use ftvm_board::{Input, Machine, Stop};
+use ftvm_replay::{End, MachineId, Recorder, TimeSteering};
 
 use crate::console::{Console, ConsoleEvent, Wait};
 use crate::host_io::{Disk, HostIo};
-use crate::RunArgs;
+use crate::{ClockArg, RunArgs};
 use ftvm_net::NetBackend;
 
 /// Instructions per slice: a few milliseconds of guest execution, short
@@ -28,11 +34,16 @@ const NET_POLL: Duration = Duration::from_millis(1);
 /// Length of one `mtime` tick (the board's timer runs at 10 MHz).
 const TICK: Duration = Duration::from_nanos(100);
 
+/// How often a recording's buffered entries are written out.
+const LOG_FLUSH: Duration = Duration::from_millis(50);
+
+type LogFile = std::io::BufWriter<std::fs::File>;
+
 /// How a run ended.
 #[derive(Debug, PartialEq, Eq)]
 enum Outcome {
     /// The guest powered off or exited through HTIF with this code.
-    Guest(u64),
+    Guest(u64, End),
     /// `--max-insns` was reached.
     InsnLimit,
     /// The user pressed Ctrl-A x.
@@ -58,9 +69,24 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     };
     let config = args.machine_config(host_io.devices())?;
     let mut machine = Machine::new(&config)?;
-    machine.inject(wall_clock(args.rtc_time));
+    let mut recorder: Recorder<LogFile> = match &args.record {
+        Some(path) => {
+            let id = MachineId::of(&config)?;
+            let file = std::fs::File::create(path)
+                .with_context(|| format!("creating the log {}", path.display()))?;
+            Recorder::new(std::io::BufWriter::new(file), &machine, id, config.engine)
+                .with_context(|| format!("writing the log {}", path.display()))?
+        }
+        None => Recorder::unlogged(),
+    };
+    recorder.inject(&mut machine, wall_clock(args.rtc_time))?;
     let mut console = Console::open()?;
     let limit = args.max_insns.unwrap_or(u64::MAX);
+    let started = Instant::now();
+    let mut steering = (args.clock == ClockArg::Host).then(TimeSteering::default);
+    let checkpoint_every = Duration::from_secs_f64(args.checkpoint_interval.max(0.001));
+    let (mut last_checkpoint, mut last_flush) = (Instant::now(), Instant::now());
+    let mut checkpointed_icount = 0;
 
     let outcome = loop {
         let stop = machine.run(machine.icount().saturating_add(SLICE).min(limit));
@@ -70,47 +96,86 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         let mut injected = false;
         for request in machine.take_io_requests() {
             let done = host_io.serve(request);
-            machine.inject(done);
+            recorder.inject(&mut machine, done)?;
             injected = true;
         }
         for frame in host_io.poll_net() {
-            machine.inject(frame);
+            recorder.inject(&mut machine, frame)?;
             injected = true;
         }
-        match inject_pending_input(&mut machine, &mut console) {
+        match inject_pending_input(&mut machine, &mut recorder, &mut console)? {
             ConsoleInput::Quit => break Outcome::Quit,
             ConsoleInput::Injected => injected = true,
             ConsoleInput::Nothing => {}
+        }
+        if let Some(steering) = &mut steering {
+            let now = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            let clock = machine.hart().clock();
+            let (mtime, rate) = (machine.hart().mtime(), clock.insns_per_tick);
+            for correction in steering.poll(now, machine.icount(), mtime, rate) {
+                tracing::debug!(?correction, icount = machine.icount(), mtime, pc = machine.hart().pc(), "guest time");
+                recorder.inject(&mut machine, correction)?;
+                // A step may pass the timer deadline the idle stop named.
+                injected = true;
+            }
+        }
+        if recorder.is_logging() {
+            if last_checkpoint.elapsed() >= checkpoint_every && machine.icount() != checkpointed_icount
+            {
+                recorder.checkpoint(&machine)?;
+                checkpointed_icount = machine.icount();
+                last_checkpoint = Instant::now();
+            }
+            if last_flush.elapsed() >= LOG_FLUSH || matches!(stop, Stop::Idle { .. }) {
+                recorder.flush()?;
+                last_flush = Instant::now();
+            }
         }
         match stop {
             Stop::Limit if machine.icount() >= limit => break Outcome::InsnLimit,
             Stop::Limit | Stop::Io => {}
             Stop::Idle { .. } if injected => {}
             Stop::Idle { wake_at } => {
+                if let Some(steering) = &mut steering {
+                    steering.note_idle();
+                }
                 // With a network, the host must look at its sockets often.
                 let poll = host_io.net.is_some().then_some(NET_POLL);
-                if let Some(outcome) = sleep_while_idle(&mut machine, &mut console, wake_at, poll)?
+                if let Some(outcome) =
+                    sleep_while_idle(&mut machine, &mut recorder, &mut console, wake_at, poll)?
                 {
                     break outcome;
                 }
             }
-            Stop::PowerOff { code } => break Outcome::Guest(u64::from(code)),
-            Stop::HtifExit { code } => break Outcome::Guest(code),
+            Stop::PowerOff { code } => break Outcome::Guest(u64::from(code), End::PowerOff { code }),
+            Stop::HtifExit { code } => break Outcome::Guest(code, End::HtifExit { code }),
             Stop::Reset => {
                 tracing::info!(icount = machine.icount(), "guest requested a reset");
+                recorder.reset(&machine)?;
                 machine = Machine::new(&config)?;
-                machine.inject(wall_clock(args.rtc_time));
+                recorder.inject(&mut machine, wall_clock(args.rtc_time))?;
+                checkpointed_icount = 0;
             }
         }
     };
     drop(console);
+    let end = match outcome {
+        Outcome::Guest(_, end) => end,
+        Outcome::InsnLimit => End::InsnLimit,
+        Outcome::Quit => End::Quit,
+    };
+    recorder.end(&machine, end)?;
+    if let Some(path) = &args.record {
+        tracing::info!(bytes = recorder.bytes(), log = %path.display(), "recording written");
+    }
 
-    if args.digest {
+    if args.digest || args.record.is_some() {
         eprintln!("icount: {}", machine.icount());
+        eprintln!("pc: {:#x}", machine.hart().pc());
         eprintln!("final state digest: {}", machine.digest());
     }
     Ok(match outcome {
-        Outcome::Guest(code) => guest_exit_code(code),
+        Outcome::Guest(code, _) => guest_exit_code(code),
         Outcome::InsnLimit => {
             eprintln!(
                 "ftvm: stopped after {} instructions (--max-insns)",
@@ -156,25 +221,32 @@ fn flush_console(machine: &mut Machine) -> Result<()> {
 }
 
 /// Inject every console byte that has arrived.
-fn inject_pending_input(machine: &mut Machine, console: &mut Console) -> ConsoleInput {
+fn inject_pending_input(
+    machine: &mut Machine,
+    recorder: &mut Recorder<LogFile>,
+    console: &mut Console,
+) -> Result<ConsoleInput> {
     let mut result = ConsoleInput::Nothing;
     while let Some(event) = console.poll() {
         match event {
             ConsoleEvent::Byte(byte) => {
-                machine.inject(Input::ConsoleByte(byte));
+                recorder.inject(machine, Input::ConsoleByte(byte))?;
                 result = ConsoleInput::Injected;
             }
-            ConsoleEvent::Quit => return ConsoleInput::Quit,
+            ConsoleEvent::Quit => return Ok(ConsoleInput::Quit),
         }
     }
-    result
+    Ok(result)
 }
+
+
 
 /// The guest waits for an interrupt: sleep on the host until its timer is
 /// due (`wake_at`, in `mtime` ticks) or console input arrives, then inject
 /// the guest time that passed and the input.
 fn sleep_while_idle(
     machine: &mut Machine,
+    recorder: &mut Recorder<LogFile>,
     console: &mut Console,
     wake_at: Option<u64>,
     poll: Option<Duration>,
@@ -199,16 +271,16 @@ fn sleep_while_idle(
              input is closed: it can never wake up"
         ),
     };
+    let elapsed = (started.elapsed().as_nanos() / TICK.as_nanos()) as u64;
+    // Woken by the timer, exactly the ticks to the deadline pass (any
+    // oversleep of the host is made up by steering).
     let slept = match (event.is_some() || polling, ticks_to_deadline) {
         (false, Some(ticks)) => ticks,
-        (_, deadline) => {
-            let elapsed = (started.elapsed().as_nanos() / TICK.as_nanos()) as u64;
-            deadline.map_or(elapsed, |d| elapsed.min(d))
-        }
+        (_, deadline) => deadline.map_or(elapsed, |d| elapsed.min(d)),
     };
-    machine.inject(Input::IdleSleep { ticks: slept });
+    recorder.inject(machine, Input::IdleSleep { ticks: slept })?;
     match event {
-        Some(ConsoleEvent::Byte(byte)) => machine.inject(Input::ConsoleByte(byte)),
+        Some(ConsoleEvent::Byte(byte)) => recorder.inject(machine, Input::ConsoleByte(byte))?,
         Some(ConsoleEvent::Quit) => return Ok(Some(Outcome::Quit)),
         None => {}
     }

@@ -169,7 +169,7 @@ pub struct Hart {
 
 /// How the hart executes instructions. Both engines give bit-identical
 /// machine states after any number of instructions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Engine {
     /// Decoded blocks run by the interpreter: the reference, and the only
     /// engine on hosts other than x86-64 Unix.
@@ -1559,7 +1559,14 @@ impl Hart {
         }
         // No CSR here has read side effects, so csrrw with rd = x0 may read.
         let current = self.csr_access(raw, number, None)?;
-        let old = match old_for_write(current) {
+        // Privileged spec, mip: only the software-writable SEIP bit takes
+        // part in csrrs/csrrc; the external line is read but never latched.
+        let base = if number == csr::MIP {
+            self.s.mip_software | (self.s.mip_lines & !irq::SEIP)
+        } else {
+            current
+        };
+        let old = match old_for_write(base) {
             Some(value) => self.csr_access(raw, number, Some(value))?,
             None => current,
         };

@@ -132,6 +132,14 @@ impl GuestClock {
     pub fn advance(&mut self, ticks: u64) {
         self.offset = self.offset.wrapping_add(ticks);
     }
+    /// Run guest time at `insns_per_tick` (at least 1) from `icount` on,
+    /// without a jump: `mtime(icount)` keeps its value, so time stays
+    /// monotonic.
+    pub fn set_rate(&mut self, icount: u64, insns_per_tick: u64) {
+        let now = self.mtime(icount);
+        self.insns_per_tick = insns_per_tick.max(1);
+        self.set_mtime(icount, now);
+    }
 }
 
 /// Configuration fixed at machine creation.
@@ -159,6 +167,22 @@ mod tests {
         assert_eq!(clock.icount_at(3, 7), 20);
         assert_eq!(clock.mtime(20), 7);
         assert_eq!(clock.mtime(19), 6);
+    }
+
+    #[test]
+    fn a_rate_change_keeps_time_continuous_and_monotonic() {
+        let mut clock = GuestClock {
+            insns_per_tick: 10,
+            offset: 0,
+        };
+        assert_eq!(clock.mtime(1005), 100);
+        clock.set_rate(1005, 1000);
+        assert_eq!(clock.mtime(1005), 100);
+        assert_eq!(clock.mtime(2004), 100);
+        assert_eq!(clock.mtime(3005), 102);
+        clock.set_rate(3005, 0);
+        assert_eq!(clock.insns_per_tick, 1);
+        assert_eq!(clock.mtime(3006), 103);
     }
 
     #[test]

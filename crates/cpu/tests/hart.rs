@@ -201,3 +201,23 @@ proptest! {
         prop_assert!(mcause < 16, "only synchronous exceptions can occur: {mcause}");
     }
 }
+
+/// Privileged spec (mip): a csrrs on mip reads SEIP as the OR of the
+/// software bit and the external line, but must not latch the line into
+/// the software bit. OpenSBI's `csr_set(mip, STIP)` racing a virtio
+/// interrupt once left SEIP stuck on, and Linux in an interrupt storm.
+#[test]
+fn csrrs_on_mip_does_not_latch_the_external_seip_line() {
+    use ftvm_cpu::irq;
+    let mut hart = hart();
+    // li t0, STIP; csrrs t1, mip, t0
+    load_program(&mut hart, &[addi(5, 0, 0x20), csrrs(6, 0x344, 5)]);
+    hart.set_pc(BASE);
+    hart.set_irq_lines(irq::BOARD_DRIVEN, irq::SEIP);
+    assert_eq!(hart.run(&mut NoDevices, 2), Exit::Limit);
+    assert_eq!(hart.xreg(6) & irq::SEIP, irq::SEIP, "csrrs reads the line");
+    hart.set_irq_lines(irq::BOARD_DRIVEN, 0);
+    let mip = hart.csr(0x344).expect("mip");
+    assert_eq!(mip & irq::STIP, irq::STIP, "the written bit is set");
+    assert_eq!(mip & irq::SEIP, 0, "the line was not latched");
+}

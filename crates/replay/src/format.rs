@@ -1,0 +1,675 @@
+//! The log's byte form, the same in a file and on a logging channel.
+//!
+//! ```text
+//! log    = "FTVMLOG\0" version:u32le frame(header) frame(entries)*
+//! frame  = len:u32le crc32c(payload):u32le payload
+//! header = postcard(LogHeader)
+//! entries= first_seq:varint entry+            (sequence numbers are consecutive)
+//! entry  = postcard(Wire): kind, icount delta, fields
+//! ```
+//!
+//! Entries are batched into frames so the 8 bytes of framing are paid once
+//! per flush, not per entry. Each entry stores its icount as the distance
+//! from the previous entry's (a varint of a byte or three), and a `Reset`
+//! entry restarts icounts at 0 because the machine is rebuilt.
+
+use std::io::{Read, Write};
+
+use ftvm_board::virtio::DeviceKind;
+use ftvm_board::{Digest, Engine, Firmware, Input, IoStatus, MachineConfig};
+use serde::{Deserialize, Serialize};
+
+pub const MAGIC: &[u8; 8] = b"FTVMLOG\0";
+pub const VERSION: u32 = 1;
+/// No frame is larger; a corrupt length cannot make the reader allocate
+/// more than this.
+pub const FRAME_MAX: u32 = 64 << 20;
+/// A frame is written once its entries reach this size.
+const FRAME_TARGET: usize = 256 << 10;
+
+/// Where in a log something went wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Position {
+    Header,
+    /// The entry with this sequence number (or the frame that should start
+    /// with it), and the byte offset of its frame.
+    Entry { seq: u64, offset: u64 },
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Position::Header => f.write_str("the header"),
+            Position::Entry { seq, offset } => write!(f, "entry {seq} (frame at byte {offset})"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("the file is empty: not an ftvm log")]
+    Empty,
+    #[error("not an ftvm log (it does not start with \"FTVMLOG\")")]
+    NotALog,
+    #[error("log format version {found}, but this ftvm reads version {VERSION}")]
+    Version { found: u32 },
+    #[error("the log is truncated in {at}")]
+    Truncated { at: Position },
+    #[error("the log is corrupt: checksum mismatch in {at}")]
+    Checksum { at: Position },
+    #[error("the log is corrupt: {at} cannot be decoded ({reason})")]
+    Malformed { at: Position, reason: String },
+    #[error("the log is corrupt: frame at byte {offset} starts with entry {found}, expected entry {expected}")]
+    Sequence {
+        expected: u64,
+        found: u64,
+        offset: u64,
+    },
+    #[error("the log is truncated: it ends before entry {next}, with no end-of-recording entry")]
+    NoEnd { next: u64 },
+    #[error("{what} {path} changed since the log was recorded ({reason})")]
+    FileChanged {
+        what: &'static str,
+        path: String,
+        reason: String,
+    },
+    #[error("reading {what} {path}: {source}")]
+    File {
+        what: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("log I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A file the machine was built from, identified by content.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileId {
+    pub path: String,
+    pub len: u64,
+    pub blake3: [u8; 32],
+}
+
+impl FileId {
+    fn of(what: &'static str, path: &std::path::Path) -> Result<FileId, LogError> {
+        let bytes = std::fs::read(path).map_err(|source| LogError::File {
+            what,
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(FileId {
+            path: path.display().to_string(),
+            len: bytes.len() as u64,
+            blake3: *blake3::hash(&bytes).as_bytes(),
+        })
+    }
+
+    fn check(&self, what: &'static str) -> Result<(), LogError> {
+        let now = FileId::of(what, std::path::Path::new(&self.path))?;
+        if now != *self {
+            let reason = if now.len != self.len {
+                format!("{} bytes then, {} now", self.len, now.len)
+            } else {
+                "same size, different content".into()
+            };
+            return Err(LogError::FileChanged {
+                what,
+                path: self.path.clone(),
+                reason,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The machine configuration a log was recorded on: enough to build the
+/// same machine again, with the content of every file it was loaded from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineId {
+    pub memory_mib: u64,
+    pub firmware: Option<FileId>,
+    pub kernel: FileId,
+    pub initrd: Option<FileId>,
+    pub append: String,
+    pub insns_per_tick: u64,
+    pub virtio: Vec<DeviceKind>,
+}
+
+impl MachineId {
+    /// Identify `config` (reads and hashes its files).
+    pub fn of(config: &MachineConfig) -> Result<MachineId, LogError> {
+        Ok(MachineId {
+            memory_mib: config.memory_mib,
+            firmware: match &config.firmware {
+                Firmware::None => None,
+                Firmware::File(path) => Some(FileId::of("firmware", path)?),
+            },
+            kernel: FileId::of("kernel", &config.kernel)?,
+            initrd: config
+                .initrd
+                .as_deref()
+                .map(|p| FileId::of("initrd", p))
+                .transpose()?,
+            append: config.append.clone(),
+            insns_per_tick: config.insns_per_tick,
+            virtio: config.virtio.clone(),
+        })
+    }
+
+    /// Check that the files are still what they were when recorded.
+    pub fn check_files(&self) -> Result<(), LogError> {
+        if let Some(fw) = &self.firmware {
+            fw.check("firmware")?;
+        }
+        self.kernel.check("kernel")?;
+        if let Some(initrd) = &self.initrd {
+            initrd.check("initrd")?;
+        }
+        Ok(())
+    }
+
+    pub fn config(&self, engine: Engine) -> MachineConfig {
+        MachineConfig {
+            memory_mib: self.memory_mib,
+            firmware: match &self.firmware {
+                None => Firmware::None,
+                Some(fw) => Firmware::File(fw.path.clone().into()),
+            },
+            kernel: self.kernel.path.clone().into(),
+            initrd: self.initrd.as_ref().map(|f| f.path.clone().into()),
+            append: self.append.clone(),
+            insns_per_tick: self.insns_per_tick,
+            engine,
+            virtio: self.virtio.clone(),
+        }
+    }
+}
+
+/// The first frame of a log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogHeader {
+    pub machine: MachineId,
+    /// The engine that recorded (replay may use another; the narrowing of
+    /// a divergence compares the two).
+    pub engine: Engine,
+    /// Digest of the machine's state before the first instruction.
+    pub initial_digest: [u8; 32],
+}
+
+/// Why a recording ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum End {
+    PowerOff { code: u32 },
+    HtifExit { code: u64 },
+    /// The instruction limit of the run was reached.
+    InsnLimit,
+    /// The user stopped the run.
+    Quit,
+}
+
+/// What an entry records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A non-deterministic input, applied at the entry's icount.
+    Input(Input),
+    /// The state digest at the entry's icount, after the entries before it.
+    Checkpoint(Digest),
+    /// Control: the guest asked for a reset; the machine is built anew and
+    /// icounts start again from 0.
+    Reset,
+    /// Control: the recording ends here.
+    End(End),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub seq: u64,
+    pub icount: u64,
+    pub event: Event,
+}
+
+/// The encoded form of an entry: the icount distance first in every kind.
+#[derive(Serialize, Deserialize)]
+enum Wire<'a> {
+    ConsoleByte(u64, u8),
+    IdleSleep(u64, u64),
+    GuestTimeStep(u64, u64),
+    GuestTimeRate(u64, u64),
+    WallClock(u64, u64),
+    NetReceive(u64, &'a [u8]),
+    IoDone(u64, u64, IoStatus, &'a [u8]),
+    Checkpoint(u64, [u8; 32]),
+    Reset(u64),
+    End(u64, End),
+}
+
+impl<'a> Wire<'a> {
+    fn encode(delta: u64, event: &'a Event) -> Wire<'a> {
+        match event {
+            Event::Input(input) => match input {
+                Input::ConsoleByte(b) => Wire::ConsoleByte(delta, *b),
+                Input::IdleSleep { ticks } => Wire::IdleSleep(delta, *ticks),
+                Input::GuestTimeStep { ticks } => Wire::GuestTimeStep(delta, *ticks),
+                Input::GuestTimeRate { insns_per_tick } => {
+                    Wire::GuestTimeRate(delta, *insns_per_tick)
+                }
+                Input::WallClock { unix_ns } => Wire::WallClock(delta, *unix_ns),
+                Input::NetReceive { frame } => Wire::NetReceive(delta, frame),
+                Input::IoDone { id, status, data } => Wire::IoDone(delta, *id, *status, data),
+            },
+            Event::Checkpoint(d) => Wire::Checkpoint(delta, d.0),
+            Event::Reset => Wire::Reset(delta),
+            Event::End(end) => Wire::End(delta, *end),
+        }
+    }
+
+    fn decode(self) -> (u64, Event) {
+        let input = |i| Event::Input(i);
+        match self {
+            Wire::ConsoleByte(d, b) => (d, input(Input::ConsoleByte(b))),
+            Wire::IdleSleep(d, ticks) => (d, input(Input::IdleSleep { ticks })),
+            Wire::GuestTimeStep(d, ticks) => (d, input(Input::GuestTimeStep { ticks })),
+            Wire::GuestTimeRate(d, insns_per_tick) => {
+                (d, input(Input::GuestTimeRate { insns_per_tick }))
+            }
+            Wire::WallClock(d, unix_ns) => (d, input(Input::WallClock { unix_ns })),
+            Wire::NetReceive(d, frame) => (
+                d,
+                input(Input::NetReceive {
+                    frame: frame.to_vec(),
+                }),
+            ),
+            Wire::IoDone(d, id, status, data) => (
+                d,
+                input(Input::IoDone {
+                    id,
+                    status,
+                    data: data.to_vec(),
+                }),
+            ),
+            Wire::Checkpoint(d, digest) => (d, Event::Checkpoint(Digest(digest))),
+            Wire::Reset(d) => (d, Event::Reset),
+            Wire::End(d, end) => (d, Event::End(end)),
+        }
+    }
+}
+
+fn frame_header(payload: &[u8]) -> [u8; 8] {
+    let mut h = [0u8; 8];
+    h[..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    h[4..].copy_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+    h
+}
+
+fn varint(mut v: u64, out: &mut Vec<u8>) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn read_varint(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut v = 0u64;
+    for (i, &b) in bytes.iter().enumerate().take(10) {
+        v |= u64::from(b & 0x7f).checked_shl(7 * i as u32)?;
+        if b & 0x80 == 0 {
+            return Some((v, i + 1));
+        }
+    }
+    None
+}
+
+/// Writes a log: the header at once, entries batched into frames.
+pub struct LogWriter<W: Write> {
+    out: W,
+    next_seq: u64,
+    last_icount: u64,
+    /// Entries not yet framed; `pending_first` is the seq of the first.
+    pending: Vec<u8>,
+    pending_first: u64,
+    bytes: u64,
+}
+
+impl<W: Write> LogWriter<W> {
+    pub fn new(mut out: W, header: &LogHeader) -> Result<LogWriter<W>, LogError> {
+        let payload = postcard::to_stdvec(header).map_err(|e| LogError::Malformed {
+            at: Position::Header,
+            reason: e.to_string(),
+        })?;
+        out.write_all(MAGIC)?;
+        out.write_all(&VERSION.to_le_bytes())?;
+        out.write_all(&frame_header(&payload))?;
+        out.write_all(&payload)?;
+        Ok(LogWriter {
+            out,
+            next_seq: 0,
+            last_icount: 0,
+            pending: Vec::new(),
+            pending_first: 0,
+            bytes: 12 + 8 + payload.len() as u64,
+        })
+    }
+
+    /// Append an entry at `icount` (never less than the previous entry's,
+    /// except after a `Reset`); returns its sequence number.
+    pub fn push(&mut self, icount: u64, event: &Event) -> Result<u64, LogError> {
+        if self.pending.is_empty() {
+            self.pending_first = self.next_seq;
+            varint(self.next_seq, &mut self.pending);
+        }
+        let delta = icount.checked_sub(self.last_icount).ok_or_else(|| {
+            LogError::Malformed {
+                at: Position::Entry {
+                    seq: self.next_seq,
+                    offset: self.bytes,
+                },
+                reason: format!(
+                    "icount {icount} is before the previous entry's {}",
+                    self.last_icount
+                ),
+            }
+        })?;
+        self.pending = postcard::to_extend(&Wire::encode(delta, event), std::mem::take(&mut self.pending))
+            .map_err(|e| LogError::Malformed {
+                at: Position::Entry {
+                    seq: self.next_seq,
+                    offset: self.bytes,
+                },
+                reason: e.to_string(),
+            })?;
+        self.last_icount = if matches!(event, Event::Reset) { 0 } else { icount };
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if self.pending.len() >= FRAME_TARGET {
+            self.write_frame()?;
+        }
+        Ok(seq)
+    }
+
+    fn write_frame(&mut self) -> Result<(), LogError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.out.write_all(&frame_header(&self.pending))?;
+        self.out.write_all(&self.pending)?;
+        self.bytes += 8 + self.pending.len() as u64;
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// Frame the entries pushed so far and flush them to the output.
+    pub fn flush(&mut self) -> Result<(), LogError> {
+        self.write_frame()?;
+        self.out.flush()?;
+        Ok(())
+    }
+
+    /// Bytes of log written so far, including entries not yet framed.
+    pub fn bytes(&self) -> u64 {
+        self.bytes + if self.pending.is_empty() { 0 } else { 8 + self.pending.len() as u64 }
+    }
+    pub fn entries(&self) -> u64 {
+        self.next_seq
+    }
+    /// The sequence number of the first entry not yet flushed.
+    pub fn pending_first(&self) -> u64 {
+        if self.pending.is_empty() {
+            self.next_seq
+        } else {
+            self.pending_first
+        }
+    }
+
+    pub fn into_inner(mut self) -> Result<W, LogError> {
+        self.flush()?;
+        Ok(self.out)
+    }
+}
+
+/// Reads a log entry by entry, checking framing, checksums and sequence
+/// numbers as it goes.
+pub struct LogReader<R: Read> {
+    input: R,
+    header: LogHeader,
+    /// Byte offset of the next frame.
+    offset: u64,
+    next_seq: u64,
+    last_icount: u64,
+    frame: Vec<u8>,
+    frame_offset: u64,
+    pos: usize,
+}
+
+/// Fill `buf`; Ok(false) on a clean end of input before the first byte.
+fn read_full(input: &mut impl Read, buf: &mut [u8]) -> std::io::Result<Result<bool, usize>> {
+    let mut got = 0;
+    while got < buf.len() {
+        match input.read(&mut buf[got..]) {
+            Ok(0) => return Ok(if got == 0 { Ok(false) } else { Err(got) }),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Ok(true))
+}
+
+impl<R: Read> LogReader<R> {
+    pub fn open(mut input: R) -> Result<LogReader<R>, LogError> {
+        let mut start = [0u8; 12];
+        match read_full(&mut input, &mut start)? {
+            Ok(true) => {}
+            Ok(false) => return Err(LogError::Empty),
+            Err(n) if start[..n] != MAGIC[..n.min(8)] => return Err(LogError::NotALog),
+            Err(_) => {
+                return Err(LogError::Truncated {
+                    at: Position::Header,
+                })
+            }
+        }
+        if &start[..8] != MAGIC {
+            return Err(LogError::NotALog);
+        }
+        let found = u32::from_le_bytes([start[8], start[9], start[10], start[11]]);
+        if found != VERSION {
+            return Err(LogError::Version { found });
+        }
+        let mut frame = Vec::new();
+        if !read_frame(&mut input, &mut frame, Position::Header)? {
+            return Err(LogError::Truncated {
+                at: Position::Header,
+            });
+        }
+        let header: LogHeader =
+            postcard::from_bytes(&frame).map_err(|e| LogError::Malformed {
+                at: Position::Header,
+                reason: e.to_string(),
+            })?;
+        Ok(LogReader {
+            input,
+            header,
+            offset: 20 + frame.len() as u64,
+            next_seq: 0,
+            last_icount: 0,
+            frame: Vec::new(),
+            frame_offset: 0,
+            pos: 0,
+        })
+    }
+
+    pub fn header(&self) -> &LogHeader {
+        &self.header
+    }
+
+    /// The next entry, or `None` at the end of the log.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> Result<Option<Entry>, LogError> {
+        if self.pos >= self.frame.len() {
+            let at = Position::Entry {
+                seq: self.next_seq,
+                offset: self.offset,
+            };
+            if !read_frame(&mut self.input, &mut self.frame, at)? {
+                return Ok(None);
+            }
+            self.frame_offset = self.offset;
+            self.offset += 8 + self.frame.len() as u64;
+            let (first, len) = read_varint(&self.frame).ok_or_else(|| LogError::Malformed {
+                at,
+                reason: "bad sequence number".into(),
+            })?;
+            if first != self.next_seq {
+                return Err(LogError::Sequence {
+                    expected: self.next_seq,
+                    found: first,
+                    offset: self.frame_offset,
+                });
+            }
+            if len == self.frame.len() {
+                return Err(LogError::Malformed {
+                    at,
+                    reason: "a frame without entries".into(),
+                });
+            }
+            self.pos = len;
+        }
+        let at = Position::Entry {
+            seq: self.next_seq,
+            offset: self.frame_offset,
+        };
+        let (wire, rest): (Wire, &[u8]) = postcard::take_from_bytes(&self.frame[self.pos..])
+            .map_err(|e| LogError::Malformed {
+                at,
+                reason: e.to_string(),
+            })?;
+        let consumed = self.frame.len() - self.pos - rest.len();
+        let (delta, event) = wire.decode();
+        let icount = self
+            .last_icount
+            .checked_add(delta)
+            .ok_or_else(|| LogError::Malformed {
+                at,
+                reason: "icount overflows".into(),
+            })?;
+        self.pos += consumed;
+        self.last_icount = if event == Event::Reset { 0 } else { icount };
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        Ok(Some(Entry { seq, icount, event }))
+    }
+
+    /// Sequence number the next entry will have.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+}
+
+/// Read one frame into `buf`; false on a clean end of input.
+fn read_frame(input: &mut impl Read, buf: &mut Vec<u8>, at: Position) -> Result<bool, LogError> {
+    let mut head = [0u8; 8];
+    match read_full(input, &mut head)? {
+        Ok(true) => {}
+        Ok(false) => return Ok(false),
+        Err(_) => return Err(LogError::Truncated { at }),
+    }
+    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+    let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+    if len > FRAME_MAX {
+        return Err(LogError::Malformed {
+            at,
+            reason: format!("frame length {len} is implausible"),
+        });
+    }
+    buf.clear();
+    buf.resize(len as usize, 0);
+    match read_full(input, buf)? {
+        Ok(_) => {}
+        Err(_) => return Err(LogError::Truncated { at }),
+    }
+    if crc32c::crc32c(buf) != crc {
+        return Err(LogError::Checksum { at });
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header() -> LogHeader {
+        LogHeader {
+            machine: MachineId {
+                memory_mib: 16,
+                firmware: None,
+                kernel: FileId {
+                    path: "k".into(),
+                    len: 1,
+                    blake3: [1; 32],
+                },
+                initrd: None,
+                append: String::new(),
+                insns_per_tick: 10,
+                virtio: vec![DeviceKind::Entropy],
+            },
+            engine: Engine::Interpreter,
+            initial_digest: [7; 32],
+        }
+    }
+
+    #[test]
+    fn varints_round_trip() {
+        for v in [0, 1, 127, 128, 300, u64::MAX >> 1, u64::MAX] {
+            let mut out = Vec::new();
+            varint(v, &mut out);
+            assert_eq!(read_varint(&out), Some((v, out.len())));
+        }
+        assert_eq!(read_varint(&[0x80; 11]), None);
+    }
+
+    #[test]
+    fn entries_round_trip_across_frames_and_resets() {
+        let events = vec![
+            (5, Event::Input(Input::ConsoleByte(b'x'))),
+            (5, Event::Input(Input::IdleSleep { ticks: 1000 })),
+            (90, Event::Checkpoint(Digest([3; 32]))),
+            (
+                100,
+                Event::Input(Input::IoDone {
+                    id: 4,
+                    status: IoStatus::Ok,
+                    data: vec![1, 2, 3],
+                }),
+            ),
+            (200, Event::Reset),
+            (3, Event::Input(Input::NetReceive { frame: vec![9; 60] })),
+            (4, Event::Input(Input::GuestTimeRate { insns_per_tick: 250 })),
+            (9, Event::End(End::PowerOff { code: 0 })),
+        ];
+        let mut w = LogWriter::new(Vec::new(), &header()).expect("header");
+        for (i, (icount, event)) in events.iter().enumerate() {
+            assert_eq!(w.push(*icount, event).expect("push"), i as u64);
+            if i % 3 == 2 {
+                w.flush().expect("flush");
+            }
+        }
+        let bytes = w.into_inner().expect("flush");
+        let mut r = LogReader::open(&bytes[..]).expect("open");
+        assert_eq!(r.header(), &header());
+        for (i, (icount, event)) in events.iter().enumerate() {
+            let e = r.next().expect("entry").expect("present");
+            assert_eq!((e.seq, e.icount, &e.event), (i as u64, *icount, event));
+        }
+        assert!(r.next().expect("end").is_none());
+    }
+
+    #[test]
+    fn going_back_in_icount_is_refused_by_the_writer() {
+        let mut w = LogWriter::new(Vec::new(), &header()).expect("header");
+        w.push(10, &Event::Reset).expect("push");
+        w.push(10, &Event::Input(Input::ConsoleByte(1))).expect("after a reset, 10 is forward");
+        assert!(w.push(9, &Event::Input(Input::ConsoleByte(1))).is_err());
+    }
+}

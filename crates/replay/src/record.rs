@@ -1,0 +1,99 @@
+//! The recording side: every input goes through [`Recorder::inject`],
+//! which logs it at the machine's icount and then applies it, so nothing
+//! reaches the machine unlogged.
+
+use std::io::Write;
+
+use ftvm_board::{Digest, Engine, Input, Machine};
+
+use crate::format::{End, Event, LogError, LogHeader, LogWriter, MachineId};
+
+pub struct Recorder<W: Write> {
+    log: Option<LogWriter<W>>,
+}
+
+impl<W: Write> Recorder<W> {
+    /// Inject without logging (a run that is not recorded).
+    pub fn unlogged() -> Recorder<W> {
+        Recorder { log: None }
+    }
+
+    /// Start a log on `out` for `machine`, freshly built from `machine_id`
+    /// and not yet run.
+    pub fn new(
+        out: W,
+        machine: &Machine,
+        machine_id: MachineId,
+        engine: Engine,
+    ) -> Result<Recorder<W>, LogError> {
+        let header = LogHeader {
+            machine: machine_id,
+            engine,
+            initial_digest: machine.digest().0,
+        };
+        Ok(Recorder {
+            log: Some(LogWriter::new(out, &header)?),
+        })
+    }
+
+    pub fn is_logging(&self) -> bool {
+        self.log.is_some()
+    }
+
+    /// Log `input` at the machine's icount, then apply it.
+    pub fn inject(&mut self, machine: &mut Machine, input: Input) -> Result<(), LogError> {
+        let event = Event::Input(input);
+        if let Some(log) = &mut self.log {
+            log.push(machine.icount(), &event)?;
+        }
+        if let Event::Input(input) = event {
+            machine.inject(input);
+        }
+        Ok(())
+    }
+
+    /// Log the machine's state digest (nothing when not logging).
+    pub fn checkpoint(&mut self, machine: &Machine) -> Result<Option<Digest>, LogError> {
+        let Some(log) = &mut self.log else {
+            return Ok(None);
+        };
+        let digest = machine.digest();
+        log.push(machine.icount(), &Event::Checkpoint(digest))?;
+        Ok(Some(digest))
+    }
+
+    /// The guest asked for a reset at the machine's icount; the caller then
+    /// builds the machine anew.
+    pub fn reset(&mut self, machine: &Machine) -> Result<(), LogError> {
+        if let Some(log) = &mut self.log {
+            log.push(machine.icount(), &Event::Reset)?;
+        }
+        Ok(())
+    }
+
+    /// End the log: a last checkpoint, the end entry, and a flush.
+    pub fn end(&mut self, machine: &Machine, end: End) -> Result<(), LogError> {
+        self.checkpoint(machine)?;
+        if let Some(log) = &mut self.log {
+            log.push(machine.icount(), &Event::End(end))?;
+            log.flush()?;
+        }
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> Result<(), LogError> {
+        match &mut self.log {
+            Some(log) => log.flush(),
+            None => Ok(()),
+        }
+    }
+
+    /// Bytes of log so far (0 when not logging).
+    pub fn bytes(&self) -> u64 {
+        self.log.as_ref().map_or(0, LogWriter::bytes)
+    }
+
+    pub fn into_inner(self) -> Result<Option<W>, LogError> {
+        self.log.map(LogWriter::into_inner).transpose()
+    }
+}

@@ -1,0 +1,480 @@
+//! The replaying side: re-execute a log with no live input, check every
+//! checkpoint, and when one differs, find the first instruction whose
+//! state differs.
+
+use std::io::Read;
+
+use ftvm_board::{BoardError, Digest, Engine, IoRequest, Machine, MachineConfig, Snapshot, Stop};
+
+use crate::format::{End, Entry, Event, LogError, LogHeader, LogReader};
+
+/// What the machine produces on replay. The caller decides where it goes
+/// (nowhere, by default, in `ftvm replay`; held or dropped by a backup).
+#[derive(Debug)]
+pub enum Output {
+    Console(Vec<u8>),
+    /// Every request the guest makes. Disk writes and transmitted frames
+    /// are the outputs; reads and entropy requests are answered by the log.
+    Io(IoRequest),
+}
+
+/// A test hook: flip bits of an integer register once the machine has
+/// applied the log's entries at `icount`, before the instruction there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fault {
+    pub icount: u64,
+    pub register: usize,
+    pub mask: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("building the machine: {0}")]
+    Machine(#[from] BoardError),
+    #[error(
+        "the log was recorded from another initial state (digest {logged}, this machine {found}): \
+         same files but another machine, e.g. another ftvm version"
+    )]
+    InitialState { logged: Digest, found: Digest },
+    #[error("replay diverged at entry {seq} (icount {icount}): {what}")]
+    Mismatch { seq: u64, icount: u64, what: String },
+    #[error("{0}")]
+    Diverged(Box<Divergence>),
+}
+
+/// A checkpoint whose digest differs from the log's.
+#[derive(Debug)]
+pub struct Divergence {
+    pub seq: u64,
+    pub icount: u64,
+    pub logged: Digest,
+    pub found: Digest,
+    pub first: FirstDifference,
+}
+
+/// The result of narrowing a divergence down.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FirstDifference {
+    /// The state before the instruction at `icount` (at `pc`) is the same
+    /// in the replay and in the reference; after it, it is not.
+    Found { icount: u64, pc: u64, what: String },
+    /// Re-executing from the last good checkpoint gives the log's state:
+    /// the replay's divergence does not reproduce.
+    NotReproduced { from_icount: u64 },
+    Unavailable(String),
+}
+
+fn short(d: &Digest) -> String {
+    d.to_string()[..16].to_string()
+}
+
+impl std::fmt::Display for Divergence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "replay diverged: checkpoint entry {} at icount {} has state digest {}.., the log \
+             says {}..; ",
+            self.seq,
+            self.icount,
+            short(&self.found),
+            short(&self.logged)
+        )?;
+        match &self.first {
+            FirstDifference::Found { icount, pc, what } => write!(
+                f,
+                "the state first differs after the instruction at icount {icount}, pc {pc:#x} ({what})"
+            ),
+            FirstDifference::NotReproduced { from_icount } => write!(
+                f,
+                "re-executing from the last good checkpoint (icount {from_icount}) does not \
+                 reproduce it, so the difference came from outside the machine"
+            ),
+            FirstDifference::Unavailable(why) => write!(f, "not narrowed down: {why}"),
+        }
+    }
+}
+
+/// A machine that applies log entries one at a time: the core of replay,
+/// shared by a file replay, the narrowing of a divergence and (later) a
+/// backup fed from a logging channel.
+pub struct ReplayMachine {
+    config: MachineConfig,
+    machine: Machine,
+    fault: Option<Fault>,
+    /// How the last run stopped (a power-off is checked by the entry
+    /// after the final checkpoint, at the same icount).
+    last_stop: Option<Stop>,
+}
+
+/// What applying an entry did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Applied {
+    Input,
+    Reset,
+    Checkpoint { logged: Digest, found: Digest },
+    End(End),
+}
+
+impl ReplayMachine {
+    pub fn new(config: MachineConfig) -> Result<ReplayMachine, BoardError> {
+        let machine = Machine::new(&config)?;
+        Ok(ReplayMachine {
+            config,
+            machine,
+            fault: None,
+            last_stop: None,
+        })
+    }
+
+    pub fn from_snapshot(
+        config: MachineConfig,
+        snapshot: &Snapshot,
+    ) -> Result<ReplayMachine, BoardError> {
+        let mut replay = ReplayMachine::new(config)?;
+        replay.machine.restore(snapshot)?;
+        Ok(replay)
+    }
+
+    pub fn machine(&self) -> &Machine {
+        &self.machine
+    }
+
+    pub fn set_fault(&mut self, fault: Option<Fault>) {
+        self.fault = fault;
+    }
+
+    fn emit(&mut self, out: &mut dyn FnMut(Output)) {
+        let console = self.machine.take_console_output();
+        if !console.is_empty() {
+            out(Output::Console(console));
+        }
+        for request in self.machine.take_io_requests() {
+            out(Output::Io(request));
+        }
+    }
+
+    /// Run to `target` (applying a fault on the way); the last stop.
+    fn run_to(
+        &mut self,
+        target: u64,
+        out: &mut dyn FnMut(Output),
+    ) -> Result<(), String> {
+        if let Some(fault) = self.fault {
+            if fault.icount >= self.machine.icount() && fault.icount < target {
+                self.run_plain(fault.icount, out)?;
+                let hart = self.machine.hart_mut();
+                let value = hart.xreg(fault.register);
+                hart.set_xreg(fault.register, value ^ fault.mask);
+                self.fault = None;
+            }
+        }
+        self.run_plain(target, out)
+    }
+
+    fn run_plain(
+        &mut self,
+        target: u64,
+        out: &mut dyn FnMut(Output),
+    ) -> Result<(), String> {
+        while self.machine.icount() < target {
+            let stop = self.machine.run(target);
+            self.emit(out);
+            let ends = matches!(
+                stop,
+                Stop::PowerOff { .. } | Stop::HtifExit { .. } | Stop::Reset
+            );
+            if ends && self.machine.icount() < target {
+                return Err(format!(
+                    "the guest stopped ({stop:?}) at icount {} before reaching it",
+                    self.machine.icount()
+                ));
+            }
+            self.last_stop = Some(stop);
+        }
+        Ok(())
+    }
+
+    /// Run to the entry's icount and apply it.
+    pub fn apply(
+        &mut self,
+        entry: &Entry,
+        out: &mut dyn FnMut(Output),
+    ) -> Result<Applied, ReplayError> {
+        let mismatch = |what: String| ReplayError::Mismatch {
+            seq: entry.seq,
+            icount: entry.icount,
+            what,
+        };
+        self.run_to(entry.icount, out).map_err(mismatch)?;
+        let stop = self.last_stop;
+        Ok(match &entry.event {
+            Event::Input(input) => {
+                self.machine.inject(input.clone());
+                self.emit(out);
+                Applied::Input
+            }
+            Event::Checkpoint(logged) => Applied::Checkpoint {
+                logged: *logged,
+                found: self.machine.digest(),
+            },
+            Event::Reset => {
+                if stop != Some(Stop::Reset) {
+                    return Err(mismatch(format!(
+                        "the log has a guest reset here, the replay stopped with {stop:?}"
+                    )));
+                }
+                self.machine = Machine::new(&self.config)?;
+                self.last_stop = None;
+                Applied::Reset
+            }
+            Event::End(end) => {
+                let expected = match end {
+                    End::PowerOff { code } => Some(Stop::PowerOff { code: *code }),
+                    End::HtifExit { code } => Some(Stop::HtifExit { code: *code }),
+                    End::InsnLimit | End::Quit => None,
+                };
+                if expected.is_some() && stop != expected {
+                    return Err(mismatch(format!(
+                        "the log ends with {end:?} here, the replay stopped with {stop:?}"
+                    )));
+                }
+                Applied::End(*end)
+            }
+        })
+    }
+}
+
+/// How a replay ended.
+#[derive(Debug)]
+pub struct Replayed {
+    pub end: End,
+    pub icount: u64,
+    pub digest: Digest,
+    pub entries: u64,
+    pub checkpoints: u64,
+}
+
+/// The last checkpoint that matched, the state there, and the entries
+/// since (what a narrowing re-executes).
+struct Good {
+    icount: u64,
+    snapshot: Snapshot,
+    window: Vec<Entry>,
+}
+
+/// Replays a whole log.
+pub struct Replayer<R: Read> {
+    reader: LogReader<R>,
+    replay: ReplayMachine,
+    engine: Engine,
+    good: Good,
+}
+
+impl<R: Read> Replayer<R> {
+    /// Open a log, rebuild its machine (with `engine`) and check that it
+    /// starts in the logged state.
+    pub fn new(input: R, engine: Engine) -> Result<Replayer<R>, ReplayError> {
+        let reader = LogReader::open(input)?;
+        let header = reader.header().clone();
+        header.machine.check_files()?;
+        let replay = ReplayMachine::new(header.machine.config(engine))?;
+        let found = replay.machine.digest();
+        if found.0 != header.initial_digest {
+            return Err(ReplayError::InitialState {
+                logged: Digest(header.initial_digest),
+                found,
+            });
+        }
+        let good = Good {
+            icount: 0,
+            snapshot: replay.machine.snapshot(),
+            window: Vec::new(),
+        };
+        Ok(Replayer {
+            reader,
+            replay,
+            engine,
+            good,
+        })
+    }
+
+    pub fn header(&self) -> &LogHeader {
+        self.reader.header()
+    }
+
+    pub fn set_fault(&mut self, fault: Option<Fault>) {
+        self.replay.set_fault(fault);
+    }
+
+    /// Replay to the end of the log, checking every checkpoint.
+    pub fn run(&mut self, out: &mut dyn FnMut(Output)) -> Result<Replayed, ReplayError> {
+        let fault = self.replay.fault;
+        let mut checkpoints = 0;
+        loop {
+            let Some(entry) = self.reader.next()? else {
+                return Err(LogError::NoEnd {
+                    next: self.reader.next_seq(),
+                }
+                .into());
+            };
+            match self.replay.apply(&entry, out)? {
+                Applied::Checkpoint { logged, found } if logged == found => {
+                    checkpoints += 1;
+                    self.good = Good {
+                        icount: entry.icount,
+                        snapshot: self.replay.machine.snapshot(),
+                        window: Vec::new(),
+                    };
+                }
+                Applied::Checkpoint { logged, found } => {
+                    let first = self.narrow(entry.icount, fault);
+                    return Err(ReplayError::Diverged(Box::new(Divergence {
+                        seq: entry.seq,
+                        icount: entry.icount,
+                        logged,
+                        found,
+                        first,
+                    })));
+                }
+                Applied::End(end) => {
+                    return Ok(Replayed {
+                        end,
+                        icount: self.replay.machine.icount(),
+                        digest: self.replay.machine.digest(),
+                        entries: self.reader.next_seq(),
+                        checkpoints,
+                    })
+                }
+                Applied::Input | Applied::Reset => self.good.window.push(entry),
+            }
+        }
+    }
+
+    /// Find the first instruction after the last good checkpoint where this
+    /// replay (its engine, its fault) and the reference (the recording's
+    /// engine, no fault) part, by bisection over re-executions from
+    /// snapshots.
+    fn narrow(&self, bad_icount: u64, fault: Option<Fault>) -> FirstDifference {
+        let header = self.reader.header();
+        let narrowing = Narrowing {
+            replay: header.machine.config(self.engine),
+            reference: header.machine.config(header.engine),
+        };
+        if self.good.window.iter().any(|e| e.event == Event::Reset) {
+            return FirstDifference::Unavailable(
+                "the guest reset between the checkpoints".into(),
+            );
+        }
+        let fault = fault.filter(|f| f.icount >= self.good.icount);
+        narrowing
+            .bisect(&self.good, bad_icount, fault)
+            .unwrap_or_else(|e| FirstDifference::Unavailable(e.to_string()))
+    }
+}
+
+struct Narrowing {
+    replay: MachineConfig,
+    reference: MachineConfig,
+}
+
+impl Narrowing {
+    /// The state at icount `m` from `snapshot` at `from`: every entry
+    /// before `m` applied.
+    fn state(
+        config: &MachineConfig,
+        snapshot: &Snapshot,
+        window: &[Entry],
+        m: u64,
+        fault: Option<Fault>,
+    ) -> Result<ReplayMachine, ReplayError> {
+        let mut replay = ReplayMachine::from_snapshot(config.clone(), snapshot)?;
+        replay.set_fault(fault);
+        let mut discard = |_: Output| {};
+        for entry in window.iter().take_while(|e| e.icount < m) {
+            replay.apply(entry, &mut discard)?;
+        }
+        replay
+            .run_to(m, &mut discard)
+            .map_err(|what| ReplayError::Mismatch {
+                seq: 0,
+                icount: m,
+                what,
+            })?;
+        Ok(replay)
+    }
+
+    fn pair(
+        &self,
+        snapshot: &Snapshot,
+        window: &[Entry],
+        m: u64,
+        fault: Option<Fault>,
+    ) -> Result<(ReplayMachine, ReplayMachine), ReplayError> {
+        Ok((
+            Self::state(&self.replay, snapshot, window, m, fault)?,
+            Self::state(&self.reference, snapshot, window, m, None)?,
+        ))
+    }
+
+    fn bisect(
+        &self,
+        good: &Good,
+        bad: u64,
+        mut fault: Option<Fault>,
+    ) -> Result<FirstDifference, ReplayError> {
+        let (a, b) = self.pair(&good.snapshot, &good.window, bad, fault)?;
+        if a.machine.digest() == b.machine.digest() {
+            return Ok(FirstDifference::NotReproduced {
+                from_icount: good.icount,
+            });
+        }
+        let (mut lo, mut hi) = (good.icount, bad);
+        let mut snapshot = good.snapshot.clone();
+        let mut window: &[Entry] = &good.window;
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            let (a, b) = self.pair(&snapshot, window, mid, fault)?;
+            if a.machine.digest() == b.machine.digest() {
+                lo = mid;
+                snapshot = a.machine.snapshot();
+                let applied = window.iter().take_while(|e| e.icount < mid).count();
+                window = &window[applied..];
+                fault = fault.filter(|f| f.icount >= mid);
+            } else {
+                hi = mid;
+            }
+        }
+        let before = ReplayMachine::from_snapshot(self.replay.clone(), &snapshot)?;
+        let (a, b) = self.pair(&snapshot, window, hi, fault)?;
+        Ok(FirstDifference::Found {
+            icount: lo,
+            pc: before.machine.hart().pc(),
+            what: describe_difference(&a.machine, &b.machine),
+        })
+    }
+}
+
+/// The first thing that differs between two machine states, in words.
+pub fn describe_difference(replay: &Machine, reference: &Machine) -> String {
+    let (a, b) = (replay.hart(), reference.hart());
+    if a.pc() != b.pc() {
+        return format!("pc is {:#x}, should be {:#x}", a.pc(), b.pc());
+    }
+    for r in 1..32 {
+        if a.xreg(r) != b.xreg(r) {
+            return format!("x{r} is {:#x}, should be {:#x}", a.xreg(r), b.xreg(r));
+        }
+    }
+    let (ra, rb) = (a.ram().bytes(), b.ram().bytes());
+    if let Some(i) = ra.iter().zip(rb).position(|(x, y)| x != y) {
+        return format!(
+            "RAM at {:#x} is {:#04x}, should be {:#04x}",
+            a.ram().base() + i as u64,
+            ra[i],
+            rb[i]
+        );
+    }
+    "CSR or device state differs".into()
+}
