@@ -7,18 +7,17 @@
 //! `FTVM_BENCH_RUNS` sets the runs per engine (default 3; medians).
 //!
 //! Times are taken on the host, from the console lines the guest's init
-//! prints (`ftvm: init ready`, `ftvm_cmd exit`), because guest time on
-//! ftvm follows instructions, not the wall clock.
+//! prints (`ftvm: init ready`, `ftvm_cmd exit`), the same way for ftvm and
+//! QEMU.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use support::{bench_runs, ftvm_bin, median, qemu_available, repo_root, QEMU_CPU};
+use support::{bench_runs, ftvm_bin, image_dir, median, qemu_available, QEMU_CPU};
 
 const MEMORY_MIB: u64 = 128;
 const WORK: &str = "dd if=/dev/zero bs=1M count=32 2>/dev/null | md5sum";
@@ -27,12 +26,6 @@ struct Sample {
     boot_s: f64,
     work_s: f64,
     peak_rss_kib: Option<u64>,
-}
-
-fn image_dir() -> PathBuf {
-    std::env::var_os("FTVM_GUEST_IMAGE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("build/guest-image"))
 }
 
 /// Run `argv` under GNU time (for the peak RSS, when it is installed) and

@@ -48,7 +48,11 @@ fn parse_fault(spec: &str) -> Result<Fault> {
 }
 
 pub fn replay(args: &ReplayArgs) -> Result<ExitCode> {
-    let fault = args.test_flip_register.as_deref().map(parse_fault).transpose()?;
+    let fault = args
+        .test_flip_register
+        .as_deref()
+        .map(parse_fault)
+        .transpose()?;
     let name = args.log.display();
     let file = std::fs::File::open(&args.log).with_context(|| format!("opening the log {name}"))?;
     let mut replayer = Replayer::new(std::io::BufReader::new(file), args.engine.engine())
@@ -81,6 +85,7 @@ pub fn replay(args: &ReplayArgs) -> Result<ExitCode> {
         "ftvm: replayed {} entries to icount {}, where {how}; {} checkpoints matched",
         done.entries, done.icount, done.checkpoints
     );
+    eprintln!("icount: {}", done.icount);
     eprintln!("final state digest: {}", done.digest);
     Ok(ExitCode::SUCCESS)
 }

@@ -113,14 +113,21 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
             let clock = machine.hart().clock();
             let (mtime, rate) = (machine.hart().mtime(), clock.insns_per_tick);
             for correction in steering.poll(now, machine.icount(), mtime, rate) {
-                tracing::debug!(?correction, icount = machine.icount(), mtime, pc = machine.hart().pc(), "guest time");
+                tracing::debug!(
+                    ?correction,
+                    icount = machine.icount(),
+                    mtime,
+                    pc = machine.hart().pc(),
+                    "guest time"
+                );
                 recorder.inject(&mut machine, correction)?;
                 // A step may pass the timer deadline the idle stop named.
                 injected = true;
             }
         }
         if recorder.is_logging() {
-            if last_checkpoint.elapsed() >= checkpoint_every && machine.icount() != checkpointed_icount
+            if last_checkpoint.elapsed() >= checkpoint_every
+                && machine.icount() != checkpointed_icount
             {
                 recorder.checkpoint(&machine)?;
                 checkpointed_icount = machine.icount();
@@ -147,7 +154,9 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
                     break outcome;
                 }
             }
-            Stop::PowerOff { code } => break Outcome::Guest(u64::from(code), End::PowerOff { code }),
+            Stop::PowerOff { code } => {
+                break Outcome::Guest(u64::from(code), End::PowerOff { code })
+            }
             Stop::HtifExit { code } => break Outcome::Guest(code, End::HtifExit { code }),
             Stop::Reset => {
                 tracing::info!(icount = machine.icount(), "guest requested a reset");
@@ -238,8 +247,6 @@ fn inject_pending_input(
     }
     Ok(result)
 }
-
-
 
 /// The guest waits for an interrupt: sleep on the host until its timer is
 /// due (`wake_at`, in `mtime` ticks) or console input arrives, then inject

@@ -9,21 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use support::{ftvm_bin, qemu_available, qemu_run_with_bios, repo_root, run_limited, Finished};
+use support::{
+    free_port, ftvm_bin, image_dir, qemu_available, qemu_run_with_bios, run_limited, spawn_until,
+    Finished,
+};
 
 const LIMIT: Duration = Duration::from_secs(300);
-
-fn image_dir() -> PathBuf {
-    let dir = std::env::var_os("FTVM_GUEST_IMAGE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("build/guest-image"));
-    assert!(
-        dir.join("Image").is_file() && dir.join("initramfs.cpio.gz").is_file(),
-        "the default guest is not built in {}: run scripts/guest-image",
-        dir.display()
-    );
-    dir
-}
 
 /// Boot the default guest (no image flags) with `ftvm_cmd` set to `cmd`.
 fn ftvm_boot(cmd: &str, extra: &[&str]) -> Finished {
@@ -182,46 +173,6 @@ fn a_corrupt_kernel_image_is_refused() {
         run.stderr
     );
     assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
-}
-
-/// Start `cmd` with its console piped and read the console until a line
-/// holding `marker`; returns the child and the rest of its console.
-fn spawn_until(
-    mut cmd: Command,
-    marker: &str,
-) -> (
-    std::process::Child,
-    std::io::BufReader<std::process::ChildStdout>,
-) {
-    use std::io::BufRead;
-    let mut child = cmd
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start ftvm");
-    let mut console = std::io::BufReader::new(child.stdout.take().expect("stdout"));
-    let mut seen = String::new();
-    let mut line = String::new();
-    while !seen.contains(marker) {
-        line.clear();
-        if console.read_line(&mut line).unwrap_or(0) == 0 {
-            break;
-        }
-        seen.push_str(&line);
-    }
-    assert!(
-        seen.contains(marker),
-        "no `{marker}` on the console:\n{seen}"
-    );
-    (child, console)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 #[test]

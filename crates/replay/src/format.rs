@@ -33,7 +33,10 @@ pub enum Position {
     Header,
     /// The entry with this sequence number (or the frame that should start
     /// with it), and the byte offset of its frame.
-    Entry { seq: u64, offset: u64 },
+    Entry {
+        seq: u64,
+        offset: u64,
+    },
 }
 
 impl std::fmt::Display for Position {
@@ -201,8 +204,12 @@ pub struct LogHeader {
 /// Why a recording ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum End {
-    PowerOff { code: u32 },
-    HtifExit { code: u64 },
+    PowerOff {
+        code: u32,
+    },
+    HtifExit {
+        code: u64,
+    },
     /// The instruction limit of the run was reached.
     InsnLimit,
     /// The user stopped the run.
@@ -360,8 +367,9 @@ impl<W: Write> LogWriter<W> {
             self.pending_first = self.next_seq;
             varint(self.next_seq, &mut self.pending);
         }
-        let delta = icount.checked_sub(self.last_icount).ok_or_else(|| {
-            LogError::Malformed {
+        let delta = icount
+            .checked_sub(self.last_icount)
+            .ok_or_else(|| LogError::Malformed {
                 at: Position::Entry {
                     seq: self.next_seq,
                     offset: self.bytes,
@@ -370,17 +378,23 @@ impl<W: Write> LogWriter<W> {
                     "icount {icount} is before the previous entry's {}",
                     self.last_icount
                 ),
-            }
-        })?;
-        self.pending = postcard::to_extend(&Wire::encode(delta, event), std::mem::take(&mut self.pending))
-            .map_err(|e| LogError::Malformed {
-                at: Position::Entry {
-                    seq: self.next_seq,
-                    offset: self.bytes,
-                },
-                reason: e.to_string(),
             })?;
-        self.last_icount = if matches!(event, Event::Reset) { 0 } else { icount };
+        self.pending = postcard::to_extend(
+            &Wire::encode(delta, event),
+            std::mem::take(&mut self.pending),
+        )
+        .map_err(|e| LogError::Malformed {
+            at: Position::Entry {
+                seq: self.next_seq,
+                offset: self.bytes,
+            },
+            reason: e.to_string(),
+        })?;
+        self.last_icount = if matches!(event, Event::Reset) {
+            0
+        } else {
+            icount
+        };
         let seq = self.next_seq;
         self.next_seq += 1;
         if self.pending.len() >= FRAME_TARGET {
@@ -409,7 +423,12 @@ impl<W: Write> LogWriter<W> {
 
     /// Bytes of log written so far, including entries not yet framed.
     pub fn bytes(&self) -> u64 {
-        self.bytes + if self.pending.is_empty() { 0 } else { 8 + self.pending.len() as u64 }
+        self.bytes
+            + if self.pending.is_empty() {
+                0
+            } else {
+                8 + self.pending.len() as u64
+            }
     }
     pub fn entries(&self) -> u64 {
         self.next_seq
@@ -483,11 +502,10 @@ impl<R: Read> LogReader<R> {
                 at: Position::Header,
             });
         }
-        let header: LogHeader =
-            postcard::from_bytes(&frame).map_err(|e| LogError::Malformed {
-                at: Position::Header,
-                reason: e.to_string(),
-            })?;
+        let header: LogHeader = postcard::from_bytes(&frame).map_err(|e| LogError::Malformed {
+            at: Position::Header,
+            reason: e.to_string(),
+        })?;
         Ok(LogReader {
             input,
             header,
@@ -631,7 +649,7 @@ mod tests {
 
     #[test]
     fn entries_round_trip_across_frames_and_resets() {
-        let events = vec![
+        let events = [
             (5, Event::Input(Input::ConsoleByte(b'x'))),
             (5, Event::Input(Input::IdleSleep { ticks: 1000 })),
             (90, Event::Checkpoint(Digest([3; 32]))),
@@ -645,7 +663,12 @@ mod tests {
             ),
             (200, Event::Reset),
             (3, Event::Input(Input::NetReceive { frame: vec![9; 60] })),
-            (4, Event::Input(Input::GuestTimeRate { insns_per_tick: 250 })),
+            (
+                4,
+                Event::Input(Input::GuestTimeRate {
+                    insns_per_tick: 250,
+                }),
+            ),
             (9, Event::End(End::PowerOff { code: 0 })),
         ];
         let mut w = LogWriter::new(Vec::new(), &header()).expect("header");
@@ -669,7 +692,8 @@ mod tests {
     fn going_back_in_icount_is_refused_by_the_writer() {
         let mut w = LogWriter::new(Vec::new(), &header()).expect("header");
         w.push(10, &Event::Reset).expect("push");
-        w.push(10, &Event::Input(Input::ConsoleByte(1))).expect("after a reset, 10 is forward");
+        w.push(10, &Event::Input(Input::ConsoleByte(1)))
+            .expect("after a reset, 10 is forward");
         assert!(w.push(9, &Event::Input(Input::ConsoleByte(1))).is_err());
     }
 }

@@ -59,10 +59,16 @@ pub struct Divergence {
 pub enum FirstDifference {
     /// The state before the instruction at `icount` (at `pc`) is the same
     /// in the replay and in the reference; after it, it is not.
-    Found { icount: u64, pc: u64, what: String },
+    Found {
+        icount: u64,
+        pc: u64,
+        what: String,
+    },
     /// Re-executing from the last good checkpoint gives the log's state:
     /// the replay's divergence does not reproduce.
-    NotReproduced { from_icount: u64 },
+    NotReproduced {
+        from_icount: u64,
+    },
     Unavailable(String),
 }
 
@@ -156,11 +162,7 @@ impl ReplayMachine {
     }
 
     /// Run to `target` (applying a fault on the way); the last stop.
-    fn run_to(
-        &mut self,
-        target: u64,
-        out: &mut dyn FnMut(Output),
-    ) -> Result<(), String> {
+    fn run_to(&mut self, target: u64, out: &mut dyn FnMut(Output)) -> Result<(), String> {
         if let Some(fault) = self.fault {
             if fault.icount >= self.machine.icount() && fault.icount < target {
                 self.run_plain(fault.icount, out)?;
@@ -173,11 +175,7 @@ impl ReplayMachine {
         self.run_plain(target, out)
     }
 
-    fn run_plain(
-        &mut self,
-        target: u64,
-        out: &mut dyn FnMut(Output),
-    ) -> Result<(), String> {
+    fn run_plain(&mut self, target: u64, out: &mut dyn FnMut(Output)) -> Result<(), String> {
         while self.machine.icount() < target {
             let stop = self.machine.run(target);
             self.emit(out);
@@ -363,9 +361,7 @@ impl<R: Read> Replayer<R> {
             reference: header.machine.config(header.engine),
         };
         if self.good.window.iter().any(|e| e.event == Event::Reset) {
-            return FirstDifference::Unavailable(
-                "the guest reset between the checkpoints".into(),
-            );
+            return FirstDifference::Unavailable("the guest reset between the checkpoints".into());
         }
         let fault = fault.filter(|f| f.icount >= self.good.icount);
         narrowing

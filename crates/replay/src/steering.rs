@@ -65,7 +65,13 @@ impl TimeSteering {
 
     /// Corrections due at host time `now_ns`, for a machine at `icount`
     /// with guest time `mtime` advancing every `insns_per_tick`.
-    pub fn poll(&mut self, now_ns: u64, icount: u64, mtime: u64, insns_per_tick: u64) -> Vec<Input> {
+    pub fn poll(
+        &mut self,
+        now_ns: u64,
+        icount: u64,
+        mtime: u64,
+        insns_per_tick: u64,
+    ) -> Vec<Input> {
         let Some((anchor_ns, anchor_mtime)) = self.anchor else {
             self.reanchor(now_ns, icount, mtime);
             return Vec::new();
@@ -91,7 +97,10 @@ impl TimeSteering {
             // Ticks the guest should see in the next period: fewer while
             // it is ahead, but never under half.
             let ahead = u64::try_from((-behind).max(0)).unwrap_or(u64::MAX);
-            let want = period_ticks.saturating_sub(ahead).max(period_ticks / 2).max(1);
+            let want = period_ticks
+                .saturating_sub(ahead)
+                .max(period_ticks / 2)
+                .max(1);
             let rate = u128::from(insns) * u128::from(1000 + Self::SLOW_MARGIN)
                 / (u128::from(want) * 1000);
             let rate = u64::try_from(rate).unwrap_or(u64::MAX).max(1);
@@ -149,7 +158,10 @@ mod tests {
             icount += mips * 1000;
         }
         let now = seconds * 1000 * step_ns;
-        (i128::from(now / TICK_NS) - i128::from(offset.wrapping_add(icount / ipt)), log)
+        (
+            i128::from(now / TICK_NS) - i128::from(offset.wrapping_add(icount / ipt)),
+            log,
+        )
     }
 
     #[test]

@@ -219,3 +219,57 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
+
+/// The default guest's image directory (`FTVM_GUEST_IMAGE`, or
+/// `build/guest-image`), which `scripts/test` builds first.
+pub fn image_dir() -> PathBuf {
+    let dir = std::env::var_os("FTVM_GUEST_IMAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("build/guest-image"));
+    assert!(
+        dir.join("Image").is_file() && dir.join("initramfs.cpio.gz").is_file(),
+        "the default guest is not built in {}: run scripts/guest-image",
+        dir.display()
+    );
+    dir
+}
+
+/// Start `cmd` with its console piped and read the console until a line
+/// holding `marker`; returns the child and the rest of its console.
+pub fn spawn_until(
+    mut cmd: Command,
+    marker: &str,
+) -> (
+    std::process::Child,
+    std::io::BufReader<std::process::ChildStdout>,
+) {
+    use std::io::BufRead;
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start ftvm");
+    let mut console = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut seen = String::new();
+    let mut line = String::new();
+    while !seen.contains(marker) {
+        line.clear();
+        if console.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        seen.push_str(&line);
+    }
+    assert!(
+        seen.contains(marker),
+        "no `{marker}` on the console:\n{seen}"
+    );
+    (child, console)
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
