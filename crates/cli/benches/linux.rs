@@ -17,7 +17,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use support::{bench_runs, ftvm_bin, image_dir, median, qemu_available, QEMU_CPU};
+use support::{bench_runs, ftvm_bin, image_dir, median, qemu_available, qemu_virt_args};
 
 const MEMORY_MIB: u64 = 128;
 const WORK: &str = "dd if=/dev/zero bs=1M count=32 2>/dev/null | md5sum";
@@ -112,29 +112,18 @@ fn main() {
         ("ftvm (interpreter)", ftvm("interpreter")),
     ];
     if qemu_available() {
-        let qemu: Vec<String> = [
-            "qemu-system-riscv64",
-            "-M",
-            "virt",
-            "-cpu",
-            QEMU_CPU,
-            "-m",
-            &MEMORY_MIB.to_string(),
-            "-nographic",
-            "-monitor",
-            "none",
-            "-bios",
-            &path("fw_dynamic.bin"),
-            "-kernel",
-            &path("Image"),
-            "-initrd",
-            &path("initramfs.cpio.gz"),
-            "-append",
-            &append,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut qemu = vec!["qemu-system-riscv64".to_string()];
+        qemu.extend(qemu_virt_args(MEMORY_MIB));
+        qemu.extend([
+            "-bios".to_string(),
+            path("fw_dynamic.bin"),
+            "-kernel".to_string(),
+            path("Image"),
+            "-initrd".to_string(),
+            path("initramfs.cpio.gz"),
+            "-append".to_string(),
+            append,
+        ]);
         engines.push(("qemu TCG", qemu));
     }
 

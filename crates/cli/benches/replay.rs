@@ -48,7 +48,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::{bench_runs, ftvm_bin, image_dir, median, parse_digest, qemu_available, QEMU_CPU};
+use support::{
+    bench_runs, ftvm_bin, image_dir, median, parse_digest, qemu_available, qemu_virt_args,
+};
 use wait_timeout::ChildExt;
 
 /// Longest any one process may take.
@@ -332,29 +334,17 @@ fn replay(rec: &Recording, markers: &[&'static str]) -> Timed {
 fn qemu_rr(guest_cmd: &str, rr: &str, rr_file: &Path) -> Command {
     let dir = image_dir();
     let mut cmd = Command::new("qemu-system-riscv64");
-    cmd.args([
-        "-M",
-        "virt",
-        "-cpu",
-        QEMU_CPU,
-        "-m",
-        &MEMORY_MIB.to_string(),
-        "-nographic",
-        "-monitor",
-        "none",
-        "-nic",
-        "none",
-        "-bios",
-    ])
-    .arg(dir.join("fw_dynamic.bin"))
-    .arg("-kernel")
-    .arg(dir.join("Image"))
-    .arg("-initrd")
-    .arg(dir.join("initramfs.cpio.gz"))
-    .arg("-append")
-    .arg(append(guest_cmd))
-    .arg("-icount")
-    .arg(format!("shift=auto,rr={rr},rrfile={}", rr_file.display()));
+    cmd.args(qemu_virt_args(MEMORY_MIB))
+        .args(["-nic", "none", "-bios"])
+        .arg(dir.join("fw_dynamic.bin"))
+        .arg("-kernel")
+        .arg(dir.join("Image"))
+        .arg("-initrd")
+        .arg(dir.join("initramfs.cpio.gz"))
+        .arg("-append")
+        .arg(append(guest_cmd))
+        .arg("-icount")
+        .arg(format!("shift=auto,rr={rr},rrfile={}", rr_file.display()));
     cmd
 }
 

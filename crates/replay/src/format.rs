@@ -334,9 +334,8 @@ pub struct LogWriter<W: Write> {
     out: W,
     next_seq: u64,
     last_icount: u64,
-    /// Entries not yet framed; `pending_first` is the seq of the first.
+    /// Entries not yet framed.
     pending: Vec<u8>,
-    pending_first: u64,
     bytes: u64,
 }
 
@@ -355,7 +354,6 @@ impl<W: Write> LogWriter<W> {
             next_seq: 0,
             last_icount: 0,
             pending: Vec::new(),
-            pending_first: 0,
             bytes: 12 + 8 + payload.len() as u64,
         })
     }
@@ -364,7 +362,6 @@ impl<W: Write> LogWriter<W> {
     /// except after a `Reset`); returns its sequence number.
     pub fn push(&mut self, icount: u64, event: &Event) -> Result<u64, LogError> {
         if self.pending.is_empty() {
-            self.pending_first = self.next_seq;
             varint(self.next_seq, &mut self.pending);
         }
         let delta = icount
@@ -433,15 +430,6 @@ impl<W: Write> LogWriter<W> {
     pub fn entries(&self) -> u64 {
         self.next_seq
     }
-    /// The sequence number of the first entry not yet flushed.
-    pub fn pending_first(&self) -> u64 {
-        if self.pending.is_empty() {
-            self.next_seq
-        } else {
-            self.pending_first
-        }
-    }
-
     pub fn into_inner(mut self) -> Result<W, LogError> {
         self.flush()?;
         Ok(self.out)

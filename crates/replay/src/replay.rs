@@ -366,7 +366,7 @@ impl<R: Read> Replayer<R> {
         let fault = fault.filter(|f| f.icount >= self.good.icount);
         narrowing
             .bisect(&self.good, bad_icount, fault)
-            .unwrap_or_else(|e| FirstDifference::Unavailable(e.to_string()))
+            .unwrap_or_else(FirstDifference::Unavailable)
     }
 }
 
@@ -384,20 +384,16 @@ impl Narrowing {
         window: &[Entry],
         m: u64,
         fault: Option<Fault>,
-    ) -> Result<ReplayMachine, ReplayError> {
-        let mut replay = ReplayMachine::from_snapshot(config.clone(), snapshot)?;
+    ) -> Result<ReplayMachine, String> {
+        let fail = |e: &dyn std::fmt::Display| format!("re-executing to icount {m}: {e}");
+        let mut replay =
+            ReplayMachine::from_snapshot(config.clone(), snapshot).map_err(|e| fail(&e))?;
         replay.set_fault(fault);
         let mut discard = |_: Output| {};
         for entry in window.iter().take_while(|e| e.icount < m) {
-            replay.apply(entry, &mut discard)?;
+            replay.apply(entry, &mut discard).map_err(|e| fail(&e))?;
         }
-        replay
-            .run_to(m, &mut discard)
-            .map_err(|what| ReplayError::Mismatch {
-                seq: 0,
-                icount: m,
-                what,
-            })?;
+        replay.run_to(m, &mut discard).map_err(|e| fail(&e))?;
         Ok(replay)
     }
 
@@ -407,7 +403,7 @@ impl Narrowing {
         window: &[Entry],
         m: u64,
         fault: Option<Fault>,
-    ) -> Result<(ReplayMachine, ReplayMachine), ReplayError> {
+    ) -> Result<(ReplayMachine, ReplayMachine), String> {
         Ok((
             Self::state(&self.replay, snapshot, window, m, fault)?,
             Self::state(&self.reference, snapshot, window, m, None)?,
@@ -419,7 +415,7 @@ impl Narrowing {
         good: &Good,
         bad: u64,
         mut fault: Option<Fault>,
-    ) -> Result<FirstDifference, ReplayError> {
+    ) -> Result<FirstDifference, String> {
         let (a, b) = self.pair(&good.snapshot, &good.window, bad, fault)?;
         if a.machine.digest() == b.machine.digest() {
             return Ok(FirstDifference::NotReproduced {
@@ -442,7 +438,8 @@ impl Narrowing {
                 hi = mid;
             }
         }
-        let before = ReplayMachine::from_snapshot(self.replay.clone(), &snapshot)?;
+        let before = ReplayMachine::from_snapshot(self.replay.clone(), &snapshot)
+            .map_err(|e| e.to_string())?;
         let (a, b) = self.pair(&snapshot, window, hi, fault)?;
         Ok(FirstDifference::Found {
             icount: lo,

@@ -160,25 +160,32 @@ pub fn qemu_run(elf: &Path, extra: &[&str], limit: Duration) -> Finished {
     qemu_run_with_bios(elf, "none", extra, limit)
 }
 
-/// QEMU `virt` with the given `-bios` (a path, or `none`).
-pub fn qemu_run_with_bios(elf: &Path, bios: &str, extra: &[&str], limit: Duration) -> Finished {
-    let mut cmd = Command::new("qemu-system-riscv64");
-    cmd.args([
+/// The arguments of `qemu-system-riscv64` for a `virt` board restricted to
+/// RV64GC with `memory_mib` of RAM, its console on stdio and no monitor.
+pub fn qemu_virt_args(memory_mib: u64) -> Vec<String> {
+    let memory = memory_mib.to_string();
+    [
         "-M",
         "virt",
         "-cpu",
         QEMU_CPU,
         "-m",
-        "128",
+        &memory,
         "-nographic",
         "-monitor",
         "none",
-        "-bios",
-        bios,
-        "-kernel",
-    ])
-    .arg(elf)
-    .args(extra);
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// QEMU `virt` with the given `-bios` (a path, or `none`).
+pub fn qemu_run_with_bios(elf: &Path, bios: &str, extra: &[&str], limit: Duration) -> Finished {
+    let mut cmd = Command::new("qemu-system-riscv64");
+    cmd.args(qemu_virt_args(128))
+        .args(["-bios", bios, "-kernel"])
+        .arg(elf)
+        .args(extra);
     run_limited(cmd, limit)
 }
 
