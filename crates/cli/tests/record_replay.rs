@@ -363,3 +363,37 @@ fn bad_logs_fail_with_one_line_naming_the_problem() {
     let _ = std::fs::remove_file(log);
     let _ = std::fs::remove_file(kernel);
 }
+
+#[test]
+fn a_guest_reboot_is_logged_and_replayed() {
+    let (log, disk) = (scratch("reboot.log"), scratch("reboot.ext4"));
+    std::fs::copy(image_dir().join("disk.ext4"), &disk).expect("copy the data disk");
+    // The first boot leaves a mark on the disk and reboots; the second
+    // sees it and powers off.
+    let cmd = "if [ -f /mnt/once ]; then echo second-boot; else touch /mnt/once; sync; \
+               reboot -f; fi";
+    let mut record = Command::new(ftvm_bin());
+    record
+        .env("FTVM_GUEST_IMAGE", image_dir())
+        .args(["run", "--record"])
+        .arg(&log)
+        .arg("--disk")
+        .arg(&disk)
+        .arg("--append")
+        .arg(format!("console=ttyS0 ftvm_cmd=\"{cmd}\""));
+    let recorded = run_limited(record, LIMIT);
+    assert_eq!(recorded.code, Some(0), "{}", recorded.stderr);
+    let console = recorded.stdout_text();
+    assert_eq!(console.matches("Linux version").count(), 2, "{console}");
+    assert!(console.contains("second-boot"), "{console}");
+
+    let replayed = replay(&log, &["--console"]);
+    assert_eq!(replayed.code, Some(0), "{}", replayed.stderr);
+    assert_eq!(
+        parse_digest(&replayed.stderr),
+        parse_digest(&recorded.stderr)
+    );
+    assert_eq!(replayed.stdout, recorded.stdout);
+    let _ = std::fs::remove_file(log);
+    let _ = std::fs::remove_file(disk);
+}
