@@ -398,7 +398,7 @@ impl Rtc {
     pub const SIZE: u64 = 0x1000;
     /// PLIC source, as on QEMU `virt`.
     pub const IRQ: usize = 11;
-    const NS_PER_TICK: u64 = 100;
+    const NS_PER_TICK: u64 = crate::MTIME_TICK_NS;
 
     pub fn set_wall_clock(&mut self, unix_ns: u64, mtime: u64) {
         self.offset_ns = unix_ns.wrapping_sub(mtime.wrapping_mul(Self::NS_PER_TICK));

@@ -91,6 +91,10 @@ impl MachineConfig {
     pub const DEFAULT_INSNS_PER_TICK: u64 = 10;
 }
 
+/// Length of one `mtime` tick in ns: the timebase is 10 MHz, as on QEMU
+/// `virt`.
+pub const MTIME_TICK_NS: u64 = 100;
+
 /// A non-deterministic input, applied at the machine's current icount.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Input {

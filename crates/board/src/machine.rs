@@ -13,7 +13,7 @@ use crate::virtio::{IoRequest, VirtioMmio};
 use crate::{fdt, loader, BoardError, Digest, Firmware, Input, MachineConfig, Stop};
 
 const RAM_BASE: u64 = 0x8000_0000;
-const TIMEBASE_HZ: u32 = 10_000_000;
+const TIMEBASE_HZ: u32 = (1_000_000_000 / crate::MTIME_TICK_NS) as u32;
 
 /// Place the configured virtio devices in slots 7, 6, ... (QEMU's order).
 fn virtio_slots(
@@ -150,6 +150,9 @@ pub struct Machine {
     devices: Devices,
     console: Vec<u8>,
     ram_size: u64,
+    /// Guest writes to `mtime` so far: host-side bookkeeping for guest-time
+    /// steering, not machine state (not in snapshots or digests).
+    mtime_writes: u64,
 }
 
 /// A whole-machine snapshot: hart, devices and RAM.
@@ -322,6 +325,7 @@ impl Machine {
             },
             console: Vec::new(),
             ram_size,
+            mtime_writes: 0,
         })
     }
 
@@ -385,6 +389,7 @@ impl Machine {
             let exit = self.hart.run(&mut view, limit);
             let (test_request, set_mtime) = (view.test_request, view.set_mtime);
             if let Some((at, value)) = set_mtime {
+                self.mtime_writes += 1;
                 self.hart.clock_mut().set_mtime(at, value);
             }
             match test_request {
@@ -516,6 +521,10 @@ impl Machine {
     }
     pub fn icount(&self) -> u64 {
         self.hart.icount()
+    }
+    /// How often the guest has written `mtime` (CLINT) in this process.
+    pub fn mtime_writes(&self) -> u64 {
+        self.mtime_writes
     }
     pub fn hart(&self) -> &Hart {
         &self.hart

@@ -141,7 +141,8 @@ pub struct RunArgs {
     /// instruction count and is corrected toward wall-clock time by small
     /// logged adjustments); `icount` derives it from the instruction count
     /// alone (10 instructions per 100 ns tick), so that two runs of a
-    /// program without other input end in the same state.
+    /// program without other input end in the same state. (With `--net`,
+    /// an idle guest's sleeps still last what the host waited.)
     #[arg(long, value_name = "host|icount", default_value = "host")]
     clock: ClockArg,
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use ftvm_board::{Input, Machine, Stop};
-use ftvm_replay::{End, MachineId, Recorder, TimeSteering};
+use ftvm_replay::{ClockReading, End, MachineId, Recorder, TimeSteering};
 
 use crate::console::{Console, ConsoleEvent, Wait};
 use crate::host_io::{Disk, HostIo};
@@ -31,8 +31,8 @@ const SLICE: u64 = 1 << 20;
 /// How often an idle guest's host looks at its network sockets.
 const NET_POLL: Duration = Duration::from_millis(1);
 
-/// Length of one `mtime` tick (the board's timer runs at 10 MHz).
-const TICK: Duration = Duration::from_nanos(100);
+/// Length of one `mtime` tick.
+const TICK_NS: u64 = ftvm_board::MTIME_TICK_NS;
 
 /// How often a recording's buffered entries are written out.
 const LOG_FLUSH: Duration = Duration::from_millis(50);
@@ -59,6 +59,12 @@ enum ConsoleInput {
 }
 
 pub fn run(args: &RunArgs) -> Result<ExitCode> {
+    if !(args.checkpoint_interval.is_finite() && args.checkpoint_interval > 0.0) {
+        bail!(
+            "--checkpoint-interval must be a positive number of seconds, not {}",
+            args.checkpoint_interval
+        );
+    }
     let net: Option<Box<dyn NetBackend>> = match &args.net {
         Some(spec) => Some(ftvm_net::open(&ftvm_net::parse_net(spec)?)?),
         None => None,
@@ -84,9 +90,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     let limit = args.max_insns.unwrap_or(u64::MAX);
     let started = Instant::now();
     let mut steering = (args.clock == ClockArg::Host).then(TimeSteering::default);
-    let checkpoint_every = Duration::from_secs_f64(args.checkpoint_interval.max(0.001));
-    let (mut last_checkpoint, mut last_flush) = (Instant::now(), Instant::now());
-    let mut checkpointed_icount = 0;
+    let mut upkeep = LogUpkeep::new(args.checkpoint_interval);
 
     let outcome = loop {
         let stop = machine.run(machine.icount().saturating_add(SLICE).min(limit));
@@ -110,34 +114,20 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         }
         if let Some(steering) = &mut steering {
             let now = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-            let clock = machine.hart().clock();
-            let (mtime, rate) = (machine.hart().mtime(), clock.insns_per_tick);
-            for correction in steering.poll(now, machine.icount(), mtime, rate) {
-                tracing::debug!(
-                    ?correction,
-                    icount = machine.icount(),
-                    mtime,
-                    pc = machine.hart().pc(),
-                    "guest time"
-                );
+            let clock = ClockReading {
+                icount: machine.icount(),
+                mtime: machine.hart().mtime(),
+                insns_per_tick: machine.hart().clock().insns_per_tick,
+                guest_writes: machine.mtime_writes(),
+            };
+            for correction in steering.poll(now, clock) {
+                tracing::debug!(?correction, ?clock, "guest time");
                 recorder.inject(&mut machine, correction)?;
                 // A step may pass the timer deadline the idle stop named.
                 injected = true;
             }
         }
-        if recorder.is_logging() {
-            if last_checkpoint.elapsed() >= checkpoint_every
-                && machine.icount() != checkpointed_icount
-            {
-                recorder.checkpoint(&machine)?;
-                checkpointed_icount = machine.icount();
-                last_checkpoint = Instant::now();
-            }
-            if last_flush.elapsed() >= LOG_FLUSH || matches!(stop, Stop::Idle { .. }) {
-                recorder.flush()?;
-                last_flush = Instant::now();
-            }
-        }
+        upkeep.tick(&mut recorder, &machine, matches!(stop, Stop::Idle { .. }))?;
         match stop {
             Stop::Limit if machine.icount() >= limit => break Outcome::InsnLimit,
             Stop::Limit | Stop::Io => {}
@@ -163,7 +153,11 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
                 recorder.reset(&machine)?;
                 machine = Machine::new(&config)?;
                 recorder.inject(&mut machine, wall_clock(args.rtc_time))?;
-                checkpointed_icount = 0;
+                // The files were read again: a replay checks the new
+                // machine's state here, not a second later.
+                recorder.checkpoint(&machine)?;
+                upkeep = LogUpkeep::new(args.checkpoint_interval);
+                steering = steering.map(|_| TimeSteering::default());
             }
         }
     };
@@ -205,6 +199,50 @@ fn wall_clock(fixed_seconds: Option<u64>) -> Input {
             .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
     };
     Input::WallClock { unix_ns }
+}
+
+/// When a recording writes a checkpoint (every `interval` of host time,
+/// if the guest executed anything since the last) and flushes its
+/// entries (every [`LOG_FLUSH`] and before the host sleeps).
+struct LogUpkeep {
+    every: Duration,
+    last_checkpoint: Instant,
+    checkpointed_icount: u64,
+    last_flush: Instant,
+}
+
+impl LogUpkeep {
+    fn new(interval_seconds: f64) -> LogUpkeep {
+        LogUpkeep {
+            every: Duration::from_secs_f64(interval_seconds.clamp(0.001, 1e9)),
+            last_checkpoint: Instant::now(),
+            checkpointed_icount: 0,
+            last_flush: Instant::now(),
+        }
+    }
+
+    fn tick(
+        &mut self,
+        recorder: &mut Recorder<LogFile>,
+        machine: &Machine,
+        idle: bool,
+    ) -> Result<()> {
+        if !recorder.is_logging() {
+            return Ok(());
+        }
+        if self.last_checkpoint.elapsed() >= self.every
+            && machine.icount() != self.checkpointed_icount
+        {
+            recorder.checkpoint(machine)?;
+            self.checkpointed_icount = machine.icount();
+            self.last_checkpoint = Instant::now();
+        }
+        if idle || self.last_flush.elapsed() >= LOG_FLUSH {
+            recorder.flush()?;
+            self.last_flush = Instant::now();
+        }
+        Ok(())
+    }
 }
 
 /// A guest's failure code as a process exit code: its low byte, but never
@@ -262,8 +300,7 @@ fn sleep_while_idle(
     // A deadline already passed cannot wake the guest (its timer interrupt
     // is masked); only input can.
     let ticks_to_deadline = wake_at.filter(|&t| t > now).map(|t| t - now);
-    let timeout =
-        ticks_to_deadline.map(|t| TICK.saturating_mul(u32::try_from(t).unwrap_or(u32::MAX)));
+    let timeout = ticks_to_deadline.map(|t| Duration::from_nanos(t.saturating_mul(TICK_NS)));
     let (timeout, polling) = match (timeout, poll) {
         (Some(t), Some(p)) if p < t => (Some(p), true),
         (None, Some(p)) => (Some(p), true),
@@ -278,7 +315,8 @@ fn sleep_while_idle(
              input is closed: it can never wake up"
         ),
     };
-    let elapsed = (started.elapsed().as_nanos() / TICK.as_nanos()) as u64;
+    let elapsed =
+        u64::try_from(started.elapsed().as_nanos() / u128::from(TICK_NS)).unwrap_or(u64::MAX);
     // Woken by the timer, exactly the ticks to the deadline pass (any
     // oversleep of the host is made up by steering).
     let slept = match (event.is_some() || polling, ticks_to_deadline) {

@@ -83,6 +83,10 @@ pub enum LogError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot write entry {seq}: {reason}")]
+    Encode { seq: u64, reason: String },
+    #[error("the log reader stopped at an earlier error")]
+    Stopped,
     #[error("log I/O: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -341,9 +345,9 @@ pub struct LogWriter<W: Write> {
 
 impl<W: Write> LogWriter<W> {
     pub fn new(mut out: W, header: &LogHeader) -> Result<LogWriter<W>, LogError> {
-        let payload = postcard::to_stdvec(header).map_err(|e| LogError::Malformed {
-            at: Position::Header,
-            reason: e.to_string(),
+        let payload = postcard::to_stdvec(header).map_err(|e| LogError::Encode {
+            seq: 0,
+            reason: format!("the header: {e}"),
         })?;
         out.write_all(MAGIC)?;
         out.write_all(&VERSION.to_le_bytes())?;
@@ -359,40 +363,37 @@ impl<W: Write> LogWriter<W> {
     }
 
     /// Append an entry at `icount` (never less than the previous entry's,
-    /// except after a `Reset`); returns its sequence number.
+    /// except after a `Reset`); returns its sequence number. A refused
+    /// entry leaves the log as it was.
     pub fn push(&mut self, icount: u64, event: &Event) -> Result<u64, LogError> {
-        if self.pending.is_empty() {
-            varint(self.next_seq, &mut self.pending);
-        }
-        let delta = icount
-            .checked_sub(self.last_icount)
-            .ok_or_else(|| LogError::Malformed {
-                at: Position::Entry {
-                    seq: self.next_seq,
-                    offset: self.bytes,
-                },
-                reason: format!(
-                    "icount {icount} is before the previous entry's {}",
-                    self.last_icount
-                ),
-            })?;
-        self.pending = postcard::to_extend(
-            &Wire::encode(delta, event),
-            std::mem::take(&mut self.pending),
-        )
-        .map_err(|e| LogError::Malformed {
-            at: Position::Entry {
-                seq: self.next_seq,
-                offset: self.bytes,
-            },
-            reason: e.to_string(),
+        let seq = self.next_seq;
+        let refuse = |reason: String| LogError::Encode { seq, reason };
+        let delta = icount.checked_sub(self.last_icount).ok_or_else(|| {
+            refuse(format!(
+                "icount {icount} is before the previous entry's {}",
+                self.last_icount
+            ))
         })?;
+        let entry =
+            postcard::to_stdvec(&Wire::encode(delta, event)).map_err(|e| refuse(e.to_string()))?;
+        if self.pending.len() + entry.len() + 10 > FRAME_MAX as usize {
+            self.write_frame()?;
+            if entry.len() + 10 > FRAME_MAX as usize {
+                return Err(refuse(format!(
+                    "{} bytes do not fit in a frame",
+                    entry.len()
+                )));
+            }
+        }
+        if self.pending.is_empty() {
+            varint(seq, &mut self.pending);
+        }
+        self.pending.extend_from_slice(&entry);
         self.last_icount = if matches!(event, Event::Reset) {
             0
         } else {
             icount
         };
-        let seq = self.next_seq;
         self.next_seq += 1;
         if self.pending.len() >= FRAME_TARGET {
             self.write_frame()?;
@@ -427,9 +428,6 @@ impl<W: Write> LogWriter<W> {
                 8 + self.pending.len() as u64
             }
     }
-    pub fn entries(&self) -> u64 {
-        self.next_seq
-    }
     pub fn into_inner(mut self) -> Result<W, LogError> {
         self.flush()?;
         Ok(self.out)
@@ -448,6 +446,8 @@ pub struct LogReader<R: Read> {
     frame: Vec<u8>,
     frame_offset: u64,
     pos: usize,
+    /// Set by the first error: the position in the stream is lost then.
+    stopped: bool,
 }
 
 /// Fill `buf`; Ok(false) on a clean end of input before the first byte.
@@ -470,7 +470,7 @@ impl<R: Read> LogReader<R> {
         match read_full(&mut input, &mut start)? {
             Ok(true) => {}
             Ok(false) => return Err(LogError::Empty),
-            Err(n) if start[..n] != MAGIC[..n.min(8)] => return Err(LogError::NotALog),
+            Err(n) if start[..n.min(8)] != MAGIC[..n.min(8)] => return Err(LogError::NotALog),
             Err(_) => {
                 return Err(LogError::Truncated {
                     at: Position::Header,
@@ -503,6 +503,7 @@ impl<R: Read> LogReader<R> {
             frame: Vec::new(),
             frame_offset: 0,
             pos: 0,
+            stopped: false,
         })
     }
 
@@ -510,9 +511,21 @@ impl<R: Read> LogReader<R> {
         &self.header
     }
 
-    /// The next entry, or `None` at the end of the log.
+    /// The next entry, or `None` at the end of the log. After an error,
+    /// every call fails: a reader never resumes mid-frame.
     #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Result<Option<Entry>, LogError> {
+        if self.stopped {
+            return Err(LogError::Stopped);
+        }
+        let next = self.decode_next();
+        if next.is_err() {
+            self.stopped = true;
+        }
+        next
+    }
+
+    fn decode_next(&mut self) -> Result<Option<Entry>, LogError> {
         if self.pos >= self.frame.len() {
             let at = Position::Entry {
                 seq: self.next_seq,
@@ -677,11 +690,31 @@ mod tests {
     }
 
     #[test]
-    fn going_back_in_icount_is_refused_by_the_writer() {
+    fn going_back_in_icount_is_refused_by_the_writer_and_changes_nothing() {
         let mut w = LogWriter::new(Vec::new(), &header()).expect("header");
         w.push(10, &Event::Reset).expect("push");
         w.push(10, &Event::Input(Input::ConsoleByte(1)))
             .expect("after a reset, 10 is forward");
         assert!(w.push(9, &Event::Input(Input::ConsoleByte(1))).is_err());
+        assert_eq!(w.push(11, &Event::End(End::Quit)).expect("push"), 2);
+        let bytes = w.into_inner().expect("flush");
+        let mut r = LogReader::open(&bytes[..]).expect("open");
+        let seqs: Vec<u64> = std::iter::from_fn(|| r.next().expect("valid"))
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs, [0, 1, 2]);
+    }
+
+    #[test]
+    fn a_reader_stops_for_good_at_its_first_error() {
+        let mut w = LogWriter::new(Vec::new(), &header()).expect("header");
+        w.push(1, &Event::Input(Input::ConsoleByte(1)))
+            .expect("push");
+        let mut bytes = w.into_inner().expect("flush");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        let mut r = LogReader::open(&bytes[..]).expect("open");
+        assert!(matches!(r.next(), Err(LogError::Checksum { .. })));
+        assert!(matches!(r.next(), Err(LogError::Stopped)));
     }
 }

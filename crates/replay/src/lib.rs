@@ -33,4 +33,4 @@ pub use replay::{
     describe_difference, Applied, Divergence, Fault, FirstDifference, Output, ReplayError,
     ReplayMachine, Replayed, Replayer,
 };
-pub use steering::TimeSteering;
+pub use steering::{ClockReading, TimeSteering};

@@ -93,7 +93,19 @@ impl<W: Write> Recorder<W> {
         self.log.as_ref().map_or(0, LogWriter::bytes)
     }
 
-    pub fn into_inner(self) -> Result<Option<W>, LogError> {
-        self.log.map(LogWriter::into_inner).transpose()
+    pub fn into_inner(mut self) -> Result<Option<W>, LogError> {
+        self.log.take().map(LogWriter::into_inner).transpose()
+    }
+}
+
+/// A run that ends on an error still leaves every entry it logged in the
+/// log (which then has no end entry, and says so on replay).
+impl<W: Write> Drop for Recorder<W> {
+    fn drop(&mut self) {
+        if let Some(log) = &mut self.log {
+            if let Err(e) = log.flush() {
+                tracing::warn!("flushing the log: {e}");
+            }
+        }
     }
 }

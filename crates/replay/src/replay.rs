@@ -58,14 +58,23 @@ pub struct Divergence {
 #[derive(Debug, PartialEq, Eq)]
 pub enum FirstDifference {
     /// The state before the instruction at `icount` (at `pc`) is the same
-    /// in the replay and in the reference; after it, it is not.
+    /// in the replay and in the reference; after it (or after the trap
+    /// taken there), it is not.
     Found {
         icount: u64,
         pc: u64,
         what: String,
     },
-    /// Re-executing from the last good checkpoint gives the log's state:
-    /// the replay's divergence does not reproduce.
+    /// Applying the log's entry `seq` at `icount` already gives different
+    /// states.
+    Entry {
+        seq: u64,
+        icount: u64,
+        what: String,
+    },
+    /// Re-executing from a state that matched the log gives the same
+    /// state with the replay's and the recording's engine: the replay's
+    /// divergence does not reproduce.
     NotReproduced {
         from_icount: u64,
     },
@@ -92,10 +101,14 @@ impl std::fmt::Display for Divergence {
                 f,
                 "the state first differs after the instruction at icount {icount}, pc {pc:#x} ({what})"
             ),
+            FirstDifference::Entry { seq, icount, what } => write!(
+                f,
+                "the state first differs after applying entry {seq} at icount {icount} ({what})"
+            ),
             FirstDifference::NotReproduced { from_icount } => write!(
                 f,
-                "re-executing from the last good checkpoint (icount {from_icount}) does not \
-                 reproduce it, so the difference came from outside the machine"
+                "re-executing from a state that matched the log (icount {from_icount}) does \
+                 not reproduce it, so the difference came from outside the machine"
             ),
             FirstDifference::Unavailable(why) => write!(f, "not narrowed down: {why}"),
         }
@@ -179,11 +192,13 @@ impl ReplayMachine {
         while self.machine.icount() < target {
             let stop = self.machine.run(target);
             self.emit(out);
-            let ends = matches!(
+            // The recording logs an entry wherever the guest stops or
+            // idles, so stopping short of the next entry is a divergence.
+            let short = matches!(
                 stop,
-                Stop::PowerOff { .. } | Stop::HtifExit { .. } | Stop::Reset
+                Stop::PowerOff { .. } | Stop::HtifExit { .. } | Stop::Reset | Stop::Idle { .. }
             );
-            if ends && self.machine.icount() < target {
+            if short && self.machine.icount() < target {
                 return Err(format!(
                     "the guest stopped ({stop:?}) at icount {} before reaching it",
                     self.machine.icount()
@@ -254,12 +269,28 @@ pub struct Replayed {
     pub checkpoints: u64,
 }
 
-/// The last checkpoint that matched, the state there, and the entries
-/// since (what a narrowing re-executes).
+/// A state known to match the recording (at a checkpoint that matched,
+/// or the start), and the entries since: what a narrowing re-executes.
+/// Copying guest RAM costs more than digesting it, so the snapshot moves
+/// on only every [`SNAPSHOT_EVERY`] matching checkpoints.
 struct Good {
     icount: u64,
     snapshot: Snapshot,
     window: Vec<Entry>,
+    checkpoints_since: u32,
+}
+
+const SNAPSHOT_EVERY: u32 = 8;
+
+impl Good {
+    fn at(machine: &Machine) -> Good {
+        Good {
+            icount: machine.icount(),
+            snapshot: machine.snapshot(),
+            window: Vec::new(),
+            checkpoints_since: 0,
+        }
+    }
 }
 
 /// Replays a whole log.
@@ -285,11 +316,7 @@ impl<R: Read> Replayer<R> {
                 found,
             });
         }
-        let good = Good {
-            icount: 0,
-            snapshot: replay.machine.snapshot(),
-            window: Vec::new(),
-        };
+        let good = Good::at(&replay.machine);
         Ok(Replayer {
             reader,
             replay,
@@ -320,11 +347,10 @@ impl<R: Read> Replayer<R> {
             match self.replay.apply(&entry, out)? {
                 Applied::Checkpoint { logged, found } if logged == found => {
                     checkpoints += 1;
-                    self.good = Good {
-                        icount: entry.icount,
-                        snapshot: self.replay.machine.snapshot(),
-                        window: Vec::new(),
-                    };
+                    self.good.checkpoints_since += 1;
+                    if self.good.checkpoints_since >= SNAPSHOT_EVERY {
+                        self.good = Good::at(&self.replay.machine);
+                    }
                 }
                 Applied::Checkpoint { logged, found } => {
                     let first = self.narrow(entry.icount, fault);
@@ -345,12 +371,14 @@ impl<R: Read> Replayer<R> {
                         checkpoints,
                     })
                 }
-                Applied::Input | Applied::Reset => self.good.window.push(entry),
+                // A machine just built is as good as a snapshot.
+                Applied::Reset => self.good = Good::at(&self.replay.machine),
+                Applied::Input => self.good.window.push(entry),
             }
         }
     }
 
-    /// Find the first instruction after the last good checkpoint where this
+    /// Find the first instruction after the last matching snapshot where this
     /// replay (its engine, its fault) and the reference (the recording's
     /// engine, no fault) part, by bisection over re-executions from
     /// snapshots.
@@ -360,9 +388,6 @@ impl<R: Read> Replayer<R> {
             replay: header.machine.config(self.engine),
             reference: header.machine.config(header.engine),
         };
-        if self.good.window.iter().any(|e| e.event == Event::Reset) {
-            return FirstDifference::Unavailable("the guest reset between the checkpoints".into());
-        }
         let fault = fault.filter(|f| f.icount >= self.good.icount);
         narrowing
             .bisect(&self.good, bad_icount, fault)
@@ -397,17 +422,23 @@ impl Narrowing {
         Ok(replay)
     }
 
-    fn pair(
+    /// Whether the replay and the reference differ at `m`. The replay
+    /// failing on the way (its guest stopping early) is a difference; the
+    /// reference failing is an error.
+    fn differs(
         &self,
         snapshot: &Snapshot,
         window: &[Entry],
         m: u64,
         fault: Option<Fault>,
-    ) -> Result<(ReplayMachine, ReplayMachine), String> {
-        Ok((
-            Self::state(&self.replay, snapshot, window, m, fault)?,
-            Self::state(&self.reference, snapshot, window, m, None)?,
-        ))
+    ) -> Result<bool, String> {
+        let b = Self::state(&self.reference, snapshot, window, m, None)?;
+        Ok(
+            match Self::state(&self.replay, snapshot, window, m, fault) {
+                Ok(a) => a.machine.digest() != b.machine.digest(),
+                Err(_) => true,
+            },
+        )
     }
 
     fn bisect(
@@ -416,35 +447,59 @@ impl Narrowing {
         bad: u64,
         mut fault: Option<Fault>,
     ) -> Result<FirstDifference, String> {
-        let (a, b) = self.pair(&good.snapshot, &good.window, bad, fault)?;
-        if a.machine.digest() == b.machine.digest() {
+        if !self.differs(&good.snapshot, &good.window, bad, fault)? {
             return Ok(FirstDifference::NotReproduced {
                 from_icount: good.icount,
             });
         }
+        // Invariant: equal at `lo` (the state `snapshot`, before the
+        // entries at `lo`), different at `hi`.
         let (mut lo, mut hi) = (good.icount, bad);
         let mut snapshot = good.snapshot.clone();
         let mut window: &[Entry] = &good.window;
         while hi - lo > 1 {
             let mid = lo + (hi - lo) / 2;
-            let (a, b) = self.pair(&snapshot, window, mid, fault)?;
-            if a.machine.digest() == b.machine.digest() {
+            if self.differs(&snapshot, window, mid, fault)? {
+                hi = mid;
+            } else {
+                snapshot = Self::state(&self.reference, &snapshot, window, mid, None)?
+                    .machine
+                    .snapshot();
                 lo = mid;
-                snapshot = a.machine.snapshot();
                 let applied = window.iter().take_while(|e| e.icount < mid).count();
                 window = &window[applied..];
                 fault = fault.filter(|f| f.icount >= mid);
-            } else {
-                hi = mid;
             }
         }
-        let before = ReplayMachine::from_snapshot(self.replay.clone(), &snapshot)
+        // The step from `lo` to `hi` applies the entries at `lo`, then runs
+        // one instruction (or takes a trap). Tell the two apart.
+        let here = window.iter().take_while(|e| e.icount == lo).count();
+        let mut a = ReplayMachine::from_snapshot(self.replay.clone(), &snapshot)
             .map_err(|e| e.to_string())?;
-        let (a, b) = self.pair(&snapshot, window, hi, fault)?;
+        let mut b = ReplayMachine::from_snapshot(self.reference.clone(), &snapshot)
+            .map_err(|e| e.to_string())?;
+        let pc = a.machine.hart().pc();
+        let mut discard = |_: Output| {};
+        for entry in &window[..here] {
+            a.apply(entry, &mut discard).map_err(|e| e.to_string())?;
+            b.apply(entry, &mut discard).map_err(|e| e.to_string())?;
+            if a.machine.digest() != b.machine.digest() {
+                return Ok(FirstDifference::Entry {
+                    seq: entry.seq,
+                    icount: lo,
+                    what: describe_difference(&a.machine, &b.machine),
+                });
+            }
+        }
+        let a = Self::state(&self.replay, &snapshot, window, hi, fault);
+        let b = Self::state(&self.reference, &snapshot, window, hi, None)?;
         Ok(FirstDifference::Found {
             icount: lo,
-            pc: before.machine.hart().pc(),
-            what: describe_difference(&a.machine, &b.machine),
+            pc,
+            what: match a {
+                Ok(a) => describe_difference(&a.machine, &b.machine),
+                Err(e) => e,
+            },
         })
     }
 }

@@ -20,7 +20,18 @@
 use ftvm_board::Input;
 
 /// Length of one `mtime` tick in ns (10 MHz timebase).
-const TICK_NS: u64 = 100;
+const TICK_NS: u64 = ftvm_board::MTIME_TICK_NS;
+
+/// The machine's clocks as the steering sees them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClockReading {
+    pub icount: u64,
+    pub mtime: u64,
+    pub insns_per_tick: u64,
+    /// How often the guest has written `mtime` itself: a change re-pairs
+    /// the clocks instead of undoing the guest's write.
+    pub guest_writes: u64,
+}
 
 #[derive(Clone, Debug)]
 pub struct TimeSteering {
@@ -30,6 +41,7 @@ pub struct TimeSteering {
     /// Host ns and icount at the start of the current period.
     last: (u64, u64),
     idle_in_period: bool,
+    guest_writes: u64,
 }
 
 impl Default for TimeSteering {
@@ -54,6 +66,7 @@ impl TimeSteering {
             anchor: None,
             last: (0, 0),
             idle_in_period: false,
+            guest_writes: 0,
         }
     }
 
@@ -63,16 +76,18 @@ impl TimeSteering {
         self.idle_in_period = true;
     }
 
-    /// Corrections due at host time `now_ns`, for a machine at `icount`
-    /// with guest time `mtime` advancing every `insns_per_tick`.
-    pub fn poll(
-        &mut self,
-        now_ns: u64,
-        icount: u64,
-        mtime: u64,
-        insns_per_tick: u64,
-    ) -> Vec<Input> {
-        let Some((anchor_ns, anchor_mtime)) = self.anchor else {
+    /// Corrections due at host time `now_ns` for a machine whose clocks
+    /// read `clock`.
+    pub fn poll(&mut self, now_ns: u64, clock: ClockReading) -> Vec<Input> {
+        let ClockReading {
+            icount,
+            mtime,
+            insns_per_tick,
+            guest_writes,
+        } = clock;
+        let anchor = self.anchor.filter(|_| guest_writes == self.guest_writes);
+        let Some((anchor_ns, anchor_mtime)) = anchor else {
+            self.guest_writes = guest_writes;
             self.reanchor(now_ns, icount, mtime);
             return Vec::new();
         };
@@ -93,7 +108,10 @@ impl TimeSteering {
         let mut out = Vec::new();
         let insns = icount.saturating_sub(self.last.1);
         let period_ticks = elapsed_ns / TICK_NS;
-        if !self.idle_in_period && insns > 0 && period_ticks > 0 {
+        // A period much longer than asked for means the host stalled (a
+        // flush to disk, descheduling): its speed says nothing then.
+        let stalled = elapsed_ns > 2 * self.period_ns;
+        if !self.idle_in_period && !stalled && insns > 0 && period_ticks > 0 {
             // Ticks the guest should see in the next period: fewer while
             // it is ahead, but never under half.
             let ahead = u64::try_from((-behind).max(0)).unwrap_or(u64::MAX);
@@ -103,10 +121,13 @@ impl TimeSteering {
                 .max(1);
             let rate = u128::from(insns) * u128::from(1000 + Self::SLOW_MARGIN)
                 / (u128::from(want) * 1000);
-            let rate = u64::try_from(rate).unwrap_or(u64::MAX).max(1);
-            let current = insns_per_tick.max(1);
+            // At most a factor of 4 per period: one odd period cannot make
+            // guest time race or crawl.
+            let current = u128::from(insns_per_tick.max(1));
+            let rate = rate.clamp((current / 4).max(1), current * 4);
             // Hysteresis: a steady host changes nothing.
             if rate.abs_diff(current) * 100 > current * 2 || (ahead > 0 && rate > current) {
+                let rate = u64::try_from(rate).unwrap_or(u64::MAX);
                 out.push(Input::GuestTimeRate {
                     insns_per_tick: rate,
                 });
@@ -133,6 +154,15 @@ impl TimeSteering {
 mod tests {
     use super::*;
 
+    fn reading(icount: u64, mtime: u64, insns_per_tick: u64) -> ClockReading {
+        ClockReading {
+            icount,
+            mtime,
+            insns_per_tick,
+            guest_writes: 0,
+        }
+    }
+
     /// A simulated guest executing `mips` million instructions per second
     /// of host time, steered for `seconds`; returns the final lag of guest
     /// time behind host time in ticks (negative: ahead) and the inputs.
@@ -144,7 +174,7 @@ mod tests {
         for ms in 0..seconds * 1000 {
             let now = ms * step_ns;
             let mtime = offset.wrapping_add(icount / ipt);
-            for input in steering.poll(now, icount, mtime, ipt) {
+            for input in steering.poll(now, reading(icount, mtime, ipt)) {
                 match input {
                     Input::GuestTimeRate { insns_per_tick } => {
                         offset = mtime.wrapping_sub(icount / insns_per_tick);
@@ -181,12 +211,12 @@ mod tests {
     #[test]
     fn an_idle_guest_needs_no_rate_changes() {
         let mut steering = TimeSteering::default();
-        assert!(steering.poll(0, 0, 0, 10).is_empty());
+        assert!(steering.poll(0, reading(0, 0, 10)).is_empty());
         for period in 1..100u64 {
             steering.note_idle();
             let now = period * 20_000_000;
             // Sleeps keep guest time exactly on wall time.
-            let out = steering.poll(now, period * 1000, now / TICK_NS, 10);
+            let out = steering.poll(now, reading(period * 1000, now / TICK_NS, 10));
             assert!(out.is_empty(), "{out:?}");
         }
     }
@@ -194,10 +224,35 @@ mod tests {
     #[test]
     fn a_guest_that_sets_its_clock_is_reanchored_not_corrected() {
         let mut steering = TimeSteering::default();
-        steering.poll(0, 0, 1_000_000_000_000, 10);
-        let out = steering.poll(30_000_000, 100, 5, 10);
-        assert!(out.is_empty());
-        let out = steering.poll(60_000_000, 200, 5 + 300_000, 10);
-        assert!(!out.iter().any(|i| matches!(i, Input::GuestTimeStep { .. })));
+        steering.poll(0, reading(0, 0, 10));
+        // 30 ms later the guest set its clock back by 20 ms.
+        let set_back = ClockReading {
+            guest_writes: 1,
+            ..reading(300_000, 100_000, 10)
+        };
+        assert!(steering.poll(30_000_000, set_back).is_empty());
+        let later = ClockReading {
+            guest_writes: 1,
+            ..reading(600_000, 100_000 + 300_000, 10)
+        };
+        let out = steering.poll(60_000_000, later);
+        assert!(
+            !out.iter().any(|i| matches!(i, Input::GuestTimeStep { .. })),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn a_host_stall_does_not_make_guest_time_race() {
+        let mut steering = TimeSteering::default();
+        steering.poll(0, reading(0, 0, 250));
+        // 20 ms at full speed, then a 2 s stall with few instructions.
+        steering.poll(20_000_000, reading(50_000_000, 200_000, 250));
+        let out = steering.poll(2_020_000_000, reading(50_100_000, 200_400, 250));
+        assert!(
+            !out.iter().any(|i| matches!(i, Input::GuestTimeRate { .. })),
+            "{out:?}"
+        );
+        assert!(out.iter().any(|i| matches!(i, Input::GuestTimeStep { .. })));
     }
 }
