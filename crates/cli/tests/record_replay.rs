@@ -397,3 +397,44 @@ fn a_guest_reboot_is_logged_and_replayed() {
     let _ = std::fs::remove_file(log);
     let _ = std::fs::remove_file(disk);
 }
+
+/// A log with an entry taken out (re-framed, so every checksum is right):
+/// the guest idles where the missing sleep was, and replay stops there,
+/// naming the next entry, instead of running on.
+#[test]
+fn a_log_missing_an_idle_sleep_stops_where_the_guest_idles() {
+    let log = scratch("interrupts.log");
+    let mut record = Command::new(ftvm_bin());
+    record
+        .args(["run", "--bios", "none", "--clock", "icount", "--record"])
+        .arg(&log)
+        .arg("--kernel")
+        .arg(guest_elf("interrupts"));
+    let recorded = run_limited(record, LIMIT);
+    assert_eq!(recorded.code, Some(0), "{}", recorded.stderr);
+
+    let file = std::fs::File::open(&log).expect("log");
+    let mut reader = LogReader::open(std::io::BufReader::new(file)).expect("log");
+    let mut writer = ftvm_replay::LogWriter::new(Vec::new(), reader.header()).expect("header");
+    let mut dropped = None;
+    while let Some(entry) = reader.next().expect("valid") {
+        if dropped.is_none() && matches!(entry.event, Event::Input(Input::IdleSleep { .. })) {
+            dropped = Some(entry);
+            continue;
+        }
+        writer.push(entry.icount, &entry.event).expect("push");
+    }
+    let dropped = dropped.expect("the interrupts program sleeps in WFI");
+    let tampered = writer.into_inner().expect("flush");
+    let line = one_line_failure("missing-sleep.log", &tampered);
+    // The entries after the dropped one moved down by one.
+    assert!(
+        line.contains(&format!(
+            "replay diverged at entry {} (icount ",
+            dropped.seq
+        )) && line.contains("the guest stopped (Idle { wake_at: Some(")
+            && line.contains(&format!("at icount {} before reaching it", dropped.icount)),
+        "{line}"
+    );
+    let _ = std::fs::remove_file(log);
+}
