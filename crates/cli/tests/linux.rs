@@ -394,3 +394,42 @@ fn the_shell_takes_typed_commands_and_poweroff_ends_ftvm_with_0() {
     let status = child.wait().expect("ftvm ends");
     assert_eq!(status.code(), Some(0), "{seen}");
 }
+
+/// Guest time follows the host's clock even while the guest keeps the CPU
+/// busy (`--clock host`, the default): the guest's uptime advances about as
+/// much as the host's clock between two console lines about 2 s apart.
+/// Without steering (`--clock icount`) a busy guest's clock runs at the
+/// host's instruction rate over 100 MIPS: this loop measured 2.1x real
+/// time, and the test fails.
+#[test]
+fn guest_time_follows_the_host_clock_while_the_guest_is_busy() {
+    use std::io::BufRead;
+    use std::time::Instant;
+    // Busy for about 2 s of host time (one core spinning in a shell loop),
+    // printing the guest's uptime before and after.
+    let cmd = "cat /proc/uptime; i=0; while [ $i -lt 45000 ]; do i=$((i+1)); done; \
+               cat /proc/uptime";
+    let mut ftvm = Command::new(ftvm_bin());
+    ftvm.env("FTVM_GUEST_IMAGE", image_dir())
+        .args(["run", "--append"])
+        .arg(format!("console=ttyS0 ftvm_cmd=\"{cmd}\""));
+    let (mut child, console) = spawn_until(ftvm, "ftvm: init ready");
+    let mut samples = Vec::new();
+    for line in console.lines() {
+        let Ok(line) = line else { break };
+        let first = line.split_whitespace().next().unwrap_or("");
+        if let (Ok(uptime), 2) = (first.parse::<f64>(), line.split_whitespace().count()) {
+            samples.push((uptime, Instant::now()));
+        }
+    }
+    assert!(child.wait().expect("ftvm ends").success());
+    assert_eq!(samples.len(), 2, "two uptime lines: {samples:?}");
+    let guest = samples[1].0 - samples[0].0;
+    let host = samples[1].1.duration_since(samples[0].1).as_secs_f64();
+    assert!(host > 0.5, "the loop was too short to tell: {host:.2} s");
+    let ratio = guest / host;
+    assert!(
+        (0.6..1.5).contains(&ratio),
+        "guest time {guest:.2} s over {host:.2} s of host time (ratio {ratio:.2})"
+    );
+}
