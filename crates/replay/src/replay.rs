@@ -4,7 +4,9 @@
 
 use std::io::Read;
 
-use ftvm_board::{BoardError, Digest, Engine, IoRequest, Machine, MachineConfig, Snapshot, Stop};
+use ftvm_board::{
+    BoardError, Digest, Engine, Input, IoRequest, Machine, MachineConfig, Snapshot, Stop,
+};
 
 use crate::format::{End, Entry, Event, LogError, LogHeader, LogReader};
 
@@ -272,15 +274,27 @@ pub struct Replayed {
 /// A state known to match the recording (at a checkpoint that matched,
 /// or the start), and the entries since: what a narrowing re-executes.
 /// Copying guest RAM costs more than digesting it, so the snapshot moves
-/// on only every [`SNAPSHOT_EVERY`] matching checkpoints.
+/// on only every [`SNAPSHOT_EVERY`] matching checkpoints, or sooner when
+/// the entries kept since hold more than [`WINDOW_MAX_BYTES`] of data.
 struct Good {
     icount: u64,
     snapshot: Snapshot,
     window: Vec<Entry>,
+    window_bytes: usize,
     checkpoints_since: u32,
 }
 
 const SNAPSHOT_EVERY: u32 = 8;
+const WINDOW_MAX_BYTES: usize = 64 << 20;
+
+/// The data an entry carries (frames, disk data, entropy).
+fn data_len(entry: &Entry) -> usize {
+    match &entry.event {
+        Event::Input(Input::NetReceive { frame }) => frame.len(),
+        Event::Input(Input::IoDone { data, .. }) => data.len(),
+        _ => 0,
+    }
+}
 
 impl Good {
     fn at(machine: &Machine) -> Good {
@@ -288,6 +302,7 @@ impl Good {
             icount: machine.icount(),
             snapshot: machine.snapshot(),
             window: Vec::new(),
+            window_bytes: 0,
             checkpoints_since: 0,
         }
     }
@@ -348,7 +363,9 @@ impl<R: Read> Replayer<R> {
                 Applied::Checkpoint { logged, found } if logged == found => {
                     checkpoints += 1;
                     self.good.checkpoints_since += 1;
-                    if self.good.checkpoints_since >= SNAPSHOT_EVERY {
+                    if self.good.checkpoints_since >= SNAPSHOT_EVERY
+                        || self.good.window_bytes > WINDOW_MAX_BYTES
+                    {
                         self.good = Good::at(&self.replay.machine);
                     }
                 }
@@ -373,7 +390,10 @@ impl<R: Read> Replayer<R> {
                 }
                 // A machine just built is as good as a snapshot.
                 Applied::Reset => self.good = Good::at(&self.replay.machine),
-                Applied::Input => self.good.window.push(entry),
+                Applied::Input => {
+                    self.good.window_bytes += data_len(&entry);
+                    self.good.window.push(entry);
+                }
             }
         }
     }
