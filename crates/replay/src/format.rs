@@ -307,7 +307,8 @@ impl<'a> Wire<'a> {
     }
 }
 
-fn frame_header(payload: &[u8]) -> [u8; 8] {
+/// The 8 bytes before a frame's payload: its length and its CRC32C.
+pub fn frame_header(payload: &[u8]) -> [u8; 8] {
     let mut h = [0u8; 8];
     h[..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
     h[4..].copy_from_slice(&crc32c::crc32c(payload).to_le_bytes());

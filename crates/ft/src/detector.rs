@@ -1,0 +1,81 @@
+//! Failure detection: heartbeats plus silence on the logging channel
+//! (DESIGN.md §4), sans-IO. Any message from the peer counts as a sign of
+//! life; the peer is suspected once nothing has arrived for `timeout`.
+
+/// Times are milliseconds on a clock the caller chooses (monotonic).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DetectorConfig {
+    /// Send a heartbeat when nothing else was sent for this long.
+    pub heartbeat_ms: u64,
+    /// Suspect the peer after this long without hearing from it.
+    pub timeout_ms: u64,
+}
+
+impl Default for DetectorConfig {
+    fn default() -> Self {
+        DetectorConfig {
+            heartbeat_ms: 100,
+            timeout_ms: 1000,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct FailureDetector {
+    config: DetectorConfig,
+    last_heard: u64,
+    last_sent: u64,
+}
+
+impl FailureDetector {
+    /// Start watching at `now` (the peer gets a full timeout to speak).
+    pub fn new(config: DetectorConfig, now: u64) -> FailureDetector {
+        FailureDetector {
+            config,
+            last_heard: now,
+            last_sent: now,
+        }
+    }
+
+    /// Something arrived from the peer.
+    pub fn heard(&mut self, now: u64) {
+        self.last_heard = self.last_heard.max(now);
+    }
+
+    /// Something was sent to the peer.
+    pub fn sent(&mut self, now: u64) {
+        self.last_sent = self.last_sent.max(now);
+    }
+
+    pub fn heartbeat_due(&self, now: u64) -> bool {
+        now.saturating_sub(self.last_sent) >= self.config.heartbeat_ms
+    }
+
+    pub fn suspects(&self, now: u64) -> bool {
+        now.saturating_sub(self.last_heard) >= self.config.timeout_ms
+    }
+
+    /// When the caller should look again (the next heartbeat or timeout).
+    pub fn next_deadline(&self) -> u64 {
+        (self.last_sent + self.config.heartbeat_ms).min(self.last_heard + self.config.timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn silence_past_the_timeout_is_suspected_and_any_message_clears_it() {
+        let mut d = FailureDetector::new(DetectorConfig::default(), 1000);
+        assert!(!d.suspects(1999));
+        assert!(d.suspects(2000));
+        d.heard(1900);
+        assert!(!d.suspects(2000));
+        assert_eq!(d.next_deadline(), 1100);
+        assert!(d.heartbeat_due(1100));
+        d.sent(1100);
+        assert!(!d.heartbeat_due(1150));
+        assert_eq!(d.next_deadline(), 1200);
+    }
+}

@@ -1,0 +1,25 @@
+//! # ftvm-ft — the fault-tolerance protocol, as state machines
+//!
+//! The parts of the VMware FT protocol (DESIGN.md §4) that decide, written
+//! as sans-IO state machines (DESIGN.md §6): they take events (a message,
+//! a timer, the machine reaching an icount) and return what to do, and
+//! never touch a socket, a clock or a file themselves, so the daemon and
+//! the deterministic simulator run the same code.
+//!
+//! - [`channel`]: the logging channel's messages, framing and the
+//!   pre-shared-key handshake;
+//! - [`primary`]: the output rule and flow control;
+//! - [`detector`]: heartbeats and silence;
+//! - [`golive`]: the backup's drain, test-and-set and go-live;
+//! - [`arbiter`]: the test-and-set itself (a file on shared storage).
+//!
+//! Status: this is the protocol core of issue 5. The daemon that drives it
+//! with sockets and machines, the etcd arbiter, the CLI (`ftvm up`,
+//! `status`, `stop`, `primary`, `backup`) and the simulator are not built
+//! yet.
+
+pub mod arbiter;
+pub mod channel;
+pub mod detector;
+pub mod golive;
+pub mod primary;
