@@ -9,6 +9,8 @@
 //! - [`channel`]: the logging channel's messages, framing and the
 //!   pre-shared-key handshake;
 //! - [`primary`]: the output rule and flow control;
+//! - [`backup`]: log bytes acknowledged on receipt, replayed from the
+//!   buffer;
 //! - [`detector`]: heartbeats and silence;
 //! - [`golive`]: the backup's drain, test-and-set and go-live;
 //! - [`arbiter`]: the test-and-set itself (a file on shared storage).
@@ -19,6 +21,7 @@
 //! yet.
 
 pub mod arbiter;
+pub mod backup;
 pub mod channel;
 pub mod detector;
 pub mod golive;

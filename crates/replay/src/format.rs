@@ -429,21 +429,37 @@ impl<W: Write> LogWriter<W> {
                 8 + self.pending.len() as u64
             }
     }
+    /// Entries pushed so far (the next entry's sequence number).
+    pub fn entries(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// The output, e.g. to send what was written to it.
+    pub fn get_ref(&self) -> &W {
+        &self.out
+    }
+
     pub fn into_inner(mut self) -> Result<W, LogError> {
         self.flush()?;
         Ok(self.out)
     }
 }
 
-/// Reads a log entry by entry, checking framing, checksums and sequence
-/// numbers as it goes.
-pub struct LogReader<R: Read> {
-    input: R,
-    header: LogHeader,
-    /// Byte offset of the next frame.
+/// Decodes a log from bytes pushed in as they arrive, in pieces of any
+/// size, checking framing, checksums and sequence numbers: the one decoder
+/// behind a file replay ([`LogReader`]) and a backup fed by a logging
+/// channel.
+#[derive(Default)]
+pub struct LogDecoder {
+    /// Bytes received and not yet consumed; `offset` is the stream offset
+    /// of the first.
+    buffer: Vec<u8>,
     offset: u64,
+    received_any: bool,
+    header: Option<LogHeader>,
     next_seq: u64,
     last_icount: u64,
+    /// The frame being taken apart, where it started, and how far.
     frame: Vec<u8>,
     frame_offset: u64,
     pos: usize,
@@ -451,93 +467,140 @@ pub struct LogReader<R: Read> {
     stopped: bool,
 }
 
-/// Fill `buf`; Ok(false) on a clean end of input before the first byte.
-fn read_full(input: &mut impl Read, buf: &mut [u8]) -> std::io::Result<Result<bool, usize>> {
-    let mut got = 0;
-    while got < buf.len() {
-        match input.read(&mut buf[got..]) {
-            Ok(0) => return Ok(if got == 0 { Ok(false) } else { Err(got) }),
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
+impl LogDecoder {
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.received_any |= !bytes.is_empty();
+        self.buffer.extend_from_slice(bytes);
     }
-    Ok(Ok(true))
-}
 
-impl<R: Read> LogReader<R> {
-    pub fn open(mut input: R) -> Result<LogReader<R>, LogError> {
-        let mut start = [0u8; 12];
-        match read_full(&mut input, &mut start)? {
-            Ok(true) => {}
-            Ok(false) => return Err(LogError::Empty),
-            Err(n) if start[..n.min(8)] != MAGIC[..n.min(8)] => return Err(LogError::NotALog),
-            Err(_) => {
+    /// The header, once its frame has arrived.
+    pub fn header(&mut self) -> Result<Option<&LogHeader>, LogError> {
+        self.guard(|d| d.decode_header().map(|_| ()))?;
+        Ok(self.header.as_ref())
+    }
+
+    /// The next entry, `None` until one has arrived whole. After an error
+    /// every call fails: a decoder never resumes mid-frame.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> Result<Option<Entry>, LogError> {
+        self.guard(Self::decode_next)
+    }
+
+    /// Sequence number the next entry will have.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// The input has ended: an error if it ended inside the magic, the
+    /// header or a frame.
+    pub fn finish(&mut self) -> Result<(), LogError> {
+        self.guard(|d| {
+            if !d.received_any {
+                return Err(LogError::Empty);
+            }
+            d.decode_header()?;
+            if d.header.is_none() {
                 return Err(LogError::Truncated {
                     at: Position::Header,
-                })
+                });
             }
-        }
-        if &start[..8] != MAGIC {
-            return Err(LogError::NotALog);
-        }
-        let found = u32::from_le_bytes([start[8], start[9], start[10], start[11]]);
-        if found != VERSION {
-            return Err(LogError::Version { found });
-        }
-        let mut frame = Vec::new();
-        if !read_frame(&mut input, &mut frame, Position::Header)? {
-            return Err(LogError::Truncated {
-                at: Position::Header,
-            });
-        }
-        let header: LogHeader = postcard::from_bytes(&frame).map_err(|e| LogError::Malformed {
-            at: Position::Header,
-            reason: e.to_string(),
-        })?;
-        Ok(LogReader {
-            input,
-            header,
-            offset: 20 + frame.len() as u64,
-            next_seq: 0,
-            last_icount: 0,
-            frame: Vec::new(),
-            frame_offset: 0,
-            pos: 0,
-            stopped: false,
+            if !d.buffer.is_empty() {
+                return Err(LogError::Truncated { at: d.position() });
+            }
+            Ok(())
         })
     }
 
-    pub fn header(&self) -> &LogHeader {
-        &self.header
-    }
-
-    /// The next entry, or `None` at the end of the log. After an error,
-    /// every call fails: a reader never resumes mid-frame.
-    #[allow(clippy::should_implement_trait)]
-    pub fn next(&mut self) -> Result<Option<Entry>, LogError> {
+    fn guard<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T, LogError>,
+    ) -> Result<T, LogError> {
         if self.stopped {
             return Err(LogError::Stopped);
         }
-        let next = self.decode_next();
-        if next.is_err() {
+        let result = f(self);
+        if result.is_err() {
             self.stopped = true;
         }
-        next
+        result
+    }
+
+    fn position(&self) -> Position {
+        Position::Entry {
+            seq: self.next_seq,
+            offset: self.offset,
+        }
+    }
+
+    /// Take the next whole frame out of the buffer (checked), if any.
+    fn take_frame(&mut self, at: Position) -> Result<Option<Vec<u8>>, LogError> {
+        let Some(head) = self.buffer.get(..8) else {
+            return Ok(None);
+        };
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        if len > FRAME_MAX {
+            return Err(LogError::Malformed {
+                at,
+                reason: format!("frame length {len} is implausible"),
+            });
+        }
+        let end = 8 + len as usize;
+        let Some(payload) = self.buffer.get(8..end) else {
+            return Ok(None);
+        };
+        if crc32c::crc32c(payload) != crc {
+            return Err(LogError::Checksum { at });
+        }
+        let payload = payload.to_vec();
+        self.buffer.drain(..end);
+        self.offset += end as u64;
+        Ok(Some(payload))
+    }
+
+    fn decode_header(&mut self) -> Result<(), LogError> {
+        if self.header.is_some() {
+            return Ok(());
+        }
+        if self.offset == 0 {
+            let n = self.buffer.len().min(8);
+            if self.buffer[..n] != MAGIC[..n] {
+                return Err(LogError::NotALog);
+            }
+            let Some(start) = self.buffer.get(..12) else {
+                return Ok(());
+            };
+            let found = u32::from_le_bytes([start[8], start[9], start[10], start[11]]);
+            if found != VERSION {
+                return Err(LogError::Version { found });
+            }
+            self.buffer.drain(..12);
+            self.offset = 12;
+        }
+        let Some(frame) = self.take_frame(Position::Header)? else {
+            return Ok(());
+        };
+        self.header = Some(
+            postcard::from_bytes(&frame).map_err(|e| LogError::Malformed {
+                at: Position::Header,
+                reason: e.to_string(),
+            })?,
+        );
+        Ok(())
     }
 
     fn decode_next(&mut self) -> Result<Option<Entry>, LogError> {
+        self.decode_header()?;
+        if self.header.is_none() {
+            return Ok(None);
+        }
         if self.pos >= self.frame.len() {
-            let at = Position::Entry {
-                seq: self.next_seq,
-                offset: self.offset,
-            };
-            if !read_frame(&mut self.input, &mut self.frame, at)? {
+            let at = self.position();
+            let frame_offset = self.offset;
+            let Some(frame) = self.take_frame(at)? else {
                 return Ok(None);
-            }
-            self.frame_offset = self.offset;
-            self.offset += 8 + self.frame.len() as u64;
-            let (first, len) = read_varint(&self.frame).ok_or_else(|| LogError::Malformed {
+            };
+            let (first, len) = read_varint(&frame).ok_or_else(|| LogError::Malformed {
                 at,
                 reason: "bad sequence number".into(),
             })?;
@@ -545,15 +608,17 @@ impl<R: Read> LogReader<R> {
                 return Err(LogError::Sequence {
                     expected: self.next_seq,
                     found: first,
-                    offset: self.frame_offset,
+                    offset: frame_offset,
                 });
             }
-            if len == self.frame.len() {
+            if len == frame.len() {
                 return Err(LogError::Malformed {
                     at,
                     reason: "a frame without entries".into(),
                 });
             }
+            self.frame = frame;
+            self.frame_offset = frame_offset;
             self.pos = len;
         }
         let at = Position::Entry {
@@ -580,39 +645,73 @@ impl<R: Read> LogReader<R> {
         self.next_seq += 1;
         Ok(Some(Entry { seq, icount, event }))
     }
+}
 
-    /// Sequence number the next entry will have.
-    pub fn next_seq(&self) -> u64 {
-        self.next_seq
+/// Reads a log from a byte source entry by entry (a [`LogDecoder`] fed
+/// from `R`).
+pub struct LogReader<R: Read> {
+    input: R,
+    decoder: LogDecoder,
+    header: LogHeader,
+}
+
+/// Read a chunk from `input` into `decoder`; false at the end of input.
+fn feed(input: &mut impl Read, decoder: &mut LogDecoder) -> Result<bool, LogError> {
+    let mut chunk = [0u8; 64 << 10];
+    loop {
+        match input.read(&mut chunk) {
+            Ok(0) => return Ok(false),
+            Ok(n) => {
+                decoder.push(&chunk[..n]);
+                return Ok(true);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 
-/// Read one frame into `buf`; false on a clean end of input.
-fn read_frame(input: &mut impl Read, buf: &mut Vec<u8>, at: Position) -> Result<bool, LogError> {
-    let mut head = [0u8; 8];
-    match read_full(input, &mut head)? {
-        Ok(true) => {}
-        Ok(false) => return Ok(false),
-        Err(_) => return Err(LogError::Truncated { at }),
+impl<R: Read> LogReader<R> {
+    pub fn open(mut input: R) -> Result<LogReader<R>, LogError> {
+        let mut decoder = LogDecoder::default();
+        let header = loop {
+            if let Some(header) = decoder.header()? {
+                break header.clone();
+            }
+            if !feed(&mut input, &mut decoder)? {
+                decoder.finish()?;
+            }
+        };
+        Ok(LogReader {
+            input,
+            decoder,
+            header,
+        })
     }
-    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
-    let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-    if len > FRAME_MAX {
-        return Err(LogError::Malformed {
-            at,
-            reason: format!("frame length {len} is implausible"),
-        });
+
+    pub fn header(&self) -> &LogHeader {
+        &self.header
     }
-    buf.clear();
-    buf.resize(len as usize, 0);
-    match read_full(input, buf)? {
-        Ok(_) => {}
-        Err(_) => return Err(LogError::Truncated { at }),
+
+    /// The next entry, or `None` at the end of the log. After an error,
+    /// every call fails.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> Result<Option<Entry>, LogError> {
+        loop {
+            if let Some(entry) = self.decoder.next()? {
+                return Ok(Some(entry));
+            }
+            if !feed(&mut self.input, &mut self.decoder)? {
+                self.decoder.finish()?;
+                return Ok(None);
+            }
+        }
     }
-    if crc32c::crc32c(buf) != crc {
-        return Err(LogError::Checksum { at });
+
+    /// Sequence number the next entry will have.
+    pub fn next_seq(&self) -> u64 {
+        self.decoder.next_seq()
     }
-    Ok(true)
 }
 
 #[cfg(test)]
@@ -704,6 +803,47 @@ mod tests {
             .map(|e| e.seq)
             .collect();
         assert_eq!(seqs, [0, 1, 2]);
+    }
+
+    #[test]
+    fn the_decoder_takes_the_log_in_pieces_of_any_size() {
+        let mut w = LogWriter::new(Vec::new(), &header()).expect("header");
+        for i in 0..50u64 {
+            w.push(
+                i * 7,
+                &Event::Input(Input::NetReceive {
+                    frame: vec![i as u8; 90],
+                }),
+            )
+            .expect("push");
+            if i % 7 == 0 {
+                w.flush().expect("flush");
+            }
+        }
+        let bytes = w.into_inner().expect("flush");
+        for piece in [1, 5, 64, bytes.len()] {
+            let mut d = LogDecoder::default();
+            let mut got = Vec::new();
+            for chunk in bytes.chunks(piece) {
+                d.push(chunk);
+                while let Some(e) = d.next().expect("valid") {
+                    got.push(e.seq);
+                }
+            }
+            assert_eq!(got, (0..50).collect::<Vec<_>>(), "pieces of {piece}");
+            assert_eq!(d.header().expect("header"), Some(&header()));
+            d.finish().expect("ends on a frame boundary");
+        }
+        // Cut inside a frame: the entries before it, then a truncation
+        // naming the first entry of the cut frame.
+        let mut d = LogDecoder::default();
+        d.push(&bytes[..bytes.len() - 3]);
+        while d.next().expect("valid").is_some() {}
+        let first_missing = d.next_seq();
+        assert!(matches!(
+            d.finish(),
+            Err(LogError::Truncated { at: Position::Entry { seq, .. } }) if seq == first_missing
+        ));
     }
 
     #[test]

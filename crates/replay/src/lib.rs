@@ -27,7 +27,9 @@ mod record;
 mod replay;
 mod steering;
 
-pub use format::{End, Entry, Event, LogError, LogHeader, LogReader, LogWriter, MachineId};
+pub use format::{
+    End, Entry, Event, LogDecoder, LogError, LogHeader, LogReader, LogWriter, MachineId,
+};
 pub use record::Recorder;
 pub use replay::{
     describe_difference, Applied, Divergence, Fault, FirstDifference, Output, ReplayError,
