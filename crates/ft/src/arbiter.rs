@@ -13,11 +13,12 @@ use std::path::{Path, PathBuf};
 use crate::golive::Verdict;
 
 pub trait Arbiter {
-    /// Claim (pair, epoch) for `me`. Asking again after a win wins again.
-    fn test_and_set(&mut self, pair: &str, epoch: u64, me: &str) -> Verdict;
+    /// Claim (pair, epoch) for this VM. Asking again after a win wins
+    /// again.
+    fn test_and_set(&mut self, pair: &str, epoch: u64) -> Verdict;
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{0:?} is not a valid pair or VM name (use letters, digits, '.', '_' and '-')")]
 pub struct BadName(String);
 
@@ -37,14 +38,24 @@ fn check_name(name: &str) -> Result<(), BadName> {
 
 pub struct FileArbiter {
     dir: PathBuf,
+    /// What a claim holds: the VM's name and a token random per instance,
+    /// so two VMs that happen to share a name never both win.
+    claimant: String,
 }
 
 impl FileArbiter {
-    pub fn new(dir: impl Into<PathBuf>) -> FileArbiter {
-        FileArbiter { dir: dir.into() }
+    /// An arbiter in `dir` for the VM `me`; `token` must be random and
+    /// fresh for every VM process.
+    pub fn new(dir: impl Into<PathBuf>, me: &str, token: [u8; 16]) -> Result<FileArbiter, BadName> {
+        check_name(me)?;
+        let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
+        Ok(FileArbiter {
+            dir: dir.into(),
+            claimant: format!("{me} {token}"),
+        })
     }
 
-    /// The VM that holds (pair, epoch), if any.
+    /// Who holds (pair, epoch), as `NAME TOKEN`, if anyone.
     pub fn holder(&self, pair: &str, epoch: u64) -> Option<String> {
         std::fs::read_to_string(self.claim_path(pair, epoch)).ok()
     }
@@ -53,19 +64,27 @@ impl FileArbiter {
         self.dir.join(format!("{pair}.{epoch}.owner"))
     }
 
-    fn try_claim(&self, pair: &str, epoch: u64, me: &str) -> Result<Verdict, std::io::Error> {
+    fn try_claim(&self, pair: &str, epoch: u64) -> Result<Verdict, std::io::Error> {
         let claim = self.claim_path(pair, epoch);
-        let private = self
-            .dir
-            .join(format!(".{pair}.{epoch}.{me}.{}.claim", std::process::id()));
-        write_synced(&private, me.as_bytes())?;
-        let linked = std::fs::hard_link(&private, &claim);
+        // Unique per instance (the token is in the claimant).
+        let private = self.dir.join(format!(
+            ".{pair}.{epoch}.{}.claim",
+            self.claimant.replace(' ', ".")
+        ));
+        let linked = write_synced(&private, self.claimant.as_bytes())
+            .and_then(|()| std::fs::hard_link(&private, &claim));
         let _ = std::fs::remove_file(&private);
         match linked {
-            Ok(()) => Ok(Verdict::Won),
+            // The claim's name must survive a crash of the store before
+            // anyone acts on the win.
+            Ok(()) => std::fs::File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map(|()| Verdict::Won),
+            // Also what a retransmitted link over NFS gives the winner:
+            // the holder check below sorts it out.
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 let holder = std::fs::read_to_string(&claim)?;
-                Ok(if holder == me {
+                Ok(if holder == self.claimant {
                     Verdict::Won
                 } else {
                     Verdict::Lost
@@ -78,18 +97,22 @@ impl FileArbiter {
 
 fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    let mut file = std::fs::File::create(path)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?;
     file.write_all(bytes)?;
     file.sync_all()
 }
 
 impl Arbiter for FileArbiter {
-    fn test_and_set(&mut self, pair: &str, epoch: u64, me: &str) -> Verdict {
-        if let Err(e) = check_name(pair).and_then(|()| check_name(me)) {
-            tracing::error!("test-and-set refused: {e}");
+    fn test_and_set(&mut self, pair: &str, epoch: u64) -> Verdict {
+        if let Err(e) = check_name(pair) {
+            // A configuration error, not a lost race: never go live on it.
+            tracing::error!("test-and-set impossible: {e}");
             return Verdict::Unreachable;
         }
-        match self.try_claim(pair, epoch, me) {
+        match self.try_claim(pair, epoch) {
             Ok(verdict) => verdict,
             Err(e) => {
                 tracing::warn!(dir = %self.dir.display(), "the arbiter is unreachable: {e}");
@@ -110,16 +133,21 @@ mod tests {
         dir
     }
 
+    fn arbiter(dir: &Path, me: &str, token: u8) -> FileArbiter {
+        FileArbiter::new(dir, me, [token; 16]).expect("valid name")
+    }
+
     #[test]
     fn exactly_one_of_many_racing_claimants_wins() {
         let dir = scratch("race");
         for epoch in 0..20 {
             let winners: Vec<Verdict> = std::thread::scope(|s| {
-                let handles: Vec<_> = (0..4)
+                let handles: Vec<_> = (0..4u8)
                     .map(|i| {
                         let dir = dir.clone();
+                        // Two of them even share a name.
                         s.spawn(move || {
-                            FileArbiter::new(dir).test_and_set("pair", epoch, &format!("vm{i}"))
+                            arbiter(&dir, &format!("vm{}", i % 3), i).test_and_set("pair", epoch)
                         })
                     })
                     .collect();
@@ -135,29 +163,43 @@ mod tests {
             );
             assert!(winners.iter().all(|v| *v != Verdict::Unreachable));
         }
+        let leftovers: Vec<_> = std::fs::read_dir(&dir)
+            .expect("dir")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".claim"))
+            .collect();
+        assert!(
+            leftovers.is_empty(),
+            "private claim files left: {leftovers:?}"
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
     fn a_winner_keeps_winning_and_epochs_are_independent() {
         let dir = scratch("again");
-        let mut a = FileArbiter::new(&dir);
-        assert_eq!(a.test_and_set("p", 1, "backup"), Verdict::Won);
-        assert_eq!(a.test_and_set("p", 1, "backup"), Verdict::Won);
-        assert_eq!(a.test_and_set("p", 1, "primary"), Verdict::Lost);
-        assert_eq!(a.test_and_set("p", 2, "primary"), Verdict::Won);
-        assert_eq!(a.holder("p", 1).as_deref(), Some("backup"));
+        let mut backup = arbiter(&dir, "backup", 1);
+        let mut primary = arbiter(&dir, "primary", 2);
+        assert_eq!(backup.test_and_set("p", 1), Verdict::Won);
+        assert_eq!(backup.test_and_set("p", 1), Verdict::Won);
+        assert_eq!(primary.test_and_set("p", 1), Verdict::Lost);
+        assert_eq!(primary.test_and_set("p", 2), Verdict::Won);
+        assert!(backup
+            .holder("p", 1)
+            .is_some_and(|h| h.starts_with("backup ")));
         let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
     fn an_unreachable_store_or_a_bad_name_never_wins() {
-        let mut a = FileArbiter::new("/nonexistent/ftvm-arbiter");
-        assert_eq!(a.test_and_set("p", 1, "vm"), Verdict::Unreachable);
+        let mut a = arbiter(Path::new("/nonexistent/ftvm-arbiter"), "vm", 1);
+        assert_eq!(a.test_and_set("p", 1), Verdict::Unreachable);
         let dir = scratch("names");
-        let mut a = FileArbiter::new(&dir);
-        assert_eq!(a.test_and_set("../p", 1, "vm"), Verdict::Unreachable);
-        assert_eq!(a.test_and_set("p", 1, ""), Verdict::Unreachable);
+        assert_eq!(a.test_and_set("../p", 1), Verdict::Unreachable);
+        let mut a = arbiter(&dir, "vm", 1);
+        assert_eq!(a.test_and_set("../p", 1), Verdict::Unreachable);
+        assert!(FileArbiter::new(&dir, "", [0; 16]).is_err());
+        assert!(FileArbiter::new(&dir, "a/b", [0; 16]).is_err());
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -1,7 +1,18 @@
-//! The backup's side of the logging channel, sans-IO: log bytes go into a
-//! buffer and are acknowledged on receipt, not on execution (DESIGN.md
-//! §4); the replay takes entries from that buffer, so it can never run
-//! past what has arrived.
+//! The backup's side of the logging channel, sans-IO (DESIGN.md §4).
+//!
+//! Log bytes are decoded and checked (framing, checksums, sequence
+//! numbers) as they arrive, and the acknowledgement counts only entries
+//! that passed: an entry acknowledged is one this backup can execute, so
+//! an output the primary releases on that acknowledgement is one the
+//! backup would reach after a failover. Entries are acknowledged on
+//! receipt, not on execution, and the replay takes them from this buffer,
+//! so it never runs past what has arrived.
+//!
+//! Once the primary is suspected the backup stops taking entries
+//! ([`Backup::freeze`]): a primary that was only slow must not see
+//! acknowledgements for entries a backup going live has not executed.
+
+use std::collections::VecDeque;
 
 use ftvm_replay::{Entry, LogDecoder, LogError, LogHeader};
 
@@ -9,8 +20,6 @@ use crate::channel::Message;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
-    #[error("the primary sent entries before {through} after entries before {received}")]
-    Backwards { through: u64, received: u64 },
     #[error("unexpected {0} from the primary")]
     Unexpected(&'static str),
     #[error(transparent)]
@@ -20,34 +29,40 @@ pub enum BackupError {
 #[derive(Default)]
 pub struct Backup {
     decoder: LogDecoder,
-    received: u64,
+    /// Checked entries not yet taken for execution.
+    ready: VecDeque<Entry>,
+    /// Entries acknowledged (checked) so far.
+    acked: u64,
     icount: u64,
+    frozen: bool,
 }
 
 impl Backup {
     /// Take a message from the primary; the acknowledgement to send back.
     pub fn receive(&mut self, message: &Message) -> Result<Option<Message>, BackupError> {
         match message {
-            Message::Entries { through, log } => {
-                if *through < self.received {
-                    return Err(BackupError::Backwards {
-                        through: *through,
-                        received: self.received,
-                    });
-                }
+            Message::Entries { log } if !self.frozen => {
                 self.decoder.push(log);
-                self.received = *through;
+                while let Some(entry) = self.decoder.next()? {
+                    self.ready.push_back(entry);
+                }
+                self.acked = self.decoder.next_seq();
                 Ok(Some(Message::Ack {
-                    through: self.received,
+                    through: self.acked,
                     icount: self.icount,
                 }))
             }
-            Message::Heartbeat => Ok(None),
+            Message::Entries { .. } | Message::Heartbeat => Ok(None),
             Message::Ack { .. } => Err(BackupError::Unexpected("Ack")),
             Message::Hello { .. } | Message::Proof { .. } => {
                 Err(BackupError::Unexpected("handshake message"))
             }
         }
+    }
+
+    /// Stop taking (and acknowledging) entries: the primary is suspected.
+    pub fn freeze(&mut self) {
+        self.frozen = true;
     }
 
     /// The log's header, once it has arrived.
@@ -56,8 +71,8 @@ impl Backup {
     }
 
     /// The next entry to execute, if it has arrived.
-    pub fn next_entry(&mut self) -> Result<Option<Entry>, BackupError> {
-        Ok(self.decoder.next()?)
+    pub fn next_entry(&mut self) -> Option<Entry> {
+        self.ready.pop_front()
     }
 
     /// The replay has reached `icount` (reported in the next ack).
@@ -65,22 +80,22 @@ impl Backup {
         self.icount = self.icount.max(icount);
     }
 
-    /// Entries received so far.
-    pub fn received(&self) -> u64 {
-        self.received
+    /// Entries acknowledged so far.
+    pub fn acked(&self) -> u64 {
+        self.acked
     }
 
-    /// Every received entry has been taken for execution (go-live may
-    /// proceed once they are applied).
+    /// Every acknowledged entry has been taken for execution: once they
+    /// are applied, go-live may proceed.
     pub fn drained(&self) -> bool {
-        self.decoder.next_seq() >= self.received
+        self.ready.is_empty()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::channel::{encode, FrameDecoder};
+    use crate::channel::{tests::sessions, FrameDecoder, CHANNEL_FRAME_MAX};
     use crate::primary::{FlowLimits, Primary};
     use ftvm_board::virtio::DeviceKind;
     use ftvm_board::{Engine, Input};
@@ -119,7 +134,11 @@ mod tests {
             max_lag_insns: u64::MAX,
         });
         let mut backup = Backup::default();
-        let (mut to_backup, mut to_primary) = (FrameDecoder::default(), FrameDecoder::default());
+        let (mut to_backup, mut to_primary) = (
+            FrameDecoder::new(CHANNEL_FRAME_MAX),
+            FrameDecoder::new(CHANNEL_FRAME_MAX),
+        );
+        let (mut primary_end, mut backup_end) = sessions();
         let mut released = Vec::new();
         let mut replayed = Vec::new();
         let mut sent = 0;
@@ -132,28 +151,34 @@ mod tests {
             }
             writer.flush().expect("flush");
             primary.logged(writer.entries(), round * 100 + 2);
-            assert_eq!(primary.output(round), None, "held until acknowledged");
+            assert_eq!(
+                primary.output(writer.entries(), round),
+                None,
+                "held until acknowledged"
+            );
             // Send the log bytes written since the last round.
             let bytes = writer.get_ref();
-            to_backup.push(&encode(&Message::Entries {
-                through: writer.entries(),
+            let entries = Message::Entries {
                 log: bytes[sent..].to_vec(),
-            }));
+            };
+            to_backup.push(&primary_end.seal(&entries).expect("fits"));
             sent = bytes.len();
-            while let Some(m) = to_backup.next_message().expect("valid") {
+            while let Some(frame) = to_backup.next_frame().expect("valid") {
+                let m = backup_end.open(&frame).expect("authentic");
                 if let Some(ack) = backup.receive(&m).expect("in order") {
-                    to_primary.push(&encode(&ack));
+                    to_primary.push(&backup_end.seal(&ack).expect("fits"));
                 }
             }
-            while let Some(entry) = backup.next_entry().expect("valid log") {
-                assert!(entry.seq < backup.received());
+            while let Some(entry) = backup.next_entry() {
+                assert!(entry.seq < backup.acked());
                 replayed.push(entry.seq);
                 backup.executed(entry.icount);
             }
             assert!(backup.drained());
-            while let Some(Message::Ack { through, icount }) =
-                to_primary.next_message().expect("valid")
-            {
+            while let Some(frame) = to_primary.next_frame().expect("valid") {
+                let Ok(Message::Ack { through, icount }) = primary_end.open(&frame) else {
+                    panic!("the backup only acknowledges");
+                };
                 released.extend(primary.ack(through, icount).expect("valid ack"));
             }
         }
@@ -162,18 +187,51 @@ mod tests {
         assert!(backup.header().expect("header").is_some());
     }
 
+    /// A log frame with a flipped byte is refused before it is
+    /// acknowledged, and a frozen backup acknowledges nothing more.
     #[test]
-    fn entries_going_backwards_are_refused() {
+    fn only_checked_entries_are_acknowledged_and_none_after_freezing() {
+        let mut writer = LogWriter::new(Vec::new(), &header()).expect("header");
+        writer
+            .push(1, &Event::Input(Input::ConsoleByte(1)))
+            .expect("log");
+        writer.flush().expect("flush");
+        let good = writer.get_ref().clone();
+        writer
+            .push(2, &Event::Input(Input::ConsoleByte(2)))
+            .expect("log");
+        writer.flush().expect("flush");
+        let second = writer.get_ref()[good.len()..].to_vec();
+
         let mut backup = Backup::default();
-        let entries = |through| Message::Entries {
-            through,
-            log: Vec::new(),
-        };
-        backup.receive(&entries(5)).expect("first");
+        let ack = backup.receive(&Message::Entries { log: good.clone() });
+        assert!(matches!(ack, Ok(Some(Message::Ack { through: 1, .. }))));
+        let mut corrupt = second.clone();
+        let last = corrupt.len() - 1;
+        corrupt[last] ^= 1;
         assert!(matches!(
-            backup.receive(&entries(4)),
-            Err(BackupError::Backwards { .. })
+            backup.receive(&Message::Entries { log: corrupt }),
+            Err(BackupError::Log(LogError::Checksum { .. }))
         ));
+        assert_eq!(backup.acked(), 1);
+
+        let mut backup = Backup::default();
+        backup
+            .receive(&Message::Entries { log: good })
+            .expect("valid");
+        backup.freeze();
+        assert!(matches!(
+            backup.receive(&Message::Entries { log: second }),
+            Ok(None)
+        ));
+        assert_eq!(backup.acked(), 1);
+        assert!(backup.next_entry().is_some());
+        assert!(backup.drained());
+    }
+
+    #[test]
+    fn the_primary_never_gets_acks_from_the_backup_stream() {
+        let mut backup = Backup::default();
         assert!(matches!(
             backup.receive(&Message::Ack {
                 through: 1,

@@ -10,6 +10,16 @@
 //! nonce, then proves it holds the key with a keyed BLAKE3 hash over the
 //! pair, the epoch, its role and both nonces. A peer without the key, or
 //! one replaying an old proof, fails; nothing else is accepted before.
+//! After it, every frame carries a MAC under a key for its direction
+//! (derived from the key, the roles and both nonces) over a frame counter
+//! and the payload, so frames cannot be forged, replayed, reordered or
+//! reflected. A third party that relays a handshake gains nothing: it
+//! cannot MAC a frame. Frames are authenticated, not encrypted: the log
+//! (guest input, disk data, entropy) crosses the network in clear text.
+//! The secret must be random (128 bits or more): a transcript allows
+//! offline guessing of a weak one.
+
+use std::collections::VecDeque;
 
 use ftvm_replay::format::{frame_header, FRAME_MAX};
 use serde::{Deserialize, Serialize};
@@ -41,11 +51,12 @@ pub enum Message {
     },
     /// Keyed hash over (role, pair, epoch, own nonce, peer's nonce).
     Proof { mac: [u8; 32] },
-    /// Log bytes (whole log frames, as `ftvm_replay::LogWriter` writes
-    /// them) holding the entries before `through`.
-    Entries { through: u64, log: Vec<u8> },
-    /// The backup has received every entry before `through` into its
-    /// buffer, and has executed to `icount`.
+    /// Log bytes, as `ftvm_replay::LogWriter` writes them (the stream
+    /// continues where the last `Entries` stopped; frames carry their own
+    /// sequence numbers and checksums).
+    Entries { log: Vec<u8> },
+    /// The backup holds every entry before `through` in its buffer,
+    /// checked, and has executed to `icount`.
     Ack { through: u64, icount: u64 },
     /// Nothing to say, but still here.
     Heartbeat,
@@ -61,65 +72,161 @@ pub enum ChannelError {
     WrongKey,
     #[error("the peer belongs to {found}, not to {expected}")]
     OtherPair { expected: String, found: String },
+    #[error(
+        "a frame on the logging channel failed authentication (forged, replayed or reordered)"
+    )]
+    BadMac,
+    #[error("a message of {0} bytes is too large for the logging channel")]
+    TooLarge(usize),
 }
 
-/// One message as bytes on the wire.
-pub fn encode(message: &Message) -> Vec<u8> {
-    // Serialising plain owned data into a Vec cannot fail.
-    let payload = postcard::to_stdvec(message).unwrap_or_default();
+/// Largest frame once the peer is authenticated: a whole log frame and
+/// the message around it.
+pub const CHANNEL_FRAME_MAX: u32 = FRAME_MAX + 4096;
+/// Largest frame before that: Hello and Proof are small, and a peer that
+/// has not proven anything must not make us buffer megabytes.
+pub const HANDSHAKE_FRAME_MAX: u32 = 1024;
+
+fn framed(payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(8 + payload.len());
-    out.extend_from_slice(&frame_header(&payload));
-    out.extend_from_slice(&payload);
+    out.extend_from_slice(&frame_header(payload));
+    out.extend_from_slice(payload);
     out
 }
 
-/// Cuts a byte stream into messages.
-#[derive(Default)]
+/// A handshake message as bytes on the wire (it carries no MAC: the
+/// handshake authenticates itself).
+pub fn encode(message: &Message) -> Vec<u8> {
+    // Serialising plain owned data into a Vec cannot fail.
+    framed(&postcard::to_stdvec(message).unwrap_or_default())
+}
+
+/// A handshake message from a frame's payload.
+pub fn decode(payload: &[u8]) -> Result<Message, ChannelError> {
+    let (message, rest) =
+        postcard::take_from_bytes(payload).map_err(|e| ChannelError::Corrupt(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(ChannelError::Corrupt("bytes after the message".into()));
+    }
+    Ok(message)
+}
+
+/// Cuts a byte stream into frame payloads, checking lengths and CRCs.
 pub struct FrameDecoder {
-    buffer: Vec<u8>,
+    buffer: VecDeque<u8>,
+    limit: u32,
     failed: bool,
 }
 
+impl Default for FrameDecoder {
+    fn default() -> Self {
+        FrameDecoder::new(HANDSHAKE_FRAME_MAX)
+    }
+}
+
 impl FrameDecoder {
-    pub fn push(&mut self, bytes: &[u8]) {
-        self.buffer.extend_from_slice(bytes);
+    pub fn new(limit: u32) -> FrameDecoder {
+        FrameDecoder {
+            buffer: VecDeque::new(),
+            limit,
+            failed: false,
+        }
     }
 
-    /// The next whole message, `None` until one has arrived. After an
-    /// error the stream is unusable: the channel must be closed.
-    pub fn next_message(&mut self) -> Result<Option<Message>, ChannelError> {
+    /// Accept frames up to `limit` bytes from now on (raise it once the
+    /// peer is authenticated).
+    pub fn set_limit(&mut self, limit: u32) {
+        self.limit = limit;
+    }
+
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buffer.extend(bytes);
+    }
+
+    /// The next whole frame's payload, `None` until one has arrived. After
+    /// an error the stream is unusable: the channel must be closed.
+    pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>, ChannelError> {
         if self.failed {
             return Err(ChannelError::Corrupt("an earlier frame was corrupt".into()));
         }
-        let result = self.decode();
+        let result = self.take();
         if result.is_err() {
             self.failed = true;
         }
         result
     }
 
-    fn decode(&mut self) -> Result<Option<Message>, ChannelError> {
-        let Some(head) = self.buffer.get(..8) else {
+    fn take(&mut self) -> Result<Option<Vec<u8>>, ChannelError> {
+        if self.buffer.len() < 8 {
             return Ok(None);
-        };
+        }
+        let head: Vec<u8> = self.buffer.range(..8).copied().collect();
         let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
         let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-        if len > FRAME_MAX {
+        if len > self.limit {
             return Err(ChannelError::Corrupt(format!(
-                "frame length {len} is implausible"
+                "a frame of {len} bytes, more than the {} allowed now",
+                self.limit
             )));
         }
         let end = 8 + len as usize;
-        let Some(payload) = self.buffer.get(8..end) else {
+        if self.buffer.len() < end {
             return Ok(None);
-        };
-        if crc32c::crc32c(payload) != crc {
+        }
+        self.buffer.drain(..8);
+        let payload: Vec<u8> = self.buffer.drain(..len as usize).collect();
+        if crc32c::crc32c(&payload) != crc {
             return Err(ChannelError::Corrupt("checksum mismatch".into()));
         }
-        let message =
-            postcard::from_bytes(payload).map_err(|e| ChannelError::Corrupt(e.to_string()))?;
-        self.buffer.drain(..end);
-        Ok(Some(message))
+        Ok(Some(payload))
+    }
+}
+
+/// The authenticated channel after a handshake: [`Session::seal`] frames a
+/// message with its MAC, [`Session::open`] checks and decodes one.
+pub struct Session {
+    send_key: [u8; 32],
+    receive_key: [u8; 32],
+    sent: u64,
+    received: u64,
+}
+
+const MAC_LEN: usize = 32;
+
+fn frame_mac(key: &[u8; 32], counter: u64, payload: &[u8]) -> blake3::Hash {
+    let mut h = blake3::Hasher::new_keyed(key);
+    h.update(&counter.to_le_bytes());
+    h.update(payload);
+    h.finalize()
+}
+
+impl Session {
+    pub fn seal(&mut self, message: &Message) -> Result<Vec<u8>, ChannelError> {
+        // Serialising plain owned data into a Vec cannot fail.
+        let mut payload = postcard::to_stdvec(message).unwrap_or_default();
+        let mac = frame_mac(&self.send_key, self.sent, &payload);
+        payload.extend_from_slice(mac.as_bytes());
+        if payload.len() > CHANNEL_FRAME_MAX as usize {
+            return Err(ChannelError::TooLarge(payload.len()));
+        }
+        self.sent += 1;
+        Ok(framed(&payload))
+    }
+
+    pub fn open(&mut self, payload: &[u8]) -> Result<Message, ChannelError> {
+        let split = payload
+            .len()
+            .checked_sub(MAC_LEN)
+            .ok_or(ChannelError::BadMac)?;
+        let (body, mac) = payload.split_at(split);
+        let mut received = [0u8; MAC_LEN];
+        received.copy_from_slice(mac);
+        // blake3::Hash compares in constant time.
+        if blake3::Hash::from(received) != frame_mac(&self.receive_key, self.received, body) {
+            return Err(ChannelError::BadMac);
+        }
+        self.received += 1;
+        decode(body)
     }
 }
 
@@ -149,8 +256,31 @@ fn proof(
     *h.finalize().as_bytes()
 }
 
+fn session_key(
+    key: &[u8; 32],
+    sender: Role,
+    pair: &str,
+    epoch: u64,
+    primary: &[u8; 16],
+    backup: &[u8; 16],
+) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_keyed(key);
+    h.update(b"ftvm logging channel v1 session");
+    h.update(match sender {
+        Role::Primary => b"primary",
+        Role::Backup => b"backup\0",
+    });
+    h.update(&(pair.len() as u64).to_le_bytes());
+    h.update(pair.as_bytes());
+    h.update(&epoch.to_le_bytes());
+    h.update(primary);
+    h.update(backup);
+    *h.finalize().as_bytes()
+}
+
 /// One side's handshake, sans-IO: [`Handshake::start`] gives the first
-/// message, [`Handshake::receive`] each reply, until it is established.
+/// message, [`Handshake::receive`] each reply, until it is established;
+/// then [`Handshake::session`] gives the authenticated channel.
 pub struct Handshake {
     role: Role,
     pair: String,
@@ -197,6 +327,22 @@ impl Handshake {
 
     pub fn is_established(&self) -> bool {
         self.established
+    }
+
+    /// The keys for the frames after the handshake, once it is established.
+    pub fn session(&self) -> Option<Session> {
+        let peer = self.peer_nonce.filter(|_| self.established)?;
+        let (primary, backup) = match self.role {
+            Role::Primary => (&self.nonce, &peer),
+            Role::Backup => (&peer, &self.nonce),
+        };
+        let key = |sender| session_key(&self.key, sender, &self.pair, self.epoch, primary, backup);
+        Some(Session {
+            send_key: key(self.role),
+            receive_key: key(self.role.peer()),
+            sent: 0,
+            received: 0,
+        })
     }
 
     pub fn receive(&mut self, message: &Message) -> Result<Step, ChannelError> {
@@ -278,7 +424,7 @@ fn kind(message: &Message) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
@@ -360,45 +506,112 @@ mod tests {
         ));
     }
 
+    /// Two established sessions, primary's and backup's.
+    pub(crate) fn sessions() -> (Session, Session) {
+        let key = channel_key(b"secret");
+        let (mut p, p_hello) = Handshake::start(Role::Primary, "vm1", 3, key, [1; 16]);
+        let (mut b, b_hello) = Handshake::start(Role::Backup, "vm1", 3, key, [2; 16]);
+        let (Ok(Step { send: Some(pp), .. }), Ok(Step { send: Some(bp), .. })) =
+            (p.receive(&b_hello), b.receive(&p_hello))
+        else {
+            panic!("hellos are answered with proofs");
+        };
+        assert!(p.receive(&bp).expect("proof").established);
+        assert!(b.receive(&pp).expect("proof").established);
+        (p.session().expect("primary"), b.session().expect("backup"))
+    }
+
     #[test]
     fn messages_survive_any_split_of_the_stream() {
         let messages = vec![
-            Message::Entries {
-                through: 7,
-                log: vec![5; 3000],
-            },
+            Message::Entries { log: vec![5; 3000] },
             Message::Ack {
                 through: 7,
                 icount: 123,
             },
             Message::Heartbeat,
         ];
-        let bytes: Vec<u8> = messages.iter().flat_map(encode).collect();
-        for piece in [1, 3, 8, 1000, bytes.len()] {
-            let mut decoder = FrameDecoder::default();
+        for piece in [1, 3, 8, 1000, 100_000] {
+            let (mut p, mut b) = sessions();
+            let bytes: Vec<u8> = messages
+                .iter()
+                .flat_map(|m| p.seal(m).expect("fits"))
+                .collect();
+            let mut decoder = FrameDecoder::new(CHANNEL_FRAME_MAX);
             let mut got = Vec::new();
             for chunk in bytes.chunks(piece) {
                 decoder.push(chunk);
-                while let Some(m) = decoder.next_message().expect("valid") {
-                    got.push(m);
+                while let Some(frame) = decoder.next_frame().expect("valid") {
+                    got.push(b.open(&frame).expect("authentic"));
                 }
             }
             assert_eq!(got, messages);
         }
     }
 
+    #[test]
+    fn forged_replayed_reordered_and_reflected_frames_are_refused() {
+        let (mut p, mut b) = sessions();
+        let first = p.seal(&Message::Heartbeat).expect("fits");
+        let second = p
+            .seal(&Message::Ack {
+                through: 1,
+                icount: 2,
+            })
+            .expect("fits");
+        // Reordered: the second frame first.
+        assert_eq!(b.open(&second[8..]), Err(ChannelError::BadMac));
+        let (mut p2, mut b2) = sessions();
+        let first2 = p2.seal(&Message::Heartbeat).expect("fits");
+        assert_eq!(b2.open(&first2[8..]), Ok(Message::Heartbeat));
+        // Replayed.
+        assert_eq!(b2.open(&first2[8..]), Err(ChannelError::BadMac));
+        // Forged: a changed byte.
+        let mut forged = p2
+            .seal(&Message::Ack {
+                through: 9,
+                icount: 0,
+            })
+            .expect("fits");
+        forged[9] ^= 1;
+        assert_eq!(b2.open(&forged[8..]), Err(ChannelError::BadMac));
+        // Reflected: the backup's own frame sent back to it.
+        let (_, mut b3) = sessions();
+        let own = b3.seal(&Message::Heartbeat).expect("fits");
+        assert_eq!(b3.open(&own[8..]), Err(ChannelError::BadMac));
+        let _ = (first, p.seal(&Message::Heartbeat));
+    }
+
+    #[test]
+    fn an_unauthenticated_peer_cannot_send_large_frames() {
+        let mut decoder = FrameDecoder::default();
+        decoder.push(&encode(&Message::Entries { log: vec![0; 4096] }));
+        assert!(matches!(
+            decoder.next_frame(),
+            Err(ChannelError::Corrupt(_))
+        ));
+        assert!(Session::seal(
+            &mut sessions().0,
+            &Message::Entries {
+                log: vec![0; CHANNEL_FRAME_MAX as usize]
+            }
+        )
+        .is_err());
+    }
+
     proptest! {
         #[test]
         fn corrupt_streams_are_errors_not_panics(flip in 0usize..40, junk in prop::collection::vec(any::<u8>(), 0..64)) {
-            let mut bytes = encode(&Message::Ack { through: 1, icount: 2 });
+            let (mut p, mut b) = sessions();
+            let mut bytes = p.seal(&Message::Ack { through: 1, icount: 2 }).expect("fits");
             let at = flip % bytes.len();
             bytes[at] ^= 0x20;
             bytes.extend(junk);
-            let mut decoder = FrameDecoder::default();
+            let mut decoder = FrameDecoder::new(CHANNEL_FRAME_MAX);
             decoder.push(&bytes);
             // A flipped byte is never taken for a valid message.
-            let decoded = decoder.next_message();
-            prop_assert!(!matches!(decoded, Ok(Some(_))), "accepted {:?}", decoded);
+            let opened = decoder.next_frame().map(|f| f.map(|f| b.open(&f)));
+            prop_assert!(!matches!(opened, Ok(Some(Ok(_)))), "accepted {:?}", opened);
         }
     }
 }

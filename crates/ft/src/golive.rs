@@ -1,5 +1,10 @@
 //! The backup's decision to take over, sans-IO (DESIGN.md §4, "Go-live").
 //!
+//! When the primary is suspected, the caller also freezes the backup's
+//! receive buffer ([`crate::backup::Backup::freeze`]): nothing more is
+//! acknowledged, so every output the primary released is behind an entry
+//! the backup holds and will execute before it goes live.
+//!
 //! While the primary is alive the backup replays. Once the failure
 //! detector suspects the primary, the backup first consumes every entry
 //! it has received (so it reaches the state the primary's released
@@ -39,6 +44,8 @@ pub enum Action {
     None,
     /// Ask the arbiter for (pair, epoch).
     TestAndSet,
+    /// The arbiter was unreachable: ask again after a pause.
+    RetryTestAndSet,
     GoLive,
     Halt,
 }
@@ -102,7 +109,7 @@ impl GoLive {
                 self.state = BackupState::Halted;
                 Action::Halt
             }
-            Verdict::Unreachable => Action::TestAndSet,
+            Verdict::Unreachable => Action::RetryTestAndSet,
         }
     }
 }
@@ -122,7 +129,7 @@ mod tests {
         assert_eq!(g.primary_suspected(), Action::None);
         assert_eq!(g.verdict(Verdict::Won), Action::None, "not before draining");
         assert_eq!(g.drained(), Action::TestAndSet);
-        assert_eq!(g.verdict(Verdict::Unreachable), Action::TestAndSet);
+        assert_eq!(g.verdict(Verdict::Unreachable), Action::RetryTestAndSet);
         assert_eq!(g.state(), BackupState::Arbitrating);
         assert_eq!(g.verdict(Verdict::Won), Action::GoLive);
         assert_eq!(g.state(), BackupState::Live);

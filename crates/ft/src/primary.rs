@@ -50,6 +50,8 @@ pub struct Primary<O> {
     backup_icount: u64,
     /// Outputs held, with the number of entries each waits for.
     held: VecDeque<(u64, O)>,
+    /// The backup is gone: nothing waits any more.
+    solo: bool,
 }
 
 impl<O> Primary<O> {
@@ -61,19 +63,25 @@ impl<O> Primary<O> {
             acked: 0,
             backup_icount: 0,
             held: VecDeque::new(),
+            solo: false,
         }
     }
 
-    /// The log now holds `entries` entries and the machine is at `icount`.
+    /// The log now holds `entries` entries and the machine has executed
+    /// `icount` instructions (a total that keeps growing across guest
+    /// resets, so lags stay meaningful). Only entries that have been sent
+    /// can ever be acknowledged: flush the log before waiting on them.
     pub fn logged(&mut self, entries: u64, icount: u64) {
         self.logged = self.logged.max(entries);
         self.icount = self.icount.max(icount);
     }
 
-    /// The machine produced `output` now. It is returned at once if every
-    /// entry logged so far is acknowledged, otherwise held.
-    pub fn output(&mut self, output: O) -> Option<O> {
-        if self.acked >= self.logged && self.held.is_empty() {
+    /// The machine produced `output` when the log held `entries` entries.
+    /// It is returned at once if all of them are acknowledged (or the
+    /// primary runs alone), otherwise held.
+    pub fn output(&mut self, entries: u64, output: O) -> Option<O> {
+        self.logged = self.logged.max(entries);
+        if self.solo || (self.acked >= self.logged && self.held.is_empty()) {
             return Some(output);
         }
         self.held.push_back((self.logged, output));
@@ -111,7 +119,9 @@ impl<O> Primary<O> {
     }
 
     pub fn pace(&self) -> Pace {
-        if self.logged - self.acked >= self.limits.max_unacked_entries {
+        if self.solo {
+            Pace::Run
+        } else if self.logged - self.acked >= self.limits.max_unacked_entries {
             Pace::Stall
         } else if self.icount.saturating_sub(self.backup_icount) > self.limits.max_lag_insns {
             Pace::SlowDown
@@ -136,6 +146,7 @@ impl<O> Primary<O> {
     /// The backup is gone and this VM won the test-and-set: it runs alone,
     /// so nothing waits for acknowledgements any more.
     pub fn go_solo(&mut self) -> Vec<O> {
+        self.solo = true;
         self.acked = self.logged;
         self.held.drain(..).map(|(_, o)| o).collect()
     }
@@ -154,26 +165,28 @@ mod tests {
     #[test]
     fn an_output_waits_for_every_entry_before_it() {
         let mut p = Primary::new(LIMITS);
-        p.logged(2, 100);
-        assert_eq!(p.output("a"), None);
+        assert_eq!(p.output(2, "a"), None);
         p.logged(3, 150);
-        assert_eq!(p.output("b"), None);
+        assert_eq!(p.output(3, "b"), None);
         assert_eq!(p.ack(1, 50), Ok(vec![]));
         assert_eq!(p.ack(2, 60), Ok(vec!["a"]));
         assert_eq!(p.ack(3, 70), Ok(vec!["b"]));
-        assert_eq!(p.output("c"), Some("c"), "nothing unacknowledged");
+        assert_eq!(p.output(3, "c"), Some("c"), "nothing unacknowledged");
+        assert_eq!(p.output(4, "d"), None);
+        assert_eq!(p.go_solo(), vec!["d"]);
+        p.logged(9, 900);
+        assert_eq!(p.output(9, "e"), Some("e"), "alone, nothing waits");
+        assert_eq!(p.pace(), Pace::Run);
     }
 
     #[test]
     fn outputs_leave_in_order_even_when_a_later_one_needs_less() {
         let mut p = Primary::new(LIMITS);
-        p.logged(1, 10);
-        assert_eq!(p.output(1), None);
+        assert_eq!(p.output(1, 1), None);
         p.ack(1, 10).expect("ack");
         // Output 1 left; now 2 waits for entry 1, and 3 must queue behind.
-        p.logged(2, 20);
-        assert_eq!(p.output(2), None);
-        assert_eq!(p.output(3), None);
+        assert_eq!(p.output(2, 2), None);
+        assert_eq!(p.output(2, 3), None);
         assert_eq!(p.ack(2, 20), Ok(vec![2, 3]));
     }
 
@@ -227,7 +240,7 @@ mod tests {
                     0 => { logged += n; p.logged(logged, logged); }
                     1 => {
                         needs.push(logged);
-                        released.extend(p.output(needs.len() - 1));
+                        released.extend(p.output(logged, needs.len() - 1));
                     }
                     _ => {
                         acked = (acked + n).min(logged);

@@ -451,9 +451,11 @@ impl<W: Write> LogWriter<W> {
 /// channel.
 #[derive(Default)]
 pub struct LogDecoder {
-    /// Bytes received and not yet consumed; `offset` is the stream offset
-    /// of the first.
+    /// Bytes received; those from `start` on are not yet consumed, and
+    /// `offset` is the stream offset of `buffer[start]`. Consumed bytes
+    /// are dropped in bulk, so many small frames cost linear time.
     buffer: Vec<u8>,
+    start: usize,
     offset: u64,
     received_any: bool,
     header: Option<LogHeader>,
@@ -504,7 +506,7 @@ impl LogDecoder {
                     at: Position::Header,
                 });
             }
-            if !d.buffer.is_empty() {
+            if d.start < d.buffer.len() {
                 return Err(LogError::Truncated { at: d.position() });
             }
             Ok(())
@@ -532,9 +534,19 @@ impl LogDecoder {
         }
     }
 
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        self.offset += n as u64;
+        if self.start >= 64 << 10 && self.start * 2 >= self.buffer.len() {
+            self.buffer.drain(..self.start);
+            self.start = 0;
+        }
+    }
+
     /// Take the next whole frame out of the buffer (checked), if any.
     fn take_frame(&mut self, at: Position) -> Result<Option<Vec<u8>>, LogError> {
-        let Some(head) = self.buffer.get(..8) else {
+        let pending = &self.buffer[self.start..];
+        let Some(head) = pending.get(..8) else {
             return Ok(None);
         };
         let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
@@ -546,15 +558,14 @@ impl LogDecoder {
             });
         }
         let end = 8 + len as usize;
-        let Some(payload) = self.buffer.get(8..end) else {
+        let Some(payload) = pending.get(8..end) else {
             return Ok(None);
         };
         if crc32c::crc32c(payload) != crc {
             return Err(LogError::Checksum { at });
         }
         let payload = payload.to_vec();
-        self.buffer.drain(..end);
-        self.offset += end as u64;
+        self.consume(end);
         Ok(Some(payload))
     }
 
@@ -563,19 +574,19 @@ impl LogDecoder {
             return Ok(());
         }
         if self.offset == 0 {
-            let n = self.buffer.len().min(8);
-            if self.buffer[..n] != MAGIC[..n] {
+            let pending = &self.buffer[self.start..];
+            let n = pending.len().min(8);
+            if pending[..n] != MAGIC[..n] {
                 return Err(LogError::NotALog);
             }
-            let Some(start) = self.buffer.get(..12) else {
+            let Some(start) = pending.get(..12) else {
                 return Ok(());
             };
             let found = u32::from_le_bytes([start[8], start[9], start[10], start[11]]);
             if found != VERSION {
                 return Err(LogError::Version { found });
             }
-            self.buffer.drain(..12);
-            self.offset = 12;
+            self.consume(12);
         }
         let Some(frame) = self.take_frame(Position::Header)? else {
             return Ok(());
@@ -693,17 +704,24 @@ impl<R: Read> LogReader<R> {
         &self.header
     }
 
-    /// The next entry, or `None` at the end of the log. After an error,
-    /// every call fails.
+    /// The next entry, or `None` at the end of the log. After an error
+    /// (an I/O error too), every call fails.
     #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Result<Option<Entry>, LogError> {
         loop {
             if let Some(entry) = self.decoder.next()? {
                 return Ok(Some(entry));
             }
-            if !feed(&mut self.input, &mut self.decoder)? {
-                self.decoder.finish()?;
-                return Ok(None);
+            match feed(&mut self.input, &mut self.decoder) {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.decoder.finish()?;
+                    return Ok(None);
+                }
+                Err(e) => {
+                    self.decoder.stopped = true;
+                    return Err(e);
+                }
             }
         }
     }
