@@ -13,10 +13,11 @@
 //!   buffer;
 //! - [`detector`]: heartbeats and silence;
 //! - [`golive`]: the backup's drain, test-and-set and go-live;
-//! - [`arbiter`]: the test-and-set itself (a file on shared storage).
+//! - [`arbiter`]: the test-and-set itself, on a file on shared storage or
+//!   ([`etcd`]) on an etcd cluster.
 //!
 //! Status: this is the protocol core of issue 5. The daemon that drives it
-//! with sockets and machines, the etcd arbiter, the CLI (`ftvm up`,
+//! with sockets and machines, the CLI (`ftvm up`,
 //! `status`, `stop`, `primary`, `backup`) and the simulator are not built
 //! yet.
 
@@ -24,5 +25,6 @@ pub mod arbiter;
 pub mod backup;
 pub mod channel;
 pub mod detector;
+pub mod etcd;
 pub mod golive;
 pub mod primary;
