@@ -12,6 +12,8 @@
 //! - [`backup`]: log bytes acknowledged on receipt, replayed from the
 //!   buffer;
 //! - [`detector`]: heartbeats and silence;
+//! - [`console`]: the pair's console as a file written at stream offsets,
+//!   so that it reads as one stream across a failover;
 //! - [`golive`]: the backup's drain, test-and-set and go-live;
 //! - [`arbiter`]: the test-and-set itself, on a file on shared storage or
 //!   ([`etcd`]) on an etcd cluster.
@@ -24,6 +26,8 @@
 pub mod arbiter;
 pub mod backup;
 pub mod channel;
+#[cfg(unix)]
+pub mod console;
 pub mod detector;
 pub mod etcd;
 pub mod golive;
