@@ -22,7 +22,7 @@ pub trait Arbiter {
 #[error("{0:?} is not a valid pair or VM name (use letters, digits, '.', '_' and '-')")]
 pub struct BadName(String);
 
-pub(crate) fn check_name(name: &str) -> Result<(), BadName> {
+fn check_name(name: &str) -> Result<(), BadName> {
     let ok = !name.is_empty()
         && !name.starts_with('.')
         && name.len() <= 100
@@ -36,10 +36,34 @@ pub(crate) fn check_name(name: &str) -> Result<(), BadName> {
     }
 }
 
+/// What a claim holds: the VM's name and a token random per instance, so
+/// two VMs that happen to share a name never both win.
+pub(crate) fn claimant(me: &str, token: [u8; 16]) -> Result<String, BadName> {
+    check_name(me)?;
+    let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!("{me} {token}"))
+}
+
+/// The verdict of a claim on `pair` made by `claim` against `store`: a
+/// bad pair name (a configuration error, not a lost race) or a store that
+/// fails is unreachable, so the VM never goes live on it.
+pub(crate) fn settle<E: std::fmt::Display>(
+    pair: &str,
+    store: &dyn std::fmt::Display,
+    claim: impl FnOnce() -> Result<Verdict, E>,
+) -> Verdict {
+    if let Err(e) = check_name(pair) {
+        tracing::error!("test-and-set impossible: {e}");
+        return Verdict::Unreachable;
+    }
+    claim().unwrap_or_else(|e| {
+        tracing::warn!(%store, "the arbiter is unreachable: {e}");
+        Verdict::Unreachable
+    })
+}
+
 pub struct FileArbiter {
     dir: PathBuf,
-    /// What a claim holds: the VM's name and a token random per instance,
-    /// so two VMs that happen to share a name never both win.
     claimant: String,
 }
 
@@ -47,11 +71,9 @@ impl FileArbiter {
     /// An arbiter in `dir` for the VM `me`; `token` must be random and
     /// fresh for every VM process.
     pub fn new(dir: impl Into<PathBuf>, me: &str, token: [u8; 16]) -> Result<FileArbiter, BadName> {
-        check_name(me)?;
-        let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
         Ok(FileArbiter {
             dir: dir.into(),
-            claimant: format!("{me} {token}"),
+            claimant: claimant(me, token)?,
         })
     }
 
@@ -107,18 +129,7 @@ fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 impl Arbiter for FileArbiter {
     fn test_and_set(&mut self, pair: &str, epoch: u64) -> Verdict {
-        if let Err(e) = check_name(pair) {
-            // A configuration error, not a lost race: never go live on it.
-            tracing::error!("test-and-set impossible: {e}");
-            return Verdict::Unreachable;
-        }
-        match self.try_claim(pair, epoch) {
-            Ok(verdict) => verdict,
-            Err(e) => {
-                tracing::warn!(dir = %self.dir.display(), "the arbiter is unreachable: {e}");
-                Verdict::Unreachable
-            }
-        }
+        settle(pair, &self.dir.display(), || self.try_claim(pair, epoch))
     }
 }
 

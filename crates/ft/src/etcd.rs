@@ -12,7 +12,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-use crate::arbiter::{check_name, Arbiter, BadName};
+use crate::arbiter::{claimant, settle, Arbiter, BadName};
 use crate::golive::Verdict;
 
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -36,11 +36,9 @@ impl EtcdArbiter {
     /// An arbiter on the etcd at `endpoint` (`HOST:PORT` of a client URL)
     /// for the VM `me`; `token` must be random and fresh per VM process.
     pub fn new(endpoint: &str, me: &str, token: [u8; 16]) -> Result<EtcdArbiter, BadName> {
-        check_name(me)?;
-        let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
         Ok(EtcdArbiter {
             endpoint: endpoint.to_string(),
-            claimant: format!("{me} {token}"),
+            claimant: claimant(me, token)?,
         })
     }
 
@@ -129,16 +127,6 @@ fn dechunk(mut body: &str) -> Result<String, EtcdError> {
 
 impl Arbiter for EtcdArbiter {
     fn test_and_set(&mut self, pair: &str, epoch: u64) -> Verdict {
-        if let Err(e) = check_name(pair) {
-            tracing::error!("test-and-set impossible: {e}");
-            return Verdict::Unreachable;
-        }
-        match self.claim(pair, epoch) {
-            Ok(verdict) => verdict,
-            Err(e) => {
-                tracing::warn!(endpoint = %self.endpoint, "etcd is unreachable: {e}");
-                Verdict::Unreachable
-            }
-        }
+        settle(pair, &self.endpoint, || self.claim(pair, epoch))
     }
 }
