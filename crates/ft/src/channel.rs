@@ -235,6 +235,32 @@ pub fn channel_key(secret: &[u8]) -> [u8; 32] {
     blake3::derive_key("ftvm logging channel v1 key", secret)
 }
 
+/// A keyed hash over what identifies one side of one handshake: `domain`
+/// (what the hash is for), the role, the pair, the epoch and two nonces.
+fn transcript(
+    key: &[u8; 32],
+    domain: &[u8],
+    role: Role,
+    pair: &str,
+    epoch: u64,
+    first: &[u8; 16],
+    second: &[u8; 16],
+) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_keyed(key);
+    h.update(domain);
+    h.update(match role {
+        Role::Primary => b"primary",
+        Role::Backup => b"backup\0",
+    });
+    h.update(&(pair.len() as u64).to_le_bytes());
+    h.update(pair.as_bytes());
+    h.update(&epoch.to_le_bytes());
+    h.update(first);
+    h.update(second);
+    *h.finalize().as_bytes()
+}
+
+/// A side's proof: over its own nonce, then the peer's.
 fn proof(
     key: &[u8; 32],
     role: Role,
@@ -243,19 +269,10 @@ fn proof(
     own: &[u8; 16],
     peer: &[u8; 16],
 ) -> [u8; 32] {
-    let mut h = blake3::Hasher::new_keyed(key);
-    h.update(match role {
-        Role::Primary => b"primary",
-        Role::Backup => b"backup\0",
-    });
-    h.update(&(pair.len() as u64).to_le_bytes());
-    h.update(pair.as_bytes());
-    h.update(&epoch.to_le_bytes());
-    h.update(own);
-    h.update(peer);
-    *h.finalize().as_bytes()
+    transcript(key, b"", role, pair, epoch, own, peer)
 }
 
+/// The key of the frames `sender` sends after the handshake.
 fn session_key(
     key: &[u8; 32],
     sender: Role,
@@ -264,18 +281,8 @@ fn session_key(
     primary: &[u8; 16],
     backup: &[u8; 16],
 ) -> [u8; 32] {
-    let mut h = blake3::Hasher::new_keyed(key);
-    h.update(b"ftvm logging channel v1 session");
-    h.update(match sender {
-        Role::Primary => b"primary",
-        Role::Backup => b"backup\0",
-    });
-    h.update(&(pair.len() as u64).to_le_bytes());
-    h.update(pair.as_bytes());
-    h.update(&epoch.to_le_bytes());
-    h.update(primary);
-    h.update(backup);
-    *h.finalize().as_bytes()
+    let domain = b"ftvm logging channel v1 session";
+    transcript(key, domain, sender, pair, epoch, primary, backup)
 }
 
 /// One side's handshake, sans-IO: [`Handshake::start`] gives the first
