@@ -39,17 +39,6 @@ const LOG_FLUSH: Duration = Duration::from_millis(50);
 
 type LogFile = std::io::BufWriter<std::fs::File>;
 
-/// How a run ended.
-#[derive(Debug, PartialEq, Eq)]
-enum Outcome {
-    /// The guest powered off or exited through HTIF with this code.
-    Guest(u64, End),
-    /// `--max-insns` was reached.
-    InsnLimit,
-    /// The user pressed Ctrl-A x.
-    Quit,
-}
-
 /// What the console had for the machine.
 #[derive(Debug, PartialEq, Eq)]
 enum ConsoleInput {
@@ -92,7 +81,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     let mut steering = (args.clock == ClockArg::Host).then(TimeSteering::default);
     let mut upkeep = LogUpkeep::new(args.checkpoint_interval);
 
-    let outcome = loop {
+    let end = loop {
         let stop = machine.run(machine.icount().saturating_add(SLICE).min(limit));
         flush_console(&mut machine)?;
         // Answer I/O at once, at this instruction boundary. Whatever is
@@ -108,7 +97,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
             injected = true;
         }
         match inject_pending_input(&mut machine, &mut recorder, &mut console)? {
-            ConsoleInput::Quit => break Outcome::Quit,
+            ConsoleInput::Quit => break End::Quit,
             ConsoleInput::Injected => injected = true,
             ConsoleInput::Nothing => {}
         }
@@ -129,7 +118,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         }
         upkeep.tick(&mut recorder, &machine, matches!(stop, Stop::Idle { .. }))?;
         match stop {
-            Stop::Limit if machine.icount() >= limit => break Outcome::InsnLimit,
+            Stop::Limit if machine.icount() >= limit => break End::InsnLimit,
             Stop::Limit | Stop::Io => {}
             Stop::Idle { .. } if injected => {}
             Stop::Idle { wake_at } => {
@@ -138,16 +127,14 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
                 }
                 // With a network, the host must look at its sockets often.
                 let poll = host_io.net.is_some().then_some(NET_POLL);
-                if let Some(outcome) =
+                if let Some(end) =
                     sleep_while_idle(&mut machine, &mut recorder, &mut console, wake_at, poll)?
                 {
-                    break outcome;
+                    break end;
                 }
             }
-            Stop::PowerOff { code } => {
-                break Outcome::Guest(u64::from(code), End::PowerOff { code })
-            }
-            Stop::HtifExit { code } => break Outcome::Guest(code, End::HtifExit { code }),
+            Stop::PowerOff { code } => break End::PowerOff { code },
+            Stop::HtifExit { code } => break End::HtifExit { code },
             Stop::Reset => {
                 tracing::info!(icount = machine.icount(), "guest requested a reset");
                 recorder.reset(&machine)?;
@@ -162,12 +149,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         }
     };
     drop(console);
-    let end = match outcome {
-        Outcome::Guest(_, end) => end,
-        Outcome::InsnLimit => End::InsnLimit,
-        Outcome::Quit => End::Quit,
-    };
-    recorder.end(&machine, end)?;
+    let final_digest = recorder.end(&machine, end)?;
     if let Some(path) = &args.record {
         tracing::info!(bytes = recorder.bytes(), log = %path.display(), "recording written");
     }
@@ -175,18 +157,21 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     if args.digest || args.record.is_some() {
         eprintln!("icount: {}", machine.icount());
         eprintln!("pc: {:#x}", machine.hart().pc());
-        eprintln!("final state digest: {}", machine.digest());
+        // A recording's last checkpoint is this very state.
+        let digest = final_digest.unwrap_or_else(|| machine.digest());
+        eprintln!("final state digest: {digest}");
     }
-    Ok(match outcome {
-        Outcome::Guest(code, _) => guest_exit_code(code),
-        Outcome::InsnLimit => {
+    Ok(match end {
+        End::PowerOff { code } => guest_exit_code(u64::from(code)),
+        End::HtifExit { code } => guest_exit_code(code),
+        End::InsnLimit => {
             eprintln!(
                 "ftvm: stopped after {} instructions (--max-insns)",
                 machine.icount()
             );
             ExitCode::from(124)
         }
-        Outcome::Quit => ExitCode::SUCCESS,
+        End::Quit => ExitCode::SUCCESS,
     })
 }
 
@@ -295,7 +280,7 @@ fn sleep_while_idle(
     console: &mut Console,
     wake_at: Option<u64>,
     poll: Option<Duration>,
-) -> Result<Option<Outcome>> {
+) -> Result<Option<End>> {
     let now = machine.hart().mtime();
     // A deadline already passed cannot wake the guest (its timer interrupt
     // is masked); only input can.
@@ -326,7 +311,7 @@ fn sleep_while_idle(
     recorder.inject(machine, Input::IdleSleep { ticks: slept })?;
     match event {
         Some(ConsoleEvent::Byte(byte)) => recorder.inject(machine, Input::ConsoleByte(byte))?,
-        Some(ConsoleEvent::Quit) => return Ok(Some(Outcome::Quit)),
+        Some(ConsoleEvent::Quit) => return Ok(Some(End::Quit)),
         None => {}
     }
     Ok(None)

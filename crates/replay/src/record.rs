@@ -71,14 +71,15 @@ impl<W: Write> Recorder<W> {
         Ok(())
     }
 
-    /// End the log: a last checkpoint, the end entry, and a flush.
-    pub fn end(&mut self, machine: &Machine, end: End) -> Result<(), LogError> {
-        self.checkpoint(machine)?;
+    /// End the log: a last checkpoint, the end entry, and a flush. The
+    /// digest of that checkpoint (when logging).
+    pub fn end(&mut self, machine: &Machine, end: End) -> Result<Option<Digest>, LogError> {
+        let digest = self.checkpoint(machine)?;
         if let Some(log) = &mut self.log {
             log.push(machine.icount(), &Event::End(end))?;
             log.flush()?;
         }
-        Ok(())
+        Ok(digest)
     }
 
     pub fn flush(&mut self) -> Result<(), LogError> {

@@ -352,6 +352,9 @@ impl<R: Read> Replayer<R> {
     pub fn run(&mut self, out: &mut dyn FnMut(Output)) -> Result<Replayed, ReplayError> {
         let fault = self.replay.fault;
         let mut checkpoints = 0;
+        // The digest of the state right now, if the last entry checked it
+        // (a recording ends with a checkpoint, then its end entry).
+        let mut checked = None;
         loop {
             let Some(entry) = self.reader.next()? else {
                 return Err(LogError::NoEnd {
@@ -359,8 +362,14 @@ impl<R: Read> Replayer<R> {
                 }
                 .into());
             };
-            match self.replay.apply(&entry, out)? {
+            let icount_before = self.replay.machine.icount();
+            let applied = self.replay.apply(&entry, out)?;
+            if self.replay.machine.icount() != icount_before {
+                checked = None;
+            }
+            match applied {
                 Applied::Checkpoint { logged, found } if logged == found => {
+                    checked = Some(found);
                     checkpoints += 1;
                     self.good.checkpoints_since += 1;
                     if self.good.checkpoints_since >= SNAPSHOT_EVERY
@@ -383,14 +392,18 @@ impl<R: Read> Replayer<R> {
                     return Ok(Replayed {
                         end,
                         icount: self.replay.machine.icount(),
-                        digest: self.replay.machine.digest(),
+                        digest: checked.unwrap_or_else(|| self.replay.machine.digest()),
                         entries: self.reader.next_seq(),
                         checkpoints,
                     })
                 }
                 // A machine just built is as good as a snapshot.
-                Applied::Reset => self.good = Good::at(&self.replay.machine),
+                Applied::Reset => {
+                    checked = None;
+                    self.good = Good::at(&self.replay.machine);
+                }
                 Applied::Input => {
+                    checked = None;
                     self.good.window_bytes += data_len(&entry);
                     self.good.window.push(entry);
                 }
