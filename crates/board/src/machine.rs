@@ -153,6 +153,9 @@ pub struct Machine {
     /// Guest writes to `mtime` so far: host-side bookkeeping for guest-time
     /// steering, not machine state (not in snapshots or digests).
     mtime_writes: u64,
+    /// Host-side too: end a run this many instructions after the console's
+    /// first byte (see [`Machine::stop_after_output`]).
+    output_grace: Option<u64>,
 }
 
 /// A whole-machine snapshot: hart, devices and RAM.
@@ -326,6 +329,7 @@ impl Machine {
             console: Vec::new(),
             ram_size,
             mtime_writes: 0,
+            output_grace: None,
         })
     }
 
@@ -359,7 +363,8 @@ impl Machine {
     }
 
     /// Run until `icount` reaches `icount_limit` or a [`Stop`] condition.
-    pub fn run(&mut self, icount_limit: u64) -> Stop {
+    pub fn run(&mut self, mut icount_limit: u64) -> Stop {
+        let mut output_seen = !self.console.is_empty();
         loop {
             self.update_irq_lines();
             let icount = self.hart.icount();
@@ -399,6 +404,12 @@ impl Machine {
             }
             if exit == Exit::Mmio && self.process_virtio() {
                 return Stop::Io;
+            }
+            if let Some(grace) = self.output_grace {
+                if !output_seen && exit == Exit::Mmio && !self.console.is_empty() {
+                    output_seen = true;
+                    icount_limit = icount_limit.min(self.hart.icount().saturating_add(grace));
+                }
             }
             match exit {
                 Exit::Limit | Exit::Mmio => {}
@@ -522,6 +533,15 @@ impl Machine {
     pub fn icount(&self) -> u64 {
         self.hart.icount()
     }
+    /// End each [`Machine::run`] at most `grace` instructions after the
+    /// guest wrote its first console byte of the run, so that a host
+    /// holding output (an FT primary) sees it promptly rather than at the
+    /// end of a long slice. Where a run stops does not change what the
+    /// guest does; the grace lets a whole line out in one piece.
+    pub fn stop_after_output(&mut self, grace: Option<u64>) {
+        self.output_grace = grace;
+    }
+
     /// How often the guest has written `mtime` (CLINT) in this process.
     pub fn mtime_writes(&self) -> u64 {
         self.mtime_writes

@@ -49,7 +49,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::{
-    bench_runs, ftvm_bin, image_dir, median, parse_digest, qemu_available, qemu_virt_args,
+    bench_runs, ftvm_bin, image_dir, median, parse_digest, qemu_available, qemu_virt_args, Scratch,
 };
 use wait_timeout::ChildExt;
 
@@ -67,28 +67,6 @@ const DL_DONE: &str = "download-done";
 /// The VMware FT paper (Scales, Nelson, Venkitachalam, 2010), logging
 /// bandwidth of idle guests.
 const PAPER_IDLE: &str = "VMware FT paper (Scales et al. 2010): idle guests log 0.5-1.5 Mbit/s";
-
-/// This bench's scratch directory (with the pid in its name), removed on
-/// drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Scratch {
-        let dir = std::env::temp_dir().join(format!("ftvm-replay-bench-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("create the scratch directory");
-        Scratch(dir)
-    }
-
-    fn file(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A finished process, its console, and when marker lines appeared on it.
 struct Timed {
@@ -566,7 +544,7 @@ fn main() {
     } else {
         "not installed: QEMU rows left out".to_string()
     };
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("replay-bench");
     let port = start_server(DOWNLOAD_BYTES);
     let samples: Vec<Sample> = (0..runs).map(|_| one_run(&scratch, port, qemu)).collect();
     let s = &samples;

@@ -10,7 +10,9 @@
 //! it reads to the machine as typed inputs at instruction boundaries.
 
 mod console;
+mod ft;
 mod host_io;
+mod pair;
 mod replay;
 mod run;
 
@@ -55,10 +57,88 @@ enum Command {
     /// go nowhere unless `--console` is given. Exit code 0 when the replay
     /// reproduced the recording, 1 otherwise.
     Replay(replay::ReplayArgs),
+
+    /// Start a fault-tolerant pair on this host and return: a primary and a
+    /// backup VM as two processes, kept in lockstep over a logging channel.
+    ///
+    /// Kill the primary (`kill -9`) and the backup takes over where it
+    /// stopped; kill the backup and the primary runs on alone. The pair's
+    /// console is the file `console` in the state directory.
+    Up(pair::UpArgs),
+
+    /// One line per VM of the pair: `primary`, `backup`, `live` (running
+    /// alone), `halted` or `ended`, with its pid, how far the backup lags,
+    /// the logging channel's rate and the output rule's delay.
+    Status(pair::StateDirArgs),
+
+    /// End the pair cleanly: the primary logs the end, the backup ends with
+    /// it without going live, both exit.
+    Stop(pair::StateDirArgs),
+
+    /// Run the primary VM of a pair: connect to its backup, log every input
+    /// to it, and release outputs once the backup holds the log up to them.
+    ///
+    /// Exit code 0 when the pair ended (power-off, `ftvm stop`, SIGTERM),
+    /// 2 when it halted (it lost the test-and-set), 1 on an error.
+    Primary(ft::PrimaryArgs),
+
+    /// Run the backup VM of a pair: wait for the primary, replay its log,
+    /// and take over when it fails (after winning the test-and-set).
+    ///
+    /// Exit codes as for `ftvm primary`.
+    Backup(ft::BackupArgs),
 }
 
 #[derive(Args)]
 pub struct RunArgs {
+    #[command(flatten)]
+    pub machine: MachineArgs,
+
+    /// Attach a network card: `user` is the user-mode network (no
+    /// privileges; the guest is 10.0.2.15, the host is reachable as
+    /// 10.0.2.2), with `hostfwd=tcp:HOSTADDR:PORT-:GUESTPORT` rules
+    /// forwarding host ports to the guest, as in QEMU, e.g.
+    /// `--net user,hostfwd=tcp:127.0.0.1:8080-:80`. `tap,ifname=NAME`
+    /// connects it to the host's TAP interface NAME instead (Linux; needs
+    /// the right to use /dev/net/tun).
+    #[arg(long, value_name = "user[,hostfwd=...]|tap,ifname=NAME")]
+    net: Option<String>,
+
+    /// Stop after this many guest instructions (exit code 124, like
+    /// timeout(1)); for scripted runs that must end.
+    #[arg(long, value_name = "N")]
+    max_insns: Option<u64>,
+
+    /// Print the final instruction count, pc and state digest on stderr
+    /// when the run ends, as `icount: N`, `pc: 0xX` and
+    /// `final state digest: HEX` (always printed with `--record`).
+    #[arg(long)]
+    digest: bool,
+
+    /// Record every non-deterministic input into this log file, for
+    /// `ftvm replay`. The run itself is unchanged (console, disk and
+    /// network stay live).
+    #[arg(long, value_name = "FILE")]
+    record: Option<PathBuf>,
+
+    /// Seconds of host time between state digests in the log (checked by
+    /// replay; each costs one pass over guest RAM).
+    #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
+    checkpoint_interval: f64,
+
+    /// Guest time: `host` follows the host's clock (it advances with the
+    /// instruction count and is corrected toward wall-clock time by small
+    /// logged adjustments); `icount` derives it from the instruction count
+    /// alone (10 instructions per 100 ns tick), so that two runs of a
+    /// program without other input end in the same state. (With `--net`,
+    /// an idle guest's sleeps still last what the host waited.)
+    #[arg(long, value_name = "host|icount", default_value = "host")]
+    clock: ClockArg,
+}
+
+/// The machine a guest runs on, shared by `run` and the FT commands.
+#[derive(Args, Clone)]
+pub struct MachineArgs {
     /// Kernel to boot: an ELF file (loaded at its physical addresses) or a
     /// raw image (loaded at the start of RAM, or after the firmware).
     /// Without it, ftvm boots the default guest built by
@@ -89,16 +169,6 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     disk: Option<PathBuf>,
 
-    /// Attach a network card: `user` is the user-mode network (no
-    /// privileges; the guest is 10.0.2.15, the host is reachable as
-    /// 10.0.2.2), with `hostfwd=tcp:HOSTADDR:PORT-:GUESTPORT` rules
-    /// forwarding host ports to the guest, as in QEMU, e.g.
-    /// `--net user,hostfwd=tcp:127.0.0.1:8080-:80`. `tap,ifname=NAME`
-    /// connects it to the host's TAP interface NAME instead (Linux; needs
-    /// the right to use /dev/net/tun).
-    #[arg(long, value_name = "user[,hostfwd=...]|tap,ifname=NAME")]
-    net: Option<String>,
-
     /// Start the guest's RTC at this time (seconds since the Unix epoch)
     /// instead of the host's time of day, for runs that must be
     /// reproducible.
@@ -109,42 +179,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "MIB", default_value_t = MachineConfig::DEFAULT_MEMORY_MIB)]
     memory: u64,
 
-    /// Stop after this many guest instructions (exit code 124, like
-    /// timeout(1)); for scripted runs that must end.
-    #[arg(long, value_name = "N")]
-    max_insns: Option<u64>,
-
     /// How the CPU executes: `translator` (blocks translated to host code,
     /// the default on x86-64 Unix) or `interpreter` (the reference, and
     /// the default elsewhere). The guest behaves identically with either.
     #[arg(long, value_name = "ENGINE", default_value_t = EngineArg::default())]
     engine: EngineArg,
-
-    /// Print the final instruction count, pc and state digest on stderr
-    /// when the run ends, as `icount: N`, `pc: 0xX` and
-    /// `final state digest: HEX` (always printed with `--record`).
-    #[arg(long)]
-    digest: bool,
-
-    /// Record every non-deterministic input into this log file, for
-    /// `ftvm replay`. The run itself is unchanged (console, disk and
-    /// network stay live).
-    #[arg(long, value_name = "FILE")]
-    record: Option<PathBuf>,
-
-    /// Seconds of host time between state digests in the log (checked by
-    /// replay; each costs one pass over guest RAM).
-    #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
-    checkpoint_interval: f64,
-
-    /// Guest time: `host` follows the host's clock (it advances with the
-    /// instruction count and is corrected toward wall-clock time by small
-    /// logged adjustments); `icount` derives it from the instruction count
-    /// alone (10 instructions per 100 ns tick), so that two runs of a
-    /// program without other input end in the same state. (With `--net`,
-    /// an idle guest's sleeps still last what the host waited.)
-    #[arg(long, value_name = "host|icount", default_value = "host")]
-    clock: ClockArg,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -163,8 +202,44 @@ fn default_guest_dir() -> PathBuf {
         })
 }
 
-impl RunArgs {
-    fn machine_config(&self, virtio: Vec<ftvm_board::DeviceKind>) -> Result<MachineConfig> {
+impl MachineArgs {
+    /// These options as `ftvm` arguments, for a process started on the
+    /// user's behalf (`ftvm up`). Paths are made absolute.
+    pub fn to_args(&self) -> Result<Vec<std::ffi::OsString>> {
+        let mut args: Vec<std::ffi::OsString> = Vec::new();
+        let mut path = |flag: &str, path: &Option<PathBuf>| -> Result<()> {
+            if let Some(path) = path {
+                let path = std::path::absolute(path)?;
+                args.extend([flag.into(), path.into()]);
+            }
+            Ok(())
+        };
+        path("--kernel", &self.kernel)?;
+        path("--initrd", &self.initrd)?;
+        path("--disk", &self.disk)?;
+        if let Some(bios) = &self.bios {
+            let bios = match bios.as_str() {
+                "none" => bios.into(),
+                file => std::path::absolute(file)?.into(),
+            };
+            args.extend(["--bios".into(), bios]);
+        }
+        if let Some(append) = &self.append {
+            args.extend(["--append".into(), append.into()]);
+        }
+        if let Some(rtc) = self.rtc_time {
+            args.extend(["--rtc-time".into(), rtc.to_string().into()]);
+        }
+        args.extend([
+            "--memory".into(),
+            self.memory.to_string().into(),
+            "--engine".into(),
+            self.engine.to_string().into(),
+        ]);
+        Ok(args)
+    }
+
+    pub fn machine_config(&self, virtio: Vec<ftvm_board::DeviceKind>) -> Result<MachineConfig> {
         let (kernel, bios, initrd, append) = match &self.kernel {
             Some(kernel) => (
                 kernel.clone(),
@@ -256,6 +331,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal, not in a daemon's log file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match dispatch(Cli::parse()) {
         Ok(code) => code,
@@ -270,5 +347,10 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run::run(&args),
         Command::Replay(args) => replay::replay(&args),
+        Command::Up(args) => pair::up(&args),
+        Command::Status(args) => pair::status(&args),
+        Command::Stop(args) => pair::stop(&args),
+        Command::Primary(args) => ft::primary(&args),
+        Command::Backup(args) => ft::backup(&args),
     }
 }

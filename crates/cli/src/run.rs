@@ -59,10 +59,10 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         None => None,
     };
     let mut host_io = HostIo {
-        disk: args.disk.as_deref().map(Disk::open).transpose()?,
+        disk: args.machine.disk.as_deref().map(Disk::open).transpose()?,
         net,
     };
-    let config = args.machine_config(host_io.devices())?;
+    let config = args.machine.machine_config(host_io.devices())?;
     let mut machine = Machine::new(&config)?;
     let mut recorder: Recorder<LogFile> = match &args.record {
         Some(path) => {
@@ -74,7 +74,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         }
         None => Recorder::unlogged(),
     };
-    recorder.inject(&mut machine, wall_clock(args.rtc_time))?;
+    recorder.inject(&mut machine, wall_clock(args.machine.rtc_time))?;
     let mut console = Console::open()?;
     let limit = args.max_insns.unwrap_or(u64::MAX);
     let started = Instant::now();
@@ -139,7 +139,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
                 tracing::info!(icount = machine.icount(), "guest requested a reset");
                 recorder.reset(&machine)?;
                 machine = Machine::new(&config)?;
-                recorder.inject(&mut machine, wall_clock(args.rtc_time))?;
+                recorder.inject(&mut machine, wall_clock(args.machine.rtc_time))?;
                 // The files were read again: a replay checks the new
                 // machine's state here, not a second later.
                 recorder.checkpoint(&machine)?;

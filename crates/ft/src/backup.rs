@@ -52,7 +52,7 @@ impl Backup {
                     icount: self.icount,
                 }))
             }
-            Message::Entries { .. } | Message::Heartbeat => Ok(None),
+            Message::Entries { .. } | Message::Heartbeat | Message::Released { .. } => Ok(None),
             Message::Ack { .. } => Err(BackupError::Unexpected("Ack")),
             Message::Hello { .. } | Message::Proof { .. } => {
                 Err(BackupError::Unexpected("handshake message"))

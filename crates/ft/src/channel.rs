@@ -60,6 +60,10 @@ pub enum Message {
     Ack { through: u64, icount: u64 },
     /// Nothing to say, but still here.
     Heartbeat,
+    /// The primary has released the guest's console stream up to this
+    /// offset: a backup that goes live must write again what comes after
+    /// it (it may never have reached the world), and need keep no more.
+    Released { console: u64 },
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -427,6 +431,7 @@ fn kind(message: &Message) -> &'static str {
         Message::Entries { .. } => "Entries",
         Message::Ack { .. } => "Ack",
         Message::Heartbeat => "Heartbeat",
+        Message::Released { .. } => "Released",
     }
 }
 

@@ -1,6 +1,11 @@
 //! Failure detection: heartbeats plus silence on the logging channel
 //! (DESIGN.md §4), sans-IO. Any message from the peer counts as a sign of
-//! life; the peer is suspected once nothing has arrived for `timeout`.
+//! life; the peer is suspected once nothing has arrived for `timeout`, or
+//! at once when the channel is known to be closed (a process killed on
+//! the other side closes its connections at once: nothing more can
+//! arrive, and waiting out the timeout would only delay the failover).
+//! Either way a suspicion only leads to the arbiter, never straight to
+//! going live.
 
 /// Times are milliseconds on a clock the caller chooses (monotonic).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,6 +30,7 @@ pub struct FailureDetector {
     config: DetectorConfig,
     last_heard: u64,
     last_sent: u64,
+    closed: bool,
 }
 
 impl FailureDetector {
@@ -34,6 +40,7 @@ impl FailureDetector {
             config,
             last_heard: now,
             last_sent: now,
+            closed: false,
         }
     }
 
@@ -47,12 +54,27 @@ impl FailureDetector {
         self.last_sent = self.last_sent.max(now);
     }
 
+    /// The channel to the peer is closed: nothing more will arrive.
+    pub fn closed(&mut self) {
+        self.closed = true;
+    }
+
+    /// When something was last sent to the peer.
+    pub fn last_sent(&self) -> u64 {
+        self.last_sent
+    }
+
+    /// When the next heartbeat is due.
+    pub fn next_heartbeat(&self) -> u64 {
+        self.last_sent + self.config.heartbeat_ms
+    }
+
     pub fn heartbeat_due(&self, now: u64) -> bool {
         now.saturating_sub(self.last_sent) >= self.config.heartbeat_ms
     }
 
     pub fn suspects(&self, now: u64) -> bool {
-        now.saturating_sub(self.last_heard) >= self.config.timeout_ms
+        self.closed || now.saturating_sub(self.last_heard) >= self.config.timeout_ms
     }
 
     /// When the caller should look again (the next heartbeat or timeout).
@@ -77,5 +99,7 @@ mod tests {
         d.sent(1100);
         assert!(!d.heartbeat_due(1150));
         assert_eq!(d.next_deadline(), 1200);
+        d.closed();
+        assert!(d.suspects(1150), "a closed channel is suspected at once");
     }
 }

@@ -18,10 +18,8 @@
 //! - [`arbiter`]: the test-and-set itself, on a file on shared storage or
 //!   ([`etcd`]) on an etcd cluster.
 //!
-//! Status: this is the protocol core of issue 5. The daemon that drives it
-//! with sockets and machines, the CLI (`ftvm up`,
-//! `status`, `stop`, `primary`, `backup`) and the simulator are not built
-//! yet.
+//! `ftvm-node` puts these together around a machine (one VM of a pair);
+//! the `ftvm` daemon and the simulator (`ftvm-sim`) drive that.
 
 pub mod arbiter;
 pub mod backup;

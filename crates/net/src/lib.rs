@@ -37,7 +37,7 @@ use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
 
 /// Where a VM's frames go and come from.
-pub trait NetBackend {
+pub trait NetBackend: Send {
     /// A frame the guest transmitted.
     fn send(&mut self, frame: &[u8]);
     /// Do pending host work; frames for the guest.

@@ -232,6 +232,12 @@ pub enum Event {
     Reset,
     /// Control: the recording ends here.
     End(End),
+    /// Control: an FT primary produced output (console bytes, a frame, a
+    /// disk write) in the instructions up to here. The output leaves only
+    /// once the backup holds this entry, and a backup that goes live runs
+    /// at least to this icount before it takes any input of its own, so it
+    /// re-produces exactly the output the world may have seen.
+    Output,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -254,6 +260,7 @@ enum Wire<'a> {
     Checkpoint(u64, [u8; 32]),
     Reset(u64),
     End(u64, End),
+    Output(u64),
 }
 
 impl<'a> Wire<'a> {
@@ -273,6 +280,7 @@ impl<'a> Wire<'a> {
             Event::Checkpoint(d) => Wire::Checkpoint(delta, d.0),
             Event::Reset => Wire::Reset(delta),
             Event::End(end) => Wire::End(delta, *end),
+            Event::Output => Wire::Output(delta),
         }
     }
 
@@ -303,6 +311,7 @@ impl<'a> Wire<'a> {
             Wire::Checkpoint(d, digest) => (d, Event::Checkpoint(Digest(digest))),
             Wire::Reset(d) => (d, Event::Reset),
             Wire::End(d, end) => (d, Event::End(end)),
+            Wire::Output(d) => (d, Event::Output),
         }
     }
 }
@@ -437,6 +446,11 @@ impl<W: Write> LogWriter<W> {
     /// The output, e.g. to send what was written to it.
     pub fn get_ref(&self) -> &W {
         &self.out
+    }
+
+    /// The output, e.g. to take what was written to an in-memory buffer.
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.out
     }
 
     pub fn into_inner(mut self) -> Result<W, LogError> {

@@ -133,8 +133,13 @@ pub struct ReplayMachine {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Applied {
     Input,
+    /// An output marker: the machine ran to its icount.
+    Output,
     Reset,
-    Checkpoint { logged: Digest, found: Digest },
+    Checkpoint {
+        logged: Digest,
+        found: Digest,
+    },
     End(End),
 }
 
@@ -160,6 +165,30 @@ impl ReplayMachine {
 
     pub fn machine(&self) -> &Machine {
         &self.machine
+    }
+
+    /// Leave replay: the machine, as it stands, to run live.
+    pub fn into_machine(self) -> Machine {
+        self.machine
+    }
+
+    /// Run toward `entry` but stop at `limit` if that comes first, so a
+    /// caller that must stay responsive (a backup answering its channel)
+    /// can execute a long stretch between entries in pieces. Running to the
+    /// entry's own icount is left to [`ReplayMachine::apply`].
+    pub fn advance(
+        &mut self,
+        entry: &Entry,
+        limit: u64,
+        out: &mut dyn FnMut(Output),
+    ) -> Result<(), ReplayError> {
+        let target = limit.min(entry.icount);
+        self.run_to(target, out)
+            .map_err(|what| ReplayError::Mismatch {
+                seq: entry.seq,
+                icount: entry.icount,
+                what,
+            })
     }
 
     pub fn set_fault(&mut self, fault: Option<Fault>) {
@@ -230,6 +259,7 @@ impl ReplayMachine {
                 self.emit(out);
                 Applied::Input
             }
+            Event::Output => Applied::Output,
             Event::Checkpoint(logged) => Applied::Checkpoint {
                 logged: *logged,
                 found: self.machine.digest(),
@@ -402,7 +432,7 @@ impl<R: Read> Replayer<R> {
                     checked = None;
                     self.good = Good::at(&self.replay.machine);
                 }
-                Applied::Input => {
+                Applied::Input | Applied::Output => {
                     checked = None;
                     self.good.window_bytes += data_len(&entry);
                     self.good.window.push(entry);

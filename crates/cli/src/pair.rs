@@ -1,0 +1,355 @@
+//! `ftvm up`, `ftvm status` and `ftvm stop`: an FT pair on this host, kept
+//! in a state directory.
+//!
+//! `up` starts `ftvm backup` and `ftvm primary` as detached processes and
+//! returns once the primary logs to the backup. Everything the pair has is
+//! in the directory: the pre-shared `key`, the arbiter's `arbiter/`, the
+//! `console` file, each VM's `NAME.status` line and `NAME.log` (its
+//! stderr), and `backup.addr`.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use crate::ft::DiskModeArg;
+use crate::MachineArgs;
+
+const VMS: [&str; 2] = ["primary", "backup"];
+
+#[derive(Args)]
+pub struct UpArgs {
+    /// The pair's directory (created if missing; a previous pair's files
+    /// in it are replaced).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: PathBuf,
+
+    #[command(flatten)]
+    pub machine: MachineArgs,
+
+    /// How the disk is shared (see `ftvm primary --disk-mode`); `private`
+    /// gives the backup a copy of the image in the state directory.
+    #[arg(long, value_name = "shared|private", default_value = "shared")]
+    pub disk_mode: DiskModeArg,
+
+    /// Heartbeat interval of the logging channel.
+    #[arg(long, value_name = "MS", default_value_t = 100)]
+    pub heartbeat_ms: u64,
+
+    /// Failure-detection timeout.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub timeout_ms: u64,
+
+    /// The test-and-set store (default: `arbiter/` in the state directory).
+    #[arg(long, value_name = "DIR|etcd:HOST:PORT")]
+    pub arbiter: Option<String>,
+}
+
+#[derive(Args)]
+pub struct StateDirArgs {
+    /// The pair's directory, as given to `ftvm up`.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: PathBuf,
+}
+
+pub fn up(args: &UpArgs) -> Result<ExitCode> {
+    let dir = &args.state_dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("resolving {}", dir.display()))?;
+    if let Some(vm) = read_vms(&dir).into_iter().find(|vm| vm.alive) {
+        bail!(
+            "a pair is running in {} ({} pid={}): `ftvm stop --state-dir {}` first",
+            dir.display(),
+            vm.word,
+            vm.pid,
+            dir.display()
+        );
+    }
+    for stale in ["console", "backup.addr", "primary.status", "backup.status"] {
+        let _ = std::fs::remove_file(dir.join(stale));
+    }
+    let _ = std::fs::remove_dir_all(dir.join("arbiter"));
+    let key: [u8; 32] = {
+        let mut key = [0u8; 32];
+        getrandom::fill(&mut key).map_err(|e| anyhow::anyhow!("no host randomness: {e}"))?;
+        key
+    };
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    write_private(&dir.join("key"), hex.as_bytes())?;
+    // Fail here, with the user's own flags, rather than in a detached
+    // process.
+    args.machine
+        .machine_config(Vec::new())
+        .context("the guest to run")?;
+
+    let arbiter = args
+        .arbiter
+        .clone()
+        .unwrap_or_else(|| dir.join("arbiter").to_string_lossy().into_owned());
+    let common = |name: &str| -> Vec<OsString> {
+        vec![
+            "--key-file".into(),
+            dir.join("key").into(),
+            "--arbiter".into(),
+            arbiter.clone().into(),
+            "--console-file".into(),
+            dir.join("console").into(),
+            "--status-file".into(),
+            dir.join(format!("{name}.status")).into(),
+            "--name".into(),
+            name.into(),
+            "--heartbeat-ms".into(),
+            args.heartbeat_ms.to_string().into(),
+            "--timeout-ms".into(),
+            args.timeout_ms.to_string().into(),
+            "--disk-mode".into(),
+            match args.disk_mode {
+                DiskModeArg::Shared => "shared",
+                DiskModeArg::Private => "private",
+            }
+            .into(),
+        ]
+    };
+
+    let mut backup: Vec<OsString> = vec![
+        "backup".into(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--addr-file".into(),
+        dir.join("backup.addr").into(),
+        "--engine".into(),
+        args.machine.engine.to_string().into(),
+    ];
+    backup.extend(common("backup"));
+    if let Some(disk) = &args.machine.disk {
+        let disk = match args.disk_mode {
+            DiskModeArg::Shared => absolute(disk)?,
+            DiskModeArg::Private => {
+                let copy = dir.join("backup-disk.img");
+                std::fs::copy(disk, &copy).with_context(|| {
+                    format!("copying {} for the backup's own disk", disk.display())
+                })?;
+                copy
+            }
+        };
+        backup.extend(["--disk".into(), disk.into()]);
+    }
+    let backup_pid = spawn(&dir, "backup", &backup)?;
+    let addr_file = dir.join("backup.addr");
+    let addr = wait_for(Duration::from_secs(20), || {
+        std::fs::read_to_string(&addr_file)
+            .ok()
+            .filter(|s| s.ends_with('\n'))
+    })
+    .with_context(|| {
+        format!(
+            "the backup (pid {backup_pid}) did not start listening; see {}",
+            dir.join("backup.log").display()
+        )
+    })?;
+
+    let mut primary: Vec<OsString> = vec!["primary".into(), "--backup".into(), addr.trim().into()];
+    primary.extend(common("primary"));
+    primary.extend(args.machine.to_args()?);
+    let primary_pid = spawn(&dir, "primary", &primary)?;
+    let status = dir.join("primary.status");
+    wait_for(Duration::from_secs(60), || {
+        let vm = read_vm(&status)?;
+        match vm.word.as_str() {
+            "connecting" if vm.alive => None,
+            _ => Some(()),
+        }
+    })
+    .with_context(|| {
+        format!(
+            "the primary (pid {primary_pid}) did not connect to the backup; see {}",
+            dir.join("primary.log").display()
+        )
+    })?;
+    let primary = read_vm(&status);
+    if !primary.as_ref().is_some_and(|vm| vm.alive) {
+        bail!(
+            "the primary (pid {primary_pid}) exited at start; see {}",
+            dir.join("primary.log").display()
+        );
+    }
+    println!(
+        "ftvm: pair up in {}: primary pid={primary_pid}, backup pid={backup_pid}\n\
+         console: {}\n\
+         `ftvm status --state-dir {0}` shows it, `ftvm stop --state-dir {0}` ends it",
+        dir.display(),
+        dir.join("console").display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn absolute(path: &Path) -> Result<PathBuf> {
+    path.canonicalize()
+        .with_context(|| format!("resolving {}", path.display()))
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(bytes)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Start `ftvm ARGS` detached from this process: its own process group (a
+/// Ctrl-C at this terminal is not for it), stderr to `DIR/NAME.log`.
+fn spawn(dir: &Path, name: &str, args: &[OsString]) -> Result<u32> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().context("finding the ftvm executable")?;
+    let log = std::fs::File::create(dir.join(format!("{name}.log")))
+        .with_context(|| format!("creating {name}.log"))?;
+    let child = Command::new(exe)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting the {name}"))?;
+    Ok(child.id())
+}
+
+fn wait_for<T>(limit: Duration, mut probe: impl FnMut() -> Option<T>) -> Result<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = probe() {
+            return Ok(value);
+        }
+        if start.elapsed() > limit {
+            bail!("timed out after {} s", limit.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One VM as its status file and the process table show it.
+struct Vm {
+    name: &'static str,
+    word: String,
+    pid: u32,
+    line: String,
+    alive: bool,
+}
+
+impl Vm {
+    /// Its status line, unless the process died without saying so.
+    fn describe(&self) -> String {
+        if self.alive || matches!(self.word.as_str(), "halted" | "ended") {
+            self.line.clone()
+        } else {
+            format!(
+                "dead pid={} (was {}, started as {})",
+                self.pid, self.word, self.name
+            )
+        }
+    }
+}
+
+fn read_vm(path: &Path) -> Option<Vm> {
+    let line = std::fs::read_to_string(path).ok()?;
+    let line = line.trim().to_string();
+    let word = line.split_whitespace().next()?.to_string();
+    let pid = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("pid="))?
+        .parse()
+        .ok()?;
+    Some(Vm {
+        name: "",
+        word,
+        pid,
+        alive: process_alive(pid),
+        line,
+    })
+}
+
+fn read_vms(dir: &Path) -> Vec<Vm> {
+    VMS.iter()
+        .filter_map(|name| read_vm(&dir.join(format!("{name}.status"))).map(|vm| Vm { name, ..vm }))
+        .collect()
+}
+
+/// Whether `pid` runs (and is not a zombie waiting to be reaped).
+fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+pub fn status(args: &StateDirArgs) -> Result<ExitCode> {
+    let vms = read_vms(&args.state_dir);
+    if vms.is_empty() {
+        bail!("no pair in {}", args.state_dir.display());
+    }
+    for vm in vms {
+        println!("{}", vm.describe());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Send SIGTERM to `pid`.
+fn terminate(pid: u32) {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    // SAFETY: kill(2) only sends a signal; it touches no memory of ours.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+}
+
+pub fn stop(args: &StateDirArgs) -> Result<ExitCode> {
+    let vms: Vec<Vm> = read_vms(&args.state_dir)
+        .into_iter()
+        .filter(|vm| vm.alive)
+        .collect();
+    if vms.is_empty() {
+        println!("ftvm: nothing runs in {}", args.state_dir.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    // The VM that runs the guest ends the pair with a control entry; a
+    // backup then ends by itself, without going live.
+    for vm in vms
+        .iter()
+        .filter(|vm| matches!(vm.word.as_str(), "primary" | "live"))
+    {
+        terminate(vm.pid);
+    }
+    let pids: Vec<u32> = vms.iter().map(|vm| vm.pid).collect();
+    let all_gone = |limit| {
+        wait_for(limit, || {
+            pids.iter().all(|&pid| !process_alive(pid)).then_some(())
+        })
+    };
+    if all_gone(Duration::from_secs(10)).is_err() {
+        for &pid in &pids {
+            terminate(pid);
+        }
+        all_gone(Duration::from_secs(10)).context("the pair did not stop")?;
+    }
+    for vm in read_vms(&args.state_dir) {
+        println!("{}", vm.describe());
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,97 @@
+//! `ftvm-sim`: run simulator seeds (see the `ftvm_sim` crate docs).
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Parser;
+use ftvm_sim::{run_seed, Broken, Options};
+
+#[derive(Parser)]
+#[command(about = "Deterministic simulation of an ftvm FT pair under faults")]
+struct Args {
+    /// Run this many seeds.
+    #[arg(long, default_value_t = 100)]
+    seeds: u64,
+    /// The first seed of the range.
+    #[arg(long, default_value_t = 0)]
+    first: u64,
+    /// Run only this seed, and print its plan and outcome.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Keep an event trace and print it with a failure.
+    #[arg(long)]
+    verbose: bool,
+    /// A healthy pair: no faults.
+    #[arg(long)]
+    no_faults: bool,
+    /// Every seed gets a slow link and corrupt frames (connections close
+    /// while acknowledgements are in flight).
+    #[arg(long)]
+    slow_and_corrupt: bool,
+    /// Run a deliberately broken variant: `ack-on-send`, `arbiter-always-wins` or
+    /// `disk-loses-writes`.
+    #[arg(long)]
+    broken: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let broken = match args.broken.as_deref() {
+        None => None,
+        Some("ack-on-send") => Some(Broken::AckOnSend),
+        Some("arbiter-always-wins") => Some(Broken::ArbiterAlwaysWins),
+        Some("disk-loses-writes") => Some(Broken::DiskLosesWrites),
+        Some(other) => {
+            eprintln!("ftvm-sim: unknown broken variant {other:?}");
+            return ExitCode::from(2);
+        }
+    };
+    let options = Options {
+        faults: !args.no_faults,
+        broken,
+        trace: args.verbose,
+        slow_and_corrupt: args.slow_and_corrupt,
+        ..Options::default()
+    };
+    let seeds: Vec<u64> = match args.seed {
+        Some(s) => vec![s],
+        None => (args.first..args.first.saturating_add(args.seeds)).collect(),
+    };
+    let started = Instant::now();
+    let mut failed = 0u64;
+    for &seed in &seeds {
+        match run_seed(seed, &options) {
+            Ok(outcome) => {
+                if args.seed.is_some() || args.verbose {
+                    println!(
+                        "seed {seed}: ok, {:.0} ms virtual, A {}, B {}, {} console bytes, {} ticks, \
+                         takeover {}, {} log entries replayed\n  plan: {}",
+                        outcome.virtual_ns as f64 / 1e6,
+                        outcome.a,
+                        outcome.b,
+                        outcome.console_bytes,
+                        outcome.ticks_seen,
+                        outcome.takeover,
+                        outcome.replayed_entries,
+                        outcome.plan.join("; ")
+                    );
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                println!("{e}");
+            }
+        }
+    }
+    println!(
+        "{} seeds, {} failed, {:.1} s",
+        seeds.len(),
+        failed,
+        started.elapsed().as_secs_f64()
+    );
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

@@ -1,0 +1,243 @@
+/* ftguest: the workload of the deterministic FT simulator (crates/sim). Never passes or fails by
+ * itself; it runs TICKS ticks and then powers off (pass).
+ *
+ * Brings up virtio-blk and virtio-rng (polled virtqueues, as ioloop.c; completions wake WFI through
+ * the PLIC, context 0 = M-mode, with mstatus.MIE = 0 so no trap is ever taken) and then, every
+ * 1-5 ms of guest time (CLINT timer + WFI, so the guest idles between ticks), tick n:
+ *   - asks virtio-rng for 16 bytes and waits for them;
+ *   - h = FNV-1a over (n, the entropy, mtime);
+ *   - writes a 512-byte record derived from (n, h) to sector 1 + n % NSEC and waits for its
+ *     completion; then remembers (n, h) for that sector in `ftg_table` (the simulator reads this
+ *     table from guest RAM at the end: every write the guest saw complete must be on the disk);
+ *   - prints `tick N 0x<h>`, so the output depends on timing and inputs;
+ *   - every third tick re-reads a sector whose write completed earlier and prints `BAD ...` if it
+ *     does not hold what was written (a lost acknowledged write), else nothing.
+ * The next tick is 1-5 ms after this one began (the period also comes from h). */
+#include "test.h"
+typedef unsigned short u16;
+typedef unsigned char u8;
+
+#ifndef TICKS
+#define TICKS 1000000
+#endif
+#define NSEC 8
+
+#include "virtio.h"
+#define VIRTIO_FIRST_IRQ 1
+#define PLIC_BASE 0x0c000000UL
+
+#define MIE_MTIE (1UL << 7)
+#define MIE_MEIE (1UL << 11)
+
+#define QN 8
+#define RNG_LEN 16
+
+struct desc { u64 addr; u32 len; u16 flags; u16 next; };
+struct used_elem { u32 id; u32 len; };
+struct vq {
+  struct desc desc[QN];
+  struct { u16 flags, idx, ring[QN], used_event; } avail;
+  struct { u16 flags, idx; struct used_elem ring[QN]; u16 avail_event; } used __attribute__((aligned(4)));
+} __attribute__((aligned(4096)));
+struct queue { u64 base; volatile struct vq *vq; u16 num, avail_idx, last_used; };
+
+static volatile struct vq vq_blk, vq_rng;
+static struct queue q_blk, q_rng;
+static volatile struct { u32 type, reserved; u64 sector; } blk_hdr __attribute__((aligned(16)));
+static volatile u8 blk_data[SECTOR] __attribute__((aligned(16)));
+static volatile u8 blk_status;
+static volatile u8 rng_data[RNG_LEN] __attribute__((aligned(16)));
+static u64 blk_base, rng_base, blk_sectors;
+
+/* What the guest knows is on the disk: for sector 1 + i, valid / tick / hash of the last write
+ * whose completion it saw. Read by the simulator (by symbol) at the end of a run. */
+volatile u64 ftg_table[NSEC][3];
+
+static volatile u64 *const mtimecmp = (volatile u64 *)CLINT_MTIMECMP;
+static volatile u64 *const mtime = (volatile u64 *)CLINT_MTIME;
+
+static inline void fence(void) { asm volatile("fence rw, rw" ::: "memory"); }
+static inline void wfi(void) { asm volatile("wfi" ::: "memory"); }
+static inline u32 r32(u64 base, u64 off) { return *(volatile u32 *)(base + off); }
+static inline void w32(u64 base, u64 off, u32 v) { *(volatile u32 *)(base + off) = v; }
+
+static u64 fnv(u64 h, u64 v) {
+  for (int i = 0; i < 8; i++) h = (h ^ ((v >> (8 * i)) & 0xff)) * 0x100000001b3UL;
+  return h;
+}
+
+/* The record for tick n with hash h: byte i of the sector. */
+static u8 record_byte(u64 n, u64 h, u32 i) {
+  if (i < 8) return (u8)(0x46544754UL >> (8 * (i & 3))); /* "TGTF" twice */
+  if (i < 16) return (u8)(n >> (8 * (i - 8)));
+  if (i < 24) return (u8)(h >> (8 * (i - 16)));
+  return (u8)(h >> (8 * (i & 7))) ^ (u8)i;
+}
+
+static int dev_begin(u64 base) {
+  w32(base, R_STATUS, 0);
+  w32(base, R_STATUS, ST_ACKNOWLEDGE);
+  w32(base, R_STATUS, ST_ACKNOWLEDGE | ST_DRIVER);
+  w32(base, R_DEVICE_FEATURES_SEL, 1);
+  if (!(r32(base, R_DEVICE_FEATURES) & 1)) return 0;
+  w32(base, R_DRIVER_FEATURES_SEL, 0);
+  w32(base, R_DRIVER_FEATURES, 0);
+  w32(base, R_DRIVER_FEATURES_SEL, 1);
+  w32(base, R_DRIVER_FEATURES, 1);
+  w32(base, R_STATUS, ST_ACKNOWLEDGE | ST_DRIVER | ST_FEATURES_OK);
+  return (r32(base, R_STATUS) & ST_FEATURES_OK) != 0;
+}
+
+static int queue_setup(struct queue *q, u64 base, volatile struct vq *vq) {
+  q->base = base;
+  q->vq = vq;
+  q->num = q->avail_idx = q->last_used = 0;
+  w32(base, R_QUEUE_SEL, 0);
+  u32 max = r32(base, R_QUEUE_NUM_MAX);
+  if (max == 0) return 0;
+  u16 n = QN;
+  while (n > max) n >>= 1;
+  u64 desc = (u64)&vq->desc, avail = (u64)&vq->avail, used = (u64)&vq->used;
+  w32(base, R_QUEUE_NUM, n);
+  w32(base, R_QUEUE_DESC_LOW, (u32)desc);
+  w32(base, R_QUEUE_DESC_HIGH, (u32)(desc >> 32));
+  w32(base, R_QUEUE_DRIVER_LOW, (u32)avail);
+  w32(base, R_QUEUE_DRIVER_HIGH, (u32)(avail >> 32));
+  w32(base, R_QUEUE_DEVICE_LOW, (u32)used);
+  w32(base, R_QUEUE_DEVICE_HIGH, (u32)(used >> 32));
+  fence();
+  w32(base, R_QUEUE_READY, 1);
+  w32(base, R_STATUS, ST_ACKNOWLEDGE | ST_DRIVER | ST_FEATURES_OK | ST_DRIVER_OK);
+  q->num = n;
+  return 1;
+}
+
+static void queue_put(struct queue *q, u16 head) {
+  q->vq->avail.ring[q->avail_idx % q->num] = head;
+  fence();
+  q->avail_idx++;
+  q->vq->avail.idx = q->avail_idx;
+  fence();
+  w32(q->base, R_QUEUE_NOTIFY, 0);
+}
+
+static int queue_done(struct queue *q) {
+  if (q->vq->used.idx == q->last_used) return 0;
+  fence();
+  q->last_used++;
+  return 1;
+}
+
+/* Route a slot's interrupt to context 0 (M-mode) so that it wakes WFI. */
+static void plic_enable(u64 base) {
+  u32 irq = VIRTIO_FIRST_IRQ + (u32)((base - VIRTIO_BASE) / VIRTIO_SLOT_SIZE);
+  w32(PLIC_BASE, 4 * irq, 1);
+  w32(PLIC_BASE, 0x2000 + 4 * (irq / 32), r32(PLIC_BASE, 0x2000 + 4 * (irq / 32)) | (1u << (irq % 32)));
+}
+
+/* After a wake-up: acknowledge the devices and the PLIC so the line drops. */
+static void service(void) {
+  u32 s;
+  if ((s = r32(blk_base, R_INTERRUPT_STATUS))) w32(blk_base, R_INTERRUPT_ACK, s);
+  if ((s = r32(rng_base, R_INTERRUPT_STATUS))) w32(rng_base, R_INTERRUPT_ACK, s);
+  u32 claim;
+  while ((claim = r32(PLIC_BASE, 0x200004))) w32(PLIC_BASE, 0x200004, claim);
+}
+
+static void wait_done(struct queue *q) {
+  while (!queue_done(q)) {
+    wfi();
+    service();
+  }
+}
+
+static void blk_io(u32 type, u64 sector) {
+  blk_hdr.type = type; /* 0 = IN (read), 1 = OUT (write) */
+  blk_hdr.reserved = 0;
+  blk_hdr.sector = sector;
+  blk_status = 0xff;
+  volatile struct desc *d = q_blk.vq->desc;
+  d[0].addr = (u64)&blk_hdr; d[0].len = 16; d[0].flags = DESC_F_NEXT; d[0].next = 1;
+  d[1].addr = (u64)blk_data; d[1].len = SECTOR; d[1].flags = DESC_F_NEXT | (type ? 0 : DESC_F_WRITE); d[1].next = 2;
+  d[2].addr = (u64)&blk_status; d[2].len = 1; d[2].flags = DESC_F_WRITE; d[2].next = 0;
+  queue_put(&q_blk, 0);
+  wait_done(&q_blk);
+}
+
+static void get_entropy(void) {
+  for (u32 i = 0; i < RNG_LEN; i++) rng_data[i] = 0;
+  volatile struct desc *d = q_rng.vq->desc;
+  d[0].addr = (u64)rng_data; d[0].len = RNG_LEN; d[0].flags = DESC_F_WRITE; d[0].next = 0;
+  queue_put(&q_rng, 0);
+  wait_done(&q_rng);
+}
+
+static void check_sector(u32 i) {
+  u64 n = ftg_table[i][1], h = ftg_table[i][2];
+  for (u32 b = 0; b < SECTOR; b++) blk_data[b] = 0;
+  blk_io(0, 1 + i);
+  u32 bad = 0;
+  for (u32 b = 0; b < SECTOR; b++) bad += blk_data[b] != record_byte(n, h, b);
+  if (blk_status != 0 || bad) {
+    puts_("BAD sector "); putdec(1 + i); puts_(" tick "); putdec(n); puts_(" status ");
+    putdec(blk_status); puts_(" wrong bytes "); putdec(bad); putc_('\n');
+  }
+}
+
+int main(void) {
+  for (int n = 0; n < VIRTIO_SLOTS; n++) {
+    u64 base = VIRTIO_BASE + (u64)n * VIRTIO_SLOT_SIZE;
+    if (r32(base, R_MAGIC) != VIRTIO_MAGIC || r32(base, R_VERSION) != 2) continue;
+    u32 id = r32(base, R_DEVICE_ID);
+    if (id == DEV_BLK && !blk_base) blk_base = base;
+    else if (id == DEV_RNG && !rng_base) rng_base = base;
+  }
+  if (!blk_base || !rng_base || !dev_begin(blk_base) || !dev_begin(rng_base) ||
+      !queue_setup(&q_blk, blk_base, &vq_blk) || q_blk.num < 3 || !queue_setup(&q_rng, rng_base, &vq_rng)) {
+    puts_("ftguest: needs virtio-blk and virtio-rng\n");
+    exit_code(3);
+  }
+  blk_sectors = r32(blk_base, 0x100) | ((u64)r32(blk_base, 0x104) << 32);
+  if (blk_sectors < NSEC + 1) {
+    puts_("ftguest: disk too small\n");
+    exit_code(3);
+  }
+  plic_enable(blk_base);
+  plic_enable(rng_base);
+  w32(PLIC_BASE, 0x200000, 0); /* context 0 threshold */
+  *mtimecmp = -1UL;
+  csrw(mie, MIE_MTIE | MIE_MEIE); /* wake-up sources only: mstatus.MIE stays 0 */
+  puts_("ftguest ready\n");
+  u64 next = *mtime;
+  for (u64 n = 1; n <= TICKS; n++) {
+    *mtimecmp = next;
+    while (*mtime < next) {
+      wfi();
+      service();
+    }
+    *mtimecmp = -1UL;
+    u64 start = *mtime;
+    get_entropy();
+    u64 h = fnv(0xcbf29ce484222325UL, n);
+    for (u32 i = 0; i < RNG_LEN; i++) h = (h ^ rng_data[i]) * 0x100000001b3UL;
+    h = fnv(h, *mtime);
+    u32 slot = (u32)(n % NSEC);
+    for (u32 b = 0; b < SECTOR; b++) blk_data[b] = record_byte(n, h, b);
+    blk_io(1, 1 + slot);
+    if (blk_status == 0) {
+      ftg_table[slot][0] = 1;
+      ftg_table[slot][1] = n;
+      ftg_table[slot][2] = h;
+    } else {
+      ftg_table[slot][0] = 0;
+    }
+    puts_("tick "); putdec(n); putc_(' '); puthex(h); putc_('\n');
+    if (n % 3 == 0) {
+      u32 other = (slot + NSEC - 3) % NSEC;
+      if (ftg_table[other][0]) check_sector(other);
+    }
+    next = start + 10000 + (h >> 20) % 40000; /* 1-5 ms of guest time */
+  }
+  puts_("ftguest done\n");
+  exit_code(0);
+}
