@@ -31,7 +31,7 @@ use ftvm_ft::channel::{
 use ftvm_ft::console::ConsoleFile;
 use ftvm_ft::detector::DetectorConfig;
 use ftvm_ft::etcd::EtcdArbiter;
-use ftvm_node::{insns_for_ns, DiskMode, Effect, Node, NodeConfig, Ran, Status, Time};
+use ftvm_node::{DiskMode, Effect, Node, NodeConfig, Ran, Status, Time};
 
 use crate::host_io::{Disk, HostIo};
 use crate::MachineArgs;
@@ -155,7 +155,7 @@ impl PairArgs {
             heartbeat_ms: self.heartbeat_ms,
             timeout_ms: self.timeout_ms,
         };
-        config.flow.max_lag_insns = insns_for_ns(self.max_lag_ms.saturating_mul(1_000_000));
+        config.max_lag_ns = self.max_lag_ms.saturating_mul(1_000_000);
         config.disk = match self.disk_mode {
             DiskModeArg::Shared => DiskMode::Shared,
             DiskModeArg::Private => DiskMode::Private,
@@ -745,8 +745,7 @@ impl Daemon {
         };
         let measures = Measures {
             lag_entries: stats.lag_entries,
-            // Nominal guest speed: 10 instructions per 100 ns tick.
-            lag_ms: stats.lag_insns as f64 / 1e5,
+            lag_ms: stats.lag_ns as f64 / 1e6,
             log_mbit_s: self.log_mbit_s,
             delay_median_ms: quantile(0.5),
             delay_p99_ms: quantile(0.99),

@@ -118,6 +118,12 @@ impl<O> Primary<O> {
         Ok(released)
     }
 
+    /// Change the lag bound (the caller converts guest time into
+    /// instructions at the machine's current rate).
+    pub fn set_max_lag_insns(&mut self, insns: u64) {
+        self.limits.max_lag_insns = insns;
+    }
+
     pub fn pace(&self) -> Pace {
         if self.solo {
             Pace::Run

@@ -83,7 +83,14 @@ pub struct NodeConfig {
     pub pair: String,
     pub epoch: u64,
     pub detector: DetectorConfig,
-    pub flow: FlowLimits,
+    /// Entries logged but not acknowledged before the primary stops
+    /// executing (its log buffer is full).
+    pub max_unacked_entries: u64,
+    /// Guest time the backup may trail the primary's last entry by before
+    /// the primary is slowed down (the paper: about 1 s). Guest time is
+    /// steered toward real time, so this is about how long a backup taking
+    /// over needs to catch up.
+    pub max_lag_ns: u64,
     /// Host time between state digests in the log.
     pub checkpoint_interval_ns: u64,
     pub disk: DiskMode,
@@ -101,10 +108,8 @@ impl NodeConfig {
             pair: pair.to_string(),
             epoch: 1,
             detector: DetectorConfig::default(),
-            flow: FlowLimits {
-                max_unacked_entries: 1 << 20,
-                max_lag_insns: insns_for_ns(1_000_000_000),
-            },
+            max_unacked_entries: 1 << 20,
+            max_lag_ns: 1_000_000_000,
             checkpoint_interval_ns: 1_000_000_000,
             disk: DiskMode::Shared,
             steer_time: true,
@@ -113,9 +118,15 @@ impl NodeConfig {
     }
 }
 
-/// Instructions of nominal guest execution in `ns` of guest time.
-pub fn insns_for_ns(ns: u64) -> u64 {
-    ns / MTIME_TICK_NS * MachineConfig::DEFAULT_INSNS_PER_TICK
+/// Instructions in `ns` of guest time at `insns_per_tick` (the machine's
+/// current rate: it changes as guest time is steered).
+fn insns_for_ns(ns: u64, insns_per_tick: u64) -> u64 {
+    (ns / MTIME_TICK_NS).saturating_mul(insns_per_tick.max(1))
+}
+
+/// Guest time in `insns` instructions at `insns_per_tick`.
+fn ns_for_insns(insns: u64, insns_per_tick: u64) -> u64 {
+    insns / insns_per_tick.max(1) * MTIME_TICK_NS
 }
 
 /// The host's clocks at the moment of a call.
@@ -286,8 +297,9 @@ pub struct Stats {
     /// Entries not yet acknowledged (primary) or not yet executed
     /// (backup).
     pub lag_entries: u64,
-    /// Instructions the backup trails the primary's last entry by.
-    pub lag_insns: u64,
+    /// Guest time the backup trails the primary's last entry by, at the
+    /// primary's current rate.
+    pub lag_ns: u64,
     /// The machine's instruction count.
     pub icount: u64,
     /// Recent output-rule delays (ns from an output's production to its
@@ -327,7 +339,10 @@ impl Node {
         let log = LogWriter::new(Vec::new(), &header)?;
         let logging = Logging {
             log,
-            protocol: Primary::new(config.flow),
+            protocol: Primary::new(FlowLimits {
+                max_unacked_entries: config.max_unacked_entries,
+                max_lag_insns: insns_for_ns(config.max_lag_ns, machine_config.insns_per_tick),
+            }),
             last_entry_icount: 0,
             ending: None,
             arbitrating: false,
@@ -477,7 +492,10 @@ impl Node {
                             }
                             Err(e) => tracing::warn!("ignoring an impossible ack: {e}"),
                         }
-                        (self.stats.lag_entries, self.stats.lag_insns) = logging.protocol.lag();
+                        let (entries, insns) = logging.protocol.lag();
+                        self.stats.lag_entries = entries;
+                        self.stats.lag_ns =
+                            ns_for_insns(insns, r.machine.hart().clock().insns_per_tick);
                         self.finish_ending();
                     }
                     Message::Heartbeat => {}
@@ -746,6 +764,11 @@ impl Node {
             });
         }
         if let Some(logging) = &mut r.logging {
+            let max_lag = insns_for_ns(
+                self.config.max_lag_ns,
+                r.machine.hart().clock().insns_per_tick,
+            );
+            logging.protocol.set_max_lag_insns(max_lag);
             match logging.protocol.pace() {
                 Pace::Stall => return Ok(Ran::Blocked),
                 Pace::SlowDown => logging.throttled = true,
@@ -756,7 +779,7 @@ impl Node {
             // than at its own with short pauses.
             if logging.throttled {
                 let (_, lag) = logging.protocol.lag();
-                if lag > self.config.flow.max_lag_insns / 2 {
+                if lag > max_lag / 2 {
                     return Ok(Ran::Throttled);
                 }
                 logging.throttled = false;
@@ -764,6 +787,11 @@ impl Node {
         }
         let held = r.logging.as_ref().is_some_and(|l| l.protocol.held() > 0);
         let slice = if held { SHORT_SLICE } else { SLICE };
+        // With output already waiting for the backup, more output is no more
+        // urgent: it goes with the short slice's log, in one round trip.
+        if r.logging.is_some() {
+            r.machine.stop_after_output((!held).then_some(OUTPUT_GRACE));
+        }
         let stop = r.machine.run(r.machine.icount().saturating_add(slice));
         let time = now();
         self.take_outputs(time)?;
@@ -932,7 +960,7 @@ impl Node {
         self.detector.sent(time.ms());
         let (entries, insns) = logging.protocol.lag();
         self.stats.lag_entries = entries;
-        self.stats.lag_insns = insns;
+        self.stats.lag_ns = ns_for_insns(insns, r.machine.hart().clock().insns_per_tick);
         self.stats.icount = r.machine.icount();
         Ok(())
     }

@@ -84,8 +84,7 @@ use ftvm_ft::channel::{
 };
 use ftvm_ft::detector::DetectorConfig;
 use ftvm_ft::golive::Verdict;
-use ftvm_ft::primary::FlowLimits;
-use ftvm_node::{insns_for_ns, DiskMode, Effect, Node, NodeConfig, Ran, Status, Time};
+use ftvm_node::{DiskMode, Effect, Node, NodeConfig, Ran, Status, Time};
 use ftvm_replay::{LogDecoder, LogError, ReplayError, Replayer};
 
 const MS: u64 = 1_000_000;
@@ -534,10 +533,8 @@ impl Sim {
             heartbeat_ms: HEARTBEAT_MS,
             timeout_ms: TIMEOUT_MS,
         };
-        config.flow = FlowLimits {
-            max_unacked_entries: 1 << 16,
-            max_lag_insns: insns_for_ns(100 * MS),
-        };
+        config.max_unacked_entries = 1 << 16;
+        config.max_lag_ns = 100 * MS;
         config.checkpoint_interval_ns = 400 * MS;
         config.disk = self.disk_mode;
         config.steer_time = true;
