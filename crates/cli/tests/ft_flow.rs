@@ -97,11 +97,13 @@ fn a_slow_backup_slows_the_primary_down_to_the_lag_bound() {
     assert!(console.contains("ftvm_cmd exit 0"), "{console}");
     let worst = lags.iter().copied().fold(0.0, f64::max);
     // The bound is checked between slices and learnt from the backup's
-    // acknowledgements (at least every heartbeat), so it may be passed by a
-    // little; without flow control this backup falls seconds behind.
+    // acknowledgements (at least every heartbeat), and the lag is converted
+    // to time at the primary's measured speed, a moving average: it may be
+    // passed by some. Without flow control this backup falls seconds behind
+    // (6 s measured against a 500 ms bound).
     assert!(
-        worst < 2.0 * MAX_LAG_MS,
-        "the backup fell {worst} ms behind, the bound is {MAX_LAG_MS} ms"
+        worst < 3.0 * MAX_LAG_MS,
+        "the backup fell {worst} ms behind, the bound is {MAX_LAG_MS} ms; lags seen: {lags:?}"
     );
     assert!(
         worst > MAX_LAG_MS / 2.0,

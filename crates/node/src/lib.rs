@@ -86,10 +86,10 @@ pub struct NodeConfig {
     /// Entries logged but not acknowledged before the primary stops
     /// executing (its log buffer is full).
     pub max_unacked_entries: u64,
-    /// Guest time the backup may trail the primary's last entry by before
-    /// the primary is slowed down (the paper: about 1 s). Guest time is
-    /// steered toward real time, so this is about how long a backup taking
-    /// over needs to catch up.
+    /// How far the backup may trail the primary's last entry before the
+    /// primary is slowed down (the paper: about 1 s): the instructions
+    /// between the two, at the primary's measured speed, so about how long
+    /// a backup taking over needs to catch up.
     pub max_lag_ns: u64,
     /// Host time between state digests in the log.
     pub checkpoint_interval_ns: u64,
@@ -118,15 +118,18 @@ impl NodeConfig {
     }
 }
 
-/// Instructions in `ns` of guest time at `insns_per_tick` (the machine's
-/// current rate: it changes as guest time is steered).
-fn insns_for_ns(ns: u64, insns_per_tick: u64) -> u64 {
-    (ns / MTIME_TICK_NS).saturating_mul(insns_per_tick.max(1))
+/// What the primary assumes of its speed before it has measured it:
+/// 100 instructions per microsecond (the board's nominal guest-time rate).
+const NOMINAL_INSNS_PER_MS: f64 = 100_000.0;
+
+/// Instructions the primary executes in `ns` of its own execution.
+fn insns_for_ns(ns: u64, insns_per_ms: f64) -> u64 {
+    (ns as f64 / 1e6 * insns_per_ms) as u64
 }
 
-/// Guest time in `insns` instructions at `insns_per_tick`.
-fn ns_for_insns(insns: u64, insns_per_tick: u64) -> u64 {
-    insns / insns_per_tick.max(1) * MTIME_TICK_NS
+/// Host time `insns` instructions take the primary.
+fn ns_for_insns(insns: u64, insns_per_ms: f64) -> u64 {
+    (insns as f64 / insns_per_ms.max(1.0) * 1e6) as u64
 }
 
 /// The host's clocks at the moment of a call.
@@ -255,6 +258,11 @@ struct Running {
     logging: Option<Logging>,
     steering: Option<TimeSteering>,
     steering_origin_ns: u64,
+    /// The primary's measured speed (a moving average over its busy
+    /// slices): the lag bound is time the backup needs to catch up, and
+    /// catching up costs instructions, not guest time (an idle sleep
+    /// replays at once).
+    insns_per_ms: f64,
     /// The current idle wait: its deadline in `mtime` ticks (none: only
     /// an input wakes the guest) and when it began (host ns).
     idle: Option<(Option<u64>, u64)>,
@@ -297,8 +305,9 @@ pub struct Stats {
     /// Entries not yet acknowledged (primary) or not yet executed
     /// (backup).
     pub lag_entries: u64,
-    /// Guest time the backup trails the primary's last entry by, at the
-    /// primary's current rate.
+    /// How long the primary would take to execute what the backup has
+    /// still to execute up to the primary's last entry (at its measured
+    /// speed).
     pub lag_ns: u64,
     /// The machine's instruction count.
     pub icount: u64,
@@ -317,6 +326,9 @@ pub struct Node {
     effects: Vec<Effect>,
     /// Bytes of the guest's console stream produced so far.
     console_offset: u64,
+    /// Instructions of the machines before the last guest reset: the lag
+    /// compares instruction counts that keep growing across resets.
+    icount_base: u64,
     stats: Stats,
 }
 
@@ -341,7 +353,7 @@ impl Node {
             log,
             protocol: Primary::new(FlowLimits {
                 max_unacked_entries: config.max_unacked_entries,
-                max_lag_insns: insns_for_ns(config.max_lag_ns, machine_config.insns_per_tick),
+                max_lag_insns: insns_for_ns(config.max_lag_ns, NOMINAL_INSNS_PER_MS),
             }),
             last_entry_icount: 0,
             ending: None,
@@ -359,6 +371,7 @@ impl Node {
                 logging: Some(logging),
                 steering: config.steer_time.then(TimeSteering::default),
                 steering_origin_ns: time.mono_ns,
+                insns_per_ms: NOMINAL_INSNS_PER_MS,
                 idle: None,
                 ended: None,
             })),
@@ -366,6 +379,7 @@ impl Node {
             status: Status::Primary,
             effects: Vec::new(),
             console_offset: 0,
+            icount_base: 0,
             stats: Stats::default(),
         };
         node.inject(Input::WallClock {
@@ -396,6 +410,7 @@ impl Node {
             status: Status::Backup,
             effects: Vec::new(),
             console_offset: 0,
+            icount_base: 0,
             stats: Stats::default(),
         }
     }
@@ -494,8 +509,7 @@ impl Node {
                         }
                         let (entries, insns) = logging.protocol.lag();
                         self.stats.lag_entries = entries;
-                        self.stats.lag_ns =
-                            ns_for_insns(insns, r.machine.hart().clock().insns_per_tick);
+                        self.stats.lag_ns = ns_for_insns(insns, r.insns_per_ms);
                         self.finish_ending();
                     }
                     Message::Heartbeat => {}
@@ -604,7 +618,8 @@ impl Node {
                 if heartbeat && r.golive.state() == BackupState::Replaying {
                     // The backup's heartbeat is an ack: it also tells the
                     // primary how far the replay has come.
-                    let icount = r.replay.as_ref().map_or(0, |(m, _)| m.machine().icount());
+                    let icount = self.icount_base
+                        + r.replay.as_ref().map_or(0, |(m, _)| m.machine().icount());
                     r.backup.executed(icount);
                     self.effects.push(Effect::Send(Message::Ack {
                         through: r.backup.acked(),
@@ -764,10 +779,7 @@ impl Node {
             });
         }
         if let Some(logging) = &mut r.logging {
-            let max_lag = insns_for_ns(
-                self.config.max_lag_ns,
-                r.machine.hart().clock().insns_per_tick,
-            );
+            let max_lag = insns_for_ns(self.config.max_lag_ns, r.insns_per_ms);
             logging.protocol.set_max_lag_insns(max_lag);
             match logging.protocol.pace() {
                 Pace::Stall => return Ok(Ran::Blocked),
@@ -792,8 +804,17 @@ impl Node {
         if r.logging.is_some() {
             r.machine.stop_after_output((!held).then_some(OUTPUT_GRACE));
         }
+        let started = (time.mono_ns, r.machine.icount());
         let stop = r.machine.run(r.machine.icount().saturating_add(slice));
         let time = now();
+        let (took_ns, executed) = (
+            time.mono_ns.saturating_sub(started.0),
+            r.machine.icount() - started.1,
+        );
+        if took_ns >= 200_000 && executed >= 10_000 {
+            let speed = executed as f64 / (took_ns as f64 / 1e6);
+            r.insns_per_ms += (speed - r.insns_per_ms) / 8.0;
+        }
         self.take_outputs(time)?;
         // Out at once, before the work below: the backup's acknowledgement
         // is what the outputs wait for.
@@ -855,6 +876,7 @@ impl Node {
             }
             Stop::Reset => {
                 tracing::info!(icount = r.machine.icount(), "guest requested a reset");
+                self.icount_base += r.machine.icount();
                 if let Some(logging) = &mut r.logging {
                     logging.log.push(r.machine.icount(), &Event::Reset)?;
                     logging.last_entry_icount = 0;
@@ -948,9 +970,10 @@ impl Node {
         if bytes.is_empty() {
             return Ok(());
         }
-        logging
-            .protocol
-            .logged(logging.log.entries(), logging.last_entry_icount);
+        logging.protocol.logged(
+            logging.log.entries(),
+            self.icount_base + logging.last_entry_icount,
+        );
         self.stats.log_bytes += bytes.len() as u64;
         for chunk in bytes.chunks(ENTRIES_CHUNK) {
             self.effects.push(Effect::Send(Message::Entries {
@@ -960,7 +983,7 @@ impl Node {
         self.detector.sent(time.ms());
         let (entries, insns) = logging.protocol.lag();
         self.stats.lag_entries = entries;
-        self.stats.lag_ns = ns_for_insns(insns, r.machine.hart().clock().insns_per_tick);
+        self.stats.lag_ns = ns_for_insns(insns, r.insns_per_ms);
         self.stats.icount = r.machine.icount();
         Ok(())
     }
@@ -1044,6 +1067,7 @@ impl Node {
             Output::Io(request) => requests.push(request),
         };
         let start = replay.machine().icount();
+        let icount_before = start;
         let applied = if entry.icount > start.saturating_add(SHORT_SLICE) {
             replay
                 .advance(&entry, start + SHORT_SLICE, &mut out)
@@ -1059,8 +1083,11 @@ impl Node {
             }
             r.outstanding.insert(request.id(), request);
         }
+        if matches!(applied, Ok(Some(Applied::Reset))) {
+            self.icount_base += icount_before;
+        }
         let icount = replay.machine().icount();
-        r.backup.executed(icount);
+        r.backup.executed(self.icount_base + icount);
         self.stats.icount = icount;
         self.stats.lag_entries = r.backup.acked().saturating_sub(entry.seq);
         let applied = match applied {
@@ -1143,6 +1170,7 @@ impl Node {
             logging: None,
             steering: self.config.steer_time.then(TimeSteering::default),
             steering_origin_ns: time.mono_ns,
+            insns_per_ms: NOMINAL_INSNS_PER_MS,
             idle: None,
             ended: None,
         }));
