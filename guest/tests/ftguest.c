@@ -29,17 +29,8 @@ typedef unsigned char u8;
 #define MIE_MTIE (1UL << 7)
 #define MIE_MEIE (1UL << 11)
 
-#define QN 8
 #define RNG_LEN 16
 
-struct desc { u64 addr; u32 len; u16 flags; u16 next; };
-struct used_elem { u32 id; u32 len; };
-struct vq {
-  struct desc desc[QN];
-  struct { u16 flags, idx, ring[QN], used_event; } avail;
-  struct { u16 flags, idx; struct used_elem ring[QN]; u16 avail_event; } used __attribute__((aligned(4)));
-} __attribute__((aligned(4096)));
-struct queue { u64 base; volatile struct vq *vq; u16 num, avail_idx, last_used; };
 
 static volatile struct vq vq_blk, vq_rng;
 static struct queue q_blk, q_rng;
@@ -56,10 +47,7 @@ volatile u64 ftg_table[NSEC][3];
 static volatile u64 *const mtimecmp = (volatile u64 *)CLINT_MTIMECMP;
 static volatile u64 *const mtime = (volatile u64 *)CLINT_MTIME;
 
-static inline void fence(void) { asm volatile("fence rw, rw" ::: "memory"); }
 static inline void wfi(void) { asm volatile("wfi" ::: "memory"); }
-static inline u32 r32(u64 base, u64 off) { return *(volatile u32 *)(base + off); }
-static inline void w32(u64 base, u64 off, u32 v) { *(volatile u32 *)(base + off) = v; }
 
 static u64 fnv(u64 h, u64 v) {
   for (int i = 0; i < 8; i++) h = (h ^ ((v >> (8 * i)) & 0xff)) * 0x100000001b3UL;
@@ -88,45 +76,8 @@ static int dev_begin(u64 base) {
   return (r32(base, R_STATUS) & ST_FEATURES_OK) != 0;
 }
 
-static int queue_setup(struct queue *q, u64 base, volatile struct vq *vq) {
-  q->base = base;
-  q->vq = vq;
-  q->num = q->avail_idx = q->last_used = 0;
-  w32(base, R_QUEUE_SEL, 0);
-  u32 max = r32(base, R_QUEUE_NUM_MAX);
-  if (max == 0) return 0;
-  u16 n = QN;
-  while (n > max) n >>= 1;
-  u64 desc = (u64)&vq->desc, avail = (u64)&vq->avail, used = (u64)&vq->used;
-  w32(base, R_QUEUE_NUM, n);
-  w32(base, R_QUEUE_DESC_LOW, (u32)desc);
-  w32(base, R_QUEUE_DESC_HIGH, (u32)(desc >> 32));
-  w32(base, R_QUEUE_DRIVER_LOW, (u32)avail);
-  w32(base, R_QUEUE_DRIVER_HIGH, (u32)(avail >> 32));
-  w32(base, R_QUEUE_DEVICE_LOW, (u32)used);
-  w32(base, R_QUEUE_DEVICE_HIGH, (u32)(used >> 32));
-  fence();
-  w32(base, R_QUEUE_READY, 1);
-  w32(base, R_STATUS, ST_ACKNOWLEDGE | ST_DRIVER | ST_FEATURES_OK | ST_DRIVER_OK);
-  q->num = n;
-  return 1;
-}
 
-static void queue_put(struct queue *q, u16 head) {
-  q->vq->avail.ring[q->avail_idx % q->num] = head;
-  fence();
-  q->avail_idx++;
-  q->vq->avail.idx = q->avail_idx;
-  fence();
-  w32(q->base, R_QUEUE_NOTIFY, 0);
-}
 
-static int queue_done(struct queue *q) {
-  if (q->vq->used.idx == q->last_used) return 0;
-  fence();
-  q->last_used++;
-  return 1;
-}
 
 /* Route a slot's interrupt to context 0 (M-mode) so that it wakes WFI. */
 static void plic_enable(u64 base) {
@@ -145,7 +96,8 @@ static void service(void) {
 }
 
 static void wait_done(struct queue *q) {
-  while (!queue_done(q)) {
+  u32 id, len;
+  while (!queue_get(q, &id, &len)) {
     wfi();
     service();
   }
@@ -160,7 +112,7 @@ static void blk_io(u32 type, u64 sector) {
   d[0].addr = (u64)&blk_hdr; d[0].len = 16; d[0].flags = DESC_F_NEXT; d[0].next = 1;
   d[1].addr = (u64)blk_data; d[1].len = SECTOR; d[1].flags = DESC_F_NEXT | (type ? 0 : DESC_F_WRITE); d[1].next = 2;
   d[2].addr = (u64)&blk_status; d[2].len = 1; d[2].flags = DESC_F_WRITE; d[2].next = 0;
-  queue_put(&q_blk, 0);
+  queue_put(&q_blk, 0, 1);
   wait_done(&q_blk);
 }
 
@@ -168,7 +120,7 @@ static void get_entropy(void) {
   for (u32 i = 0; i < RNG_LEN; i++) rng_data[i] = 0;
   volatile struct desc *d = q_rng.vq->desc;
   d[0].addr = (u64)rng_data; d[0].len = RNG_LEN; d[0].flags = DESC_F_WRITE; d[0].next = 0;
-  queue_put(&q_rng, 0);
+  queue_put(&q_rng, 0, 1);
   wait_done(&q_rng);
 }
 
@@ -193,10 +145,13 @@ int main(void) {
     else if (id == DEV_RNG && !rng_base) rng_base = base;
   }
   if (!blk_base || !rng_base || !dev_begin(blk_base) || !dev_begin(rng_base) ||
-      !queue_setup(&q_blk, blk_base, &vq_blk) || q_blk.num < 3 || !queue_setup(&q_rng, rng_base, &vq_rng)) {
+      !queue_setup(&q_blk, blk_base, 0, &vq_blk) || q_blk.num < 3 ||
+      !queue_setup(&q_rng, rng_base, 0, &vq_rng)) {
     puts_("ftguest: needs virtio-blk and virtio-rng\n");
     exit_code(3);
   }
+  dev_ok(blk_base);
+  dev_ok(rng_base);
   blk_sectors = r32(blk_base, 0x100) | ((u64)r32(blk_base, 0x104) << 32);
   if (blk_sectors < NSEC + 1) {
     puts_("ftguest: disk too small\n");

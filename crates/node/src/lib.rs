@@ -516,17 +516,13 @@ impl Node {
                     other => tracing::warn!("ignoring an unexpected {other:?} from the backup"),
                 }
             }
-            Mode::Replaying(r) => match r.backup.receive(message) {
-                Ok(None) if matches!(message, Message::Released { .. }) => {
-                    if let Message::Released { console } = message {
-                        r.released_console = r.released_console.max(*console);
-                        trim_console_tail(
-                            &mut r.console_tail,
-                            self.console_offset,
-                            r.released_console,
-                        );
-                    }
+            Mode::Replaying(r) if matches!(message, Message::Released { .. }) => {
+                if let Message::Released { console } = message {
+                    r.released_console = r.released_console.max(*console);
+                    trim_console_tail(&mut r.console_tail, self.console_offset, r.released_console);
                 }
+            }
+            Mode::Replaying(r) => match r.backup.receive(message) {
                 Ok(ack) => {
                     if let Message::Entries { log } = message {
                         self.stats.log_bytes += log.len() as u64;

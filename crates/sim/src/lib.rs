@@ -1018,31 +1018,24 @@ impl Sim {
         Ok(())
     }
 
-    fn perform(&mut self, i: usize, request: IoRequest) -> Result<(), SimError> {
+    fn perform(&mut self, i: usize, mut request: IoRequest) -> Result<(), SimError> {
         let id = request.id();
         let mut write_on_completion = false;
+        let mut lost = false;
         if let IoRequest::BlockWrite { offset, data, .. } = &request {
             self.record_write(i, id, *offset, data)?;
             write_on_completion = self.rng.chance(0.5);
             if self.options.broken == Some(Broken::DiskLosesWrites) && self.rng.chance(0.05) {
                 self.note(|| format!("the disk loses write {id}"));
-                let at = self.now + self.rng.range(20_000, 1_500_000);
-                let incarnation = self.incarnation[i];
-                let request = IoRequest::BlockFlush { id };
-                self.schedule(
-                    at,
-                    Event::IoDone {
-                        host: i,
-                        incarnation,
-                        request: Box::new(request),
-                        write_on_completion: false,
-                    },
-                );
-                return Ok(());
-            }
-            if !write_on_completion {
+                lost = true;
+            } else if !write_on_completion {
                 self.disk_write(i, *offset, data);
             }
+        }
+        if lost {
+            // Completed as if it were a flush: the data never lands.
+            request = IoRequest::BlockFlush { id };
+            write_on_completion = false;
         }
         let at = self.now + self.rng.range(20_000, 1_500_000);
         let incarnation = self.incarnation[i];
