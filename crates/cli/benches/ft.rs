@@ -61,8 +61,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use support::{bench_runs, ftvm_bin, image_dir, median, run_limited, Scratch};
-use wait_timeout::ChildExt;
+use support::{bench_runs, drain, ftvm_bin, image_dir, median, run_limited, wait_or_kill, Scratch};
 
 /// Longest any one process or pair may take.
 const LIMIT: Duration = Duration::from_secs(600);
@@ -230,7 +229,7 @@ fn solo(guest_cmd: &str) -> Solo {
         .spawn()
         .unwrap_or_else(|e| panic!("starting {command}: {e}"));
     let stdout = child.stdout.take().expect("piped stdout");
-    let mut stderr = child.stderr.take().expect("piped stderr");
+    let stderr_reader = drain(child.stderr.take().expect("piped stderr"));
     let pid = child.id();
     let console_reader = std::thread::spawn(move || {
         let mut reader = BufReader::new(stdout);
@@ -251,22 +250,13 @@ fn solo(guest_cmd: &str) -> Solo {
         }
         (lines, cpu)
     });
-    let stderr_reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = stderr.read_to_end(&mut buf);
-        String::from_utf8_lossy(&buf).into_owned()
-    });
-    let status = match child.wait_timeout(LIMIT).expect("wait for ftvm run") {
-        Some(status) => status,
-        None => {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{command} did not end within {LIMIT:?}");
-        }
-    };
+    let (status, killed) = wait_or_kill(&mut child, LIMIT);
+    if killed {
+        panic!("{command} did not end within {LIMIT:?}");
+    }
     let wall_s = start.elapsed().as_secs_f64();
     let (lines, cpu) = console_reader.join().expect("console reader");
-    let stderr = stderr_reader.join().unwrap_or_default();
+    let stderr = String::from_utf8_lossy(&stderr_reader.join().unwrap_or_default()).into_owned();
     let problem = if status.code() != Some(0) {
         Some(format!("exit status {status}"))
     } else {

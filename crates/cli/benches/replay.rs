@@ -49,9 +49,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::{
-    bench_runs, ftvm_bin, image_dir, median, parse_digest, qemu_available, qemu_virt_args, Scratch,
+    bench_runs, drain, ftvm_bin, image_dir, median, parse_digest, qemu_available, qemu_virt_args,
+    wait_or_kill, Scratch,
 };
-use wait_timeout::ChildExt;
 
 /// Longest any one process may take.
 const LIMIT: Duration = Duration::from_secs(600);
@@ -122,7 +122,7 @@ fn run_timed(mut cmd: Command, markers: &[&'static str], watch: Option<&Path>) -
         .spawn()
         .unwrap_or_else(|e| panic!("starting {}: {e}", describe(&cmd)));
     let stdout = child.stdout.take().expect("piped stdout");
-    let mut stderr = child.stderr.take().expect("piped stderr");
+    let stderr_reader = drain(child.stderr.take().expect("piped stderr"));
     let markers = markers.to_vec();
     let watch = watch.map(Path::to_path_buf);
     let console_reader = std::thread::spawn(move || {
@@ -148,29 +148,17 @@ fn run_timed(mut cmd: Command, markers: &[&'static str], watch: Option<&Path>) -
         }
         (console, marks)
     });
-    let stderr_reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = stderr.read_to_end(&mut buf);
-        String::from_utf8_lossy(&buf).into_owned()
-    });
-    let status = match child.wait_timeout(LIMIT).expect("wait for the child") {
-        Some(status) => status,
-        None => {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "{} did not end within {LIMIT:?}: {}",
-                describe(&cmd),
-                stderr_reader.join().unwrap_or_default()
-            );
-        }
-    };
+    let (status, killed) = wait_or_kill(&mut child, LIMIT);
     let wall_s = start.elapsed().as_secs_f64();
+    let stderr = String::from_utf8_lossy(&stderr_reader.join().unwrap_or_default()).into_owned();
+    if killed {
+        panic!("{} did not end within {LIMIT:?}: {stderr}", describe(&cmd));
+    }
     let (console, marks) = console_reader.join().expect("console reader");
     Timed {
         code: status.code(),
         console,
-        stderr: stderr_reader.join().unwrap_or_default(),
+        stderr,
         wall_s,
         marks,
     }

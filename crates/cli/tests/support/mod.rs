@@ -96,27 +96,9 @@ pub fn run_with_input(mut cmd: Command, input: Option<Vec<u8>>, limit: Duration)
             let _ = stdin.write_all(&input);
         });
     }
-    let mut stdout_pipe = child.stdout.take().expect("piped stdout");
-    let mut stderr_pipe = child.stderr.take().expect("piped stderr");
-    let out_reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = stdout_pipe.read_to_end(&mut buf);
-        buf
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = stderr_pipe.read_to_end(&mut buf);
-        buf
-    });
-    let status = child.wait_timeout(limit).expect("waiting for the child");
-    let timed_out = status.is_none();
-    let status = match status {
-        Some(status) => status,
-        None => {
-            let _ = child.kill();
-            child.wait().expect("reaping the killed child")
-        }
-    };
+    let out_reader = drain(child.stdout.take().expect("piped stdout"));
+    let err_reader = drain(child.stderr.take().expect("piped stderr"));
+    let (status, timed_out) = wait_or_kill(&mut child, limit);
     let elapsed = started.elapsed();
     Finished {
         code: status.code(),
@@ -124,6 +106,31 @@ pub fn run_with_input(mut cmd: Command, input: Option<Vec<u8>>, limit: Duration)
         stderr: String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned(),
         elapsed,
         timed_out,
+    }
+}
+
+/// Read all of `pipe` in a thread of its own, so that a child never blocks
+/// on a full pipe while it is waited for.
+pub fn drain<R: Read + Send + 'static>(mut pipe: R) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = pipe.read_to_end(&mut buf);
+        buf
+    })
+}
+
+/// Wait for `child` at most `limit`, then kill and reap it: its status,
+/// and whether it had to be killed.
+pub fn wait_or_kill(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> (std::process::ExitStatus, bool) {
+    match child.wait_timeout(limit).expect("waiting for the child") {
+        Some(status) => (status, false),
+        None => {
+            let _ = child.kill();
+            (child.wait().expect("reaping the killed child"), true)
+        }
     }
 }
 
