@@ -31,6 +31,7 @@ use ftvm_ft::channel::{
 use ftvm_ft::console::ConsoleFile;
 use ftvm_ft::detector::DetectorConfig;
 use ftvm_ft::etcd::EtcdArbiter;
+use ftvm_net::FrameReceiver;
 use ftvm_node::{DiskMode, Effect, Node, NodeConfig, Ran, Status, Time};
 
 use crate::host_io::{Disk, HostIo};
@@ -92,6 +93,15 @@ pub struct PairArgs {
     /// This VM's name for the arbiter and the logs (default: its role).
     #[arg(long)]
     pub name: Option<String>,
+
+    /// Give the VM a network card on a network that outlives it (the
+    /// primary's card is the pair's; the backup's port carries the VM's
+    /// traffic once it goes live): `switch:HOST:PORT`, a port on an
+    /// `ftvm switch` (which `ftvm up --net` starts), or `tap,ifname=NAME`,
+    /// a TAP interface on a bridge. The backup needs one when the primary
+    /// has one.
+    #[arg(long, value_name = "switch:HOST:PORT|tap,ifname=NAME")]
+    pub net: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -178,6 +188,18 @@ impl PairArgs {
         Ok(channel_key(secret))
     }
 
+    /// This VM's network card, as a sender (for the I/O thread) and a
+    /// receiver (for a thread of its own).
+    fn attach_net(&self) -> Result<Option<ftvm_net::Attached>> {
+        self.net
+            .as_deref()
+            .map(|spec| {
+                let spec = ftvm_net::parse_net(spec)?;
+                ftvm_net::attach(&spec).context("attaching the VM's network card")
+            })
+            .transpose()
+    }
+
     fn arbiter(&self, me: &str) -> Result<Box<dyn Arbiter>> {
         let token = random_bytes()?;
         Ok(match self.arbiter.strip_prefix("etcd:") {
@@ -204,7 +226,7 @@ fn random_bytes<const N: usize>() -> Result<[u8; N]> {
 }
 
 /// SIGTERM and SIGINT ask the VM to stop (the primary ends the pair).
-fn stop_flag() -> Result<Arc<AtomicBool>> {
+pub fn stop_flag() -> Result<Arc<AtomicBool>> {
     let flag = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, Arc::clone(&flag))
@@ -216,9 +238,10 @@ fn stop_flag() -> Result<Arc<AtomicBool>> {
 pub fn primary(args: &PrimaryArgs) -> Result<ExitCode> {
     let stop = stop_flag()?;
     let me = args.pair.name.clone().unwrap_or_else(|| "primary".into());
+    let (net, frames) = args.pair.attach_net()?.unzip();
     let host = HostIo {
         disk: args.machine.disk.as_deref().map(Disk::open).transpose()?,
-        net: None,
+        net,
     };
     let machine_config = args.machine.machine_config(host.devices())?;
     let config = args.pair.node_config(machine_config.engine)?;
@@ -247,7 +270,7 @@ pub fn primary(args: &PrimaryArgs) -> Result<ExitCode> {
     let clock = Clock::new();
     let node = Node::primary(config, machine_config, clock.now())?;
     let daemon = Daemon::new(
-        node, session, stream, decoder, host, arbiter, &args.pair, status, clock, stop,
+        node, session, stream, decoder, host, frames, arbiter, &args.pair, status, clock, stop,
     )?;
     daemon.serve()
 }
@@ -258,9 +281,10 @@ pub fn backup(args: &BackupArgs) -> Result<ExitCode> {
     let config = args.pair.node_config(args.engine.engine())?;
     let key = args.pair.key()?;
     let arbiter = args.pair.arbiter(&me)?;
+    let (net, frames) = args.pair.attach_net()?.unzip();
     let host = HostIo {
         disk: args.disk.as_deref().map(Disk::open).transpose()?,
-        net: None,
+        net,
     };
     let status = StatusFile::new(args.pair.status_file.clone());
     let listener =
@@ -303,7 +327,7 @@ pub fn backup(args: &BackupArgs) -> Result<ExitCode> {
     let clock = Clock::new();
     let node = Node::backup(config, clock.now());
     let daemon = Daemon::new(
-        node, session, stream, decoder, host, arbiter, &args.pair, status, clock, stop,
+        node, session, stream, decoder, host, frames, arbiter, &args.pair, status, clock, stop,
     )?;
     daemon.serve()
 }
@@ -352,6 +376,8 @@ fn handshake(
 
 /// What the daemon's threads report to its main loop.
 enum NetEvent {
+    /// A frame for the guest, from the VM's network.
+    Received(Vec<u8>),
     /// A frame from the channel's reader thread.
     Frame(Vec<u8>),
     /// The reader thread's last word: why, and whether the peer closed
@@ -411,11 +437,31 @@ fn closed_by_peer(e: &std::io::Error) -> bool {
     matches!(e.kind(), BrokenPipe | ConnectionReset | ConnectionAborted)
 }
 
-/// A request for the I/O thread: answer it (an input for the machine) or
-/// only perform it (a backup's write to its own disk).
-struct IoJob {
-    request: IoRequest,
-    answer: bool,
+/// Frames from the VM's network, as they arrive, whatever the machine is
+/// doing.
+fn spawn_receiver(mut frames: Box<dyn FrameReceiver>, tx: Sender<NetEvent>) {
+    std::thread::spawn(move || loop {
+        match frames.recv() {
+            Ok(frame) => {
+                if tx.send(NetEvent::Received(frame)).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::error!("the VM's network card lost its network: {e}");
+                return;
+            }
+        }
+    });
+}
+
+/// Work for the I/O thread.
+enum IoJob {
+    /// Perform a request; `answer` it (an input for the machine) or only
+    /// perform it (a backup's write to its own disk).
+    Request { request: IoRequest, answer: bool },
+    /// Tell the network the VM's card is here now.
+    Announce { mac: [u8; 6] },
 }
 
 /// The host's I/O in a thread of its own, in request order: a disk write
@@ -426,8 +472,15 @@ fn spawn_io(mut host: HostIo, tx: Sender<NetEvent>) -> Sender<IoJob> {
     let (jobs, rx) = std::sync::mpsc::channel::<IoJob>();
     std::thread::spawn(move || {
         for job in rx {
-            let done = host.serve(job.request);
-            if job.answer {
+            let (request, answer) = match job {
+                IoJob::Request { request, answer } => (request, answer),
+                IoJob::Announce { mac } => {
+                    host.announce(mac);
+                    continue;
+                }
+            };
+            let done = host.serve(request);
+            if answer {
                 if tx.send(NetEvent::Done(done)).is_err() {
                     return;
                 }
@@ -552,6 +605,7 @@ impl Daemon {
         stream: TcpStream,
         decoder: FrameDecoder,
         host: HostIo,
+        frames: Option<Box<dyn FrameReceiver>>,
         arbiter: Box<dyn Arbiter>,
         pair: &PairArgs,
         status: StatusFile,
@@ -563,6 +617,9 @@ impl Daemon {
         stream.set_write_timeout(Some(Duration::from_millis(pair.timeout_ms.max(1))))?;
         let (tx, events) = std::sync::mpsc::channel();
         spawn_reader(stream.try_clone()?, decoder, tx.clone());
+        if let Some(frames) = frames {
+            spawn_receiver(frames, tx.clone());
+        }
         let io = spawn_io(host, tx);
         let console = pair
             .console_file
@@ -650,6 +707,18 @@ impl Daemon {
     fn handle(&mut self, event: NetEvent) -> Result<()> {
         match event {
             NetEvent::Done(done) => self.node.input(done, self.clock.now())?,
+            // The VM's own input while it runs the guest (logged if it has
+            // a backup); a backup's port is dark until it goes live: its
+            // guest hears the primary's frames through the log.
+            NetEvent::Received(frame) => {
+                if matches!(
+                    self.node.status(),
+                    Status::Primary | Status::Arbitrating | Status::Live
+                ) {
+                    self.node
+                        .input(Input::NetReceive { frame }, self.clock.now())?;
+                }
+            }
             _ if self.stream.is_none() => {}
             NetEvent::Frame(frame) => match self.session.open(&frame) {
                 Ok(message) => self.node.receive(&message, self.clock.now()),
@@ -682,6 +751,10 @@ impl Daemon {
                     Effect::Console { offset, bytes } => self.console(offset, &bytes)?,
                     Effect::Perform(request) => self.perform_io(request, true)?,
                     Effect::PerformOwn(request) => self.perform_io(request, false)?,
+                    Effect::Announce { mac } => self
+                        .io
+                        .send(IoJob::Announce { mac })
+                        .map_err(|_| anyhow!("the I/O thread is gone"))?,
                     Effect::TestAndSet => {
                         let verdict = self.arbiter.test_and_set(&self.pair, self.epoch);
                         tracing::warn!(?verdict, pair = %self.pair, epoch = self.epoch, "test-and-set");
@@ -694,7 +767,7 @@ impl Daemon {
 
     fn perform_io(&mut self, request: IoRequest, answer: bool) -> Result<()> {
         self.io
-            .send(IoJob { request, answer })
+            .send(IoJob::Request { request, answer })
             .map_err(|_| anyhow!("the I/O thread is gone"))
     }
 

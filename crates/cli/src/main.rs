@@ -15,6 +15,7 @@ mod host_io;
 mod pair;
 mod replay;
 mod run;
+mod switch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -87,6 +88,13 @@ enum Command {
     ///
     /// Exit codes as for `ftvm primary`.
     Backup(ft::BackupArgs),
+
+    /// Run a pair's network: an Ethernet switch that VMs attach to over
+    /// UDP (`--net switch:HOST:PORT`), with the user-mode gateway and its
+    /// forwarded host ports on a port of its own. It runs apart from the
+    /// VMs so that it outlives either; a backup that goes live announces
+    /// the VM's MAC address and the switch sends it the VM's traffic.
+    Switch(switch::SwitchArgs),
 }
 
 #[derive(Args)]
@@ -352,5 +360,6 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Stop(args) => pair::stop(&args),
         Command::Primary(args) => ft::primary(&args),
         Command::Backup(args) => ft::backup(&args),
+        Command::Switch(args) => switch::switch(&args),
     }
 }

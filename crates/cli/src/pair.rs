@@ -5,7 +5,9 @@
 //! returns once the primary logs to the backup. Everything the pair has is
 //! in the directory: the pre-shared `key`, the arbiter's `arbiter/`, the
 //! `console` file, each VM's `NAME.status` line and `NAME.log` (its
-//! stderr), and `backup.addr`.
+//! stderr), and `backup.addr`. With `--net`, `up` first starts the pair's
+//! network, `ftvm switch`, with its `switch.status`, `switch.log` and
+//! `switch.addr`; it ends by itself once the pair has ended.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -14,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+
+use ftvm_net::NetSpec;
 
 use crate::ft::DiskModeArg;
 use crate::MachineArgs;
@@ -46,6 +50,14 @@ pub struct UpArgs {
     /// The test-and-set store (default: `arbiter/` in the state directory).
     #[arg(long, value_name = "DIR|etcd:HOST:PORT")]
     pub arbiter: Option<String>,
+
+    /// Give the VM a network card. `user[,hostfwd=tcp:HOSTADDR:PORT-:GUESTPORT]...`
+    /// (as for `ftvm run`) starts the pair's own network, `ftvm switch`,
+    /// a process apart from both VMs with the user-mode gateway and the
+    /// forwarded ports, so that clients' connections survive a failover;
+    /// `switch:HOST:PORT` attaches both VMs to a switch that runs already.
+    #[arg(long, value_name = "user[,hostfwd=...]|switch:HOST:PORT")]
+    pub net: Option<String>,
 }
 
 #[derive(Args)]
@@ -70,7 +82,19 @@ pub fn up(args: &UpArgs) -> Result<ExitCode> {
             dir.display()
         );
     }
-    for stale in ["console", "backup.addr", "primary.status", "backup.status"] {
+    // A switch of an earlier pair (it ends by itself soon after the pair,
+    // but may not have yet).
+    if let Some(switch) = read_vm(&dir.join("switch.status")).filter(|s| s.alive) {
+        terminate(switch.pid);
+    }
+    for stale in [
+        "console",
+        "backup.addr",
+        "primary.status",
+        "backup.status",
+        "switch.addr",
+        "switch.status",
+    ] {
         let _ = std::fs::remove_file(dir.join(stale));
     }
     let _ = std::fs::remove_dir_all(dir.join("arbiter"));
@@ -87,12 +111,69 @@ pub fn up(args: &UpArgs) -> Result<ExitCode> {
         .machine_config(Vec::new())
         .context("the guest to run")?;
 
+    let net = match args.net.as_deref().map(ftvm_net::parse_net).transpose()? {
+        None => None,
+        Some(NetSpec::Switch(addr)) => Some((format!("switch:{addr}"), None)),
+        Some(NetSpec::User(_)) => {
+            let spec = args.net.clone().unwrap_or_default();
+            let (addr, pid) = start_switch(&dir, &spec)?;
+            Some((format!("switch:{addr}"), Some(pid)))
+        }
+        Some(NetSpec::Tap(_)) => bail!(
+            "the two VMs of a pair need a TAP interface each: start them with `ftvm primary` \
+             and `ftvm backup`, each with its own --net tap,ifname=NAME on one bridge"
+        ),
+    };
+    let switch_pid = net.as_ref().and_then(|(_, pid)| *pid);
+    let result = start_vms(args, &dir, net.as_ref().map(|(spec, _)| spec.as_str()));
+    if result.is_err() {
+        if let Some(pid) = switch_pid {
+            terminate(pid);
+        }
+    }
+    result
+}
+
+/// Start the pair's network: `ftvm switch` with `gateway` (the user's
+/// `--net user,...`); its address and pid.
+fn start_switch(dir: &Path, gateway: &str) -> Result<(String, u32)> {
+    let args: Vec<OsString> = vec![
+        "switch".into(),
+        "--gateway".into(),
+        gateway.into(),
+        "--addr-file".into(),
+        dir.join("switch.addr").into(),
+        "--status-file".into(),
+        dir.join("switch.status").into(),
+        "--pair-dir".into(),
+        dir.into(),
+    ];
+    let pid = spawn(dir, "switch", &args)?;
+    let addr_file = dir.join("switch.addr");
+    let addr = wait_for(Duration::from_secs(20), || {
+        std::fs::read_to_string(&addr_file)
+            .ok()
+            .filter(|s| s.ends_with('\n'))
+    })
+    .with_context(|| {
+        format!(
+            "the pair's network (pid {pid}) did not start; see {}",
+            dir.join("switch.log").display()
+        )
+    })?;
+    Ok((addr.trim().to_string(), pid))
+}
+
+fn start_vms(args: &UpArgs, dir: &Path, net: Option<&str>) -> Result<ExitCode> {
     let arbiter = args
         .arbiter
         .clone()
         .unwrap_or_else(|| dir.join("arbiter").to_string_lossy().into_owned());
     let common = |name: &str| -> Vec<OsString> {
-        vec![
+        let mut common: Vec<OsString> = net
+            .map(|spec| vec!["--net".into(), spec.into()])
+            .unwrap_or_default();
+        common.extend::<Vec<OsString>>(vec![
             "--key-file".into(),
             dir.join("key").into(),
             "--arbiter".into(),
@@ -113,7 +194,8 @@ pub fn up(args: &UpArgs) -> Result<ExitCode> {
                 DiskModeArg::Private => "private",
             }
             .into(),
-        ]
+        ]);
+        common
     };
 
     let mut backup: Vec<OsString> = vec![
@@ -139,7 +221,7 @@ pub fn up(args: &UpArgs) -> Result<ExitCode> {
         };
         backup.extend(["--disk".into(), disk.into()]);
     }
-    let backup_pid = spawn(&dir, "backup", &backup)?;
+    let backup_pid = spawn(dir, "backup", &backup)?;
     let addr_file = dir.join("backup.addr");
     let addr = wait_for(Duration::from_secs(20), || {
         std::fs::read_to_string(&addr_file)
@@ -156,7 +238,7 @@ pub fn up(args: &UpArgs) -> Result<ExitCode> {
     let mut primary: Vec<OsString> = vec!["primary".into(), "--backup".into(), addr.trim().into()];
     primary.extend(common("primary"));
     primary.extend(args.machine.to_args()?);
-    let primary_pid = spawn(&dir, "primary", &primary)?;
+    let primary_pid = spawn(dir, "primary", &primary)?;
     let status = dir.join("primary.status");
     wait_for(Duration::from_secs(60), || {
         let vm = read_vm(&status)?;
@@ -178,9 +260,13 @@ pub fn up(args: &UpArgs) -> Result<ExitCode> {
             dir.join("primary.log").display()
         );
     }
+    let network = match net {
+        Some(spec) => format!("network: {spec}\n"),
+        None => String::new(),
+    };
     println!(
         "ftvm: pair up in {}: primary pid={primary_pid}, backup pid={backup_pid}\n\
-         console: {}\n\
+         console: {}\n{network}\
          `ftvm status --state-dir {0}` shows it, `ftvm stop --state-dir {0}` ends it",
         dir.display(),
         dir.join("console").display()
@@ -279,6 +365,12 @@ fn read_vm(path: &Path) -> Option<Vm> {
     })
 }
 
+/// Whether a VM of the pair in `dir` runs (none if none has started).
+pub(crate) fn pair_runs(dir: &Path) -> Option<bool> {
+    let vms = read_vms(dir);
+    (!vms.is_empty()).then(|| vms.iter().any(|vm| vm.alive))
+}
+
 fn read_vms(dir: &Path) -> Vec<Vm> {
     VMS.iter()
         .filter_map(|name| read_vm(&dir.join(format!("{name}.status"))).map(|vm| Vm { name, ..vm }))
@@ -305,6 +397,9 @@ pub fn status(args: &StateDirArgs) -> Result<ExitCode> {
     for vm in vms {
         println!("{}", vm.describe());
     }
+    if let Some(switch) = read_vm(&args.state_dir.join("switch.status")).filter(|s| s.alive) {
+        println!("{}", switch.line);
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -325,6 +420,7 @@ pub fn stop(args: &StateDirArgs) -> Result<ExitCode> {
         .filter(|vm| vm.alive)
         .collect();
     if vms.is_empty() {
+        stop_switch(&args.state_dir);
         println!("ftvm: nothing runs in {}", args.state_dir.display());
         return Ok(ExitCode::SUCCESS);
     }
@@ -351,5 +447,16 @@ pub fn stop(args: &StateDirArgs) -> Result<ExitCode> {
     for vm in read_vms(&args.state_dir) {
         println!("{}", vm.describe());
     }
+    stop_switch(&args.state_dir);
     Ok(ExitCode::SUCCESS)
+}
+
+/// End the pair's network (it would end by itself, a moment later).
+fn stop_switch(dir: &Path) {
+    if let Some(switch) = read_vm(&dir.join("switch.status")).filter(|s| s.alive) {
+        terminate(switch.pid);
+        let _ = wait_for(Duration::from_secs(5), || {
+            (!process_alive(switch.pid)).then_some(())
+        });
+    }
 }

@@ -19,7 +19,14 @@
 //! It needs no privileges. IPv4 TCP only (no UDP, DNS or ICMP yet).
 //!
 //! [`Tap`] (Linux) connects the card to a TAP interface of the host.
+//!
+//! [`switch`] is the network of an FT pair: a switch in a process of its
+//! own, with the user-mode gateway on one of its ports, that the VMs of a
+//! pair reach over UDP ([`switch::SwitchPort`]). [`attach`] opens the
+//! backends that live outside the VM's process, split so that a thread
+//! can wait for frames.
 
+pub mod switch;
 #[cfg(target_os = "linux")]
 mod tap;
 #[cfg(target_os = "linux")]
@@ -67,6 +74,8 @@ pub enum NetError {
     Listen(SocketAddr, std::io::Error),
     #[error("cannot attach to TAP interface {0}: {1}")]
     Tap(String, std::io::Error),
+    #[error("cannot use the switch at {0}: {1}")]
+    Switch(String, std::io::Error),
 }
 
 /// A `--net` option, QEMU style.
@@ -76,9 +85,18 @@ pub enum NetSpec {
     User(Vec<HostForward>),
     /// `tap,ifname=NAME`
     Tap(String),
+    /// `switch:HOST:PORT`: a port on a [`switch::SwitchServer`].
+    Switch(SocketAddr),
 }
 
 pub fn parse_net(spec: &str) -> Result<NetSpec, NetError> {
+    if let Some(addr) = spec.strip_prefix("switch:") {
+        return std::net::ToSocketAddrs::to_socket_addrs(addr)
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .map(NetSpec::Switch)
+            .ok_or_else(|| NetError::Option(spec.to_string(), "expected switch:HOST:PORT".into()));
+    }
     if let Some(rest) = spec.strip_prefix("tap") {
         return rest
             .strip_prefix(",ifname=")
@@ -93,8 +111,60 @@ pub fn parse_net(spec: &str) -> Result<NetSpec, NetError> {
 pub fn open(spec: &NetSpec) -> Result<Box<dyn NetBackend>, NetError> {
     match spec {
         NetSpec::User(forwards) => Ok(Box::new(UserNet::new(forwards)?)),
+        NetSpec::Switch(addr) => Ok(Box::new(switch::SwitchPort::connect(*addr)?)),
         #[cfg(target_os = "linux")]
         NetSpec::Tap(name) => Ok(Box::new(Tap::open(name)?)),
+        #[cfg(not(target_os = "linux"))]
+        NetSpec::Tap(name) => Err(NetError::Tap(
+            name.clone(),
+            std::io::Error::other("TAP is only supported on Linux"),
+        )),
+    }
+}
+
+/// Waits for the frames of a backend that lives outside the VM's process.
+pub trait FrameReceiver: Send {
+    /// The next frame for the guest.
+    fn recv(&mut self) -> std::io::Result<Vec<u8>>;
+}
+
+impl FrameReceiver for switch::SwitchPort {
+    fn recv(&mut self) -> std::io::Result<Vec<u8>> {
+        switch::SwitchPort::recv(self)
+    }
+}
+
+/// The two halves of an attachment: where the guest's frames go, and
+/// where a thread waits for the frames for it.
+pub type Attached = (Box<dyn NetBackend>, Box<dyn FrameReceiver>);
+
+/// Attach to a network that outlives this process — a switch port or a
+/// TAP interface — as a sender and a receiver of frames. The user-mode
+/// network lives in the VM's process, so it is refused: it would die
+/// with the VM, and the clients' connections with it.
+pub fn attach(spec: &NetSpec) -> Result<Attached, NetError> {
+    match spec {
+        NetSpec::User(_) => Err(NetError::Option(
+            "user".into(),
+            "a VM of a pair needs a network that outlives it: `switch:HOST:PORT` (see \
+             `ftvm switch`) or `tap,ifname=NAME`"
+                .into(),
+        )),
+        NetSpec::Switch(addr) => {
+            let port = switch::SwitchPort::connect(*addr)?;
+            let receiver = port
+                .try_clone()
+                .map_err(|e| NetError::Switch(addr.to_string(), e))?;
+            Ok((Box::new(port), Box::new(receiver)))
+        }
+        #[cfg(target_os = "linux")]
+        NetSpec::Tap(name) => {
+            let tap = Tap::open(name)?;
+            let receiver = tap
+                .try_clone()
+                .map_err(|e| NetError::Tap(name.clone(), e))?;
+            Ok((Box::new(tap), Box::new(receiver)))
+        }
         #[cfg(not(target_os = "linux"))]
         NetSpec::Tap(name) => Err(NetError::Tap(
             name.clone(),
@@ -108,7 +178,9 @@ pub fn parse_user_options(spec: &str) -> Result<Vec<HostForward>, NetError> {
     let bad = |why: &str| NetError::Option(spec.to_string(), why.to_string());
     let mut parts = spec.split(',');
     if parts.next() != Some("user") {
-        return Err(bad("expected `user[,hostfwd=...]` or `tap,ifname=NAME`"));
+        return Err(bad(
+            "expected `user[,hostfwd=...]`, `tap,ifname=NAME` or `switch:HOST:PORT`",
+        ));
     }
     parts
         .map(|part| {
@@ -510,6 +582,24 @@ mod tests {
         for bad in ["tap", "tap,ifname=", "tapx", "bridge"] {
             assert!(parse_net(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn switch_options() {
+        assert_eq!(
+            parse_net("switch:127.0.0.1:7000").expect("parses"),
+            NetSpec::Switch("127.0.0.1:7000".parse().expect("an address"))
+        );
+        for bad in ["switch:", "switch:127.0.0.1", "switch:nowhere:x"] {
+            assert!(parse_net(bad).is_err(), "{bad}");
+        }
+        assert!(
+            matches!(
+                attach(&NetSpec::User(Vec::new())),
+                Err(NetError::Option(..))
+            ),
+            "a pair's VM may not carry its own gateway"
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 
-use crate::{NetBackend, NetError};
+use crate::{FrameReceiver, NetBackend, NetError};
 
 /// `_IOW('T', 202, int)`.
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
@@ -70,6 +70,44 @@ impl Tap {
             file,
             name: name.to_string(),
         })
+    }
+
+    /// A second handle on the same interface, for a thread that waits for
+    /// frames ([`FrameReceiver`]).
+    pub fn try_clone(&self) -> std::io::Result<Tap> {
+        Ok(Tap {
+            file: self.file.try_clone()?,
+            name: self.name.clone(),
+        })
+    }
+}
+
+impl FrameReceiver for Tap {
+    fn recv(&mut self) -> std::io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            match self.file.read(&mut buf) {
+                Ok(n) => return Ok(buf[..n].to_vec()),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    let mut fd = libc::pollfd {
+                        fd: self.file.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: `fd` is one valid pollfd on this stack frame
+                    // for the whole call, and the count passed is 1.
+                    let ready = unsafe { libc::poll(&mut fd, 1, 1000) };
+                    if ready < 0 {
+                        let e = std::io::Error::last_os_error();
+                        if e.kind() != ErrorKind::Interrupted {
+                            return Err(e);
+                        }
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
 

@@ -28,7 +28,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use ftvm_board::{Input, IoRequest, Machine, MachineConfig, Stop, MTIME_TICK_NS};
+use ftvm_board::{DeviceKind, Input, IoRequest, Machine, MachineConfig, Stop, MTIME_TICK_NS};
 use ftvm_ft::backup::Backup;
 use ftvm_ft::channel::Message;
 use ftvm_ft::detector::{DetectorConfig, FailureDetector};
@@ -163,6 +163,11 @@ pub enum Effect {
     /// Ask the arbiter for (pair, epoch) and hand the verdict to
     /// [`Node::verdict`].
     TestAndSet,
+    /// Tell the network that the VM's card, with this MAC address, is now
+    /// here: a backup that went live broadcasts it before any output, so
+    /// the switches send the VM's traffic to it rather than to the dead
+    /// primary's port.
+    Announce { mac: [u8; 6] },
 }
 
 /// Where a VM stands.
@@ -1144,6 +1149,11 @@ impl Node {
         let machine = replay.into_machine();
         tracing::warn!(pair = %self.config.pair, icount = machine.icount(),
             reissued = r.outstanding.len(), "going live");
+        for device in &config.virtio {
+            if let DeviceKind::Net { mac } = device {
+                self.effects.push(Effect::Announce { mac: *mac });
+            }
+        }
         // The console bytes the primary may not have released: written
         // again at their offsets, they continue the world's stream without
         // a gap (bytes it did release are rewritten with the same values).

@@ -1,0 +1,95 @@
+//! `ftvm switch`: the network of an FT pair as a process of its own
+//! (DESIGN.md §5). It must outlive either VM — it is the pair's physical
+//! network — so it runs apart from both, with the user-mode gateway (and
+//! so the host's forwarded ports and their TCP connections) on a port of
+//! its own. See [`ftvm_net::switch`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use ftvm_net::switch::SwitchServer;
+use ftvm_net::{NetBackend, UserNet};
+
+use crate::ft::{stop_flag, write_atomically};
+
+#[derive(Args)]
+pub struct SwitchArgs {
+    /// The UDP address VMs attach to (`--net switch:HOST:PORT`); port 0
+    /// takes any free port (see `--addr-file`).
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+
+    /// Write the address actually listened on to this file.
+    #[arg(long, value_name = "FILE")]
+    pub addr_file: Option<PathBuf>,
+
+    /// The gateway on the switch: `user[,hostfwd=tcp:HOSTADDR:PORT-:GUESTPORT]...`
+    /// as for `ftvm run --net` (the VM is 10.0.2.15, the gateway 10.0.2.2),
+    /// or `none` for a switch without one.
+    #[arg(long, value_name = "user[,hostfwd=...]|none", default_value = "user")]
+    pub gateway: String,
+
+    /// End when the pair in this state directory has ended (no VM of it
+    /// runs any more), as `ftvm up` asks.
+    #[arg(long, value_name = "DIR")]
+    pub pair_dir: Option<PathBuf>,
+
+    /// Keep a one-line status here (`switch pid=N ports=K addr=A`).
+    #[arg(long, value_name = "FILE")]
+    pub status_file: Option<PathBuf>,
+}
+
+/// How long a switch started for a pair waits for a VM of it to appear.
+const PAIR_START_LIMIT: Duration = Duration::from_secs(120);
+
+pub fn switch(args: &SwitchArgs) -> Result<ExitCode> {
+    let stop = stop_flag()?;
+    let gateway: Option<Box<dyn NetBackend>> = match args.gateway.as_str() {
+        "none" => None,
+        spec => Some(Box::new(UserNet::new(&ftvm_net::parse_user_options(
+            spec,
+        )?)?)),
+    };
+    let mut server = SwitchServer::bind(args.listen, gateway)?;
+    let addr = server.local_addr()?;
+    if let Some(path) = &args.addr_file {
+        write_atomically(path, format!("{addr}\n").as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    tracing::info!(%addr, gateway = %args.gateway, "switch up");
+    let started = Instant::now();
+    let mut pair_seen = false;
+    while !stop.load(Ordering::Relaxed) {
+        server
+            .serve_for(Duration::from_millis(250))
+            .context("serving the switch")?;
+        if let Some(path) = &args.status_file {
+            let line = format!(
+                "switch pid={} ports={} addr={addr}\n",
+                std::process::id(),
+                server.vm_ports()
+            );
+            if let Err(e) = write_atomically(path, line.as_bytes()) {
+                tracing::warn!(status = %path.display(), "writing the status: {e}");
+            }
+        }
+        if let Some(dir) = &args.pair_dir {
+            match crate::pair::pair_runs(dir) {
+                Some(true) => pair_seen = true,
+                Some(false) if pair_seen => break,
+                _ if !pair_seen && started.elapsed() > PAIR_START_LIMIT => {
+                    tracing::error!("no VM of the pair in {} started", dir.display());
+                    break;
+                }
+                _ => {}
+            }
+        }
+    }
+    tracing::info!("switch down");
+    Ok(ExitCode::SUCCESS)
+}

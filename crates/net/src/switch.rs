@@ -1,0 +1,499 @@
+//! The pair's network: a learning Ethernet switch that runs apart from the
+//! VMs (DESIGN.md §5), so that it outlives either of them — it plays the
+//! physical network of the paper.
+//!
+//! VMs reach it over UDP: every datagram is one Ethernet frame, an empty
+//! datagram says "this port is here" (sent when a VM attaches, then once a
+//! second). A port is a VM's UDP address; one port is the switch's own
+//! user-mode gateway ([`UserNet`](crate::UserNet)), whose forwarded host
+//! ports and TCP connections therefore survive a failover. The switch
+//! learns where each MAC address lives from the frames' sources, so a
+//! backup that goes live and announces the VM's MAC (see [`announcement`])
+//! draws the VM's traffic to its own port.
+//!
+//! Like a real Ethernet, it is unauthenticated: anything that can send it
+//! a datagram is on the network. It listens on loopback unless told
+//! otherwise.
+
+use std::collections::HashMap;
+use std::io::ErrorKind;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use crate::{NetBackend, NetError};
+
+pub type Mac = [u8; 6];
+
+/// One of the switch's ports, as the [`Switch`] numbers them.
+pub type PortId = usize;
+
+/// A port that has said nothing for this long is gone (its VM sends a
+/// keepalive every [`KEEPALIVE`]).
+pub const PORT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often an attached VM says it is still there.
+pub const KEEPALIVE: Duration = Duration::from_secs(1);
+
+/// The largest frame that crosses the switch: an Ethernet frame of the
+/// largest MTU a virtio-net card without offloads uses, with room to spare.
+pub const FRAME_MAX: usize = 65_535;
+
+/// The forwarding logic, without sockets: which ports a frame goes to.
+#[derive(Default)]
+pub struct Switch {
+    /// Ports by id; `None` once expired (ids are not reused).
+    ports: Vec<Option<Instant>>,
+    macs: HashMap<Mac, PortId>,
+}
+
+impl Switch {
+    /// A new port, seen at `now`.
+    pub fn attach(&mut self, now: Instant) -> PortId {
+        self.ports.push(Some(now));
+        self.ports.len() - 1
+    }
+
+    /// `port` said it is still there.
+    pub fn touch(&mut self, port: PortId, now: Instant) {
+        if let Some(seen @ Some(_)) = self.ports.get_mut(port) {
+            *seen = Some(now);
+        }
+    }
+
+    /// `port` is gone: it gets nothing more, and the addresses learned on
+    /// it are forgotten (their frames are flooded until they appear again).
+    pub fn detach(&mut self, port: PortId) {
+        if let Some(seen) = self.ports.get_mut(port) {
+            *seen = None;
+        }
+        self.macs.retain(|_, p| *p != port);
+    }
+
+    /// Detach the ports silent since `now - timeout`; they are returned.
+    pub fn expire(&mut self, now: Instant, timeout: Duration) -> Vec<PortId> {
+        let gone: Vec<PortId> = self
+            .ports
+            .iter()
+            .enumerate()
+            .filter(|(_, seen)| seen.is_some_and(|t| now.duration_since(t) > timeout))
+            .map(|(port, _)| port)
+            .collect();
+        for &port in &gone {
+            self.detach(port);
+        }
+        gone
+    }
+
+    /// Where the MAC address `mac` was last seen.
+    pub fn port_of(&self, mac: &Mac) -> Option<PortId> {
+        self.macs.get(mac).copied()
+    }
+
+    /// A frame arrived on `from` at `now`: learn its source, and return the
+    /// ports it goes out on (none for a runt).
+    pub fn forward(&mut self, from: PortId, frame: &[u8], now: Instant) -> Vec<PortId> {
+        if !matches!(self.ports.get(from), Some(Some(_))) {
+            return Vec::new();
+        }
+        self.touch(from, now);
+        let (Some(dst), Some(src)) = (mac_at(frame, 0), mac_at(frame, 6)) else {
+            return Vec::new();
+        };
+        if frame.len() < 14 {
+            return Vec::new();
+        }
+        if !is_group(&src) {
+            self.macs.insert(src, from);
+        }
+        if !is_group(&dst) {
+            if let Some(port) = self.port_of(&dst) {
+                return if port == from { Vec::new() } else { vec![port] };
+            }
+        }
+        self.live_ports().filter(|&port| port != from).collect()
+    }
+
+    fn live_ports(&self) -> impl Iterator<Item = PortId> + '_ {
+        self.ports
+            .iter()
+            .enumerate()
+            .filter(|(_, seen)| seen.is_some())
+            .map(|(port, _)| port)
+    }
+
+    /// How many ports are attached.
+    pub fn port_count(&self) -> usize {
+        self.live_ports().count()
+    }
+}
+
+fn mac_at(frame: &[u8], at: usize) -> Option<Mac> {
+    frame.get(at..at + 6)?.try_into().ok()
+}
+
+/// Broadcast and multicast addresses have the group bit set.
+fn is_group(mac: &Mac) -> bool {
+    mac[0] & 1 != 0
+}
+
+/// The frame a VM that just went live broadcasts so that the network
+/// learns its MAC address is now behind this port: a RARP request, as
+/// VMware and QEMU (`announce-self`) send, which needs no IP address.
+pub fn announcement(mac: Mac) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(60);
+    frame.extend_from_slice(&[0xff; 6]);
+    frame.extend_from_slice(&mac);
+    frame.extend_from_slice(&[0x80, 0x35]); // RARP
+    frame.extend_from_slice(&[0x00, 0x01]); // Ethernet
+    frame.extend_from_slice(&[0x08, 0x00]); // IPv4
+    frame.extend_from_slice(&[6, 4]);
+    frame.extend_from_slice(&[0x00, 0x03]); // reverse request
+    frame.extend_from_slice(&mac);
+    frame.extend_from_slice(&[0; 4]);
+    frame.extend_from_slice(&mac);
+    frame.extend_from_slice(&[0; 4]);
+    frame.resize(60, 0);
+    frame
+}
+
+/// The switch as a UDP service, with its gateway on a port of its own.
+pub struct SwitchServer {
+    socket: UdpSocket,
+    switch: Switch,
+    ports: HashMap<SocketAddr, PortId>,
+    addrs: HashMap<PortId, SocketAddr>,
+    gateway: Option<(PortId, Box<dyn NetBackend>)>,
+}
+
+impl SwitchServer {
+    /// Listen on `addr` (port 0: any free port), with `gateway` (if any)
+    /// attached.
+    pub fn bind(
+        addr: SocketAddr,
+        gateway: Option<Box<dyn NetBackend>>,
+    ) -> Result<SwitchServer, NetError> {
+        let socket = UdpSocket::bind(addr).map_err(|e| NetError::Switch(addr.to_string(), e))?;
+        let mut switch = Switch::default();
+        let gateway = gateway.map(|net| (switch.attach(Instant::now()), net));
+        Ok(SwitchServer {
+            socket,
+            switch,
+            ports: HashMap::new(),
+            addrs: HashMap::new(),
+            gateway,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// How many VM ports are attached.
+    pub fn vm_ports(&self) -> usize {
+        self.ports.len()
+    }
+
+    /// Serve for about `budget`: forward what arrives, run the gateway.
+    pub fn serve_for(&mut self, budget: Duration) -> std::io::Result<()> {
+        let until = Instant::now() + budget;
+        let mut buf = vec![0u8; FRAME_MAX];
+        loop {
+            self.poll_gateway();
+            let now = Instant::now();
+            for port in self.switch.expire(now, PORT_TIMEOUT) {
+                if let Some(addr) = self.addrs.remove(&port) {
+                    tracing::warn!(%addr, "port gone silent: detached");
+                    self.ports.remove(&addr);
+                }
+            }
+            if now >= until {
+                return Ok(());
+            }
+            // The gateway's host sockets want looking at often; a frame
+            // wakes the switch at once.
+            let wait = (until - now).min(Duration::from_millis(1));
+            self.socket
+                .set_read_timeout(Some(wait.max(Duration::from_micros(100))))?;
+            match self.socket.recv_from(&mut buf) {
+                Ok((len, from)) => self.datagram(from, &buf[..len]),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                // A VM's port that went away (ICMP port unreachable).
+                Err(e) if e.kind() == ErrorKind::ConnectionRefused => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn datagram(&mut self, from: SocketAddr, bytes: &[u8]) {
+        let now = Instant::now();
+        let port = match self.ports.get(&from) {
+            Some(&port) => port,
+            None => {
+                let port = self.switch.attach(now);
+                tracing::info!(%from, port, "port attached");
+                self.ports.insert(from, port);
+                self.addrs.insert(port, from);
+                port
+            }
+        };
+        if bytes.is_empty() {
+            self.switch.touch(port, now);
+            return;
+        }
+        let moved = mac_at(bytes, 6)
+            .filter(|src| !is_group(src) && self.switch.port_of(src).is_some_and(|p| p != port));
+        let out = self.switch.forward(port, bytes, now);
+        if let Some(mac) = moved {
+            tracing::warn!(mac = %format_mac(&mac), %from, "address moved to another port");
+        }
+        self.deliver(&out, bytes);
+    }
+
+    fn deliver(&mut self, out: &[PortId], frame: &[u8]) {
+        for &port in out {
+            if let Some((gateway_port, gateway)) = &mut self.gateway {
+                if port == *gateway_port {
+                    gateway.send(frame);
+                    continue;
+                }
+            }
+            if let Some(addr) = self.addrs.get(&port) {
+                if let Err(e) = self.socket.send_to(frame, addr) {
+                    tracing::debug!(%addr, %e, "frame not delivered");
+                }
+            }
+        }
+    }
+
+    fn poll_gateway(&mut self) {
+        let Some((port, gateway)) = &mut self.gateway else {
+            return;
+        };
+        let port = *port;
+        let frames = gateway.poll();
+        let now = Instant::now();
+        self.switch.touch(port, now);
+        for frame in frames {
+            let out = self.switch.forward(port, &frame, now);
+            self.deliver(&out, &frame);
+        }
+    }
+}
+
+pub fn format_mac(mac: &Mac) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// A VM's port on a [`SwitchServer`].
+pub struct SwitchPort {
+    socket: UdpSocket,
+    switch: SocketAddr,
+    last_sent: Instant,
+    buf: Vec<u8>,
+}
+
+impl SwitchPort {
+    /// Attach to the switch at `switch`.
+    pub fn connect(switch: SocketAddr) -> Result<SwitchPort, NetError> {
+        let fail = |e| NetError::Switch(switch.to_string(), e);
+        let local: SocketAddr = match switch {
+            SocketAddr::V4(_) => ([0, 0, 0, 0], 0).into(),
+            SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        let socket = UdpSocket::bind(local).map_err(fail)?;
+        socket.connect(switch).map_err(fail)?;
+        socket.set_read_timeout(Some(KEEPALIVE)).map_err(fail)?;
+        socket.send(&[]).map_err(fail)?;
+        Ok(SwitchPort {
+            socket,
+            switch,
+            last_sent: Instant::now(),
+            buf: vec![0; FRAME_MAX],
+        })
+    }
+
+    /// A second handle on the same port, whose [`SwitchPort::recv`] a
+    /// thread of its own can wait in.
+    pub fn try_clone(&self) -> std::io::Result<SwitchPort> {
+        Ok(SwitchPort {
+            socket: self.socket.try_clone()?,
+            switch: self.switch,
+            last_sent: Instant::now(),
+            buf: vec![0; FRAME_MAX],
+        })
+    }
+
+    /// Wait for the next frame for this port, saying "still here" to the
+    /// switch while none comes. (Not while another handle of the port
+    /// polls: the two share the socket's blocking mode.)
+    pub fn recv(&mut self) -> std::io::Result<Vec<u8>> {
+        loop {
+            match self.socket.recv(&mut self.buf) {
+                Ok(0) => {}
+                Ok(len) => return Ok(self.buf[..len].to_vec()),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    self.keepalive();
+                }
+                // The switch is not (yet, or any more) there: keep trying,
+                // as a cable to a switch that restarts would.
+                Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
+                    std::thread::sleep(Duration::from_millis(100));
+                    self.keepalive();
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn keepalive(&mut self) {
+        if self.last_sent.elapsed() >= KEEPALIVE {
+            let _ = self.socket.send(&[]);
+            self.last_sent = Instant::now();
+        }
+    }
+}
+
+impl NetBackend for SwitchPort {
+    fn send(&mut self, frame: &[u8]) {
+        // A lost datagram is a lost frame, which the guest's protocols
+        // are built for.
+        if let Err(e) = self.socket.send(frame) {
+            tracing::debug!(switch = %self.switch, %e, "frame not sent");
+        }
+        self.last_sent = Instant::now();
+    }
+
+    fn poll(&mut self) -> Vec<Vec<u8>> {
+        let mut frames = Vec::new();
+        if self.socket.set_nonblocking(true).is_err() {
+            return frames;
+        }
+        loop {
+            match self.socket.recv(&mut self.buf) {
+                Ok(0) => {}
+                Ok(len) => frames.push(self.buf[..len].to_vec()),
+                Err(_) => break,
+            }
+        }
+        let _ = self.socket.set_nonblocking(false);
+        self.keepalive();
+        frames
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: Mac = [0x52, 0x54, 0, 0, 0, 0xa];
+    const B: Mac = [0x52, 0x54, 0, 0, 0, 0xb];
+    const BROADCAST: Mac = [0xff; 6];
+
+    fn frame(dst: Mac, src: Mac) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(&dst);
+        f.extend_from_slice(&src);
+        f.extend_from_slice(&[0x08, 0x00]);
+        f.resize(60, 0);
+        f
+    }
+
+    #[test]
+    fn floods_unknown_destinations_then_learns_them() {
+        let now = Instant::now();
+        let mut switch = Switch::default();
+        let (p0, p1, p2) = (switch.attach(now), switch.attach(now), switch.attach(now));
+        assert_eq!(switch.forward(p0, &frame(B, A), now), vec![p1, p2]);
+        assert_eq!(switch.forward(p1, &frame(A, B), now), vec![p0]);
+        assert_eq!(switch.forward(p0, &frame(B, A), now), vec![p1]);
+        assert_eq!(switch.forward(p0, &frame(BROADCAST, A), now), vec![p1, p2]);
+        // A frame for a station on the port it came from stays there.
+        assert_eq!(switch.forward(p0, &frame(A, A), now), Vec::<PortId>::new());
+    }
+
+    #[test]
+    fn an_announcement_moves_the_address_to_the_announcing_port() {
+        let now = Instant::now();
+        let mut switch = Switch::default();
+        let (gateway, primary, backup) =
+            (switch.attach(now), switch.attach(now), switch.attach(now));
+        switch.forward(primary, &frame(BROADCAST, A), now);
+        assert_eq!(switch.forward(gateway, &frame(A, B), now), vec![primary]);
+        let out = switch.forward(backup, &announcement(A), now);
+        assert_eq!(
+            out,
+            vec![gateway, primary],
+            "the announcement is a broadcast"
+        );
+        assert_eq!(switch.port_of(&A), Some(backup));
+        assert_eq!(switch.forward(gateway, &frame(A, B), now), vec![backup]);
+    }
+
+    #[test]
+    fn a_silent_port_expires_and_its_addresses_are_flooded_again() {
+        let start = Instant::now();
+        let mut switch = Switch::default();
+        let (p0, p1, p2) = (
+            switch.attach(start),
+            switch.attach(start),
+            switch.attach(start),
+        );
+        switch.forward(p1, &frame(BROADCAST, A), start);
+        let later = start + Duration::from_secs(5);
+        switch.touch(p0, later);
+        switch.touch(p2, later);
+        assert_eq!(switch.expire(later, Duration::from_secs(3)), vec![p1]);
+        assert_eq!(switch.port_of(&A), None);
+        assert_eq!(switch.forward(p0, &frame(A, B), later), vec![p2]);
+        assert_eq!(switch.port_count(), 2);
+        // A detached port's frames are not forwarded.
+        assert!(switch.forward(p1, &frame(B, A), later).is_empty());
+    }
+
+    #[test]
+    fn runts_and_group_sources_are_not_learned() {
+        let now = Instant::now();
+        let mut switch = Switch::default();
+        let (p0, _p1) = (switch.attach(now), switch.attach(now));
+        assert!(switch.forward(p0, &[0xff; 10], now).is_empty());
+        switch.forward(p0, &frame(B, BROADCAST), now);
+        assert_eq!(switch.port_of(&BROADCAST), None);
+    }
+
+    #[test]
+    fn the_announcement_is_a_rarp_request_for_the_mac() {
+        let f = announcement(A);
+        assert_eq!(f.len(), 60);
+        assert_eq!(&f[0..6], &BROADCAST);
+        assert_eq!(&f[6..12], &A);
+        assert_eq!(&f[12..14], &[0x80, 0x35]);
+        assert_eq!(&f[20..22], &[0, 3]);
+        assert_eq!(&f[22..28], &A);
+        assert_eq!(&f[32..38], &A);
+    }
+
+    #[test]
+    fn frames_cross_the_switch_over_udp_between_two_ports() {
+        let mut server = SwitchServer::bind("127.0.0.1:0".parse().unwrap(), None).unwrap();
+        let addr = server.local_addr().unwrap();
+        let mut a = SwitchPort::connect(addr).unwrap();
+        let mut b = SwitchPort::connect(addr).unwrap();
+        server.serve_for(Duration::from_millis(50)).unwrap();
+        assert_eq!(server.vm_ports(), 2);
+        let hello = frame(BROADCAST, A);
+        a.send(&hello);
+        server.serve_for(Duration::from_millis(50)).unwrap();
+        let mut got = b.try_clone().unwrap();
+        assert_eq!(got.recv().unwrap(), hello);
+        assert!(
+            a.poll().is_empty(),
+            "a broadcast does not return to its sender"
+        );
+        let reply = frame(A, B);
+        b.send(&reply);
+        server.serve_for(Duration::from_millis(50)).unwrap();
+        assert_eq!(a.try_clone().unwrap().recv().unwrap(), reply);
+    }
+}
