@@ -23,7 +23,6 @@
 
 mod support;
 
-use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -32,7 +31,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use support::{free_port, ftvm_bin, image_dir, run_limited};
+use support::{echo, echo_message, free_port, ftvm_bin, image_dir, run_limited};
 
 /// The guest: the echo service, then a tick a second (so the console
 /// shows the guest runs).
@@ -98,21 +97,6 @@ fn poll<T>(limit: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
 // ---------------------------------------------------------------------
 // The client
 
-/// Message `i`: its number, then filler, `\n`-terminated; 10 to 2,910
-/// bytes (some take two frames), and every tenth 40 to 41 KB, so that
-/// many frames are in flight both ways when a VM dies.
-fn message(i: u64) -> Vec<u8> {
-    let mut m = format!("{i:08} ").into_bytes();
-    let filler = if i % 10 == 9 {
-        40_000 + i % 1000
-    } else {
-        i * 7919 % 2900
-    };
-    m.resize(9 + filler as usize, b'a' + (i % 26) as u8);
-    m.push(b'\n');
-    m
-}
-
 /// An echo client on one TCP connection, in a thread of its own.
 struct Echo {
     echoed: Arc<AtomicU64>,
@@ -139,7 +123,7 @@ impl Echo {
                 // Until the service listens, a connection is refused or
                 // ends at once.
                 if let Ok(mut stream) = connect() {
-                    if exchange(&mut stream, 0, Duration::from_secs(5)).is_ok() {
+                    if echo(&mut stream, &echo_message(0), Duration::from_secs(5)).is_ok() {
                         break stream;
                     }
                 }
@@ -148,7 +132,7 @@ impl Echo {
             count.store(1, Ordering::Relaxed);
             let mut i = 1;
             while !halt.load(Ordering::Relaxed) {
-                exchange(&mut stream, i, FAILOVER_LIMIT)
+                echo(&mut stream, &echo_message(i), FAILOVER_LIMIT)
                     .map_err(|e| format!("message {i} (after {i} echoed): {e}"))?;
                 i += 1;
                 count.store(i, Ordering::Relaxed);
@@ -191,34 +175,6 @@ impl Drop for Echo {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
-}
-
-/// Send message `i` and read it back, whole.
-fn exchange(stream: &mut TcpStream, i: u64, limit: Duration) -> Result<(), String> {
-    let sent = message(i);
-    stream
-        .set_read_timeout(Some(limit))
-        .and_then(|()| stream.write_all(&sent))
-        .map_err(|e| format!("sending: {e}"))?;
-    let mut back = vec![0; sent.len()];
-    stream.read_exact(&mut back).map_err(|e| match e.kind() {
-        ErrorKind::UnexpectedEof => "the connection ended".to_string(),
-        ErrorKind::WouldBlock | ErrorKind::TimedOut => format!("no echo within {limit:?}"),
-        _ => format!("reading: {e}"),
-    })?;
-    if back != sent {
-        let at = back
-            .iter()
-            .zip(&sent)
-            .position(|(a, b)| a != b)
-            .unwrap_or(0);
-        return Err(format!(
-            "the echo differs at byte {at} of {}: {:?}",
-            sent.len(),
-            String::from_utf8_lossy(&back[at.saturating_sub(10)..(at + 20).min(back.len())])
-        ));
-    }
-    Ok(())
 }
 
 // ---------------------------------------------------------------------

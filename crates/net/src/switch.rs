@@ -18,6 +18,7 @@
 use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use crate::{NetBackend, NetError};
@@ -158,6 +159,11 @@ pub fn announcement(mac: Mac) -> Vec<u8> {
 /// The switch as a UDP service, with its gateway on a port of its own.
 pub struct SwitchServer {
     socket: UdpSocket,
+    /// Datagrams as a thread of their own receives them: waiting on a
+    /// channel wakes within microseconds, where a socket's receive timeout
+    /// is rounded up to the kernel's tick (4 ms and more), and the gateway
+    /// must be looked at every millisecond.
+    datagrams: Receiver<std::io::Result<(SocketAddr, Vec<u8>)>>,
     switch: Switch,
     ports: HashMap<SocketAddr, PortId>,
     addrs: HashMap<PortId, SocketAddr>,
@@ -171,11 +177,31 @@ impl SwitchServer {
         addr: SocketAddr,
         gateway: Option<Box<dyn NetBackend>>,
     ) -> Result<SwitchServer, NetError> {
-        let socket = UdpSocket::bind(addr).map_err(|e| NetError::Switch(addr.to_string(), e))?;
+        let fail = |e| NetError::Switch(addr.to_string(), e);
+        let socket = UdpSocket::bind(addr).map_err(fail)?;
+        let reader = socket.try_clone().map_err(fail)?;
+        let (tx, datagrams) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; FRAME_MAX];
+            loop {
+                let received = match reader.recv_from(&mut buf) {
+                    Ok((len, from)) => Ok((from, buf[..len].to_vec())),
+                    // A VM's port that went away (ICMP port unreachable).
+                    Err(e) if e.kind() == ErrorKind::ConnectionRefused => continue,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(e) => Err(e),
+                };
+                let failed = received.is_err();
+                if tx.send(received).is_err() || failed {
+                    return;
+                }
+            }
+        });
         let mut switch = Switch::default();
         let gateway = gateway.map(|net| (switch.attach(Instant::now()), net));
         Ok(SwitchServer {
             socket,
+            datagrams,
             switch,
             ports: HashMap::new(),
             addrs: HashMap::new(),
@@ -195,7 +221,6 @@ impl SwitchServer {
     /// Serve for about `budget`: forward what arrives, run the gateway.
     pub fn serve_for(&mut self, budget: Duration) -> std::io::Result<()> {
         let until = Instant::now() + budget;
-        let mut buf = vec![0u8; FRAME_MAX];
         loop {
             self.poll_gateway();
             let now = Instant::now();
@@ -211,14 +236,19 @@ impl SwitchServer {
             // The gateway's host sockets want looking at often; a frame
             // wakes the switch at once.
             let wait = (until - now).min(Duration::from_millis(1));
-            self.socket
-                .set_read_timeout(Some(wait.max(Duration::from_micros(100))))?;
-            match self.socket.recv_from(&mut buf) {
-                Ok((len, from)) => self.datagram(from, &buf[..len]),
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-                // A VM's port that went away (ICMP port unreachable).
-                Err(e) if e.kind() == ErrorKind::ConnectionRefused => {}
-                Err(e) => return Err(e),
+            match self.datagrams.recv_timeout(wait) {
+                Ok(received) => {
+                    let (from, bytes) = received?;
+                    self.datagram(from, &bytes);
+                    while let Ok(received) = self.datagrams.try_recv() {
+                        let (from, bytes) = received?;
+                        self.datagram(from, &bytes);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(std::io::Error::other("the switch's receiver is gone"))
+                }
             }
         }
     }

@@ -309,3 +309,51 @@ impl Drop for Scratch {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Message `i` of an echo conversation with a guest's echo service: its
+/// number, then filler, `\n`-terminated; 10 to 2,910 bytes (some take
+/// two frames), and every tenth 40 to 41 KB, so that many frames are in
+/// flight both ways.
+pub fn echo_message(i: u64) -> Vec<u8> {
+    let mut m = format!("{i:08} ").into_bytes();
+    let filler = if i % 10 == 9 {
+        40_000 + i % 1000
+    } else {
+        i * 7919 % 2900
+    };
+    m.resize(9 + filler as usize, b'a' + (i % 26) as u8);
+    m.push(b'\n');
+    m
+}
+
+/// Send `message` and read it back, whole, within `limit`.
+pub fn echo(
+    stream: &mut std::net::TcpStream,
+    message: &[u8],
+    limit: Duration,
+) -> Result<(), String> {
+    use std::io::{ErrorKind, Write};
+    stream
+        .set_read_timeout(Some(limit))
+        .and_then(|()| stream.write_all(message))
+        .map_err(|e| format!("sending: {e}"))?;
+    let mut back = vec![0; message.len()];
+    stream.read_exact(&mut back).map_err(|e| match e.kind() {
+        ErrorKind::UnexpectedEof => "the connection ended".to_string(),
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => format!("no echo within {limit:?}"),
+        _ => format!("reading: {e}"),
+    })?;
+    if back != message {
+        let at = back
+            .iter()
+            .zip(message)
+            .position(|(a, b)| a != b)
+            .unwrap_or(0);
+        return Err(format!(
+            "the echo differs at byte {at} of {}: {:?}",
+            message.len(),
+            String::from_utf8_lossy(&back[at.saturating_sub(10)..(at + 20).min(back.len())])
+        ));
+    }
+    Ok(())
+}

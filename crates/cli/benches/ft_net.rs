@@ -1,0 +1,358 @@
+//! The FT pair's network against a standalone VM's, in one run: a client
+//! on this host talks to busybox `nc -ll -p 7 -e cat` (an echo service)
+//! in the default Linux guest, through a forwarded host port of the
+//! user-mode gateway — in `ftvm run --net user,hostfwd=...` for the
+//! standalone VM, in the pair's switch process (`ftvm up --net
+//! user,hostfwd=...`) for the pair, where every frame the guest sends is
+//! an output held until the backup has the log up to it, and every frame
+//! it receives is logged. Measured:
+//!
+//! 1. echo round trip of a 64-byte message (300 of them, back to back):
+//!    median and p99, standalone and FT, and the ratio;
+//! 2. bulk echo: 16 MiB written and read back at once on one connection
+//!    (a writer and a reader thread), in MB/s of echoed data, and the
+//!    pair's logging rate meanwhile (growth of the primary's `log-bytes`
+//!    between its status lines) and log bytes per echoed byte;
+//! 3. the pause a client sees at a failover: the longest gap between two
+//!    consecutive echoes of a client exchanging 64-byte messages every
+//!    2 ms, when the primary is killed (`kill -9`: its logging channel
+//!    closes, so the backup knows at once) and when it freezes (SIGSTOP:
+//!    detected by the default 1000 ms timeout), with the default
+//!    detection settings of `ftvm up`.
+//!
+//! Every echo is checked byte for byte; a connection that resets or ends
+//! panics the bench. Run with `cargo bench -p ftvm --bench ft_net` after
+//! `scripts/guest-image`; `FTVM_BENCH_RUNS` sets the runs (default 3;
+//! medians, and the max for pauses). The standalone VM uses one host CPU,
+//! the pair two (primary and backup) and its switch a little.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{
+    bench_runs, echo, echo_message, free_port, ftvm_bin, image_dir, median, run_limited,
+    wait_or_kill, Scratch,
+};
+
+const ECHO_CMD: &str = "nc -ll -p 7 -e cat & while true; do sleep 10; done";
+const LIMIT: Duration = Duration::from_secs(150);
+const RTT_MESSAGES: usize = 300;
+const BULK_BYTES: usize = 16 << 20;
+const PAUSE_WARMUP: Duration = Duration::from_secs(2);
+const PAUSE_ECHOES_AFTER: usize = 200;
+
+fn append() -> String {
+    format!("console=ttyS0 ftvm_cmd=\"{ECHO_CMD}\"")
+}
+
+fn ftvm() -> Command {
+    let mut cmd = Command::new(ftvm_bin());
+    cmd.env("FTVM_GUEST_IMAGE", image_dir())
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_LOG");
+    cmd
+}
+
+fn signal(pid: u64, signal: libc::c_int) {
+    if let Ok(pid) = libc::pid_t::try_from(pid) {
+        // SAFETY: kill(2) only sends a signal.
+        unsafe {
+            libc::kill(pid, signal);
+        }
+    }
+}
+
+/// Connect to the guest's echo service through `port`, again and again
+/// until it answers.
+fn connect(port: u16) -> TcpStream {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let start = Instant::now();
+    loop {
+        if let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+            if echo(&mut stream, &echo_message(0), Duration::from_secs(5)).is_ok() {
+                stream.set_nodelay(true).expect("TCP_NODELAY");
+                return stream;
+            }
+        }
+        assert!(
+            start.elapsed() < LIMIT,
+            "the guest's echo service never answered"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn small(i: usize) -> Vec<u8> {
+    let mut m = format!("{i:08}").into_bytes();
+    m.resize(63, b'x');
+    m.push(b'\n');
+    m
+}
+
+/// Round trips of 64-byte messages, in ms, sorted.
+fn round_trips(stream: &mut TcpStream) -> Vec<f64> {
+    let mut times: Vec<f64> = (0..RTT_MESSAGES)
+        .map(|i| {
+            let start = Instant::now();
+            echo(stream, &small(i), LIMIT).unwrap_or_else(|e| panic!("round trip {i}: {e}"));
+            start.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times
+}
+
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 - 1.0) * q).round() as usize)
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
+/// MB/s of 16 MiB echoed while being written.
+fn bulk(stream: &mut TcpStream) -> f64 {
+    let pattern = |at: usize| (at % 251) as u8;
+    let mut writer = stream.try_clone().expect("a second handle");
+    let start = Instant::now();
+    let sender = std::thread::spawn(move || {
+        let chunk: Vec<u8> = (0..65536).map(pattern).collect();
+        let mut sent = 0;
+        while sent < BULK_BYTES {
+            // 65536 is a multiple of nothing in 251: keep the pattern's
+            // phase by sending whole chunks and checking by offset.
+            writer.write_all(&chunk).expect("sending the bulk data");
+            sent += chunk.len();
+        }
+    });
+    let mut buf = vec![0u8; 65536];
+    let mut got = 0;
+    stream.set_read_timeout(Some(LIMIT)).expect("timeout");
+    while got < BULK_BYTES {
+        let n = stream.read(&mut buf).expect("reading the bulk echo");
+        assert!(n > 0, "the connection ended after {got} bytes");
+        for (k, &b) in buf[..n].iter().enumerate() {
+            let at = (got + k) % 65536;
+            assert_eq!(b, pattern(at), "bulk echo byte {} differs", got + k);
+        }
+        got += n;
+    }
+    sender.join().expect("the writer");
+    BULK_BYTES as f64 / 1e6 / start.elapsed().as_secs_f64()
+}
+
+/// A standalone VM with the echo service behind `port`.
+fn solo(port: u16) -> Child {
+    ftvm()
+        .args(["run", "--net"])
+        .arg(format!("user,hostfwd=tcp:127.0.0.1:{port}-:7"))
+        .arg("--append")
+        .arg(append())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start ftvm run")
+}
+
+/// An FT pair with the echo service behind `port`, in `dir`.
+struct Pair {
+    dir: PathBuf,
+}
+
+impl Pair {
+    fn up(dir: PathBuf, port: u16) -> Pair {
+        let mut up = ftvm();
+        up.arg("up")
+            .arg("--state-dir")
+            .arg(&dir)
+            .arg("--net")
+            .arg(format!("user,hostfwd=tcp:127.0.0.1:{port}-:7"))
+            .arg("--append")
+            .arg(append());
+        let run = run_limited(up, LIMIT);
+        assert_eq!(run.code, Some(0), "ftvm up: {}", run.stderr);
+        Pair { dir }
+    }
+
+    fn status(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{name}.status"))).unwrap_or_default()
+    }
+
+    fn field(&self, name: &str, key: &str) -> Option<u64> {
+        self.status(name)
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .and_then(|v| v.parse().ok())
+    }
+
+    /// The primary's log bytes and the time its status line said so.
+    fn log_bytes(&self) -> (u64, Instant) {
+        // The line is rewritten every 200 ms: wait for a fresh one.
+        let old = self.status("primary");
+        let start = Instant::now();
+        while self.status("primary") == old && start.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        (
+            self.field("primary", "log-bytes=").unwrap_or(0),
+            Instant::now(),
+        )
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        let mut stop = ftvm();
+        stop.arg("stop").arg("--state-dir").arg(&self.dir);
+        let _ = run_limited(stop, LIMIT);
+        for name in ["primary", "backup", "switch"] {
+            if let Some(pid) = self.field(name, "pid=") {
+                signal(pid, libc::SIGCONT);
+                if Path::new(&format!("/proc/{pid}")).exists() {
+                    signal(pid, libc::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
+/// The longest gap, in ms, between consecutive echoes of a client
+/// exchanging 64-byte messages every 2 ms, across `event` done to the
+/// primary of a fresh pair.
+fn pause(scratch: &Scratch, name: &str, event: libc::c_int) -> f64 {
+    let port = free_port();
+    let pair = Pair::up(scratch.file(name), port);
+    let mut stream = connect(port);
+    let start = Instant::now();
+    let mut done = Vec::new();
+    let mut fired = None;
+    let mut i = 0;
+    loop {
+        echo(&mut stream, &small(i), LIMIT)
+            .unwrap_or_else(|e| panic!("{name}: echo {i}: {e}; see {}", pair.dir.display()));
+        done.push(Instant::now());
+        i += 1;
+        if fired.is_none() && start.elapsed() > PAUSE_WARMUP {
+            let primary = pair.field("primary", "pid=").expect("the primary's pid");
+            signal(primary, event);
+            fired = Some(done.len());
+        }
+        if fired.is_some_and(|at| done.len() > at + PAUSE_ECHOES_AFTER) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(
+        pair.status("backup").starts_with("live"),
+        "{name}: the backup did not go live: {}",
+        pair.status("backup")
+    );
+    done.windows(2)
+        .map(|w| (w[1] - w[0]).as_secs_f64() * 1e3)
+        .fold(0.0, f64::max)
+}
+
+struct Sample {
+    rtt: [f64; 2],
+    rtt_p99: [f64; 2],
+    bulk: [f64; 2],
+    log_mbit_s: f64,
+    log_per_byte: f64,
+    kill_pause: f64,
+    freeze_pause: f64,
+}
+
+fn one_run(scratch: &Scratch, run: usize) -> Sample {
+    let port = free_port();
+    let mut child = solo(port);
+    let mut stream = connect(port);
+    let solo_rtt = round_trips(&mut stream);
+    let solo_bulk = bulk(&mut stream);
+    drop(stream);
+    let _ = child.kill();
+    let _ = wait_or_kill(&mut child, Duration::from_secs(10));
+
+    let port = free_port();
+    let pair = Pair::up(scratch.file(&format!("pair-{run}")), port);
+    let mut stream = connect(port);
+    let ft_rtt = round_trips(&mut stream);
+    let (log0, t0) = pair.log_bytes();
+    let ft_bulk = bulk(&mut stream);
+    let (log1, t1) = pair.log_bytes();
+    drop(stream);
+    drop(pair);
+    let logged = log1.saturating_sub(log0) as f64;
+
+    Sample {
+        rtt: [quantile(&solo_rtt, 0.5), quantile(&ft_rtt, 0.5)],
+        rtt_p99: [quantile(&solo_rtt, 0.99), quantile(&ft_rtt, 0.99)],
+        bulk: [solo_bulk, ft_bulk],
+        log_mbit_s: logged * 8.0 / 1e6 / (t1 - t0).as_secs_f64(),
+        // Both directions' bytes cross the guest's card.
+        log_per_byte: logged / (2 * BULK_BYTES) as f64,
+        kill_pause: pause(scratch, &format!("kill-{run}"), libc::SIGKILL),
+        freeze_pause: pause(scratch, &format!("freeze-{run}"), libc::SIGSTOP),
+    }
+}
+
+fn main() {
+    let runs = bench_runs().unwrap_or(3);
+    let scratch = Scratch::new("ft-net-bench");
+    println!("ft_net bench: echo service (busybox nc + cat) in the default guest, client on host loopback through a forwarded port; {runs} runs");
+    let samples: Vec<Sample> = (0..runs)
+        .map(|run| {
+            let s = one_run(&scratch, run);
+            eprintln!(
+                "run {run}: rtt {:.2}/{:.2} ms, bulk {:.1}/{:.1} MB/s, pauses {:.0}/{:.0} ms",
+                s.rtt[0], s.rtt[1], s.bulk[0], s.bulk[1], s.kill_pause, s.freeze_pause
+            );
+            s
+        })
+        .collect();
+    let col = |f: &dyn Fn(&Sample) -> f64| median(samples.iter().map(f).collect());
+    let max = |f: &dyn Fn(&Sample) -> f64| samples.iter().map(f).fold(0.0, f64::max);
+    println!();
+    println!(
+        "{:<34} {:>11} {:>10} {:>8}",
+        "", "standalone", "FT pair", "FT/solo"
+    );
+    let row = |label: &str, solo: f64, ft: f64| {
+        println!("{label:<34} {solo:>11.2} {ft:>10.2} {:>7.2}x", ft / solo);
+    };
+    row(
+        "echo round trip, median (ms)",
+        col(&|s| s.rtt[0]),
+        col(&|s| s.rtt[1]),
+    );
+    row(
+        "echo round trip, p99 (ms)",
+        col(&|s| s.rtt_p99[0]),
+        col(&|s| s.rtt_p99[1]),
+    );
+    row(
+        "bulk echo, 16 MiB (MB/s)",
+        col(&|s| s.bulk[0]),
+        col(&|s| s.bulk[1]),
+    );
+    println!();
+    println!(
+        "FT pair during the bulk echo: log {:.1} Mbit/s, {:.2} log bytes per byte crossing the card",
+        col(&|s| s.log_mbit_s),
+        col(&|s| s.log_per_byte)
+    );
+    println!(
+        "client-visible pause at a failover (longest gap between echoes, every 2 ms):\n  \
+         primary killed (kill -9; its channel closes): median {:.0} ms, max {:.0} ms\n  \
+         primary frozen (SIGSTOP; 1000 ms detection timeout): median {:.0} ms, max {:.0} ms",
+        col(&|s| s.kill_pause),
+        max(&|s| s.kill_pause),
+        col(&|s| s.freeze_pause),
+        max(&|s| s.freeze_pause)
+    );
+}
