@@ -61,7 +61,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use support::{bench_runs, drain, ftvm_bin, image_dir, median, run_limited, wait_or_kill, Scratch};
+use support::{
+    bench_runs, drain, ftvm_bin, image_dir, median, process_alive as alive, run_limited, signal,
+    wait_or_kill, Scratch,
+};
 
 /// Longest any one process or pair may take.
 const LIMIT: Duration = Duration::from_secs(600);
@@ -310,26 +313,6 @@ fn parse_status(text: &str, at: f64) -> Option<Status> {
         outputs: before("outputs)")?.parse().ok()?,
         log_bytes: value("log-bytes=")?.parse().ok()?,
     })
-}
-
-/// Whether `pid` runs (and is not a zombie).
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit(')')
-            .next()
-            .and_then(|rest| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X")
-    })
-}
-
-fn kill9(pid: u32) {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
-        return;
-    };
-    // SAFETY: kill(2) only sends a signal; it touches no memory of ours.
-    unsafe {
-        libc::kill(pid, libc::SIGKILL);
-    }
 }
 
 /// The pid on a VM's status line.
@@ -650,7 +633,7 @@ impl Drop for Pair {
                 .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&dir));
             if ours && alive(pid) {
                 eprintln!("ft bench: killing pid {pid} left over from {dir}");
-                kill9(pid);
+                signal(pid, libc::SIGKILL);
             }
         }
     }
@@ -723,7 +706,7 @@ fn failover(scratch: &Scratch, name: &str, extra: &[&str]) -> Failover {
     // Kill right after a tick line: the guest prints nothing for 100 ms.
     let last_tick = numbered(&pair.lines, "tick").last().copied().unwrap_or(0);
     let size = std::fs::metadata(pair.dir.join("console")).map_or(0, |m| m.len());
-    kill9(pair.pids[0]);
+    signal(pair.pids[0], libc::SIGKILL);
     let killed = Instant::now();
     let killed_wall = SystemTime::now();
     let kill_at = pair.start.elapsed().as_secs_f64();

@@ -149,7 +149,14 @@ fn start_switch(dir: &Path, gateway: &str) -> Result<(String, u32)> {
         dir.into(),
     ];
     let pid = spawn(dir, "switch", &args)?;
-    let addr_file = dir.join("switch.addr");
+    let addr = listening_addr(dir, "switch", pid)?;
+    Ok((addr, pid))
+}
+
+/// The address the process `name` (pid `pid`) writes to `DIR/NAME.addr`
+/// once it listens.
+fn listening_addr(dir: &Path, name: &str, pid: u32) -> Result<String> {
+    let addr_file = dir.join(format!("{name}.addr"));
     let addr = wait_for(Duration::from_secs(20), || {
         std::fs::read_to_string(&addr_file)
             .ok()
@@ -157,11 +164,11 @@ fn start_switch(dir: &Path, gateway: &str) -> Result<(String, u32)> {
     })
     .with_context(|| {
         format!(
-            "the pair's network (pid {pid}) did not start; see {}",
-            dir.join("switch.log").display()
+            "the {name} (pid {pid}) did not start listening; see {}",
+            dir.join(format!("{name}.log")).display()
         )
     })?;
-    Ok((addr.trim().to_string(), pid))
+    Ok(addr.trim().to_string())
 }
 
 fn start_vms(args: &UpArgs, dir: &Path, net: Option<&str>) -> Result<ExitCode> {
@@ -222,20 +229,9 @@ fn start_vms(args: &UpArgs, dir: &Path, net: Option<&str>) -> Result<ExitCode> {
         backup.extend(["--disk".into(), disk.into()]);
     }
     let backup_pid = spawn(dir, "backup", &backup)?;
-    let addr_file = dir.join("backup.addr");
-    let addr = wait_for(Duration::from_secs(20), || {
-        std::fs::read_to_string(&addr_file)
-            .ok()
-            .filter(|s| s.ends_with('\n'))
-    })
-    .with_context(|| {
-        format!(
-            "the backup (pid {backup_pid}) did not start listening; see {}",
-            dir.join("backup.log").display()
-        )
-    })?;
+    let addr = listening_addr(dir, "backup", backup_pid)?;
 
-    let mut primary: Vec<OsString> = vec!["primary".into(), "--backup".into(), addr.trim().into()];
+    let mut primary: Vec<OsString> = vec!["primary".into(), "--backup".into(), addr.into()];
     primary.extend(common("primary"));
     primary.extend(args.machine.to_args()?);
     let primary_pid = spawn(dir, "primary", &primary)?;

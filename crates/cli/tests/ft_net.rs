@@ -31,7 +31,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use support::{echo, echo_message, free_port, ftvm_bin, image_dir, run_limited};
+use support::{
+    echo, echo_message, free_port, ftvm_bin, ftvm_with_guest as ftvm, image_dir, poll,
+    process_alive as alive, run_limited, signal,
+};
 
 /// The guest: the echo service, then a tick a second (so the console
 /// shows the guest runs).
@@ -53,45 +56,6 @@ fn append() -> String {
 fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn ftvm() -> Command {
-    let mut cmd = Command::new(ftvm_bin());
-    cmd.env("FTVM_GUEST_IMAGE", image_dir())
-        .env("NO_COLOR", "1")
-        .env_remove("RUST_LOG");
-    cmd
-}
-
-fn signal(pid: u32, signal: libc::c_int) {
-    if let Ok(pid) = libc::pid_t::try_from(pid) {
-        // SAFETY: kill(2) only sends a signal.
-        unsafe {
-            libc::kill(pid, signal);
-        }
-    }
-}
-
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit(')')
-            .next()
-            .and_then(|rest| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X")
-    })
-}
-
-fn poll<T>(limit: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
-    let start = Instant::now();
-    loop {
-        if let Some(value) = probe() {
-            return Some(value);
-        }
-        if start.elapsed() > limit {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 // ---------------------------------------------------------------------

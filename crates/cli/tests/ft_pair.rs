@@ -34,12 +34,14 @@ mod support;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use support::{ftvm_bin, image_dir, run_limited, Finished};
+use support::{
+    ftvm_with_guest as ftvm, poll, process_alive as alive, run_limited, signal, Finished,
+};
 
 /// The guest's command: `tick N` every 100 ms, forever.
 const TICK_CMD: &str = "i=0; while true; do echo tick $i; i=$((i+1)); usleep 100000; done";
@@ -69,57 +71,13 @@ fn serial() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// `ftvm ARGS` with the default guest's image and plain (uncoloured) logs.
-fn ftvm() -> Command {
-    let mut cmd = Command::new(ftvm_bin());
-    cmd.env("FTVM_GUEST_IMAGE", image_dir())
-        .env("NO_COLOR", "1")
-        .env_remove("RUST_LOG");
-    cmd
-}
-
 // ---------------------------------------------------------------------
 // Processes
-
-/// Whether `pid` runs (a zombie does not).
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .and_then(|rest| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
-}
 
 /// Whether `pid` is an ftvm process (so a recycled pid is left alone).
 fn is_ftvm(pid: u32) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains("ftvm"))
-}
-
-fn kill9(pid: u32) {
-    if let Ok(pid) = libc::pid_t::try_from(pid) {
-        // SAFETY: kill(2) only sends a signal.
-        unsafe {
-            libc::kill(pid, libc::SIGKILL);
-        }
-    }
-}
-
-/// Poll `probe` every 50 ms until it gives a value or `limit` passes.
-fn poll<T>(limit: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
-    let start = Instant::now();
-    loop {
-        if let Some(value) = probe() {
-            return Some(value);
-        }
-        if start.elapsed() > limit {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn unique_dir(tag: &str) -> PathBuf {
@@ -322,7 +280,7 @@ impl Drop for Pair {
         self.track();
         for &pid in &self.pids {
             if alive(pid) && is_ftvm(pid) {
-                kill9(pid);
+                signal(pid, libc::SIGKILL);
             }
         }
         for child in &mut self.children {
@@ -529,7 +487,7 @@ fn kill_primary_at(moment: Moment, label: &str) -> Outcome {
         settled_after_false_alarm(&pair, label, &alarm);
         return Outcome::FalseAlarm(alarm);
     }
-    kill9(primary);
+    signal(primary, libc::SIGKILL);
     let killed_at = Instant::now();
     let at_kill = pair.max_tick();
     let target = at_kill.map_or(9, |m| m + 10);
@@ -718,7 +676,7 @@ fn kill_9_of_the_backup_leaves_the_primary_live_without_gap() {
             settled_after_false_alarm(&pair, "kill -9 of the backup", &alarm);
             continue;
         }
-        kill9(backup);
+        signal(backup, libc::SIGKILL);
         let at_kill = pair.max_tick().unwrap_or(0);
         let seen = poll(FAILOVER_LIMIT, || {
             (pair.max_tick().is_some_and(|m| m >= at_kill + 10) || !alive(primary)).then_some(())
@@ -1243,7 +1201,7 @@ fn a_backup_going_live_releases_the_outputs_the_dead_primary_held() {
     );
     assert!(suspicion(&pair).is_none(), "{}", pair.diag());
     let primary = pair.children[1].id();
-    kill9(primary);
+    signal(primary, libc::SIGKILL);
     pair.wait_tick(held_at + 20, FAILOVER_LIMIT, "after the kill");
     assert!(pair.log("backup").contains("going live"), "{}", pair.diag());
     pair.checked_ticks();
