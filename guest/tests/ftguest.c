@@ -1,18 +1,35 @@
 /* ftguest: the workload of the deterministic FT simulator (crates/sim). Never passes or fails by
  * itself; it runs TICKS ticks and then powers off (pass).
  *
- * Brings up virtio-blk and virtio-rng (polled virtqueues, as ioloop.c; completions wake WFI through
- * the PLIC, context 0 = M-mode, with mstatus.MIE = 0 so no trap is ever taken) and then, every
- * 1-5 ms of guest time (CLINT timer + WFI, so the guest idles between ticks), tick n:
+ * Brings up virtio-blk, virtio-rng and (if present) virtio-net (polled virtqueues, as ioloop.c;
+ * completions wake WFI through the PLIC, context 0 = M-mode, with mstatus.MIE = 0 so no trap is
+ * ever taken) and then, every 1-5 ms of guest time (CLINT timer + WFI, so the guest idles between
+ * ticks), tick n:
  *   - asks virtio-rng for 16 bytes and waits for them;
  *   - h = FNV-1a over (n, the entropy, mtime);
  *   - writes a 512-byte record derived from (n, h) to sector 1 + n % NSEC and waits for its
  *     completion; then remembers (n, h) for that sector in `ftg_table` (the simulator reads this
  *     table from guest RAM at the end: every write the guest saw complete must be on the disk);
  *   - prints `tick N 0x<h>`, so the output depends on timing and inputs;
+ *   - transmits a tick frame (n, h) to the broadcast address;
  *   - every third tick re-reads a sector whose write completed earlier and prints `BAD ...` if it
  *     does not hold what was written (a lost acknowledged write), else nothing.
- * The next tick is 1-5 ms after this one began (the period also comes from h). */
+ * The next tick is 1-5 ms after this one began (the period also comes from h).
+ *
+ * The network (whenever the guest wakes): a client sends request frames numbered 1, 2, ...; the
+ * guest accepts request k only when it expects k (`next_req`), folds the request's bytes, the
+ * current tick and mtime into a running hash and answers with (k, hash); a request it already
+ * accepted (a client's retransmission) gets the same answer again from a cache of the last
+ * ANS_WIN, anything else is ignored. Every frame the guest transmits carries the next number of
+ * one sequence (1, 2, ...: no gaps), given only when a transmit descriptor is free (else the frame
+ * is not sent: a tick frame is skipped, an answer waits for the client's retransmission). Tick
+ * frames use at most half the descriptors, so that on a slow link (frames held by the output rule
+ * for a round trip) they do not starve the answers.
+ *
+ * Ethernet frames (type 0x88b5), after dst, src and type, 60 bytes in all:
+ *   request "FTGQ" k (u64 LE), then any bytes;   answer "FTGA" seq k hash;   tick "FTGT" seq n h.
+ * `ftg_net` keeps the sequence, the answers and the last TX_WIN frames sent for the simulator,
+ * which compares them with what the world received when a VM goes live and at the end. */
 #include "test.h"
 typedef unsigned short u16;
 typedef unsigned char u8;
@@ -31,9 +48,21 @@ typedef unsigned char u8;
 
 #define RNG_LEN 16
 
+#define NET_HDR 12 /* virtio_net_hdr with VERSION_1 (num_buffers included) */
+#define NET_FRAME 1514
+#define NET_BUF (NET_HDR + NET_FRAME)
+#define NET_RX_BUFS 4
+#define FRAME_LEN 60 /* every frame the guest sends */
+#define ANS_WIN 16   /* answers kept for retransmitted requests */
+#define TX_WIN 32    /* frames kept for the simulator */
 
-static volatile struct vq vq_blk, vq_rng;
-static struct queue q_blk, q_rng;
+static volatile struct vq vq_blk, vq_rng, vq_netrx, vq_nettx;
+static struct queue q_blk, q_rng, q_netrx, q_nettx;
+static volatile u8 net_rx[NET_RX_BUFS][NET_BUF] __attribute__((aligned(16)));
+static volatile u8 net_tx[QN][NET_HDR + FRAME_LEN] __attribute__((aligned(16)));
+static u32 tx_busy; /* bit d: transmit descriptor d is in flight */
+static u8 mac[6];
+static u64 net_base, cur_tick;
 static volatile struct { u32 type, reserved; u64 sector; } blk_hdr __attribute__((aligned(16)));
 static volatile u8 blk_data[SECTOR] __attribute__((aligned(16)));
 static volatile u8 blk_status;
@@ -43,6 +72,16 @@ static u64 blk_base, rng_base, blk_sectors;
 /* What the guest knows is on the disk: for sector 1 + i, valid / tick / hash of the last write
  * whose completion it saw. Read by the simulator (by symbol) at the end of a run. */
 volatile u64 ftg_table[NSEC][3];
+
+/* The network state, read by the simulator (by symbol; crates/sim knows this layout). */
+volatile struct {
+  u64 sent;                  /* sequence number of the last frame transmitted */
+  u64 next_req;              /* the request expected next (requests 1 .. next_req - 1 accepted) */
+  u64 hash;                  /* running hash over the accepted requests */
+  u64 reserved;
+  u64 answers[ANS_WIN][2];   /* [k % ANS_WIN] = {k, hash after request k} */
+  u64 frames[TX_WIN][4];     /* [seq % TX_WIN] = {seq, magic, word b, word c} */
+} ftg_net;
 
 static volatile u64 *const mtimecmp = (volatile u64 *)CLINT_MTIMECMP;
 static volatile u64 *const mtime = (volatile u64 *)CLINT_MTIME;
@@ -86,13 +125,120 @@ static void plic_enable(u64 base) {
   w32(PLIC_BASE, 0x2000 + 4 * (irq / 32), r32(PLIC_BASE, 0x2000 + 4 * (irq / 32)) | (1u << (irq % 32)));
 }
 
-/* After a wake-up: acknowledge the devices and the PLIC so the line drops. */
+/* ---------- virtio-net ---------- */
+
+#define MAGIC_REQ 0x51475446u /* "FTGQ" */
+#define MAGIC_ANS 0x41475446u /* "FTGA" */
+#define MAGIC_TICK 0x54475446u /* "FTGT" */
+
+static void put64(volatile u8 *p, u64 v) { for (int i = 0; i < 8; i++) p[i] = (u8)(v >> (8 * i)); }
+static u64 get64(const volatile u8 *p) {
+  u64 v = 0;
+  for (int i = 0; i < 8; i++) v |= (u64)p[i] << (8 * i);
+  return v;
+}
+
+static void net_rx_post(u16 d) {
+  q_netrx.vq->desc[d].addr = (u64)net_rx[d];
+  q_netrx.vq->desc[d].len = NET_BUF;
+  q_netrx.vq->desc[d].flags = DESC_F_WRITE;
+  q_netrx.vq->desc[d].next = 0;
+  queue_put(&q_netrx, d, 1);
+}
+
+/* Transmit a frame to `dst`: magic, then the next sequence number and words b, c. Returns 0 (and
+ * uses no sequence number) if `most` transmit descriptors or all are in flight. */
+static int net_send(const volatile u8 *dst, u32 magic, u64 b, u64 c, u32 most) {
+  if (!net_base || !q_nettx.num) return 0;
+  u32 busy = 0;
+  for (u16 i = 0; i < q_nettx.num; i++) busy += (tx_busy >> i) & 1;
+  if (busy >= most) return 0;
+  u16 d;
+  for (d = 0; d < q_nettx.num && (tx_busy & (1u << d)); d++) {}
+  if (d == q_nettx.num) return 0;
+  u64 seq = ftg_net.sent + 1;
+  volatile u8 *out = net_tx[d];
+  for (u32 i = 0; i < NET_HDR + FRAME_LEN; i++) out[i] = 0;
+  volatile u8 *f = out + NET_HDR;
+  for (u32 i = 0; i < 6; i++) { f[i] = dst[i]; f[6 + i] = mac[i]; }
+  f[12] = 0x88; f[13] = 0xb5;
+  for (u32 i = 0; i < 4; i++) f[14 + i] = (u8)(magic >> (8 * i));
+  put64(f + 18, seq);
+  put64(f + 26, b);
+  put64(f + 34, c);
+  volatile u64 *rec = ftg_net.frames[seq % TX_WIN];
+  rec[0] = seq; rec[1] = magic; rec[2] = b; rec[3] = c;
+  ftg_net.sent = seq;
+  q_nettx.vq->desc[d].addr = (u64)out;
+  q_nettx.vq->desc[d].len = NET_HDR + FRAME_LEN;
+  q_nettx.vq->desc[d].flags = 0;
+  q_nettx.vq->desc[d].next = 0;
+  tx_busy |= 1u << d;
+  queue_put(&q_nettx, d, 1);
+  return 1;
+}
+
+/* A received frame (without the virtio header): a request is accepted, answered again, or
+ * ignored. */
+static void net_frame(const volatile u8 *f, u32 len) {
+  if (len < 26 || f[12] != 0x88 || f[13] != 0xb5) return;
+  u32 magic = f[14] | (u32)f[15] << 8 | (u32)f[16] << 16 | (u32)f[17] << 24;
+  if (magic != MAGIC_REQ) return;
+  u64 k = get64(f + 18);
+  if (k == ftg_net.next_req) {
+    u64 h = ftg_net.hash;
+    for (u32 i = 0; i < len; i++) h = (h ^ f[i]) * 0x100000001b3UL;
+    h = fnv(fnv(h, cur_tick), *mtime);
+    ftg_net.hash = h;
+    ftg_net.answers[k % ANS_WIN][0] = k;
+    ftg_net.answers[k % ANS_WIN][1] = h;
+    ftg_net.next_req = k + 1;
+  } else if (k >= ftg_net.next_req || k + ANS_WIN < ftg_net.next_req || ftg_net.answers[k % ANS_WIN][0] != k) {
+    return;
+  }
+  net_send(f + 6, MAGIC_ANS, k, ftg_net.answers[k % ANS_WIN][1], QN);
+}
+
+static void net_poll(void) {
+  if (!net_base) return;
+  u32 id, len;
+  while (queue_get(&q_nettx, &id, &len))
+    if (id < QN) tx_busy &= ~(1u << id);
+  while (queue_get(&q_netrx, &id, &len)) {
+    if (id >= NET_RX_BUFS) continue;
+    if (len > NET_HDR && len <= NET_BUF) net_frame(net_rx[id] + NET_HDR, len - NET_HDR);
+    net_rx_post((u16)id);
+  }
+}
+
+/* After a wake-up: acknowledge the devices and the PLIC so the line drops, then look at the
+ * network. */
 static void service(void) {
   u32 s;
   if ((s = r32(blk_base, R_INTERRUPT_STATUS))) w32(blk_base, R_INTERRUPT_ACK, s);
   if ((s = r32(rng_base, R_INTERRUPT_STATUS))) w32(rng_base, R_INTERRUPT_ACK, s);
+  if (net_base && (s = r32(net_base, R_INTERRUPT_STATUS))) w32(net_base, R_INTERRUPT_ACK, s);
   u32 claim;
   while ((claim = r32(PLIC_BASE, 0x200004))) w32(PLIC_BASE, 0x200004, claim);
+  net_poll();
+}
+
+static void net_init(void) {
+  if (!net_base || !dev_begin(net_base)) { net_base = 0; return; }
+  u32 lo = r32(net_base, R_CONFIG), hi = r32(net_base, R_CONFIG + 4);
+  for (u32 i = 0; i < 4; i++) mac[i] = (u8)(lo >> (8 * i));
+  mac[4] = (u8)hi; mac[5] = (u8)(hi >> 8);
+  if (!queue_setup(&q_netrx, net_base, 0, &vq_netrx) || !queue_setup(&q_nettx, net_base, 1, &vq_nettx)) {
+    dev_fail(net_base);
+    net_base = 0;
+    return;
+  }
+  dev_ok(net_base);
+  ftg_net.next_req = 1;
+  ftg_net.hash = 0xcbf29ce484222325UL;
+  u16 n = NET_RX_BUFS < q_netrx.num ? NET_RX_BUFS : q_netrx.num;
+  for (u16 d = 0; d < n; d++) net_rx_post(d);
+  plic_enable(net_base);
 }
 
 static void wait_done(struct queue *q) {
@@ -143,6 +289,7 @@ int main(void) {
     u32 id = r32(base, R_DEVICE_ID);
     if (id == DEV_BLK && !blk_base) blk_base = base;
     else if (id == DEV_RNG && !rng_base) rng_base = base;
+    else if (id == DEV_NET && !net_base) net_base = base;
   }
   if (!blk_base || !rng_base || !dev_begin(blk_base) || !dev_begin(rng_base) ||
       !queue_setup(&q_blk, blk_base, 0, &vq_blk) || q_blk.num < 3 ||
@@ -159,6 +306,7 @@ int main(void) {
   }
   plic_enable(blk_base);
   plic_enable(rng_base);
+  net_init();
   w32(PLIC_BASE, 0x200000, 0); /* context 0 threshold */
   *mtimecmp = -1UL;
   csrw(mie, MIE_MTIE | MIE_MEIE); /* wake-up sources only: mstatus.MIE stays 0 */
@@ -172,6 +320,7 @@ int main(void) {
     }
     *mtimecmp = -1UL;
     u64 start = *mtime;
+    cur_tick = n;
     get_entropy();
     u64 h = fnv(0xcbf29ce484222325UL, n);
     for (u32 i = 0; i < RNG_LEN; i++) h = (h ^ rng_data[i]) * 0x100000001b3UL;
@@ -187,6 +336,8 @@ int main(void) {
       ftg_table[slot][0] = 0;
     }
     puts_("tick "); putdec(n); putc_(' '); puthex(h); putc_('\n');
+    static const u8 broadcast[6] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+    net_send(broadcast, MAGIC_TICK, n, h, QN / 2); /* half the descriptors stay for answers */
     if (n % 3 == 0) {
       u32 other = (slot + NSEC - 3) % NSEC;
       if (ftg_table[other][0]) check_sector(other);

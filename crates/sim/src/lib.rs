@@ -29,6 +29,21 @@
 //!   VM has its own disk instead, `DiskMode::Private`), entropy from the
 //!   seeded RNG,
 //!   the world's console as an array written at stream offsets;
+//! - **the network**: the guest has a virtio-net card ([`VM_MAC`]); a
+//!   learning switch joins the two hosts' ports and the world. A frame a
+//!   host releases (`Effect::Perform(IoRequest::NetTransmit)`, held by the
+//!   output rule) or an `Effect::Announce` teaches the switch that the
+//!   VM's address is behind that host's port; the released frame goes up
+//!   one uplink to the world, delayed but never lost nor reordered. The
+//!   world is a client that sends numbered requests to the VM's address
+//!   (to the learnt port, to both while none is known), resends one that
+//!   got no answer within 50 ms, and sends the next a little after an
+//!   answer; those frames are delayed, and in some seeds lost or
+//!   duplicated, and reach a host's node as `Input::NetReceive` (a backup
+//!   ignores them; the primary or live VM logs them). The guest answers
+//!   request k with a running hash over every request it accepted (and the
+//!   tick and time it saw each at), and sends a frame every tick; every
+//!   frame carries the next number of one sequence;
 //! - **clean ends**: `Node::stop` on the VM that runs the pair.
 //!
 //! Each seed draws a plan: host speeds, channel latency, maybe frame
@@ -46,16 +61,30 @@
 //! 2. output consistency: a console byte written again at an offset equals
 //!    the one there, the released stream never skips ahead (no gap across
 //!    a failover), and a disk write with a given request id always has the
-//!    same sector and data (one execution wrote the disk);
+//!    same sector and data (one execution wrote the disk). For frames: the
+//!    world receives the guest's sequence 1, 2, 3, ... with no gap; a
+//!    frame again only byte for byte, from the other host (a new live VM
+//!    re-issues the transmits it has no completion for) and among the last
+//!    16; one answer (hash) per request. When a VM goes live, and at the
+//!    end for the VM that runs on, its guest's `ftg_net` (read from RAM)
+//!    must hold every frame and answer the world got: it sent at least as
+//!    many frames, the same last 32, the same answers to the last 16
+//!    requests, and expects a request after every one answered;
 //! 3. at most one VM live, and once a VM released an output while live,
-//!    the other never releases anything again;
+//!    the other never releases anything again; `Effect::Announce` comes
+//!    only from a live VM, with the VM's address, counts as an output, and
+//!    a backup that went live announces before any other output;
 //! 4. no acknowledged write lost: the guest never prints `BAD`, and at the
 //!    end the disk holds every write whose completion the surviving
 //!    execution applied (read from the guest's `ftg_table`);
 //!
 //! plus liveness (after a single failure, some VM is live or the pair
-//! ended within a bound, and a running VM's console keeps growing) and no
-//! panics (a panic fails the seed).
+//! ended within a bound, a running VM's console keeps growing, and the
+//! client keeps getting answers: within 600 ms while the pair is healthy,
+//! within 400 ms once a VM has been live that long, so after a failover the
+//! switch must send the client's frames to the new live VM; a failover
+//! caused by a partition counts as the first failure) and no panics (a
+//! panic fails the seed).
 //!
 //! ## Rerunning a seed
 //!
@@ -68,11 +97,13 @@
 //! always replays the same run bit for bit. `crates/sim/tests/seeds.rs`
 //! runs 1,000 seeds and shows that deliberately broken variants
 //! ([`Broken`]: outputs released without acknowledgements, an arbiter
-//! that always grants, a disk that loses writes; `--broken NAME` in the
-//! binary) are caught.
+//! that always grants, a disk that loses writes, a backup that goes live
+//! without re-issuing its transmits, a switch that ignores the
+//! announcement; `--broken NAME` in the binary) are caught.
 //!
-//! Not simulated: the network card, restoring redundancy with a new
-//! backup, reconnecting a broken channel, a host's clock drifting.
+//! Not simulated: restoring redundancy with a new backup, reconnecting a
+//! broken channel, a host's clock drifting, frames lost on their way to
+//! the world, a client that sends more than one request at a time.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -102,6 +133,33 @@ const TIMEOUT_MS: u64 = 200;
 const LIVENESS_BOUND_NS: u64 = 1_000 * MS;
 /// A running VM's console must have grown within this much virtual time.
 const CONSOLE_STALL_NS: u64 = 600 * MS;
+
+/// The VM's network card.
+pub const VM_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x46, 0x54, 0x01];
+/// The client's (the world's) address.
+const WORLD_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01];
+const BROADCAST: [u8; 6] = [0xff; 6];
+/// The EtherType of ftguest.c's frames, and their length.
+const ETHERTYPE: [u8; 2] = [0x88, 0xb5];
+const FRAME_LEN: usize = 60;
+const MAGIC_REQUEST: u32 = u32::from_le_bytes(*b"FTGQ");
+const MAGIC_ANSWER: u32 = u32::from_le_bytes(*b"FTGA");
+const MAGIC_TICK: u32 = u32::from_le_bytes(*b"FTGT");
+/// Answers and sent frames the guest keeps in `ftg_net` (ftguest.c).
+const ANS_WIN: u64 = 16;
+const TX_WIN: u64 = 32;
+/// A frame the world got may arrive again (a new live VM re-issues the
+/// transmits it has no completion for) only if it is among the last this
+/// many: the guest has 8 transmit descriptors, and a completion is
+/// logged within 1.5 ms.
+const DUP_WINDOW: u64 = 16;
+/// The client resends a request it got no answer to after this long.
+const RETRANSMIT_NS: u64 = 50 * MS;
+/// A VM live for this long must have answered a new request within the
+/// last this long.
+const LIVE_ANSWER_NS: u64 = 400 * MS;
+/// A healthy pair must have answered a new request within this long.
+const HEALTHY_ANSWER_NS: u64 = 600 * MS;
 
 /// A tiny deterministic PRNG (xorshift64*, seeded through splitmix64).
 #[derive(Clone, Debug)]
@@ -154,6 +212,39 @@ pub enum Broken {
     ArbiterAlwaysWins,
     /// The disk acknowledges one write in twenty without performing it.
     DiskLosesWrites,
+    /// A backup that goes live forgets to re-issue the transmits that
+    /// have no completion in the log (the frames the old primary may not
+    /// have sent): the world's stream of the guest's frames has a gap.
+    NoReissue,
+    /// The switch never moves the VM's address to another port once it
+    /// learnt one (it ignores announcements): after a failover the
+    /// client's requests go to the dead primary's port.
+    StaleSwitch,
+}
+
+impl Broken {
+    /// Every variant, with its name for `--broken`.
+    pub const ALL: [(Broken, &'static str); 5] = [
+        (Broken::AckOnSend, "ack-on-send"),
+        (Broken::ArbiterAlwaysWins, "arbiter-always-wins"),
+        (Broken::DiskLosesWrites, "disk-loses-writes"),
+        (Broken::NoReissue, "no-reissue"),
+        (Broken::StaleSwitch, "stale-switch"),
+    ];
+
+    pub fn name(self) -> &'static str {
+        Broken::ALL
+            .iter()
+            .find(|(b, _)| *b == self)
+            .map_or("?", |(_, name)| name)
+    }
+
+    pub fn from_name(name: &str) -> Option<Broken> {
+        Broken::ALL
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map(|(b, _)| *b)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -231,6 +322,10 @@ pub struct Outcome {
     pub ticks_seen: u64,
     pub takeover: bool,
     pub replayed_entries: u64,
+    /// Requests the client got an answer to.
+    pub requests_answered: u64,
+    /// The guest's frames the world received (duplicates included).
+    pub frames_received: u64,
 }
 
 /// The guest the simulator runs (built by `make -C guest`).
@@ -247,18 +342,112 @@ fn machine_config(engine: Engine) -> MachineConfig {
         append: String::new(),
         insns_per_tick: MachineConfig::DEFAULT_INSNS_PER_TICK,
         engine,
-        virtio: vec![DeviceKind::Block { sectors: SECTORS }, DeviceKind::Entropy],
+        virtio: vec![
+            DeviceKind::Block { sectors: SECTORS },
+            DeviceKind::Entropy,
+            DeviceKind::Net { mac: VM_MAC },
+        ],
     }
 }
 
-/// The guest-physical address of `ftg_table` in the guest's ELF.
-fn table_address(elf: &[u8]) -> Result<u64, String> {
+/// The guest-physical address of the symbol `name` in the guest's ELF.
+fn symbol_address(elf: &[u8], name: &str) -> Result<u64, String> {
     let elf = goblin::elf::Elf::parse(elf).map_err(|e| e.to_string())?;
     elf.syms
         .iter()
-        .find(|s| elf.strtab.get_at(s.st_name) == Some("ftg_table"))
+        .find(|s| elf.strtab.get_at(s.st_name) == Some(name))
         .map(|s| s.st_value)
-        .ok_or_else(|| "no ftg_table symbol".into())
+        .ok_or_else(|| format!("no {name} symbol"))
+}
+
+/// A frame ftguest.c sends: its sequence number, kind and two words
+/// (answer: request, hash; tick: tick, hash).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct GuestFrame {
+    seq: u64,
+    magic: u32,
+    b: u64,
+    c: u64,
+}
+
+impl GuestFrame {
+    fn parse(frame: &[u8]) -> Result<GuestFrame, String> {
+        let word = |at: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&frame[at..at + 8]);
+            u64::from_le_bytes(w)
+        };
+        if frame.len() != FRAME_LEN || frame[12..14] != ETHERTYPE || frame[6..12] != VM_MAC {
+            return Err(format!("a frame ftguest never sends: {frame:02x?}"));
+        }
+        let magic = u32::from_le_bytes([frame[14], frame[15], frame[16], frame[17]]);
+        let to = match magic {
+            MAGIC_ANSWER => WORLD_MAC,
+            MAGIC_TICK => BROADCAST,
+            _ => return Err(format!("a frame of unknown kind: {frame:02x?}")),
+        };
+        if frame[0..6] != to || frame[42..].iter().any(|&b| b != 0) {
+            return Err(format!("a malformed frame: {frame:02x?}"));
+        }
+        Ok(GuestFrame {
+            seq: word(18),
+            magic,
+            b: word(26),
+            c: word(34),
+        })
+    }
+
+    fn describe(&self) -> String {
+        match self.magic {
+            MAGIC_ANSWER => format!(
+                "frame {} (answer to request {}, hash {:#x})",
+                self.seq, self.b, self.c
+            ),
+            _ => format!("frame {} (tick {}, hash {:#x})", self.seq, self.b, self.c),
+        }
+    }
+}
+
+/// The guest's `ftg_net` (ftguest.c), read from a machine's RAM.
+struct GuestNet {
+    sent: u64,
+    next_req: u64,
+    /// `[k % ANS_WIN]` = (k, hash).
+    answers: Vec<(u64, u64)>,
+    /// `[seq % TX_WIN]`.
+    frames: Vec<GuestFrame>,
+}
+
+impl GuestNet {
+    const SIZE: usize = 8 * (4 + 2 * ANS_WIN as usize + 4 * TX_WIN as usize);
+
+    fn read(machine: &ftvm_board::Machine, at: u64) -> Option<GuestNet> {
+        let mut raw = vec![0u8; Self::SIZE];
+        machine.hart().ram().read(at, &mut raw).ok()?;
+        let word = |k: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&raw[8 * k..8 * k + 8]);
+            u64::from_le_bytes(w)
+        };
+        let answers = (0..ANS_WIN as usize)
+            .map(|k| (word(4 + 2 * k), word(5 + 2 * k)))
+            .collect();
+        let base = 4 + 2 * ANS_WIN as usize;
+        let frames = (0..TX_WIN as usize)
+            .map(|k| GuestFrame {
+                seq: word(base + 4 * k),
+                magic: word(base + 4 * k + 1) as u32,
+                b: word(base + 4 * k + 2),
+                c: word(base + 4 * k + 3),
+            })
+            .collect();
+        Some(GuestNet {
+            sent: word(0),
+            next_req: word(1),
+            answers,
+            frames,
+        })
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -308,6 +497,110 @@ enum Event {
         incarnation: u64,
         generation: u64,
     },
+    /// The client's timer: send (again) its current request, if this
+    /// timer is still the current one.
+    Client {
+        generation: u64,
+    },
+    /// A frame from the world reaches host `host`'s port of the switch.
+    FrameToHost {
+        host: usize,
+        frame: Vec<u8>,
+    },
+    /// A frame host `from` released reaches the world.
+    FrameToWorld {
+        from: usize,
+        frame: Vec<u8>,
+    },
+}
+
+/// The network between the world (one client) and the hosts' ports: a
+/// learning switch, and the client.
+struct World {
+    rng: Rng,
+    /// World -> VM: delay, jitter, loss and duplication per frame.
+    latency_ns: u64,
+    jitter_ns: u64,
+    loss: f64,
+    duplicate: f64,
+    /// The switch's table for the VM's address: the port (host) it was
+    /// last seen on as a source (a released frame, an announcement).
+    vm_port: Option<usize>,
+    /// VM -> world is one FIFO uplink, never lossy: when its last frame
+    /// arrives.
+    uplink_last: u64,
+    /// The client's current request, and its timer generation.
+    request: u64,
+    generation: u64,
+    payload: Vec<u8>,
+    answered_at: u64,
+    started_at: u64,
+    /// Requests sent, retransmissions included.
+    requests_sent: u64,
+    /// What the world received: sequence number -> (the host it came
+    /// from, the frame); the highest sequence number; request -> hash.
+    received: BTreeMap<u64, (usize, Vec<u8>)>,
+    received_max: u64,
+    frames_received: u64,
+    answers: BTreeMap<u64, u64>,
+    /// What the hosts released (on the wire, maybe not arrived yet):
+    /// sequence number -> frame, the highest, request -> hash.
+    released: BTreeMap<u64, GuestFrame>,
+    released_max: u64,
+    released_answers: BTreeMap<u64, u64>,
+    /// Each host announced the VM's address.
+    announced: [bool; 2],
+}
+
+impl World {
+    fn new(seed: u64) -> World {
+        World {
+            // Its own stream, so the number of frames does not shift the
+            // channel's faults.
+            rng: Rng::new(seed ^ 0x6e65_7477_6f72_6b21),
+            latency_ns: 0,
+            jitter_ns: 0,
+            loss: 0.0,
+            duplicate: 0.0,
+            vm_port: None,
+            uplink_last: 0,
+            request: 1,
+            generation: 0,
+            payload: Vec::new(),
+            answered_at: 0,
+            started_at: 0,
+            requests_sent: 0,
+            received: BTreeMap::new(),
+            received_max: 0,
+            frames_received: 0,
+            answers: BTreeMap::new(),
+            released: BTreeMap::new(),
+            released_max: 0,
+            released_answers: BTreeMap::new(),
+            announced: [false, false],
+        }
+    }
+
+    /// The client's request `k`: to the VM, from the world, then `k` and
+    /// random bytes (the same for every retransmission).
+    fn request_frame(&self) -> Vec<u8> {
+        let mut f = Vec::with_capacity(FRAME_LEN);
+        f.extend_from_slice(&VM_MAC);
+        f.extend_from_slice(&WORLD_MAC);
+        f.extend_from_slice(&ETHERTYPE);
+        f.extend_from_slice(&MAGIC_REQUEST.to_le_bytes());
+        f.extend_from_slice(&self.request.to_le_bytes());
+        f.extend_from_slice(&self.payload);
+        f
+    }
+
+    /// The switch learns that the VM's address is behind `port`.
+    fn learn(&mut self, port: usize, broken: Option<Broken>) {
+        if broken == Some(Broken::StaleSwitch) && self.vm_port.is_some() {
+            return;
+        }
+        self.vm_port = Some(port);
+    }
 }
 
 struct Host {
@@ -386,6 +679,11 @@ struct Sim {
     plan: Vec<String>,
     trace: Vec<String>,
     table: u64,
+    /// `ftg_net` in guest RAM.
+    net_table: u64,
+    world: World,
+    /// When each host was first seen live.
+    live_at: [Option<u64>; 2],
 }
 
 fn status_text(status: &Status) -> String {
@@ -413,7 +711,8 @@ impl Sim {
                 guest_elf().display()
             ))
         })?;
-        let table = table_address(&elf).map_err(setup)?;
+        let table = symbol_address(&elf, "ftg_table").map_err(setup)?;
+        let net_table = symbol_address(&elf, "ftg_net").map_err(setup)?;
         let mut rng = Rng::new(seed);
         // The handshake, through the real messages and framing.
         let key = channel_key(&rng.bytes(32));
@@ -496,9 +795,13 @@ impl Sim {
             plan: Vec::new(),
             trace: Vec::new(),
             table,
+            net_table,
+            world: World::new(seed),
+            live_at: [None, None],
             rng,
         };
         sim.plan_faults();
+        sim.plan_world();
         let config = sim.node_config();
         let time = sim.time();
         let primary = Node::primary(config.clone(), machine_config(sim.options.engine), time)
@@ -674,6 +977,31 @@ impl Sim {
         }
         self.end_ns = duration;
         self.plan.push(format!("run {} ms", duration / MS));
+    }
+
+    /// The world's network: latency, sometimes lost or duplicated frames
+    /// toward the VM; the client's first request.
+    fn plan_world(&mut self) {
+        let w = &mut self.world;
+        w.latency_ns = w.rng.range(20_000, 1_000_000);
+        w.jitter_ns = w.rng.range(0, w.latency_ns);
+        if self.options.faults && w.rng.chance(0.3) {
+            w.loss = 1.0 / w.rng.range(5, 50) as f64;
+        }
+        if self.options.faults && w.rng.chance(0.2) {
+            w.duplicate = 1.0 / w.rng.range(5, 50) as f64;
+        }
+        w.started_at = w.rng.range(MS, 10 * MS);
+        w.payload = w.rng.bytes(FRAME_LEN - 26);
+        self.plan.push(format!(
+            "world network {} us + jitter {} us, loss {:.3} dup {:.3}",
+            w.latency_ns / 1000,
+            w.jitter_ns / 1000,
+            w.loss,
+            w.duplicate
+        ));
+        let (at, generation) = (w.started_at, w.generation);
+        self.schedule(at, Event::Client { generation });
     }
 
     fn schedule(&mut self, at: u64, event: Event) {
@@ -900,8 +1228,15 @@ impl Sim {
         let Some(h) = &mut self.hosts[i] else {
             return Ok(());
         };
-        let effects = h.node.take_effects();
+        let mut effects = h.node.take_effects();
         let status = h.node.status().clone();
+        if self.options.broken == Some(Broken::NoReissue)
+            && effects.iter().any(|e| matches!(e, Effect::Announce { .. }))
+        {
+            // The go-live's effects: the announcement, the console tail,
+            // the re-issued requests. The frames among them are forgotten.
+            effects.retain(|e| !matches!(e, Effect::Perform(IoRequest::NetTransmit { .. })));
+        }
         for effect in effects {
             match effect {
                 Effect::Send(message) => self.send(i, &message)?,
@@ -920,6 +1255,9 @@ impl Sim {
                     if output {
                         self.released(i, &status)?;
                     }
+                    if let IoRequest::NetTransmit { frame, .. } = &request {
+                        self.transmit(i, frame)?;
+                    }
                     self.perform(i, request)?;
                 }
                 Effect::PerformOwn(request) => {
@@ -932,6 +1270,26 @@ impl Sim {
                         self.record_write(i, *id, *offset, data)?;
                         self.disk_write(i, *offset, data);
                     }
+                }
+                Effect::Announce { .. } if status != Status::Live => {
+                    return Err(self.violation(format!(
+                        "host {} announces the VM's address while {}",
+                        Self::host_name(i),
+                        status_text(&status)
+                    )));
+                }
+                Effect::Announce { mac } => {
+                    if mac != VM_MAC {
+                        return Err(self.violation(format!(
+                            "host {} announces {mac:02x?}, not the VM's address",
+                            Self::host_name(i)
+                        )));
+                    }
+                    // A frame to the world (a gratuitous ARP): an output.
+                    self.world.announced[i] = true;
+                    self.released(i, &status)?;
+                    self.note(|| format!("{} announces the VM's address", Self::host_name(i)));
+                    self.world.learn(i, self.options.broken);
                 }
                 Effect::TestAndSet => {
                     let verdict = self.arbiter(i);
@@ -967,6 +1325,223 @@ impl Sim {
         }
         if *status == Status::Live {
             self.live_releaser = Some(i);
+            // A backup that went live announces the VM's address before
+            // any output, so the world's traffic reaches it.
+            if i == 1 && !self.world.announced[i] {
+                return Err(self.violation(format!(
+                    "host {} releases an output as the live VM before it announced the VM's \
+                     address",
+                    Self::host_name(i)
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Host `i` releases a frame: the switch learns where the VM is, and
+    /// the frame goes up the uplink to the world.
+    fn transmit(&mut self, i: usize, frame: &[u8]) -> Result<(), SimError> {
+        let f = GuestFrame::parse(frame)
+            .map_err(|e| self.violation(format!("host {} releases {e}", Self::host_name(i))))?;
+        let w = &mut self.world;
+        w.learn(i, self.options.broken);
+        w.released.insert(f.seq, f);
+        w.released_max = w.released_max.max(f.seq);
+        if f.magic == MAGIC_ANSWER {
+            w.released_answers.entry(f.b).or_insert(f.c);
+        }
+        let at = (self.now + w.latency_ns + w.rng.range(0, w.jitter_ns)).max(w.uplink_last);
+        w.uplink_last = at;
+        self.note(|| format!("{} releases {}", Self::host_name(i), f.describe()));
+        self.schedule(
+            at,
+            Event::FrameToWorld {
+                from: i,
+                frame: frame.to_vec(),
+            },
+        );
+        Ok(())
+    }
+
+    /// The client's timer: (re)send the current request through the
+    /// switch: to the port where the VM's address was last seen, or to
+    /// both while it is unknown.
+    fn client_send(&mut self) {
+        let frame = self.world.request_frame();
+        let request = self.world.request;
+        self.world.requests_sent += 1;
+        let ports: &[usize] = match self.world.vm_port {
+            Some(0) => &[0],
+            Some(_) => &[1],
+            None => &[0, 1],
+        };
+        for &port in ports {
+            let w = &mut self.world;
+            if w.rng.chance(w.loss) {
+                self.note(|| format!("request {request} to {} is lost", Self::host_name(port)));
+                continue;
+            }
+            let copies = if w.rng.chance(w.duplicate) { 2 } else { 1 };
+            for _ in 0..copies {
+                let w = &mut self.world;
+                let at = self.now + w.latency_ns + w.rng.range(0, w.jitter_ns);
+                self.schedule(
+                    at,
+                    Event::FrameToHost {
+                        host: port,
+                        frame: frame.clone(),
+                    },
+                );
+            }
+        }
+        let generation = self.world.generation;
+        self.schedule(self.now + RETRANSMIT_NS, Event::Client { generation });
+    }
+
+    /// A frame reaches the world. Every guest frame carries the next
+    /// number of one sequence, and the uplink neither loses nor reorders:
+    /// the world must see 1, 2, 3, ... with no gap, a frame again only as
+    /// a new live VM's re-issue (same bytes, from the other host, among
+    /// the last few), and one answer per request.
+    fn world_receives(&mut self, from: usize, frame: Vec<u8>) -> Result<(), SimError> {
+        let f = GuestFrame::parse(&frame)
+            .map_err(|e| self.violation(format!("the world receives {e}")))?;
+        let name = Self::host_name(from);
+        let w = &mut self.world;
+        w.frames_received += 1;
+        if f.seq > w.received_max + 1 {
+            let max = w.received_max;
+            return Err(self.violation(format!(
+                "the world receives {} from host {name} after frame {max}: frames {}..{} were \
+                 never sent (a gap in the output)",
+                f.describe(),
+                max + 1,
+                f.seq - 1
+            )));
+        }
+        if f.seq == w.received_max + 1 {
+            w.received_max = f.seq;
+            w.received.insert(f.seq, (from, frame));
+        } else {
+            let max = w.received_max;
+            let Some((first, before)) = w.received.get(&f.seq) else {
+                return Err(self.violation(format!("the world lost track of frame {}", f.seq)));
+            };
+            let first = *first;
+            if *before != frame {
+                let was = GuestFrame::parse(before).map_or_else(|e| e, |b| b.describe());
+                return Err(self.violation(format!(
+                    "the world receives {} from host {name}, but it got {was} from host {} \
+                     before: two executions sent different frames",
+                    f.describe(),
+                    Self::host_name(first)
+                )));
+            }
+            if first == from {
+                return Err(self.violation(format!("host {name} sends {} twice", f.describe())));
+            }
+            if f.seq + DUP_WINDOW <= max {
+                return Err(self.violation(format!(
+                    "the world receives {} again from host {name} long after (it is at frame \
+                     {max})",
+                    f.describe()
+                )));
+            }
+            self.note(|| format!("the world gets {} again from {name}", f.describe()));
+        }
+        if f.magic != MAGIC_ANSWER {
+            return Ok(());
+        }
+        let w = &mut self.world;
+        let (k, hash) = (f.b, f.c);
+        if k > w.request || k == 0 {
+            return Err(self.violation(format!(
+                "the world receives an answer to request {k}, which the client never sent"
+            )));
+        }
+        match w.answers.get(&k) {
+            Some(&h) if h != hash => {
+                return Err(self.violation(format!(
+                    "the world receives {} from host {name}, but request {k} was answered with \
+                     hash {h:#x} before: two executions answered differently",
+                    f.describe()
+                )))
+            }
+            Some(_) => {}
+            None => {
+                w.answers.insert(k, hash);
+            }
+        }
+        if k == w.request {
+            // On to the next request after a little while.
+            w.request += 1;
+            w.generation += 1;
+            w.answered_at = self.now;
+            w.payload = w.rng.bytes(FRAME_LEN - 26);
+            let at = self.now + w.rng.range(0, 3 * MS);
+            let generation = w.generation;
+            self.schedule(at, Event::Client { generation });
+        }
+        Ok(())
+    }
+
+    /// The guest's network state on host `i` holds every frame and
+    /// answer the world got (or will get: they are on the wire): the
+    /// execution that continues there produced them, and the same.
+    fn check_guest_net(&mut self, i: usize, when: &str) -> Result<(), SimError> {
+        let Some(h) = &self.hosts[i] else {
+            return Ok(());
+        };
+        let Some(machine) = h.node.machine() else {
+            return Ok(());
+        };
+        let Some(g) = GuestNet::read(machine, self.net_table) else {
+            return Err(self.violation("cannot read the guest's ftg_net".into()));
+        };
+        let name = Self::host_name(i);
+        let w = &self.world;
+        if g.sent < w.released_max {
+            let f = w.released[&w.released_max];
+            return Err(self.violation(format!(
+                "{when}, host {name}'s guest has sent {} frames, but the world got {}: an output \
+                 the surviving execution never produced",
+                g.sent,
+                f.describe()
+            )));
+        }
+        for seq in g.sent.saturating_sub(TX_WIN - 1).max(1)..=g.sent {
+            let Some(seen) = w.released.get(&seq) else {
+                continue;
+            };
+            let mine = g.frames[(seq % TX_WIN) as usize];
+            if mine != *seen {
+                return Err(self.violation(format!(
+                    "{when}, host {name}'s guest sent {} where the world got {}",
+                    mine.describe(),
+                    seen.describe()
+                )));
+            }
+        }
+        if let Some((&k, _)) = w.released_answers.last_key_value() {
+            if g.next_req <= k {
+                return Err(self.violation(format!(
+                    "{when}, host {name}'s guest expects request {} next, but the world got an \
+                     answer to request {k}",
+                    g.next_req
+                )));
+            }
+        }
+        for (&k, &hash) in w
+            .released_answers
+            .range(g.next_req.saturating_sub(ANS_WIN)..)
+        {
+            let (kk, h) = g.answers[(k % ANS_WIN) as usize];
+            if (kk, h) != (k, hash) {
+                return Err(self.violation(format!(
+                    "{when}, host {name}'s guest answered request {k} with hash {h:#x} (its \
+                     entry: request {kk}), the world got hash {hash:#x}"
+                )));
+            }
         }
         Ok(())
     }
@@ -1288,6 +1863,32 @@ impl Sim {
                     }
                 }
             }
+            Event::Client { generation } => {
+                if generation == self.world.generation {
+                    self.client_send();
+                }
+            }
+            Event::FrameToHost { host, frame } => {
+                let time = self.time();
+                let Some(h) = &mut self.hosts[host] else {
+                    return Ok(());
+                };
+                // A backup's node ignores input while it replays: only a
+                // running VM logs the frame.
+                if !matches!(
+                    h.node.status(),
+                    Status::Primary | Status::Live | Status::Arbitrating
+                ) {
+                    return Ok(());
+                }
+                if let Err(e) = h.node.input(Input::NetReceive { frame }, time) {
+                    return Err(self.violation(format!("{}: input: {e}", Self::host_name(host))));
+                }
+                h.wake_at = None;
+                h.next_run = Some(self.now);
+                self.effects(host)?;
+            }
+            Event::FrameToWorld { from, frame } => self.world_receives(from, frame)?,
             Event::Verdict {
                 host,
                 incarnation,
@@ -1335,6 +1936,51 @@ impl Sim {
         if live == 1 {
             self.live_since.get_or_insert(self.now);
         }
+        for i in 0..2 {
+            let is_live = self.hosts[i]
+                .as_ref()
+                .is_some_and(|h| *h.node.status() == Status::Live);
+            if is_live && self.live_at[i].is_none() {
+                self.live_at[i] = Some(self.now);
+                // A failover with no failure counted yet (a partition):
+                // the pair has lost its redundancy all the same, so a
+                // crash of this VM is a second failure.
+                if self.failures == 0 {
+                    self.fail_at();
+                }
+                self.check_guest_net(i, "when it goes live")?;
+            }
+            // Liveness of the network: a live VM answers the client (the
+            // switch sends the client's frames to it).
+            if let Some(since) = self.live_at[i].filter(|_| is_live) {
+                let last = since.max(self.world.answered_at);
+                if self.now > last + LIVE_ANSWER_NS {
+                    return Err(self.violation(format!(
+                        "host {} is live since {} ms, but the client's request {} has had no \
+                         answer since {} ms (the switch sends the VM's frames to {})",
+                        Self::host_name(i),
+                        since / MS,
+                        self.world.request,
+                        self.world.answered_at / MS,
+                        self.world.vm_port.map_or("both hosts", Self::host_name),
+                    )));
+                }
+            }
+        }
+        let healthy = self.failure_at.is_none()
+            && self.dirs.iter().all(|d| d.open)
+            && matches!(
+                self.statuses(),
+                [Some(Status::Primary), Some(Status::Backup)]
+            );
+        let last = self.world.started_at.max(self.world.answered_at);
+        if healthy && self.now > last + HEALTHY_ANSWER_NS {
+            return Err(self.violation(format!(
+                "the pair is healthy, but the client's request {} has had no answer since {} ms",
+                self.world.request,
+                self.world.answered_at / MS
+            )));
+        }
         Ok(())
     }
 
@@ -1377,6 +2023,16 @@ impl Sim {
                 "the console has not grown since {} ms",
                 self.console_grew_at / MS
             )));
+        }
+        // The guest of the VM that runs on (the live one, else a primary
+        // whose backup never went live) produced every frame the world got.
+        let running = [Status::Live, Status::Primary, Status::Arbitrating]
+            .iter()
+            .find_map(|want| statuses.iter().position(|s| s.as_ref() == Some(want)));
+        if let Some(i) = running {
+            if statuses[i] == Some(Status::Live) || self.live_at[1 - i].is_none() {
+                self.check_guest_net(i, "at the end")?;
+            }
         }
         // Every write the running VM saw complete is on the disk.
         for (i, h) in self.hosts.iter().enumerate() {
@@ -1455,6 +2111,8 @@ impl Sim {
             ticks_seen,
             takeover: self.took_over,
             replayed_entries,
+            requests_answered: self.world.answers.len() as u64,
+            frames_received: self.world.frames_received,
         })
     }
 
@@ -1492,11 +2150,8 @@ pub fn rerun_command(seed: u64, options: &Options) -> String {
         command.push_str(" --slow-and-corrupt");
     }
     if let Some(broken) = options.broken {
-        command.push_str(match broken {
-            Broken::AckOnSend => " --broken ack-on-send",
-            Broken::ArbiterAlwaysWins => " --broken arbiter-always-wins",
-            Broken::DiskLosesWrites => " --broken disk-loses-writes",
-        });
+        command.push_str(" --broken ");
+        command.push_str(broken.name());
     }
     command
 }

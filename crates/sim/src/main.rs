@@ -28,8 +28,8 @@ struct Args {
     /// while acknowledgements are in flight).
     #[arg(long)]
     slow_and_corrupt: bool,
-    /// Run a deliberately broken variant: `ack-on-send`, `arbiter-always-wins` or
-    /// `disk-loses-writes`.
+    /// Run a deliberately broken variant: `ack-on-send`, `arbiter-always-wins`,
+    /// `disk-loses-writes`, `no-reissue` or `stale-switch`.
     #[arg(long)]
     broken: Option<String>,
 }
@@ -38,13 +38,13 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let broken = match args.broken.as_deref() {
         None => None,
-        Some("ack-on-send") => Some(Broken::AckOnSend),
-        Some("arbiter-always-wins") => Some(Broken::ArbiterAlwaysWins),
-        Some("disk-loses-writes") => Some(Broken::DiskLosesWrites),
-        Some(other) => {
-            eprintln!("ftvm-sim: unknown broken variant {other:?}");
-            return ExitCode::from(2);
-        }
+        Some(name) => match Broken::from_name(name) {
+            Some(broken) => Some(broken),
+            None => {
+                eprintln!("ftvm-sim: unknown broken variant {name:?}");
+                return ExitCode::from(2);
+            }
+        },
     };
     let options = Options {
         faults: !args.no_faults,
@@ -65,12 +65,15 @@ fn main() -> ExitCode {
                 if args.seed.is_some() || args.verbose {
                     println!(
                         "seed {seed}: ok, {:.0} ms virtual, A {}, B {}, {} console bytes, {} ticks, \
-                         takeover {}, {} log entries replayed\n  plan: {}",
+                         {} requests answered, {} frames received, takeover {}, {} log entries \
+                         replayed\n  plan: {}",
                         outcome.virtual_ns as f64 / 1e6,
                         outcome.a,
                         outcome.b,
                         outcome.console_bytes,
                         outcome.ticks_seen,
+                        outcome.requests_answered,
+                        outcome.frames_received,
                         outcome.takeover,
                         outcome.replayed_entries,
                         outcome.plan.join("; ")

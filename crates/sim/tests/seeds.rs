@@ -40,6 +40,11 @@ fn run_all(seeds: std::ops::Range<u64>, options: &Options) -> Vec<SimError> {
     failures
 }
 
+fn report(failures: &[SimError]) -> String {
+    let lines: Vec<String> = failures.iter().map(|e| e.to_string()).collect();
+    lines.join("\n")
+}
+
 #[test]
 fn a_thousand_seeds_hold_every_invariant() {
     require_guest();
@@ -66,6 +71,11 @@ fn a_healthy_pair_ends_cleanly() {
         assert_eq!(outcome.a, "ended (Quit)", "seed {seed}: {outcome:?}");
         assert_eq!(outcome.b, "ended (Quit)", "seed {seed}: {outcome:?}");
         assert!(outcome.ticks_seen > 50, "seed {seed}: {outcome:?}");
+        assert!(outcome.requests_answered > 20, "seed {seed}: {outcome:?}");
+        assert!(
+            outcome.frames_received > outcome.ticks_seen,
+            "seed {seed}: {outcome:?}"
+        );
         assert!(outcome.replayed_entries > 0, "seed {seed}: {outcome:?}");
     }
 }
@@ -127,6 +137,50 @@ fn a_lost_acknowledged_write_is_caught() {
         failures.len()
     );
     assert!(failures.iter().all(|e| e.to_string().contains("lost")));
+}
+
+/// A backup that goes live without re-issuing the transmits that have no
+/// completion in the log: a frame the old primary never sent is never sent
+/// at all, and the world's stream of the guest's frames has a gap.
+#[test]
+fn a_forgotten_reissue_of_frames_is_caught() {
+    require_guest();
+    let options = Options {
+        broken: Some(Broken::NoReissue),
+        ..Options::default()
+    };
+    let failures = run_all(0..60, &options);
+    let gaps = failures
+        .iter()
+        .filter(|e| e.to_string().contains("a gap in the output"))
+        .count();
+    assert!(
+        gaps >= 3,
+        "only {gaps} of 60 seeds caught the missing re-issue:\n{}",
+        report(&failures)
+    );
+}
+
+/// A switch that never moves the VM's address after the first port it
+/// learnt: after a failover the client's requests go to the old primary's
+/// port, and the client stalls.
+#[test]
+fn a_switch_that_ignores_the_announcement_is_caught() {
+    require_guest();
+    let options = Options {
+        broken: Some(Broken::StaleSwitch),
+        ..Options::default()
+    };
+    let failures = run_all(0..60, &options);
+    let stalls = failures
+        .iter()
+        .filter(|e| e.to_string().contains("has had no answer"))
+        .count();
+    assert!(
+        stalls >= 3,
+        "only {stalls} of 60 seeds caught the stale switch:\n{}",
+        report(&failures)
+    );
 }
 
 /// Slow links with corrupt frames: a backup that closes the channel on a
