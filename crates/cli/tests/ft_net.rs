@@ -32,7 +32,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use support::{
-    echo, echo_message, free_port, ftvm_bin, ftvm_with_guest as ftvm, image_dir, poll,
+    echo, echo_message, free_port, ftvm_bin, ftvm_with_guest as ftvm, image_dir, kill_seed, poll,
     process_alive as alive, run_limited, signal,
 };
 
@@ -126,7 +126,7 @@ impl Echo {
     }
 
     /// Stop; the number of messages echoed, or what went wrong.
-    fn finish(mut self) -> Result<u64, String> {
+    fn finish(&mut self) -> Result<u64, String> {
         self.stop.store(true, Ordering::Relaxed);
         match self.thread.take().map(JoinHandle::join) {
             Some(Ok(result)) => result,
@@ -225,6 +225,14 @@ impl Pair {
         );
     }
 
+    /// Wait for `n` echoes; panic with `what` and the diagnosis if they
+    /// do not come.
+    fn expect_echoes(&self, client: &mut Echo, n: u64, limit: Duration, what: &str) {
+        if !client.wait_for(n, limit) {
+            panic!("{what}: {:?}\n{}", client.finish(), self.diag());
+        }
+    }
+
     fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
     }
@@ -289,13 +297,8 @@ impl Drop for Pair {
 /// live, and the switch still runs.
 fn kill_during_echo(victim: &str, after: Duration) {
     let pair = Pair::up(&format!("kill-{victim}"));
-    let client = pair.client();
-    assert!(
-        client.wait_for(20, BOOT_LIMIT),
-        "no echoes from the guest: {:?}\n{}",
-        client.finish(),
-        pair.diag()
-    );
+    let mut client = pair.client();
+    pair.expect_echoes(&mut client, 20, BOOT_LIMIT, "no echoes from the guest");
     pair.expect_status(&["primary", "backup", "switch"], Duration::from_secs(10));
     std::thread::sleep(after);
     let before = client.echoed();
@@ -305,11 +308,11 @@ fn kill_during_echo(victim: &str, after: Duration) {
     } else {
         "primary"
     };
-    assert!(
-        client.wait_for(before + MORE, FAILOVER_LIMIT),
-        "the connection did not go on after the {victim} was killed: {:?}\n{}",
-        client.finish(),
-        pair.diag()
+    pair.expect_echoes(
+        &mut client,
+        before + MORE,
+        FAILOVER_LIMIT,
+        &format!("the connection did not go on after the {victim} was killed"),
     );
     let words: [&str; 3] = if victim == "primary" {
         ["dead", "live", "switch"]
@@ -342,19 +345,6 @@ fn kill_during_echo(victim: &str, after: Duration) {
     );
 }
 
-fn seed() -> u64 {
-    let seed = std::env::var("FTVM_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        });
-    eprintln!("kill moments from FTVM_SEED={seed}");
-    seed
-}
-
 #[test]
 fn a_client_connection_survives_kill_9_of_the_primary() {
     let _serial = serial();
@@ -362,7 +352,7 @@ fn a_client_connection_survives_kill_9_of_the_primary() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(4);
-    let mut state = seed() | 1;
+    let mut state = kill_seed();
     for _ in 0..moments {
         // xorshift64
         state ^= state << 13;
@@ -387,13 +377,8 @@ fn a_client_connection_survives_kill_9_of_the_backup() {
 fn a_frozen_primarys_traffic_moves_to_the_backup_that_went_live() {
     let _serial = serial();
     let pair = Pair::up("frozen");
-    let client = pair.client();
-    assert!(
-        client.wait_for(20, BOOT_LIMIT),
-        "no echoes from the guest: {:?}\n{}",
-        client.finish(),
-        pair.diag()
-    );
+    let mut client = pair.client();
+    pair.expect_echoes(&mut client, 20, BOOT_LIMIT, "no echoes from the guest");
     let primary = pair.pid("primary");
     signal(primary, libc::SIGSTOP);
     let before = client.echoed();
@@ -405,11 +390,11 @@ fn a_frozen_primarys_traffic_moves_to_the_backup_that_went_live() {
         "the backup did not go live\n{}",
         pair.diag()
     );
-    assert!(
-        client.wait_for(before + MORE, FAILOVER_LIMIT),
-        "the connection did not go on while the old primary was frozen: {:?}\n{}",
-        client.finish(),
-        pair.diag()
+    pair.expect_echoes(
+        &mut client,
+        before + MORE,
+        FAILOVER_LIMIT,
+        "the connection did not go on while the old primary was frozen",
     );
     let switch_log = pair.log("switch");
     assert!(
@@ -430,11 +415,11 @@ fn a_frozen_primarys_traffic_moves_to_the_backup_that_went_live() {
         pair.diag()
     );
     let more = client.echoed();
-    assert!(
-        client.wait_for(more + MORE, FAILOVER_LIMIT),
-        "the connection stalled once the old primary resumed: {:?}\n{}",
-        client.finish(),
-        pair.diag()
+    pair.expect_echoes(
+        &mut client,
+        more + MORE,
+        FAILOVER_LIMIT,
+        "the connection stalled once the old primary resumed",
     );
     client
         .finish()
@@ -630,7 +615,7 @@ fn a_tap_pair_on_a_bridge_keeps_a_client_connection_across_failover() {
     };
 
     let name = bridge.0.clone();
-    let client = Echo::start(move || Bridge::connect(&name, ([10, 0, 2, 15], 7).into()));
+    let mut client = Echo::start(move || Bridge::connect(&name, ([10, 0, 2, 15], 7).into()));
     let booted = client.wait_for(20, BOOT_LIMIT);
     if !booted {
         let _ = primary.kill();

@@ -40,7 +40,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use support::{
-    ftvm_with_guest as ftvm, poll, process_alive as alive, run_limited, signal, Finished,
+    ftvm_with_guest as ftvm, kill_seed, poll, process_alive as alive, run_limited, signal, Finished,
 };
 
 /// The guest's command: `tick N` every 100 ms, forever.
@@ -604,27 +604,13 @@ fn kill_primary_at_moments(moments: Vec<Moment>, workers: usize) {
 /// Pairs tried per kill moment, when they fail over by themselves first.
 const TRIES: usize = 4;
 
-fn seed() -> u64 {
-    let seed = std::env::var("FTVM_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        })
-        | 1;
-    eprintln!("kill moments from seed {seed} (FTVM_SEED={seed} repeats them)");
-    seed
-}
-
 /// kill -9 of the primary at random moments while the guest ticks (10 by
 /// default; `FTVM_SOAK=N`: N moments, one in four during boot): the backup
 /// takes over with every tick, once.
 #[test]
 fn kill_9_of_the_primary_while_ticking_fails_over_without_gap() {
     let _serial = serial();
-    let mut rng = Rng(seed());
+    let mut rng = Rng(kill_seed());
     let moments: Vec<Moment> = match std::env::var("FTVM_SOAK").ok().and_then(|n| n.parse().ok()) {
         Some(n) => (0..n)
             .map(|i| {
@@ -655,7 +641,7 @@ fn workers() -> usize {
 #[test]
 fn kill_9_of_the_primary_during_boot_fails_over_without_gap() {
     let _serial = serial();
-    let mut rng = Rng(seed());
+    let mut rng = Rng(kill_seed());
     let mut moments = vec![Moment::Boot(Duration::ZERO)];
     moments.extend((0..3).map(|_| Moment::Boot(rng.millis(1500))));
     kill_primary_at_moments(moments, workers());

@@ -401,3 +401,19 @@ pub fn poll<T>(limit: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The seed of a test's random kill moments: `FTVM_SEED`, or the clock's
+/// (always odd, as xorshift wants); printed so that a run can be repeated.
+pub fn kill_seed() -> u64 {
+    let seed = std::env::var("FTVM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        })
+        | 1;
+    eprintln!("kill moments from seed {seed} (FTVM_SEED={seed} repeats them)");
+    seed
+}
