@@ -85,6 +85,13 @@ pub struct PairArgs {
     #[arg(long, value_name = "FILE")]
     pub console_file: Option<PathBuf>,
 
+    /// Take console input on this Unix socket (`ftvm console` connects to
+    /// it): bytes written to it are typed on the guest's console while
+    /// this VM runs the guest (a primary logs them), and dropped while it
+    /// is a backup.
+    #[arg(long, value_name = "PATH")]
+    pub console_socket: Option<PathBuf>,
+
     /// Keep a one-line status here (for `ftvm status`), rewritten a few
     /// times a second.
     #[arg(long, value_name = "FILE")]
@@ -376,6 +383,8 @@ fn handshake(
 
 /// What the daemon's threads report to its main loop.
 enum NetEvent {
+    /// Bytes typed on the guest's console (`ftvm console`).
+    Typed(Vec<u8>),
     /// A frame for the guest, from the VM's network.
     Received(Vec<u8>),
     /// A frame from the channel's reader thread.
@@ -453,6 +462,30 @@ fn spawn_receiver(mut frames: Box<dyn FrameReceiver>, tx: Sender<NetEvent>) {
             }
         }
     });
+}
+
+/// Console input from `ftvm console`: a listener on `path`, and a reader
+/// thread per connection.
+fn spawn_console_listener(path: &Path, tx: Sender<NetEvent>) -> Result<()> {
+    // A socket file left by an earlier VM at this path.
+    let _ = std::fs::remove_file(path);
+    let listener = std::os::unix::net::UnixListener::bind(path)
+        .with_context(|| format!("listening for console input on {}", path.display()))?;
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 1024];
+                while let Ok(n @ 1..) = stream.read(&mut buf) {
+                    if tx.send(NetEvent::Typed(buf[..n].to_vec())).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Ok(())
 }
 
 /// Work for the I/O thread.
@@ -595,6 +628,7 @@ struct Daemon {
     clock: Clock,
     stop: Arc<AtomicBool>,
     stopping: bool,
+    console_socket: Option<PathBuf>,
 }
 
 impl Daemon {
@@ -619,6 +653,9 @@ impl Daemon {
         spawn_reader(stream.try_clone()?, decoder, tx.clone());
         if let Some(frames) = frames {
             spawn_receiver(frames, tx.clone());
+        }
+        if let Some(path) = &pair.console_socket {
+            spawn_console_listener(path, tx.clone())?;
         }
         let io = spawn_io(host, tx);
         let console = pair
@@ -646,6 +683,7 @@ impl Daemon {
             clock,
             stop,
             stopping: false,
+            console_socket: pair.console_socket.clone(),
         })
     }
 
@@ -681,6 +719,9 @@ impl Daemon {
         }
         self.perform()?;
         self.report(true);
+        if let Some(path) = &self.console_socket {
+            let _ = std::fs::remove_file(path);
+        }
         Ok(match self.node.status() {
             Status::Ended(_) => ExitCode::SUCCESS,
             Status::Halted(why) => {
@@ -710,11 +751,21 @@ impl Daemon {
             // The VM's own input while it runs the guest (logged if it has
             // a backup); a backup's port is dark until it goes live: its
             // guest hears the primary's frames through the log.
+            NetEvent::Typed(bytes) => {
+                if self.runs_the_guest() {
+                    for byte in bytes {
+                        self.node
+                            .input(Input::ConsoleByte(byte), self.clock.now())?;
+                    }
+                } else {
+                    tracing::warn!(
+                        bytes = bytes.len(),
+                        "console input dropped: this VM does not run the guest"
+                    );
+                }
+            }
             NetEvent::Received(frame) => {
-                if matches!(
-                    self.node.status(),
-                    Status::Primary | Status::Arbitrating | Status::Live
-                ) {
+                if self.runs_the_guest() {
                     self.node
                         .input(Input::NetReceive { frame }, self.clock.now())?;
                 }
@@ -727,6 +778,16 @@ impl Daemon {
             NetEvent::Closed { why, by_peer } => self.close_channel(&why, by_peer),
         }
         Ok(())
+    }
+
+    /// Whether this VM's guest takes input from the world: a primary's
+    /// (which logs it) or a live VM's. A backup's guest hears the world
+    /// only through the log.
+    fn runs_the_guest(&self) -> bool {
+        matches!(
+            self.node.status(),
+            Status::Primary | Status::Arbitrating | Status::Live
+        )
     }
 
     /// Give the channel up; the failure detector decides what follows.

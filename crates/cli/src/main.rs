@@ -76,6 +76,13 @@ enum Command {
     /// it without going live, both exit.
     Stop(pair::StateDirArgs),
 
+    /// The pair's console on this terminal: what the guest prints (the
+    /// console file as it grows, after its last few KiB), and what you
+    /// type goes to the VM that runs the guest — after a failover, to the
+    /// one that took over. Ctrl-A x quits (the pair runs on); it ends by
+    /// itself when the pair does.
+    Console(pair::StateDirArgs),
+
     /// Run the primary VM of a pair: connect to its backup, log every input
     /// to it, and release outputs once the backup holds the log up to them.
     ///
@@ -358,6 +365,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Up(args) => pair::up(&args),
         Command::Status(args) => pair::status(&args),
         Command::Stop(args) => pair::stop(&args),
+        Command::Console(args) => pair::console(&args),
         Command::Primary(args) => ft::primary(&args),
         Command::Backup(args) => ft::backup(&args),
         Command::Switch(args) => switch::switch(&args),

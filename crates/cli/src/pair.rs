@@ -5,7 +5,8 @@
 //! returns once the primary logs to the backup. Everything the pair has is
 //! in the directory: the pre-shared `key`, the arbiter's `arbiter/`, the
 //! `console` file, each VM's `NAME.status` line and `NAME.log` (its
-//! stderr), and `backup.addr`. With `--net`, `up` first starts the pair's
+//! stderr), `NAME.console` (the socket `ftvm console` types into) and
+//! `backup.addr`. With `--net`, `up` first starts the pair's
 //! network, `ftvm switch`, with its `switch.status`, `switch.log` and
 //! `switch.addr`; it ends by itself once the pair has ended.
 
@@ -94,6 +95,8 @@ pub fn up(args: &UpArgs) -> Result<ExitCode> {
         "backup.status",
         "switch.addr",
         "switch.status",
+        "primary.console",
+        "backup.console",
     ] {
         let _ = std::fs::remove_file(dir.join(stale));
     }
@@ -189,6 +192,8 @@ fn start_vms(args: &UpArgs, dir: &Path, net: Option<&str>) -> Result<ExitCode> {
             dir.join("console").into(),
             "--status-file".into(),
             dir.join(format!("{name}.status")).into(),
+            "--console-socket".into(),
+            dir.join(format!("{name}.console")).into(),
             "--name".into(),
             name.into(),
             "--heartbeat-ms".into(),
@@ -262,7 +267,7 @@ fn start_vms(args: &UpArgs, dir: &Path, net: Option<&str>) -> Result<ExitCode> {
     };
     println!(
         "ftvm: pair up in {}: primary pid={primary_pid}, backup pid={backup_pid}\n\
-         console: {}\n{network}\
+         console: {} (`ftvm console --state-dir {0}` to type into it)\n{network}\
          `ftvm status --state-dir {0}` shows it, `ftvm stop --state-dir {0}` ends it",
         dir.display(),
         dir.join("console").display()
@@ -454,5 +459,106 @@ fn stop_switch(dir: &Path) {
         let _ = wait_for(Duration::from_secs(5), || {
             (!process_alive(switch.pid)).then_some(())
         });
+    }
+}
+
+/// Where `ftvm console` shows the console from: this many bytes before its
+/// end (from a line start), then everything as it comes.
+const CONSOLE_BACKLOG: u64 = 4096;
+
+/// `ftvm console`: the pair's console on this terminal. Output is the
+/// console file as it grows; input goes to the VM that runs the guest,
+/// and after a failover to the one that took over (bytes typed while no
+/// VM runs the guest wait; bytes the dead VM took but had not logged to
+/// its backup are lost, like a keystroke to a host that crashed).
+pub fn console(args: &StateDirArgs) -> Result<ExitCode> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    use std::os::unix::net::UnixStream;
+
+    use crate::console::{Console, ConsoleEvent, Wait};
+
+    let dir = &args.state_dir;
+    if read_vms(dir).is_empty() {
+        bail!("no pair in {}", dir.display());
+    }
+    let path = dir.join("console");
+    let mut file = std::fs::File::open(&path)
+        .with_context(|| format!("opening the pair's console {}", path.display()))?;
+    let len = file.metadata()?.len();
+    let mut offset = len.saturating_sub(CONSOLE_BACKLOG);
+    if offset > 0 {
+        // Start at a line.
+        let mut head = Vec::new();
+        file.seek(SeekFrom::Start(offset))?;
+        Read::by_ref(&mut file)
+            .take(CONSOLE_BACKLOG)
+            .read_to_end(&mut head)?;
+        offset += head
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(0, |i| i as u64 + 1);
+    }
+    let mut input = Console::open()?;
+    let say = |line: &str| eprint!("ftvm console: {line}\r\n");
+    say("typing goes to the VM that runs the guest; Ctrl-A x quits");
+    let mut target: Option<(u32, UnixStream)> = None;
+    let mut pending: Vec<u8> = Vec::new();
+    let mut stdout = std::io::stdout();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        // Output: whatever the file holds past `offset`.
+        file.seek(SeekFrom::Start(offset))?;
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            stdout.write_all(&buf[..n])?;
+            offset += n as u64;
+        }
+        stdout.flush()?;
+        let vms = read_vms(dir);
+        if vms.iter().all(|vm| !vm.alive) {
+            say("the pair has ended");
+            return Ok(ExitCode::SUCCESS);
+        }
+        // Input: to the VM that runs the guest now.
+        let runs = vms
+            .iter()
+            .find(|vm| vm.alive && matches!(vm.word.as_str(), "primary" | "live"));
+        if target.as_ref().map(|(pid, _)| *pid) != runs.map(|vm| vm.pid) {
+            target = runs.and_then(|vm| {
+                let socket = dir.join(format!("{}.console", vm.name));
+                let stream = UnixStream::connect(&socket).ok()?;
+                let who = if vm.word == "live" {
+                    "live VM"
+                } else {
+                    "primary"
+                };
+                say(&format!("typing to the {who} (pid {})", vm.pid));
+                Some((vm.pid, stream))
+            });
+        }
+        if !pending.is_empty() {
+            if let Some((_, stream)) = &mut target {
+                match stream.write_all(&pending) {
+                    Ok(()) => pending.clear(),
+                    Err(_) => target = None,
+                }
+            }
+        }
+        match input.wait(Some(Duration::from_millis(20))) {
+            Wait::Event(ConsoleEvent::Byte(byte)) => {
+                pending.push(byte);
+                while let Some(event) = input.poll() {
+                    match event {
+                        ConsoleEvent::Byte(byte) => pending.push(byte),
+                        ConsoleEvent::Quit => return Ok(ExitCode::SUCCESS),
+                    }
+                }
+            }
+            Wait::Event(ConsoleEvent::Quit) => return Ok(ExitCode::SUCCESS),
+            Wait::TimedOut | Wait::Closed => {}
+        }
     }
 }

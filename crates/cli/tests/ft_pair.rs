@@ -1390,3 +1390,72 @@ fn ftvm_stop_ends_both_without_going_live() {
     let run = run_limited(again, COMMAND_LIMIT);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
 }
+
+/// `ftvm console` types into the pair's guest (its shell, without a
+/// command): into the primary, and after a failover into the VM that took
+/// over; `poweroff` typed there ends the pair and `ftvm console` with it.
+#[test]
+fn ftvm_console_types_into_the_guest_across_a_failover() {
+    let _serial = serial();
+    let mut pair = Pair::new("console");
+    let (primary, _backup) = pair.up("", &FAST);
+    let mut console = ftvm();
+    console
+        .arg("console")
+        .arg("--state-dir")
+        .arg(&pair.dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut console = console.spawn().expect("start ftvm console");
+    let mut typing = console.stdin.take().expect("piped stdin");
+    let console_said = support::drain(console.stderr.take().expect("piped stderr"));
+    pair.children.push(console);
+    // The guest's shell may not be up yet: say it again until it answers.
+    let answered = poll(BOOT_LIMIT, || {
+        typing.write_all(b"echo typed-$((6*7))\n").expect("typing");
+        console_shows(&pair, "typed-42", Duration::from_secs(1)).then_some(())
+    });
+    assert!(answered.is_some(), "no answer to typing\n{}", pair.diag());
+    signal(primary, libc::SIGKILL);
+    let live = poll(FAILOVER_LIMIT, || {
+        (pair.word("backup") == "live").then_some(())
+    });
+    assert!(
+        live.is_some(),
+        "the backup did not go live\n{}",
+        pair.diag()
+    );
+    typing.write_all(b"echo after-$((6*8))\n").expect("typing");
+    assert!(
+        console_shows(&pair, "after-48", FAILOVER_LIMIT),
+        "typing after the failover\n{}",
+        pair.diag()
+    );
+    typing.write_all(b"poweroff\n").expect("typing");
+    let console = pair.children.last_mut().expect("the console");
+    let (status, killed) = support::wait_or_kill(console, FAILOVER_LIMIT);
+    assert!(
+        !killed,
+        "ftvm console did not end with the pair\n{}",
+        pair.diag()
+    );
+    let said = String::from_utf8_lossy(&console_said.join().unwrap_or_default()).into_owned();
+    assert!(status.success(), "{said}");
+    assert!(said.contains("typing to the primary"), "{said}");
+    assert!(said.contains("typing to the live VM"), "{said}");
+    assert!(said.contains("the pair has ended"), "{said}");
+    assert_eq!(pair.word("backup"), "ended", "{}", pair.diag());
+}
+
+/// Whether the console shows `text` within `limit`.
+fn console_shows(pair: &Pair, text: &str, limit: Duration) -> bool {
+    let text = text.as_bytes();
+    poll(limit, || {
+        pair.console()
+            .windows(text.len())
+            .any(|w| w == text)
+            .then_some(())
+    })
+    .is_some()
+}
