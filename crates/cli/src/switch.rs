@@ -62,6 +62,9 @@ pub fn switch(args: &SwitchArgs) -> Result<ExitCode> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     tracing::info!(%addr, gateway = %args.gateway, "switch up");
+    if args.pair_dir.is_none() {
+        println!("ftvm switch: VMs attach with --net switch:{addr}");
+    }
     let started = Instant::now();
     let mut pair_seen = false;
     while !stop.load(Ordering::Relaxed) {
