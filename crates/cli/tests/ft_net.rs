@@ -202,6 +202,12 @@ impl Pair {
             .to_string()
     }
 
+    /// Wait until `NAME.status` begins with `word`.
+    fn wait_word(&self, name: &str, word: &str, what: &str) {
+        let seen = poll(FAILOVER_LIMIT, || (self.word(name) == word).then_some(()));
+        assert!(seen.is_some(), "{what}\n{}", self.diag());
+    }
+
     fn status(&self) -> Vec<String> {
         let mut cmd = ftvm();
         cmd.arg("status").arg("--state-dir").arg(&self.dir);
@@ -382,14 +388,7 @@ fn a_frozen_primarys_traffic_moves_to_the_backup_that_went_live() {
     let primary = pair.pid("primary");
     signal(primary, libc::SIGSTOP);
     let before = client.echoed();
-    let live = poll(FAILOVER_LIMIT, || {
-        (pair.word("backup") == "live").then_some(())
-    });
-    assert!(
-        live.is_some(),
-        "the backup did not go live\n{}",
-        pair.diag()
-    );
+    pair.wait_word("backup", "live", "the backup did not go live");
     pair.expect_echoes(
         &mut client,
         before + MORE,
@@ -406,14 +405,7 @@ fn a_frozen_primarys_traffic_moves_to_the_backup_that_went_live() {
         "the traffic moved only because the frozen primary's port expired:\n{switch_log}"
     );
     signal(primary, libc::SIGCONT);
-    let halted = poll(FAILOVER_LIMIT, || {
-        (pair.word("primary") == "halted").then_some(())
-    });
-    assert!(
-        halted.is_some(),
-        "the resumed old primary did not halt\n{}",
-        pair.diag()
-    );
+    pair.wait_word("primary", "halted", "the resumed old primary did not halt");
     let more = client.echoed();
     pair.expect_echoes(
         &mut client,
