@@ -629,6 +629,10 @@ struct Daemon {
     stop: Arc<AtomicBool>,
     stopping: bool,
     console_socket: Option<PathBuf>,
+    /// Whether this VM has a network (`--net`), and whether that was
+    /// checked against the machine the primary runs.
+    has_net: bool,
+    net_checked: bool,
 }
 
 impl Daemon {
@@ -657,6 +661,7 @@ impl Daemon {
         if let Some(path) = &pair.console_socket {
             spawn_console_listener(path, tx.clone())?;
         }
+        let has_net = host.net.is_some();
         let io = spawn_io(host, tx);
         let console = pair
             .console_file
@@ -684,6 +689,8 @@ impl Daemon {
             stop,
             stopping: false,
             console_socket: pair.console_socket.clone(),
+            has_net,
+            net_checked: false,
         })
     }
 
@@ -772,12 +779,39 @@ impl Daemon {
             }
             _ if self.stream.is_none() => {}
             NetEvent::Frame(frame) => match self.session.open(&frame) {
-                Ok(message) => self.node.receive(&message, self.clock.now()),
+                Ok(message) => {
+                    self.node.receive(&message, self.clock.now());
+                    self.check_net();
+                }
                 Err(e) => self.close_channel(&e.to_string(), false),
             },
             NetEvent::Closed { why, by_peer } => self.close_channel(&why, by_peer),
         }
         Ok(())
+    }
+
+    /// A backup without a network for a VM that has a network card would
+    /// take over with its cable cut: it gives up at once instead, while
+    /// the primary can still run on alone.
+    fn check_net(&mut self) {
+        if self.net_checked {
+            return;
+        }
+        let Some(config) = self.node.machine_config() else {
+            return;
+        };
+        self.net_checked = true;
+        let card = config
+            .virtio
+            .iter()
+            .any(|device| matches!(device, ftvm_board::DeviceKind::Net { .. }));
+        if card && !self.has_net {
+            let why = "the primary's VM has a network card, and this VM has no network: \
+                       start it with --net"
+                .to_string();
+            eprintln!("ftvm: {why}");
+            self.node.give_up(why);
+        }
     }
 
     /// Whether this VM's guest takes input from the world: a primary's

@@ -460,6 +460,106 @@ fn a_pair_refuses_networks_that_would_die_with_a_vm() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A backup started without a network for a VM that has a card gives up
+/// as soon as it learns what the primary runs (it would take over with
+/// the cable cut), and the primary runs on alone.
+#[test]
+fn a_backup_without_a_network_for_a_vm_with_a_card_gives_up() {
+    let _serial = serial();
+    let dir = std::env::temp_dir().join(format!("ftvm-ft-net-nonet-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    std::fs::write(dir.join("key"), "a pre-shared key of this test's own").expect("key");
+    let spawn = |args: &[&str], log: &str| -> Child {
+        ftvm()
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join(log)).expect("log"))
+            .spawn()
+            .expect("start ftvm")
+    };
+    let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let mut switch = spawn(
+        &[
+            "switch",
+            "--gateway",
+            "none",
+            "--addr-file",
+            &path("switch.addr"),
+        ],
+        "switch.log",
+    );
+    let mut backup = spawn(
+        &[
+            "backup",
+            "--listen",
+            "127.0.0.1:0",
+            "--addr-file",
+            &path("backup.addr"),
+            "--key-file",
+            &path("key"),
+            "--arbiter",
+            &path("arbiter"),
+            "--status-file",
+            &path("backup.status"),
+        ],
+        "backup.log",
+    );
+    let addr = |name: &str| {
+        poll(Duration::from_secs(20), || {
+            std::fs::read_to_string(dir.join(name))
+                .ok()
+                .filter(|a| a.ends_with('\n'))
+        })
+        .unwrap_or_else(|| panic!("no {name}"))
+        .trim()
+        .to_string()
+    };
+    let (switch_addr, backup_addr) = (addr("switch.addr"), addr("backup.addr"));
+    let append = append();
+    let mut primary = spawn(
+        &[
+            "primary",
+            "--backup",
+            &backup_addr,
+            "--net",
+            &format!("switch:{switch_addr}"),
+            "--key-file",
+            &path("key"),
+            "--arbiter",
+            &path("arbiter"),
+            "--status-file",
+            &path("primary.status"),
+            "--append",
+            &append,
+        ],
+        "primary.log",
+    );
+    let (status, killed) = support::wait_or_kill(&mut backup, BOOT_LIMIT);
+    let log = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+    let primary_live = poll(FAILOVER_LIMIT, || {
+        log("primary.status").starts_with("live").then_some(())
+    });
+    for child in [&mut primary, &mut switch] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert!(!killed, "the backup did not give up\n{}", log("backup.log"));
+    assert_eq!(status.code(), Some(2), "{}", log("backup.log"));
+    assert!(
+        log("backup.log").contains("has a network card, and this VM has no network"),
+        "{}",
+        log("backup.log")
+    );
+    assert!(
+        primary_live.is_some(),
+        "the primary did not run on alone\n{}",
+        log("primary.log")
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 // ---------------------------------------------------------------------
 // A pair on TAP interfaces on a bridge
 

@@ -428,6 +428,24 @@ impl Node {
         &self.stats
     }
 
+    /// The machine this VM runs, or replays (a backup knows it once the
+    /// primary's log header has arrived).
+    pub fn machine_config(&self) -> Option<&MachineConfig> {
+        match &self.mode {
+            Mode::Running(r) => Some(&r.config),
+            Mode::Replaying(r) => r.replay.as_ref().map(|(_, config)| config),
+            Mode::Done => None,
+        }
+    }
+
+    /// Give up for a reason of the host's (this host cannot run the VM
+    /// the primary runs): the VM halts, without ending the pair.
+    pub fn give_up(&mut self, why: String) {
+        if !self.status.is_done() {
+            self.halt(why);
+        }
+    }
+
     pub fn config(&self) -> &NodeConfig {
         &self.config
     }
