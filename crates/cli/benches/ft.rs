@@ -63,7 +63,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use support::{
     bench_runs, drain, ftvm_bin, image_dir, median, process_alive as alive, run_limited, signal,
-    wait_or_kill, Scratch,
+    status_value, wait_or_kill, Scratch,
 };
 
 /// Longest any one process or pair may take.
@@ -317,12 +317,7 @@ fn parse_status(text: &str, at: f64) -> Option<Status> {
 
 /// The pid on a VM's status line.
 fn status_pid(path: &Path) -> Option<u32> {
-    std::fs::read_to_string(path)
-        .ok()?
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("pid="))?
-        .parse()
-        .ok()
+    status_value(path, "pid=")
 }
 
 fn unix_s(t: SystemTime) -> f64 {

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use support::{
     bench_runs, echo, echo_message, free_port, ftvm_with_guest as ftvm, median, run_limited,
-    signal, wait_or_kill, Scratch,
+    signal, status_value, wait_or_kill, Scratch,
 };
 
 const ECHO_CMD: &str = "nc -ll -p 7 -e cat & while true; do sleep 10; done";
@@ -169,10 +169,7 @@ impl Pair {
     }
 
     fn field<T: std::str::FromStr>(&self, name: &str, key: &str) -> Option<T> {
-        self.status(name)
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix(key))
-            .and_then(|v| v.parse().ok())
+        status_value(&self.dir.join(format!("{name}.status")), key)
     }
 
     /// The primary's log bytes and the time its status line said so.

@@ -84,10 +84,8 @@ pub fn up(args: &UpArgs) -> Result<ExitCode> {
         );
     }
     // A switch of an earlier pair (it ends by itself soon after the pair,
-    // but may not have yet).
-    if let Some(switch) = read_vm(&dir.join("switch.status")).filter(|s| s.alive) {
-        terminate(switch.pid);
-    }
+    // but may not have yet, and may still hold the forwarded ports).
+    stop_switch(&dir);
     for stale in [
         "console",
         "backup.addr",

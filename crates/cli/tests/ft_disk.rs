@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{ftvm_bin, image_dir};
+use support::{ftvm_bin, image_dir, status_value};
 
 const APPEND: &str = "console=ttyS0 ftvm_cmd=\"i=0; while true; do echo $i >> /mnt/log; sync; \
                       echo tick $i; i=$((i+1)); usleep 20000; done\"";
@@ -79,13 +79,7 @@ impl Pair {
     }
 
     fn pid(&self, vm: &str) -> u32 {
-        let status =
-            std::fs::read_to_string(self.dir.join(format!("{vm}.status"))).expect("status");
-        status
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("pid="))
-            .and_then(|p| p.parse().ok())
-            .expect("a pid in the status")
+        status_value(&self.dir.join(format!("{vm}.status")), "pid=").expect("a pid in the status")
     }
 
     fn status(&self) -> String {

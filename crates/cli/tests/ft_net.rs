@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use support::{
     echo, echo_message, free_port, ftvm_bin, ftvm_with_guest as ftvm, image_dir, kill_seed, poll,
-    process_alive as alive, run_limited, signal,
+    process_alive as alive, run_limited, signal, status_value,
 };
 
 /// The guest: the echo service, then a tick a second (so the console
@@ -184,12 +184,12 @@ impl Pair {
         Echo::start(move || TcpStream::connect_timeout(&addr, Duration::from_secs(5)))
     }
 
+    fn pid_opt(&self, name: &str) -> Option<u32> {
+        status_value(&self.dir.join(format!("{name}.status")), "pid=")
+    }
+
     fn pid(&self, name: &str) -> u32 {
-        let line =
-            std::fs::read_to_string(self.dir.join(format!("{name}.status"))).unwrap_or_default();
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix("pid="))
-            .and_then(|p| p.parse().ok())
+        self.pid_opt(name)
             .unwrap_or_else(|| panic!("no pid in {name}.status\n{}", self.diag()))
     }
 
@@ -277,17 +277,9 @@ impl Pair {
 impl Drop for Pair {
     fn drop(&mut self) {
         for name in ["primary", "backup", "switch"] {
-            let line = std::fs::read_to_string(self.dir.join(format!("{name}.status")))
-                .unwrap_or_default();
-            if let Some(pid) = line
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("pid="))
-                .and_then(|p| p.parse().ok())
-            {
-                if alive(pid) {
-                    signal(pid, libc::SIGCONT);
-                    signal(pid, libc::SIGKILL);
-                }
+            if let Some(pid) = self.pid_opt(name).filter(|&pid| alive(pid)) {
+                signal(pid, libc::SIGCONT);
+                signal(pid, libc::SIGKILL);
             }
         }
         if std::thread::panicking() {

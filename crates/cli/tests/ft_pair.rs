@@ -40,7 +40,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use support::{
-    ftvm_with_guest as ftvm, kill_seed, poll, process_alive as alive, run_limited, signal, Finished,
+    ftvm_with_guest as ftvm, kill_seed, poll, process_alive as alive, run_limited, signal,
+    status_value, Finished,
 };
 
 /// The guest's command: `tick N` every 100 ms, forever.
@@ -157,10 +158,7 @@ impl Pair {
     }
 
     fn status_pid_opt(&self, name: &str) -> Option<u32> {
-        self.status_line(name)
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("pid="))
-            .and_then(|v| v.parse().ok())
+        status_value(&self.path(&format!("{name}.status")), "pid=")
     }
 
     fn status_pid(&self, name: &str) -> u32 {

@@ -30,7 +30,7 @@ pub mod switch;
 #[cfg(target_os = "linux")]
 mod tap;
 #[cfg(target_os = "linux")]
-pub use tap::Tap;
+pub use tap::{Tap, TapReceiver};
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
@@ -160,9 +160,7 @@ pub fn attach(spec: &NetSpec) -> Result<Attached, NetError> {
         #[cfg(target_os = "linux")]
         NetSpec::Tap(name) => {
             let tap = Tap::open(name)?;
-            let receiver = tap
-                .try_clone()
-                .map_err(|e| NetError::Tap(name.clone(), e))?;
+            let receiver = tap.receiver().map_err(|e| NetError::Tap(name.clone(), e))?;
             Ok((Box::new(tap), Box::new(receiver)))
         }
         #[cfg(not(target_os = "linux"))]

@@ -73,21 +73,26 @@ impl Tap {
     }
 
     /// A second handle on the same interface, for a thread that waits for
-    /// frames ([`FrameReceiver`]).
-    pub fn try_clone(&self) -> std::io::Result<Tap> {
-        Ok(Tap {
+    /// frames.
+    pub fn receiver(&self) -> std::io::Result<TapReceiver> {
+        Ok(TapReceiver {
             file: self.file.try_clone()?,
-            name: self.name.clone(),
+            buf: vec![0; 65536],
         })
     }
 }
 
-impl FrameReceiver for Tap {
+/// The frames of a [`Tap`], for a thread that waits for them.
+pub struct TapReceiver {
+    file: File,
+    buf: Vec<u8>,
+}
+
+impl FrameReceiver for TapReceiver {
     fn recv(&mut self) -> std::io::Result<Vec<u8>> {
-        let mut buf = vec![0u8; 65536];
         loop {
-            match self.file.read(&mut buf) {
-                Ok(n) => return Ok(buf[..n].to_vec()),
+            match self.file.read(&mut self.buf) {
+                Ok(n) => return Ok(self.buf[..n].to_vec()),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     let mut fd = libc::pollfd {
                         fd: self.file.as_raw_fd(),

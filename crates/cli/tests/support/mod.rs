@@ -417,3 +417,14 @@ pub fn kill_seed() -> u64 {
     eprintln!("kill moments from seed {seed} (FTVM_SEED={seed} repeats them)");
     seed
 }
+
+/// The value after `key` (e.g. `pid=`) on the one-line status file of a
+/// pair's process (`DIR/NAME.status`), if the file holds one.
+pub fn status_value<T: std::str::FromStr>(path: &Path, key: &str) -> Option<T> {
+    std::fs::read_to_string(path)
+        .ok()?
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(key))?
+        .parse()
+        .ok()
+}
