@@ -118,6 +118,16 @@ static inline void queue_put(struct queue *q, u16 head, int notify) {
   if (notify) w32(q->base, R_QUEUE_NOTIFY, q->index);
 }
 
+/* Make the one-descriptor buffer `d` (`len` bytes at `addr`; `flags` 0 for the device to read,
+ * DESC_F_WRITE for it to write) available, and notify the device. */
+static inline void queue_post_one(struct queue *q, u16 d, volatile void *addr, u32 len, u16 flags) {
+  q->vq->desc[d].addr = (u64)addr;
+  q->vq->desc[d].len = len;
+  q->vq->desc[d].flags = flags;
+  q->vq->desc[d].next = 0;
+  queue_put(q, d, 1);
+}
+
 /* Take the next used entry, if the device has returned one. */
 static inline int queue_get(struct queue *q, u32 *id, u32 *len) {
   if (!q->num || q->vq->used.idx == q->last_used) return 0;

@@ -138,13 +138,7 @@ static u64 get64(const volatile u8 *p) {
   return v;
 }
 
-static void net_rx_post(u16 d) {
-  q_netrx.vq->desc[d].addr = (u64)net_rx[d];
-  q_netrx.vq->desc[d].len = NET_BUF;
-  q_netrx.vq->desc[d].flags = DESC_F_WRITE;
-  q_netrx.vq->desc[d].next = 0;
-  queue_put(&q_netrx, d, 1);
-}
+static void net_rx_post(u16 d) { queue_post_one(&q_netrx, d, net_rx[d], NET_BUF, DESC_F_WRITE); }
 
 /* Transmit a frame to `dst`: magic, then the next sequence number and words b, c. Returns 0 (and
  * uses no sequence number) if `most` transmit descriptors or all are in flight. */
@@ -169,12 +163,8 @@ static int net_send(const volatile u8 *dst, u32 magic, u64 b, u64 c, u32 most) {
   volatile u64 *rec = ftg_net.frames[seq % TX_WIN];
   rec[0] = seq; rec[1] = magic; rec[2] = b; rec[3] = c;
   ftg_net.sent = seq;
-  q_nettx.vq->desc[d].addr = (u64)out;
-  q_nettx.vq->desc[d].len = NET_HDR + FRAME_LEN;
-  q_nettx.vq->desc[d].flags = 0;
-  q_nettx.vq->desc[d].next = 0;
   tx_busy |= 1u << d;
-  queue_put(&q_nettx, d, 1);
+  queue_post_one(&q_nettx, d, out, NET_HDR + FRAME_LEN, 0);
   return 1;
 }
 

@@ -106,13 +106,7 @@ static void ack_interrupt(u64 base) {
 
 /* ---------- virtio-net ---------- */
 
-static void net_rx_post(u16 d) {
-  q_netrx.vq->desc[d].addr = (u64)net_rx[d];
-  q_netrx.vq->desc[d].len = NET_BUF;
-  q_netrx.vq->desc[d].flags = DESC_F_WRITE;
-  q_netrx.vq->desc[d].next = 0;
-  queue_put(&q_netrx, d, 1);
-}
+static void net_rx_post(u16 d) { queue_post_one(&q_netrx, d, net_rx[d], NET_BUF, DESC_F_WRITE); }
 
 /* Echo a received packet (header + frame of `len` bytes) with its MAC addresses swapped. */
 static void net_echo(const volatile u8 *pkt, u32 len) {
@@ -127,13 +121,9 @@ static void net_echo(const volatile u8 *pkt, u32 len) {
     out[NET_HDR + 6 + i] = pkt[NET_HDR + i];
   }
   for (u32 i = NET_HDR + 12; i < len; i++) out[i] = pkt[i];
-  q_nettx.vq->desc[d].addr = (u64)out;
-  q_nettx.vq->desc[d].len = len;
-  q_nettx.vq->desc[d].flags = 0;
-  q_nettx.vq->desc[d].next = 0;
   tx_busy |= 1u << d;
   tx_sent = tx_sent + 1;
-  queue_put(&q_nettx, d, 1);
+  queue_post_one(&q_nettx, d, out, len, 0);
 }
 
 static void net_poll(void) {
