@@ -88,37 +88,37 @@ fn the_same_seed_gives_the_same_run() {
     assert_eq!(format!("{a:?}"), format!("{b:?}"));
 }
 
+/// Run 60 seeds of a deliberately broken variant: at least 3 of them must
+/// fail with an error that names `symptom` (any error, if it is empty).
+fn assert_caught(broken: Broken, symptom: &str, what: &str) {
+    require_guest();
+    let options = Options {
+        broken: Some(broken),
+        ..Options::default()
+    };
+    let failures = run_all(0..60, &options);
+    let caught = failures
+        .iter()
+        .filter(|e| e.to_string().contains(symptom))
+        .count();
+    assert!(
+        caught >= 3,
+        "only {caught} of 60 seeds caught {what}:\n{}",
+        report(&failures)
+    );
+}
+
 /// Outputs released before the backup holds their entries: a failover
 /// then shows the world output the surviving execution never produced.
 #[test]
 fn releasing_outputs_without_acks_is_caught() {
-    require_guest();
-    let options = Options {
-        broken: Some(Broken::AckOnSend),
-        ..Options::default()
-    };
-    let failures = run_all(0..60, &options);
-    assert!(
-        failures.len() >= 3,
-        "only {} of 60 seeds caught the broken output rule",
-        failures.len()
-    );
+    assert_caught(Broken::AckOnSend, "", "the broken output rule");
 }
 
 /// A test-and-set that always wins lets both VMs go live.
 #[test]
 fn a_split_brain_is_caught() {
-    require_guest();
-    let options = Options {
-        broken: Some(Broken::ArbiterAlwaysWins),
-        ..Options::default()
-    };
-    let failures = run_all(0..60, &options);
-    assert!(
-        failures.len() >= 3,
-        "only {} of 60 seeds caught the split brain",
-        failures.len()
-    );
+    assert_caught(Broken::ArbiterAlwaysWins, "", "the split brain");
 }
 
 /// A disk that acknowledges writes it never made: the guest's read-back
@@ -144,20 +144,10 @@ fn a_lost_acknowledged_write_is_caught() {
 /// at all, and the world's stream of the guest's frames has a gap.
 #[test]
 fn a_forgotten_reissue_of_frames_is_caught() {
-    require_guest();
-    let options = Options {
-        broken: Some(Broken::NoReissue),
-        ..Options::default()
-    };
-    let failures = run_all(0..60, &options);
-    let gaps = failures
-        .iter()
-        .filter(|e| e.to_string().contains("a gap in the output"))
-        .count();
-    assert!(
-        gaps >= 3,
-        "only {gaps} of 60 seeds caught the missing re-issue:\n{}",
-        report(&failures)
+    assert_caught(
+        Broken::NoReissue,
+        "a gap in the output",
+        "the missing re-issue",
     );
 }
 
@@ -166,21 +156,7 @@ fn a_forgotten_reissue_of_frames_is_caught() {
 /// port, and the client stalls.
 #[test]
 fn a_switch_that_ignores_the_announcement_is_caught() {
-    require_guest();
-    let options = Options {
-        broken: Some(Broken::StaleSwitch),
-        ..Options::default()
-    };
-    let failures = run_all(0..60, &options);
-    let stalls = failures
-        .iter()
-        .filter(|e| e.to_string().contains("has had no answer"))
-        .count();
-    assert!(
-        stalls >= 3,
-        "only {stalls} of 60 seeds caught the stale switch:\n{}",
-        report(&failures)
-    );
+    assert_caught(Broken::StaleSwitch, "has had no answer", "the stale switch");
 }
 
 /// Slow links with corrupt frames: a backup that closes the channel on a
