@@ -5,8 +5,8 @@
 use vm_fdt::{FdtWriter, FdtWriterResult};
 
 use crate::devices::{
-    Clint, Plic, Rtc, Uart, SIFIVE_TEST_BASE, SIFIVE_TEST_SIZE, VIRTIO_BASE, VIRTIO_FIRST_IRQ,
-    VIRTIO_SLOTS, VIRTIO_SLOT_SIZE,
+    Clint, Plic, Rtc, SIFIVE_TEST_BASE, SIFIVE_TEST_SIZE, Uart, VIRTIO_BASE, VIRTIO_FIRST_IRQ,
+    VIRTIO_SLOT_SIZE, VIRTIO_SLOTS,
 };
 
 const PHANDLE_CPU: u32 = 1;

@@ -19,6 +19,8 @@
 //! and taken by the host with [`Machine::take_console_output`], so that a
 //! later layer can hold them (the output rule) or drop them (a backup).
 
+#![forbid(unsafe_code)]
+
 mod devices;
 mod fdt;
 mod loader;

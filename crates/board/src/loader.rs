@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use ftvm_cpu::Ram;
-use goblin::elf::{program_header::PT_LOAD, Elf};
+use goblin::elf::{Elf, program_header::PT_LOAD};
 
 use crate::BoardError;
 

@@ -1,16 +1,16 @@
 //! The machine: the hart, the devices on its bus, and the run loop that
 //! connects them at instruction boundaries.
 
-use ftvm_cpu::{irq, Bus, BusFault, Exit, GuestClock, Hart, HartConfig, HartState};
+use ftvm_cpu::{Bus, BusFault, Exit, GuestClock, Hart, HartConfig, HartState, irq};
 use serde::{Deserialize, Serialize};
 
 use crate::devices::{
-    empty_virtio_load, sifive_test_request, Clint, ClintEffect, Plic, Rtc, TestRequest, Uart,
-    SIFIVE_TEST_BASE, SIFIVE_TEST_SIZE, VIRTIO_BASE, VIRTIO_FIRST_IRQ, VIRTIO_SLOTS,
-    VIRTIO_SLOT_SIZE,
+    Clint, ClintEffect, Plic, Rtc, SIFIVE_TEST_BASE, SIFIVE_TEST_SIZE, TestRequest, Uart,
+    VIRTIO_BASE, VIRTIO_FIRST_IRQ, VIRTIO_SLOT_SIZE, VIRTIO_SLOTS, empty_virtio_load,
+    sifive_test_request,
 };
 use crate::virtio::{IoRequest, VirtioMmio};
-use crate::{fdt, loader, BoardError, Digest, Firmware, Input, MachineConfig, Stop};
+use crate::{BoardError, Digest, Firmware, Input, MachineConfig, Stop, fdt, loader};
 
 const RAM_BASE: u64 = 0x8000_0000;
 const TIMEBASE_HZ: u32 = (1_000_000_000 / crate::MTIME_TICK_NS) as u32;

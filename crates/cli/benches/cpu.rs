@@ -19,7 +19,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use support::{
-    bench_runs, ftvm_run, guest_elf, median, parse_digest, qemu_available, qemu_run, Finished,
+    Finished, bench_runs, ftvm_run, guest_elf, median, parse_digest, qemu_available, qemu_run,
 };
 
 const LIMIT: Duration = Duration::from_secs(600);

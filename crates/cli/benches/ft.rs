@@ -62,8 +62,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use support::{
-    bench_runs, drain, ftvm_bin, image_dir, median, process_alive as alive, run_limited, signal,
-    status_value, wait_or_kill, Scratch,
+    Scratch, bench_runs, drain, ftvm_bin, image_dir, median, process_alive as alive, run_limited,
+    signal, status_value, wait_or_kill,
 };
 
 /// Longest any one process or pair may take.
@@ -856,16 +856,17 @@ fn main() {
         "{:<22} {:>9} {:>9} {:>7} {:>11} {:>11} {:>7}",
         "guest command", "solo s", "FT s", "FT/solo", "solo cmd s", "FT cmd s", "FT/solo"
     );
-    let overhead_row =
-        |name: &str, solo: &dyn Fn(&Sample) -> &Solo, ft: &dyn Fn(&Sample) -> &FtRun| {
-            let (solo_s, ft_s) = (col(s, |x| solo(x).wall_s), col(s, |x| ft(x).whole_s));
-            let (solo_w, ft_w) = (col(s, |x| solo(x).window()), col(s, |x| ft(x).window_s));
-            println!(
+    let overhead_row = |name: &str,
+                        solo: &dyn Fn(&Sample) -> &Solo,
+                        ft: &dyn Fn(&Sample) -> &FtRun| {
+        let (solo_s, ft_s) = (col(s, |x| solo(x).wall_s), col(s, |x| ft(x).whole_s));
+        let (solo_w, ft_w) = (col(s, |x| solo(x).window()), col(s, |x| ft(x).window_s));
+        println!(
             "{name:<22} {solo_s:>9.3} {ft_s:>9.3} {:>6.3}x {solo_w:>11.3} {ft_w:>11.3} {:>6.3}x",
             ft_s / solo_s,
             ft_w / solo_w
         );
-        };
+    };
     overhead_row("true (boot only)", &|x| &x.solo_boot, &|x| &x.ft_boot);
     overhead_row("dd 32 MiB | md5sum", &|x| &x.solo_work, &|x| &x.ft_work);
     overhead_row(
@@ -873,7 +874,9 @@ fn main() {
         &|x| &x.solo_print,
         &|x| &x.ft_print,
     );
-    println!("(s: boot to power-off, FT: from starting `ftvm up` until both VMs exit; cmd s: `{READY}` to `{EXIT}`)");
+    println!(
+        "(s: boot to power-off, FT: from starting `ftvm up` until both VMs exit; cmd s: `{READY}` to `{EXIT}`)"
+    );
     println!("reference: {PAPER_OVERHEAD}");
     println!("host CPU seconds (utime+stime) in the command window, and the wall seconds it took:");
     println!(
@@ -910,11 +913,7 @@ fn main() {
         let fo: Vec<&Failover> = s.iter().map(|x| &x.failovers[i]).collect();
         for (what, agg) in [("median", false), ("max", true)] {
             let stat = |f: &dyn Fn(&&Failover) -> f64| {
-                if agg {
-                    max(&fo, f)
-                } else {
-                    col(&fo, f)
-                }
+                if agg { max(&fo, f) } else { col(&fo, f) }
             };
             let stage = |k: usize| {
                 let v: Vec<f64> = fo.iter().filter_map(|f| f.stages[k]).collect();

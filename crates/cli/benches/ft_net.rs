@@ -37,8 +37,8 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use support::{
-    bench_runs, echo, echo_message, free_port, ftvm_with_guest as ftvm, median, run_limited,
-    signal, status_value, wait_or_kill, Scratch,
+    Scratch, bench_runs, echo, echo_message, free_port, ftvm_with_guest as ftvm, median,
+    run_limited, signal, status_value, wait_or_kill,
 };
 
 const ECHO_CMD: &str = "nc -ll -p 7 -e cat & while true; do sleep 10; done";
@@ -285,7 +285,9 @@ fn one_run(scratch: &Scratch, run: usize) -> Sample {
 fn main() {
     let runs = bench_runs().unwrap_or(3);
     let scratch = Scratch::new("ft-net-bench");
-    println!("ft_net bench: echo service (busybox nc + cat) in the default guest, client on host loopback through a forwarded port; {runs} runs");
+    println!(
+        "ft_net bench: echo service (busybox nc + cat) in the default guest, client on host loopback through a forwarded port; {runs} runs"
+    );
     let samples: Vec<Sample> = (0..runs)
         .map(|run| {
             let s = one_run(&scratch, run);

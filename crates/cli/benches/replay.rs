@@ -49,8 +49,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::{
-    bench_runs, drain, ftvm_bin, image_dir, median, parse_digest, qemu_available, qemu_virt_args,
-    wait_or_kill, Scratch,
+    Scratch, bench_runs, drain, ftvm_bin, image_dir, median, parse_digest, qemu_available,
+    qemu_virt_args, wait_or_kill,
 };
 
 /// Longest any one process may take.

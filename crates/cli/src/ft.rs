@@ -15,18 +15,18 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use ftvm_board::{Input, IoRequest, IoStatus};
 use ftvm_ft::arbiter::{Arbiter, FileArbiter};
 use ftvm_ft::channel::{
-    self, channel_key, FrameDecoder, Handshake, Message, Role, Session, CHANNEL_FRAME_MAX,
-    HANDSHAKE_FRAME_MAX,
+    self, CHANNEL_FRAME_MAX, FrameDecoder, HANDSHAKE_FRAME_MAX, Handshake, Message, Role, Session,
+    channel_key,
 };
 use ftvm_ft::console::ConsoleFile;
 use ftvm_ft::detector::DetectorConfig;
@@ -34,8 +34,8 @@ use ftvm_ft::etcd::EtcdArbiter;
 use ftvm_net::FrameReceiver;
 use ftvm_node::{DiskMode, Effect, Node, NodeConfig, Ran, Status, Time};
 
-use crate::host_io::{Disk, HostIo};
 use crate::MachineArgs;
+use crate::host_io::{Disk, HostIo};
 
 /// What both VMs of a pair are told alike.
 #[derive(Args, Clone)]
@@ -267,7 +267,7 @@ pub fn primary(args: &PrimaryArgs) -> Result<ExitCode> {
             }
             Err(e) => {
                 return Err(e)
-                    .with_context(|| format!("connecting to the backup at {}", args.backup))
+                    .with_context(|| format!("connecting to the backup at {}", args.backup));
             }
         }
     };
@@ -449,16 +449,18 @@ fn closed_by_peer(e: &std::io::Error) -> bool {
 /// Frames from the VM's network, as they arrive, whatever the machine is
 /// doing.
 fn spawn_receiver(mut frames: Box<dyn FrameReceiver>, tx: Sender<NetEvent>) {
-    std::thread::spawn(move || loop {
-        match frames.recv() {
-            Ok(frame) => {
-                if tx.send(NetEvent::Received(frame)).is_err() {
+    std::thread::spawn(move || {
+        loop {
+            match frames.recv() {
+                Ok(frame) => {
+                    if tx.send(NetEvent::Received(frame)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!("the VM's network card lost its network: {e}");
                     return;
                 }
-            }
-            Err(e) => {
-                tracing::error!("the VM's network card lost its network: {e}");
-                return;
             }
         }
     });

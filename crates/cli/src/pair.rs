@@ -15,13 +15,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use ftvm_net::NetSpec;
 
-use crate::ft::DiskModeArg;
 use crate::MachineArgs;
+use crate::ft::DiskModeArg;
 
 const VMS: [&str; 2] = ["primary", "backup"];
 

@@ -15,7 +15,7 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use ftvm_board::{Input, Machine, Stop};
 use ftvm_replay::{ClockReading, End, MachineId, Recorder, TimeSteering};
 

@@ -40,8 +40,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use support::{
-    ftvm_with_guest as ftvm, kill_seed, poll, process_alive as alive, run_limited, signal,
-    status_value, Finished,
+    Finished, ftvm_with_guest as ftvm, kill_seed, poll, process_alive as alive, run_limited,
+    signal, status_value,
 };
 
 /// The guest's command: `tick N` every 100 ms, forever.
@@ -243,13 +243,9 @@ impl Pair {
         let mut out = format!("--- state directory {}\n", self.dir.display());
         for name in ["primary", "backup"] {
             let line = self.status_line(name);
-            let state = self.status_pid_opt(name).map_or("no pid", |pid| {
-                if alive(pid) {
-                    "running"
-                } else {
-                    "gone"
-                }
-            });
+            let state = self
+                .status_pid_opt(name)
+                .map_or("no pid", |pid| if alive(pid) { "running" } else { "gone" });
             out += &format!("{name}.status ({state}): {}", line.trim_end());
             out.push('\n');
         }
@@ -787,11 +783,14 @@ impl Proxy {
             let _ = primary.set_nodelay(true);
             let _ = backup.set_nodelay(true);
             {
-                let mut s = sockets.lock().unwrap();
-                s.push(primary.try_clone().unwrap());
-                s.push(backup.try_clone().unwrap());
+                let mut s = sockets.lock().expect("lock");
+                s.push(primary.try_clone().expect("clone the socket"));
+                s.push(backup.try_clone().expect("clone the socket"));
             }
-            let (p2, b2) = (primary.try_clone().unwrap(), backup.try_clone().unwrap());
+            let (p2, b2) = (
+                primary.try_clone().expect("clone the socket"),
+                backup.try_clone().expect("clone the socket"),
+            );
             let m2 = Arc::clone(&mode);
             std::thread::spawn(move || pump_frames(p2, b2, &mode, &frames, &agreed, &flipped));
             std::thread::spawn(move || pump_bytes(backup, primary, &m2));
@@ -809,7 +808,7 @@ impl Proxy {
 
     /// Close both connections.
     fn cut(&self) {
-        for socket in self.sockets.lock().unwrap().iter() {
+        for socket in self.sockets.lock().expect("lock").iter() {
             let _ = socket.shutdown(Shutdown::Both);
         }
     }
@@ -853,13 +852,13 @@ fn pump_frames(
             Ok(n) => pending.extend_from_slice(&buffer[..n]),
         }
         while pending.len() >= 8 {
-            let len = u32::from_le_bytes(pending[..4].try_into().unwrap()) as usize;
+            let len = u32::from_le_bytes(pending[..4].try_into().expect("four bytes")) as usize;
             if pending.len() < 8 + len {
                 break;
             }
             let mut frame: Vec<u8> = pending.drain(..8 + len).collect();
             let index = frames.fetch_add(1, Ordering::SeqCst);
-            let crc = u32::from_le_bytes(frame[4..8].try_into().unwrap());
+            let crc = u32::from_le_bytes(frame[4..8].try_into().expect("four bytes"));
             if crc32c(&frame[8..]) != crc {
                 agreed.store(false, Ordering::SeqCst);
             }
@@ -883,7 +882,7 @@ fn pump_frames(
                     frame[4..8].copy_from_slice(&crc.to_le_bytes());
                 }
                 mode.store(FORWARD, Ordering::SeqCst);
-                *flipped.lock().unwrap() = Some(len);
+                *flipped.lock().expect("lock") = Some(len);
             }
             if to.write_all(&frame).is_err() {
                 break 'outer;
@@ -1111,7 +1110,9 @@ fn tampered_frame_closes_the_channel(name: &str, mode: u8, reasons: &[&str]) {
     let _serial = serial();
     let mut p = ProxiedPair::start(name);
     p.proxy.set(mode);
-    let flipped = poll(Duration::from_secs(10), || *p.proxy.flipped.lock().unwrap());
+    let flipped = poll(Duration::from_secs(10), || {
+        *p.proxy.flipped.lock().expect("lock")
+    });
     assert!(
         flipped.is_some(),
         "no frame went by to tamper with\n{}",

@@ -10,8 +10,8 @@ use std::time::Duration;
 use std::process::Command;
 
 use support::{
-    ftvm_bin, ftvm_run, guest_elf, qemu_available, qemu_run, qemu_run_with_bios, run_with_input,
-    OPENSBI_FW_DYNAMIC,
+    OPENSBI_FW_DYNAMIC, ftvm_bin, ftvm_run, guest_elf, qemu_available, qemu_run,
+    qemu_run_with_bios, run_with_input,
 };
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -52,7 +52,9 @@ fn check_program(name: &str) {
                 .find(|(a, b)| a != b)
                 .map(|(a, b)| format!("first difference:\n  ftvm: {a}\n  qemu: {b}"))
                 .unwrap_or_else(|| "one output is a prefix of the other".into());
-            panic!("{name}: ftvm and QEMU disagree; {first}\n--- ftvm ---\n{text}\n--- qemu ---\n{theirs}");
+            panic!(
+                "{name}: ftvm and QEMU disagree; {first}\n--- ftvm ---\n{text}\n--- qemu ---\n{theirs}"
+            );
         }
     } else {
         eprintln!("qemu-system-riscv64 not installed: {name} checked on ftvm only");

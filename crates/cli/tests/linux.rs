@@ -10,8 +10,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use support::{
-    free_port, ftvm_bin, image_dir, qemu_available, qemu_run_with_bios, run_limited, spawn_until,
-    Finished,
+    Finished, free_port, ftvm_bin, image_dir, qemu_available, qemu_run_with_bios, run_limited,
+    spawn_until,
 };
 
 const LIMIT: Duration = Duration::from_secs(300);

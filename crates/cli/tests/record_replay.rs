@@ -9,14 +9,14 @@ mod support;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ftvm_board::Input;
 use ftvm_replay::{Event, LogReader};
 use support::{
-    free_port, ftvm_bin, guest_elf, image_dir, parse_digest, run_limited, spawn_until, Finished,
+    Finished, free_port, ftvm_bin, guest_elf, image_dir, parse_digest, run_limited, spawn_until,
 };
 
 const LIMIT: Duration = Duration::from_secs(300);

@@ -326,11 +326,7 @@ fn exec<F: Float + FloatConvert<Quad>>(
                     // -0 orders below +0.
                     let x_lt_y = x < y || (x.is_zero() && y.is_zero() && x.is_negative());
                     let pick_x = if op == FpOp::Min { x_lt_y } else { !x_lt_y };
-                    if pick_x || x.bitwise_eq(y) {
-                        a
-                    } else {
-                        b
-                    }
+                    if pick_x || x.bitwise_eq(y) { a } else { b }
                 }
             };
             Raw {
@@ -388,29 +384,13 @@ fn saturated_overflow<F: Float + FloatConvert<Quad>>(
 fn classify<F: Float>(x: F) -> u64 {
     let neg = x.is_negative();
     let bit = if x.is_nan() {
-        if x.is_signaling() {
-            8
-        } else {
-            9
-        }
+        if x.is_signaling() { 8 } else { 9 }
     } else if x.is_infinite() {
-        if neg {
-            0
-        } else {
-            7
-        }
+        if neg { 0 } else { 7 }
     } else if x.is_zero() {
-        if neg {
-            3
-        } else {
-            4
-        }
+        if neg { 3 } else { 4 }
     } else if x.is_denormal() {
-        if neg {
-            2
-        } else {
-            5
-        }
+        if neg { 2 } else { 5 }
     } else if neg {
         1
     } else {

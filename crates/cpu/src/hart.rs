@@ -3,12 +3,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::block::{BlockCache, BlockRef, BLOCK_MAX, CHUNK_SHIFT};
+use crate::block::{BLOCK_MAX, BlockCache, BlockRef, CHUNK_SHIFT};
 use crate::csr::{self, status};
-use crate::decode::{decode, Decoded, Op};
+use crate::decode::{Decoded, Op, decode};
 use crate::fpu::{self, Fmt, FpOp, Rm};
-use crate::ram::{Ram, PAGE_SHIFT};
-use crate::{irq, rvc, Bus, Exit, GuestClock, HartConfig, Privilege};
+use crate::ram::{PAGE_SHIFT, Ram};
+use crate::{Bus, Exit, GuestClock, HartConfig, Privilege, irq, rvc};
 
 const PAGE_SIZE: u64 = 1 << PAGE_SHIFT;
 const PAGE_MASK: u64 = PAGE_SIZE - 1;

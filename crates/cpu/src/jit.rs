@@ -35,7 +35,7 @@
 use std::mem::offset_of;
 
 use dynasmrt::x64::X64Relocation;
-use dynasmrt::{dynasm, DynasmApi, DynasmLabelApi, VecAssembler};
+use dynasmrt::{DynasmApi, DynasmLabelApi, VecAssembler, dynasm};
 use memmap2::{Mmap, MmapMut};
 
 use crate::decode::{Decoded, Op};
@@ -337,7 +337,7 @@ impl Jit {
             return;
         }
         let first = self.links.as_ptr() as usize;
-        let index = link.slot.wrapping_sub(first) / std::mem::size_of::<usize>();
+        let index = link.slot.wrapping_sub(first) / size_of::<usize>();
         if let Some(slot) = self.links[..self.links_used].get_mut(index) {
             *slot = code;
         }

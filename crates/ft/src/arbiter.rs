@@ -195,9 +195,11 @@ mod tests {
         assert_eq!(backup.test_and_set("p", 1), Verdict::Won);
         assert_eq!(primary.test_and_set("p", 1), Verdict::Lost);
         assert_eq!(primary.test_and_set("p", 2), Verdict::Won);
-        assert!(backup
-            .holder("p", 1)
-            .is_some_and(|h| h.starts_with("backup ")));
+        assert!(
+            backup
+                .holder("p", 1)
+                .is_some_and(|h| h.starts_with("backup "))
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -95,7 +95,7 @@ impl Backup {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::channel::{tests::sessions, FrameDecoder, CHANNEL_FRAME_MAX};
+    use crate::channel::{CHANNEL_FRAME_MAX, FrameDecoder, tests::sessions};
     use crate::primary::{FlowLimits, Primary};
     use ftvm_board::virtio::DeviceKind;
     use ftvm_board::{Engine, Input};

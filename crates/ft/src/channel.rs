@@ -21,7 +21,7 @@
 
 use std::collections::VecDeque;
 
-use ftvm_replay::format::{frame_header, FRAME_MAX};
+use ftvm_replay::format::{FRAME_MAX, frame_header};
 use serde::{Deserialize, Serialize};
 
 /// Which end of the channel.
@@ -76,9 +76,7 @@ pub enum ChannelError {
     WrongKey,
     #[error("the peer belongs to {found}, not to {expected}")]
     OtherPair { expected: String, found: String },
-    #[error(
-        "a frame on the logging channel failed authentication (forged, replayed or reordered)"
-    )]
+    #[error("a frame on the logging channel failed authentication (forged, replayed or reordered)")]
     BadMac,
     #[error("a message of {0} bytes is too large for the logging channel")]
     TooLarge(usize),
@@ -602,13 +600,15 @@ pub(crate) mod tests {
             decoder.next_frame(),
             Err(ChannelError::Corrupt(_))
         ));
-        assert!(Session::seal(
-            &mut sessions().0,
-            &Message::Entries {
-                log: vec![0; CHANNEL_FRAME_MAX as usize]
-            }
-        )
-        .is_err());
+        assert!(
+            Session::seal(
+                &mut sessions().0,
+                &Message::Entries {
+                    log: vec![0; CHANNEL_FRAME_MAX as usize]
+                }
+            )
+            .is_err()
+        );
     }
 
     proptest! {

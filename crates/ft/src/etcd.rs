@@ -10,9 +10,9 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use base64::Engine as _;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
-use crate::arbiter::{claimant, settle, Arbiter, BadName};
+use crate::arbiter::{Arbiter, BadName, claimant, settle};
 use crate::golive::Verdict;
 
 const TIMEOUT: Duration = Duration::from_secs(2);

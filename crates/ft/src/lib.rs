@@ -21,6 +21,8 @@
 //! `ftvm-node` puts these together around a machine (one VM of a pair);
 //! the `ftvm` daemon and the simulator (`ftvm-sim`) drive that.
 
+#![forbid(unsafe_code)]
+
 pub mod arbiter;
 pub mod backup;
 pub mod channel;

@@ -26,8 +26,12 @@
 //! backends that live outside the VM's process, split so that a thread
 //! can wait for frames.
 
+#![deny(unsafe_code)]
+
 pub mod switch;
+// TAP needs ioctl(2) and poll(2): the crate's only unsafe code.
 #[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
 mod tap;
 #[cfg(target_os = "linux")]
 pub use tap::{Tap, TapReceiver};

@@ -247,7 +247,7 @@ impl SwitchServer {
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
-                    return Err(std::io::Error::other("the switch's receiver is gone"))
+                    return Err(std::io::Error::other("the switch's receiver is gone"));
                 }
             }
         }

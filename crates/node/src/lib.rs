@@ -26,9 +26,11 @@
 //! - Disk reads and entropy are answered by the primary and their data is
 //!   logged; the backup never reads its own disk.
 
+#![forbid(unsafe_code)]
+
 use std::collections::{BTreeMap, VecDeque};
 
-use ftvm_board::{DeviceKind, Input, IoRequest, Machine, MachineConfig, Stop, MTIME_TICK_NS};
+use ftvm_board::{DeviceKind, Input, IoRequest, MTIME_TICK_NS, Machine, MachineConfig, Stop};
 use ftvm_ft::backup::Backup;
 use ftvm_ft::channel::Message;
 use ftvm_ft::detector::{DetectorConfig, FailureDetector};

@@ -62,7 +62,9 @@ pub enum LogError {
     Checksum { at: Position },
     #[error("the log is corrupt: {at} cannot be decoded ({reason})")]
     Malformed { at: Position, reason: String },
-    #[error("the log is corrupt: frame at byte {offset} starts with entry {found}, expected entry {expected}")]
+    #[error(
+        "the log is corrupt: frame at byte {offset} starts with entry {found}, expected entry {expected}"
+    )]
     Sequence {
         expected: u64,
         found: u64,

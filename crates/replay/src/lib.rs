@@ -22,6 +22,8 @@
 //! through: the same code records to a file today and feeds a logging
 //! channel in an FT pair.
 
+#![forbid(unsafe_code)]
+
 pub mod format;
 mod record;
 mod replay;
@@ -32,7 +34,7 @@ pub use format::{
 };
 pub use record::Recorder;
 pub use replay::{
-    describe_difference, Applied, Divergence, Fault, FirstDifference, Output, ReplayError,
-    ReplayMachine, Replayed, Replayer,
+    Applied, Divergence, Fault, FirstDifference, Output, ReplayError, ReplayMachine, Replayed,
+    Replayer, describe_difference,
 };
 pub use steering::{ClockReading, TimeSteering};

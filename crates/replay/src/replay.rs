@@ -425,7 +425,7 @@ impl<R: Read> Replayer<R> {
                         digest: checked.unwrap_or_else(|| self.replay.machine.digest()),
                         entries: self.reader.next_seq(),
                         checkpoints,
-                    })
+                    });
                 }
                 // A machine just built is as good as a snapshot.
                 Applied::Reset => {

@@ -105,13 +105,15 @@
 //! broken channel, a host's clock drifting, frames lost on their way to
 //! the world, a client that sends more than one request at a time.
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use ftvm_board::virtio::DeviceKind;
 use ftvm_board::{Engine, Firmware, Input, IoRequest, IoStatus, MachineConfig};
 use ftvm_ft::channel::{
-    self, channel_key, FrameDecoder, Handshake, Message, Role, Session, CHANNEL_FRAME_MAX,
+    self, CHANNEL_FRAME_MAX, FrameDecoder, Handshake, Message, Role, Session, channel_key,
 };
 use ftvm_ft::detector::DetectorConfig;
 use ftvm_ft::golive::Verdict;
@@ -1319,7 +1321,7 @@ impl Sim {
                     Self::host_name(i),
                     status_text(status),
                     Self::host_name(other)
-                )))
+                )));
             }
             _ => {}
         }
@@ -1465,7 +1467,7 @@ impl Sim {
                     "the world receives {} from host {name}, but request {k} was answered with \
                      hash {h:#x} before: two executions answered differently",
                     f.describe()
-                )))
+                )));
             }
             Some(_) => {}
             None => {
@@ -1762,7 +1764,7 @@ impl Sim {
                 let ran = match h.node.run(&mut || time) {
                     Ok(ran) => ran,
                     Err(e) => {
-                        return Err(self.violation(format!("{}: run: {e}", Self::host_name(i))))
+                        return Err(self.violation(format!("{}: run: {e}", Self::host_name(i))));
                     }
                 };
                 let after = h.node.machine().map_or(before, |m| m.icount());
@@ -1919,7 +1921,9 @@ impl Sim {
             let Some(h) = &self.hosts[i] else { continue };
             match h.node.status() {
                 Status::Halted(why) if !halt_allowed(why) => {
-                    return Err(self.violation(format!("host {} halted: {why}", Self::host_name(i))))
+                    return Err(
+                        self.violation(format!("host {} halted: {why}", Self::host_name(i)))
+                    );
                 }
                 Status::Live => {
                     live += 1;
@@ -2090,7 +2094,7 @@ impl Sim {
                 Ok(done) => replayed_entries = done.entries,
                 Err(ReplayError::Log(LogError::NoEnd { next })) => replayed_entries = next,
                 Err(e) => {
-                    return Err(self.violation(format!("the primary's log does not replay: {e}")))
+                    return Err(self.violation(format!("the primary's log does not replay: {e}")));
                 }
             },
             Err(ReplayError::Log(_)) if self.primary_log.is_empty() => {}

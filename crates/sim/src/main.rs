@@ -1,10 +1,12 @@
 //! `ftvm-sim`: run simulator seeds (see the `ftvm_sim` crate docs).
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
-use ftvm_sim::{run_seed, Broken, Options};
+use ftvm_sim::{Broken, Options, run_seed};
 
 #[derive(Parser)]
 #[command(about = "Deterministic simulation of an ftvm FT pair under faults")]

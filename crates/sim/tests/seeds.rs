@@ -1,7 +1,7 @@
 //! The simulator's seeds: a thousand runs of an FT pair under faults must
 //! hold every invariant, and deliberately broken variants must be caught.
 
-use ftvm_sim::{guest_elf, run_seed, Broken, Options, SimError};
+use ftvm_sim::{Broken, Options, SimError, guest_elf, run_seed};
 
 /// Seeds per test run (split over the available cores).
 const SEEDS: u64 = 1_000;

@@ -259,9 +259,9 @@ pub fn spawn_until(
 ) {
     use std::io::BufRead;
     let mut child = cmd
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("start ftvm");
     let mut console = std::io::BufReader::new(child.stdout.take().expect("stdout"));
