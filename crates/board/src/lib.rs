@@ -27,7 +27,8 @@ mod loader;
 mod machine;
 pub mod virtio;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub use ftvm_cpu::{Engine, Exit, Hart, HartConfig};
 pub use machine::{Machine, Snapshot};
@@ -57,6 +58,85 @@ pub enum BoardError {
     Snapshot(String),
 }
 
+/// A file a machine is built from (firmware, kernel, initrd), already read
+/// by the host: the board never opens a file itself, so building a machine
+/// twice from one configuration gives the same machine.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Image {
+    /// Where it was read from: it names the image in errors and in a log's
+    /// header.
+    pub path: PathBuf,
+    pub bytes: Arc<[u8]>,
+}
+
+impl Image {
+    pub fn new(path: impl Into<PathBuf>, bytes: impl Into<Arc<[u8]>>) -> Image {
+        Image {
+            path: path.into(),
+            bytes: bytes.into(),
+        }
+    }
+
+    /// Read `path` from `source`.
+    pub fn load(path: &Path, source: &dyn ImageSource) -> Result<Image, BoardError> {
+        let bytes = source.read(path).map_err(|source| BoardError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Image::new(path, bytes))
+    }
+}
+
+impl std::fmt::Debug for Image {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Image({}, {} bytes)",
+            self.path.display(),
+            self.bytes.len()
+        )
+    }
+}
+
+/// Where images come from: the host's file system in the daemon, an
+/// in-memory copy in the simulator. The one way file contents enter the
+/// machine.
+pub trait ImageSource {
+    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>>;
+}
+
+/// Images held in memory, by path: the simulator's source, and the tests'.
+#[derive(Clone, Debug, Default)]
+pub struct ImageMap {
+    images: std::collections::BTreeMap<PathBuf, Arc<[u8]>>,
+}
+
+impl ImageMap {
+    /// A source serving exactly `images`.
+    pub fn of<'a>(images: impl IntoIterator<Item = &'a Image>) -> ImageMap {
+        let mut map = ImageMap::default();
+        for image in images {
+            map.insert(image);
+        }
+        map
+    }
+
+    /// Serve `image` (replacing what was at its path).
+    pub fn insert(&mut self, image: &Image) {
+        self.images
+            .insert(image.path.clone(), Arc::clone(&image.bytes));
+    }
+}
+
+impl ImageSource for ImageMap {
+    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        self.images
+            .get(path)
+            .map(|bytes| bytes.to_vec())
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))
+    }
+}
+
 /// What runs before the kernel.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Firmware {
@@ -65,7 +145,7 @@ pub enum Firmware {
     /// A firmware image (ELF or raw) loaded at the start of RAM, entered in
     /// M-mode with a0 = hart id, a1 = device tree address, a2 = address of
     /// a `fw_dynamic_info` describing the kernel (as QEMU does).
-    File(PathBuf),
+    File(Image),
 }
 
 /// Everything needed to build a machine.
@@ -74,8 +154,8 @@ pub struct MachineConfig {
     pub memory_mib: u64,
     pub firmware: Firmware,
     /// ELF or raw image.
-    pub kernel: PathBuf,
-    pub initrd: Option<PathBuf>,
+    pub kernel: Image,
+    pub initrd: Option<Image>,
     /// Kernel command line (`/chosen/bootargs`).
     pub append: String,
     /// Guest-time rate: instructions per 10 MHz `mtime` tick.

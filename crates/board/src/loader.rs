@@ -22,13 +22,6 @@ pub struct Loaded {
     pub tohost: Option<u64>,
 }
 
-pub fn read(path: &Path) -> Result<Vec<u8>, BoardError> {
-    std::fs::read(path).map_err(|source| BoardError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
 /// Load an ELF at its physical addresses, or a raw image at `raw_base`.
 pub fn load_image(
     ram: &mut Ram,
@@ -184,11 +177,11 @@ pub fn fdt_address(ram: &Ram, fdt_len: u64) -> u64 {
 pub fn load_initrd(
     ram: &mut Ram,
     path: &Path,
+    bytes: &[u8],
     kernel_entry: u64,
 ) -> Result<(u64, u64), BoardError> {
-    let bytes = read(path)?;
     let start = kernel_entry + (ram.size() / 2).min(128 * MIB);
-    place(ram, path, start, &bytes, "initrd")?;
+    place(ram, path, start, bytes, "initrd")?;
     Ok((start, start + bytes.len() as u64))
 }
 

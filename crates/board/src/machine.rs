@@ -254,20 +254,21 @@ impl Machine {
             .map_err(|e| BoardError::Config(e.to_string()))?;
         let ram = hart.ram_mut();
 
-        let kernel_bytes = loader::read(&config.kernel)?;
+        let kernel_image = &config.kernel;
         let (start_pc, kernel, fw_dynamic) = match &config.firmware {
             Firmware::None => {
-                let kernel = loader::load_image(ram, &config.kernel, &kernel_bytes, RAM_BASE)?;
+                let kernel =
+                    loader::load_image(ram, &kernel_image.path, &kernel_image.bytes, RAM_BASE)?;
                 (kernel.entry, kernel, false)
             }
-            Firmware::File(path) => {
-                let fw_bytes = loader::read(path)?;
-                let fw = loader::load_image(ram, path, &fw_bytes, RAM_BASE)?;
+            Firmware::File(fw_image) => {
+                let fw = loader::load_image(ram, &fw_image.path, &fw_image.bytes, RAM_BASE)?;
                 let kernel_base = loader::kernel_start_after(fw.end);
-                let kernel = loader::load_image(ram, &config.kernel, &kernel_bytes, kernel_base)?;
+                let kernel =
+                    loader::load_image(ram, &kernel_image.path, &kernel_image.bytes, kernel_base)?;
                 if kernel.start < fw.end {
                     return Err(BoardError::TooLarge {
-                        path: config.kernel.clone(),
+                        path: kernel_image.path.clone(),
                         what: format!("it overlaps the firmware, which ends at {:#x}", fw.end),
                     });
                 }
@@ -275,7 +276,12 @@ impl Machine {
             }
         };
         let initrd = match &config.initrd {
-            Some(path) => Some(loader::load_initrd(ram, path, kernel.entry)?),
+            Some(image) => Some(loader::load_initrd(
+                ram,
+                &image.path,
+                &image.bytes,
+                kernel.entry,
+            )?),
             None => None,
         };
 
@@ -594,34 +600,25 @@ impl Machine {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use std::path::PathBuf;
 
     /// A machine running a raw image that counts in a0 forever.
     fn machine() -> Machine {
-        // A file per call: tests run in parallel threads.
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("ftvm-board-test-{}-{n}.img", std::process::id()));
         // addi a0, a0, 1; j -4
         let code: Vec<u8> = [0x0015_0513u32, 0xffdf_f06f]
             .iter()
             .flat_map(|w| w.to_le_bytes())
             .collect();
-        std::fs::write(&path, code).expect("write image");
         let config = MachineConfig {
             memory_mib: 16,
             firmware: Firmware::None,
-            kernel: PathBuf::from(&path),
+            kernel: crate::Image::new("count.img", code),
             initrd: None,
             append: String::new(),
             insns_per_tick: 10,
             engine: crate::Engine::default(),
             virtio: Vec::new(),
         };
-        let machine = Machine::new(&config).expect("machine");
-        let _ = std::fs::remove_file(&path);
-        machine
+        Machine::new(&config).expect("machine")
     }
 
     #[test]

@@ -32,7 +32,7 @@ use ftvm_ft::console::ConsoleFile;
 use ftvm_ft::detector::DetectorConfig;
 use ftvm_ft::etcd::EtcdArbiter;
 use ftvm_net::FrameReceiver;
-use ftvm_node::{DiskMode, Effect, Node, NodeConfig, Ran, Status, Time};
+use ftvm_node::{DiskMode, Effect, HaltReason, Node, NodeConfig, Ran, Status, Time};
 
 use crate::MachineArgs;
 use crate::host_io::{Disk, HostIo};
@@ -332,7 +332,7 @@ pub fn backup(args: &BackupArgs) -> Result<ExitCode> {
     };
     drop(listener);
     let clock = Clock::new();
-    let node = Node::backup(config, clock.now());
+    let node = Node::backup(config, Box::new(ftvm_host::files::HostFiles), clock.now());
     let daemon = Daemon::new(
         node, session, stream, decoder, host, frames, arbiter, &args.pair, status, clock, stop,
     )?;
@@ -808,9 +808,7 @@ impl Daemon {
             .iter()
             .any(|device| matches!(device, ftvm_board::DeviceKind::Net { .. }));
         if card && !self.has_net {
-            let why = "the primary's VM has a network card, and this VM has no network: \
-                       start it with --net"
-                .to_string();
+            let why = HaltReason::NoNetwork;
             eprintln!("ftvm: {why}");
             self.node.give_up(why);
         }

@@ -17,7 +17,7 @@ mod replay;
 mod run;
 mod switch;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -291,13 +291,13 @@ impl MachineArgs {
         let firmware = if bios == "none" {
             Firmware::None
         } else {
-            Firmware::File(PathBuf::from(bios))
+            Firmware::File(ftvm_host::files::load(Path::new(&bios))?)
         };
         Ok(MachineConfig {
             memory_mib: self.memory,
             firmware,
-            kernel,
-            initrd,
+            kernel: ftvm_host::files::load(&kernel)?,
+            initrd: initrd.as_deref().map(ftvm_host::files::load).transpose()?,
             append,
             insns_per_tick: MachineConfig::DEFAULT_INSNS_PER_TICK,
             engine: self.engine.engine(),

@@ -55,8 +55,12 @@ pub fn replay(args: &ReplayArgs) -> Result<ExitCode> {
         .transpose()?;
     let name = args.log.display();
     let file = std::fs::File::open(&args.log).with_context(|| format!("opening the log {name}"))?;
-    let mut replayer = Replayer::new(std::io::BufReader::new(file), args.engine.engine())
-        .with_context(|| format!("log {name}"))?;
+    let mut replayer = Replayer::new(
+        std::io::BufReader::new(file),
+        args.engine.engine(),
+        &ftvm_host::files::HostFiles,
+    )
+    .with_context(|| format!("log {name}"))?;
     replayer.set_fault(fault);
     let mut stdout = std::io::stdout().lock();
     let mut write_error = None;

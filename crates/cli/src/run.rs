@@ -66,7 +66,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     let mut machine = Machine::new(&config)?;
     let mut recorder: Recorder<LogFile> = match &args.record {
         Some(path) => {
-            let id = MachineId::of(&config)?;
+            let id = MachineId::of(&config);
             let file = std::fs::File::create(path)
                 .with_context(|| format!("creating the log {}", path.display()))?;
             Recorder::new(std::io::BufWriter::new(file), &machine, id, config.engine)

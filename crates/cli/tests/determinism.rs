@@ -19,7 +19,7 @@ fn config_with(program: &str, engine: Engine) -> MachineConfig {
     MachineConfig {
         memory_mib: 16,
         firmware: Firmware::None,
-        kernel: guest_elf(program),
+        kernel: ftvm_host::files::load(&guest_elf(program)).expect("the guest program"),
         initrd: None,
         append: String::new(),
         insns_per_tick: MachineConfig::DEFAULT_INSNS_PER_TICK,

@@ -30,7 +30,9 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use ftvm_board::{DeviceKind, Input, IoRequest, MTIME_TICK_NS, Machine, MachineConfig, Stop};
+use ftvm_board::{
+    DeviceKind, ImageSource, Input, IoRequest, MTIME_TICK_NS, Machine, MachineConfig, Stop,
+};
 use ftvm_ft::backup::Backup;
 use ftvm_ft::channel::Message;
 use ftvm_ft::detector::{DetectorConfig, FailureDetector};
@@ -189,7 +191,7 @@ pub enum Status {
     Live,
     /// Stopped for good without ending the pair: it lost the test-and-set
     /// or failed.
-    Halted(String),
+    Halted(HaltReason),
     /// The pair ended cleanly (power-off, `ftvm stop`).
     Ended(End),
 }
@@ -208,6 +210,113 @@ impl Status {
 
     pub fn is_done(&self) -> bool {
         matches!(self, Status::Halted(_) | Status::Ended(_))
+    }
+}
+
+/// Why a VM halted (stopped for good without ending the pair).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HaltReason {
+    /// The other VM of the pair won the test-and-set and runs the guest.
+    #[error("lost the test-and-set: the other VM is live")]
+    LostTestAndSet,
+    /// A backup asked to stop (`ftvm stop`, SIGTERM) while its primary ran.
+    #[error("stopped")]
+    Stopped,
+    /// The primary failed before its log's header arrived, or a backup won
+    /// the test-and-set before it: there is no machine to take over.
+    #[error("the primary failed before it sent its machine: nothing to take over")]
+    NothingToTakeOver,
+    /// The replay reached a state the primary's log says it did not.
+    #[error("diverged from the primary at entry {seq} (icount {icount}): {what}")]
+    Diverged { seq: u64, icount: u64, what: String },
+    /// The replay could not apply the primary's log.
+    #[error("replay failed: {0}")]
+    ReplayFailed(String),
+    /// This host cannot build the primary's machine (another file, another
+    /// initial state, a bad header).
+    #[error("cannot replay the primary's machine: {0}")]
+    CannotReplay(String),
+    /// The primary's VM has a network card and this VM has no network: a
+    /// backup would take over with its cable cut.
+    #[error("the primary's VM has a network card, and this VM has no network: start it with --net")]
+    NoNetwork,
+}
+
+impl HaltReason {
+    /// The reason as one word, for status lines and scripts.
+    pub fn code(&self) -> HaltCode {
+        match self {
+            HaltReason::LostTestAndSet => HaltCode::LostTestAndSet,
+            HaltReason::Stopped => HaltCode::Stopped,
+            HaltReason::NothingToTakeOver => HaltCode::NothingToTakeOver,
+            HaltReason::Diverged { .. } => HaltCode::Diverged,
+            HaltReason::ReplayFailed(_) => HaltCode::ReplayFailed,
+            HaltReason::CannotReplay(_) => HaltCode::CannotReplay,
+            HaltReason::NoNetwork => HaltCode::NoNetwork,
+        }
+    }
+}
+
+/// [`HaltReason`] without its details.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HaltCode {
+    LostTestAndSet,
+    Stopped,
+    NothingToTakeOver,
+    Diverged,
+    ReplayFailed,
+    CannotReplay,
+    NoNetwork,
+}
+
+impl HaltCode {
+    pub const ALL: [HaltCode; 7] = [
+        HaltCode::LostTestAndSet,
+        HaltCode::Stopped,
+        HaltCode::NothingToTakeOver,
+        HaltCode::Diverged,
+        HaltCode::ReplayFailed,
+        HaltCode::CannotReplay,
+        HaltCode::NoNetwork,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HaltCode::LostTestAndSet => "lost-test-and-set",
+            HaltCode::Stopped => "stopped",
+            HaltCode::NothingToTakeOver => "nothing-to-take-over",
+            HaltCode::Diverged => "diverged",
+            HaltCode::ReplayFailed => "replay-failed",
+            HaltCode::CannotReplay => "cannot-replay",
+            HaltCode::NoNetwork => "no-network",
+        }
+    }
+
+    /// Whether a VM may halt so in a healthy system: it lost a fair race,
+    /// was stopped, or its primary died before there was anything to take
+    /// over. Every other reason is a fault of the pair.
+    pub fn is_expected(self) -> bool {
+        matches!(
+            self,
+            HaltCode::LostTestAndSet | HaltCode::Stopped | HaltCode::NothingToTakeOver
+        )
+    }
+}
+
+impl std::fmt::Display for HaltCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for HaltCode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<HaltCode, String> {
+        HaltCode::ALL
+            .into_iter()
+            .find(|code| code.as_str() == s)
+            .ok_or_else(|| format!("unknown halt reason {s:?}"))
     }
 }
 
@@ -278,6 +387,9 @@ struct Running {
 }
 
 struct Replaying {
+    /// Where the backup reads the files the primary's machine is built
+    /// from (the log's header names them, with their hashes).
+    images: Box<dyn ImageSource + Send>,
     backup: Backup,
     golive: GoLive,
     replay: Option<(ReplayMachine, MachineConfig)>,
@@ -351,7 +463,7 @@ impl Node {
         let mut machine = Machine::new(&machine_config)?;
         machine.stop_after_output(Some(OUTPUT_GRACE));
         let header = LogHeader {
-            machine: MachineId::of(&machine_config)?,
+            machine: MachineId::of(&machine_config),
             engine: machine_config.engine,
             initial_digest: machine.digest().0,
         };
@@ -398,10 +510,11 @@ impl Node {
 
     /// A backup whose primary just connected at `time`; its machine is built
     /// from the log's header when that arrives.
-    pub fn backup(config: NodeConfig, time: Time) -> Node {
+    pub fn backup(config: NodeConfig, images: Box<dyn ImageSource + Send>, time: Time) -> Node {
         Node {
             detector: FailureDetector::new(config.detector, time.ms()),
             mode: Mode::Replaying(Box::new(Replaying {
+                images,
                 backup: Backup::default(),
                 golive: GoLive::default(),
                 replay: None,
@@ -442,7 +555,7 @@ impl Node {
 
     /// Give up for a reason of the host's (this host cannot run the VM
     /// the primary runs): the VM halts, without ending the pair.
-    pub fn give_up(&mut self, why: String) {
+    pub fn give_up(&mut self, why: HaltReason) {
         if !self.status.is_done() {
             self.halt(why);
         }
@@ -488,8 +601,8 @@ impl Node {
         }
     }
 
-    fn halt(&mut self, why: String) {
-        tracing::warn!(pair = %self.config.pair, "halted: {why}");
+    fn halt(&mut self, why: HaltReason) {
+        tracing::warn!(pair = %self.config.pair, reason = %why.code(), "halted: {why}");
         self.status = Status::Halted(why);
         self.mode = Mode::Done;
     }
@@ -557,7 +670,7 @@ impl Node {
                         self.detector.sent(time.ms());
                     }
                     if let Err(e) = self.build_replay() {
-                        self.halt(e);
+                        self.halt(HaltReason::CannotReplay(e));
                     }
                 }
                 // A log that does not check is a channel failure: nothing
@@ -583,11 +696,10 @@ impl Node {
             Ok(None) => return Ok(()),
             Err(e) => return Err(format!("the log's header: {e}")),
         };
-        header
+        let config = header
             .machine
-            .check_files()
+            .config(self.config.engine, r.images.as_ref())
             .map_err(|e| format!("the primary's machine: {e}"))?;
-        let config = header.machine.config(self.config.engine);
         let replay =
             ReplayMachine::new(config.clone()).map_err(|e| format!("building the machine: {e}"))?;
         if replay.machine().digest().0 != header.initial_digest {
@@ -700,7 +812,7 @@ impl Node {
                         self.status = Status::Live;
                         self.finish_ending();
                     }
-                    Verdict::Lost => self.halt("lost the test-and-set: the backup is live".into()),
+                    Verdict::Lost => self.halt(HaltReason::LostTestAndSet),
                     Verdict::Unreachable => {
                         logging.retry_at = Some(time.mono_ns + ARBITER_RETRY_NS);
                     }
@@ -708,7 +820,7 @@ impl Node {
             }
             Mode::Replaying(r) => match r.golive.verdict(verdict) {
                 Action::GoLive => self.go_live(time)?,
-                Action::Halt => self.halt("lost the test-and-set: the primary is live".into()),
+                Action::Halt => self.halt(HaltReason::LostTestAndSet),
                 Action::RetryTestAndSet => r.retry_at = Some(time.mono_ns + ARBITER_RETRY_NS),
                 Action::None | Action::TestAndSet => {}
             },
@@ -722,7 +834,7 @@ impl Node {
     pub fn stop(&mut self, time: Time) -> Result<(), NodeError> {
         match &mut self.mode {
             Mode::Running(_) => self.end(End::Quit, time)?,
-            Mode::Replaying(_) => self.halt("stopped".into()),
+            Mode::Replaying(_) => self.halt(HaltReason::Stopped),
             Mode::Done => {}
         }
         Ok(())
@@ -1054,9 +1166,7 @@ impl Node {
         };
         let Some((replay, _)) = &mut r.replay else {
             if r.golive.state() == BackupState::Draining {
-                self.halt(
-                    "the primary failed before it sent its machine: nothing to take over".into(),
-                );
+                self.halt(HaltReason::NothingToTakeOver);
                 return Ok(Ran::Done);
             }
             return Ok(Ran::Blocked);
@@ -1113,13 +1223,11 @@ impl Node {
         self.stats.lag_entries = r.backup.acked().saturating_sub(entry.seq);
         let applied = match applied {
             Err(ReplayError::Mismatch { seq, icount, what }) => {
-                self.halt(format!(
-                    "diverged from the primary at entry {seq} (icount {icount}): {what}"
-                ));
+                self.halt(HaltReason::Diverged { seq, icount, what });
                 return Ok(Ran::Done);
             }
             Err(e) => {
-                self.halt(format!("replay failed: {e}"));
+                self.halt(HaltReason::ReplayFailed(e.to_string()));
                 return Ok(Ran::Done);
             }
             Ok(None) => {
@@ -1138,11 +1246,11 @@ impl Node {
             Applied::Reset => r.outstanding.clear(),
             Applied::Checkpoint { logged, found } if logged == found => {}
             Applied::Checkpoint { logged, found } => {
-                self.halt(format!(
-                    "diverged from the primary: checkpoint {} at icount {} has digest {found}, \
-                     the primary's is {logged}",
-                    entry.seq, entry.icount
-                ));
+                self.halt(HaltReason::Diverged {
+                    seq: entry.seq,
+                    icount: entry.icount,
+                    what: format!("the state digest is {found}, the primary's is {logged}"),
+                });
                 return Ok(Ran::Done);
             }
             Applied::End(end) => {
@@ -1163,7 +1271,7 @@ impl Node {
             return Ok(());
         };
         let Some((replay, config)) = r.replay else {
-            self.halt("won the test-and-set before the primary sent anything".into());
+            self.halt(HaltReason::NothingToTakeOver);
             return Ok(());
         };
         let machine = replay.into_machine();

@@ -16,7 +16,7 @@
 use std::io::{Read, Write};
 
 use ftvm_board::virtio::DeviceKind;
-use ftvm_board::{Digest, Engine, Firmware, Input, IoStatus, MachineConfig};
+use ftvm_board::{Digest, Engine, Firmware, Image, ImageSource, Input, IoStatus, MachineConfig};
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: &[u8; 8] = b"FTVMLOG\0";
@@ -102,21 +102,24 @@ pub struct FileId {
 }
 
 impl FileId {
-    fn of(what: &'static str, path: &std::path::Path) -> Result<FileId, LogError> {
-        let bytes = std::fs::read(path).map_err(|source| LogError::File {
-            what,
-            path: path.display().to_string(),
-            source,
-        })?;
-        Ok(FileId {
-            path: path.display().to_string(),
-            len: bytes.len() as u64,
-            blake3: *blake3::hash(&bytes).as_bytes(),
-        })
+    fn of(image: &Image) -> FileId {
+        FileId {
+            path: image.path.display().to_string(),
+            len: image.bytes.len() as u64,
+            blake3: *blake3::hash(&image.bytes).as_bytes(),
+        }
     }
 
-    fn check(&self, what: &'static str) -> Result<(), LogError> {
-        let now = FileId::of(what, std::path::Path::new(&self.path))?;
+    /// Read the file again from `source`: it must be what was recorded.
+    fn load(&self, what: &'static str, source: &dyn ImageSource) -> Result<Image, LogError> {
+        let path = std::path::Path::new(&self.path);
+        let bytes = source.read(path).map_err(|source| LogError::File {
+            what,
+            path: self.path.clone(),
+            source,
+        })?;
+        let image = Image::new(path, bytes);
+        let now = FileId::of(&image);
         if now != *self {
             let reason = if now.len != self.len {
                 format!("{} bytes then, {} now", self.len, now.len)
@@ -129,7 +132,7 @@ impl FileId {
                 reason,
             });
         }
-        Ok(())
+        Ok(image)
     }
 }
 
@@ -147,52 +150,47 @@ pub struct MachineId {
 }
 
 impl MachineId {
-    /// Identify `config` (reads and hashes its files).
-    pub fn of(config: &MachineConfig) -> Result<MachineId, LogError> {
-        Ok(MachineId {
+    /// Identify `config`: its settings and the content of its images.
+    pub fn of(config: &MachineConfig) -> MachineId {
+        MachineId {
             memory_mib: config.memory_mib,
             firmware: match &config.firmware {
                 Firmware::None => None,
-                Firmware::File(path) => Some(FileId::of("firmware", path)?),
+                Firmware::File(image) => Some(FileId::of(image)),
             },
-            kernel: FileId::of("kernel", &config.kernel)?,
-            initrd: config
-                .initrd
-                .as_deref()
-                .map(|p| FileId::of("initrd", p))
-                .transpose()?,
+            kernel: FileId::of(&config.kernel),
+            initrd: config.initrd.as_ref().map(FileId::of),
             append: config.append.clone(),
             insns_per_tick: config.insns_per_tick,
             virtio: config.virtio.clone(),
-        })
+        }
     }
 
-    /// Check that the files are still what they were when recorded.
-    pub fn check_files(&self) -> Result<(), LogError> {
-        if let Some(fw) = &self.firmware {
-            fw.check("firmware")?;
-        }
-        self.kernel.check("kernel")?;
-        if let Some(initrd) = &self.initrd {
-            initrd.check("initrd")?;
-        }
-        Ok(())
-    }
-
-    pub fn config(&self, engine: Engine) -> MachineConfig {
-        MachineConfig {
+    /// The configuration to build this machine again with `engine`, its
+    /// images read from `source`; a file that is not what was recorded is
+    /// an error that names it.
+    pub fn config(
+        &self,
+        engine: Engine,
+        source: &dyn ImageSource,
+    ) -> Result<MachineConfig, LogError> {
+        Ok(MachineConfig {
             memory_mib: self.memory_mib,
             firmware: match &self.firmware {
                 None => Firmware::None,
-                Some(fw) => Firmware::File(fw.path.clone().into()),
+                Some(fw) => Firmware::File(fw.load("firmware", source)?),
             },
-            kernel: self.kernel.path.clone().into(),
-            initrd: self.initrd.as_ref().map(|f| f.path.clone().into()),
+            kernel: self.kernel.load("kernel", source)?,
+            initrd: self
+                .initrd
+                .as_ref()
+                .map(|f| f.load("initrd", source))
+                .transpose()?,
             append: self.append.clone(),
             insns_per_tick: self.insns_per_tick,
             engine,
             virtio: self.virtio.clone(),
-        }
+        })
     }
 }
 

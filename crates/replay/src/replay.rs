@@ -5,7 +5,8 @@
 use std::io::Read;
 
 use ftvm_board::{
-    BoardError, Digest, Engine, Input, IoRequest, Machine, MachineConfig, Snapshot, Stop,
+    BoardError, Digest, Engine, ImageSource, Input, IoRequest, Machine, MachineConfig, Snapshot,
+    Stop,
 };
 
 use crate::format::{End, Entry, Event, LogError, LogHeader, LogReader};
@@ -342,18 +343,20 @@ impl Good {
 pub struct Replayer<R: Read> {
     reader: LogReader<R>,
     replay: ReplayMachine,
-    engine: Engine,
     good: Good,
 }
 
 impl<R: Read> Replayer<R> {
-    /// Open a log, rebuild its machine (with `engine`) and check that it
-    /// starts in the logged state.
-    pub fn new(input: R, engine: Engine) -> Result<Replayer<R>, ReplayError> {
+    /// Open a log, rebuild its machine (with `engine`, its images read
+    /// from `images`) and check that it starts in the logged state.
+    pub fn new(
+        input: R,
+        engine: Engine,
+        images: &dyn ImageSource,
+    ) -> Result<Replayer<R>, ReplayError> {
         let reader = LogReader::open(input)?;
         let header = reader.header().clone();
-        header.machine.check_files()?;
-        let replay = ReplayMachine::new(header.machine.config(engine))?;
+        let replay = ReplayMachine::new(header.machine.config(engine, images)?)?;
         let found = replay.machine.digest();
         if found.0 != header.initial_digest {
             return Err(ReplayError::InitialState {
@@ -365,7 +368,6 @@ impl<R: Read> Replayer<R> {
         Ok(Replayer {
             reader,
             replay,
-            engine,
             good,
         })
     }
@@ -446,11 +448,12 @@ impl<R: Read> Replayer<R> {
     /// engine, no fault) part, by bisection over re-executions from
     /// snapshots.
     fn narrow(&self, bad_icount: u64, fault: Option<Fault>) -> FirstDifference {
-        let header = self.reader.header();
-        let narrowing = Narrowing {
-            replay: header.machine.config(self.engine),
-            reference: header.machine.config(header.engine),
+        let replay = self.replay.config.clone();
+        let reference = MachineConfig {
+            engine: self.reader.header().engine,
+            ..replay.clone()
         };
+        let narrowing = Narrowing { replay, reference };
         let fault = fault.filter(|f| f.icount >= self.good.icount);
         narrowing
             .bisect(&self.good, bad_icount, fault)

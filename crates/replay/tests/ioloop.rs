@@ -5,20 +5,25 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use ftvm_board::virtio::DeviceKind;
-use ftvm_board::{Engine, Firmware, Input, IoRequest, IoStatus, Machine, MachineConfig, Stop};
+use ftvm_board::{
+    Engine, Firmware, Image, ImageMap, Input, IoRequest, IoStatus, Machine, MachineConfig, Stop,
+};
 use ftvm_replay::{End, MachineId, Output, Recorder, Replayer};
 use proptest::prelude::*;
 
-fn ioloop_elf() -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../guest/build/ioloop.elf");
-    assert!(
-        path.is_file(),
-        "{} is missing: run `make -C guest`",
-        path.display()
-    );
-    path
+/// The guest program, read once.
+fn ioloop_elf() -> Image {
+    static ELF: OnceLock<Image> = OnceLock::new();
+    ELF.get_or_init(|| {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../guest/build/ioloop.elf");
+        let bytes = std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (run `make -C guest`)", path.display()));
+        Image::new(path, bytes)
+    })
+    .clone()
 }
 
 fn config(engine: Engine) -> MachineConfig {
@@ -102,13 +107,7 @@ struct Recording {
 fn record(engine: Engine, steps: &[(u64, Action)]) -> Recording {
     let cfg = config(engine);
     let mut machine = Machine::new(&cfg).expect("machine");
-    let mut rec = Recorder::new(
-        Vec::new(),
-        &machine,
-        MachineId::of(&cfg).expect("id"),
-        engine,
-    )
-    .expect("header");
+    let mut rec = Recorder::new(Vec::new(), &machine, MachineId::of(&cfg), engine).expect("header");
     let mut pending = VecDeque::new();
     let mut completions = 0;
     // Let the guest set its devices up and post its first requests.
@@ -161,7 +160,11 @@ proptest! {
         let engine = |t: bool| if t { Engine::Translator } else { Engine::Interpreter };
         let recording = record(engine(record_translated), &steps);
         let mut console = Vec::new();
-        let mut replayer = Replayer::new(&recording.log[..], engine(replay_translated))
+        let mut replayer = Replayer::new(
+            &recording.log[..],
+            engine(replay_translated),
+            &ImageMap::of([&ioloop_elf()]),
+        )
             .expect("opens");
         let done = replayer
             .run(&mut |out| {

@@ -2,26 +2,24 @@
 //! panic and never a silently different log. Includes a fuzz of the
 //! decoder (random mutations of a valid log).
 
-use std::path::PathBuf;
-
-use ftvm_board::{Digest, Engine, Firmware, Input, IoStatus, Machine, MachineConfig};
+use ftvm_board::{
+    Digest, Engine, Firmware, Image, ImageMap, Input, IoStatus, Machine, MachineConfig,
+};
 use ftvm_replay::format::Position;
 use ftvm_replay::{End, Event, LogError, LogReader, MachineId, Recorder, ReplayError, Replayer};
 use proptest::prelude::*;
 
-/// A raw kernel that counts in a0 forever, in its own file.
-fn kernel(tag: &str, extra: u32) -> PathBuf {
-    let path = std::env::temp_dir().join(format!("ftvm-log-test-{}-{tag}.img", std::process::id()));
+/// A raw kernel that counts in a0 forever.
+fn kernel(tag: &str, extra: u32) -> Image {
     // addi a0, a0, 1; j -4; (an unreached word that makes kernels differ)
     let code: Vec<u8> = [0x0015_0513u32, 0xffdf_f06f, extra]
         .iter()
         .flat_map(|w| w.to_le_bytes())
         .collect();
-    std::fs::write(&path, code).expect("write kernel");
-    path
+    Image::new(format!("/kernels/{tag}.img"), code)
 }
 
-fn config(kernel: PathBuf) -> MachineConfig {
+fn config(kernel: Image) -> MachineConfig {
     MachineConfig {
         memory_mib: 16,
         firmware: Firmware::None,
@@ -37,7 +35,7 @@ fn config(kernel: PathBuf) -> MachineConfig {
 /// A recording of the counting kernel with a few inputs and checkpoints.
 fn record(config: &MachineConfig) -> Vec<u8> {
     let mut machine = Machine::new(config).expect("machine");
-    let id = MachineId::of(config).expect("id");
+    let id = MachineId::of(config);
     let mut rec = Recorder::new(Vec::new(), &machine, id, config.engine).expect("header");
     rec.inject(&mut machine, Input::WallClock { unix_ns: 1 << 60 })
         .expect("log");
@@ -74,14 +72,8 @@ fn read_all(bytes: &[u8]) -> Result<Vec<ftvm_replay::Entry>, LogError> {
 }
 
 struct Fixture {
-    kernel: PathBuf,
+    kernel: Image,
     log: Vec<u8>,
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.kernel);
-    }
 }
 
 fn fixture(tag: &str) -> Fixture {
@@ -90,8 +82,9 @@ fn fixture(tag: &str) -> Fixture {
     Fixture { kernel, log }
 }
 
-fn replay(bytes: &[u8]) -> Result<ftvm_replay::Replayed, ReplayError> {
-    Replayer::new(bytes, Engine::Interpreter)?.run(&mut |_| {})
+/// Replay `bytes` with `kernel` as the only file there is.
+fn replay_with(bytes: &[u8], kernel: &Image) -> Result<ftvm_replay::Replayed, ReplayError> {
+    Replayer::new(bytes, Engine::Interpreter, &ImageMap::of([kernel]))?.run(&mut |_| {})
 }
 
 #[test]
@@ -99,7 +92,7 @@ fn a_good_log_replays_to_the_same_state() {
     let f = fixture("good");
     let entries = read_all(&f.log).expect("valid");
     assert_eq!(entries.len(), 1 + 20 * 2 + 5 + 2);
-    let done = replay(&f.log).expect("replays");
+    let done = replay_with(&f.log, &f.kernel).expect("replays");
     assert_eq!(done.checkpoints, 6);
     let last_checkpoint = entries
         .iter()
@@ -159,7 +152,7 @@ fn a_truncated_log_names_the_entry_where_it_breaks_off() {
     let boundary = frame_boundaries(&f.log)[2];
     let readable = read_all(&f.log[..boundary]).expect("whole frames");
     assert!(readable.len() < entries.len());
-    let err = replay(&f.log[..boundary]).expect_err("no end");
+    let err = replay_with(&f.log[..boundary], &f.kernel).expect_err("no end");
     assert_eq!(
         err.to_string(),
         format!(
@@ -185,8 +178,8 @@ fn frame_boundaries(log: &[u8]) -> Vec<usize> {
 fn a_log_of_another_machine_is_refused_before_running() {
     let f = fixture("other");
     // The kernel file changes after recording.
-    std::fs::write(&f.kernel, [0x13u8, 0, 0, 0, 0x6f, 0, 0, 0]).expect("rewrite");
-    let err = replay(&f.log).expect_err("changed kernel");
+    let changed = Image::new(f.kernel.path.clone(), vec![0x13u8, 0, 0, 0, 0x6f, 0, 0, 0]);
+    let err = replay_with(&f.log, &changed).expect_err("changed kernel");
     let text = err.to_string();
     assert!(
         text.starts_with("kernel ") && text.contains("changed since the log was recorded"),
@@ -197,17 +190,11 @@ fn a_log_of_another_machine_is_refused_before_running() {
     let kernel = kernel("other2", 7);
     let cfg = config(kernel.clone());
     let other = Machine::new(&config(f.kernel.clone())).expect("machine");
-    let mut rec = Recorder::new(
-        Vec::new(),
-        &other,
-        MachineId::of(&cfg).expect("id"),
-        Engine::Interpreter,
-    )
-    .expect("header");
+    let mut rec = Recorder::new(Vec::new(), &other, MachineId::of(&cfg), Engine::Interpreter)
+        .expect("header");
     rec.end(&other, End::Quit).expect("end");
     let log = rec.into_inner().expect("flush").expect("logging");
-    let err = replay(&log).expect_err("other initial state");
-    let _ = std::fs::remove_file(kernel);
+    let err = replay_with(&log, &kernel).expect_err("other initial state");
     assert!(matches!(err, ReplayError::InitialState { .. }), "{err}");
 }
 
@@ -221,7 +208,7 @@ fn a_different_checkpoint_digest_is_a_divergence() {
     let mut w = ftvm_replay::LogWriter::new(
         Vec::new(),
         &ftvm_replay::LogHeader {
-            machine: MachineId::of(&cfg).expect("id"),
+            machine: MachineId::of(&cfg),
             engine: Engine::Interpreter,
             initial_digest: machine.digest().0,
         },
@@ -234,8 +221,7 @@ fn a_different_checkpoint_digest_is_a_divergence() {
         .expect("push");
     w.push(1000, &Event::End(End::Quit)).expect("push");
     let log = w.into_inner().expect("flush");
-    let err = replay(&log).expect_err("diverges");
-    let _ = std::fs::remove_file(kernel);
+    let err = replay_with(&log, &kernel).expect_err("diverges");
     let ReplayError::Diverged(d) = &err else {
         panic!("{err}");
     };

@@ -111,13 +111,13 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use ftvm_board::virtio::DeviceKind;
-use ftvm_board::{Engine, Firmware, Input, IoRequest, IoStatus, MachineConfig};
+use ftvm_board::{Engine, Firmware, Image, ImageMap, Input, IoRequest, IoStatus, MachineConfig};
 use ftvm_ft::channel::{
     self, CHANNEL_FRAME_MAX, FrameDecoder, Handshake, Message, Role, Session, channel_key,
 };
 use ftvm_ft::detector::DetectorConfig;
 use ftvm_ft::golive::Verdict;
-use ftvm_node::{DiskMode, Effect, Node, NodeConfig, Ran, Status, Time};
+use ftvm_node::{DiskMode, Effect, HaltReason, Node, NodeConfig, Ran, Status, Time};
 use ftvm_replay::{LogDecoder, LogError, ReplayError, Replayer};
 
 const MS: u64 = 1_000_000;
@@ -335,11 +335,11 @@ pub fn guest_elf() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../guest/build/ftguest.elf")
 }
 
-fn machine_config(engine: Engine) -> MachineConfig {
+fn machine_config(engine: Engine, guest: &Image) -> MachineConfig {
     MachineConfig {
         memory_mib: 16,
         firmware: Firmware::None,
-        kernel: guest_elf(),
+        kernel: guest.clone(),
         initrd: None,
         append: String::new(),
         insns_per_tick: MachineConfig::DEFAULT_INSNS_PER_TICK,
@@ -686,22 +686,16 @@ struct Sim {
     world: World,
     /// When each host was first seen live.
     live_at: [Option<u64>; 2],
+    /// The guest program, as both hosts read it.
+    guest: Image,
 }
 
 fn status_text(status: &Status) -> String {
     match status {
-        Status::Halted(why) => format!("halted ({why})"),
+        Status::Halted(why) => format!("halted ({})", why.code()),
         Status::Ended(end) => format!("ended ({end:?})"),
         other => other.word().to_string() + &format!(" ({other:?})"),
     }
-}
-
-/// Reasons a VM may halt without anything being wrong.
-fn halt_allowed(why: &str) -> bool {
-    why.starts_with("lost the test-and-set")
-        || why == "stopped"
-        || why.starts_with("won the test-and-set before the primary sent anything")
-        || why.starts_with("the primary failed before it sent its machine")
 }
 
 impl Sim {
@@ -713,8 +707,9 @@ impl Sim {
                 guest_elf().display()
             ))
         })?;
-        let table = symbol_address(&elf, "ftg_table").map_err(setup)?;
-        let net_table = symbol_address(&elf, "ftg_net").map_err(setup)?;
+        let guest = Image::new(guest_elf(), elf);
+        let table = symbol_address(&guest.bytes, "ftg_table").map_err(setup)?;
+        let net_table = symbol_address(&guest.bytes, "ftg_net").map_err(setup)?;
         let mut rng = Rng::new(seed);
         // The handshake, through the real messages and framing.
         let key = channel_key(&rng.bytes(32));
@@ -801,14 +796,19 @@ impl Sim {
             world: World::new(seed),
             live_at: [None, None],
             rng,
+            guest,
         };
         sim.plan_faults();
         sim.plan_world();
         let config = sim.node_config();
         let time = sim.time();
-        let primary = Node::primary(config.clone(), machine_config(sim.options.engine), time)
-            .map_err(|e| setup(format!("the primary: {e}")))?;
-        let backup = Node::backup(config, time);
+        let primary = Node::primary(
+            config.clone(),
+            machine_config(sim.options.engine, &sim.guest),
+            time,
+        )
+        .map_err(|e| setup(format!("the primary: {e}")))?;
+        let backup = Node::backup(config, Box::new(ImageMap::of([&sim.guest])), time);
         let speed_a = sim.rng.range(4, 14);
         let speed_b = sim.rng.range(4, 14);
         sim.hosts = [
@@ -1920,7 +1920,7 @@ impl Sim {
         for i in 0..2 {
             let Some(h) = &self.hosts[i] else { continue };
             match h.node.status() {
-                Status::Halted(why) if !halt_allowed(why) => {
+                Status::Halted(why) if !why.code().is_expected() => {
                     return Err(
                         self.violation(format!("host {} halted: {why}", Self::host_name(i)))
                     );
@@ -1998,10 +1998,7 @@ impl Sim {
         let any = |f: &dyn Fn(&Status) -> bool| statuses.iter().flatten().any(f);
         let ended = any(&|s| matches!(s, Status::Ended(_)));
         let live = any(&|s| *s == Status::Live);
-        let never_started = any(&|s| {
-            matches!(s, Status::Halted(w) if w.starts_with("won the test-and-set before")
-                || w.starts_with("the primary failed before it sent its machine"))
-        });
+        let never_started = any(&|s| matches!(s, Status::Halted(HaltReason::NothingToTakeOver)));
         let healthy = matches!(statuses, [Some(Status::Primary), Some(Status::Backup)])
             && self.dirs.iter().all(|d| d.open);
         let failed_long_ago = self
@@ -2089,7 +2086,11 @@ impl Sim {
         }
         // The primary's whole log replays with every checkpoint matching.
         let mut replayed_entries = 0;
-        match Replayer::new(&self.primary_log[..], self.options.engine) {
+        match Replayer::new(
+            &self.primary_log[..],
+            self.options.engine,
+            &ImageMap::of([&self.guest]),
+        ) {
             Ok(mut replayer) => match replayer.run(&mut |_| {}) {
                 Ok(done) => replayed_entries = done.entries,
                 Err(ReplayError::Log(LogError::NoEnd { next })) => replayed_entries = next,
