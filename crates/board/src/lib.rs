@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use ftvm_cpu::{Engine, Exit, Hart, HartConfig};
+pub use loader::is_linux_kernel;
 pub use machine::{Machine, Snapshot};
 pub use virtio::{DeviceKind, IoRequest, IoStatus};
 
@@ -38,11 +39,12 @@ pub use virtio::{DeviceKind, IoRequest, IoStatus};
 /// one line.
 #[derive(Debug, thiserror::Error)]
 pub enum BoardError {
-    #[error("{path}: {source}")]
+    // The cause is in the message, not a `#[source]`: the message is the
+    // whole story in one line, and a chain printer would say it twice.
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: not a valid ELF file: {reason}")]
     BadElf { path: PathBuf, reason: String },
@@ -79,9 +81,9 @@ impl Image {
 
     /// Read `path` from `source`.
     pub fn load(path: &Path, source: &dyn ImageSource) -> Result<Image, BoardError> {
-        let bytes = source.read(path).map_err(|source| BoardError::Io {
+        let bytes = source.read(path).map_err(|error| BoardError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         Ok(Image::new(path, bytes))
     }

@@ -53,6 +53,24 @@ pub fn load_image(
     }
 }
 
+/// Whether `bytes` is a Linux kernel: a raw `Image` with the RISC-V boot
+/// header (magic `RSC\x05` at 0x38; Debian's EFI-stub kernels have it
+/// too), or an ELF `vmlinux` that defines `linux_banner`. Such a kernel
+/// starts in S-mode under an SBI firmware, never in M-mode on its own.
+pub fn is_linux_kernel(bytes: &[u8]) -> bool {
+    if bytes.get(0x38..0x3c) == Some(b"RSC\x05") {
+        return true;
+    }
+    if !bytes.starts_with(ELF_MAGIC) {
+        return false;
+    }
+    Elf::parse(bytes).is_ok_and(|elf| {
+        elf.syms
+            .iter()
+            .any(|sym| elf.strtab.get_at(sym.st_name) == Some("linux_banner"))
+    })
+}
+
 /// A raw image with the RISC-V Linux `Image` header (magic `RSC\x05` at
 /// 0x38) must be consistent with it: the memory it asks for (`image_size`,
 /// which includes its bss) covers the file and fits in RAM.
@@ -246,6 +264,17 @@ mod tests {
         let mut buf = [0u8; 8];
         ram.read(0x8000_0000, &mut buf).unwrap();
         assert_eq!(buf, [1, 2, 3, 4, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn linux_images_are_told_from_other_programs() {
+        let mut image = vec![0u8; 0x40];
+        assert!(!is_linux_kernel(&image));
+        image[0x38..0x3c].copy_from_slice(b"RSC\x05");
+        assert!(is_linux_kernel(&image));
+        assert!(!is_linux_kernel(&tiny_elf(&[0x13, 0, 0, 0])));
+        assert!(!is_linux_kernel(b"\x7fELF garbage"));
+        assert!(!is_linux_kernel(&[]));
     }
 
     #[test]

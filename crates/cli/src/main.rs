@@ -5,13 +5,13 @@
 //! (`-kernel`, `-bios`, `-initrd`, `-append`, `-m`) so the same guest can be
 //! started on either and compared.
 //!
-//! The host side of the machine's input boundary lives here: this is the
-//! only place that reads the terminal and the host clock, and it hands what
-//! it reads to the machine as typed inputs at instruction boundaries.
+//! This crate is argument parsing and process orchestration only (`ftvm
+//! up`, `status`, `stop`, `console` start and watch processes); the work
+//! is done by `ftvm-host`, whose run loop drives every VM.
 
-mod console;
-mod ft;
-mod host_io;
+#![forbid(unsafe_code)]
+
+mod daemon;
 mod pair;
 mod replay;
 mod run;
@@ -20,7 +20,7 @@ mod switch;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 use ftvm_board::{Engine, Firmware, MachineConfig};
 
@@ -70,7 +70,7 @@ enum Command {
     /// One line per VM of the pair: `primary`, `backup`, `live` (running
     /// alone), `halted` or `ended`, with its pid, how far the backup lags,
     /// the logging channel's rate and the output rule's delay.
-    Status(pair::StateDirArgs),
+    Status(pair::StatusArgs),
 
     /// End the pair cleanly: the primary logs the end, the backup ends with
     /// it without going live, both exit.
@@ -88,13 +88,13 @@ enum Command {
     ///
     /// Exit code 0 when the pair ended (power-off, `ftvm stop`, SIGTERM),
     /// 2 when it halted (it lost the test-and-set), 1 on an error.
-    Primary(ft::PrimaryArgs),
+    Primary(daemon::PrimaryArgs),
 
     /// Run the backup VM of a pair: wait for the primary, replay its log,
     /// and take over when it fails (after winning the test-and-set).
     ///
     /// Exit codes as for `ftvm primary`.
-    Backup(ft::BackupArgs),
+    Backup(daemon::BackupArgs),
 
     /// Run a pair's network: an Ethernet switch that VMs attach to over
     /// UDP (`--net switch:HOST:PORT`), with the user-mode gateway and its
@@ -164,8 +164,9 @@ pub struct MachineArgs {
     /// Firmware run before the kernel, in M-mode: `none` starts the kernel
     /// itself in M-mode at its entry point (like QEMU's `-bios none`);
     /// otherwise an ELF or raw firmware image (e.g. OpenSBI's fw_dynamic),
-    /// which is given the kernel's address like QEMU does. Default: `none`
-    /// with `--kernel`, the image's OpenSBI for the default guest.
+    /// which is given the kernel's address like QEMU does. Default: as on
+    /// QEMU, OpenSBI for a Linux kernel (Debian's `opensbi` package, or
+    /// the default guest's copy), `none` for any other `--kernel`.
     #[arg(long, value_name = "none|FILE")]
     bios: Option<String>,
 
@@ -255,28 +256,36 @@ impl MachineArgs {
     }
 
     pub fn machine_config(&self, virtio: Vec<ftvm_board::DeviceKind>) -> Result<MachineConfig> {
-        let (kernel, bios, initrd, append) = match &self.kernel {
-            Some(kernel) => (
-                kernel.clone(),
-                self.bios.clone().unwrap_or_else(|| "none".into()),
-                self.initrd.clone(),
-                self.append.clone().unwrap_or_default(),
-            ),
+        let load = |path: &Path| ftvm_host::files::load(path);
+        let (kernel, firmware, initrd, append) = match &self.kernel {
+            Some(kernel) => {
+                let kernel = load(kernel)?;
+                let firmware = self.firmware_for(&kernel)?;
+                (
+                    kernel,
+                    firmware,
+                    self.initrd.clone(),
+                    self.append.clone().unwrap_or_default(),
+                )
+            }
             None => {
                 let dir = default_guest_dir();
                 let kernel = dir.join("Image");
                 if !kernel.is_file() {
-                    anyhow::bail!(
+                    bail!(
                         "no --kernel given and the default guest is not built ({} is missing): \
                          run scripts/guest-image",
                         kernel.display()
                     );
                 }
+                let firmware = match self.bios.as_deref() {
+                    Some("none") => Firmware::None,
+                    Some(bios) => Firmware::File(load(Path::new(bios))?),
+                    None => Firmware::File(load(&dir.join("fw_dynamic.bin"))?),
+                };
                 (
-                    kernel,
-                    self.bios.clone().unwrap_or_else(|| {
-                        dir.join("fw_dynamic.bin").to_string_lossy().into_owned()
-                    }),
+                    load(&kernel)?,
+                    firmware,
                     Some(
                         self.initrd
                             .clone()
@@ -288,23 +297,57 @@ impl MachineArgs {
                 )
             }
         };
-        let firmware = if bios == "none" {
-            Firmware::None
-        } else {
-            Firmware::File(ftvm_host::files::load(Path::new(&bios))?)
-        };
         Ok(MachineConfig {
             memory_mib: self.memory,
             firmware,
-            kernel: ftvm_host::files::load(&kernel)?,
-            initrd: initrd.as_deref().map(ftvm_host::files::load).transpose()?,
+            kernel,
+            initrd: initrd.as_deref().map(load).transpose()?,
             append,
             insns_per_tick: MachineConfig::DEFAULT_INSNS_PER_TICK,
             engine: self.engine.engine(),
             virtio,
         })
     }
+
+    /// The firmware for `kernel`, as QEMU picks it: `--bios` if given;
+    /// otherwise OpenSBI for a Linux kernel (which starts in S-mode under
+    /// an SBI) and none for anything else (a bare-metal program starts in
+    /// M-mode). A Linux kernel with `--bios none` would start in M-mode
+    /// and hang without a word: it is refused.
+    fn firmware_for(&self, kernel: &ftvm_board::Image) -> Result<Firmware> {
+        let linux = ftvm_board::is_linux_kernel(&kernel.bytes);
+        match self.bios.as_deref() {
+            Some("none") if linux => bail!(
+                "{} is a Linux kernel, which starts in S-mode under an SBI firmware: with \
+                 --bios none it would start in M-mode and hang (leave --bios out to boot it on \
+                 OpenSBI, as QEMU does, or name a firmware with --bios FILE)",
+                kernel.path.display()
+            ),
+            Some("none") => Ok(Firmware::None),
+            Some(bios) => Ok(Firmware::File(ftvm_host::files::load(Path::new(bios))?)),
+            None if linux => {
+                let candidates = [
+                    PathBuf::from(PACKAGED_OPENSBI),
+                    default_guest_dir().join("fw_dynamic.bin"),
+                ];
+                let Some(opensbi) = candidates.iter().find(|p| p.is_file()) else {
+                    bail!(
+                        "{} is a Linux kernel and needs an SBI firmware, but OpenSBI is not at \
+                         {PACKAGED_OPENSBI} (Debian's `opensbi` package): install it, or name a \
+                         firmware with --bios FILE",
+                        kernel.path.display()
+                    );
+                };
+                Ok(Firmware::File(ftvm_host::files::load(opensbi)?))
+            }
+            None => Ok(Firmware::None),
+        }
+    }
 }
+
+/// Debian's OpenSBI (package `opensbi`), the firmware QEMU's `virt` boots
+/// by default.
+const PACKAGED_OPENSBI: &str = "/usr/lib/riscv64-linux-gnu/opensbi/generic/fw_dynamic.bin";
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub enum EngineArg {
@@ -340,6 +383,16 @@ impl std::fmt::Display for EngineArg {
 }
 
 fn main() -> ExitCode {
+    // A panic is a bug of ftvm's, whatever the user did: one line that
+    // says so, without a backtrace unless RUST_BACKTRACE asks for one.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if std::env::var_os("RUST_BACKTRACE").is_some() {
+            default_hook(info);
+        } else {
+            eprintln!("ftvm: internal error, a bug in ftvm (please report it): {info}");
+        }
+    }));
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -351,11 +404,24 @@ fn main() -> ExitCode {
         .init();
     match dispatch(Cli::parse()) {
         Ok(code) => code,
+        Err(err) if reader_went_away(&err) => ftvm_host::process::die_of_sigpipe(),
         Err(err) => {
             eprintln!("ftvm: {err:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether `err` comes from writing to a pipe nobody reads any more.
+fn reader_went_away(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            || cause
+                .downcast_ref::<ftvm_host::HostError>()
+                .is_some_and(ftvm_host::HostError::is_broken_pipe)
+    })
 }
 
 fn dispatch(cli: Cli) -> Result<ExitCode> {
@@ -366,8 +432,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Status(args) => pair::status(&args),
         Command::Stop(args) => pair::stop(&args),
         Command::Console(args) => pair::console(&args),
-        Command::Primary(args) => ft::primary(&args),
-        Command::Backup(args) => ft::backup(&args),
+        Command::Primary(args) => daemon::primary(&args),
+        Command::Backup(args) => daemon::backup(&args),
         Command::Switch(args) => switch::switch(&args),
     }
 }

@@ -17,11 +17,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-
+use ftvm_host::process::{process_alive, terminate};
+use ftvm_host::status::{StatusFile, StatusLine, SwitchStatus, VmState};
 use ftvm_net::NetSpec;
 
 use crate::MachineArgs;
-use crate::ft::DiskModeArg;
+use crate::daemon::DiskModeArg;
 
 const VMS: [&str; 2] = ["primary", "backup"];
 
@@ -68,6 +69,17 @@ pub struct StateDirArgs {
     pub state_dir: PathBuf,
 }
 
+#[derive(Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub dir: StateDirArgs,
+
+    /// Print one JSON object (`{"vms": [...], "switch": ...}`) with every
+    /// field of the status lines, for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
 pub fn up(args: &UpArgs) -> Result<ExitCode> {
     let dir = &args.state_dir;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -78,8 +90,8 @@ pub fn up(args: &UpArgs) -> Result<ExitCode> {
         bail!(
             "a pair is running in {} ({} pid={}): `ftvm stop --state-dir {}` first",
             dir.display(),
-            vm.word,
-            vm.pid,
+            vm.line.state,
+            vm.line.pid,
             dir.display()
         );
     }
@@ -99,11 +111,7 @@ pub fn up(args: &UpArgs) -> Result<ExitCode> {
         let _ = std::fs::remove_file(dir.join(stale));
     }
     let _ = std::fs::remove_dir_all(dir.join("arbiter"));
-    let key: [u8; 32] = {
-        let mut key = [0u8; 32];
-        getrandom::fill(&mut key).map_err(|e| anyhow::anyhow!("no host randomness: {e}"))?;
-        key
-    };
+    let key: [u8; 32] = ftvm_host::random_bytes()?;
     let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
     write_private(&dir.join("key"), hex.as_bytes())?;
     // Fail here, with the user's own flags, rather than in a detached
@@ -199,11 +207,7 @@ fn start_vms(args: &UpArgs, dir: &Path, net: Option<&str>) -> Result<ExitCode> {
             "--timeout-ms".into(),
             args.timeout_ms.to_string().into(),
             "--disk-mode".into(),
-            match args.disk_mode {
-                DiskModeArg::Shared => "shared",
-                DiskModeArg::Private => "private",
-            }
-            .into(),
+            args.disk_mode.as_str().into(),
         ]);
         common
     };
@@ -241,10 +245,7 @@ fn start_vms(args: &UpArgs, dir: &Path, net: Option<&str>) -> Result<ExitCode> {
     let status = dir.join("primary.status");
     wait_for(Duration::from_secs(60), || {
         let vm = read_vm(&status)?;
-        match vm.word.as_str() {
-            "connecting" if vm.alive => None,
-            _ => Some(()),
-        }
+        (vm.line.state != VmState::Connecting || !vm.alive).then_some(())
     })
     .with_context(|| {
         format!(
@@ -263,14 +264,22 @@ fn start_vms(args: &UpArgs, dir: &Path, net: Option<&str>) -> Result<ExitCode> {
         Some(spec) => format!("network: {spec}\n"),
         None => String::new(),
     };
-    println!(
+    say(&format!(
         "ftvm: pair up in {}: primary pid={primary_pid}, backup pid={backup_pid}\n\
          console: {} (`ftvm console --state-dir {0}` to type into it)\n{network}\
          `ftvm status --state-dir {0}` shows it, `ftvm stop --state-dir {0}` ends it",
         dir.display(),
         dir.join("console").display()
-    );
+    ))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A line on stdout; a reader that went away (a closed pipe) is an error
+/// the caller passes up, and `main` ends quietly on it.
+fn say(line: &str) -> Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{line}").context("writing to stdout")
 }
 
 fn absolute(path: &Path) -> Result<PathBuf> {
@@ -326,40 +335,26 @@ fn wait_for<T>(limit: Duration, mut probe: impl FnMut() -> Option<T>) -> Result<
 /// One VM as its status file and the process table show it.
 struct Vm {
     name: &'static str,
-    word: String,
-    pid: u32,
-    line: String,
+    line: StatusLine,
     alive: bool,
 }
 
 impl Vm {
     /// Its status line, unless the process died without saying so.
-    fn describe(&self) -> String {
-        if self.alive || matches!(self.word.as_str(), "halted" | "ended") {
+    fn describe(&self) -> StatusLine {
+        if self.alive || self.line.state.is_final() {
             self.line.clone()
         } else {
-            format!(
-                "dead pid={} (was {}, started as {})",
-                self.pid, self.word, self.name
-            )
+            self.line.dead()
         }
     }
 }
 
 fn read_vm(path: &Path) -> Option<Vm> {
-    let line = std::fs::read_to_string(path).ok()?;
-    let line = line.trim().to_string();
-    let word = line.split_whitespace().next()?.to_string();
-    let pid = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("pid="))?
-        .parse()
-        .ok()?;
+    let line: StatusLine = StatusFile::read(path)?;
     Some(Vm {
         name: "",
-        word,
-        pid,
-        alive: process_alive(pid),
+        alive: process_alive(line.pid),
         line,
     })
 }
@@ -376,41 +371,31 @@ fn read_vms(dir: &Path) -> Vec<Vm> {
         .collect()
 }
 
-/// Whether `pid` runs (and is not a zombie waiting to be reaped).
-fn process_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .and_then(|rest| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
+/// The pair's switch, if it runs.
+fn read_switch(dir: &Path) -> Option<SwitchStatus> {
+    StatusFile::read::<SwitchStatus>(&dir.join("switch.status")).filter(|s| process_alive(s.pid))
 }
 
-pub fn status(args: &StateDirArgs) -> Result<ExitCode> {
-    let vms = read_vms(&args.state_dir);
+pub fn status(args: &StatusArgs) -> Result<ExitCode> {
+    let dir = &args.dir.state_dir;
+    let vms = read_vms(dir);
     if vms.is_empty() {
-        bail!("no pair in {}", args.state_dir.display());
+        bail!("no pair in {}", dir.display());
+    }
+    let switch = read_switch(dir);
+    if args.json {
+        let lines: Vec<StatusLine> = vms.iter().map(Vm::describe).collect();
+        let json = serde_json::json!({ "vms": lines, "switch": switch });
+        say(&json.to_string())?;
+        return Ok(ExitCode::SUCCESS);
     }
     for vm in vms {
-        println!("{}", vm.describe());
+        say(&vm.describe().to_string())?;
     }
-    if let Some(switch) = read_vm(&args.state_dir.join("switch.status")).filter(|s| s.alive) {
-        println!("{}", switch.line);
+    if let Some(switch) = switch {
+        say(&switch.to_string())?;
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Send SIGTERM to `pid`.
-fn terminate(pid: u32) {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
-        return;
-    };
-    // SAFETY: kill(2) only sends a signal; it touches no memory of ours.
-    unsafe {
-        libc::kill(pid, libc::SIGTERM);
-    }
 }
 
 pub fn stop(args: &StateDirArgs) -> Result<ExitCode> {
@@ -420,18 +405,18 @@ pub fn stop(args: &StateDirArgs) -> Result<ExitCode> {
         .collect();
     if vms.is_empty() {
         stop_switch(&args.state_dir);
-        println!("ftvm: nothing runs in {}", args.state_dir.display());
+        say(&format!(
+            "ftvm: nothing runs in {}",
+            args.state_dir.display()
+        ))?;
         return Ok(ExitCode::SUCCESS);
     }
     // The VM that runs the guest ends the pair with a control entry; a
     // backup then ends by itself, without going live.
-    for vm in vms
-        .iter()
-        .filter(|vm| matches!(vm.word.as_str(), "primary" | "live"))
-    {
-        terminate(vm.pid);
+    for vm in vms.iter().filter(|vm| vm.line.state.runs_the_guest()) {
+        terminate(vm.line.pid);
     }
-    let pids: Vec<u32> = vms.iter().map(|vm| vm.pid).collect();
+    let pids: Vec<u32> = vms.iter().map(|vm| vm.line.pid).collect();
     let all_gone = |limit| {
         wait_for(limit, || {
             pids.iter().all(|&pid| !process_alive(pid)).then_some(())
@@ -443,16 +428,16 @@ pub fn stop(args: &StateDirArgs) -> Result<ExitCode> {
         }
         all_gone(Duration::from_secs(10)).context("the pair did not stop")?;
     }
-    for vm in read_vms(&args.state_dir) {
-        println!("{}", vm.describe());
-    }
     stop_switch(&args.state_dir);
+    for vm in read_vms(&args.state_dir) {
+        say(&vm.describe().to_string())?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
 /// End the pair's network (it would end by itself, a moment later).
 fn stop_switch(dir: &Path) {
-    if let Some(switch) = read_vm(&dir.join("switch.status")).filter(|s| s.alive) {
+    if let Some(switch) = read_switch(dir) {
         terminate(switch.pid);
         let _ = wait_for(Duration::from_secs(5), || {
             (!process_alive(switch.pid)).then_some(())
@@ -473,7 +458,7 @@ pub fn console(args: &StateDirArgs) -> Result<ExitCode> {
     use std::io::{Read, Seek, SeekFrom, Write};
     use std::os::unix::net::UnixStream;
 
-    use crate::console::{Console, ConsoleEvent, Wait};
+    use ftvm_host::terminal::{Console, ConsoleEvent, Wait};
 
     let dir = &args.state_dir;
     if read_vms(dir).is_empty() {
@@ -523,18 +508,18 @@ pub fn console(args: &StateDirArgs) -> Result<ExitCode> {
         // Input: to the VM that runs the guest now.
         let runs = vms
             .iter()
-            .find(|vm| vm.alive && matches!(vm.word.as_str(), "primary" | "live"));
-        if target.as_ref().map(|(pid, _)| *pid) != runs.map(|vm| vm.pid) {
+            .find(|vm| vm.alive && vm.line.state.runs_the_guest());
+        if target.as_ref().map(|(pid, _)| *pid) != runs.map(|vm| vm.line.pid) {
             target = runs.and_then(|vm| {
                 let socket = dir.join(format!("{}.console", vm.name));
                 let stream = UnixStream::connect(&socket).ok()?;
-                let who = if vm.word == "live" {
+                let who = if vm.line.state == VmState::Live {
                     "live VM"
                 } else {
                     "primary"
                 };
-                say(&format!("typing to the {who} (pid {})", vm.pid));
-                Some((vm.pid, stream))
+                say(&format!("typing to the {who} (pid {})", vm.line.pid));
+                Some((vm.line.pid, stream))
             });
         }
         if !pending.is_empty() {

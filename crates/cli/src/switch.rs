@@ -1,5 +1,5 @@
 //! `ftvm switch`: the network of an FT pair as a process of its own
-//! (DESIGN.md §5). It must outlive either VM — it is the pair's physical
+//! (ARCHITECTURE.md, "The pair's network"). It must outlive either VM — it is the pair's physical
 //! network — so it runs apart from both, with the user-mode gateway (and
 //! so the host's forwarded ports and their TCP connections) on a port of
 //! its own. See [`ftvm_net::switch`].
@@ -15,7 +15,7 @@ use clap::Args;
 use ftvm_net::switch::SwitchServer;
 use ftvm_net::{NetBackend, UserNet};
 
-use crate::ft::{stop_flag, write_atomically};
+use ftvm_host::status::{StatusFile, SwitchStatus, write_atomically};
 
 #[derive(Args)]
 pub struct SwitchArgs {
@@ -48,7 +48,7 @@ pub struct SwitchArgs {
 const PAIR_START_LIMIT: Duration = Duration::from_secs(120);
 
 pub fn switch(args: &SwitchArgs) -> Result<ExitCode> {
-    let stop = stop_flag()?;
+    let stop = ftvm_host::stop_flag()?;
     let gateway: Option<Box<dyn NetBackend>> = match args.gateway.as_str() {
         "none" => None,
         spec => Some(Box::new(UserNet::new(&ftvm_net::parse_user_options(
@@ -63,23 +63,26 @@ pub fn switch(args: &SwitchArgs) -> Result<ExitCode> {
     }
     tracing::info!(%addr, gateway = %args.gateway, "switch up");
     if args.pair_dir.is_none() {
-        println!("ftvm switch: VMs attach with --net switch:{addr}");
+        use std::io::Write;
+        writeln!(
+            std::io::stdout(),
+            "ftvm switch: VMs attach with --net switch:{addr}"
+        )
+        .context("writing to stdout")?;
     }
+    let status = args.status_file.as_ref().map(StatusFile::new);
     let started = Instant::now();
     let mut pair_seen = false;
     while !stop.load(Ordering::Relaxed) {
         server
             .serve_for(Duration::from_millis(250))
             .context("serving the switch")?;
-        if let Some(path) = &args.status_file {
-            let line = format!(
-                "switch pid={} ports={} addr={addr}\n",
-                std::process::id(),
-                server.vm_ports()
-            );
-            if let Err(e) = write_atomically(path, line.as_bytes()) {
-                tracing::warn!(status = %path.display(), "writing the status: {e}");
-            }
+        if let Some(file) = &status {
+            file.write(&SwitchStatus {
+                pid: std::process::id(),
+                ports: server.vm_ports(),
+                addr: addr.to_string(),
+            });
         }
         if let Some(dir) = &args.pair_dir {
             match crate::pair::pair_runs(dir) {

@@ -78,12 +78,12 @@ pub enum LogError {
         path: String,
         reason: String,
     },
-    #[error("reading {what} {path}: {source}")]
+    // The cause in the message, not a `#[source]`: one line, said once.
+    #[error("reading {what} {path}: {error}")]
     File {
         what: &'static str,
         path: String,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("cannot write entry {seq}: {reason}")]
     Encode { seq: u64, reason: String },
@@ -113,10 +113,10 @@ impl FileId {
     /// Read the file again from `source`: it must be what was recorded.
     fn load(&self, what: &'static str, source: &dyn ImageSource) -> Result<Image, LogError> {
         let path = std::path::Path::new(&self.path);
-        let bytes = source.read(path).map_err(|source| LogError::File {
+        let bytes = source.read(path).map_err(|error| LogError::File {
             what,
             path: self.path.clone(),
-            source,
+            error,
         })?;
         let image = Image::new(path, bytes);
         let now = FileId::of(&image);
@@ -441,6 +441,12 @@ impl<W: Write> LogWriter<W> {
     /// Entries pushed so far (the next entry's sequence number).
     pub fn entries(&self) -> u64 {
         self.next_seq
+    }
+
+    /// The icount of the last entry pushed (0 before the first and after a
+    /// `Reset`, where the machine's icounts start again).
+    pub fn last_icount(&self) -> u64 {
+        self.last_icount
     }
 
     /// The output, e.g. to send what was written to it.

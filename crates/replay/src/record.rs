@@ -1,6 +1,8 @@
 //! The recording side: every input goes through [`Recorder::inject`],
 //! which logs it at the machine's icount and then applies it, so nothing
-//! reaches the machine unlogged.
+//! reaches the machine unlogged. `ftvm run --record` writes the log to a
+//! file; an FT primary (`ftvm_node::Node`) records into memory and sends
+//! what it wrote to its backup: the same code, the same bytes.
 
 use std::io::Write;
 
@@ -38,6 +40,36 @@ impl<W: Write> Recorder<W> {
 
     pub fn is_logging(&self) -> bool {
         self.log.is_some()
+    }
+
+    /// Stop logging (an FT primary whose backup is gone runs on alone):
+    /// inputs are applied unlogged from now on. What was logged is lost
+    /// unless taken before.
+    pub fn stop_logging(&mut self) {
+        self.log = None;
+    }
+
+    /// Entries logged so far (0 when not logging).
+    pub fn entries(&self) -> u64 {
+        self.log.as_ref().map_or(0, LogWriter::entries)
+    }
+
+    /// The icount of the last entry logged, on the current machine (0
+    /// before the first entry and right after a reset).
+    pub fn last_icount(&self) -> u64 {
+        self.log.as_ref().map_or(0, LogWriter::last_icount)
+    }
+
+    /// Log that the machine produced output in the instructions up to its
+    /// icount (an FT primary's marker, see [`Event::Output`]), unless an
+    /// entry at this very icount already marks the place.
+    pub fn output(&mut self, machine: &Machine) -> Result<(), LogError> {
+        if let Some(log) = &mut self.log {
+            if log.entries() == 0 || log.last_icount() != machine.icount() {
+                log.push(machine.icount(), &Event::Output)?;
+            }
+        }
+        Ok(())
     }
 
     /// Log `input` at the machine's icount, then apply it.
@@ -96,6 +128,20 @@ impl<W: Write> Recorder<W> {
 
     pub fn into_inner(mut self) -> Result<Option<W>, LogError> {
         self.log.take().map(LogWriter::into_inner).transpose()
+    }
+}
+
+impl Recorder<Vec<u8>> {
+    /// Frame what was logged since the last call and take its bytes (the
+    /// first call's start with the log's magic and header).
+    pub fn take_bytes(&mut self) -> Result<Vec<u8>, LogError> {
+        match &mut self.log {
+            Some(log) => {
+                log.flush()?;
+                Ok(std::mem::take(log.get_mut()))
+            }
+            None => Ok(Vec::new()),
+        }
     }
 }
 

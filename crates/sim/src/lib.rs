@@ -1262,6 +1262,12 @@ impl Sim {
                     }
                     self.perform(i, request)?;
                 }
+                Effect::Record(_) => {
+                    return Err(self.violation(format!(
+                        "host {} records a log of its own: a VM of a pair is never solo",
+                        Self::host_name(i)
+                    )));
+                }
                 Effect::PerformOwn(request) => {
                     if self.disk_mode == DiskMode::Shared {
                         return Err(self.violation(format!(

@@ -1,12 +1,17 @@
-//! The console of an FT pair as a file that survives failover (issue 5):
-//! the guest's console is a deterministic byte stream, so the live VM
-//! writes each released byte at its offset in that stream. A backup that
-//! goes live re-produces bytes the primary may already have written; they
-//! land on the same offsets with the same values, so the file reads as one
-//! uninterrupted stream, with no gap and no duplicate.
+//! The console of an FT pair: a file that survives failover, and a
+//! socket that takes what `ftvm console` types.
+//!
+//! The guest's console is a deterministic byte stream, so the live VM
+//! writes each released byte at its offset in that stream
+//! ([`ConsoleFile`]). A backup that goes live re-produces bytes the
+//! primary may already have written; they land on the same offsets with
+//! the same values, so the file reads as one uninterrupted stream, with no
+//! gap and no duplicate.
 
 use std::fs::{File, OpenOptions};
+use std::io::Read;
 use std::os::unix::fs::FileExt;
+use std::os::unix::net::UnixListener;
 use std::path::Path;
 
 pub struct ConsoleFile {
@@ -38,6 +43,39 @@ impl ConsoleFile {
     pub fn is_empty(&self) -> std::io::Result<bool> {
         Ok(self.len()? == 0)
     }
+}
+
+/// Take console input on a Unix socket at `path` (`ftvm console` connects
+/// to it): every read goes to `sink`, which says whether anyone still
+/// listens. A socket file left at `path` by an earlier VM is replaced.
+pub fn listen_for_typing(
+    path: &Path,
+    sink: impl Fn(Vec<u8>) -> bool + Clone + Send + 'static,
+) -> std::io::Result<()> {
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path)?;
+    std::thread::Builder::new()
+        .name("console-socket".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let sink = sink.clone();
+                let reader = std::thread::Builder::new()
+                    .name("console-typing".into())
+                    .spawn(move || {
+                        let mut buf = [0u8; 1024];
+                        while let Ok(n @ 1..) = stream.read(&mut buf) {
+                            if !sink(buf[..n].to_vec()) {
+                                return;
+                            }
+                        }
+                    });
+                if let Err(e) = reader {
+                    tracing::warn!("cannot read a console connection: {e}");
+                }
+            }
+        })?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,66 +1,13 @@
-//! The test-and-set against split brain (DESIGN.md §4): per pair and
-//! epoch, the first VM to ask wins and every other loses, forever. A VM
-//! that cannot reach the store must wait ([`Verdict::Unreachable`]), never
-//! go live.
-//!
-//! [`FileArbiter`] is the embedded default: a directory on storage both
+//! [`FileArbiter`], the embedded default: a directory on storage both
 //! VMs reach. The claim is written to a private file first and then
 //! hard-linked to the pair's name, which is atomic and fails if the name
 //! exists, so a claim is never seen half-written.
 
 use std::path::{Path, PathBuf};
 
-use crate::golive::Verdict;
+use ftvm_ft::golive::Verdict;
 
-pub trait Arbiter {
-    /// Claim (pair, epoch) for this VM. Asking again after a win wins
-    /// again.
-    fn test_and_set(&mut self, pair: &str, epoch: u64) -> Verdict;
-}
-
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is not a valid pair or VM name (use letters, digits, '.', '_' and '-')")]
-pub struct BadName(String);
-
-fn check_name(name: &str) -> Result<(), BadName> {
-    let ok = !name.is_empty()
-        && !name.starts_with('.')
-        && name.len() <= 100
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(BadName(name.to_string()))
-    }
-}
-
-/// What a claim holds: the VM's name and a token random per instance, so
-/// two VMs that happen to share a name never both win.
-pub(crate) fn claimant(me: &str, token: [u8; 16]) -> Result<String, BadName> {
-    check_name(me)?;
-    let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
-    Ok(format!("{me} {token}"))
-}
-
-/// The verdict of a claim on `pair` made by `claim` against `store`: a
-/// bad pair name (a configuration error, not a lost race) or a store that
-/// fails is unreachable, so the VM never goes live on it.
-pub(crate) fn settle<E: std::fmt::Display>(
-    pair: &str,
-    store: &dyn std::fmt::Display,
-    claim: impl FnOnce() -> Result<Verdict, E>,
-) -> Verdict {
-    if let Err(e) = check_name(pair) {
-        tracing::error!("test-and-set impossible: {e}");
-        return Verdict::Unreachable;
-    }
-    claim().unwrap_or_else(|e| {
-        tracing::warn!(%store, "the arbiter is unreachable: {e}");
-        Verdict::Unreachable
-    })
-}
+use super::{Arbiter, BadName, claimant, settle};
 
 pub struct FileArbiter {
     dir: PathBuf,

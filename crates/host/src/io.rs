@@ -1,15 +1,25 @@
 //! The host side of the machine's I/O: what its devices' requests turn
 //! into on this host. Disks are raw image files; entropy comes from the
-//! host's random source. Every answer goes back to the machine as an input
-//! ([`Input::IoDone`]), which is what record/replay will log.
+//! host's random source; frames go to the VM's network. Every answer goes
+//! back to the machine as an input ([`Input::IoDone`]), which is what the
+//! log records.
+//!
+//! `ftvm run` answers at the instruction boundary where the request was
+//! made ([`HostIo::serve`] inline); a VM of a pair performs its I/O in a
+//! thread of its own ([`IoThread`]), in request order, because a disk
+//! write or an `fsync` may take long and the run loop must meanwhile keep
+//! answering the channel (acknowledgements, heartbeats), or the peer
+//! would think this VM dead.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::Sender;
 
-use anyhow::{Context, Result, bail};
 use ftvm_board::{DeviceKind, Input, IoRequest, IoStatus};
 use ftvm_net::NetBackend;
+
+use crate::HostError;
 
 /// A raw disk image attached as virtio-blk.
 pub struct Disk {
@@ -21,21 +31,21 @@ pub struct Disk {
 impl Disk {
     /// Open `path` read-write. It must exist and be a whole number of
     /// 512-byte sectors; nothing is written to it here.
-    pub fn open(path: &Path) -> Result<Disk> {
+    pub fn open(path: &Path) -> Result<Disk, HostError> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .open(path)
-            .with_context(|| format!("cannot open disk image {}", path.display()))?;
+            .map_err(|e| HostError::io(format!("cannot open disk image {}", path.display()), e))?;
         let len = file
             .metadata()
-            .with_context(|| format!("cannot read the size of {}", path.display()))?
+            .map_err(|e| HostError::io(format!("cannot read the size of {}", path.display()), e))?
             .len();
         if len == 0 || len % 512 != 0 {
-            bail!(
+            return Err(HostError::Config(format!(
                 "disk image {} is {len} bytes, not a whole number of 512-byte sectors",
                 path.display()
-            );
+            )));
         }
         Ok(Disk {
             path: path.to_path_buf(),
@@ -98,7 +108,7 @@ impl HostIo {
     /// Broadcast that the card with `mac` is here now (a backup that went
     /// live), so the network's switches send the VM's traffic to this port.
     /// (A backup without a network for a VM with a card gives up before
-    /// it could go live: see the daemon's `check_net`.)
+    /// it could go live: see the run loop's `check_net`.)
     pub fn announce(&mut self, mac: [u8; 6]) {
         if let Some(net) = self.net.as_mut() {
             tracing::warn!(mac = %ftvm_net::switch::format_mac(&mac), "announcing the VM's address");
@@ -107,11 +117,11 @@ impl HostIo {
     }
 
     /// Perform `request` and return its answer.
-    pub fn serve(&mut self, request: IoRequest) -> Input {
+    pub fn serve(&mut self, request: &IoRequest) -> Input {
         let id = request.id();
         let (status, data) = match request {
             IoRequest::BlockRead { offset, len, .. } => match self.disk.as_mut() {
-                Some(disk) => match disk.read(offset, len) {
+                Some(disk) => match disk.read(*offset, *len) {
                     Ok(data) => (IoStatus::Ok, data),
                     Err(e) => {
                         tracing::warn!(disk = %disk.path.display(), %e, "disk read failed");
@@ -121,7 +131,7 @@ impl HostIo {
                 None => (IoStatus::Error, Vec::new()),
             },
             IoRequest::BlockWrite { offset, data, .. } => match self.disk.as_mut() {
-                Some(disk) => match disk.write(offset, &data) {
+                Some(disk) => match disk.write(*offset, data) {
                     Ok(()) => (IoStatus::Ok, Vec::new()),
                     Err(e) => {
                         tracing::warn!(disk = %disk.path.display(), %e, "disk write failed");
@@ -135,7 +145,7 @@ impl HostIo {
                 _ => (IoStatus::Error, Vec::new()),
             },
             IoRequest::Entropy { len, .. } => {
-                let mut data = vec![0; len as usize];
+                let mut data = vec![0; *len as usize];
                 match getrandom::fill(&mut data) {
                     Ok(()) => (IoStatus::Ok, data),
                     Err(e) => {
@@ -146,7 +156,7 @@ impl HostIo {
             }
             IoRequest::NetTransmit { frame, .. } => match self.net.as_mut() {
                 Some(net) => {
-                    net.send(&frame);
+                    net.send(frame);
                     (IoStatus::Ok, Vec::new())
                 }
                 None => (IoStatus::Error, Vec::new()),
@@ -154,5 +164,59 @@ impl HostIo {
             IoRequest::Unsupported { .. } => (IoStatus::Unsupported, Vec::new()),
         };
         Input::IoDone { id, status, data }
+    }
+}
+
+/// Work for the I/O thread.
+pub enum IoJob {
+    /// Perform a request; `answer` it (an input for the machine) or only
+    /// perform it (a backup's write to its own disk).
+    Request { request: IoRequest, answer: bool },
+    /// Tell the network the VM's card is here now.
+    Announce { mac: [u8; 6] },
+}
+
+/// The host's I/O in a thread of its own, in request order.
+pub struct IoThread {
+    jobs: Sender<IoJob>,
+}
+
+impl IoThread {
+    /// Serve `host`'s devices in a thread; each answer goes to `answers`,
+    /// which says whether anyone still listens.
+    pub fn spawn(
+        mut host: HostIo,
+        answers: impl Fn(Input) -> bool + Send + 'static,
+    ) -> std::io::Result<IoThread> {
+        let (jobs, rx) = std::sync::mpsc::channel::<IoJob>();
+        std::thread::Builder::new()
+            .name("host-io".into())
+            .spawn(move || {
+                for job in rx {
+                    let (request, answer) = match job {
+                        IoJob::Request { request, answer } => (request, answer),
+                        IoJob::Announce { mac } => {
+                            host.announce(mac);
+                            continue;
+                        }
+                    };
+                    let done = host.serve(&request);
+                    if answer {
+                        if !answers(done) {
+                            return;
+                        }
+                    } else if let Input::IoDone { status, .. } = done {
+                        if status != IoStatus::Ok {
+                            tracing::warn!(?status, "a write to this VM's own disk failed");
+                        }
+                    }
+                }
+            })?;
+        Ok(IoThread { jobs })
+    }
+
+    /// Queue `job`; false if the thread is gone.
+    pub fn send(&self, job: IoJob) -> bool {
+        self.jobs.send(job).is_ok()
     }
 }

@@ -1,17 +1,16 @@
 //! The terminal side of the guest console: the only reader of stdin.
 //!
-//! A thread reads stdin and hands bytes over a channel, so the run loop
-//! never blocks on the terminal and can pass the bytes to the machine at an
-//! instruction boundary of its choosing. On an interactive terminal, raw
-//! mode sends every keystroke to the guest and QEMU's escape applies:
-//! Ctrl-A x quits, Ctrl-A Ctrl-A sends one Ctrl-A.
+//! A thread reads stdin and hands what it read to a sink (the run loop's
+//! event channel, or a [`Console`]'s own), so the run loop never blocks on
+//! the terminal and can pass the bytes to the machine at an instruction
+//! boundary of its choosing. On an interactive terminal, raw mode sends
+//! every keystroke to the guest and QEMU's escape applies: Ctrl-A x quits,
+//! Ctrl-A Ctrl-A sends one Ctrl-A.
 
 use std::io::{IsTerminal, Read};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
 use std::thread;
 use std::time::Duration;
-
-use anyhow::{Context, Result};
 
 const CTRL_A: u8 = 0x01;
 
@@ -32,42 +31,73 @@ pub enum Wait {
     Closed,
 }
 
+/// The terminal in raw mode while this lives (if stdin is a terminal).
+pub struct RawMode {
+    enabled: bool,
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        if self.enabled {
+            // Nothing sensible can be done if restoring fails at exit.
+            let _ = crossterm::terminal::disable_raw_mode();
+        }
+    }
+}
+
+/// Start reading stdin: every [`ConsoleEvent`] goes to `sink` (which says
+/// whether anyone still listens), and the reader's end (stdin closed) to
+/// `closed`. Puts an interactive terminal in raw mode until the returned
+/// guard is dropped.
+pub fn read_stdin(
+    sink: impl Fn(ConsoleEvent) -> bool + Send + 'static,
+    closed: impl FnOnce() + Send + 'static,
+) -> std::io::Result<RawMode> {
+    let interactive = std::io::stdin().is_terminal();
+    if interactive {
+        crossterm::terminal::enable_raw_mode()?;
+    }
+    let guard = RawMode {
+        enabled: interactive,
+    };
+    thread::Builder::new()
+        .name("console-stdin".into())
+        .spawn(move || {
+            let mut stdin = std::io::stdin().lock();
+            let mut buf = [0u8; 256];
+            let mut escape = EscapeDecoder::new(interactive);
+            while let Ok(n @ 1..) = stdin.read(&mut buf) {
+                for &byte in &buf[..n] {
+                    if let Some(event) = escape.feed(byte) {
+                        if !sink(event) {
+                            return;
+                        }
+                    }
+                }
+            }
+            closed();
+        })?;
+    Ok(guard)
+}
+
+/// The terminal as a source of console input to poll or wait on
+/// (`ftvm console`).
 pub struct Console {
     events: Receiver<ConsoleEvent>,
     closed: bool,
-    raw_mode: bool,
+    _raw_mode: RawMode,
 }
 
 impl Console {
     /// Start reading stdin. Puts an interactive terminal in raw mode until
     /// the console is dropped.
-    pub fn open() -> Result<Console> {
-        let interactive = std::io::stdin().is_terminal();
-        if interactive {
-            crossterm::terminal::enable_raw_mode().context("putting the terminal in raw mode")?;
-        }
+    pub fn open() -> std::io::Result<Console> {
         let (tx, events) = mpsc::channel();
-        thread::Builder::new()
-            .name("console-stdin".into())
-            .spawn(move || {
-                let mut stdin = std::io::stdin().lock();
-                let mut buf = [0u8; 256];
-                let mut escape = EscapeDecoder::new(interactive);
-                while let Ok(n @ 1..) = stdin.read(&mut buf) {
-                    for &byte in &buf[..n] {
-                        if let Some(event) = escape.feed(byte) {
-                            if tx.send(event).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-            })
-            .context("starting the console reader thread")?;
+        let raw_mode = read_stdin(move |event| tx.send(event).is_ok(), || {})?;
         Ok(Console {
             events,
             closed: false,
-            raw_mode: interactive,
+            _raw_mode: raw_mode,
         })
     }
 
@@ -107,15 +137,6 @@ impl Console {
                 self.closed = true;
                 self.wait(timeout)
             }
-        }
-    }
-}
-
-impl Drop for Console {
-    fn drop(&mut self) {
-        if self.raw_mode {
-            // Nothing sensible can be done if restoring fails at exit.
-            let _ = crossterm::terminal::disable_raw_mode();
         }
     }
 }

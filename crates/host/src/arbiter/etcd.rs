@@ -1,5 +1,5 @@
-//! The test-and-set on etcd, for clusters that already run one (DESIGN.md
-//! §4): one transaction per claim, "create the key `ftvm/PAIR/EPOCH` with
+//! The test-and-set on etcd, for clusters that already run one: one
+//! transaction per claim, "create the key `ftvm/PAIR/EPOCH` with
 //! our claim if it does not exist, else read it", through etcd's v3 JSON
 //! gateway over plain HTTP. etcd's consensus makes the claim atomic and
 //! durable; an etcd that cannot be reached (or has no quorum) gives
@@ -12,8 +12,9 @@ use std::time::Duration;
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use crate::arbiter::{Arbiter, BadName, claimant, settle};
-use crate::golive::Verdict;
+use ftvm_ft::golive::Verdict;
+
+use super::{Arbiter, BadName, claimant, settle};
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 

@@ -4,9 +4,8 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ftvm_ft::arbiter::Arbiter;
-use ftvm_ft::etcd::EtcdArbiter;
 use ftvm_ft::golive::Verdict;
+use ftvm_host::arbiter::{Arbiter, EtcdArbiter};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -1,0 +1,238 @@
+//! A VM of an FT pair as a process: `ftvm primary` connects to its backup
+//! and runs the guest; `ftvm backup` waits for its primary and replays.
+//! Both then run the one loop of [`vm`](crate::vm).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use ftvm_board::MachineConfig;
+use ftvm_ft::channel::channel_key;
+use ftvm_net::{FrameReceiver, NetSpec};
+use ftvm_node::{Node, NodeConfig};
+
+use crate::HostError;
+use crate::arbiter::{Arbiter, EtcdArbiter, FileArbiter};
+use crate::channel::{Channel, Credentials};
+use crate::clock::Clock;
+use crate::console::ConsoleFile;
+use crate::files::HostFiles;
+use crate::io::{Disk, HostIo};
+use crate::status::{StatusFile, StatusLine, VmState, write_atomically};
+use crate::vm::{ConsoleIn, Stdout, VmHost};
+
+/// The test-and-set store both VMs reach.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ArbiterSpec {
+    /// A directory on shared storage.
+    Dir(PathBuf),
+    /// An etcd member's client address (`HOST:PORT`), v3 API over plain
+    /// HTTP.
+    Etcd(String),
+}
+
+impl ArbiterSpec {
+    /// `DIR` or `etcd:HOST:PORT`.
+    pub fn parse(spec: &str) -> Result<ArbiterSpec, HostError> {
+        match spec.strip_prefix("etcd:") {
+            Some(endpoint) => {
+                if endpoint.starts_with("https://") {
+                    return Err(HostError::Config(
+                        "the etcd arbiter speaks plain HTTP only (etcd:HOST:PORT)".into(),
+                    ));
+                }
+                let endpoint = endpoint.strip_prefix("http://").unwrap_or(endpoint);
+                Ok(ArbiterSpec::Etcd(
+                    endpoint.trim_end_matches('/').to_string(),
+                ))
+            }
+            None => Ok(ArbiterSpec::Dir(PathBuf::from(spec))),
+        }
+    }
+
+    /// The store, for the VM named `me`.
+    pub fn open(&self, me: &str) -> Result<Box<dyn Arbiter>, HostError> {
+        let token = crate::random_bytes()?;
+        Ok(match self {
+            ArbiterSpec::Etcd(endpoint) => Box::new(EtcdArbiter::new(endpoint, me, token)?),
+            ArbiterSpec::Dir(dir) => {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    HostError::io(
+                        format!("creating the arbiter directory {}", dir.display()),
+                        e,
+                    )
+                })?;
+                Box::new(FileArbiter::new(dir, me, token)?)
+            }
+        })
+    }
+}
+
+/// The channel key from the pre-shared secret in `path` (any bytes, at
+/// least 16; `ftvm up` writes 32 random ones, hex-encoded).
+pub fn read_key(path: &Path) -> Result<[u8; 32], HostError> {
+    let secret = std::fs::read(path)
+        .map_err(|e| HostError::io(format!("reading the key file {}", path.display()), e))?;
+    let secret = secret.trim_ascii();
+    if secret.len() < 16 {
+        return Err(HostError::Config(format!(
+            "the key file {} holds {} bytes; a pre-shared key needs at least 16",
+            path.display(),
+            secret.len()
+        )));
+    }
+    Ok(channel_key(secret))
+}
+
+/// What both VMs of a pair are told alike.
+pub struct PairOptions {
+    /// This VM's name for the arbiter and the status line.
+    pub name: String,
+    pub key: [u8; 32],
+    pub arbiter: ArbiterSpec,
+    /// The pair's console file (written at stream offsets).
+    pub console_file: Option<PathBuf>,
+    /// Where `ftvm console` types.
+    pub console_socket: Option<PathBuf>,
+    pub status_file: Option<PathBuf>,
+    /// Set by SIGTERM/SIGINT.
+    pub stop: Arc<AtomicBool>,
+}
+
+/// A VM's devices on this host: its disk (if any) and its network card
+/// (if any), attached to a network outside this process. The frames for
+/// the guest come through the receiver.
+pub fn open_devices(
+    disk: Option<&Path>,
+    net: Option<&NetSpec>,
+) -> Result<(HostIo, Option<Box<dyn FrameReceiver>>), HostError> {
+    let (net, frames) = match net {
+        Some(spec) => {
+            let (net, frames) = ftvm_net::attach(spec)
+                .map_err(|e| HostError::from(e).context("attaching the VM's network card"))?;
+            (Some(net), Some(frames))
+        }
+        None => (None, None),
+    };
+    let io = HostIo {
+        disk: disk.map(Disk::open).transpose()?,
+        net,
+    };
+    Ok((io, frames))
+}
+
+fn vm_host(
+    clock: Clock,
+    io: HostIo,
+    frames: Option<Box<dyn FrameReceiver>>,
+    channel: Channel,
+    options: PairOptions,
+    role: &str,
+) -> Result<VmHost, HostError> {
+    let console_file = options
+        .console_file
+        .as_deref()
+        .map(|path| {
+            ConsoleFile::open(path).map_err(|e| {
+                HostError::io(format!("opening the console file {}", path.display()), e)
+            })
+        })
+        .transpose()?;
+    let mut host = VmHost::new(clock, io, options.stop);
+    host.frames = frames;
+    host.channel = Some(channel);
+    host.arbiter = Some(options.arbiter.open(&options.name)?);
+    host.console_in = options
+        .console_socket
+        .map_or(ConsoleIn::None, ConsoleIn::Socket);
+    host.console_file = console_file;
+    host.stdout = Stdout::BestEffort;
+    host.status_file = options.status_file.map(StatusFile::new);
+    host.role = Some(role.to_string());
+    Ok(host)
+}
+
+/// Say `state` in the status file before the run loop does.
+fn early_status(path: Option<&Path>, state: VmState, role: &str) {
+    if let Some(path) = path {
+        StatusFile::new(path).write(&StatusLine {
+            role: Some(role.to_string()),
+            ..StatusLine::new(state, std::process::id())
+        });
+    }
+}
+
+/// `ftvm primary`: connect to the backup at `backup` and run the guest of
+/// `machine` on `io`, logging every input to it.
+#[allow(clippy::too_many_arguments)]
+pub fn primary(
+    config: NodeConfig,
+    machine: MachineConfig,
+    io: HostIo,
+    frames: Option<Box<dyn FrameReceiver>>,
+    options: PairOptions,
+    backup: &str,
+    connect_timeout: Duration,
+    clock: Clock,
+) -> Result<Node, HostError> {
+    early_status(
+        options.status_file.as_deref(),
+        VmState::Connecting,
+        "primary",
+    );
+    let credentials = Credentials {
+        pair: &config.pair,
+        epoch: config.epoch,
+        key: options.key,
+    };
+    let channel = Channel::connect(backup, connect_timeout, &options.stop, &credentials)?;
+    let node = Node::primary(config, machine, clock.now())?;
+    let host = vm_host(clock, io, frames, channel, options, "primary")?;
+    crate::vm::run(node, host)
+}
+
+/// `ftvm backup`: wait on `listen` for the primary (the address actually
+/// listened on goes to `addr_file`), then replay its log. `None` if asked
+/// to stop before the primary came.
+pub fn backup(
+    config: NodeConfig,
+    io: HostIo,
+    frames: Option<Box<dyn FrameReceiver>>,
+    options: PairOptions,
+    listen: &str,
+    addr_file: Option<&Path>,
+) -> Result<Option<Node>, HostError> {
+    let listener = TcpListener::bind(listen)
+        .map_err(|e| HostError::io(format!("listening on {listen}"), e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| HostError::io(format!("listening on {listen}"), e))?;
+    if let Some(path) = addr_file {
+        write_atomically(path, format!("{addr}\n").as_bytes())
+            .map_err(|e| HostError::io(format!("writing {}", path.display()), e))?;
+    }
+    early_status(options.status_file.as_deref(), VmState::Waiting, "backup");
+    tracing::info!(%addr, "waiting for the primary");
+    let credentials = Credentials {
+        pair: &config.pair,
+        epoch: config.epoch,
+        key: options.key,
+    };
+    let Some(channel) = Channel::accept(&listener, &options.stop, &credentials)? else {
+        if let Some(path) = &options.status_file {
+            StatusFile::new(path).write(&StatusLine {
+                role: Some("backup".into()),
+                halt: Some(ftvm_node::HaltCode::Stopped),
+                ..StatusLine::new(VmState::Halted, std::process::id())
+            });
+        }
+        return Ok(None);
+    };
+    drop(listener);
+    let clock = Clock::new(None);
+    let node = Node::backup(config, Box::new(HostFiles), clock.now());
+    let host = vm_host(clock, io, frames, channel, options, "backup")?;
+    crate::vm::run(node, host).map(Some)
+}

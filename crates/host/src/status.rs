@@ -1,0 +1,572 @@
+//! The one-line status each process of a pair keeps in its state
+//! directory, as one type: written by the run loop ([`StatusFile`]), read
+//! by `ftvm status`, `ftvm stop`, `ftvm console`, the switch and the tests
+//! ([`StatusLine`]'s `FromStr`), printed for people (`Display`) and for
+//! scripts (`ftvm status --json`, through `serde`).
+//!
+//! ```text
+//! primary pid=31804 role=primary epoch=1 lag=0 lag-ms=2.0 log-mbit-s=0.003 delay-ms=4.02 delay-p99-ms=56.72 outputs=89 log-bytes=14172 icount=141144799
+//! live pid=31803 role=backup epoch=1 ... suspected=yes verdict=won took-over=yes announced=yes channel=peer-closed
+//! halted pid=31805 role=primary ... halt=lost-test-and-set
+//! switch pid=31802 ports=3 addr=127.0.0.1:40721 moves=1 expired=0
+//! ```
+//!
+//! The first word is the state; the rest are `key=value` fields in any
+//! order. Flags (`suspected`, `took-over`, `announced`) appear only once
+//! they are true, and stay.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use ftvm_ft::golive::Verdict;
+use ftvm_node::{HaltCode, Status};
+use serde::{Deserialize, Serialize};
+
+/// Where a VM of a pair stands, as its status line's first word says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VmState {
+    /// A primary connecting to its backup.
+    Connecting,
+    /// A backup waiting for its primary.
+    Waiting,
+    /// Running the guest and logging to a backup.
+    Primary,
+    /// Replaying the primary's log.
+    Backup,
+    /// Running the guest alone: a primary whose backup failed, or a backup
+    /// that went live.
+    Live,
+    /// Stopped for good without ending the pair (see `halt`).
+    Halted,
+    /// The pair ended cleanly.
+    Ended,
+    /// The process is gone without saying so (`kill -9`): only `ftvm
+    /// status` says this, from the process table.
+    Dead,
+}
+
+impl VmState {
+    pub const ALL: [VmState; 8] = [
+        VmState::Connecting,
+        VmState::Waiting,
+        VmState::Primary,
+        VmState::Backup,
+        VmState::Live,
+        VmState::Halted,
+        VmState::Ended,
+        VmState::Dead,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmState::Connecting => "connecting",
+            VmState::Waiting => "waiting",
+            VmState::Primary => "primary",
+            VmState::Backup => "backup",
+            VmState::Live => "live",
+            VmState::Halted => "halted",
+            VmState::Ended => "ended",
+            VmState::Dead => "dead",
+        }
+    }
+
+    /// The state of a node.
+    pub fn of(status: &Status) -> VmState {
+        match status {
+            Status::Primary | Status::Arbitrating => VmState::Primary,
+            Status::Backup | Status::TakingOver => VmState::Backup,
+            Status::Live => VmState::Live,
+            Status::Halted(_) => VmState::Halted,
+            Status::Ended(_) => VmState::Ended,
+        }
+    }
+
+    /// Whether a VM in this state runs the guest (the one to type into,
+    /// and to stop).
+    pub fn runs_the_guest(self) -> bool {
+        matches!(self, VmState::Primary | VmState::Live)
+    }
+
+    /// Whether the process has said it is done.
+    pub fn is_final(self) -> bool {
+        matches!(self, VmState::Halted | VmState::Ended)
+    }
+}
+
+impl fmt::Display for VmState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for VmState {
+    type Err = StatusError;
+
+    fn from_str(s: &str) -> Result<VmState, StatusError> {
+        VmState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| StatusError::Field("state", s.to_string()))
+    }
+}
+
+/// Why the logging channel was given up, as the status line says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChannelClose {
+    /// The peer closed its end (its process died, or it gave up).
+    PeerClosed,
+    /// A frame failed its checksum or could not be decoded.
+    Corrupt,
+    /// A frame failed authentication (forged, replayed, reordered).
+    Forged,
+    /// Sending failed (the peer stopped reading, or the connection broke).
+    SendFailed,
+    /// Reading failed.
+    ReadFailed,
+}
+
+impl ChannelClose {
+    pub const ALL: [ChannelClose; 5] = [
+        ChannelClose::PeerClosed,
+        ChannelClose::Corrupt,
+        ChannelClose::Forged,
+        ChannelClose::SendFailed,
+        ChannelClose::ReadFailed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelClose::PeerClosed => "peer-closed",
+            ChannelClose::Corrupt => "corrupt",
+            ChannelClose::Forged => "forged",
+            ChannelClose::SendFailed => "send-failed",
+            ChannelClose::ReadFailed => "read-failed",
+        }
+    }
+}
+
+impl FromStr for ChannelClose {
+    type Err = StatusError;
+
+    fn from_str(s: &str) -> Result<ChannelClose, StatusError> {
+        ChannelClose::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| StatusError::Field("channel", s.to_string()))
+    }
+}
+
+/// The arbiter's verdict as a status field.
+fn verdict_str(verdict: Verdict) -> &'static str {
+    match verdict {
+        Verdict::Won => "won",
+        Verdict::Lost => "lost",
+        Verdict::Unreachable => "unreachable",
+    }
+}
+
+fn parse_verdict(s: &str) -> Result<Verdict, StatusError> {
+    match s {
+        "won" => Ok(Verdict::Won),
+        "lost" => Ok(Verdict::Lost),
+        "unreachable" => Ok(Verdict::Unreachable),
+        _ => Err(StatusError::Field("verdict", s.to_string())),
+    }
+}
+
+/// A VM's running numbers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Measures {
+    /// Entries the backup has not acknowledged (primary) or not executed
+    /// (backup).
+    pub lag_entries: u64,
+    /// How long the primary would take to execute what the backup has
+    /// still to execute.
+    pub lag_ms: f64,
+    /// The logging channel's rate over the last second.
+    pub log_mbit_s: f64,
+    /// Median and 99th percentile of the output rule's delay: from the
+    /// start of the run slice that produced an output to its release.
+    pub delay_ms: f64,
+    pub delay_p99_ms: f64,
+    /// Outputs released in all.
+    pub outputs: u64,
+    pub log_bytes: u64,
+    pub icount: u64,
+}
+
+/// One VM's status line.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusLine {
+    pub state: VmState,
+    pub pid: u32,
+    /// What the VM was started as (`primary`, `backup`).
+    pub role: Option<String>,
+    pub epoch: Option<u64>,
+    /// For a dead VM: the state its file said last.
+    pub was: Option<VmState>,
+    /// Why it halted.
+    #[serde(with = "halt_serde")]
+    pub halt: Option<HaltCode>,
+    /// It suspected its peer (silence, or a closed channel).
+    pub suspected: bool,
+    /// The arbiter's last verdict to it.
+    #[serde(with = "verdict_serde")]
+    pub verdict: Option<Verdict>,
+    /// A backup that went live.
+    pub took_over: bool,
+    /// It announced the VM's MAC address to the network.
+    pub announced: bool,
+    /// Why its logging channel was given up.
+    pub channel: Option<ChannelClose>,
+    pub measures: Option<Measures>,
+}
+
+impl StatusLine {
+    /// A line with nothing but a state and a pid.
+    pub fn new(state: VmState, pid: u32) -> StatusLine {
+        StatusLine {
+            state,
+            pid,
+            role: None,
+            epoch: None,
+            was: None,
+            halt: None,
+            suspected: false,
+            verdict: None,
+            took_over: false,
+            announced: false,
+            channel: None,
+            measures: None,
+        }
+    }
+
+    /// What `ftvm status` shows for a VM whose process is gone without a
+    /// final word (`kill -9`).
+    pub fn dead(&self) -> StatusLine {
+        StatusLine {
+            state: VmState::Dead,
+            was: Some(self.state),
+            ..self.clone()
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StatusError {
+    #[error("an empty status line")]
+    Empty,
+    #[error("bad {0} in a status line: {1:?}")]
+    Field(&'static str, String),
+    #[error("a status line without a pid")]
+    NoPid,
+}
+
+impl fmt::Display for StatusLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} pid={}", self.state, self.pid)?;
+        if let Some(role) = &self.role {
+            write!(f, " role={role}")?;
+        }
+        if let Some(was) = self.was {
+            write!(f, " was={was}")?;
+        }
+        if let Some(epoch) = self.epoch {
+            write!(f, " epoch={epoch}")?;
+        }
+        if let Some(m) = &self.measures {
+            write!(
+                f,
+                " lag={} lag-ms={:.1} log-mbit-s={:.3} delay-ms={:.2} delay-p99-ms={:.2} \
+                 outputs={} log-bytes={} icount={}",
+                m.lag_entries,
+                m.lag_ms,
+                m.log_mbit_s,
+                m.delay_ms,
+                m.delay_p99_ms,
+                m.outputs,
+                m.log_bytes,
+                m.icount
+            )?;
+        }
+        if let Some(halt) = self.halt {
+            write!(f, " halt={halt}")?;
+        }
+        if self.suspected {
+            f.write_str(" suspected=yes")?;
+        }
+        if let Some(verdict) = self.verdict {
+            write!(f, " verdict={}", verdict_str(verdict))?;
+        }
+        if self.took_over {
+            f.write_str(" took-over=yes")?;
+        }
+        if self.announced {
+            f.write_str(" announced=yes")?;
+        }
+        if let Some(channel) = self.channel {
+            write!(f, " channel={}", channel.as_str())?;
+        }
+        Ok(())
+    }
+}
+
+/// The keys of [`Measures`]' fields.
+const MEASURES: [&str; 8] = [
+    "lag",
+    "lag-ms",
+    "log-mbit-s",
+    "delay-ms",
+    "delay-p99-ms",
+    "outputs",
+    "log-bytes",
+    "icount",
+];
+
+fn field<T: FromStr>(key: &'static str, value: &str) -> Result<T, StatusError> {
+    value
+        .parse()
+        .map_err(|_| StatusError::Field(key, value.to_string()))
+}
+
+impl FromStr for StatusLine {
+    type Err = StatusError;
+
+    fn from_str(line: &str) -> Result<StatusLine, StatusError> {
+        let mut words = line.split_whitespace();
+        let state: VmState = words.next().ok_or(StatusError::Empty)?.parse()?;
+        let mut status = StatusLine::new(state, 0);
+        let mut pid = None;
+        let mut m = Measures::default();
+        let mut measured = false;
+        for word in words {
+            let Some((key, value)) = word.split_once('=') else {
+                return Err(StatusError::Field("field", word.to_string()));
+            };
+            match key {
+                "pid" => pid = Some(field("pid", value)?),
+                "role" => status.role = Some(value.to_string()),
+                "was" => status.was = Some(value.parse()?),
+                "epoch" => status.epoch = Some(field("epoch", value)?),
+                "halt" => {
+                    status.halt = Some(
+                        value
+                            .parse()
+                            .map_err(|_| StatusError::Field("halt", value.to_string()))?,
+                    )
+                }
+                "suspected" => status.suspected = value == "yes",
+                "verdict" => status.verdict = Some(parse_verdict(value)?),
+                "took-over" => status.took_over = value == "yes",
+                "announced" => status.announced = value == "yes",
+                "channel" => status.channel = Some(value.parse()?),
+                "lag" => m.lag_entries = field("lag", value)?,
+                "lag-ms" => m.lag_ms = field("lag-ms", value)?,
+                "log-mbit-s" => m.log_mbit_s = field("log-mbit-s", value)?,
+                "delay-ms" => m.delay_ms = field("delay-ms", value)?,
+                "delay-p99-ms" => m.delay_p99_ms = field("delay-p99-ms", value)?,
+                "outputs" => m.outputs = field("outputs", value)?,
+                "log-bytes" => m.log_bytes = field("log-bytes", value)?,
+                "icount" => m.icount = field("icount", value)?,
+                // A newer writer's field: not an error.
+                _ => continue,
+            }
+            measured |= MEASURES.contains(&key);
+        }
+        status.pid = pid.ok_or(StatusError::NoPid)?;
+        status.measures = measured.then_some(m);
+        Ok(status)
+    }
+}
+
+mod halt_serde {
+    use ftvm_node::HaltCode;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(code: &Option<HaltCode>, s: S) -> Result<S::Ok, S::Error> {
+        match code {
+            Some(code) => s.serialize_some(code.as_str()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<HaltCode>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| s.parse().map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+mod verdict_serde {
+    use ftvm_ft::golive::Verdict;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(verdict: &Option<Verdict>, s: S) -> Result<S::Ok, S::Error> {
+        match verdict {
+            Some(v) => s.serialize_some(super::verdict_str(*v)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Verdict>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| super::parse_verdict(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// The status line of a pair's switch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwitchStatus {
+    pub pid: u32,
+    /// Ports attached (the gateway's among them).
+    pub ports: usize,
+    /// The UDP address VMs attach to.
+    pub addr: String,
+}
+
+impl fmt::Display for SwitchStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "switch pid={} ports={} addr={}",
+            self.pid, self.ports, self.addr
+        )
+    }
+}
+
+impl FromStr for SwitchStatus {
+    type Err = StatusError;
+
+    fn from_str(line: &str) -> Result<SwitchStatus, StatusError> {
+        let mut words = line.split_whitespace();
+        if words.next() != Some("switch") {
+            return Err(StatusError::Field("state", line.to_string()));
+        }
+        let mut status = SwitchStatus {
+            pid: 0,
+            ports: 0,
+            addr: String::new(),
+        };
+        let mut pid = None;
+        for word in words {
+            match word.split_once('=') {
+                Some(("pid", v)) => pid = Some(field("pid", v)?),
+                Some(("ports", v)) => status.ports = field("ports", v)?,
+                Some(("addr", v)) => status.addr = v.to_string(),
+                // A newer writer's field.
+                Some(_) => {}
+                None => return Err(StatusError::Field("field", word.to_string())),
+            }
+        }
+        status.pid = pid.ok_or(StatusError::NoPid)?;
+        Ok(status)
+    }
+}
+
+/// A status file, rewritten whole and atomically (by rename), so a reader
+/// never sees half a line.
+#[derive(Clone, Debug)]
+pub struct StatusFile {
+    path: PathBuf,
+}
+
+impl StatusFile {
+    pub fn new(path: impl Into<PathBuf>) -> StatusFile {
+        StatusFile { path: path.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Write `line`; a failure is logged, not fatal (the status is for
+    /// people; the VM must go on).
+    pub fn write(&self, line: &impl fmt::Display) {
+        if let Err(e) = write_atomically(&self.path, format!("{line}\n").as_bytes()) {
+            tracing::warn!(status = %self.path.display(), "writing the status: {e}");
+        }
+    }
+
+    /// The line the file holds, if it holds one.
+    pub fn read<T: FromStr>(path: &Path) -> Option<T> {
+        std::fs::read_to_string(path).ok()?.trim().parse().ok()
+    }
+}
+
+/// Replace `path` with `bytes` atomically: written beside it, then renamed.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full() -> StatusLine {
+        StatusLine {
+            state: VmState::Live,
+            pid: 31803,
+            role: Some("backup".into()),
+            epoch: Some(3),
+            was: None,
+            halt: Some(HaltCode::LostTestAndSet),
+            suspected: true,
+            verdict: Some(Verdict::Won),
+            took_over: true,
+            announced: true,
+            channel: Some(ChannelClose::Forged),
+            measures: Some(Measures {
+                lag_entries: 4,
+                lag_ms: 2.5,
+                log_mbit_s: 0.125,
+                delay_ms: 4.25,
+                delay_p99_ms: 56.75,
+                outputs: 89,
+                log_bytes: 14172,
+                icount: 141_144_799,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_line_reads_back_as_what_was_written() {
+        for line in [
+            full(),
+            StatusLine::new(VmState::Waiting, 7),
+            full().dead(),
+            StatusLine {
+                measures: Some(Measures::default()),
+                ..StatusLine::new(VmState::Primary, 1)
+            },
+        ] {
+            let text = line.to_string();
+            assert_eq!(text.parse::<StatusLine>(), Ok(line.clone()), "{text}");
+            let json = serde_json::to_string(&line).expect("json");
+            let back: StatusLine = serde_json::from_str(&json).expect("json back");
+            assert_eq!(back, line, "{json}");
+        }
+        let switch = SwitchStatus {
+            pid: 9,
+            ports: 3,
+            addr: "127.0.0.1:4000".into(),
+        };
+        assert_eq!(switch.to_string().parse::<SwitchStatus>(), Ok(switch));
+    }
+
+    #[test]
+    fn bad_lines_are_errors_and_unknown_fields_are_not() {
+        assert_eq!("".parse::<StatusLine>(), Err(StatusError::Empty));
+        assert!("sleeping pid=3".parse::<StatusLine>().is_err());
+        assert_eq!("live".parse::<StatusLine>(), Err(StatusError::NoPid));
+        assert!("live pid=x".parse::<StatusLine>().is_err());
+        assert!("live pid=3 halt=tired".parse::<StatusLine>().is_err());
+        let line: StatusLine = "live pid=3 colour=blue".parse().expect("a newer field");
+        assert_eq!(line, StatusLine::new(VmState::Live, 3));
+    }
+}

@@ -1,0 +1,667 @@
+//! The run loop: one VM process on this host, driving its
+//! [`Node`](ftvm_node::Node). `ftvm run` (a node alone), `ftvm primary`
+//! and `ftvm backup` all run this loop; what differs is what is plugged
+//! into it ([`VmHost`]):
+//!
+//! - I/O: `ftvm run` answers at the instruction boundary where the guest
+//!   asked ([`Host::answer_now`]), so a run without other input is
+//!   reproducible; a VM of a pair performs its I/O in a thread, so a slow
+//!   `fsync` never stalls its heartbeats.
+//! - The network: a backend in this process is polled (the user-mode
+//!   gateway of `ftvm run`, looked at every millisecond while the guest
+//!   idles); a network outside it (a pair's switch, a TAP interface) is
+//!   read by a thread.
+//! - The console: the terminal (`ftvm run`), or a socket for `ftvm
+//!   console` and a file written at stream offsets (a pair).
+//! - The logging channel and the arbiter, for a VM of a pair; a recording
+//!   file for `ftvm run --record`.
+//!
+//! Threads (the channel's reader, the network receiver, the console, the
+//! I/O thread, the arbiter) only report to the loop through one event
+//! channel; the node is only ever touched here.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
+
+use ftvm_board::{DeviceKind, Input, IoRequest};
+use ftvm_ft::golive::Verdict;
+use ftvm_net::FrameReceiver;
+use ftvm_node::{Effect, HaltReason, Host, Node, Ran, Status, Time};
+
+use crate::HostError;
+use crate::arbiter::{Arbiter, ArbiterThread};
+use crate::channel::{Channel, ChannelEvent};
+use crate::clock::Clock;
+use crate::console::ConsoleFile;
+use crate::io::{HostIo, IoJob, IoThread};
+use crate::status::{ChannelClose, Measures, StatusFile, StatusLine, VmState};
+use crate::terminal::{ConsoleEvent, RawMode};
+
+/// How often an idle guest's host looks at a polled network backend.
+const NET_POLL: Duration = Duration::from_millis(1);
+
+/// How often the status file is rewritten.
+const STATUS_EVERY: Duration = Duration::from_millis(200);
+
+/// Where the guest's console input comes from.
+pub enum ConsoleIn {
+    None,
+    /// The terminal (stdin): Ctrl-A x quits.
+    Terminal,
+    /// A Unix socket that `ftvm console` types into.
+    Socket(PathBuf),
+}
+
+/// Where the guest's console output goes, besides the console file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stdout {
+    /// The console is the point of the run (`ftvm run`): a failed write
+    /// (a closed pipe) ends it.
+    Required,
+    /// Nobody may be reading (a detached daemon): the console file is the
+    /// console of record, and a failed write is ignored.
+    BestEffort,
+}
+
+/// What a VM process has on this host besides its node.
+pub struct VmHost {
+    pub clock: Clock,
+    pub io: HostIo,
+    /// Answer I/O at the boundary where the guest asked (`ftvm run`)
+    /// rather than in an I/O thread.
+    pub inline_io: bool,
+    /// Frames from a network outside this process, read by a thread.
+    pub frames: Option<Box<dyn FrameReceiver>>,
+    pub channel: Option<Channel>,
+    pub arbiter: Option<Box<dyn Arbiter>>,
+    pub console_in: ConsoleIn,
+    pub console_file: Option<ConsoleFile>,
+    pub stdout: Stdout,
+    /// `ftvm run --record`: where the log goes.
+    pub recording: Option<Box<dyn Write>>,
+    pub status_file: Option<StatusFile>,
+    /// What this VM was started as, for its status line.
+    pub role: Option<String>,
+    /// Set by SIGTERM/SIGINT: end cleanly.
+    pub stop: Arc<AtomicBool>,
+}
+
+impl VmHost {
+    /// A host with nothing plugged in but its clock and devices.
+    pub fn new(clock: Clock, io: HostIo, stop: Arc<AtomicBool>) -> VmHost {
+        VmHost {
+            clock,
+            io,
+            inline_io: false,
+            frames: None,
+            channel: None,
+            arbiter: None,
+            console_in: ConsoleIn::None,
+            console_file: None,
+            stdout: Stdout::BestEffort,
+            recording: None,
+            status_file: None,
+            role: None,
+            stop,
+        }
+    }
+}
+
+/// What the threads report to the loop.
+enum Event {
+    /// Bytes typed on the guest's console (`ftvm console`).
+    Typed(Vec<u8>),
+    /// A key at the terminal.
+    Key(ConsoleEvent),
+    /// The terminal's input is closed: no more keys will come.
+    InputClosed,
+    /// A frame for the guest, from the VM's network.
+    Received(Vec<u8>),
+    Channel(ChannelEvent),
+    /// The I/O thread's answer to a request.
+    Done(Input),
+    Verdict(Verdict),
+}
+
+/// How the loop performs I/O.
+enum Io {
+    Inline(HostIo),
+    Thread(IoThread),
+}
+
+/// The node's view of the host while a slice runs.
+struct SliceHost<'a> {
+    clock: &'a Clock,
+    io: Option<&'a mut HostIo>,
+}
+
+impl Host for SliceHost<'_> {
+    fn now(&mut self) -> Time {
+        self.clock.now()
+    }
+
+    fn answer_now(&mut self, request: &IoRequest) -> Option<Input> {
+        self.io.as_mut().map(|io| io.serve(request))
+    }
+}
+
+struct Vm {
+    node: Node,
+    clock: Clock,
+    events: Receiver<Event>,
+    io: Io,
+    /// A network backend in this process, polled by the loop.
+    polled_net: bool,
+    channel: Option<Channel>,
+    arbiter: Option<ArbiterThread>,
+    pair: String,
+    epoch: u64,
+    console_file: Option<ConsoleFile>,
+    stdout: Stdout,
+    recording: Option<Box<dyn Write>>,
+    status_file: Option<StatusFile>,
+    role: Option<String>,
+    status_at: Instant,
+    rate_sample: (Instant, u64),
+    log_mbit_s: f64,
+    channel_closed: Option<ChannelClose>,
+    stop: Arc<AtomicBool>,
+    stopping: bool,
+    /// The terminal's input ended (stdin closed), or there is none.
+    input_closed: bool,
+    /// Whether this VM has a network, and whether that was checked
+    /// against the machine the primary runs.
+    has_net: bool,
+    net_checked: bool,
+    console_socket: Option<PathBuf>,
+    _raw_mode: Option<RawMode>,
+}
+
+/// Run `node` on `host` until it is done; the node as it ended.
+pub fn run(node: Node, host: VmHost) -> Result<Node, HostError> {
+    let (tx, events) = std::sync::mpsc::channel::<Event>();
+    let sink = |tx: &Sender<Event>| {
+        let tx = tx.clone();
+        move |event| tx.send(event).is_ok()
+    };
+    let VmHost {
+        clock,
+        io,
+        inline_io,
+        frames,
+        mut channel,
+        arbiter,
+        console_in,
+        console_file,
+        stdout,
+        recording,
+        status_file,
+        role,
+        stop,
+    } = host;
+    let has_net = io.net.is_some();
+    let polled_net = has_net && frames.is_none();
+    if let Some(channel) = &mut channel {
+        let timeout = Duration::from_millis(node.config().detector.timeout_ms);
+        let to_loop = sink(&tx);
+        channel.start_reader(timeout, move |e| to_loop(Event::Channel(e)))?;
+    }
+    if let Some(frames) = frames {
+        spawn_receiver(frames, {
+            let to_loop = sink(&tx);
+            move |frame| to_loop(Event::Received(frame))
+        })?;
+    }
+    let mut console_socket = None;
+    let mut raw_mode = None;
+    let mut input_closed = true;
+    match console_in {
+        ConsoleIn::None => {}
+        ConsoleIn::Terminal => {
+            let to_loop = sink(&tx);
+            let closed = tx.clone();
+            raw_mode = Some(
+                crate::terminal::read_stdin(
+                    move |key| to_loop(Event::Key(key)),
+                    move || {
+                        let _ = closed.send(Event::InputClosed);
+                    },
+                )
+                .map_err(|e| HostError::io("putting the terminal in raw mode", e))?,
+            );
+            input_closed = false;
+        }
+        ConsoleIn::Socket(path) => {
+            let to_loop = sink(&tx);
+            crate::console::listen_for_typing(&path, move |bytes| to_loop(Event::Typed(bytes)))
+                .map_err(|e| {
+                    HostError::io(
+                        format!("listening for console input on {}", path.display()),
+                        e,
+                    )
+                })?;
+            console_socket = Some(path);
+        }
+    }
+    let arbiter = arbiter
+        .map(|arbiter| {
+            let to_loop = sink(&tx);
+            ArbiterThread::spawn(arbiter, move |v| to_loop(Event::Verdict(v)))
+                .map_err(|e| HostError::io("starting the arbiter's thread", e))
+        })
+        .transpose()?;
+    let io = if inline_io {
+        Io::Inline(io)
+    } else {
+        let to_loop = sink(&tx);
+        Io::Thread(
+            IoThread::spawn(io, move |done| to_loop(Event::Done(done)))
+                .map_err(|e| HostError::io("starting the I/O thread", e))?,
+        )
+    };
+    // The loop keeps a sender of its own only through the threads: when
+    // they are all gone, waiting would be forever.
+    drop(tx);
+    let pair = node.config().pair.clone();
+    let epoch = node.config().epoch;
+    let vm = Vm {
+        node,
+        clock,
+        events,
+        io,
+        polled_net,
+        channel,
+        arbiter,
+        pair,
+        epoch,
+        console_file,
+        stdout,
+        recording,
+        status_file,
+        role,
+        status_at: Instant::now(),
+        rate_sample: (Instant::now(), 0),
+        log_mbit_s: 0.0,
+        channel_closed: None,
+        stop,
+        stopping: false,
+        input_closed,
+        has_net,
+        net_checked: false,
+        console_socket,
+        _raw_mode: raw_mode,
+    };
+    vm.serve()
+}
+
+impl Vm {
+    fn serve(mut self) -> Result<Node, HostError> {
+        let result = self.serve_until_done();
+        if result.is_err() {
+            // A run that stops on an error still leaves every entry it
+            // logged.
+            let _ = self.node.flush_log(self.clock.now());
+        }
+        // Whatever happened, what the node decided last is said.
+        let flushed = self.perform();
+        self.report(true);
+        if let Some(path) = &self.console_socket {
+            let _ = std::fs::remove_file(path);
+        }
+        if let Some(recording) = &mut self.recording {
+            recording
+                .flush()
+                .map_err(|e| HostError::io("writing the recording", e))?;
+        }
+        result.and(flushed)?;
+        Ok(self.node)
+    }
+
+    fn serve_until_done(&mut self) -> Result<(), HostError> {
+        loop {
+            if self.stop.load(Ordering::Relaxed) && !self.stopping {
+                self.stopping = true;
+                tracing::info!("asked to stop");
+                self.node.stop(self.clock.now())?;
+            }
+            while let Ok(event) = self.events.try_recv() {
+                self.handle(event)?;
+            }
+            self.poll_net()?;
+            self.node.tick(self.clock.now());
+            self.perform()?;
+            let ran = {
+                let io = match &mut self.io {
+                    Io::Inline(io) => Some(io),
+                    Io::Thread(_) => None,
+                };
+                let mut host = SliceHost {
+                    clock: &self.clock,
+                    io,
+                };
+                self.node.run(&mut host)?
+            };
+            self.perform()?;
+            self.report(false);
+            match ran {
+                Ran::Busy => {}
+                Ran::Done => return Ok(()),
+                Ran::Throttled => self.wait(Duration::from_millis(1))?,
+                Ran::Blocked => self.wait(self.clock.until_ms(self.node.deadline_ms()))?,
+                Ran::Idle { sleep_ns: Some(0) } => self.node.wake(self.clock.now())?,
+                Ran::Idle { sleep_ns } => {
+                    if sleep_ns.is_none() && self.nothing_can_wake_the_guest() {
+                        return Err(HostError::Config(
+                            "the guest is waiting for an interrupt with no timer armed and the \
+                             console input is closed: it can never wake up"
+                                .into(),
+                        ));
+                    }
+                    let mut wait = self.clock.until_ms(self.node.deadline_ms());
+                    if let Some(ns) = sleep_ns {
+                        wait = wait.min(Duration::from_nanos(ns));
+                    }
+                    if self.polled_net {
+                        wait = wait.min(NET_POLL);
+                    }
+                    self.wait(wait)?;
+                }
+            }
+        }
+    }
+
+    /// Whether no event can ever come: no terminal, no network, no channel,
+    /// no I/O in flight (only `ftvm run` can get here).
+    fn nothing_can_wake_the_guest(&self) -> bool {
+        self.input_closed
+            && !self.has_net
+            && self.channel.is_none()
+            && self.console_socket.is_none()
+            && matches!(self.io, Io::Inline(_))
+    }
+
+    /// Sleep until `timeout`, or the next event.
+    fn wait(&mut self, timeout: Duration) -> Result<(), HostError> {
+        let timeout = timeout.clamp(Duration::from_micros(100), Duration::from_millis(50));
+        match self.events.recv_timeout(timeout) {
+            Ok(event) => self.handle(event)?,
+            Err(RecvTimeoutError::Timeout) => {}
+            // Every thread is gone: only the clock is left.
+            Err(RecvTimeoutError::Disconnected) => std::thread::sleep(timeout),
+        }
+        Ok(())
+    }
+
+    /// Frames a backend in this process has for the guest.
+    fn poll_net(&mut self) -> Result<(), HostError> {
+        if !self.polled_net {
+            return Ok(());
+        }
+        let Io::Inline(io) = &mut self.io else {
+            return Ok(());
+        };
+        let frames = io.poll_net();
+        if frames.is_empty() || !self.node.status().runs_the_guest() {
+            return Ok(());
+        }
+        for frame in frames {
+            self.node.input(frame, self.clock.now())?;
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, event: Event) -> Result<(), HostError> {
+        let now = self.clock.now();
+        match event {
+            Event::Done(done) => self.node.input(done, now)?,
+            Event::Verdict(verdict) => self.node.verdict(verdict, now)?,
+            // The VM's own input while it runs the guest (logged if it has
+            // a backup); a backup's guest hears the world only through the
+            // log.
+            Event::Typed(bytes) => self.type_in(&bytes)?,
+            Event::Key(ConsoleEvent::Byte(byte)) => self.type_in(&[byte])?,
+            Event::Key(ConsoleEvent::Quit) => {
+                if !self.stopping {
+                    self.stopping = true;
+                    self.node.stop(now)?;
+                }
+            }
+            Event::InputClosed => self.input_closed = true,
+            Event::Received(frame) => {
+                if self.node.status().runs_the_guest() {
+                    self.node.input(Input::NetReceive { frame }, now)?;
+                }
+            }
+            Event::Channel(ChannelEvent::Frame(frame)) => {
+                let Some(channel) = &mut self.channel else {
+                    return Ok(());
+                };
+                if !channel.is_open() {
+                    return Ok(());
+                }
+                match channel.open(&frame) {
+                    Ok(message) => {
+                        self.node.receive(&message, now);
+                        self.check_net();
+                    }
+                    Err((why, close)) => self.close_channel(&why, close),
+                }
+            }
+            Event::Channel(ChannelEvent::Closed { why, close }) => self.close_channel(&why, close),
+        }
+        Ok(())
+    }
+
+    fn type_in(&mut self, bytes: &[u8]) -> Result<(), HostError> {
+        if !self.node.status().runs_the_guest() {
+            tracing::warn!(
+                bytes = bytes.len(),
+                "console input dropped: this VM does not run the guest"
+            );
+            return Ok(());
+        }
+        for &byte in bytes {
+            self.node
+                .input(Input::ConsoleByte(byte), self.clock.now())?;
+        }
+        Ok(())
+    }
+
+    /// A backup without a network for a VM that has a network card would
+    /// take over with its cable cut: it gives up at once instead, while
+    /// the primary can still run on alone.
+    fn check_net(&mut self) {
+        if self.net_checked {
+            return;
+        }
+        let Some(config) = self.node.machine_config() else {
+            return;
+        };
+        self.net_checked = true;
+        let card = config
+            .virtio
+            .iter()
+            .any(|device| matches!(device, DeviceKind::Net { .. }));
+        if card && !self.has_net {
+            let why = HaltReason::NoNetwork;
+            eprintln!("ftvm: {why}");
+            self.node.give_up(why);
+        }
+    }
+
+    /// Give the channel up; the failure detector decides what follows.
+    fn close_channel(&mut self, why: &str, close: ChannelClose) {
+        let Some(channel) = &mut self.channel else {
+            return;
+        };
+        if !channel.is_open() {
+            return;
+        }
+        tracing::error!("closing the logging channel: {why}");
+        eprintln!("ftvm: closing the logging channel: {why}");
+        channel.close();
+        self.channel_closed = Some(close);
+        self.node.channel_closed(close == ChannelClose::PeerClosed);
+    }
+
+    fn perform(&mut self) -> Result<(), HostError> {
+        loop {
+            let effects = self.node.take_effects();
+            if effects.is_empty() {
+                return Ok(());
+            }
+            for effect in effects {
+                match effect {
+                    Effect::Send(message) => {
+                        if let Some(channel) = &mut self.channel {
+                            if let Err((why, close)) = channel.send(&message) {
+                                self.close_channel(&why, close);
+                            }
+                        }
+                    }
+                    Effect::Record(bytes) => {
+                        if let Some(recording) = &mut self.recording {
+                            recording
+                                .write_all(&bytes)
+                                .map_err(|e| HostError::io("writing the recording", e))?;
+                        }
+                    }
+                    Effect::Console { offset, bytes } => self.console(offset, &bytes)?,
+                    Effect::Perform(request) => self.perform_io(request, true)?,
+                    Effect::PerformOwn(request) => self.perform_io(request, false)?,
+                    Effect::Announce { mac } => match &mut self.io {
+                        Io::Inline(io) => io.announce(mac),
+                        Io::Thread(thread) => {
+                            if !thread.send(IoJob::Announce { mac }) {
+                                return Err(threads_gone("the I/O thread"));
+                            }
+                        }
+                    },
+                    Effect::TestAndSet => match &self.arbiter {
+                        Some(arbiter) if arbiter.ask(&self.pair, self.epoch) => {}
+                        Some(_) => return Err(threads_gone("the arbiter's thread")),
+                        None => {
+                            return Err(HostError::Config(
+                                "a test-and-set without an arbiter".into(),
+                            ));
+                        }
+                    },
+                }
+            }
+        }
+    }
+
+    fn perform_io(&mut self, request: IoRequest, answer: bool) -> Result<(), HostError> {
+        match &mut self.io {
+            Io::Inline(io) => {
+                let done = io.serve(&request);
+                if answer {
+                    self.node.input(done, self.clock.now())?;
+                }
+            }
+            Io::Thread(thread) => {
+                if !thread.send(IoJob::Request { request, answer }) {
+                    return Err(threads_gone("the I/O thread"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn console(&mut self, offset: u64, bytes: &[u8]) -> Result<(), HostError> {
+        if let Some(file) = &self.console_file {
+            file.write_at(offset, bytes)
+                .map_err(|e| HostError::io("writing the console file", e))?;
+        }
+        let mut stdout = std::io::stdout().lock();
+        let written = stdout.write_all(bytes).and_then(|()| stdout.flush());
+        match (written, self.stdout) {
+            (Err(e), Stdout::Required) => {
+                Err(HostError::io("writing the guest console to stdout", e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Rewrite the status file (every [`STATUS_EVERY`], or `now`).
+    fn report(&mut self, now: bool) {
+        let Some(file) = &self.status_file else {
+            return;
+        };
+        if !now && self.status_at.elapsed() < STATUS_EVERY {
+            return;
+        }
+        self.status_at = Instant::now();
+        let stats = self.node.stats();
+        let (at, bytes) = self.rate_sample;
+        let elapsed = at.elapsed();
+        if elapsed >= Duration::from_secs(1) {
+            self.log_mbit_s = (stats.log_bytes - bytes) as f64 * 8.0 / 1e6 / elapsed.as_secs_f64();
+            self.rate_sample = (Instant::now(), stats.log_bytes);
+        }
+        let status = self.node.status();
+        let milestones = stats.milestones;
+        let line = StatusLine {
+            state: VmState::of(status),
+            pid: std::process::id(),
+            role: self.role.clone(),
+            epoch: Some(self.epoch),
+            was: None,
+            halt: match status {
+                Status::Halted(why) => Some(why.code()),
+                _ => None,
+            },
+            suspected: milestones.suspected_peer,
+            verdict: milestones.verdict,
+            took_over: milestones.took_over,
+            announced: milestones.announced,
+            channel: self.channel_closed,
+            measures: Some(Measures {
+                lag_entries: stats.lag_entries,
+                lag_ms: stats.lag_ns as f64 / 1e6,
+                log_mbit_s: self.log_mbit_s,
+                delay_ms: stats.delay_quantile_ns(0.5) as f64 / 1e6,
+                delay_p99_ms: stats.delay_quantile_ns(0.99) as f64 / 1e6,
+                outputs: stats.outputs,
+                log_bytes: stats.log_bytes,
+                icount: stats.icount,
+            }),
+        };
+        file.write(&line);
+    }
+}
+
+fn threads_gone(which: &str) -> HostError {
+    HostError::Config(format!("{which} is gone"))
+}
+
+/// Frames from the VM's network, as they arrive, whatever the machine is
+/// doing.
+fn spawn_receiver(
+    mut frames: Box<dyn FrameReceiver>,
+    sink: impl Fn(Vec<u8>) -> bool + Send + 'static,
+) -> Result<(), HostError> {
+    std::thread::Builder::new()
+        .name("net-receiver".into())
+        .spawn(move || {
+            loop {
+                match frames.recv() {
+                    Ok(frame) => {
+                        if !sink(frame) {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!("the VM's network card lost its network: {e}");
+                        return;
+                    }
+                }
+            }
+        })
+        .map_err(|e| HostError::io("starting the network receiver", e))?;
+    Ok(())
+}
