@@ -597,6 +597,9 @@ impl Machine {
 }
 
 #[cfg(test)]
+mod golden;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
