@@ -4,10 +4,7 @@
 
 use vm_fdt::{FdtWriter, FdtWriterResult};
 
-use crate::devices::{
-    Clint, Plic, Rtc, SIFIVE_TEST_BASE, SIFIVE_TEST_SIZE, Uart, VIRTIO_BASE, VIRTIO_FIRST_IRQ,
-    VIRTIO_SLOT_SIZE, VIRTIO_SLOTS,
-};
+use crate::devices::{Clint, Plic, Rtc, SifiveTest, Uart, VirtioSlots};
 
 const PHANDLE_CPU: u32 = 1;
 const PHANDLE_CPU_INTC: u32 = 2;
@@ -102,9 +99,9 @@ pub fn build(p: &FdtParams) -> FdtWriterResult<Vec<u8>> {
     fdt.property_string("compatible", "ns16550a")?;
     fdt.end_node(serial)?;
 
-    let test = fdt.begin_node(&format!("test@{SIFIVE_TEST_BASE:x}"))?;
+    let test = fdt.begin_node(&format!("test@{:x}", SifiveTest::BASE))?;
     fdt.property_phandle(PHANDLE_TEST)?;
-    fdt.property_array_u64("reg", &reg(SIFIVE_TEST_BASE, SIFIVE_TEST_SIZE))?;
+    fdt.property_array_u64("reg", &reg(SifiveTest::BASE, SifiveTest::SIZE))?;
     fdt.property_string_list(
         "compatible",
         vec![
@@ -122,12 +119,12 @@ pub fn build(p: &FdtParams) -> FdtWriterResult<Vec<u8>> {
     fdt.property_string("compatible", "google,goldfish-rtc")?;
     fdt.end_node(rtc)?;
 
-    for slot in (0..VIRTIO_SLOTS).rev() {
-        let base = VIRTIO_BASE + slot * VIRTIO_SLOT_SIZE;
+    for slot in (0..VirtioSlots::SLOTS).rev() {
+        let base = VirtioSlots::BASE + slot * VirtioSlots::SLOT_SIZE;
         let node = fdt.begin_node(&format!("virtio_mmio@{base:x}"))?;
-        fdt.property_u32("interrupts", VIRTIO_FIRST_IRQ + slot as u32)?;
+        fdt.property_u32("interrupts", VirtioSlots::FIRST_IRQ + slot as u32)?;
         fdt.property_u32("interrupt-parent", PHANDLE_PLIC)?;
-        fdt.property_array_u64("reg", &reg(base, VIRTIO_SLOT_SIZE))?;
+        fdt.property_array_u64("reg", &reg(base, VirtioSlots::SLOT_SIZE))?;
         fdt.property_string("compatible", "virtio,mmio")?;
         fdt.end_node(node)?;
     }

@@ -6,9 +6,11 @@
 //! | device | base | |
 //! |---|---|---|
 //! | sifive-test (power-off / reboot) | `0x0010_0000` | |
+//! | goldfish RTC | `0x0010_1000` | IRQ 11; wall-clock time that runs with guest time |
 //! | CLINT | `0x0200_0000` | `mtime` is guest time derived from icount |
-//! | PLIC | `0x0c00_0000` | |
+//! | PLIC | `0x0c00_0000` | 96 sources; contexts 0 and 1 are hart 0's M and S modes |
 //! | 16550 UART | `0x1000_0000` | IRQ 10 |
+//! | virtio-mmio | `0x1000_1000` | 8 slots of `0x1000`, slot `n` at IRQ `n + 1`; devices fill slots 7, 6, … as QEMU does, empty slots report device ID 0 |
 //! | RAM | `0x8000_0000` | size set by the user |
 //!
 //! ## The input boundary (DESIGN.md §2)

@@ -1,36 +1,17 @@
 //! The machine: the hart, the devices on its bus, and the run loop that
 //! connects them at instruction boundaries.
 
-use ftvm_cpu::{Bus, BusFault, Exit, GuestClock, Hart, HartConfig, HartState, irq};
+use ftvm_cpu::{Exit, Hart, HartConfig, HartState, irq};
 use serde::{Deserialize, Serialize};
 
 use crate::devices::{
-    Clint, ClintEffect, Plic, Rtc, SIFIVE_TEST_BASE, SIFIVE_TEST_SIZE, TestRequest, Uart,
-    VIRTIO_BASE, VIRTIO_FIRST_IRQ, VIRTIO_SLOT_SIZE, VIRTIO_SLOTS, empty_virtio_load,
-    sifive_test_request,
+    BusCtx, Clint, Mapping, MmioBus, Plic, Rtc, SifiveTest, TestRequest, Uart, VirtioSlots,
 };
-use crate::virtio::{IoRequest, VirtioMmio};
+use crate::virtio::IoRequest;
 use crate::{BoardError, Digest, Firmware, Input, MachineConfig, Stop, fdt, loader};
 
 const RAM_BASE: u64 = 0x8000_0000;
 const TIMEBASE_HZ: u32 = (1_000_000_000 / crate::MTIME_TICK_NS) as u32;
-
-/// Place the configured virtio devices in slots 7, 6, ... (QEMU's order).
-fn virtio_slots(
-    kinds: &[crate::virtio::DeviceKind],
-) -> Result<Vec<Option<VirtioMmio>>, BoardError> {
-    if kinds.len() > VIRTIO_SLOTS as usize {
-        return Err(BoardError::Config(format!(
-            "at most {VIRTIO_SLOTS} virtio devices, not {}",
-            kinds.len()
-        )));
-    }
-    let mut slots: Vec<Option<VirtioMmio>> = vec![None; VIRTIO_SLOTS as usize];
-    for (i, kind) in kinds.iter().enumerate() {
-        slots[VIRTIO_SLOTS as usize - 1 - i] = Some(VirtioMmio::new(kind.clone()));
-    }
-    Ok(slots)
-}
 
 /// Everything on the bus except RAM. Its state is part of snapshots.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,108 +21,29 @@ struct Devices {
     uart: Uart,
     rtc: Rtc,
     /// The virtio-mmio slots (slot 7 first, as QEMU fills them).
-    virtio: Vec<Option<VirtioMmio>>,
+    virtio: VirtioSlots,
     /// Requests for the host not yet taken, and the next request's id.
     io_requests: Vec<IoRequest>,
     next_io_id: u64,
     /// HTIF mailbox addresses (from the kernel ELF's symbols).
     tohost: Option<u64>,
+    /// Stateless, so not in snapshots or digests: a field only so that
+    /// the bus can borrow it like the other devices.
+    #[serde(skip)]
+    sifive_test: SifiveTest,
 }
 
-/// The bus as the hart sees it during `Hart::run`: the devices plus what an
-/// access asked of the machine, collected for after the run returns.
-struct BusView<'a> {
-    devices: &'a mut Devices,
-    clock: GuestClock,
-    console: &'a mut Vec<u8>,
-    test_request: Option<TestRequest>,
-    set_mtime: Option<(u64, u64)>,
-}
-
-impl Bus for BusView<'_> {
-    fn load(&mut self, paddr: u64, size: u8, icount: u64) -> Result<u64, BusFault> {
-        let fault = BusFault { addr: paddr };
-        let d = &mut *self.devices;
-        match paddr {
-            a if (Clint::BASE..Clint::BASE + Clint::SIZE).contains(&a) => d
-                .clint
-                .load(a - Clint::BASE, size, self.clock.mtime(icount))
-                .ok_or(fault),
-            a if (Plic::BASE..Plic::BASE + Plic::SIZE).contains(&a) => {
-                d.plic.load(a - Plic::BASE, size).ok_or(fault)
-            }
-            a if (Uart::BASE..Uart::BASE + Uart::SIZE).contains(&a) && size == 1 => {
-                Ok(u64::from(d.uart.load(a - Uart::BASE)))
-            }
-            a if (SIFIVE_TEST_BASE..SIFIVE_TEST_BASE + SIFIVE_TEST_SIZE).contains(&a) => Ok(0),
-            a if (Rtc::BASE..Rtc::BASE + Rtc::SIZE).contains(&a) && size == 4 => d
-                .rtc
-                .load(a - Rtc::BASE, self.clock.mtime(icount))
-                .ok_or(fault),
-            a if (VIRTIO_BASE..VIRTIO_BASE + VIRTIO_SLOTS * VIRTIO_SLOT_SIZE).contains(&a) => {
-                let slot = ((a - VIRTIO_BASE) / VIRTIO_SLOT_SIZE) as usize;
-                let offset = (a - VIRTIO_BASE) % VIRTIO_SLOT_SIZE;
-                let (aligned, shift) = (offset & !3, 8 * (offset & 3));
-                match d.virtio.get_mut(slot).and_then(Option::as_mut) {
-                    // Registers are 32-bit; the config space (0x100 on) may
-                    // also be read in bytes and halves.
-                    Some(dev) if size == 4 && offset & 3 == 0 => Ok(u64::from(dev.load(offset))),
-                    Some(dev)
-                        if offset >= 0x100 && size < 4 && (offset & 3) + u64::from(size) <= 4 =>
-                    {
-                        let mask = (1u64 << (8 * u64::from(size))) - 1;
-                        Ok((u64::from(dev.load(aligned)) >> shift) & mask)
-                    }
-                    None if size == 4 => Ok(empty_virtio_load(offset)),
-                    _ => Err(fault),
-                }
-            }
-            _ => Err(fault),
-        }
-    }
-
-    fn store(&mut self, paddr: u64, size: u8, value: u64, icount: u64) -> Result<(), BusFault> {
-        let fault = BusFault { addr: paddr };
-        let d = &mut *self.devices;
-        match paddr {
-            a if (Clint::BASE..Clint::BASE + Clint::SIZE).contains(&a) => {
-                let mtime = self.clock.mtime(icount);
-                if let ClintEffect::SetMtime(v) = d.clint.store(a - Clint::BASE, size, value, mtime)
-                {
-                    self.set_mtime = Some((icount, v));
-                }
-                Ok(())
-            }
-            a if (Plic::BASE..Plic::BASE + Plic::SIZE).contains(&a) => {
-                d.plic.store(a - Plic::BASE, size, value).ok_or(fault)
-            }
-            a if (Uart::BASE..Uart::BASE + Uart::SIZE).contains(&a) && size == 1 => {
-                if let Some(byte) = d.uart.store(a - Uart::BASE, value as u8) {
-                    self.console.push(byte);
-                }
-                Ok(())
-            }
-            a if (SIFIVE_TEST_BASE..SIFIVE_TEST_BASE + SIFIVE_TEST_SIZE).contains(&a) => {
-                if let Some(req) = sifive_test_request(a - SIFIVE_TEST_BASE, value) {
-                    self.test_request = Some(req);
-                }
-                Ok(())
-            }
-            a if (Rtc::BASE..Rtc::BASE + Rtc::SIZE).contains(&a) && size == 4 => d
-                .rtc
-                .store(a - Rtc::BASE, value as u32, self.clock.mtime(icount))
-                .ok_or(fault),
-            a if (VIRTIO_BASE..VIRTIO_BASE + VIRTIO_SLOTS * VIRTIO_SLOT_SIZE).contains(&a) => {
-                let slot = ((a - VIRTIO_BASE) / VIRTIO_SLOT_SIZE) as usize;
-                if let Some(dev) = d.virtio.get_mut(slot).and_then(Option::as_mut) {
-                    if size == 4 {
-                        dev.store((a - VIRTIO_BASE) % VIRTIO_SLOT_SIZE, value as u32);
-                    }
-                }
-                Ok(())
-            }
-            _ => Err(fault),
-        }
+impl Devices {
+    /// The devices with registers on the bus, in address order.
+    fn mmio(&mut self) -> [Mapping<'_>; 6] {
+        [
+            Mapping::new(&mut self.sifive_test),
+            Mapping::new(&mut self.rtc),
+            Mapping::new(&mut self.clint),
+            Mapping::new(&mut self.plic),
+            Mapping::new(&mut self.uart),
+            Mapping::new(&mut self.virtio),
+        ]
     }
 }
 
@@ -327,10 +229,11 @@ impl Machine {
                 plic: Plic::new(),
                 uart: Uart::new(),
                 rtc: Rtc::default(),
-                virtio: virtio_slots(&config.virtio)?,
+                virtio: VirtioSlots::new(&config.virtio)?,
                 io_requests: Vec::new(),
                 next_io_id: 0,
                 tohost,
+                sifive_test: SifiveTest,
             },
             console: Vec::new(),
             ram_size,
@@ -346,11 +249,8 @@ impl Machine {
         d.rtc.poll(mtime);
         d.plic.set_level(Uart::IRQ, d.uart.irq_level());
         d.plic.set_level(Rtc::IRQ, d.rtc.irq_level());
-        for (slot, dev) in d.virtio.iter().enumerate() {
-            if let Some(dev) = dev {
-                d.plic
-                    .set_level(VIRTIO_FIRST_IRQ as usize + slot, dev.irq_level());
-            }
+        for (source, level) in d.virtio.irq_levels() {
+            d.plic.set_level(source, level);
         }
         let mut lines = 0;
         if d.clint.msip & 1 != 0 {
@@ -390,20 +290,19 @@ impl Machine {
             if let Some(alarm) = self.devices.rtc.alarm_mtime() {
                 limit = limit.min(self.hart.clock().icount_at(icount, alarm).max(icount + 1));
             }
-            let mut view = BusView {
-                devices: &mut self.devices,
-                clock: *self.hart.clock(),
-                console: &mut self.console,
-                test_request: None,
-                set_mtime: None,
-            };
-            let exit = self.hart.run(&mut view, limit);
-            let (test_request, set_mtime) = (view.test_request, view.set_mtime);
-            if let Some((at, value)) = set_mtime {
+            // The bus holds the console for the run (moved, not copied)
+            // so that transmitted bytes land in it directly.
+            let console = std::mem::take(&mut self.console);
+            let ctx = BusCtx::new(*self.hart.clock(), console);
+            let mut bus = MmioBus::new(self.devices.mmio(), ctx);
+            let exit = self.hart.run(&mut bus, limit);
+            let effects = bus.into_effects();
+            self.console = effects.console;
+            if let Some(write) = effects.mtime_write {
                 self.mtime_writes += 1;
-                self.hart.clock_mut().set_mtime(at, value);
+                self.hart.clock_mut().set_mtime(write.icount, write.value);
             }
-            match test_request {
+            match effects.test_request {
                 Some(TestRequest::PowerOff(code)) => return Stop::PowerOff { code },
                 Some(TestRequest::Reset) => return Stop::Reset,
                 None => {}
@@ -492,8 +391,7 @@ impl Machine {
                 let taken = self
                     .devices
                     .virtio
-                    .iter_mut()
-                    .flatten()
+                    .devices_mut()
                     .any(|dev| dev.receive(hart, &frame));
                 if !taken {
                     tracing::debug!(len = frame.len(), "frame dropped: no receive buffer");
@@ -504,8 +402,7 @@ impl Machine {
                 let done = self
                     .devices
                     .virtio
-                    .iter_mut()
-                    .flatten()
+                    .devices_mut()
                     .any(|dev| dev.complete(hart, id, status, &data));
                 if !done {
                     tracing::debug!(id, "completion for a request no device waits for");
@@ -520,7 +417,7 @@ impl Machine {
     fn process_virtio(&mut self) -> bool {
         let d = &mut self.devices;
         let before = d.io_requests.len();
-        for dev in d.virtio.iter_mut().flatten() {
+        for dev in d.virtio.devices_mut() {
             dev.process(&self.hart, &mut d.next_io_id, &mut d.io_requests);
         }
         d.io_requests.len() > before
@@ -597,6 +494,9 @@ impl Machine {
 }
 
 #[cfg(test)]
+mod golden;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
@@ -640,6 +540,17 @@ mod tests {
             digest,
             "one RAM byte must change the digest"
         );
+    }
+
+    #[test]
+    fn device_windows_do_not_overlap() {
+        let mut devices = machine().devices;
+        let mut windows: Vec<_> = devices.mmio().iter().map(|m| m.window().clone()).collect();
+        windows.sort_unstable_by_key(|w| w.start);
+        for pair in windows.windows(2) {
+            assert!(pair[0].end <= pair[1].start, "{pair:x?} overlap");
+        }
+        assert!(windows.iter().all(|w| w.end <= RAM_BASE));
     }
 
     #[test]
