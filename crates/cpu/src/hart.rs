@@ -10,6 +10,11 @@ use crate::fpu::{self, Fmt, FpOp, Rm};
 use crate::ram::{PAGE_SHIFT, Ram};
 use crate::{Bus, Exit, GuestClock, HartConfig, Privilege, irq, rvc};
 
+mod translator;
+
+pub use translator::{Engine, EngineError};
+use translator::{JitExit, Translator};
+
 const PAGE_SIZE: u64 = 1 << PAGE_SHIFT;
 const PAGE_MASK: u64 = PAGE_SIZE - 1;
 
@@ -165,243 +170,6 @@ pub struct Hart {
     /// instruction: an [`Exit`] is pending or a store retired cached code.
     stop_block: bool,
     translator: Translator,
-}
-
-/// How the hart executes instructions. Both engines give bit-identical
-/// machine states after any number of instructions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Engine {
-    /// Decoded blocks run by the interpreter: the reference, and the only
-    /// engine on hosts other than x86-64 Unix.
-    Interpreter,
-    /// Blocks translated to x86-64 code, with the interpreter executing
-    /// what the translator leaves to it (the default where available).
-    Translator,
-}
-
-impl Default for Engine {
-    fn default() -> Self {
-        if cfg!(all(target_arch = "x86_64", unix)) {
-            Engine::Translator
-        } else {
-            Engine::Interpreter
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    #[error("the block translator is only available on x86-64 Unix hosts")]
-    Unsupported,
-    #[cfg(all(target_arch = "x86_64", unix))]
-    #[error(transparent)]
-    Jit(#[from] crate::jit::JitError),
-}
-
-#[cfg(all(target_arch = "x86_64", unix))]
-struct Translator {
-    jit: Option<Box<crate::jit::Jit>>,
-    ctx: crate::jit::JitContext,
-    /// A guest store retired cached code: translations are dropped before
-    /// translated code runs again.
-    flush_pending: bool,
-    link: Option<crate::jit::PendingLink>,
-    /// Runs of a block in the interpreter before it is translated.
-    threshold: u32,
-}
-
-#[cfg(not(all(target_arch = "x86_64", unix)))]
-struct Translator {
-    flush_pending: bool,
-}
-
-#[cfg(all(target_arch = "x86_64", unix))]
-const TRANSLATE_AFTER_RUNS: u32 = 8;
-
-/// How translated code handed control back.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum JitExit {
-    /// At a block boundary; `pc` is where to go on.
-    Done,
-    /// `pc` is an instruction the interpreter must execute.
-    Bail,
-}
-
-#[cfg(all(target_arch = "x86_64", unix))]
-impl Translator {
-    fn new() -> Self {
-        Translator {
-            jit: None,
-            ctx: crate::jit::JitContext::default(),
-            flush_pending: false,
-            link: None,
-            threshold: TRANSLATE_AFTER_RUNS,
-        }
-    }
-}
-
-#[cfg(not(all(target_arch = "x86_64", unix)))]
-impl Translator {
-    fn new() -> Self {
-        Translator {
-            flush_pending: false,
-        }
-    }
-}
-
-impl Hart {
-    /// Choose the execution engine. The choice does not affect the
-    /// machine's behaviour, only its speed.
-    pub fn set_engine(&mut self, engine: Engine) -> Result<(), EngineError> {
-        match engine {
-            Engine::Interpreter => {
-                #[cfg(all(target_arch = "x86_64", unix))]
-                {
-                    self.translator.jit = None;
-                }
-                Ok(())
-            }
-            #[cfg(all(target_arch = "x86_64", unix))]
-            Engine::Translator => {
-                if self.translator.jit.is_none() {
-                    self.translator.jit = Some(Box::new(crate::jit::Jit::new()?));
-                    self.translator.flush_pending = false;
-                    self.translator.link = None;
-                }
-                Ok(())
-            }
-            #[cfg(not(all(target_arch = "x86_64", unix)))]
-            Engine::Translator => Err(EngineError::Unsupported),
-        }
-    }
-
-    /// Translate a block only after it ran this many times in the
-    /// interpreter (default 8): code that runs a few times only, like most
-    /// of a boot, is cheaper to interpret. Tests set 0 to translate
-    /// everything at once. No effect on the machine's behaviour.
-    pub fn set_translation_threshold(&mut self, runs: u32) {
-        #[cfg(all(target_arch = "x86_64", unix))]
-        {
-            self.translator.threshold = runs;
-        }
-        #[cfg(not(all(target_arch = "x86_64", unix)))]
-        let _ = runs;
-    }
-
-    pub fn engine(&self) -> Engine {
-        #[cfg(all(target_arch = "x86_64", unix))]
-        if self.translator.jit.is_some() {
-            return Engine::Translator;
-        }
-        Engine::Interpreter
-    }
-
-    /// Run `block` (at `pc`) and whatever it chains to as translated code;
-    /// `None` if there is no translator or the block cannot be translated.
-    #[cfg(all(target_arch = "x86_64", unix))]
-    fn run_translated(
-        &mut self,
-        block: BlockRef,
-        arena: &[Decoded],
-        icount_limit: u64,
-    ) -> Option<JitExit> {
-        let mut jit = self.translator.jit.take()?;
-        let result = self.run_translated_with(&mut jit, block, arena, icount_limit);
-        self.translator.jit = Some(jit);
-        match result {
-            Ok(exit) => exit,
-            Err(error) => {
-                // The interpreter carries on alone; nothing guest-visible
-                // depends on the engine.
-                tracing::warn!(%error, "block translator disabled");
-                self.translator.jit = None;
-                None
-            }
-        }
-    }
-
-    #[cfg(all(target_arch = "x86_64", unix))]
-    fn run_translated_with(
-        &mut self,
-        jit: &mut crate::jit::Jit,
-        block: BlockRef,
-        arena: &[Decoded],
-        icount_limit: u64,
-    ) -> Result<Option<JitExit>, EngineError> {
-        use crate::jit::{EXIT_BAIL, EXIT_LINK};
-        if std::mem::take(&mut self.translator.flush_pending) {
-            jit.flush();
-        }
-        let pc = self.s.pc;
-        let code = match self.blocks.translation(block, jit.epoch) {
-            Some(code) => code,
-            // Code that runs a few times only (most of a boot) is cheaper
-            // to interpret than to translate.
-            None if self.blocks.count_run(block) < self.translator.threshold => return Ok(None),
-            None => {
-                let insns = &arena[block.start..block.start + block.len];
-                let (index, generation) = self
-                    .blocks
-                    .chunk_stamp(self.fetch_page_off + (pc & PAGE_MASK) as usize);
-                let stamp = crate::jit::ChunkStamp { index, generation };
-                let Some(code) = jit.translate(insns, pc & PAGE_MASK, stamp)? else {
-                    return Ok(None);
-                };
-                self.blocks.set_translation(block, code, jit.epoch);
-                code
-            }
-        };
-        if let Some(link) = self.translator.link.take() {
-            if link.pc == pc {
-                jit.set_link(link, code);
-            }
-        }
-        let load_prv = self.effective_privilege(Access::Load);
-        let store_prv = self.effective_privilege(Access::Store);
-        let bare = self.s.satp >> 60 == 0;
-        let context_bits = (self.s.mstatus >> 16) & 0xc;
-        let ctx = &mut self.translator.ctx;
-        ctx.x = self.s.x.as_mut_ptr();
-        ctx.ram = self.ram.host_ptr();
-        ctx.ram_base = self.ram.base();
-        ctx.ram_size = self.ram.size();
-        ctx.pc = pc;
-        ctx.icount = self.s.icount;
-        ctx.icount_limit = icount_limit;
-        ctx.code_chunks = self.blocks.code_chunks_ptr();
-        ctx.chunk_generation = self.blocks.chunk_generation_ptr();
-        ctx.tlb_load = self.tlb[Access::Load as usize].as_ptr().cast();
-        ctx.tlb_store = self.tlb[Access::Store as usize].as_ptr().cast();
-        ctx.load_direct = u64::from(bare || load_prv == Privilege::Machine);
-        ctx.store_direct = u64::from(bare || store_prv == Privilege::Machine);
-        ctx.load_key = load_prv as u64 | context_bits;
-        ctx.store_key = store_prv as u64 | context_bits;
-        ctx.stores_bail = u64::from(self.s.reservation.is_some() || !self.s.watches.is_empty());
-        ctx.link = std::ptr::null_mut();
-        let kind = jit.run(ctx, code)?;
-        self.s.pc = ctx.pc;
-        self.s.icount = ctx.icount;
-        Ok(Some(match kind {
-            EXIT_BAIL => JitExit::Bail,
-            EXIT_LINK => {
-                self.translator.link = Some(crate::jit::PendingLink {
-                    slot: ctx.link as usize,
-                    pc: ctx.pc,
-                    epoch: jit.epoch,
-                });
-                JitExit::Done
-            }
-            other => {
-                debug_assert_eq!(other, crate::jit::EXIT_DONE);
-                JitExit::Done
-            }
-        }))
-    }
-
-    #[cfg(not(all(target_arch = "x86_64", unix)))]
-    fn run_translated(&mut self, _: BlockRef, _: &[Decoded], _: u64) -> Option<JitExit> {
-        None
-    }
 }
 
 /// Decode a fetched instruction (`len` 2: a compressed parcel, expanded
@@ -622,7 +390,7 @@ impl Hart {
 
     fn flush_icache(&mut self) {
         self.blocks.flush(self.ram.host_generation);
-        self.translator.flush_pending = true;
+        self.translator.schedule_flush();
     }
 
     /// Retire cached code overlapping a guest write to RAM offsets
@@ -635,7 +403,7 @@ impl Hart {
             // entry; only a wrapped generation needs them all dropped.
             self.stop_block = true;
             if std::mem::take(&mut self.blocks.wrapped) {
-                self.translator.flush_pending = true;
+                self.translator.schedule_flush();
             }
         }
     }
