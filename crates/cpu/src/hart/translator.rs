@@ -93,7 +93,8 @@ mod imp {
     use crate::Privilege;
     use crate::block::BlockRef;
     use crate::decode::Decoded;
-    use crate::hart::{Access, Hart, PAGE_MASK};
+    use crate::hart::mmu::Access;
+    use crate::hart::{Hart, PAGE_MASK};
     use crate::jit::{ChunkStamp, EXIT_BAIL, EXIT_DONE, EXIT_LINK, Jit, JitContext, PendingLink};
 
     pub(super) const AVAILABLE: bool = true;
