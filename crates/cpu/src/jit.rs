@@ -134,39 +134,14 @@ struct Region {
 
 impl Region {
     fn new() -> Result<Region, JitError> {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let dir = ["/dev/shm"]
-            .into_iter()
-            .map(std::path::PathBuf::from)
-            .find(|d| d.is_dir())
-            .unwrap_or_else(std::env::temp_dir);
-        let path = dir.join(format!(
-            "ftvm-code-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let file = {
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .map_err(JitError::Map)?
-        };
-        // Unlinked at once: from here on only this process can reach it.
-        let _ = std::fs::remove_file(&path);
-        file.set_len(CODE_BYTES as u64).map_err(JitError::Map)?;
+        let file = code_file()?;
         let mut options = memmap2::MmapOptions::new();
         options.len(CODE_BYTES);
         // SAFETY: mapping a file is unsound only if someone else changes
-        // or truncates it while mapped. This file was created exclusively
-        // (create_new, mode 0600) and unlinked before mapping; its size is
-        // fixed here and no other handle to it escapes this function, so
-        // the two views below are its only users, and both live as long as
-        // the region.
+        // or truncates it while mapped. `code_file` created it exclusively
+        // (create_new, mode 0600), unlinked it and fixed its size, and no
+        // other handle to it escapes this function, so the two views below
+        // are its only users, and both live as long as the region.
         let (write_view, exec_view) = unsafe {
             (
                 options.map_mut(&file).map_err(JitError::Map)?,
@@ -178,6 +153,42 @@ impl Region {
             exec_view,
         })
     }
+}
+
+/// The file behind the code region, `CODE_BYTES` long, already unlinked:
+/// a file because the region is mapped twice, writable and executable,
+/// and both mappings must share its pages.
+///
+/// The crate otherwise keeps away from `std::fs`: nothing the machine
+/// computes may depend on a host file. This one is host memory for
+/// generated code, never an input to the machine: nothing is read from it
+/// but what the translator wrote, and it is gone when the process is.
+#[allow(clippy::disallowed_methods, clippy::disallowed_types)]
+fn code_file() -> Result<std::fs::File, JitError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let dir = ["/dev/shm"]
+        .into_iter()
+        .map(std::path::PathBuf::from)
+        .find(|d| d.is_dir())
+        .unwrap_or_else(std::env::temp_dir);
+    let path = dir.join(format!(
+        "ftvm-code-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(JitError::Map)?;
+    // Unlinked at once: from here on only this process can reach it.
+    let _ = std::fs::remove_file(&path);
+    file.set_len(CODE_BYTES as u64).map_err(JitError::Map)?;
+    Ok(file)
 }
 
 pub(crate) struct Jit {
