@@ -1,7 +1,8 @@
 //! # ftvm-board — a QEMU `virt`-compatible machine around one hart
 //!
-//! The memory map and devices mirror QEMU's `virt` board (DESIGN.md §1) so
-//! the same firmware, kernels and bare-metal programs run on both:
+//! The memory map and devices mirror QEMU's `virt` board (ARCHITECTURE.md,
+//! "The machine") so the same firmware, kernels and bare-metal programs run
+//! on both:
 //!
 //! | device | base | |
 //! |---|---|---|
@@ -13,7 +14,7 @@
 //! | virtio-mmio | `0x1000_1000` | 8 slots of `0x1000`, slot `n` at IRQ `n + 1`; devices fill slots 7, 6, … as QEMU does, empty slots report device ID 0 |
 //! | RAM | `0x8000_0000` | size set by the user |
 //!
-//! ## The input boundary (DESIGN.md §2)
+//! ## The input boundary (ARCHITECTURE.md, "The input boundary")
 //! A [`Machine`] is a pure function of its initial state and of the ordered
 //! [`Input`]s given to [`Machine::inject`], each applied at the icount the
 //! machine has reached. Nothing in here reads the host clock, a file (after

@@ -1,14 +1,15 @@
 //! virtio-mmio (version 2) with split virtqueues, and the devices behind
 //! it: block and entropy.
 //!
-//! Devices never touch the host. A guest's request becomes an
-//! [`IoRequest`] that the machine's owner collects
+//! Devices never touch the host. A guest's request becomes an [`IoRequest`]
+//! that the machine's owner collects
 //! ([`crate::Machine::take_io_requests`]), performs wherever it likes (a
 //! disk file, the host's entropy source, a logged value on replay) and
 //! answers with [`crate::Input::IoDone`] at an instruction boundary of its
 //! choosing. Only then does the device write the result into guest memory
 //! and raise its interrupt: I/O completions and the data they bring are
-//! inputs of the machine like any other (DESIGN.md §2).
+//! inputs of the machine like any other (ARCHITECTURE.md, "The input
+//! boundary").
 //!
 //! Guest memory is read (requests, data to write) when the guest notifies
 //! the queue and written when the completion is injected; both happen

@@ -1,8 +1,8 @@
 //! `ftvm switch`: the network of an FT pair as a process of its own
-//! (ARCHITECTURE.md, "The pair's network"). It must outlive either VM — it is the pair's physical
-//! network — so it runs apart from both, with the user-mode gateway (and
-//! so the host's forwarded ports and their TCP connections) on a port of
-//! its own. See [`ftvm_net::switch`].
+//! (ARCHITECTURE.md, "The pair's network"). It must outlive either VM — it
+//! is the pair's physical network — so it runs apart from both, with the
+//! user-mode gateway (and so the host's forwarded ports and their TCP
+//! connections) on a port of its own. See [`ftvm_net::switch`].
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

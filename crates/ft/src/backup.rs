@@ -1,4 +1,5 @@
-//! The backup's side of the logging channel, sans-IO (DESIGN.md §4).
+//! The backup's side of the logging channel, sans-IO (ARCHITECTURE.md, "The
+//! FT protocol").
 //!
 //! Log bytes are decoded and checked (framing, checksums, sequence
 //! numbers) as they arrive, and the acknowledgement counts only entries

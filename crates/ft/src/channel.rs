@@ -1,5 +1,6 @@
 //! The logging channel's messages, their framing, and the handshake that
-//! authenticates the peer with a pre-shared key (DESIGN.md §4).
+//! authenticates the peer with a pre-shared key (ARCHITECTURE.md, "The FT
+//! protocol").
 //!
 //! A message travels as a frame like the log's: length, CRC32C, payload
 //! (postcard). [`FrameDecoder`] takes bytes as they arrive, in any pieces,

@@ -1,11 +1,11 @@
 //! Failure detection: heartbeats plus silence on the logging channel
-//! (DESIGN.md §4), sans-IO. Any message from the peer counts as a sign of
-//! life; the peer is suspected once nothing has arrived for `timeout`, or
-//! at once when the channel is known to be closed (a process killed on
-//! the other side closes its connections at once: nothing more can
-//! arrive, and waiting out the timeout would only delay the failover).
-//! Either way a suspicion only leads to the arbiter, never straight to
-//! going live.
+//! (ARCHITECTURE.md, "The FT protocol"), sans-IO. Any message from the peer
+//! counts as a sign of life; the peer is suspected once nothing has arrived
+//! for `timeout`, or at once when the channel is known to be closed (a
+//! process killed on the other side closes its connections at once: nothing
+//! more can arrive, and waiting out the timeout would only delay the
+//! failover). Either way a suspicion only leads to the arbiter, never
+//! straight to going live.
 
 /// Times are milliseconds on a clock the caller chooses (monotonic).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,4 +1,5 @@
-//! The backup's decision to take over, sans-IO (DESIGN.md §4, "Go-live").
+//! The backup's decision to take over, sans-IO (ARCHITECTURE.md, "The FT
+//! protocol").
 //!
 //! When the primary is suspected, the caller also freezes the backup's
 //! receive buffer ([`crate::backup::Backup::freeze`]): nothing more is

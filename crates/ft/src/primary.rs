@@ -1,5 +1,5 @@
 //! The primary's side of the logging channel: the output rule and flow
-//! control (DESIGN.md §4), sans-IO.
+//! control (ARCHITECTURE.md, "The FT protocol"), sans-IO.
 //!
 //! The primary keeps executing while the log is in flight; only outputs
 //! wait. An output produced when the log held `n` entries may leave once

@@ -1,12 +1,12 @@
 //! # ftvm-net — the host side of a VM's network
 //!
-//! A VM's network card exchanges Ethernet frames with a [`NetBackend`].
-//! The machine never sees the host network: transmitted frames are
-//! outputs the host hands to a backend, received frames are inputs the host
-//! injects (DESIGN.md §2). Keeping the backend behind this narrow,
-//! frame-level interface is what lets a later issue move the gateway out
-//! of the VM process (DESIGN.md §5), so a backup that goes live keeps the
-//! clients' connections.
+//! A VM's network card exchanges Ethernet frames with a [`NetBackend`]. The
+//! machine never sees the host network: transmitted frames are outputs the
+//! host hands to a backend, received frames are inputs the host injects
+//! (ARCHITECTURE.md, "The input boundary"). Behind this narrow,
+//! frame-level interface the gateway can live outside the VM's process (a
+//! pair's switch, ARCHITECTURE.md, "The pair's network"), so a backup that
+//! goes live keeps the clients' connections.
 //!
 //! [`UserNet`] is the user-mode backend, like QEMU's `-netdev user`: a small
 //! TCP/IP endpoint on the host (smoltcp) at the gateway address 10.0.2.2 of

@@ -1,6 +1,6 @@
 //! The pair's network: a learning Ethernet switch that runs apart from the
-//! VMs (DESIGN.md §5), so that it outlives either of them — it plays the
-//! physical network of the paper.
+//! VMs (ARCHITECTURE.md, "The pair's network"), so that it outlives either
+//! of them — it plays the physical network of the paper.
 //!
 //! VMs reach it over UDP: every datagram is one Ethernet frame, an empty
 //! datagram says "this port is here" (sent when a VM attaches, then once a

@@ -1,8 +1,9 @@
 //! # ftvm-replay — the log of non-deterministic inputs, and its replay
 //!
-//! A machine is a pure function of its initial state and its ordered
-//! inputs (DESIGN.md §2). This crate records those inputs as a log and
-//! re-executes a machine from one (DESIGN.md §3):
+//! A machine is a pure function of its initial state and its ordered inputs
+//! (ARCHITECTURE.md, "The input boundary"). This crate records those inputs
+//! as a log and re-executes a machine from one (ARCHITECTURE.md, "The
+//! log"):
 //!
 //! - [`format`]: typed entries (inputs at an icount, checkpoints of the
 //!   state digest, control entries), sequence numbers, a compact encoding,

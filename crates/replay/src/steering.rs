@@ -1,4 +1,5 @@
-//! Guest time steered toward the host's wall clock (DESIGN.md §2).
+//! Guest time steered toward the host's wall clock (ARCHITECTURE.md, "The
+//! input boundary").
 //!
 //! Guest time (`mtime`) is a function of icount, so timer interrupts land
 //! at exact icounts and cost the log nothing. Left alone it would run as
