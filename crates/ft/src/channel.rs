@@ -41,10 +41,19 @@ impl Role {
     }
 }
 
+/// The version of the logging channel's messages and framing, first in
+/// every `Hello`: bump it with any change to [`Message`], the framing or
+/// the handshake (the golden-bytes test `crates/ft/tests/golden.rs` fails
+/// until you do). 1 was the unversioned format of the first pairs.
+pub const CHANNEL_VERSION: u32 = 2;
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
-    /// The first message of each side.
+    /// The first message of each side. `version` comes first and stays
+    /// first in every version, so that a peer of another version is told
+    /// so rather than misread.
     Hello {
+        version: u32,
         role: Role,
         pair: String,
         epoch: u64,
@@ -81,6 +90,11 @@ pub enum ChannelError {
     BadMac,
     #[error("a message of {0} bytes is too large for the logging channel")]
     TooLarge(usize),
+    #[error(
+        "the peer speaks version {theirs} of the logging channel, this VM version {ours}: run \
+         the same ftvm on both hosts"
+    )]
+    Version { ours: u32, theirs: u32 },
 }
 
 /// Largest frame once the peer is authenticated: a whole log frame and
@@ -106,12 +120,31 @@ pub fn encode(message: &Message) -> Vec<u8> {
 
 /// A handshake message from a frame's payload.
 pub fn decode(payload: &[u8]) -> Result<Message, ChannelError> {
-    let (message, rest) =
-        postcard::take_from_bytes(payload).map_err(|e| ChannelError::Corrupt(e.to_string()))?;
-    if !rest.is_empty() {
-        return Err(ChannelError::Corrupt("bytes after the message".into()));
+    match postcard::take_from_bytes::<Message>(payload) {
+        Ok((message, [])) => Ok(message),
+        Ok(_) => Err(ChannelError::Corrupt("bytes after the message".into())),
+        // A `Hello` of another version may not decode as ours: its version
+        // field, first of all, says why.
+        Err(e) => match hello_version(payload) {
+            Some(theirs) if theirs != CHANNEL_VERSION => Err(ChannelError::Version {
+                ours: CHANNEL_VERSION,
+                theirs,
+            }),
+            _ => Err(ChannelError::Corrupt(e.to_string())),
+        },
     }
-    Ok(message)
+}
+
+/// The version a `Hello` payload starts with: the variant index of
+/// `Hello` (0), then the version, both postcard varints.
+fn hello_version(payload: &[u8]) -> Option<u32> {
+    let (variant, rest) = postcard::take_from_bytes::<u32>(payload).ok()?;
+    if variant != 0 {
+        return None;
+    }
+    postcard::take_from_bytes::<u32>(rest)
+        .ok()
+        .map(|(version, _)| version)
 }
 
 /// Cuts a byte stream into frame payloads, checking lengths and CRCs.
@@ -318,6 +351,7 @@ impl Handshake {
         nonce: [u8; 16],
     ) -> (Handshake, Message) {
         let hello = Message::Hello {
+            version: CHANNEL_VERSION,
             role,
             pair: pair.to_string(),
             epoch,
@@ -359,6 +393,7 @@ impl Handshake {
         match (message, self.peer_nonce) {
             (
                 Message::Hello {
+                    version,
                     role,
                     pair,
                     epoch,
@@ -366,6 +401,12 @@ impl Handshake {
                 },
                 None,
             ) => {
+                if *version != CHANNEL_VERSION {
+                    return Err(ChannelError::Version {
+                        ours: CHANNEL_VERSION,
+                        theirs: *version,
+                    });
+                }
                 if *pair != self.pair || *epoch != self.epoch {
                     return Err(ChannelError::OtherPair {
                         expected: format!("pair {} epoch {}", self.pair, self.epoch),
@@ -506,6 +547,7 @@ pub(crate) mod tests {
         ));
         let (mut p, _) = Handshake::start(Role::Primary, "vm1", 3, channel_key(b"k"), [1; 16]);
         let other = Message::Hello {
+            version: CHANNEL_VERSION,
             role: Role::Backup,
             pair: "vm2".into(),
             epoch: 3,
@@ -515,6 +557,36 @@ pub(crate) mod tests {
             p.receive(&other),
             Err(ChannelError::OtherPair { .. })
         ));
+    }
+
+    /// A peer of another version is told apart from a corrupt one, whether
+    /// its `Hello` decodes as ours or not.
+    #[test]
+    fn a_peer_of_another_version_is_named_as_such() {
+        let (mut p, _) = Handshake::start(Role::Primary, "vm1", 3, channel_key(b"k"), [1; 16]);
+        let newer = Message::Hello {
+            version: CHANNEL_VERSION + 1,
+            role: Role::Backup,
+            pair: "vm1".into(),
+            epoch: 3,
+            nonce: [2; 16],
+        };
+        let theirs = CHANNEL_VERSION + 1;
+        let ours = CHANNEL_VERSION;
+        assert_eq!(
+            p.receive(&newer),
+            Err(ChannelError::Version { ours, theirs })
+        );
+        // A future Hello whose other fields changed shape: variant 0, the
+        // version, then bytes ours cannot read.
+        let mut payload = postcard::to_stdvec(&0u32).expect("variant");
+        payload.extend(postcard::to_stdvec(&theirs).expect("version"));
+        payload.extend([0xff; 3]);
+        assert_eq!(
+            decode(&payload),
+            Err(ChannelError::Version { ours, theirs })
+        );
+        assert!(matches!(decode(&[0xff; 3]), Err(ChannelError::Corrupt(_))));
     }
 
     /// Two established sessions, primary's and backup's.

@@ -7,22 +7,21 @@
 //! purpose, together with the channel's version and with the constants
 //! here regenerated (a failing test prints them).
 //!
-//! The channel has no version field: its version is the "v1" in the
-//! domain strings of `channel_key` and of the session keys, so peers of
-//! two versions fail the handshake (as if the key were wrong) instead of
-//! misreading each other's frames.
+//! Every `Hello` starts with `CHANNEL_VERSION`, pinned here too, so a peer
+//! of another version is told so at the handshake instead of misreading
+//! frames.
 
 use ftvm_ft::channel::{
-    self, CHANNEL_FRAME_MAX, ChannelError, FrameDecoder, HANDSHAKE_FRAME_MAX, Handshake, Message,
-    Role, Session, Step, channel_key,
+    self, CHANNEL_FRAME_MAX, CHANNEL_VERSION, ChannelError, FrameDecoder, HANDSHAKE_FRAME_MAX,
+    Handshake, Message, Role, Session, Step, channel_key,
 };
 use ftvm_replay::format::{FRAME_MAX, frame_header};
 
 const CHANGED: &str = "THE LOGGING CHANNEL FORMAT CHANGED (crates/ft/src/channel.rs)";
-const IF_INTENDED: &str = "If this change is intended, bump the channel's version (the \"v1\" \
-     in the domain strings of channel_key and the session keys: the Hello carries no version, \
-     so peers of different versions must fail the handshake rather than misread frames) and \
-     update the golden constants in crates/ft/tests/golden.rs";
+const IF_INTENDED: &str = "If this change is intended, bump CHANNEL_VERSION in \
+     crates/ft/src/channel.rs (every Hello carries it, so peers of different versions refuse \
+     each other by name rather than misread frames) and update the golden constants in \
+     crates/ft/tests/golden.rs";
 
 const SECRET: &[u8] = b"ftvm golden-bytes test secret (not a real one)";
 const PAIR: &str = "vm-golden";
@@ -35,12 +34,12 @@ const GOLDEN_KEY: &str = "0b6058b08fcf89b82bde9d25129195257764c9270a5bedf978fdea
 
 /// The handshake's frames, as `channel::encode` puts them on the wire.
 const GOLDEN_PRIMARY_HELLO: &str = concat!(
-    "1d000000f9f08ae6000009766d2d676f6c64656e07101112131415161718191a",
-    "1b1c1d1e1f",
+    "1e000000877e23af00020009766d2d676f6c64656e0710111213141516171819",
+    "1a1b1c1d1e1f",
 );
 const GOLDEN_BACKUP_HELLO: &str = concat!(
-    "1d000000afbf26c1000109766d2d676f6c64656e07e0e1e2e3e4e5e6e7e8e9ea",
-    "ebecedeeef",
+    "1e000000d1318f8800020109766d2d676f6c64656e07e0e1e2e3e4e5e6e7e8e9",
+    "eaebecedeeef",
 );
 const GOLDEN_PRIMARY_PROOF: &str = concat!(
     "21000000f54f84780121db2b58f3cf45d08bcf94f322a0db8a9ae174d1d39219",
@@ -55,9 +54,9 @@ const GOLDEN_BACKUP_PROOF: &str = concat!(
 const GOLDEN_SEALED_BY_PRIMARY: [&str; KINDS] = [
     // Hello
     concat!(
-        "3d000000684922f8000009766d2d676f6c64656e07101112131415161718191a",
-        "1b1c1d1e1f629429df8d2684d5076fa0d6b2808cce6a5b176371fabe787fe5cd",
-        "5460859b80",
+        "3e0000005f2144e000020009766d2d676f6c64656e0710111213141516171819",
+        "1a1b1c1d1e1f0b7c33ec1b31def26ae0b2f765397a327cb3302bfc26a1942673",
+        "17a7da0c6845",
     ),
     // Proof
     concat!(
@@ -91,9 +90,9 @@ const GOLDEN_SEALED_BY_PRIMARY: [&str; KINDS] = [
 const GOLDEN_SEALED_BY_BACKUP: [&str; KINDS] = [
     // Hello
     concat!(
-        "3d0000009b762701000109766d2d676f6c64656e07e0e1e2e3e4e5e6e7e8e9ea",
-        "ebecedeeef913f18ab0bc6e55f336a832a4a417a40049f95c6dece2fed509936",
-        "4b1c3ee2aa",
+        "3e0000004babd24a00020109766d2d676f6c64656e07e0e1e2e3e4e5e6e7e8e9",
+        "eaebecedeeef405702d0e20c05213c2870b1d81d0cac691dec6bdf241e9e2960",
+        "4e456eb747aa",
     ),
     // Proof
     concat!(
@@ -144,6 +143,7 @@ fn messages(from: Role) -> [Message; KINDS] {
     };
     let messages = [
         Message::Hello {
+            version: CHANNEL_VERSION,
             role: from,
             pair: PAIR.into(),
             epoch: EPOCH,
@@ -410,6 +410,10 @@ fn flip(frame: &[u8], at: usize, bit: u32, fix_crc: bool) -> Vec<u8> {
 #[test]
 fn the_frame_limits_and_the_key_derivation_are_pinned() {
     assert_eq!(
+        CHANNEL_VERSION, 2,
+        "{CHANGED}: the channel's version. Update this test with the golden constants."
+    );
+    assert_eq!(
         (HANDSHAKE_FRAME_MAX, CHANNEL_FRAME_MAX, FRAME_MAX),
         (1024, (64 << 20) + 4096, 64 << 20),
         "{CHANGED}: a frame limit. A peer with a lower limit refuses the other's frames. \
@@ -446,6 +450,7 @@ fn the_handshake_puts_the_golden_frames_on_the_wire() {
         assert_eq!(
             decoded[i],
             Message::Hello {
+                version: CHANNEL_VERSION,
                 role,
                 pair: PAIR.into(),
                 epoch: EPOCH,
