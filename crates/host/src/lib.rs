@@ -4,7 +4,7 @@
 //! `ftvm-ft`, `ftvm-node`) are pure: they never read a clock, open a file
 //! or a socket, or start a thread, and clippy holds them to it (their
 //! `clippy.toml`). This crate is where the host comes in, around a
-//! [`Node`](ftvm_node::Node):
+//! `Node`:
 //!
 //! - [`vm`]: the one run loop that drives a node — alone (`ftvm run`), as
 //!   a primary or as a backup (`ftvm primary`, `ftvm backup`) — and hands

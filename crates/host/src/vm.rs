@@ -1,5 +1,5 @@
 //! The run loop: one VM process on this host, driving its
-//! [`Node`](ftvm_node::Node). `ftvm run` (a node alone), `ftvm primary`
+//! `Node`. `ftvm run` (a node alone), `ftvm primary`
 //! and `ftvm backup` all run this loop; what differs is what is plugged
 //! into it ([`VmHost`]):
 //!

@@ -5,7 +5,7 @@
 //! as a log and re-executes a machine from one (ARCHITECTURE.md, "The
 //! log"):
 //!
-//! - [`format`]: typed entries (inputs at an icount, checkpoints of the
+//! - [`format`](mod@format): typed entries (inputs at an icount, checkpoints of the
 //!   state digest, control entries), sequence numbers, a compact encoding,
 //!   frames with CRC32C, and a versioned header naming the machine
 //!   configuration (with the content hash of each file) and the digest of
