@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use ftvm_host::process::{process_alive, terminate};
-use ftvm_host::status::{StatusFile, StatusLine, SwitchStatus, VmState};
+use ftvm_host::status::{PairStatus, StatusFile, StatusLine, SwitchStatus, VmState};
 use ftvm_net::NetSpec;
 
 use crate::MachineArgs;
@@ -384,9 +384,11 @@ pub fn status(args: &StatusArgs) -> Result<ExitCode> {
     }
     let switch = read_switch(dir);
     if args.json {
-        let lines: Vec<StatusLine> = vms.iter().map(Vm::describe).collect();
-        let json = serde_json::json!({ "vms": lines, "switch": switch });
-        say(&json.to_string())?;
+        let status = PairStatus {
+            vms: vms.iter().map(Vm::describe).collect(),
+            switch,
+        };
+        say(&serde_json::to_string(&status).context("encoding the status")?)?;
         return Ok(ExitCode::SUCCESS);
     }
     for vm in vms {

@@ -467,6 +467,13 @@ impl FromStr for SwitchStatus {
     }
 }
 
+/// What `ftvm status --json` prints: every VM's line, and the switch's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PairStatus {
+    pub vms: Vec<StatusLine>,
+    pub switch: Option<SwitchStatus>,
+}
+
 /// A status file, rewritten whole and atomically (by rename), so a reader
 /// never sees half a line.
 #[derive(Clone, Debug)]
