@@ -185,7 +185,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn unhex(text: &str) -> Vec<u8> {
-    assert!(text.len() % 2 == 0, "odd number of hex digits");
+    assert!(text.len().is_multiple_of(2), "odd number of hex digits");
     (0..text.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("a hex constant"))
