@@ -1,0 +1,283 @@
+//! The world outside the pair: the network between the hosts' ports and
+//! one client, the client itself, and what the world received.
+
+use std::collections::BTreeMap;
+
+use crate::guest::{ETHERTYPE, FRAME_LEN, GuestFrame, MAGIC_ANSWER, MAGIC_REQUEST, WORLD_MAC};
+use crate::plan::WorldPlan;
+use crate::sim::{Event, Sim, host_name};
+use crate::{Broken, MS, Options, Rng, SimError, VM_MAC};
+
+/// The client resends a request it got no answer to after this long.
+const RETRANSMIT_NS: u64 = 50 * MS;
+/// A frame the world got may arrive again (a new live VM re-issues the
+/// transmits it has no completion for) only if it is among the last this
+/// many: the guest has 8 transmit descriptors, and a completion is
+/// logged within 1.5 ms.
+const DUP_WINDOW: u64 = 16;
+
+/// The client: one request at a time, resent until answered.
+pub(crate) struct Client {
+    /// The current request, and its timer generation.
+    pub request: u64,
+    pub generation: u64,
+    payload: Vec<u8>,
+    pub answered_at: u64,
+    pub started_at: u64,
+    /// Requests sent, retransmissions included.
+    pub requests_sent: u64,
+}
+
+/// The guest's frames the world received.
+#[derive(Default)]
+pub(crate) struct Received {
+    /// Sequence number -> (the host it came from, the frame).
+    frames: BTreeMap<u64, (usize, Vec<u8>)>,
+    /// The highest sequence number.
+    max: u64,
+    /// Duplicates included.
+    pub count: u64,
+    /// Request -> hash.
+    pub answers: BTreeMap<u64, u64>,
+}
+
+/// What the hosts released (on the wire, maybe not arrived yet).
+#[derive(Default)]
+pub(crate) struct Released {
+    /// Sequence number -> frame.
+    pub frames: BTreeMap<u64, GuestFrame>,
+    /// The highest sequence number.
+    pub max: u64,
+    /// Request -> hash.
+    pub answers: BTreeMap<u64, u64>,
+}
+
+/// The network between the world (one client) and the hosts' ports: a
+/// learning switch, and the client.
+pub(crate) struct World {
+    rng: Rng,
+    /// World -> VM: delay, jitter, loss and duplication per frame.
+    links: WorldPlan,
+    /// The switch's table for the VM's address: the port (host) it was
+    /// last seen on as a source (a released frame, an announcement).
+    pub vm_port: Option<usize>,
+    /// VM -> world is one FIFO uplink, never lossy: when its last frame
+    /// arrives.
+    uplink_last: u64,
+    pub client: Client,
+    pub received: Received,
+    pub released: Released,
+    /// Each host announced the VM's address.
+    pub announced: [bool; 2],
+}
+
+impl World {
+    /// The world of `seed`, and its line of the plan.
+    pub fn new(seed: u64, options: &Options) -> World {
+        // Its own stream, so the number of frames does not shift the
+        // channel's faults.
+        let mut rng = Rng::new(seed ^ 0x6e65_7477_6f72_6b21);
+        let links = WorldPlan::draw(&mut rng, options);
+        let client = Client {
+            request: 1,
+            generation: 0,
+            payload: rng.bytes(FRAME_LEN - 26),
+            answered_at: 0,
+            started_at: links.started_at,
+            requests_sent: 0,
+        };
+        World {
+            rng,
+            links,
+            vm_port: None,
+            uplink_last: 0,
+            client,
+            received: Received::default(),
+            released: Released::default(),
+            announced: [false, false],
+        }
+    }
+
+    pub fn plan_line(&self) -> String {
+        self.links.line.clone()
+    }
+
+    /// The client's request `k`: to the VM, from the world, then `k` and
+    /// random bytes (the same for every retransmission).
+    fn request_frame(&self) -> Vec<u8> {
+        let mut f = Vec::with_capacity(FRAME_LEN);
+        f.extend_from_slice(&VM_MAC);
+        f.extend_from_slice(&WORLD_MAC);
+        f.extend_from_slice(&ETHERTYPE);
+        f.extend_from_slice(&MAGIC_REQUEST.to_le_bytes());
+        f.extend_from_slice(&self.client.request.to_le_bytes());
+        f.extend_from_slice(&self.client.payload);
+        f
+    }
+
+    /// The switch learns that the VM's address is behind `port`.
+    pub fn learn(&mut self, port: usize, broken: Option<Broken>) {
+        if broken == Some(Broken::StaleSwitch) && self.vm_port.is_some() {
+            return;
+        }
+        self.vm_port = Some(port);
+    }
+}
+
+impl Sim {
+    /// Host `i` releases a frame: the switch learns where the VM is, and
+    /// the frame goes up the uplink to the world.
+    pub(crate) fn transmit(&mut self, i: usize, frame: &[u8]) -> Result<(), SimError> {
+        let f = GuestFrame::parse(frame)
+            .map_err(|e| self.violation(format!("host {} releases {e}", host_name(i))))?;
+        let w = &mut self.world;
+        w.learn(i, self.options.broken);
+        w.released.frames.insert(f.seq, f);
+        w.released.max = w.released.max.max(f.seq);
+        if f.magic == MAGIC_ANSWER {
+            w.released.answers.entry(f.b).or_insert(f.c);
+        }
+        let at =
+            (self.now + w.links.latency_ns + w.rng.range(0, w.links.jitter_ns)).max(w.uplink_last);
+        w.uplink_last = at;
+        self.note(|| format!("{} releases {}", host_name(i), f.describe()));
+        self.schedule(
+            at,
+            Event::FrameToWorld {
+                from: i,
+                frame: frame.to_vec(),
+            },
+        );
+        Ok(())
+    }
+
+    /// The client's timer: (re)send the current request through the
+    /// switch: to the port where the VM's address was last seen, or to
+    /// both while it is unknown.
+    pub(crate) fn client_send(&mut self, generation: u64) {
+        if generation != self.world.client.generation {
+            return;
+        }
+        let frame = self.world.request_frame();
+        let request = self.world.client.request;
+        self.world.client.requests_sent += 1;
+        let ports: &[usize] = match self.world.vm_port {
+            Some(0) => &[0],
+            Some(_) => &[1],
+            None => &[0, 1],
+        };
+        for &port in ports {
+            let w = &mut self.world;
+            if w.rng.chance(w.links.loss) {
+                self.note(|| format!("request {request} to {} is lost", host_name(port)));
+                continue;
+            }
+            let copies = if w.rng.chance(w.links.duplicate) {
+                2
+            } else {
+                1
+            };
+            for _ in 0..copies {
+                let w = &mut self.world;
+                let at = self.now + w.links.latency_ns + w.rng.range(0, w.links.jitter_ns);
+                self.schedule(
+                    at,
+                    Event::FrameToHost {
+                        host: port,
+                        frame: frame.clone(),
+                    },
+                );
+            }
+        }
+        let generation = self.world.client.generation;
+        self.schedule(self.now + RETRANSMIT_NS, Event::Client { generation });
+    }
+
+    /// A frame reaches the world. Every guest frame carries the next
+    /// number of one sequence, and the uplink neither loses nor reorders:
+    /// the world must see 1, 2, 3, ... with no gap, a frame again only as
+    /// a new live VM's re-issue (same bytes, from the other host, among
+    /// the last few), and one answer per request.
+    pub(crate) fn world_receives(&mut self, from: usize, frame: Vec<u8>) -> Result<(), SimError> {
+        let f = GuestFrame::parse(&frame)
+            .map_err(|e| self.violation(format!("the world receives {e}")))?;
+        let name = host_name(from);
+        let r = &mut self.world.received;
+        r.count += 1;
+        if f.seq > r.max + 1 {
+            let max = r.max;
+            return Err(self.violation(format!(
+                "the world receives {} from host {name} after frame {max}: frames {}..{} were \
+                 never sent (a gap in the output)",
+                f.describe(),
+                max + 1,
+                f.seq - 1
+            )));
+        }
+        if f.seq == r.max + 1 {
+            r.max = f.seq;
+            r.frames.insert(f.seq, (from, frame));
+        } else {
+            let max = r.max;
+            let Some((first, before)) = r.frames.get(&f.seq) else {
+                return Err(self.violation(format!("the world lost track of frame {}", f.seq)));
+            };
+            let first = *first;
+            if *before != frame {
+                let was = GuestFrame::parse(before).map_or_else(|e| e, |b| b.describe());
+                return Err(self.violation(format!(
+                    "the world receives {} from host {name}, but it got {was} from host {} \
+                     before: two executions sent different frames",
+                    f.describe(),
+                    host_name(first)
+                )));
+            }
+            if first == from {
+                return Err(self.violation(format!("host {name} sends {} twice", f.describe())));
+            }
+            if f.seq + DUP_WINDOW <= max {
+                return Err(self.violation(format!(
+                    "the world receives {} again from host {name} long after (it is at frame \
+                     {max})",
+                    f.describe()
+                )));
+            }
+            self.note(|| format!("the world gets {} again from {name}", f.describe()));
+        }
+        if f.magic != MAGIC_ANSWER {
+            return Ok(());
+        }
+        let (k, hash) = (f.b, f.c);
+        if k > self.world.client.request || k == 0 {
+            return Err(self.violation(format!(
+                "the world receives an answer to request {k}, which the client never sent"
+            )));
+        }
+        match self.world.received.answers.get(&k) {
+            Some(&h) if h != hash => {
+                return Err(self.violation(format!(
+                    "the world receives {} from host {name}, but request {k} was answered with \
+                     hash {h:#x} before: two executions answered differently",
+                    f.describe()
+                )));
+            }
+            Some(_) => {}
+            None => {
+                self.world.received.answers.insert(k, hash);
+            }
+        }
+        let w = &mut self.world;
+        if k == w.client.request {
+            // On to the next request after a little while.
+            let c = &mut w.client;
+            c.request += 1;
+            c.generation += 1;
+            c.answered_at = self.now;
+            c.payload = w.rng.bytes(FRAME_LEN - 26);
+            let at = self.now + w.rng.range(0, 3 * MS);
+            let generation = c.generation;
+            self.schedule(at, Event::Client { generation });
+        }
+        Ok(())
+    }
+}
