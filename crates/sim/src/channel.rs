@@ -8,6 +8,7 @@ use ftvm_ft::channel::{
 };
 use ftvm_replay::LogDecoder;
 
+use crate::invariants::Invariant;
 use crate::plan::{Noise, Partition};
 use crate::sim::{Event, Sim};
 use crate::{Broken, Rng, SimError};
@@ -192,7 +193,7 @@ impl Sim {
         }
         let bytes = self.channel.sessions[from]
             .seal(message)
-            .map_err(|e| self.violation(format!("sealing a message: {e}")))?;
+            .map_err(|e| self.violation(Invariant::Error, format!("sealing a message: {e}")))?;
         let noise = &self.channel.noise;
         let mut deliver = self.now + noise.latency_ns + self.rng.range(0, noise.jitter_ns);
         match self.channel.cut {

@@ -11,6 +11,7 @@ use ftvm_ft::detector::DetectorConfig;
 use ftvm_ft::golive::Verdict;
 use ftvm_node::{Effect, Node, NodeConfig, Ran, Time};
 
+use crate::invariants::{Invariant, Output};
 use crate::plan::Fault;
 use crate::sim::{Event, Sim, host_name};
 use crate::{Broken, MS, SimError, VM_MAC};
@@ -268,9 +269,10 @@ impl Sim {
                 }
                 Effect::PerformOwn(request) => {
                     if self.disks.mode == DiskMode::Shared {
-                        return Err(self.violation(format!(
-                            "a private-disk write on a shared disk: {request:?}"
-                        )));
+                        return Err(self.violation(
+                            Invariant::OutputConsistency(Output::Disk),
+                            format!("a private-disk write on a shared disk: {request:?}"),
+                        ));
                     }
                     if let IoRequest::BlockWrite { id, offset, data } = &request {
                         self.record_write(i, *id, *offset, data)?;
@@ -278,18 +280,24 @@ impl Sim {
                     }
                 }
                 Effect::Announce { .. } if status != Status::Live => {
-                    return Err(self.violation(format!(
-                        "host {} announces the VM's address while {}",
-                        host_name(i),
-                        status_text(&status)
-                    )));
+                    return Err(self.violation(
+                        Invariant::AtMostOneLive,
+                        format!(
+                            "host {} announces the VM's address while {}",
+                            host_name(i),
+                            status_text(&status)
+                        ),
+                    ));
                 }
                 Effect::Announce { mac } => {
                     if mac != VM_MAC {
-                        return Err(self.violation(format!(
-                            "host {} announces {mac:02x?}, not the VM's address",
-                            host_name(i)
-                        )));
+                        return Err(self.violation(
+                            Invariant::AtMostOneLive,
+                            format!(
+                                "host {} announces {mac:02x?}, not the VM's address",
+                                host_name(i)
+                            ),
+                        ));
                     }
                     // A frame to the world (a gratuitous ARP): an output.
                     self.world.announced[i] = true;
@@ -336,7 +344,9 @@ impl Sim {
             if h.wake_at.is_some_and(|w| w <= self.now) {
                 h.wake_at = None;
                 if let Err(e) = h.node.wake(time) {
-                    return Err(self.violation(format!("{}: wake: {e}", host_name(i))));
+                    return Err(
+                        self.violation(Invariant::Error, format!("{}: wake: {e}", host_name(i)))
+                    );
                 }
                 h.next_run = Some(self.now);
                 return self.effects(i);
@@ -348,7 +358,9 @@ impl Sim {
                 let ran = match h.node.run(&mut || time) {
                     Ok(ran) => ran,
                     Err(e) => {
-                        return Err(self.violation(format!("{}: run: {e}", host_name(i))));
+                        return Err(
+                            self.violation(Invariant::Error, format!("{}: run: {e}", host_name(i)))
+                        );
                     }
                 };
                 let after = h.node.machine().map_or(before, |m| m.icount());
@@ -386,7 +398,7 @@ impl Sim {
             return Ok(());
         };
         if let Err(e) = h.node.stop(time) {
-            return Err(self.violation(format!("{}: stop: {e}", host_name(i))));
+            return Err(self.violation(Invariant::Error, format!("{}: stop: {e}", host_name(i))));
         }
         h.next_run = Some(self.now);
         self.note(|| format!("{} is stopped", host_name(i)));
@@ -423,7 +435,9 @@ impl Sim {
         let time = self.time();
         if let Some(h) = &mut self.hosts.slot[host] {
             if let Err(e) = h.node.input(input, time) {
-                return Err(self.violation(format!("{}: input: {e}", host_name(host))));
+                return Err(
+                    self.violation(Invariant::Error, format!("{}: input: {e}", host_name(host)))
+                );
             }
             h.wake_at = None;
             h.next_run = Some(self.now);
@@ -457,9 +471,15 @@ impl Sim {
         let time = self.time();
         if let Some(h) = &mut self.hosts.slot[host] {
             if let Err(e) = h.node.verdict(verdict, time) {
-                return Err(self.violation(format!("{}: verdict: {e}", host_name(host))));
+                return Err(self.violation(
+                    Invariant::Error,
+                    format!("{}: verdict: {e}", host_name(host)),
+                ));
             }
             h.next_run = Some(self.now);
+            if verdict == Verdict::Won {
+                self.won_test_and_set(host);
+            }
         }
         self.effects(host)
     }

@@ -7,6 +7,7 @@ use ftvm_board::{Input, IoRequest, IoStatus};
 
 use crate::guest::{SECTOR, SECTORS};
 use crate::host::DiskMode;
+use crate::invariants::{Invariant, Output};
 use crate::sim::{Event, Sim, host_name};
 use crate::{Broken, SimError};
 
@@ -64,11 +65,14 @@ impl Sim {
         let console = &mut self.console.bytes;
         let len = console.len() as u64;
         if offset > len {
-            return Err(self.violation(format!(
-                "host {} releases console bytes at offset {offset}, but the world's console \
+            return Err(self.violation(
+                Invariant::OutputConsistency(Output::Console),
+                format!(
+                    "host {} releases console bytes at offset {offset}, but the world's console \
                  ends at {len}: a gap in the output",
-                host_name(i)
-            )));
+                    host_name(i)
+                ),
+            ));
         }
         for (k, &b) in bytes.iter().enumerate() {
             let at = offset as usize + k;
@@ -81,12 +85,15 @@ impl Sim {
                             .into_owned();
                     let mine = String::from_utf8_lossy(&bytes[k.saturating_sub(40)..]).into_owned();
                     let seen = console[at] as char;
-                    return Err(self.violation(format!(
-                        "host {} writes console byte {at} as {:?}, the world saw {seen:?}: \
+                    return Err(self.violation(
+                        Invariant::OutputConsistency(Output::Console),
+                        format!(
+                            "host {} writes console byte {at} as {:?}, the world saw {seen:?}: \
                          conflicting output (world: {world:?}; this release: {mine:?})",
-                        host_name(i),
-                        b as char,
-                    )));
+                            host_name(i),
+                            b as char,
+                        ),
+                    ));
                 }
             } else {
                 console.push(b);
@@ -99,7 +106,10 @@ impl Sim {
             let line = &c.bytes[c.scanned..c.scanned + nl];
             if line.starts_with(b"BAD") {
                 let line = String::from_utf8_lossy(line).into_owned();
-                return Err(self.violation(format!("the guest reports a lost write: {line}")));
+                return Err(self.violation(
+                    Invariant::NoLostWrite,
+                    format!("the guest reports a lost write: {line}"),
+                ));
             }
             c.scanned += nl + 1;
         }
@@ -151,11 +161,14 @@ impl Sim {
     ) -> Result<(), SimError> {
         let disk = self.disks.of(i);
         match self.disks.writes[disk].get(&id) {
-            Some((o, d)) if (*o, &d[..]) != (offset, data) => Err(self.violation(format!(
-                "host {} writes request {id} to offset {offset}, but it was written to \
+            Some((o, d)) if (*o, &d[..]) != (offset, data) => Err(self.violation(
+                Invariant::OutputConsistency(Output::Disk),
+                format!(
+                    "host {} writes request {id} to offset {offset}, but it was written to \
                  offset {o} with other data before: two executions wrote the disk",
-                host_name(i)
-            ))),
+                    host_name(i)
+                ),
+            )),
             Some(_) => Ok(()),
             None => {
                 self.disks.writes[disk].insert(id, (offset, data.to_vec()));

@@ -70,8 +70,10 @@
 //!    must hold every frame and answer the world got: it sent at least as
 //!    many frames, the same last 32, the same answers to the last 16
 //!    requests, and expects a request after every one answered;
-//! 3. at most one VM live, and once a VM released an output while live,
-//!    the other never releases anything again; `Effect::Announce` comes
+//! 3. at most one VM live, and once a VM released an output while live
+//!    (or after it won the test-and-set: a VM stopped as it goes live is
+//!    never seen live), the other never releases anything again;
+//!    `Effect::Announce` comes
 //!    only from a live VM, with the VM's address, counts as an output, and
 //!    a backup that went live announces before any other output;
 //! 4. no acknowledged write lost: the guest never prints `BAD`, and at the
@@ -85,6 +87,10 @@
 //! switch must send the client's frames to the new live VM; a failover
 //! caused by a partition counts as the first failure) and no panics (a
 //! panic fails the seed).
+//!
+//! Each violation names the [`Invariant`] it breaks (with the [`Output`]
+//! that disagrees, or what stopped making [`Progress`]), so a test of a
+//! broken variant can insist on the violation it expects.
 //!
 //! ## Layout
 //!
@@ -112,7 +118,8 @@
 //! ([`Broken`]: outputs released without acknowledgements, an arbiter
 //! that always grants, a disk that loses writes, a backup that goes live
 //! without re-issuing its transmits, a switch that ignores the
-//! announcement; `--broken NAME` in the binary) are caught.
+//! announcement; `--broken NAME` in the binary) are caught, each by the
+//! invariant it breaks.
 //!
 //! Not simulated: restoring redundancy with a new backup, reconnecting a
 //! broken channel, a host's clock drifting, frames lost on their way to
@@ -132,6 +139,7 @@ mod world;
 use std::path::PathBuf;
 
 use ftvm_board::Engine;
+pub use invariants::{Invariant, Output, Progress};
 pub use plan::{Broken, Options, Rng};
 
 const MS: u64 = 1_000_000;
@@ -141,10 +149,11 @@ pub const VM_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x46, 0x54, 0x01];
 
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
-    #[error("{}", violation_text(.seed, .at_ns, .what, .plan, .rerun, .trace))]
+    #[error("{}", violation_text(.seed, .at_ns, .invariant, .what, .plan, .rerun, .trace))]
     Violation {
         seed: u64,
         at_ns: u64,
+        invariant: Invariant,
         what: String,
         plan: Vec<String>,
         /// The command that reruns the seed.
@@ -155,16 +164,34 @@ pub enum SimError {
     Setup { seed: u64, what: String },
 }
 
+impl SimError {
+    pub fn seed(&self) -> u64 {
+        match self {
+            SimError::Violation { seed, .. } | SimError::Setup { seed, .. } => *seed,
+        }
+    }
+
+    /// The invariant violated (none for a setup error).
+    pub fn invariant(&self) -> Option<Invariant> {
+        match self {
+            SimError::Violation { invariant, .. } => Some(*invariant),
+            SimError::Setup { .. } => None,
+        }
+    }
+}
+
 fn violation_text(
     seed: &u64,
     at_ns: &u64,
+    invariant: &Invariant,
     what: &str,
     plan: &[String],
     rerun: &str,
     trace: &[String],
 ) -> String {
     let mut s = format!(
-        "seed {seed}: INVARIANT VIOLATED at {:.3} ms of virtual time: {what}\n  plan: {}\n  \
+        "seed {seed}: INVARIANT VIOLATED ({invariant}) at {:.3} ms of virtual time: {what}\n  \
+         plan: {}\n  \
          rerun: {rerun}",
         *at_ns as f64 / 1e6,
         plan.join("; ")
@@ -231,6 +258,7 @@ pub fn run_seed(seed: u64, options: &Options) -> Result<Outcome, SimError> {
         Err(SimError::Violation {
             seed,
             at_ns: 0,
+            invariant: Invariant::Panic,
             what: format!("panicked: {what}"),
             plan: Vec::new(),
             rerun: rerun_command(seed, options),

@@ -10,6 +10,7 @@ use crate::channel::Channel;
 use crate::guest::Guest;
 use crate::host::{Arbiter, Hosts};
 use crate::invariants::Checks;
+use crate::invariants::{Invariant, Progress};
 use crate::io::{Console, Disks};
 use crate::plan::{Fault, Plan};
 use crate::world::World;
@@ -147,7 +148,7 @@ impl Sim {
         }
     }
 
-    pub(crate) fn violation(&self, what: String) -> SimError {
+    pub(crate) fn violation(&self, invariant: Invariant, what: String) -> SimError {
         let trace = if self.options.trace {
             self.trace.iter().rev().take(200).rev().cloned().collect()
         } else {
@@ -156,6 +157,7 @@ impl Sim {
         SimError::Violation {
             seed: self.seed,
             at_ns: self.now,
+            invariant,
             what,
             plan: self.plan.clone(),
             rerun: rerun_command(self.seed, &self.options),
@@ -236,9 +238,10 @@ pub(crate) fn simulate(seed: u64, options: &Options) -> Result<Outcome, SimError
         if sim.now == last {
             same += 1;
             if same > 100_000 {
-                return Err(
-                    sim.violation("the simulation makes no progress in virtual time".into())
-                );
+                return Err(sim.violation(
+                    Invariant::Liveness(Progress::Time),
+                    "the simulation makes no progress in virtual time".into(),
+                ));
             }
         } else {
             (same, last) = (0, sim.now);

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::guest::{ETHERTYPE, FRAME_LEN, GuestFrame, MAGIC_ANSWER, MAGIC_REQUEST, WORLD_MAC};
+use crate::invariants::{Invariant, Output};
 use crate::plan::WorldPlan;
 use crate::sim::{Event, Sim, host_name};
 use crate::{Broken, MS, Options, Rng, SimError, VM_MAC};
@@ -128,8 +129,12 @@ impl Sim {
     /// Host `i` releases a frame: the switch learns where the VM is, and
     /// the frame goes up the uplink to the world.
     pub(crate) fn transmit(&mut self, i: usize, frame: &[u8]) -> Result<(), SimError> {
-        let f = GuestFrame::parse(frame)
-            .map_err(|e| self.violation(format!("host {} releases {e}", host_name(i))))?;
+        let f = GuestFrame::parse(frame).map_err(|e| {
+            self.violation(
+                Invariant::OutputConsistency(Output::Frames),
+                format!("host {} releases {e}", host_name(i)),
+            )
+        })?;
         let w = &mut self.world;
         w.learn(i, self.options.broken);
         w.released.frames.insert(f.seq, f);
@@ -199,20 +204,27 @@ impl Sim {
     /// a new live VM's re-issue (same bytes, from the other host, among
     /// the last few), and one answer per request.
     pub(crate) fn world_receives(&mut self, from: usize, frame: Vec<u8>) -> Result<(), SimError> {
-        let f = GuestFrame::parse(&frame)
-            .map_err(|e| self.violation(format!("the world receives {e}")))?;
+        let f = GuestFrame::parse(&frame).map_err(|e| {
+            self.violation(
+                Invariant::OutputConsistency(Output::Frames),
+                format!("the world receives {e}"),
+            )
+        })?;
         let name = host_name(from);
         let r = &mut self.world.received;
         r.count += 1;
         if f.seq > r.max + 1 {
             let max = r.max;
-            return Err(self.violation(format!(
-                "the world receives {} from host {name} after frame {max}: frames {}..{} were \
+            return Err(self.violation(
+                Invariant::OutputConsistency(Output::FrameGap),
+                format!(
+                    "the world receives {} from host {name} after frame {max}: frames {}..{} were \
                  never sent (a gap in the output)",
-                f.describe(),
-                max + 1,
-                f.seq - 1
-            )));
+                    f.describe(),
+                    max + 1,
+                    f.seq - 1
+                ),
+            ));
         }
         if f.seq == r.max + 1 {
             r.max = f.seq;
@@ -220,27 +232,39 @@ impl Sim {
         } else {
             let max = r.max;
             let Some((first, before)) = r.frames.get(&f.seq) else {
-                return Err(self.violation(format!("the world lost track of frame {}", f.seq)));
+                return Err(self.violation(
+                    Invariant::Harness,
+                    format!("the world lost track of frame {}", f.seq),
+                ));
             };
             let first = *first;
             if *before != frame {
                 let was = GuestFrame::parse(before).map_or_else(|e| e, |b| b.describe());
-                return Err(self.violation(format!(
-                    "the world receives {} from host {name}, but it got {was} from host {} \
+                return Err(self.violation(
+                    Invariant::OutputConsistency(Output::Frames),
+                    format!(
+                        "the world receives {} from host {name}, but it got {was} from host {} \
                      before: two executions sent different frames",
-                    f.describe(),
-                    host_name(first)
-                )));
+                        f.describe(),
+                        host_name(first)
+                    ),
+                ));
             }
             if first == from {
-                return Err(self.violation(format!("host {name} sends {} twice", f.describe())));
+                return Err(self.violation(
+                    Invariant::OutputConsistency(Output::Frames),
+                    format!("host {name} sends {} twice", f.describe()),
+                ));
             }
             if f.seq + DUP_WINDOW <= max {
-                return Err(self.violation(format!(
-                    "the world receives {} again from host {name} long after (it is at frame \
+                return Err(self.violation(
+                    Invariant::OutputConsistency(Output::Frames),
+                    format!(
+                        "the world receives {} again from host {name} long after (it is at frame \
                      {max})",
-                    f.describe()
-                )));
+                        f.describe()
+                    ),
+                ));
             }
             self.note(|| format!("the world gets {} again from {name}", f.describe()));
         }
@@ -249,17 +273,21 @@ impl Sim {
         }
         let (k, hash) = (f.b, f.c);
         if k > self.world.client.request || k == 0 {
-            return Err(self.violation(format!(
-                "the world receives an answer to request {k}, which the client never sent"
-            )));
+            return Err(self.violation(
+                Invariant::OutputConsistency(Output::Frames),
+                format!("the world receives an answer to request {k}, which the client never sent"),
+            ));
         }
         match self.world.received.answers.get(&k) {
             Some(&h) if h != hash => {
-                return Err(self.violation(format!(
-                    "the world receives {} from host {name}, but request {k} was answered with \
+                return Err(self.violation(
+                    Invariant::OutputConsistency(Output::Frames),
+                    format!(
+                        "the world receives {} from host {name}, but request {k} was answered with \
                      hash {h:#x} before: two executions answered differently",
-                    f.describe()
-                )));
+                        f.describe()
+                    ),
+                ));
             }
             Some(_) => {}
             None => {
