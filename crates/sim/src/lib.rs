@@ -15,7 +15,8 @@
 //!   reordering and corruption of frames, partitions (one direction or
 //!   both; frames held and released later, or dropped; for a while or
 //!   forever). As in the daemon, a frame that fails to decode or
-//!   authenticate closes the connection for good, both directions (there are no reconnects); what the closing side sent
+//!   authenticate closes the connection for good, both directions (there
+//!   are no reconnects); what the closing side sent
 //!   before still arrives, then the close reaches its peer
 //!   ([`Node::channel_closed`]) unless the network is cut;
 //! - **crashes** of either host at any moment: the `Node` is dropped with
@@ -124,6 +125,12 @@
 //! Not simulated: restoring redundancy with a new backup, reconnecting a
 //! broken channel, a host's clock drifting, frames lost on their way to
 //! the world, a client that sends more than one request at a time.
+//!
+//! [`Handshake`]: ftvm_ft::channel::Handshake
+//! [`Session::seal`]: ftvm_ft::channel::Session::seal
+//! [`Session::open`]: ftvm_ft::channel::Session::open
+//! [`FrameDecoder`]: ftvm_ft::channel::FrameDecoder
+//! [`Node::channel_closed`]: ftvm_node::Node::channel_closed
 
 #![forbid(unsafe_code)]
 
