@@ -299,11 +299,11 @@ impl Sim {
                             ),
                         ));
                     }
-                    // A frame to the world (a gratuitous ARP): an output.
+                    // A frame to the world (a RARP broadcast): an output,
+                    // the first a backup that went live may release.
                     self.world.announced[i] = true;
                     self.released(i, &status)?;
-                    self.note(|| format!("{} announces the VM's address", host_name(i)));
-                    self.world.learn(i, self.options.broken);
+                    self.announce(i);
                 }
                 Effect::TestAndSet => {
                     let verdict = self.arbiter(i);

@@ -326,7 +326,7 @@ impl Sim {
                             since / MS,
                             client.request,
                             client.answered_at / MS,
-                            self.world.vm_port.map_or("both hosts", host_name),
+                            self.world.vm_host().map_or("both hosts", host_name),
                         ),
                     ));
                 }

@@ -28,20 +28,24 @@
 //! - **the host**: a shared disk image in memory (a write lands when it is
 //!   performed or only when it completes; in three seeds out of ten each
 //!   VM has its own disk instead, `DiskMode::Private`), entropy from the
-//!   seeded RNG,
-//!   the world's console as an array written at stream offsets;
-//! - **the network**: the guest has a virtio-net card ([`VM_MAC`]); a
-//!   learning switch joins the two hosts' ports and the world. A frame a
-//!   host releases (`Effect::Perform(IoRequest::NetTransmit)`, held by the
-//!   output rule) or an `Effect::Announce` teaches the switch that the
-//!   VM's address is behind that host's port; the released frame goes up
-//!   one uplink to the world, delayed but never lost nor reordered. The
-//!   world is a client that sends numbered requests to the VM's address
-//!   (to the learnt port, to both while none is known), resends one that
-//!   got no answer within 50 ms, and sends the next a little after an
-//!   answer; those frames are delayed, and in some seeds lost or
-//!   duplicated, and reach a host's node as `Input::NetReceive` (a backup
-//!   ignores them; the primary or live VM logs them). The guest answers
+//!   seeded RNG, the world's console as an array written at stream
+//!   offsets;
+//! - **the network**: the guest has a virtio-net card ([`VM_MAC`]); the
+//!   real learning switch of `ftvm switch` ([`ftvm_net::switch::Switch`],
+//!   driven in virtual time) has a port for each host and one for the
+//!   world. A frame a host releases
+//!   (`Effect::Perform(IoRequest::NetTransmit)`, held by the output rule)
+//!   or the announcement it sends for an `Effect::Announce` (the daemon's
+//!   RARP broadcast) enters the switch through that host's port and
+//!   teaches it that the VM's address is there. What the switch sends to the world goes up one uplink,
+//!   delayed but never lost nor reordered; what it sends to a host's port
+//!   (the client's requests, the other host's broadcasts) is delayed, and
+//!   in some seeds lost or duplicated, and reaches the host's node as
+//!   `Input::NetReceive` (a backup ignores it; the primary or live VM
+//!   logs it). The world is a client that sends numbered requests to the
+//!   VM's address (the switch sends them to the learnt port, to both
+//!   hosts while none is known), resends one that got no answer within
+//!   50 ms, and sends the next a little after an answer. The guest answers
 //!   request k with a running hash over every request it accepted (and the
 //!   tick and time it saw each at), and sends a frame every tick; every
 //!   frame carries the next number of one sequence;
@@ -124,7 +128,8 @@
 //!
 //! Not simulated: restoring redundancy with a new backup, reconnecting a
 //! broken channel, a host's clock drifting, frames lost on their way to
-//! the world, a client that sends more than one request at a time.
+//! the world, a client that sends more than one request at a time, a
+//! switch port going silent (no run lasts the switch's port timeout).
 //!
 //! [`Handshake`]: ftvm_ft::channel::Handshake
 //! [`Session::seal`]: ftvm_ft::channel::Session::seal

@@ -65,7 +65,8 @@ pub enum Broken {
     NoReissue,
     /// The switch never moves the VM's address to another port once it
     /// learnt one (it ignores announcements): after a failover the
-    /// client's requests go to the dead primary's port.
+    /// client's requests go to the dead primary's port. The real switch
+    /// runs; only its learning is kept from seeing an address move.
     StaleSwitch,
 }
 

@@ -1,7 +1,11 @@
 //! The world outside the pair: the network between the hosts' ports and
-//! one client, the client itself, and what the world received.
+//! one client (the real learning [`Switch`] of `ftvm switch`, in virtual
+//! time), the client itself, and what the world received.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
+
+use ftvm_net::switch::{PortId, Switch, announcement};
 
 use crate::guest::{ETHERTYPE, FRAME_LEN, GuestFrame, MAGIC_ANSWER, MAGIC_REQUEST, WORLD_MAC};
 use crate::invariants::{Invariant, Output};
@@ -53,17 +57,32 @@ pub(crate) struct Released {
     pub answers: BTreeMap<u64, u64>,
 }
 
-/// The network between the world (one client) and the hosts' ports: a
-/// learning switch, and the client.
+/// A port of the switch: a host's, or the world's (the client's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Port {
+    Host(usize),
+    World,
+}
+
+/// The network between the world (one client) and the hosts' ports: the
+/// real learning switch, and the client.
 pub(crate) struct World {
     rng: Rng,
-    /// World -> VM: delay, jitter, loss and duplication per frame.
+    /// The faults of frames from one host's port to the other's (the
+    /// VM's broadcasts reach the other host too): a stream of their own,
+    /// so that they do not shift the client's.
+    between_hosts: Rng,
+    /// World -> VM: delay, jitter, loss and duplication per frame on the
+    /// links from the switch to the hosts' ports; the same delay and
+    /// jitter on the uplink to the world.
     links: WorldPlan,
-    /// The switch's table for the VM's address: the port (host) it was
-    /// last seen on as a source (a released frame, an announcement).
-    pub vm_port: Option<usize>,
-    /// VM -> world is one FIFO uplink, never lossy: when its last frame
-    /// arrives.
+    /// The forwarding logic of `ftvm switch`, its time the virtual time.
+    /// No port expires: a run is shorter than the switch's port timeout.
+    switch: Switch,
+    /// The switch's ports: host A's, host B's, the world's.
+    ports: [PortId; 3],
+    /// Switch -> world is one FIFO uplink, never lossy: when its last
+    /// frame arrives.
     uplink_last: u64,
     pub client: Client,
     pub received: Received,
@@ -87,10 +106,14 @@ impl World {
             started_at: links.started_at,
             requests_sent: 0,
         };
+        let mut switch = Switch::default();
+        let ports = [0, 1, 2].map(|_| switch.attach(Duration::ZERO));
         World {
             rng,
+            between_hosts: Rng::new(seed ^ 0x686f_7374_2d68_6f73),
             links,
-            vm_port: None,
+            switch,
+            ports,
             uplink_last: 0,
             client,
             received: Received::default(),
@@ -116,18 +139,70 @@ impl World {
         f
     }
 
-    /// The switch learns that the VM's address is behind `port`.
-    pub fn learn(&mut self, port: usize, broken: Option<Broken>) {
-        if broken == Some(Broken::StaleSwitch) && self.vm_port.is_some() {
-            return;
+    fn port_id(&self, port: Port) -> PortId {
+        match port {
+            Port::Host(i) => self.ports[i],
+            Port::World => self.ports[2],
         }
-        self.vm_port = Some(port);
+    }
+
+    fn port(&self, id: PortId) -> Option<Port> {
+        match self.ports.iter().position(|&p| p == id)? {
+            2 => Some(Port::World),
+            i => Some(Port::Host(i)),
+        }
+    }
+
+    /// The host whose port the switch sends the VM's frames to, if it
+    /// knows one.
+    pub fn vm_host(&self) -> Option<usize> {
+        match self.port(self.switch.port_of(&VM_MAC)?)? {
+            Port::Host(i) => Some(i),
+            Port::World => None,
+        }
+    }
+
+    /// A frame enters the switch on `from` at virtual time `now`: the
+    /// ports it goes out on. The stale switch ([`Broken::StaleSwitch`])
+    /// never moves an address it learnt to another port: such a frame's
+    /// source is hidden from the real switch's learning (a group address
+    /// in its place, which it never learns), and it is forwarded as the
+    /// real switch forwards it.
+    fn forward(&mut self, from: Port, frame: &[u8], now: u64, broken: Option<Broken>) -> Vec<Port> {
+        let id = self.port_id(from);
+        let now = Duration::from_nanos(now);
+        let moved = frame
+            .get(6..12)
+            .and_then(|src| self.switch.port_of(src.try_into().ok()?))
+            .is_some_and(|p| p != id);
+        let out = if broken == Some(Broken::StaleSwitch) && moved {
+            let mut masked = frame.to_vec();
+            masked[6] |= 1;
+            self.switch.forward(id, &masked, now)
+        } else {
+            self.switch.forward(id, frame, now)
+        };
+        out.into_iter().filter_map(|p| self.port(p)).collect()
     }
 }
 
+/// What a frame on the world's network is, for the trace.
+fn describe(frame: &[u8]) -> String {
+    if frame.get(14..18) == Some(&MAGIC_REQUEST.to_le_bytes()[..]) {
+        if let Some(k) = frame.get(18..26).and_then(|k| k.try_into().ok()) {
+            return format!("request {}", u64::from_le_bytes(k));
+        }
+    }
+    if frame == announcement(VM_MAC) {
+        return "the announcement".into();
+    }
+    GuestFrame::parse(frame).map_or_else(|_| "a frame".into(), |f| f.describe())
+}
+
 impl Sim {
-    /// Host `i` releases a frame: the switch learns where the VM is, and
-    /// the frame goes up the uplink to the world.
+    /// Host `i` releases a frame: it goes into the switch through the
+    /// host's port (which teaches the switch where the VM is), and up the
+    /// uplink to the world.
     pub(crate) fn transmit(&mut self, i: usize, frame: &[u8]) -> Result<(), SimError> {
         let f = GuestFrame::parse(frame).map_err(|e| {
             self.violation(
@@ -135,65 +210,94 @@ impl Sim {
                 format!("host {} releases {e}", host_name(i)),
             )
         })?;
-        let w = &mut self.world;
-        w.learn(i, self.options.broken);
-        w.released.frames.insert(f.seq, f);
-        w.released.max = w.released.max.max(f.seq);
+        let r = &mut self.world.released;
+        r.frames.insert(f.seq, f);
+        r.max = r.max.max(f.seq);
         if f.magic == MAGIC_ANSWER {
-            w.released.answers.entry(f.b).or_insert(f.c);
+            r.answers.entry(f.b).or_insert(f.c);
         }
-        let at =
-            (self.now + w.links.latency_ns + w.rng.range(0, w.links.jitter_ns)).max(w.uplink_last);
-        w.uplink_last = at;
         self.note(|| format!("{} releases {}", host_name(i), f.describe()));
-        self.schedule(
-            at,
-            Event::FrameToWorld {
-                from: i,
-                frame: frame.to_vec(),
-            },
-        );
+        self.switch_frame(Port::Host(i), frame);
         Ok(())
     }
 
+    /// Host `i` announces the VM's address: the announcement a live VM
+    /// broadcasts (`ftvm_net::switch::announcement`) goes into the switch
+    /// through its port.
+    pub(crate) fn announce(&mut self, i: usize) {
+        self.note(|| format!("{} announces the VM's address", host_name(i)));
+        self.switch_frame(Port::Host(i), &announcement(VM_MAC));
+    }
+
+    /// A frame enters the switch on `from`; it leaves on the ports the
+    /// switch chooses: toward a host, delayed and maybe lost or
+    /// duplicated; toward the world, up the uplink.
+    fn switch_frame(&mut self, from: Port, frame: &[u8]) {
+        for to in self
+            .world
+            .forward(from, frame, self.now, self.options.broken)
+        {
+            match (from, to) {
+                (_, Port::Host(host)) => self.toward_host(from, host, frame),
+                (Port::Host(from), Port::World) => {
+                    let w = &mut self.world;
+                    let at = (self.now + w.links.latency_ns + w.rng.range(0, w.links.jitter_ns))
+                        .max(w.uplink_last);
+                    w.uplink_last = at;
+                    self.schedule(
+                        at,
+                        Event::FrameToWorld {
+                            from,
+                            frame: frame.to_vec(),
+                        },
+                    );
+                }
+                // The switch never sends a frame back where it came from.
+                (Port::World, Port::World) => {}
+            }
+        }
+    }
+
+    /// The link from the switch to host `host`'s port, for a frame that
+    /// came in on `from`.
+    fn toward_host(&mut self, from: Port, host: usize, frame: &[u8]) {
+        let w = &mut self.world;
+        let rng = match from {
+            Port::World => &mut w.rng,
+            Port::Host(_) => &mut w.between_hosts,
+        };
+        if rng.chance(w.links.loss) {
+            self.note(|| format!("{} to {} is lost", describe(frame), host_name(host)));
+            return;
+        }
+        let copies = if rng.chance(w.links.duplicate) { 2 } else { 1 };
+        for _ in 0..copies {
+            let w = &mut self.world;
+            let rng = match from {
+                Port::World => &mut w.rng,
+                Port::Host(_) => &mut w.between_hosts,
+            };
+            let at = self.now + w.links.latency_ns + rng.range(0, w.links.jitter_ns);
+            self.schedule(
+                at,
+                Event::FrameToHost {
+                    host,
+                    frame: frame.to_vec(),
+                },
+            );
+        }
+    }
+
     /// The client's timer: (re)send the current request through the
-    /// switch: to the port where the VM's address was last seen, or to
-    /// both while it is unknown.
+    /// switch (to the port where the VM's address was last seen, or to
+    /// both hosts while it is unknown).
     pub(crate) fn client_send(&mut self, generation: u64) {
         if generation != self.world.client.generation {
             return;
         }
         let frame = self.world.request_frame();
-        let request = self.world.client.request;
         self.world.client.requests_sent += 1;
-        let ports: &[usize] = match self.world.vm_port {
-            Some(0) => &[0],
-            Some(_) => &[1],
-            None => &[0, 1],
-        };
-        for &port in ports {
-            let w = &mut self.world;
-            if w.rng.chance(w.links.loss) {
-                self.note(|| format!("request {request} to {} is lost", host_name(port)));
-                continue;
-            }
-            let copies = if w.rng.chance(w.links.duplicate) {
-                2
-            } else {
-                1
-            };
-            for _ in 0..copies {
-                let w = &mut self.world;
-                let at = self.now + w.links.latency_ns + w.rng.range(0, w.links.jitter_ns);
-                self.schedule(
-                    at,
-                    Event::FrameToHost {
-                        host: port,
-                        frame: frame.clone(),
-                    },
-                );
-            }
-        }
+        self.switch_frame(Port::World, &frame);
         let generation = self.world.client.generation;
         self.schedule(self.now + RETRANSMIT_NS, Event::Client { generation });
     }
@@ -204,6 +308,10 @@ impl Sim {
     /// a new live VM's re-issue (same bytes, from the other host, among
     /// the last few), and one answer per request.
     pub(crate) fn world_receives(&mut self, from: usize, frame: Vec<u8>) -> Result<(), SimError> {
+        if frame == announcement(VM_MAC) {
+            self.note(|| format!("the world sees {}'s announcement", host_name(from)));
+            return Ok(());
+        }
         let f = GuestFrame::parse(&frame).map_err(|e| {
             self.violation(
                 Invariant::OutputConsistency(Output::Frames),

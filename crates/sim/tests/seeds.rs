@@ -81,6 +81,24 @@ fn the_same_seed_gives_the_same_run() {
     assert_eq!(format!("{a:?}"), format!("{b:?}"));
 }
 
+/// A failing seed fails the same way every time, its event trace (the
+/// switch's forwarding and the client's frames included) byte for byte.
+#[test]
+fn the_same_seed_gives_the_same_trace() {
+    require_guest();
+    let options = Options {
+        broken: Some(Broken::StaleSwitch),
+        trace: true,
+        ..Options::default()
+    };
+    let seed = (0..60)
+        .find(|&s| run_seed(s, &options).is_err())
+        .expect("a stale switch is caught within 60 seeds");
+    let a = run_seed(seed, &options).expect_err("the seed failed before");
+    let b = run_seed(seed, &options).expect_err("the seed failed before");
+    assert_eq!(a.to_string(), b.to_string());
+}
+
 /// Run `seeds` of a deliberately broken variant: at least `at_least` of
 /// them must fail, and every failure must break an invariant `expected`
 /// accepts (a violation of another kind is a failure of the test: the
