@@ -47,12 +47,13 @@ pub(crate) enum Event {
     Client {
         generation: u64,
     },
-    /// A frame from the world reaches host `host`'s port of the switch.
+    /// A frame from the switch reaches host `host`'s port.
     FrameToHost {
         host: usize,
         frame: Vec<u8>,
     },
-    /// A frame host `from` released reaches the world.
+    /// A frame that came into the switch through host `from`'s port
+    /// reaches the world.
     FrameToWorld {
         from: usize,
         frame: Vec<u8>,
