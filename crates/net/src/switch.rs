@@ -39,22 +39,28 @@ pub const KEEPALIVE: Duration = Duration::from_secs(1);
 pub const FRAME_MAX: usize = 65_535;
 
 /// The forwarding logic, without sockets: which ports a frame goes to.
+///
+/// It keeps no clock: every call that needs the time is given it, as the
+/// time since an origin the caller picks (the [`SwitchServer`]: when it
+/// started; a simulator: its virtual time zero), so that the same logic
+/// runs in real or virtual time.
 #[derive(Default)]
 pub struct Switch {
-    /// Ports by id; `None` once expired (ids are not reused).
-    ports: Vec<Option<Instant>>,
+    /// Ports by id, with when each was last heard from; `None` once
+    /// expired (ids are not reused).
+    ports: Vec<Option<Duration>>,
     macs: HashMap<Mac, PortId>,
 }
 
 impl Switch {
     /// A new port, seen at `now`.
-    pub fn attach(&mut self, now: Instant) -> PortId {
+    pub fn attach(&mut self, now: Duration) -> PortId {
         self.ports.push(Some(now));
         self.ports.len() - 1
     }
 
     /// `port` said it is still there.
-    pub fn touch(&mut self, port: PortId, now: Instant) {
+    pub fn touch(&mut self, port: PortId, now: Duration) {
         if let Some(seen @ Some(_)) = self.ports.get_mut(port) {
             *seen = Some(now);
         }
@@ -70,12 +76,12 @@ impl Switch {
     }
 
     /// Detach the ports silent since `now - timeout`; they are returned.
-    pub fn expire(&mut self, now: Instant, timeout: Duration) -> Vec<PortId> {
+    pub fn expire(&mut self, now: Duration, timeout: Duration) -> Vec<PortId> {
         let gone: Vec<PortId> = self
             .ports
             .iter()
             .enumerate()
-            .filter(|(_, seen)| seen.is_some_and(|t| now.duration_since(t) > timeout))
+            .filter(|(_, seen)| seen.is_some_and(|t| now.saturating_sub(t) > timeout))
             .map(|(port, _)| port)
             .collect();
         for &port in &gone {
@@ -91,7 +97,7 @@ impl Switch {
 
     /// A frame arrived on `from` at `now`: learn its source, and return the
     /// ports it goes out on (none for a runt).
-    pub fn forward(&mut self, from: PortId, frame: &[u8], now: Instant) -> Vec<PortId> {
+    pub fn forward(&mut self, from: PortId, frame: &[u8], now: Duration) -> Vec<PortId> {
         if !matches!(self.ports.get(from), Some(Some(_))) {
             return Vec::new();
         }
@@ -165,6 +171,8 @@ pub struct SwitchServer {
     /// must be looked at every millisecond.
     datagrams: Receiver<std::io::Result<(SocketAddr, Vec<u8>)>>,
     switch: Switch,
+    /// The origin of the switch's time.
+    started: Instant,
     ports: HashMap<SocketAddr, PortId>,
     addrs: HashMap<PortId, SocketAddr>,
     gateway: Option<(PortId, Box<dyn NetBackend>)>,
@@ -198,11 +206,12 @@ impl SwitchServer {
             }
         });
         let mut switch = Switch::default();
-        let gateway = gateway.map(|net| (switch.attach(Instant::now()), net));
+        let gateway = gateway.map(|net| (switch.attach(Duration::ZERO), net));
         Ok(SwitchServer {
             socket,
             datagrams,
             switch,
+            started: Instant::now(),
             ports: HashMap::new(),
             addrs: HashMap::new(),
             gateway,
@@ -218,13 +227,19 @@ impl SwitchServer {
         self.ports.len()
     }
 
+    /// The switch's time.
+    fn now(&self) -> Duration {
+        self.started.elapsed()
+    }
+
     /// Serve for about `budget`: forward what arrives, run the gateway.
     pub fn serve_for(&mut self, budget: Duration) -> std::io::Result<()> {
         let until = Instant::now() + budget;
         loop {
             self.poll_gateway();
             let now = Instant::now();
-            for port in self.switch.expire(now, PORT_TIMEOUT) {
+            let since_start = now.duration_since(self.started);
+            for port in self.switch.expire(since_start, PORT_TIMEOUT) {
                 if let Some(addr) = self.addrs.remove(&port) {
                     tracing::warn!(%addr, "port gone silent: detached");
                     self.ports.remove(&addr);
@@ -254,7 +269,7 @@ impl SwitchServer {
     }
 
     fn datagram(&mut self, from: SocketAddr, bytes: &[u8]) {
-        let now = Instant::now();
+        let now = self.now();
         let port = match self.ports.get(&from) {
             Some(&port) => port,
             None => {
@@ -300,7 +315,7 @@ impl SwitchServer {
         };
         let port = *port;
         let frames = gateway.poll();
-        let now = Instant::now();
+        let now = self.now();
         self.switch.touch(port, now);
         for frame in frames {
             let out = self.switch.forward(port, &frame, now);
@@ -432,7 +447,7 @@ mod tests {
 
     #[test]
     fn floods_unknown_destinations_then_learns_them() {
-        let now = Instant::now();
+        let now = Duration::ZERO;
         let mut switch = Switch::default();
         let (p0, p1, p2) = (switch.attach(now), switch.attach(now), switch.attach(now));
         assert_eq!(switch.forward(p0, &frame(B, A), now), vec![p1, p2]);
@@ -445,7 +460,7 @@ mod tests {
 
     #[test]
     fn an_announcement_moves_the_address_to_the_announcing_port() {
-        let now = Instant::now();
+        let now = Duration::ZERO;
         let mut switch = Switch::default();
         let (gateway, primary, backup) =
             (switch.attach(now), switch.attach(now), switch.attach(now));
@@ -463,7 +478,7 @@ mod tests {
 
     #[test]
     fn a_silent_port_expires_and_its_addresses_are_flooded_again() {
-        let start = Instant::now();
+        let start = Duration::ZERO;
         let mut switch = Switch::default();
         let (p0, p1, p2) = (
             switch.attach(start),
@@ -484,7 +499,7 @@ mod tests {
 
     #[test]
     fn runts_and_group_sources_are_not_learned() {
-        let now = Instant::now();
+        let now = Duration::ZERO;
         let mut switch = Switch::default();
         let (p0, _p1) = (switch.attach(now), switch.attach(now));
         assert!(switch.forward(p0, &[0xff; 10], now).is_empty());

@@ -1,7 +1,7 @@
 //! The simulator's seeds: a thousand runs of an FT pair under faults must
 //! hold every invariant, and deliberately broken variants must be caught.
 
-use ftvm_sim::{Broken, Options, SimError, guest_elf, run_seed};
+use ftvm_sim::{Broken, Invariant, Options, Output, Progress, SimError, guest_elf, run_seed};
 
 /// Seeds per test run (split over the available cores).
 const SEEDS: u64 = 1_000;
@@ -34,15 +34,8 @@ fn run_all(seeds: std::ops::Range<u64>, options: &Options) -> Vec<SimError> {
             .flat_map(|w| w.join().expect("a simulator thread panicked"))
             .collect()
     });
-    failures.sort_by_key(|e| match e {
-        SimError::Violation { seed, .. } | SimError::Setup { seed, .. } => *seed,
-    });
+    failures.sort_by_key(SimError::seed);
     failures
-}
-
-fn report(failures: &[SimError]) -> String {
-    let lines: Vec<String> = failures.iter().map(|e| e.to_string()).collect();
-    lines.join("\n")
 }
 
 #[test]
@@ -88,55 +81,109 @@ fn the_same_seed_gives_the_same_run() {
     assert_eq!(format!("{a:?}"), format!("{b:?}"));
 }
 
-/// Run 60 seeds of a deliberately broken variant: at least 3 of them must
-/// fail with an error that names `symptom` (any error, if it is empty).
-fn assert_caught(broken: Broken, symptom: &str, what: &str) {
+/// A failing seed fails the same way every time, its event trace (the
+/// switch's forwarding and the client's frames included) byte for byte.
+#[test]
+fn the_same_seed_gives_the_same_trace() {
+    require_guest();
+    let options = Options {
+        broken: Some(Broken::StaleSwitch),
+        trace: true,
+        ..Options::default()
+    };
+    let seed = (0..60)
+        .find(|&s| run_seed(s, &options).is_err())
+        .expect("a stale switch is caught within 60 seeds");
+    let a = run_seed(seed, &options).expect_err("the seed failed before");
+    let b = run_seed(seed, &options).expect_err("the seed failed before");
+    assert_eq!(a.to_string(), b.to_string());
+}
+
+/// Run `seeds` of a deliberately broken variant: at least `at_least` of
+/// them must fail, and every failure must break an invariant `expected`
+/// accepts (a violation of another kind is a failure of the test: the
+/// variant broke something it should not, or a check is misfiled).
+fn assert_caught(
+    broken: Broken,
+    seeds: std::ops::Range<u64>,
+    at_least: usize,
+    expected: fn(Invariant) -> bool,
+) {
     require_guest();
     let options = Options {
         broken: Some(broken),
         ..Options::default()
     };
-    let failures = run_all(0..60, &options);
-    let caught = failures
+    let n = seeds.end - seeds.start;
+    let failures = run_all(seeds, &options);
+    let (caught, other): (Vec<&SimError>, Vec<&SimError>) = failures
         .iter()
-        .filter(|e| e.to_string().contains(symptom))
-        .count();
+        .partition(|e| e.invariant().is_some_and(expected));
+    let mut kinds: Vec<String> = failures
+        .iter()
+        .map(|e| e.invariant().map_or("setup".into(), |i| i.to_string()))
+        .collect();
+    kinds.sort();
+    kinds.dedup();
+    eprintln!(
+        "{}: {} of {n} seeds caught ({})",
+        broken.name(),
+        caught.len(),
+        kinds.join(", ")
+    );
     assert!(
-        caught >= 3,
-        "only {caught} of 60 seeds caught {what}:\n{}",
-        report(&failures)
+        other.is_empty(),
+        "{} seeds of {} fail with an unexpected invariant:\n{}",
+        other.len(),
+        broken.name(),
+        report(&other)
+    );
+    assert!(
+        caught.len() >= at_least,
+        "only {} of {n} seeds caught {}:\n{}",
+        caught.len(),
+        broken.name(),
+        report(&caught)
     );
 }
 
-/// Outputs released before the backup holds their entries: a failover
-/// then shows the world output the surviving execution never produced.
-#[test]
-fn releasing_outputs_without_acks_is_caught() {
-    assert_caught(Broken::AckOnSend, "", "the broken output rule");
+fn report(failures: &[&SimError]) -> String {
+    let lines: Vec<String> = failures.iter().map(|e| e.to_string()).collect();
+    lines.join("\n")
 }
 
-/// A test-and-set that always wins lets both VMs go live.
+/// Outputs released before the backup holds their entries: when it goes
+/// live, the world has output its execution never produced. The forged
+/// acknowledgements also keep the primary's failure detector hearing from
+/// a backup that crashed, so the primary never goes live after the crash:
+/// that is caught as liveness (no VM live after the failure).
+#[test]
+fn releasing_outputs_without_acks_is_caught() {
+    assert_caught(Broken::AckOnSend, 0..60, 3, |i| {
+        matches!(
+            i,
+            Invariant::OutputConsistency(Output::Orphan) | Invariant::Liveness(Progress::Failover)
+        )
+    });
+}
+
+/// A test-and-set that always wins lets both VMs go live (one after the
+/// other, at least): the second releases outputs after the first did as
+/// the live VM, or both are live at once.
 #[test]
 fn a_split_brain_is_caught() {
-    assert_caught(Broken::ArbiterAlwaysWins, "", "the split brain");
+    assert_caught(Broken::ArbiterAlwaysWins, 0..60, 3, |i| {
+        i == Invariant::AtMostOneLive
+    });
 }
 
 /// A disk that acknowledges writes it never made: the guest's read-back
 /// (or the final check of its table against the disk) notices.
 #[test]
 fn a_lost_acknowledged_write_is_caught() {
-    require_guest();
-    let options = Options {
-        broken: Some(Broken::DiskLosesWrites),
-        ..Options::default()
-    };
-    let failures = run_all(0..10, &options);
-    assert!(
-        failures.len() >= 5,
-        "only {} of 10 seeds caught lost writes",
-        failures.len()
-    );
-    assert!(failures.iter().all(|e| e.to_string().contains("lost")));
+    assert_caught(Broken::DiskLosesWrites, 0..10, 5, |i| {
+        i == Invariant::NoLostWrite
+    });
 }
 
 /// A backup that goes live without re-issuing the transmits that have no
@@ -144,11 +191,9 @@ fn a_lost_acknowledged_write_is_caught() {
 /// at all, and the world's stream of the guest's frames has a gap.
 #[test]
 fn a_forgotten_reissue_of_frames_is_caught() {
-    assert_caught(
-        Broken::NoReissue,
-        "a gap in the output",
-        "the missing re-issue",
-    );
+    assert_caught(Broken::NoReissue, 0..60, 3, |i| {
+        i == Invariant::OutputConsistency(Output::FrameGap)
+    });
 }
 
 /// A switch that never moves the VM's address after the first port it
@@ -156,7 +201,9 @@ fn a_forgotten_reissue_of_frames_is_caught() {
 /// port, and the client stalls.
 #[test]
 fn a_switch_that_ignores_the_announcement_is_caught() {
-    assert_caught(Broken::StaleSwitch, "has had no answer", "the stale switch");
+    assert_caught(Broken::StaleSwitch, 0..60, 3, |i| {
+        i == Invariant::Liveness(Progress::Client)
+    });
 }
 
 /// Slow links with corrupt frames: a backup that closes the channel on a

@@ -1,0 +1,357 @@
+//! What a seed decides before the run starts: the options a caller
+//! chooses, the random stream, and the fault plan drawn from the seed.
+
+use crate::host::DiskMode;
+use crate::{Engine, MS};
+
+/// How long after a failure some VM must be live (or the pair ended),
+/// on top of the longest arbiter outage.
+pub(crate) const LIVENESS_BOUND_NS: u64 = 1_000 * MS;
+
+/// A tiny deterministic PRNG (xorshift64*, seeded through splitmix64).
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        Rng((z ^ (z >> 31)) | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in `lo..hi` (`lo` if the range is empty).
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        if hi <= lo {
+            lo
+        } else {
+            lo + self.next_u64() % (hi - lo)
+        }
+    }
+
+    /// True with probability `p`.
+    pub fn chance(&mut self, p: f64) -> bool {
+        ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
+    }
+
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next_u64() as u8).collect()
+    }
+}
+
+/// Deliberately broken variants, to show that the checks can fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Broken {
+    /// A middlebox acknowledges every log message to the primary the
+    /// moment it is sent, so outputs leave before the backup holds the
+    /// entries they depend on (the output rule is defeated).
+    AckOnSend,
+    /// The arbiter is not atomic: every test-and-set wins.
+    ArbiterAlwaysWins,
+    /// The disk acknowledges one write in twenty without performing it.
+    DiskLosesWrites,
+    /// A backup that goes live forgets to re-issue the transmits that
+    /// have no completion in the log (the frames the old primary may not
+    /// have sent): the world's stream of the guest's frames has a gap.
+    NoReissue,
+    /// The switch never moves the VM's address to another port once it
+    /// learnt one (it ignores announcements): after a failover the
+    /// client's requests go to the dead primary's port. The real switch
+    /// runs; only its learning is kept from seeing an address move.
+    StaleSwitch,
+}
+
+impl Broken {
+    /// Every variant, with its name for `--broken`.
+    pub const ALL: [(Broken, &'static str); 5] = [
+        (Broken::AckOnSend, "ack-on-send"),
+        (Broken::ArbiterAlwaysWins, "arbiter-always-wins"),
+        (Broken::DiskLosesWrites, "disk-loses-writes"),
+        (Broken::NoReissue, "no-reissue"),
+        (Broken::StaleSwitch, "stale-switch"),
+    ];
+
+    pub fn name(self) -> &'static str {
+        Broken::ALL
+            .iter()
+            .find(|(b, _)| *b == self)
+            .map_or("?", |(_, name)| name)
+    }
+
+    pub fn from_name(name: &str) -> Option<Broken> {
+        Broken::ALL
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map(|(b, _)| *b)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Inject faults (off: a healthy pair that is stopped at the end).
+    pub faults: bool,
+    pub broken: Option<Broken>,
+    /// Record an event trace (shown with a failure).
+    pub trace: bool,
+    /// Every seed gets a slow link (5-20 ms) and corrupt frames, so that
+    /// connections close while acknowledgements are still in flight.
+    pub slow_and_corrupt: bool,
+    pub engine: Engine,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            faults: true,
+            broken: None,
+            trace: false,
+            slow_and_corrupt: false,
+            engine: Engine::default(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Partition {
+    /// Frames wait and arrive when it heals.
+    Hold,
+    /// Frames are lost (the next one after them fails to authenticate).
+    Drop,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Fault {
+    Crash(usize),
+    /// The channel is cut until `until`: toward host A if `cut[0]`,
+    /// toward host B if `cut[1]`.
+    Cut {
+        mode: Partition,
+        until: u64,
+        cut: [bool; 2],
+    },
+    Stop,
+}
+
+/// The logging channel's faults, per direction.
+#[derive(Default)]
+pub(crate) struct Noise {
+    pub latency_ns: u64,
+    pub jitter_ns: u64,
+    /// Per frame probabilities.
+    pub loss: f64,
+    pub duplicate: f64,
+    pub reorder: f64,
+    pub corrupt: f64,
+}
+
+/// The fault plan of a seed, drawn from its main stream.
+pub(crate) struct Plan {
+    /// One line per decision, shown with the outcome or a violation.
+    pub lines: Vec<String>,
+    pub disk_mode: DiskMode,
+    pub noise: Noise,
+    /// (host, from, to): the host cannot reach the arbiter.
+    pub arbiter_outages: Vec<(usize, u64, u64)>,
+    /// The faults, in the order they are to be scheduled.
+    pub faults: Vec<(u64, Fault)>,
+    pub end_ns: u64,
+}
+
+impl Plan {
+    pub fn draw(rng: &mut Rng, options: &Options) -> Plan {
+        let mut plan = Plan {
+            lines: Vec::new(),
+            disk_mode: DiskMode::Shared,
+            noise: Noise::default(),
+            arbiter_outages: Vec::new(),
+            faults: Vec::new(),
+            end_ns: 0,
+        };
+        let mut duration = rng.range(600, 1_400) * MS;
+        if rng.chance(0.3) {
+            plan.disk_mode = DiskMode::Private;
+            plan.lines.push("private disks".into());
+        }
+        // Mostly a LAN; sometimes a slow link (acknowledgements long in flight).
+        let stress = options.slow_and_corrupt;
+        let slow = stress || rng.chance(0.15);
+        let noise = &mut plan.noise;
+        noise.latency_ns = if slow {
+            rng.range(5_000_000, 20_000_000)
+        } else {
+            rng.range(20_000, 2_000_000)
+        };
+        noise.jitter_ns = rng.range(0, noise.latency_ns);
+        plan.lines.push(format!(
+            "latency {} us + jitter {} us",
+            noise.latency_ns / 1000,
+            noise.jitter_ns / 1000
+        ));
+        if !options.faults {
+            plan.faults.push((duration - 100 * MS, Fault::Stop));
+            plan.lines.push("no faults; stop".into());
+            plan.end_ns = duration;
+            return plan;
+        }
+        // Frame faults close the connection; on a slow link the backup then
+        // goes live while its acknowledgements are still in flight, a known
+        // failure (tests/seeds.rs) kept out of the default mix: only
+        // `slow_and_corrupt` combines the two.
+        if stress || (!slow && rng.chance(0.25)) {
+            let p = 1.0 / rng.range(300, 5_000) as f64;
+            match if stress { 3 } else { rng.range(0, 4) } {
+                0 => noise.loss = p,
+                1 => noise.duplicate = p,
+                2 => noise.reorder = p,
+                _ => noise.corrupt = p,
+            }
+            plan.lines.push(format!(
+                "frame faults: loss {:.5} dup {:.5} reorder {:.5} corrupt {:.5}",
+                noise.loss, noise.duplicate, noise.reorder, noise.corrupt
+            ));
+        }
+        let mut longest_outage = 0;
+        if rng.chance(0.3) {
+            let who = rng.range(0, 3) as usize; // 2: both
+            let from = rng.range(0, duration);
+            let len = rng.range(50, 800) * MS;
+            longest_outage = len;
+            for host in 0..2 {
+                if who == 2 || who == host {
+                    plan.arbiter_outages.push((host, from, from + len));
+                }
+            }
+            plan.lines.push(format!(
+                "arbiter unreachable for {} from {} ms for {} ms",
+                ["A", "B", "both"][who],
+                from / MS,
+                len / MS
+            ));
+        }
+        // Early faults matter most (before the header, the first acks, ...).
+        let at = if rng.chance(0.2) {
+            rng.range(0, 30 * MS)
+        } else {
+            rng.range(0, duration - 100 * MS)
+        };
+        let fault = match rng.range(0, 100) {
+            0..=14 => None,
+            15..=39 => Some(Fault::Crash(0)),
+            40..=54 => Some(Fault::Crash(1)),
+            55..=69 => {
+                let len = rng.range(1, 600) * MS;
+                let mode = if rng.chance(0.5) {
+                    Partition::Hold
+                } else {
+                    Partition::Drop
+                };
+                let cut = match rng.range(0, 4) {
+                    0 => [true, false],
+                    1 => [false, true],
+                    _ => [true, true],
+                };
+                Some(Fault::Cut {
+                    mode,
+                    until: at + len,
+                    cut,
+                })
+            }
+            70..=79 => Some(Fault::Cut {
+                mode: Partition::Drop,
+                until: u64::MAX,
+                cut: [true, true],
+            }),
+            _ => Some(Fault::Stop),
+        };
+        if let Some(fault) = fault {
+            plan.lines
+                .push(format!("{fault:?} at {:.3} ms", at as f64 / 1e6));
+            if !matches!(fault, Fault::Stop) {
+                duration = duration.max(at + LIVENESS_BOUND_NS + longest_outage + 300 * MS);
+            }
+            plan.faults.push((at, fault));
+        }
+        // Sometimes a second fault: only the safety invariants are
+        // promised then, not liveness.
+        if rng.chance(0.15) {
+            let at = rng.range(0, duration);
+            let fault = match rng.range(0, 4) {
+                0 => Fault::Crash(0),
+                1 => Fault::Crash(1),
+                2 => Fault::Stop,
+                _ => Fault::Cut {
+                    mode: Partition::Hold,
+                    until: at + rng.range(1, 400) * MS,
+                    cut: [true, true],
+                },
+            };
+            plan.lines
+                .push(format!("then {fault:?} at {:.3} ms", at as f64 / 1e6));
+            plan.faults.push((at, fault));
+        }
+        plan.end_ns = duration;
+        plan.lines.push(format!("run {} ms", duration / MS));
+        plan
+    }
+
+    /// The longest time a host cannot reach the arbiter.
+    pub fn longest_outage(outages: &[(usize, u64, u64)]) -> u64 {
+        outages
+            .iter()
+            .map(|&(_, from, to)| to - from)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// The world's network, drawn from the world's own stream: the links
+/// toward the VM's hosts have latency and sometimes lose or duplicate
+/// frames; the client starts a little after the pair.
+pub(crate) struct WorldPlan {
+    pub latency_ns: u64,
+    pub jitter_ns: u64,
+    pub loss: f64,
+    pub duplicate: f64,
+    pub started_at: u64,
+    pub line: String,
+}
+
+impl WorldPlan {
+    pub fn draw(rng: &mut Rng, options: &Options) -> WorldPlan {
+        let latency_ns = rng.range(20_000, 1_000_000);
+        let jitter_ns = rng.range(0, latency_ns);
+        let mut loss = 0.0;
+        let mut duplicate = 0.0;
+        if options.faults && rng.chance(0.3) {
+            loss = 1.0 / rng.range(5, 50) as f64;
+        }
+        if options.faults && rng.chance(0.2) {
+            duplicate = 1.0 / rng.range(5, 50) as f64;
+        }
+        let started_at = rng.range(MS, 10 * MS);
+        let line = format!(
+            "world network {} us + jitter {} us, loss {:.3} dup {:.3}",
+            latency_ns / 1000,
+            jitter_ns / 1000,
+            loss,
+            duplicate
+        );
+        WorldPlan {
+            latency_ns,
+            jitter_ns,
+            loss,
+            duplicate,
+            started_at,
+            line,
+        }
+    }
+}
