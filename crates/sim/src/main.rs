@@ -34,6 +34,9 @@ struct Args {
     /// `disk-loses-writes`, `no-reissue` or `stale-switch`.
     #[arg(long)]
     broken: Option<String>,
+    /// Run seeds on this many threads (default: one per core).
+    #[arg(long)]
+    jobs: Option<usize>,
 }
 
 fn main() -> ExitCode {
@@ -61,8 +64,8 @@ fn main() -> ExitCode {
     };
     let started = Instant::now();
     let mut failed = 0u64;
-    for &seed in &seeds {
-        match run_seed(seed, &options) {
+    for (seed, result) in run_seeds(&seeds, &options, args.jobs) {
+        match result {
             Ok(outcome) => {
                 if args.seed.is_some() || args.verbose {
                     println!(
@@ -99,4 +102,37 @@ fn main() -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// Run `seeds` on `jobs` threads (default: one per core); the results in
+/// seed order. Each seed is a run of its own, so how they are spread over
+/// threads changes nothing in any of them.
+fn run_seeds(
+    seeds: &[u64],
+    options: &Options,
+    jobs: Option<usize>,
+) -> Vec<(u64, Result<ftvm_sim::Outcome, ftvm_sim::SimError>)> {
+    let jobs = jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .clamp(1, seeds.len().max(1));
+    let mut results: Vec<_> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..jobs)
+            .map(|job| {
+                scope.spawn(move || {
+                    seeds
+                        .iter()
+                        .skip(job)
+                        .step_by(jobs)
+                        .map(|&seed| (seed, run_seed(seed, options)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_default())
+            .collect()
+    });
+    results.sort_by_key(|(seed, _)| *seed);
+    results
 }
