@@ -142,7 +142,12 @@ pub const OPENSBI_FW_DYNAMIC: &str = "/usr/lib/riscv64-linux-gnu/opensbi/generic
 
 /// `ftvm run --bios none --kernel ELF` plus `extra` arguments.
 pub fn ftvm_run(elf: &Path, extra: &[&str], limit: Duration) -> Finished {
-    let mut cmd = Command::new(ftvm_bin());
+    ftvm_run_with(&ftvm_bin(), elf, extra, limit)
+}
+
+/// [`ftvm_run`] with the ftvm binary `ftvm` (a baseline's, say).
+pub fn ftvm_run_with(ftvm: &Path, elf: &Path, extra: &[&str], limit: Duration) -> Finished {
+    let mut cmd = Command::new(ftvm);
     cmd.args(["run", "--bios", "none", "--kernel"])
         .arg(elf)
         .args(extra);
@@ -228,6 +233,19 @@ pub fn bench_runs() -> Option<usize> {
             .unwrap_or(3)
             .max(1),
     )
+}
+
+/// Benchmarks: another ftvm binary to run the same rows with
+/// (`FTVM_BENCH_BASELINE=/path/to/ftvm`, e.g. a build of the code before a
+/// change), so that one run compares the two.
+pub fn bench_baseline() -> Option<PathBuf> {
+    let path = PathBuf::from(std::env::var_os("FTVM_BENCH_BASELINE")?);
+    assert!(
+        path.is_file(),
+        "FTVM_BENCH_BASELINE={} is not a file",
+        path.display()
+    );
+    Some(path)
 }
 
 /// The median of a non-empty sample.
