@@ -5,6 +5,9 @@
 //!
 //! Run with `cargo bench -p ftvm --bench cpu`. `FTVM_BENCH_RUNS` sets the
 //! number of runs per engine (default 3; the median is reported).
+//! `FTVM_BENCH_BASELINE=/path/to/ftvm` adds the same ftvm rows run with
+//! that binary (`ftvm baseline (...)`), e.g. a build of the code before a
+//! change, to compare the two in one run.
 //!
 //! Every engine runs as a process from start to power-off. Start-up cost is
 //! measured on a trivial program (`guest/empty`) and subtracted, so the
@@ -19,7 +22,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use support::{
-    Finished, bench_runs, ftvm_run, guest_elf, median, parse_digest, qemu_available, qemu_run,
+    Finished, bench_baseline, bench_runs, ftvm_run, ftvm_run_with, guest_elf, median, parse_digest,
+    qemu_available, qemu_run,
 };
 
 const LIMIT: Duration = Duration::from_secs(600);
@@ -77,6 +81,28 @@ fn main() {
             run: Box::new(|elf| ftvm_run(elf, &["--engine", "interpreter"], LIMIT)),
         },
     ];
+    if let Some(baseline) = bench_baseline() {
+        let out = ftvm_run_with(&baseline, &bench, &[], LIMIT);
+        assert_eq!(
+            out.stdout_text(),
+            checksum,
+            "the baseline {} and this ftvm disagree on the bench program's output: {}",
+            baseline.display(),
+            out.stderr
+        );
+        for (name, engine) in [
+            ("ftvm baseline (translator)", "translator"),
+            ("ftvm baseline (interpreter)", "interpreter"),
+        ] {
+            let baseline = baseline.clone();
+            engines.push(Engine {
+                name,
+                run: Box::new(move |elf| {
+                    ftvm_run_with(&baseline, elf, &["--engine", engine], LIMIT)
+                }),
+            });
+        }
+    }
     if qemu_available() {
         let qemu_out = qemu_run(&bench, &[], LIMIT);
         assert_eq!(

@@ -18,9 +18,11 @@
 //!    first re-writes bytes at offsets the primary wrote) and to the next
 //!    complete `tick` line, with the default failure-detection timeout
 //!    (1000 ms, heartbeat 100 ms) and with `--timeout-ms 300 --heartbeat-ms
-//!    50`, median and max over the kills; broken down by the timestamps of
-//!    the backup's log (channel closed, primary silent, arbiter asked,
-//!    going live);
+//!    50`, median and max over the kills; broken down by the backup's
+//!    status line: when it first showed its channel closed (`channel=`),
+//!    the primary suspected (`suspected=yes`), the arbiter's answer
+//!    (`verdict=`) and the takeover (`took-over=yes`) — the line is
+//!    rewritten every 200 ms, so each of these is up to 200 ms late;
 //! 3. output-rule delay: median and p99 the primary's status line gives
 //!    (over its last 4096 outputs, from the start of the run slice that
 //!    produced an output to its release), for the tick guest just before
@@ -35,12 +37,13 @@
 //!
 //! Every pair must come up, its console must show the command ending with
 //! status 0 (the CPU-bound command's digest and the printed lines as
-//! standalone), both VMs must end (`ended` in both status files) when the
+//! standalone), both VMs must end (`ended` in both status lines) when the
 //! guest powers off, and after a failover the console must go on with the
 //! next tick, every tick once and in order. The bench panics otherwise,
 //! keeping the pair's directory (console, status files, logs) and naming
-//! the command that reproduces it. Every pair is stopped at the end; a
-//! pair's processes still alive when it is dropped (a panic) are killed.
+//! the command that reproduces it. Every pair is stopped at the end; its
+//! processes still alive when it is dropped (a panic) are killed
+//! ([`support::pair::Pair`]).
 //!
 //! Run with `cargo bench -p ftvm --bench ft` after `scripts/guest-image`.
 //! `FTVM_BENCH_RUNS` sets the runs per measurement and the kills per
@@ -57,13 +60,13 @@ mod support;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
+use ftvm_host::status::Measures;
+use support::pair::{Pair, StatusLine, Vm, VmState};
 use support::{
-    Scratch, bench_runs, drain, ftvm_bin, image_dir, median, process_alive as alive, run_limited,
-    signal, status_value, wait_or_kill,
+    bench_runs, describe, drain, ftvm_bin, image_dir, median, process_alive as alive, wait_or_kill,
 };
 
 /// Longest any one process or pair may take.
@@ -85,12 +88,15 @@ const KILL_AFTER_TICK: u64 = 30;
 const TICKS_AFTER: u64 = 5;
 const READY: &str = "ftvm: init ready";
 const EXIT: &str = "ftvm_cmd exit";
-/// Markers in the backup's log (`DIR/backup.log`), in the order they come.
-const STAGES: [(&str, &str); 4] = [
-    ("closing the logging channel", "channel closed"),
-    ("the primary is silent", "silent"),
-    ("asking the arbiter", "arbiter"),
-    ("going live", "live"),
+/// Whether a status line shows a stage of a failover.
+type Shows = fn(&StatusLine) -> bool;
+/// The stages of a failover as the backup's status line shows them, in
+/// the order they come: the field, and the column's name.
+const STAGES: [(Shows, &str); 4] = [
+    (|line| line.channel.is_some(), "closed"),
+    (|line| line.suspected, "suspected"),
+    (|line| line.verdict.is_some(), "verdict"),
+    (|line| line.took_over, "took over"),
 ];
 /// The VMware FT paper (Scales, Nelson, Venkitachalam, 2010), logging
 /// bandwidth of idle guests.
@@ -102,23 +108,6 @@ const PAPER_OVERHEAD: &str =
 /// The same paper's failure detection.
 const PAPER_FAILOVER: &str = "VMware FT paper (Scales et al. 2010): a failure is declared when \
      heartbeats and logging traffic stop for a timeout \"on the order of a few seconds\"";
-
-fn describe(cmd: &Command) -> String {
-    let mut words: Vec<String> = cmd
-        .get_envs()
-        .filter_map(|(k, v)| Some(format!("{}={}", k.to_string_lossy(), v?.to_string_lossy())))
-        .collect();
-    words.push(cmd.get_program().to_string_lossy().into_owned());
-    words.extend(cmd.get_args().map(|a| {
-        let a = a.to_string_lossy();
-        if a.contains([' ', '"', '|', '>', ';', '$']) {
-            format!("'{a}'")
-        } else {
-            a.into_owned()
-        }
-    }));
-    words.join(" ")
-}
 
 fn append(guest_cmd: &str) -> String {
     format!("console=ttyS0 ftvm_cmd=\"{guest_cmd}\"")
@@ -276,171 +265,70 @@ fn solo(guest_cmd: &str) -> Solo {
     Solo { lines, wall_s, cpu }
 }
 
-/// One line of a VM's status file.
+/// One status line of the primary, as it changed.
 #[derive(Clone, Debug)]
-struct Status {
+struct Sampled {
     /// Seconds since the pair's start at which the line was written (the
     /// file's modification time).
     at: f64,
-    word: String,
-    delay_ms: f64,
-    p99_ms: f64,
-    outputs: u64,
-    log_bytes: u64,
+    state: VmState,
+    measures: Measures,
 }
 
-fn parse_status(text: &str, at: f64) -> Option<Status> {
-    let words: Vec<&str> = text.split_whitespace().collect();
-    let value = |key: &str| words.iter().find_map(|w| w.strip_prefix(key));
-    let after = |key: &str| {
-        words
-            .iter()
-            .position(|w| *w == key)
-            .and_then(|i| words.get(i + 1))
-    };
-    let before = |key: &str| {
-        words
-            .iter()
-            .position(|w| *w == key)
-            .and_then(|i| i.checked_sub(1))
-            .map(|i| words[i])
-    };
-    Some(Status {
-        at,
-        word: words.first()?.to_string(),
-        delay_ms: value("output-delay=")?.parse().ok()?,
-        p99_ms: after("(p99")?.parse().ok()?,
-        outputs: before("outputs)")?.parse().ok()?,
-        log_bytes: value("log-bytes=")?.parse().ok()?,
-    })
-}
-
-/// The pid on a VM's status line.
-fn status_pid(path: &Path) -> Option<u32> {
-    status_value(path, "pid=")
-}
-
-fn unix_s(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date.
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The Unix time of a log line's leading RFC 3339 UTC timestamp
-/// (`2026-01-02T03:04:05.678901Z`, as `tracing` writes it).
-fn log_time(line: &str) -> Option<f64> {
-    let stamp = line.split_whitespace().next()?.strip_suffix('Z')?;
-    let (date, time) = stamp.split_once('T')?;
-    let mut date = date.split('-').map(|v| v.parse::<i64>().ok());
-    let (y, m, d) = (date.next()??, date.next()??, date.next()??);
-    let mut time = time.split(':');
-    let h: f64 = time.next()?.parse().ok()?;
-    let min: f64 = time.next()?.parse().ok()?;
-    let s: f64 = time.next()?.parse().ok()?;
-    Some(days_from_civil(y, m, d) as f64 * 86_400.0 + h * 3600.0 + min * 60.0 + s)
-}
-
-/// `text` without ANSI escape sequences (`ESC [ ... letter`).
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
+/// Seconds from `from` to `to`, negative if `to` comes first.
+fn seconds_between(from: SystemTime, to: SystemTime) -> f64 {
+    match to.duration_since(from) {
+        Ok(d) => d.as_secs_f64(),
+        Err(e) => -e.duration().as_secs_f64(),
     }
-    out
 }
 
-/// An FT pair started by `ftvm up`, watched through its state directory.
-/// Dropping it kills whatever of it still runs.
-struct Pair {
-    dir: PathBuf,
-    command: String,
+/// An FT pair started by `ftvm up`, watched through its state directory:
+/// its console lines as they come, the primary's status lines as they
+/// change, the host CPU its two VMs use.
+struct Watch {
+    pair: Pair,
     start: Instant,
     start_wall: SystemTime,
     /// Primary, backup.
-    pids: Vec<u32>,
+    pids: [u32; 2],
     console: Vec<u8>,
     scanned: usize,
     lines: Lines,
     /// The primary's status lines, as they changed.
-    samples: Vec<Status>,
+    samples: Vec<Sampled>,
     status_mtime: Option<SystemTime>,
     /// Host CPU seconds of the primary and the backup when `init ready`
     /// and `ftvm_cmd exit` were read.
     cpu: Vec<(&'static str, [f64; 2])>,
 }
 
-impl Pair {
-    fn up(scratch: &Scratch, name: &str, guest_cmd: &str, extra: &[&str]) -> Pair {
-        let dir = scratch.file(name);
-        let _ = std::fs::remove_dir_all(&dir);
-        let mut cmd = Command::new(ftvm_bin());
-        cmd.env("FTVM_GUEST_IMAGE", image_dir())
-            .args(["up", "--state-dir"])
-            .arg(&dir)
-            .args(["--memory", &MEMORY_MIB.to_string(), "--append"])
-            .arg(append(guest_cmd))
-            .args(extra);
-        let mut pair = Pair {
-            dir,
-            command: describe(&cmd),
-            start: Instant::now(),
-            start_wall: SystemTime::now(),
-            pids: Vec::new(),
+impl Watch {
+    fn up(name: &str, guest_cmd: &str, extra: &[&str]) -> Watch {
+        let mut pair = Pair::new(&format!("ft-bench-{name}"));
+        let memory = MEMORY_MIB.to_string();
+        let append = append(guest_cmd);
+        let mut args = vec!["--memory", &memory, "--append", &append];
+        args.extend(extra);
+        let (start, start_wall) = (Instant::now(), SystemTime::now());
+        let (primary, backup) = pair.up(&args);
+        Watch {
+            pair,
+            start,
+            start_wall,
+            pids: [primary, backup],
             console: Vec::new(),
             scanned: 0,
             lines: Lines::new(),
             samples: Vec::new(),
             status_mtime: None,
             cpu: Vec::new(),
-        };
-        let up = run_limited(cmd, Duration::from_secs(120));
-        let out = up.stdout_text();
-        pair.pids = out
-            .split_whitespace()
-            .filter_map(|w| {
-                w.strip_prefix("pid=")?
-                    .trim_end_matches(|c: char| !c.is_ascii_digit())
-                    .parse()
-                    .ok()
-            })
-            .collect();
-        if up.code != Some(0) || pair.pids.len() != 2 {
-            pair.fail(&format!(
-                "`ftvm up` failed (exit {:?}):\n{out}{}",
-                up.code, up.stderr
-            ));
-        }
-        pair
-    }
-
-    fn since_start(&self, t: SystemTime) -> f64 {
-        match t.duration_since(self.start_wall) {
-            Ok(d) => d.as_secs_f64(),
-            Err(e) => -e.duration().as_secs_f64(),
         }
     }
 
     /// Read what the console file and the primary's status file gained.
     fn poll(&mut self) {
-        if let Ok(mut file) = File::open(self.dir.join("console")) {
+        if let Ok(mut file) = File::open(self.pair.path("console")) {
             let len = file.metadata().map_or(0, |m| m.len());
             let known = self.console.len() as u64;
             if len > known && file.seek(SeekFrom::Start(known)).is_ok() {
@@ -456,37 +344,31 @@ impl Pair {
                 .replace('\r', "");
             for marker in [READY, EXIT] {
                 if line.contains(marker) && !self.cpu.iter().any(|&(m, _)| m == marker) {
-                    let cpu = |i: usize| {
-                        self.pids
-                            .get(i)
-                            .and_then(|&pid| cpu_seconds(pid))
-                            .unwrap_or(f64::NAN)
-                    };
+                    let cpu = |i: usize| cpu_seconds(self.pids[i]).unwrap_or(f64::NAN);
                     self.cpu.push((marker, [cpu(0), cpu(1)]));
                 }
             }
             self.lines.push((now, line));
             self.scanned += end + 1;
         }
-        let path = self.dir.join("primary.status");
-        let Ok(mtime) = std::fs::metadata(&path).and_then(|m| m.modified()) else {
+        let Some((line, written)) = self.pair.status_written(Vm::Primary) else {
             return;
         };
-        if self.status_mtime == Some(mtime) {
+        if self.status_mtime == Some(written) {
             return;
         }
-        let at = self.since_start(mtime);
-        if let Some(status) = std::fs::read_to_string(&path)
-            .ok()
-            .and_then(|text| parse_status(&text, at))
-        {
-            self.samples.push(status);
-            self.status_mtime = Some(mtime);
+        if let Some(measures) = line.measures {
+            self.samples.push(Sampled {
+                at: seconds_between(self.start_wall, written),
+                state: line.state,
+                measures,
+            });
+            self.status_mtime = Some(written);
         }
     }
 
     /// Poll every millisecond until `done`, failing after `limit`.
-    fn watch_until(&mut self, what: &str, limit: Duration, mut done: impl FnMut(&Pair) -> bool) {
+    fn watch_until(&mut self, what: &str, limit: Duration, mut done: impl FnMut(&Watch) -> bool) {
         let from = Instant::now();
         loop {
             self.poll();
@@ -512,54 +394,40 @@ impl Pair {
     /// off), check that both ended and the console; seconds since the
     /// start.
     fn finish(&mut self, guest_cmd: &str) -> f64 {
-        self.watch_until("both VMs exit after the guest's power-off", LIMIT, |p| {
-            !p.running()
+        self.watch_until("both VMs exit after the guest's power-off", LIMIT, |w| {
+            !w.running()
         });
         let end = self.start.elapsed().as_secs_f64();
         self.poll();
-        self.check_ended();
+        for vm in Vm::BOTH {
+            let line = self.pair.status(vm);
+            if line.as_ref().is_none_or(|l| l.state != VmState::Ended) {
+                self.fail(&format!("the {vm} did not end: its status is {line:?}"));
+            }
+        }
         if let Some(problem) = console_problem(guest_cmd, &self.lines) {
             self.fail(&problem);
         }
         end
     }
 
-    /// Both status files say `ended`.
-    fn check_ended(&self) {
-        for vm in ["primary", "backup"] {
-            let line =
-                std::fs::read_to_string(self.dir.join(format!("{vm}.status"))).unwrap_or_default();
-            if !line.starts_with("ended ") {
-                self.fail(&format!("the {vm} did not end: its status is {line:?}"));
-            }
-        }
-    }
-
     /// `ftvm stop`, then wait until nothing of the pair runs.
     fn stop(&mut self) {
-        let mut cmd = Command::new(ftvm_bin());
-        cmd.args(["stop", "--state-dir"]).arg(&self.dir);
-        let stopped = run_limited(cmd, Duration::from_secs(60));
-        if stopped.code != Some(0) {
-            self.fail(&format!(
-                "`ftvm stop` failed (exit {:?}): {}",
-                stopped.code, stopped.stderr
-            ));
-        }
+        self.pair.stop();
         self.watch_until(
             "the pair ends after `ftvm stop`",
             Duration::from_secs(30),
-            |p| !p.running(),
+            |w| !w.running(),
         );
     }
 
     /// The last status line of the primary written before `t` (seconds
     /// since the start) while it was the primary.
-    fn status_before(&self, t: f64) -> Option<&Status> {
+    fn status_before(&self, t: f64) -> Option<&Sampled> {
         self.samples
             .iter()
             .rev()
-            .find(|s| s.at <= t && s.word == "primary")
+            .find(|s| s.at <= t && s.state == VmState::Primary)
     }
 
     /// Log bytes and seconds between the first status line written at or
@@ -569,68 +437,18 @@ impl Pair {
         let last = self.samples.iter().rev().find(|s| s.at <= to)?;
         (last.at > first.at).then(|| {
             (
-                last.log_bytes.saturating_sub(first.log_bytes) as f64,
+                last.measures
+                    .log_bytes
+                    .saturating_sub(first.measures.log_bytes) as f64,
                 last.at - first.at,
             )
         })
     }
 
-    /// Keep the pair's files and panic, naming the command that
-    /// reproduces the pair.
+    /// Fail with the pair's diagnosis (its directory is kept, and the
+    /// command that started it named).
     fn fail(&self, problem: &str) -> ! {
-        let kept = std::env::temp_dir().join(format!(
-            "ftvm-ft-bench-failed-{}-{}",
-            std::process::id(),
-            self.dir.file_name().unwrap_or_default().to_string_lossy()
-        ));
-        let _ = std::fs::create_dir_all(&kept);
-        let mut logs = String::new();
-        for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_file() && !path.ends_with("key") {
-                let _ = std::fs::copy(&path, kept.join(entry.file_name()));
-            }
-        }
-        for name in [
-            "primary.status",
-            "backup.status",
-            "primary.log",
-            "backup.log",
-        ] {
-            let text = std::fs::read_to_string(self.dir.join(name)).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(20).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            logs += &format!("--- {name}:\n{}\n", strip_ansi(&tail.join("\n")));
-        }
-        panic!(
-            "FT pair failed: {problem}\nreproduce with: {}\n\
-             then `ftvm status --state-dir DIR`, `ftvm stop --state-dir DIR`\n\
-             the pair's files are kept in {}\n{logs}",
-            self.command,
-            kept.display()
-        );
-    }
-}
-
-impl Drop for Pair {
-    fn drop(&mut self) {
-        let mut pids = self.pids.clone();
-        for vm in ["primary", "backup"] {
-            pids.extend(status_pid(&self.dir.join(format!("{vm}.status"))));
-        }
-        pids.sort_unstable();
-        pids.dedup();
-        let dir = self.dir.to_string_lossy().into_owned();
-        for pid in pids {
-            // Only a process of this pair (its command line names the state
-            // directory): the pid may have been reused.
-            let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&dir));
-            if ours && alive(pid) {
-                eprintln!("ft bench: killing pid {pid} left over from {dir}");
-                signal(pid, libc::SIGKILL);
-            }
-        }
+        panic!("FT pair failed: {problem}\n{}", self.pair.diag());
     }
 }
 
@@ -643,27 +461,29 @@ struct FtRun {
     window_log: Option<(f64, f64)>,
     total_log_bytes: f64,
     /// The primary's last status line before `ftvm_cmd exit`.
-    before_exit: Status,
+    before_exit: Measures,
     /// Host CPU seconds the primary and the backup used in the window.
     window_cpu: [f64; 2],
 }
 
-fn ft_run(scratch: &Scratch, name: &str, guest_cmd: &str) -> FtRun {
-    let mut pair = Pair::up(scratch, name, guest_cmd, &[]);
-    let whole_s = pair.finish(guest_cmd);
-    let (Some(ready), Some(exit)) = (pair.line_time(READY), pair.line_time(EXIT)) else {
-        pair.fail("no `init ready` or `ftvm_cmd exit` line");
+fn ft_run(name: &str, guest_cmd: &str) -> FtRun {
+    let mut watch = Watch::up(name, guest_cmd, &[]);
+    let whole_s = watch.finish(guest_cmd);
+    let (Some(ready), Some(exit)) = (watch.line_time(READY), watch.line_time(EXIT)) else {
+        watch.fail("no `init ready` or `ftvm_cmd exit` line");
     };
-    let Some(before_exit) = pair.status_before(exit).cloned() else {
-        pair.fail("no status line of the primary before the command's exit");
+    let Some(before_exit) = watch.status_before(exit).map(|s| s.measures) else {
+        watch.fail("no status line of the primary before the command's exit");
     };
-    let total_log_bytes = std::fs::read_to_string(pair.dir.join("primary.status"))
-        .ok()
-        .and_then(|t| parse_status(&t, 0.0))
-        .map_or(f64::NAN, |s| s.log_bytes as f64);
-    let window_log = pair.log_between(ready, exit);
+    let total_log_bytes = watch
+        .pair
+        .status(Vm::Primary)
+        .and_then(|line| line.measures)
+        .map_or(f64::NAN, |m| m.log_bytes as f64);
+    let window_log = watch.log_between(ready, exit);
     let at = |m: &str| {
-        pair.cpu
+        watch
+            .cpu
             .iter()
             .find(|(marker, _)| *marker == m)
             .map_or([f64::NAN; 2], |&(_, cpu)| cpu)
@@ -681,81 +501,90 @@ fn ft_run(scratch: &Scratch, name: &str, guest_cmd: &str) -> FtRun {
 
 /// One failover: milliseconds from the kill.
 struct Failover {
-    /// The backup's log lines of [`STAGES`] (None: not in the log).
+    /// When the backup's status line first showed each of [`STAGES`]
+    /// (None: it never did).
     stages: Vec<Option<f64>>,
     first_byte_ms: f64,
     tick_ms: f64,
     /// The primary's last status line before the kill.
-    before_kill: Status,
+    before_kill: Measures,
     /// Log bytes and seconds between `init ready` and the kill.
     log: (f64, f64),
 }
 
-fn failover(scratch: &Scratch, name: &str, extra: &[&str]) -> Failover {
-    let mut pair = Pair::up(scratch, name, TICK, extra);
-    pair.watch_until(
+fn failover(name: &str, extra: &[&str]) -> Failover {
+    let mut watch = Watch::up(name, TICK, extra);
+    watch.watch_until(
         &format!("tick {KILL_AFTER_TICK} on the console"),
         Duration::from_secs(120),
-        |p| numbered(&p.lines, "tick").contains(&KILL_AFTER_TICK),
+        |w| numbered(&w.lines, "tick").contains(&KILL_AFTER_TICK),
     );
     // Kill right after a tick line: the guest prints nothing for 100 ms.
-    let last_tick = numbered(&pair.lines, "tick").last().copied().unwrap_or(0);
-    let size = std::fs::metadata(pair.dir.join("console")).map_or(0, |m| m.len());
-    signal(pair.pids[0], libc::SIGKILL);
+    let last_tick = numbered(&watch.lines, "tick").last().copied().unwrap_or(0);
+    let size = std::fs::metadata(watch.pair.path("console")).map_or(0, |m| m.len());
+    support::signal(watch.pids[0], libc::SIGKILL);
     let killed = Instant::now();
     let killed_wall = SystemTime::now();
-    let kill_at = pair.start.elapsed().as_secs_f64();
+    let kill_at = watch.start.elapsed().as_secs_f64();
     let ms = |t: Instant| t.duration_since(killed).as_secs_f64() * 1e3;
     let limit = Duration::from_secs(60);
     let mut first_byte = None;
-    pair.watch_until("the backup prints the next tick", limit, |p| {
-        if first_byte.is_none() && p.console.len() as u64 > size {
+    let mut stages: Vec<Option<f64>> = vec![None; STAGES.len()];
+    let mut backup_written = None;
+    // The backup's stages, as its status line shows them (checked on
+    // every poll while waiting for the ticks).
+    let mut stage = |w: &Watch| {
+        let Some((line, written)) = w.pair.status_written(Vm::Backup) else {
+            return;
+        };
+        if backup_written == Some(written) {
+            return;
+        }
+        backup_written = Some(written);
+        for (seen, (shows, _)) in stages.iter_mut().zip(STAGES) {
+            if seen.is_none() && shows(&line) {
+                *seen = Some(seconds_between(killed_wall, written) * 1e3);
+            }
+        }
+    };
+    watch.watch_until("the backup prints the next tick", limit, |w| {
+        stage(w);
+        if first_byte.is_none() && w.console.len() as u64 > size {
             first_byte = Some(Instant::now());
         }
-        numbered(&p.lines, "tick")
+        numbered(&w.lines, "tick")
             .last()
             .is_some_and(|&n| n > last_tick)
     });
     let tick_ms = ms(Instant::now());
     let first_byte_ms = first_byte.map_or(tick_ms, ms);
-    pair.watch_until("the live backup goes on ticking", limit, |p| {
-        numbered(&p.lines, "tick")
+    watch.watch_until("the live backup goes on ticking", limit, |w| {
+        stage(w);
+        numbered(&w.lines, "tick")
             .last()
             .is_some_and(|&n| n >= last_tick + TICKS_AFTER)
     });
-    if alive(pair.pids[0]) {
-        pair.fail("the primary survived kill -9");
+    if alive(watch.pids[0]) {
+        watch.fail("the primary survived kill -9");
     }
-    let log = std::fs::read_to_string(pair.dir.join("backup.log")).unwrap_or_default();
-    let log = strip_ansi(&log);
-    let kill_unix = unix_s(killed_wall);
-    let stages = STAGES
-        .iter()
-        .map(|(marker, _)| {
-            log.lines()
-                .find(|l| l.contains(marker))
-                .and_then(log_time)
-                .map(|t| (t - kill_unix) * 1e3)
-        })
-        .collect();
-    let Some(before_kill) = pair.status_before(kill_at).cloned() else {
-        pair.fail("no status line of the primary before the kill");
+    let Some(before_kill) = watch.status_before(kill_at).map(|s| s.measures) else {
+        watch.fail("no status line of the primary before the kill");
     };
-    let Some(ready) = pair.line_time(READY) else {
-        pair.fail("no `init ready` line");
+    let Some(ready) = watch.line_time(READY) else {
+        watch.fail("no `init ready` line");
     };
-    let Some(log) = pair.log_between(ready, kill_at) else {
-        pair.fail("no two status lines of the primary between `init ready` and the kill");
+    let Some(log) = watch.log_between(ready, kill_at) else {
+        watch.fail("no two status lines of the primary between `init ready` and the kill");
     };
-    pair.stop();
+    watch.stop();
     // The whole console, as the backup left it: every tick once, in order.
-    pair.console.clear();
-    pair.scanned = 0;
-    pair.lines.clear();
-    pair.poll();
-    let ticks = numbered(&pair.lines, "tick");
+    watch.console.clear();
+    watch.scanned = 0;
+    watch.lines.clear();
+    watch.poll();
+    let ticks = numbered(&watch.lines, "tick");
     if !ticks.iter().copied().eq(0..ticks.len() as u64) || ticks.len() as u64 <= last_tick + 1 {
-        pair.fail(&format!(
+        watch.fail(&format!(
             "after the failover at tick {last_tick} the console's ticks are not 0, 1, 2, ...: {:?}",
             &ticks[ticks.len().saturating_sub(2 * TICKS_AFTER as usize + 4)..]
         ));
@@ -791,21 +620,21 @@ struct Sample {
     failovers: Vec<Failover>,
 }
 
-fn one_run(scratch: &Scratch, run: usize) -> Sample {
+fn one_run(run: usize) -> Sample {
     let print = print_cmd();
     let idle = format!("sleep {IDLE_S}");
     Sample {
         solo_boot: solo("true"),
-        ft_boot: ft_run(scratch, &format!("boot-{run}"), "true"),
+        ft_boot: ft_run(&format!("boot-{run}"), "true"),
         solo_work: solo(WORK),
-        ft_work: ft_run(scratch, &format!("work-{run}"), WORK),
+        ft_work: ft_run(&format!("work-{run}"), WORK),
         solo_print: solo(&print),
-        ft_print: ft_run(scratch, &format!("print-{run}"), &print),
-        ft_idle: ft_run(scratch, &format!("idle-{run}"), &idle),
+        ft_print: ft_run(&format!("print-{run}"), &print),
+        ft_idle: ft_run(&format!("idle-{run}"), &idle),
         failovers: CONFIGS
             .iter()
             .enumerate()
-            .map(|(i, (_, extra))| failover(scratch, &format!("failover-{i}-{run}"), extra))
+            .map(|(i, (_, extra))| failover(&format!("failover-{i}-{run}"), extra))
             .collect(),
     }
 }
@@ -830,9 +659,8 @@ fn main() {
     let Some(runs) = bench_runs() else {
         return;
     };
-    let scratch = Scratch::new("ft-bench");
     let load_before = load_average();
-    let samples: Vec<Sample> = (0..runs).map(|run| one_run(&scratch, run)).collect();
+    let samples: Vec<Sample> = (0..runs).map(one_run).collect();
     let s = &samples;
     println!(
         "host: {} CPUs; load average (1 min) {load_before} before, {} after \
@@ -906,8 +734,15 @@ fn main() {
          `tick {KILL_AFTER_TICK}`; ms from the kill, {runs} kills each"
     );
     println!(
-        "{:<34} {:<6} {:>8} {:>8} {:>8} {:>8} {:>10} {:>9}",
-        "detection", "", "closed", "silent", "arbiter", "live", "first byte", "next tick"
+        "{:<34} {:<6} {:>8} {:>9} {:>8} {:>9} {:>10} {:>9}",
+        "detection",
+        "",
+        STAGES[0].1,
+        STAGES[1].1,
+        STAGES[2].1,
+        STAGES[3].1,
+        "first byte",
+        "next tick"
     );
     for (i, (name, _)) in CONFIGS.iter().enumerate() {
         let fo: Vec<&Failover> = s.iter().map(|x| &x.failovers[i]).collect();
@@ -926,7 +761,7 @@ fn main() {
                 }
             };
             println!(
-                "{:<34} {what:<6} {:>8} {:>8} {:>8} {:>8} {:>10.0} {:>9.0}",
+                "{:<34} {what:<6} {:>8} {:>9} {:>8} {:>9} {:>10.0} {:>9.0}",
                 if agg { "" } else { name },
                 stage(0),
                 stage(1),
@@ -938,9 +773,10 @@ fn main() {
         }
     }
     println!(
-        "(closed/silent/arbiter/live: the backup's log lines `{}`, `{}`, `{}`, `{}`; \
-         first byte: the console file grows past its size at the kill)",
-        STAGES[0].0, STAGES[1].0, STAGES[2].0, STAGES[3].0
+        "(closed/suspected/verdict/took over: the first status line of the backup with \
+         channel=, suspected=yes, verdict=, took-over=yes, by its file's time: up to 200 ms \
+         late, as the line is rewritten every 200 ms; first byte: the console file grows past \
+         its size at the kill)"
     );
     println!("reference: {PAPER_FAILOVER}");
 
@@ -953,11 +789,11 @@ fn main() {
         "{:<40} {:>10} {:>10} {:>9}",
         "guest", "median ms", "p99 ms", "outputs"
     );
-    let delay_row = |name: &str, f: &dyn Fn(&Sample) -> &Status| {
+    let delay_row = |name: &str, f: &dyn Fn(&Sample) -> &Measures| {
         println!(
             "{name:<40} {:>10.2} {:>10.2} {:>9.0}",
             col(s, |x| f(x).delay_ms),
-            col(s, |x| f(x).p99_ms),
+            col(s, |x| f(x).delay_p99_ms),
             col(s, |x| f(x).outputs as f64)
         );
     };

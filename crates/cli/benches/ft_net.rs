@@ -25,20 +25,22 @@
 //! panics the bench. Run with `cargo bench -p ftvm --bench ft_net` after
 //! `scripts/guest-image`; `FTVM_BENCH_RUNS` sets the runs (default 3;
 //! medians, and the max for pauses). The standalone VM uses one host CPU,
-//! the pair two (primary and backup) and its switch a little.
+//! the pair two (primary and backup) and its switch a little. A pair's
+//! processes are killed when it is dropped, a panic included
+//! ([`support::pair::Pair`]).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use support::pair::{Pair, Vm, VmState};
 use support::{
-    Scratch, bench_runs, echo, echo_message, free_port, ftvm_with_guest as ftvm, median,
-    run_limited, signal, status_value, wait_or_kill,
+    bench_runs, echo, echo_message, free_port, ftvm_with_guest as ftvm, median, poll, signal,
+    wait_or_kill,
 };
 
 const ECHO_CMD: &str = "nc -ll -p 7 -e cat & while true; do sleep 10; done";
@@ -144,71 +146,39 @@ fn solo(port: u16) -> Child {
         .expect("start ftvm run")
 }
 
-/// An FT pair with the echo service behind `port`, in `dir`.
-struct Pair {
-    dir: PathBuf,
+/// An FT pair with the echo service behind `port`.
+fn pair_up(name: &str, port: u16) -> Pair {
+    let mut pair = Pair::new(&format!("ft-net-bench-{name}"));
+    pair.up(&[
+        "--net",
+        &format!("user,hostfwd=tcp:127.0.0.1:{port}-:7"),
+        "--append",
+        &append(),
+    ]);
+    pair
 }
 
-impl Pair {
-    fn up(dir: PathBuf, port: u16) -> Pair {
-        let mut up = ftvm();
-        up.arg("up")
-            .arg("--state-dir")
-            .arg(&dir)
-            .arg("--net")
-            .arg(format!("user,hostfwd=tcp:127.0.0.1:{port}-:7"))
-            .arg("--append")
-            .arg(append());
-        let run = run_limited(up, LIMIT);
-        assert_eq!(run.code, Some(0), "ftvm up: {}", run.stderr);
-        Pair { dir }
-    }
-
-    fn status(&self, name: &str) -> String {
-        std::fs::read_to_string(self.dir.join(format!("{name}.status"))).unwrap_or_default()
-    }
-
-    fn field<T: std::str::FromStr>(&self, name: &str, key: &str) -> Option<T> {
-        status_value(&self.dir.join(format!("{name}.status")), key)
-    }
-
-    /// The primary's log bytes and the time its status line said so.
-    fn log_bytes(&self) -> (u64, Instant) {
-        // The line is rewritten every 200 ms: wait for a fresh one.
-        let old = self.status("primary");
-        let start = Instant::now();
-        while self.status("primary") == old && start.elapsed() < Duration::from_secs(2) {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        (
-            self.field("primary", "log-bytes=").unwrap_or(0),
-            Instant::now(),
-        )
-    }
-}
-
-impl Drop for Pair {
-    fn drop(&mut self) {
-        let mut stop = ftvm();
-        stop.arg("stop").arg("--state-dir").arg(&self.dir);
-        let _ = run_limited(stop, LIMIT);
-        for name in ["primary", "backup", "switch"] {
-            if let Some(pid) = self.field(name, "pid=") {
-                signal(pid, libc::SIGCONT);
-                if Path::new(&format!("/proc/{pid}")).exists() {
-                    signal(pid, libc::SIGKILL);
-                }
-            }
-        }
-    }
+/// The primary's log bytes and the time its status line said so.
+fn log_bytes(pair: &Pair) -> (u64, Instant) {
+    // The line is rewritten every 200 ms: wait for a fresh one.
+    let old = pair.status_written(Vm::Primary).map(|(_, written)| written);
+    let fresh = poll(Duration::from_secs(2), || {
+        pair.status_written(Vm::Primary)
+            .filter(|&(_, written)| Some(written) != old)
+    });
+    let at = Instant::now();
+    let bytes = fresh
+        .and_then(|(line, _)| line.measures)
+        .map_or(0, |m| m.log_bytes);
+    (bytes, at)
 }
 
 /// The longest gap, in ms, between consecutive echoes of a client
 /// exchanging 64-byte messages every 2 ms, across `event` done to the
 /// primary of a fresh pair.
-fn pause(scratch: &Scratch, name: &str, event: libc::c_int) -> f64 {
+fn pause(name: &str, event: libc::c_int) -> f64 {
     let port = free_port();
-    let pair = Pair::up(scratch.file(name), port);
+    let pair = pair_up(name, port);
     let mut stream = connect(port);
     let start = Instant::now();
     let mut done = Vec::new();
@@ -216,12 +186,11 @@ fn pause(scratch: &Scratch, name: &str, event: libc::c_int) -> f64 {
     let mut i = 0;
     loop {
         echo(&mut stream, &small(i), LIMIT)
-            .unwrap_or_else(|e| panic!("{name}: echo {i}: {e}; see {}", pair.dir.display()));
+            .unwrap_or_else(|e| panic!("{name}: echo {i}: {e}\n{}", pair.diag()));
         done.push(Instant::now());
         i += 1;
         if fired.is_none() && start.elapsed() > PAUSE_WARMUP {
-            let primary = pair.field("primary", "pid=").expect("the primary's pid");
-            signal(primary, event);
+            signal(pair.pid(Vm::Primary), event);
             fired = Some(done.len());
         }
         if fired.is_some_and(|at| done.len() > at + PAUSE_ECHOES_AFTER) {
@@ -229,11 +198,7 @@ fn pause(scratch: &Scratch, name: &str, event: libc::c_int) -> f64 {
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    assert!(
-        pair.status("backup").starts_with("live"),
-        "{name}: the backup did not go live: {}",
-        pair.status("backup")
-    );
+    pair.wait_state(Vm::Backup, VmState::Live, Duration::from_secs(10));
     done.windows(2)
         .map(|w| (w[1] - w[0]).as_secs_f64() * 1e3)
         .fold(0.0, f64::max)
@@ -249,7 +214,7 @@ struct Sample {
     freeze_pause: f64,
 }
 
-fn one_run(scratch: &Scratch, run: usize) -> Sample {
+fn one_run(run: usize) -> Sample {
     let port = free_port();
     let mut child = solo(port);
     let mut stream = connect(port);
@@ -260,12 +225,12 @@ fn one_run(scratch: &Scratch, run: usize) -> Sample {
     let _ = wait_or_kill(&mut child, Duration::from_secs(10));
 
     let port = free_port();
-    let pair = Pair::up(scratch.file(&format!("pair-{run}")), port);
+    let pair = pair_up(&format!("pair-{run}"), port);
     let mut stream = connect(port);
     let ft_rtt = round_trips(&mut stream);
-    let (log0, t0) = pair.log_bytes();
+    let (log0, t0) = log_bytes(&pair);
     let ft_bulk = bulk(&mut stream);
-    let (log1, t1) = pair.log_bytes();
+    let (log1, t1) = log_bytes(&pair);
     drop(stream);
     drop(pair);
     let logged = log1.saturating_sub(log0) as f64;
@@ -277,20 +242,21 @@ fn one_run(scratch: &Scratch, run: usize) -> Sample {
         log_mbit_s: logged * 8.0 / 1e6 / (t1 - t0).as_secs_f64(),
         // Received frames are logged; sent ones are outputs, not logged.
         log_per_byte: logged / BULK_BYTES as f64,
-        kill_pause: pause(scratch, &format!("kill-{run}"), libc::SIGKILL),
-        freeze_pause: pause(scratch, &format!("freeze-{run}"), libc::SIGSTOP),
+        kill_pause: pause(&format!("kill-{run}"), libc::SIGKILL),
+        freeze_pause: pause(&format!("freeze-{run}"), libc::SIGSTOP),
     }
 }
 
 fn main() {
-    let runs = bench_runs().unwrap_or(3);
-    let scratch = Scratch::new("ft-net-bench");
+    let Some(runs) = bench_runs() else {
+        return;
+    };
     println!(
         "ft_net bench: echo service (busybox nc + cat) in the default guest, client on host loopback through a forwarded port; {runs} runs"
     );
     let samples: Vec<Sample> = (0..runs)
         .map(|run| {
-            let s = one_run(&scratch, run);
+            let s = one_run(run);
             eprintln!(
                 "run {run}: rtt {:.2}/{:.2} ms, bulk {:.1}/{:.1} MB/s, pauses {:.0}/{:.0} ms",
                 s.rtt[0], s.rtt[1], s.bulk[0], s.bulk[1], s.kill_pause, s.freeze_pause

@@ -5,6 +5,9 @@
 //!
 //! Run with `cargo bench -p ftvm --bench linux` after `scripts/guest-image`.
 //! `FTVM_BENCH_RUNS` sets the runs per engine (default 3; medians).
+//! `FTVM_BENCH_BASELINE=/path/to/ftvm` adds the same ftvm rows run with
+//! that binary (`ftvm baseline (...)`), e.g. a build of the code before a
+//! change, to compare the two in one run.
 //!
 //! Times are taken on the host, from the console lines the guest's init
 //! prints (`ftvm: init ready`, `ftvm_cmd exit`), the same way for ftvm and
@@ -17,7 +20,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use support::{bench_runs, ftvm_bin, image_dir, median, qemu_available, qemu_virt_args};
+use support::{
+    bench_baseline, bench_runs, ftvm_bin, image_dir, median, qemu_available, qemu_virt_args,
+};
 
 const MEMORY_MIB: u64 = 128;
 const WORK: &str = "dd if=/dev/zero bs=1M count=32 2>/dev/null | md5sum";
@@ -86,9 +91,9 @@ fn main() {
     );
     let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
     let append = format!("console=ttyS0 ftvm_cmd=\"{WORK}\"");
-    let ftvm = |engine: &str| -> Vec<String> {
+    let ftvm = |ftvm: &std::path::Path, engine: &str| -> Vec<String> {
         [
-            ftvm_bin().to_string_lossy().as_ref(),
+            ftvm.to_string_lossy().as_ref(),
             "run",
             "--engine",
             engine,
@@ -108,9 +113,16 @@ fn main() {
         .collect()
     };
     let mut engines: Vec<(&str, Vec<String>)> = vec![
-        ("ftvm (translator)", ftvm("translator")),
-        ("ftvm (interpreter)", ftvm("interpreter")),
+        ("ftvm (translator)", ftvm(&ftvm_bin(), "translator")),
+        ("ftvm (interpreter)", ftvm(&ftvm_bin(), "interpreter")),
     ];
+    if let Some(baseline) = bench_baseline() {
+        engines.push(("ftvm baseline (translator)", ftvm(&baseline, "translator")));
+        engines.push((
+            "ftvm baseline (interpreter)",
+            ftvm(&baseline, "interpreter"),
+        ));
+    }
     if qemu_available() {
         let mut qemu = vec!["qemu-system-riscv64".to_string()];
         qemu.extend(qemu_virt_args(MEMORY_MIB));
@@ -129,7 +141,7 @@ fn main() {
 
     println!("guest: default Linux guest, {MEMORY_MIB} MiB; command: {WORK}; {runs} runs, median");
     println!(
-        "{:<20} {:>10} {:>10} {:>10} {:>10} {:>14}",
+        "{:<28} {:>10} {:>10} {:>10} {:>10} {:>14}",
         "engine", "boot s", "ratio", "command s", "ratio", "RSS-RAM MiB"
     );
     let mut base: Option<(f64, f64)> = None;
@@ -143,7 +155,7 @@ fn main() {
             format!("{:.1}", kib as f64 / 1024.0 - MEMORY_MIB as f64)
         });
         println!(
-            "{:<20} {:>10.3} {:>9.2}x {:>10.3} {:>9.2}x {:>14}",
+            "{:<28} {:>10.3} {:>9.2}x {:>10.3} {:>9.2}x {:>14}",
             name,
             boot,
             boot / b0,

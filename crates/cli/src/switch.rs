@@ -39,7 +39,8 @@ pub struct SwitchArgs {
     #[arg(long, value_name = "DIR")]
     pub pair_dir: Option<PathBuf>,
 
-    /// Keep a one-line status here (`switch pid=N ports=K addr=A`).
+    /// Keep a one-line status here (`switch pid=N ports=K addr=A moves=M
+    /// expired=E`).
     #[arg(long, value_name = "FILE")]
     pub status_file: Option<PathBuf>,
 }
@@ -82,6 +83,8 @@ pub fn switch(args: &SwitchArgs) -> Result<ExitCode> {
                 pid: std::process::id(),
                 ports: server.vm_ports(),
                 addr: addr.to_string(),
+                moves: server.moves(),
+                expired: server.expired(),
             });
         }
         if let Some(dir) = &args.pair_dir {

@@ -5,146 +5,60 @@
 //!
 //! The guest appends a counter to a file on its disk, syncs, and only then
 //! prints `tick N`: a tick on the console is an acknowledged write. After
-//! the primary is killed and the survivor stopped cleanly, the file on the
-//! survivor's disk must hold every counter up to the last tick, in order,
-//! exactly once, and the file system must check clean.
+//! the primary is killed, the backup takes over (`took-over=yes`,
+//! `verdict=won` on its status line) and is stopped cleanly; the file on
+//! the survivor's disk must then hold every counter up to the last tick,
+//! in order, exactly once, and the file system must check clean.
+//!
+//! The pairs detect failures in 400 ms: one pair runs at a time, so that
+//! a loaded host does not make one fail over by itself before the kill.
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::{ftvm_bin, image_dir, status_value};
+use support::pair::{Pair, Verdict, Vm, VmState};
+use support::{free_port, image_dir, serial, signal};
 
 const APPEND: &str = "console=ttyS0 ftvm_cmd=\"i=0; while true; do echo $i >> /mnt/log; sync; \
                       echo tick $i; i=$((i+1)); usleep 20000; done\"";
 
-struct Pair {
-    dir: PathBuf,
+/// `ftvm up` of the counting guest on a copy of the default guest's disk
+/// (`DIR/disk.img`), with `extra` options.
+fn up(name: &str, extra: &[&str]) -> Pair {
+    let mut pair = Pair::new(name);
+    std::fs::copy(image_dir().join("disk.ext4"), pair.path("disk.img")).expect("copy the disk");
+    let disk = pair.path("disk.img").to_string_lossy().into_owned();
+    let mut args = vec![
+        "--disk",
+        &disk,
+        "--append",
+        APPEND,
+        "--timeout-ms",
+        "400",
+        "--heartbeat-ms",
+        "50",
+    ];
+    args.extend(extra);
+    pair.up(&args);
+    pair
 }
 
-impl Pair {
-    fn up(name: &str, extra: &[&str]) -> Pair {
-        let dir = std::env::temp_dir().join(format!("ftvm-ft-disk-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("state dir");
-        std::fs::copy(image_dir().join("disk.ext4"), dir.join("disk.img")).expect("copy the disk");
-        let pair = Pair { dir };
-        let out = Command::new(ftvm_bin())
-            .arg("up")
-            .arg("--state-dir")
-            .arg(&pair.dir)
-            .arg("--disk")
-            .arg(pair.dir.join("disk.img"))
-            .args([
-                "--append",
-                APPEND,
-                "--timeout-ms",
-                "400",
-                "--heartbeat-ms",
-                "50",
-            ])
-            .args(extra)
-            .output()
-            .expect("ftvm up");
-        assert!(
-            out.status.success(),
-            "ftvm up failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        pair
-    }
-
-    fn ticks(&self) -> Vec<u64> {
-        let console = std::fs::read(self.dir.join("console")).unwrap_or_default();
-        String::from_utf8_lossy(&console)
-            .lines()
-            .filter_map(|l| l.trim_end().strip_prefix("tick "))
-            .map(|n| n.parse().expect("a tick line holds its number"))
-            .collect()
-    }
-
-    fn wait_ticks(&self, n: usize, limit: Duration) {
-        let start = Instant::now();
-        while self.ticks().len() < n {
-            assert!(
-                start.elapsed() < limit,
-                "only {} ticks after {limit:?}; logs:\n{}",
-                self.ticks().len(),
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn pid(&self, vm: &str) -> u32 {
-        status_value(&self.dir.join(format!("{vm}.status")), "pid=").expect("a pid in the status")
-    }
-
-    fn status(&self) -> String {
-        let out = Command::new(ftvm_bin())
-            .arg("status")
-            .arg("--state-dir")
-            .arg(&self.dir)
-            .output()
-            .expect("ftvm status");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn logs(&self) -> String {
-        ["primary.log", "backup.log"]
-            .iter()
-            .map(|f| std::fs::read_to_string(self.dir.join(f)).unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join("\n----\n")
-    }
-
-    fn kill(&self, vm: &str) {
-        let pid = self.pid(vm);
-        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-    }
-
-    fn wait_status(&self, line_starts: &str, limit: Duration) {
-        let start = Instant::now();
-        while !self.status().lines().any(|l| l.starts_with(line_starts)) {
-            assert!(
-                start.elapsed() < limit,
-                "no `{line_starts}` VM after {limit:?}: {}\n{}",
-                self.status(),
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn stop(&self) {
-        let out = Command::new(ftvm_bin())
-            .arg("stop")
-            .arg("--state-dir")
-            .arg(&self.dir)
-            .output()
-            .expect("ftvm stop");
-        assert!(out.status.success(), "ftvm stop: {out:?}");
-    }
+/// The ticks on the pair's console.
+fn ticks(pair: &Pair) -> Vec<u64> {
+    String::from_utf8_lossy(&pair.console())
+        .lines()
+        .filter_map(|l| l.trim_end().strip_prefix("tick "))
+        .map(|n| n.parse().expect("a tick line holds its number"))
+        .collect()
 }
 
-impl Drop for Pair {
-    fn drop(&mut self) {
-        for vm in ["primary", "backup"] {
-            if let Ok(status) = std::fs::read_to_string(self.dir.join(format!("{vm}.status"))) {
-                if let Some(pid) = status
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("pid="))
-                {
-                    let _ = Command::new("kill").args(["-9", pid]).status();
-                }
-            }
-        }
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
+fn wait_ticks(pair: &Pair, n: usize, limit: Duration) {
+    pair.wait_until(limit, &format!("{n} ticks on the console"), || {
+        ticks(pair).len() >= n
+    });
 }
 
 /// The counters in `/log` of the ext4 image `disk`, read with debugfs.
@@ -176,7 +90,7 @@ fn fsck_clean(disk: &Path) {
 /// Every tick the console showed is a write on the disk, and the disk's
 /// counters run 0.. without gap or duplicate.
 fn check(pair: &Pair, disk: &Path) {
-    let ticks = pair.ticks();
+    let ticks = ticks(pair);
     let expected: Vec<u64> = (0..ticks.len() as u64).collect();
     assert_eq!(
         ticks, expected,
@@ -194,47 +108,74 @@ fn check(pair: &Pair, disk: &Path) {
     fsck_clean(disk);
 }
 
-fn failover(name: &str, extra: &[&str], survivor_disk: &str) {
-    let pair = Pair::up(name, extra);
-    pair.wait_ticks(15, Duration::from_secs(120));
-    pair.kill("primary");
-    let at_kill = pair.ticks().len();
-    pair.wait_status("live", Duration::from_secs(30));
-    pair.wait_ticks(at_kill + 15, Duration::from_secs(60));
-    pair.stop();
-    pair.wait_status("ended", Duration::from_secs(30));
+/// Kill the primary after `before` ticks, wait for the backup to take
+/// over (within `takeover`) and tick `after` more, then stop it cleanly.
+fn kill_the_primary_and_stop_the_survivor(
+    pair: &Pair,
+    before: usize,
+    takeover: Duration,
+    after: usize,
+) {
+    wait_ticks(pair, before, Duration::from_secs(120));
+    signal(pair.pid(Vm::Primary), libc::SIGKILL);
+    let live = pair.wait_state(Vm::Backup, VmState::Live, takeover);
     assert!(
-        pair.logs().contains("going live"),
-        "the backup did not go live:\n{}",
-        pair.logs()
+        live.took_over && live.verdict == Some(Verdict::Won),
+        "the backup is live without taking over: {live}\n{}",
+        pair.diag()
     );
-    check(&pair, &pair.dir.join(survivor_disk));
+    let at_live = ticks(pair).len();
+    wait_ticks(pair, at_live + after, Duration::from_secs(60));
+    pair.stop();
+    pair.wait_state(Vm::Backup, VmState::Ended, Duration::from_secs(30));
+}
+
+fn failover(name: &str, extra: &[&str], survivor_disk: &str) {
+    let _serial = serial();
+    let pair = up(name, extra);
+    kill_the_primary_and_stop_the_survivor(&pair, 15, Duration::from_secs(30), 15);
+    check(&pair, &pair.path(survivor_disk));
 }
 
 #[test]
 fn a_shared_disk_keeps_every_acknowledged_write_across_a_failover() {
-    failover("shared", &[], "disk.img");
+    failover("disk-shared", &[], "disk.img");
 }
 
 #[test]
 fn a_private_disk_backup_writes_its_own_copy_and_keeps_every_write() {
-    failover("private", &["--disk-mode", "private"], "backup-disk.img");
+    failover(
+        "disk-private",
+        &["--disk-mode", "private"],
+        "backup-disk.img",
+    );
 }
 
-fn free_port() -> u16 {
-    support::free_port()
+/// etcd, killed and its data removed when the test ends.
+struct Etcd {
+    child: std::process::Child,
+    data: std::path::PathBuf,
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.data);
+    }
 }
 
 /// The arbiter of a real pair on a real etcd (Debian's `etcd-server`,
 /// installed by `scripts/deps`): the backup takes over through it.
 #[test]
 fn a_pair_arbitrated_by_etcd_fails_over() {
+    let _serial = serial();
     let (client, peer) = (free_port(), free_port());
     let data = std::env::temp_dir().join(format!("ftvm-ft-etcd-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data);
     let client_url = format!("http://127.0.0.1:{client}");
     let peer_url = format!("http://127.0.0.1:{peer}");
-    let mut etcd = Command::new("etcd")
+    let child = Command::new("etcd")
         .arg("--data-dir")
         .arg(&data)
         .args(["--name", "ftvm-test"])
@@ -247,19 +188,11 @@ fn a_pair_arbitrated_by_etcd_fails_over() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("starting etcd (Debian's etcd-server: run scripts/deps)");
+    let _etcd = Etcd { child, data };
     let arbiter = format!("etcd:127.0.0.1:{client}");
-    let pair = Pair::up("etcd", &["--arbiter", &arbiter]);
-    pair.wait_ticks(5, Duration::from_secs(120));
-    pair.kill("primary");
+    let pair = up("disk-etcd", &["--arbiter", &arbiter]);
     // The backup goes live once etcd answers (it may still be starting:
     // an unreachable arbiter only delays the takeover).
-    pair.wait_status("live", Duration::from_secs(60));
-    let at_live = pair.ticks().len();
-    pair.wait_ticks(at_live + 5, Duration::from_secs(60));
-    pair.stop();
-    let _ = etcd.kill();
-    let _ = etcd.wait();
-    let _ = std::fs::remove_dir_all(&data);
-    assert!(pair.logs().contains("verdict=Won"), "{}", pair.logs());
-    check(&pair, &pair.dir.join("disk.img"));
+    kill_the_primary_and_stop_the_survivor(&pair, 5, Duration::from_secs(60), 5);
+    check(&pair, &pair.path("disk.img"));
 }

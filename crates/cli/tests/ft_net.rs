@@ -9,31 +9,41 @@
 //!
 //! - kill -9 of the primary at random moments, through the pair's own
 //!   network (`ftvm up --net user,hostfwd=...`: the switch process with
-//!   the gateway);
-//! - kill -9 of the backup;
+//!   the gateway): the backup goes live and announces the VM's address
+//!   (`announced=yes`), which moves once on the switch (`moves=1` on its
+//!   status line); `ftvm stop` then ends the switch too;
+//! - kill -9 of the backup: the primary goes on, and the VM's address
+//!   never moves;
 //! - a frozen primary (SIGSTOP: its port on the switch stays attached):
 //!   the backup goes live and its announcement moves the VM's address, so
 //!   the client's traffic reaches it while the old primary is still
-//!   frozen; resumed, the old primary halts;
+//!   frozen — not because the switch expired the old port (`expired=0`);
+//!   resumed, the old primary loses the test-and-set and halts;
+//! - a backup without a network for a VM with a card gives up
+//!   (`halt=no-network`) and the primary runs on alone;
+//! - `ftvm up` with a TAP interface, and a backup on a network that dies
+//!   with it, are refused with one error line;
 //! - kill -9 of the primary of a pair on TAP interfaces on a Linux bridge
 //!   (in a network namespace of the test's own; needs root), where the
 //!   client is the namespace's own stack on the bridge.
 //!
-//! `FTVM_SEED` repeats a run's kill moments; `FTVM_SOAK=N` runs N moments.
+//! What the VMs and the switch did is read from their status lines, never
+//! their logs. `FTVM_SEED` repeats a run's kill moments; `FTVM_SOAK=N`
+//! runs N moments.
 
 mod support;
 
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use support::pair::{HaltCode, Pair, Verdict, Vm, VmState};
 use support::{
-    echo, echo_message, free_port, ftvm_bin, ftvm_with_guest as ftvm, image_dir, kill_seed, poll,
-    process_alive as alive, run_limited, signal, status_value,
+    echo, echo_message, free_port, kill_seed, poll, process_alive as alive, run_limited, serial,
+    signal,
 };
 
 /// The guest: the echo service, then a tick a second (so the console
@@ -45,17 +55,14 @@ const DETECTION: [&str; 4] = ["--timeout-ms", "500", "--heartbeat-ms", "50"];
 const BOOT_LIMIT: Duration = Duration::from_secs(150);
 /// A failover and some more echoes.
 const FAILOVER_LIMIT: Duration = Duration::from_secs(60);
+/// A status line to catch up with what a process did (the VMs rewrite
+/// theirs every 200 ms, the switch every 250 ms).
+const STATUS_LIMIT: Duration = Duration::from_secs(10);
 /// Echoes that show the connection goes on after an event.
 const MORE: u64 = 30;
 
 fn append() -> String {
     format!("console=ttyS0 ftvm_cmd=\"{ECHO_CMD}\"")
-}
-
-/// One pair-running test at a time: they share two cores.
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 // ---------------------------------------------------------------------
@@ -144,190 +151,108 @@ impl Drop for Echo {
 // ---------------------------------------------------------------------
 // A pair with `ftvm up --net`
 
-/// A pair's state directory; every process of it is killed on drop, and
-/// the directory kept (and named) if the test failed.
-struct Pair {
-    dir: PathBuf,
-    port: u16,
+/// `ftvm up` of the echo guest on the pair's own network, the echo service
+/// forwarded from a free host port; the port.
+fn up_with_net(pair: &mut Pair) -> u16 {
+    let port = free_port();
+    let mut args = vec![
+        "--net".to_string(),
+        format!("user,hostfwd=tcp:127.0.0.1:{port}-:7"),
+        "--append".to_string(),
+        append(),
+    ];
+    args.extend(DETECTION.iter().map(|s| s.to_string()));
+    pair.up(&args);
+    pair.wait_until(STATUS_LIMIT, "the pair's switch on loopback", || {
+        pair.switch_status()
+            .is_some_and(|s| s.addr.starts_with("127.0.0.1:"))
+    });
+    port
 }
 
-impl Pair {
-    fn up(tag: &str) -> Pair {
-        let dir = std::env::temp_dir().join(format!("ftvm-ft-net-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("state dir");
-        let port = free_port();
-        let pair = Pair { dir, port };
-        let mut up = ftvm();
-        up.arg("up")
-            .arg("--state-dir")
-            .arg(&pair.dir)
-            .arg("--net")
-            .arg(format!("user,hostfwd=tcp:127.0.0.1:{port}-:7"))
-            .arg("--append")
-            .arg(append())
-            .args(DETECTION);
-        let run = run_limited(up, Duration::from_secs(90));
-        assert_eq!(
-            run.code,
-            Some(0),
-            "ftvm up: {}{}",
-            run.stdout_text(),
-            run.stderr
-        );
-        assert!(run.stdout_text().contains("network: switch:127.0.0.1:"));
-        pair
-    }
+/// An echo client through the forwarded `port`.
+fn client(port: u16) -> Echo {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    Echo::start(move || TcpStream::connect_timeout(&addr, Duration::from_secs(5)))
+}
 
-    fn client(&self) -> Echo {
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        Echo::start(move || TcpStream::connect_timeout(&addr, Duration::from_secs(5)))
-    }
-
-    fn pid_opt(&self, name: &str) -> Option<u32> {
-        status_value(&self.dir.join(format!("{name}.status")), "pid=")
-    }
-
-    fn pid(&self, name: &str) -> u32 {
-        self.pid_opt(name)
-            .unwrap_or_else(|| panic!("no pid in {name}.status\n{}", self.diag()))
-    }
-
-    fn word(&self, name: &str) -> String {
-        std::fs::read_to_string(self.dir.join(format!("{name}.status")))
-            .unwrap_or_default()
-            .split_whitespace()
-            .next()
-            .unwrap_or("")
-            .to_string()
-    }
-
-    /// Wait until `NAME.status` begins with `word`.
-    fn wait_word(&self, name: &str, word: &str, what: &str) {
-        let seen = poll(FAILOVER_LIMIT, || (self.word(name) == word).then_some(()));
-        assert!(seen.is_some(), "{what}\n{}", self.diag());
-    }
-
-    fn status(&self) -> Vec<String> {
-        let mut cmd = ftvm();
-        cmd.arg("status").arg("--state-dir").arg(&self.dir);
-        let run = run_limited(cmd, Duration::from_secs(30));
-        run.stdout_text().lines().map(String::from).collect()
-    }
-
-    /// Wait until `ftvm status` lines start with `words`.
-    fn expect_status(&self, words: &[&str], limit: Duration) {
-        let mut last = Vec::new();
-        let seen = poll(limit, || {
-            last = self.status();
-            (last.len() == words.len() && last.iter().zip(words).all(|(l, w)| l.starts_with(w)))
-                .then_some(())
-        });
-        assert!(
-            seen.is_some(),
-            "ftvm status never showed {words:?}; last:\n{}\n{}",
-            last.join("\n"),
-            self.diag()
-        );
-    }
-
-    /// Wait for `n` echoes; panic with `what` and the diagnosis if they
-    /// do not come.
-    fn expect_echoes(&self, client: &mut Echo, n: u64, limit: Duration, what: &str) {
-        if !client.wait_for(n, limit) {
-            panic!("{what}: {:?}\n{}", client.finish(), self.diag());
-        }
-    }
-
-    fn log(&self, name: &str) -> String {
-        std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
-    }
-
-    fn diag(&self) -> String {
-        let mut out = format!("--- state directory {}\n", self.dir.display());
-        for name in ["primary", "backup", "switch"] {
-            let status = std::fs::read_to_string(self.dir.join(format!("{name}.status")))
-                .unwrap_or_default();
-            out += &format!("{name}.status: {}", status.trim_end());
-            let log = self.log(name);
-            let lines: Vec<&str> = log.lines().collect();
-            out += &format!("\n--- {name}.log (last 20 lines)\n");
-            for line in &lines[lines.len().saturating_sub(20)..] {
-                out += line;
-                out.push('\n');
-            }
-        }
-        out
-    }
-
-    fn stop(&self) {
-        let mut cmd = ftvm();
-        cmd.arg("stop").arg("--state-dir").arg(&self.dir);
-        let run = run_limited(cmd, Duration::from_secs(60));
-        assert_eq!(
-            run.code,
-            Some(0),
-            "ftvm stop: {}\n{}",
-            run.stderr,
-            self.diag()
-        );
+/// Wait for `n` echoes; fail with `what` and the diagnosis if they do not
+/// come.
+fn expect_echoes(pair: &Pair, client: &mut Echo, n: u64, limit: Duration, what: &str) {
+    if !client.wait_for(n, limit) {
+        panic!("{what}: {:?}\n{}", client.finish(), pair.diag());
     }
 }
 
-impl Drop for Pair {
-    fn drop(&mut self) {
-        for name in ["primary", "backup", "switch"] {
-            if let Some(pid) = self.pid_opt(name).filter(|&pid| alive(pid)) {
-                signal(pid, libc::SIGCONT);
-                signal(pid, libc::SIGKILL);
-            }
-        }
-        if std::thread::panicking() {
-            eprintln!("kept {} for a post-mortem", self.dir.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
+/// Wait until the switch has counted `moves` address moves, and check it
+/// counted no more.
+fn expect_moves(pair: &Pair, moves: u64) {
+    pair.wait_until(
+        STATUS_LIMIT,
+        &format!("{moves} moves on the switch"),
+        || pair.switch_status().is_some_and(|s| s.moves >= moves),
+    );
+    let switch = pair.switch_status().expect("the switch's status");
+    assert_eq!(
+        switch.moves,
+        moves,
+        "the VM's address moved {} times\n{}",
+        switch.moves,
+        pair.diag()
+    );
 }
 
-/// A client's connection through the pair's network, and one VM killed
+/// A client's connection through the pair's network, and `victim` killed
 /// `after` the client got going: the connection goes on, the other VM is
 /// live, and the switch still runs.
-fn kill_during_echo(victim: &str, after: Duration) {
-    let pair = Pair::up(&format!("kill-{victim}"));
-    let mut client = pair.client();
-    pair.expect_echoes(&mut client, 20, BOOT_LIMIT, "no echoes from the guest");
-    pair.expect_status(&["primary", "backup", "switch"], Duration::from_secs(10));
+fn kill_during_echo(victim: Vm, after: Duration) {
+    let mut pair = Pair::new(&format!("net-kill-{victim}"));
+    let port = up_with_net(&mut pair);
+    let mut client = client(port);
+    expect_echoes(
+        &pair,
+        &mut client,
+        20,
+        BOOT_LIMIT,
+        "no echoes from the guest",
+    );
+    pair.wait_ftvm_status(STATUS_LIMIT, "the pair and its switch up", |s| {
+        s.state(Vm::Primary) == Some(VmState::Primary)
+            && s.state(Vm::Backup) == Some(VmState::Backup)
+            && s.switch.is_some()
+    });
+    // The moment: the client echoes on until the kill.
     std::thread::sleep(after);
     let before = client.echoed();
     signal(pair.pid(victim), libc::SIGKILL);
-    let survivor = if victim == "primary" {
-        "backup"
-    } else {
-        "primary"
-    };
-    pair.expect_echoes(
+    let survivor = victim.other();
+    expect_echoes(
+        &pair,
         &mut client,
         before + MORE,
         FAILOVER_LIMIT,
         &format!("the connection did not go on after the {victim} was killed"),
     );
-    let words: [&str; 3] = if victim == "primary" {
-        ["dead", "live", "switch"]
-    } else {
-        ["live", "dead", "switch"]
-    };
-    pair.expect_status(&words, Duration::from_secs(10));
-    assert_eq!(pair.word(survivor), "live");
-    // The VM's address moved once, by the announcement of a backup that
-    // went live; a backup's port is dark until then.
-    let moves = pair.log("switch").matches("address moved").count();
-    assert_eq!(
-        moves,
-        usize::from(victim == "primary"),
-        "the VM's address moved {moves} times\n{}",
-        pair.diag()
+    let status = pair.wait_ftvm_status(
+        STATUS_LIMIT,
+        &format!("the {victim} dead, the {survivor} live, the switch up"),
+        |s| {
+            s.state(victim) == Some(VmState::Dead)
+                && s.state(survivor) == Some(VmState::Live)
+                && s.switch.is_some()
+        },
     );
+    // The VM's address moves once, by the announcement of a backup that
+    // went live; a backup's port is dark until then.
+    if victim == Vm::Primary {
+        let live = status.vm(survivor);
+        assert!(
+            live.is_some_and(|line| line.took_over && line.announced),
+            "the backup went live without announcing the VM's address: {live:?}\n{}",
+            pair.diag()
+        );
+    }
+    expect_moves(&pair, u64::from(victim == Vm::Primary));
     let echoed = client
         .finish()
         .unwrap_or_else(|e| panic!("{e}\n{}", pair.diag()));
@@ -335,12 +260,11 @@ fn kill_during_echo(victim: &str, after: Duration) {
         echoed >= before + MORE,
         "{echoed} echoed, {before} before the kill"
     );
+    let switch = pair.switch_status().expect("the switch's status").pid;
     pair.stop();
-    let switch = pair.pid("switch");
-    assert!(
-        poll(Duration::from_secs(10), || (!alive(switch)).then_some(())).is_some(),
-        "ftvm stop left the pair's switch running"
-    );
+    pair.wait_until(STATUS_LIMIT, "ftvm stop ends the pair's switch", || {
+        !alive(switch)
+    });
 }
 
 #[test]
@@ -358,14 +282,14 @@ fn a_client_connection_survives_kill_9_of_the_primary() {
         state ^= state << 17;
         let after = Duration::from_millis(state % 1500);
         eprintln!("kill -9 of the primary {after:?} into the echoing");
-        kill_during_echo("primary", after);
+        kill_during_echo(Vm::Primary, after);
     }
 }
 
 #[test]
 fn a_client_connection_survives_kill_9_of_the_backup() {
     let _serial = serial();
-    kill_during_echo("backup", Duration::from_millis(300));
+    kill_during_echo(Vm::Backup, Duration::from_millis(300));
 }
 
 /// The backup goes live while the old primary is frozen, its port still
@@ -374,32 +298,50 @@ fn a_client_connection_survives_kill_9_of_the_backup() {
 #[test]
 fn a_frozen_primarys_traffic_moves_to_the_backup_that_went_live() {
     let _serial = serial();
-    let pair = Pair::up("frozen");
-    let mut client = pair.client();
-    pair.expect_echoes(&mut client, 20, BOOT_LIMIT, "no echoes from the guest");
-    let primary = pair.pid("primary");
+    let mut pair = Pair::new("net-frozen");
+    let port = up_with_net(&mut pair);
+    let mut client = client(port);
+    expect_echoes(
+        &pair,
+        &mut client,
+        20,
+        BOOT_LIMIT,
+        "no echoes from the guest",
+    );
+    let primary = pair.pid(Vm::Primary);
     signal(primary, libc::SIGSTOP);
     let before = client.echoed();
-    pair.wait_word("backup", "live", "the backup did not go live");
-    pair.expect_echoes(
+    let live = pair.wait_state(Vm::Backup, VmState::Live, FAILOVER_LIMIT);
+    assert!(
+        live.announced,
+        "the backup did not announce\n{}",
+        pair.diag()
+    );
+    expect_echoes(
+        &pair,
         &mut client,
         before + MORE,
         FAILOVER_LIMIT,
         "the connection did not go on while the old primary was frozen",
     );
-    let switch_log = pair.log("switch");
-    assert!(
-        switch_log.contains("address moved to another port"),
-        "the switch saw no announcement:\n{switch_log}"
-    );
-    assert!(
-        !switch_log.contains("port gone silent"),
-        "the traffic moved only because the frozen primary's port expired:\n{switch_log}"
+    expect_moves(&pair, 1);
+    let switch = pair.switch_status().expect("the switch's status");
+    assert_eq!(
+        switch.expired,
+        0,
+        "the traffic moved only because the frozen primary's port expired\n{}",
+        pair.diag()
     );
     signal(primary, libc::SIGCONT);
-    pair.wait_word("primary", "halted", "the resumed old primary did not halt");
+    let old = pair.wait_state(Vm::Primary, VmState::Halted, FAILOVER_LIMIT);
+    assert!(
+        old.halt == Some(HaltCode::LostTestAndSet) && old.verdict == Some(Verdict::Lost),
+        "the resumed old primary halted, but not for losing the test-and-set: {old}\n{}",
+        pair.diag()
+    );
     let more = client.echoed();
-    pair.expect_echoes(
+    expect_echoes(
+        &pair,
         &mut client,
         more + MORE,
         FAILOVER_LIMIT,
@@ -411,45 +353,35 @@ fn a_frozen_primarys_traffic_moves_to_the_backup_that_went_live() {
     pair.stop();
 }
 
+/// The one error line a refused command prints.
+fn refused(cmd: Command) -> String {
+    let run = run_limited(cmd, Duration::from_secs(30));
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "not one error line:\n{}", run.stderr);
+    lines[0].to_string()
+}
+
 #[test]
 fn a_pair_refuses_networks_that_would_die_with_a_vm() {
-    let dir = std::env::temp_dir().join(format!("ftvm-ft-net-refuse-{}", std::process::id()));
-    let mut up = ftvm();
+    let pair = Pair::new("net-refuse");
+    let mut up = pair.ftvm();
     up.arg("up")
         .arg("--state-dir")
-        .arg(&dir)
+        .arg(pair.dir())
         .args(["--net", "tap,ifname=tap0"]);
-    let run = run_limited(up, Duration::from_secs(30));
-    assert_eq!(run.code, Some(1), "{}", run.stderr);
-    assert!(
-        run.stderr.contains("a TAP interface each"),
-        "{}",
-        run.stderr
-    );
+    let error = refused(up);
+    assert!(error.contains("a TAP interface each"), "{error}");
 
-    let key = dir.join("key");
-    std::fs::write(&key, "0123456789abcdef0123456789abcdef").expect("key");
-    let mut backup = ftvm();
+    let mut backup = pair.ftvm();
     backup
-        .args([
-            "backup",
-            "--listen",
-            "127.0.0.1:0",
-            "--net",
-            "user",
-            "--key-file",
-        ])
-        .arg(&key)
-        .arg("--arbiter")
-        .arg(dir.join("arbiter"));
-    let run = run_limited(backup, Duration::from_secs(30));
-    assert_eq!(run.code, Some(1), "{}", run.stderr);
+        .args(["backup", "--listen", "127.0.0.1:0", "--net", "user"])
+        .args(pair.vm_args(Vm::Backup, &pair.key()));
+    let error = refused(backup);
     assert!(
-        run.stderr.contains("needs a network that outlives it"),
-        "{}",
-        run.stderr
+        error.contains("needs a network that outlives it"),
+        "{error}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A backup started without a network for a VM that has a card gives up
@@ -458,98 +390,27 @@ fn a_pair_refuses_networks_that_would_die_with_a_vm() {
 #[test]
 fn a_backup_without_a_network_for_a_vm_with_a_card_gives_up() {
     let _serial = serial();
-    let dir = std::env::temp_dir().join(format!("ftvm-ft-net-nonet-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    std::fs::write(dir.join("key"), "a pre-shared key of this test's own").expect("key");
-    let spawn = |args: &[&str], log: &str| -> Child {
-        ftvm()
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join(log)).expect("log"))
-            .spawn()
-            .expect("start ftvm")
-    };
-    let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
-    let mut switch = spawn(
-        &[
-            "switch",
-            "--gateway",
-            "none",
-            "--addr-file",
-            &path("switch.addr"),
-        ],
-        "switch.log",
-    );
-    let mut backup = spawn(
-        &[
-            "backup",
-            "--listen",
-            "127.0.0.1:0",
-            "--addr-file",
-            &path("backup.addr"),
-            "--key-file",
-            &path("key"),
-            "--arbiter",
-            &path("arbiter"),
-            "--status-file",
-            &path("backup.status"),
-        ],
-        "backup.log",
-    );
-    let addr = |name: &str| {
-        poll(Duration::from_secs(20), || {
-            std::fs::read_to_string(dir.join(name))
-                .ok()
-                .filter(|a| a.ends_with('\n'))
-        })
-        .unwrap_or_else(|| panic!("no {name}"))
-        .trim()
-        .to_string()
-    };
-    let (switch_addr, backup_addr) = (addr("switch.addr"), addr("backup.addr"));
+    let mut pair = Pair::new("net-none");
+    let switch = pair.start_switch(&["--gateway", "none"]);
+    let backup = pair.start_backup(&[]);
     let append = append();
-    let mut primary = spawn(
-        &[
-            "primary",
-            "--backup",
-            &backup_addr,
-            "--net",
-            &format!("switch:{switch_addr}"),
-            "--key-file",
-            &path("key"),
-            "--arbiter",
-            &path("arbiter"),
-            "--status-file",
-            &path("primary.status"),
-            "--append",
-            &append,
-        ],
-        "primary.log",
+    pair.start_primary(
+        &backup,
+        &["--net", &format!("switch:{switch}"), "--append", &append],
     );
-    let (status, killed) = support::wait_or_kill(&mut backup, BOOT_LIMIT);
-    let log = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
-    let primary_live = poll(FAILOVER_LIMIT, || {
-        log("primary.status").starts_with("live").then_some(())
-    });
-    for child in [&mut primary, &mut switch] {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    assert!(!killed, "the backup did not give up\n{}", log("backup.log"));
-    assert_eq!(status.code(), Some(2), "{}", log("backup.log"));
+    let Some(exit) = pair.wait_exit("backup", BOOT_LIMIT) else {
+        panic!("the backup did not give up\n{}", pair.diag());
+    };
+    assert_eq!(exit.code(), Some(2), "{}", pair.diag());
+    let gave_up = pair.status(Vm::Backup);
     assert!(
-        log("backup.log").contains("has a network card, and this VM has no network"),
-        "{}",
-        log("backup.log")
+        gave_up.as_ref().is_some_and(
+            |line| line.state == VmState::Halted && line.halt == Some(HaltCode::NoNetwork)
+        ),
+        "the backup exited, but not for having no network: {gave_up:?}\n{}",
+        pair.diag()
     );
-    assert!(
-        primary_live.is_some(),
-        "the primary did not run on alone\n{}",
-        log("primary.log")
-    );
-    let _ = std::fs::remove_dir_all(&dir);
+    pair.wait_state(Vm::Primary, VmState::Live, FAILOVER_LIMIT);
 }
 
 // ---------------------------------------------------------------------
@@ -595,23 +456,6 @@ impl Bridge {
         bridge
     }
 
-    /// `ftvm ARGS` in the namespace.
-    fn ftvm(&self, args: &[&str], log: &Path) -> Child {
-        let log = std::fs::File::create(log).expect("log file");
-        Command::new("ip")
-            .args(["netns", "exec", &self.0])
-            .arg(ftvm_bin())
-            .args(args)
-            .env("FTVM_GUEST_IMAGE", image_dir())
-            .env("NO_COLOR", "1")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start ftvm")
-    }
-
     /// A TCP connection from the namespace's own stack.
     fn connect(name: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
         use std::os::fd::AsRawFd;
@@ -634,101 +478,49 @@ impl Drop for Bridge {
 #[test]
 fn a_tap_pair_on_a_bridge_keeps_a_client_connection_across_failover() {
     let _serial = serial();
+    // Dropped after the pair, whose processes use its interfaces.
     let bridge = Bridge::new();
-    let dir = std::env::temp_dir().join(format!("ftvm-ft-net-tap-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("state dir");
-    std::fs::write(dir.join("key"), "a pre-shared key of this test's own").expect("key");
-    let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
-    let common = |name: &str, tap: &str| -> Vec<String> {
-        let mut args: Vec<String> = [
-            "--key-file",
-            &path("key"),
-            "--arbiter",
-            &path("arbiter"),
-            "--console-file",
-            &path("console"),
-            "--status-file",
-            &path(&format!("{name}.status")),
-            "--net",
-            &format!("tap,ifname={tap}"),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(DETECTION.iter().map(|s| s.to_string()));
-        args
-    };
-    let mut backup_args = vec![
-        "backup".to_string(),
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--addr-file".into(),
-        path("backup.addr"),
-    ];
-    backup_args.extend(common("backup", "tapb"));
-    let backup_args: Vec<&str> = backup_args.iter().map(String::as_str).collect();
-    let mut backup = bridge.ftvm(&backup_args, &dir.join("backup.log"));
-    let addr = poll(Duration::from_secs(20), || {
-        std::fs::read_to_string(dir.join("backup.addr"))
-            .ok()
-            .filter(|a| a.ends_with('\n'))
-    })
-    .expect("the backup listens");
-    let append = append();
-    let mut primary_args = vec![
-        "primary".to_string(),
-        "--backup".into(),
-        addr.trim().to_string(),
-        "--append".into(),
-        append,
-    ];
-    primary_args.extend(common("primary", "tapp"));
-    let primary_args: Vec<&str> = primary_args.iter().map(String::as_str).collect();
-    let mut primary = bridge.ftvm(&primary_args, &dir.join("primary.log"));
-    let logs = || {
-        ["primary", "backup"]
-            .iter()
-            .map(|n| {
-                format!(
-                    "--- {n}.log\n{}",
-                    std::fs::read_to_string(dir.join(format!("{n}.log"))).unwrap_or_default()
-                )
-            })
-            .collect::<String>()
-    };
+    let mut pair = Pair::new("net-tap");
+    pair.wrap(&["ip", "netns", "exec", &bridge.0]);
+    let tap = |name: &str| format!("tap,ifname={name}");
+    let backup_net = tap("tapb");
+    let mut backup_args = vec!["--net", &backup_net];
+    backup_args.extend(DETECTION);
+    let backup = pair.start_backup(&backup_args);
+    let (primary_net, append) = (tap("tapp"), append());
+    let mut primary_args = vec!["--net", &primary_net, "--append", &append];
+    primary_args.extend(DETECTION);
+    pair.start_primary(&backup, &primary_args);
 
     let name = bridge.0.clone();
     let mut client = Echo::start(move || Bridge::connect(&name, ([10, 0, 2, 15], 7).into()));
-    let booted = client.wait_for(20, BOOT_LIMIT);
-    if !booted {
-        let _ = primary.kill();
-        let _ = backup.kill();
-        panic!(
-            "no echoes over the bridge: {:?}\n{}",
-            client.finish(),
-            logs()
-        );
-    }
+    expect_echoes(
+        &pair,
+        &mut client,
+        20,
+        BOOT_LIMIT,
+        "no echoes over the bridge",
+    );
+    // The moment: the client echoes on until the kill.
     std::thread::sleep(Duration::from_millis(400));
     let before = client.echoed();
+    let primary = pair.child("primary");
     let _ = primary.kill();
     let _ = primary.wait();
-    let went_on = client.wait_for(before + MORE, FAILOVER_LIMIT);
-    let status = std::fs::read_to_string(dir.join("backup.status")).unwrap_or_default();
-    let result = client.finish();
-    let _ = backup.kill();
-    let _ = backup.wait();
-    assert!(
-        went_on && result.is_ok(),
-        "the connection over the bridge did not survive the primary: {result:?}\n{}",
-        logs()
+    expect_echoes(
+        &pair,
+        &mut client,
+        before + MORE,
+        FAILOVER_LIMIT,
+        "the connection over the bridge did not survive the primary",
     );
-    assert!(status.starts_with("live"), "{status}\n{}", logs());
+    client
+        .finish()
+        .unwrap_or_else(|e| panic!("{e}\n{}", pair.diag()));
+    let live = pair.wait_state(Vm::Backup, VmState::Live, STATUS_LIMIT);
     assert!(
-        logs().contains("announcing the VM's address"),
-        "the backup did not announce\n{}",
-        logs()
+        live.took_over && live.announced,
+        "the backup did not announce the VM's address: {live}\n{}",
+        pair.diag()
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

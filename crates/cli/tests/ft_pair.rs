@@ -1,5 +1,6 @@
 //! The FT pair end to end, as processes on this host: `ftvm up`, `ftvm
-//! status`, `ftvm stop`, and `ftvm primary` / `ftvm backup` run directly.
+//! status`, `ftvm stop`, `ftvm console`, and `ftvm primary` / `ftvm
+//! backup` run directly.
 //!
 //! The guest prints `tick N` every 100 ms; every test checks that the
 //! pair's console file reads as one stream across whatever happened (ticks
@@ -7,41 +8,48 @@
 //! in `\r\n`), and that at most one VM ever runs the guest alone:
 //!
 //! - kill -9 of the primary at random moments, while ticking and while the
-//!   guest boots: the backup goes live and the ticks go on
-//!   (`FTVM_SOAK=N` runs N moments instead of the default ones, one in four
-//!   during boot; `FTVM_SEED` repeats a run's moments; `FTVM_PAIRS` pairs
-//!   run at a time, default 2);
-//! - kill -9 of the backup: the primary goes on alone;
+//!   guest boots: the backup goes live (`took-over`, `verdict=won`), `ftvm
+//!   status` says the primary is `dead` (`was=primary`) and the ticks go on
+//!   (`FTVM_SOAK=N` runs N moments instead of the default ones, one in
+//!   four during boot; `FTVM_SEED` repeats a run's moments; `FTVM_PAIRS`
+//!   pairs run at a time, default 2);
+//! - kill -9 of the backup: the primary wins the test-and-set and goes on
+//!   alone;
 //! - the logging channel cut, black-holed, corrupted or forged by a proxy
-//!   between the two: exactly one VM goes live, the other halts with exit
-//!   code 2;
+//!   between the two: exactly one VM goes live (`verdict=won`), the other
+//!   halts (`halt=lost-test-and-set`, exit code 2); a corrupt frame closes
+//!   the backup's channel as `channel=corrupt`, a forged one as
+//!   `channel=forged`;
 //! - the backup's acknowledgements lost, then the primary killed: the
 //!   backup releases the outputs the primary held;
 //! - the primary's first frames late: the pair does not wedge;
-//! - a primary with the wrong key is refused and the backup waits on;
-//! - a clean power-off and `ftvm stop` end both VMs without a go-live.
+//! - a primary with the wrong key is refused (one error line about the key)
+//!   and the backup waits on for the right one;
+//! - a clean power-off and `ftvm stop` end both VMs (`ended`) without
+//!   a test-and-set; `ftvm status` and `ftvm status --json` agree;
+//! - `ftvm console` types into the primary, and into the backup once it
+//!   went live.
 //!
+//! What the VMs did is read from their status lines, never their logs.
 //! The failover tests detect failures in 500 ms, as a quick test should; a
 //! loaded host sometimes makes a pair fail over by itself before the test
-//! kills anything. Such a pair must still settle on one live VM with its
-//! console intact; the test then tries the moment again on a fresh pair.
-//!
-//! The pair's processes are not this test's children after `ftvm up`: a
-//! guard kills whatever is left of them when a test ends, pass or fail.
+//! kills anything (a VM says `suspected=yes`). Such a pair must still
+//! settle on one live VM with its console intact; the test then tries the
+//! moment again on a fresh pair. Every process of a pair is killed when
+//! its test ends, pass or fail ([`support::pair::Pair`]).
 
 mod support;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use support::pair::{ChannelClose, HaltCode, Pair, StatusLine, Verdict, Vm, VmState, write_key};
 use support::{
-    Finished, ftvm_with_guest as ftvm, kill_seed, poll, process_alive as alive, run_limited,
-    signal, status_value,
+    Finished, kill_seed, poll, process_alive as alive, run_limited, serial, signal, wait_until,
 };
 
 /// The guest's command: `tick N` every 100 ms, forever.
@@ -58,234 +66,57 @@ const SLACK: [&str; 4] = ["--timeout-ms", "3000", "--heartbeat-ms", "100"];
 const BOOT_LIMIT: Duration = Duration::from_secs(120);
 /// A failover and a few more ticks.
 const FAILOVER_LIMIT: Duration = Duration::from_secs(90);
-/// One ftvm command that should return at once (`up`, `status`, `stop`).
-const COMMAND_LIMIT: Duration = Duration::from_secs(90);
+/// A status line to catch up with what a VM did: it is rewritten every
+/// 200 ms, and at a VM's end.
+const STATUS_LIMIT: Duration = Duration::from_secs(10);
 
 fn append(cmd: &str) -> String {
     format!("console=ttyS0 ftvm_cmd=\"{cmd}\"")
 }
 
-/// The tests share two cores: one pair-running test at a time, whatever
-/// `--test-threads` says.
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+/// The options of a VM running `cmd` with failure detection `detection`.
+fn guest(cmd: &str, detection: &[&'static str]) -> Vec<String> {
+    let mut args = vec!["--append".to_string(), append(cmd)];
+    args.extend(detection.iter().map(|s| s.to_string()));
+    args
 }
 
-// ---------------------------------------------------------------------
-// Processes
-
-/// Whether `pid` is an ftvm process (so a recycled pid is left alone).
-fn is_ftvm(pid: u32) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains("ftvm"))
+/// `ftvm up` of the tick guest; the pids of the primary and the backup.
+fn up_ticking(pair: &mut Pair, cmd: &str, detection: &[&'static str]) -> (u32, u32) {
+    pair.up(&guest(cmd, detection))
 }
 
-fn unique_dir(tag: &str) -> PathBuf {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "ftvm-pair-test-{}-{tag}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("a scratch directory");
-    dir
+/// `ftvm primary` of the tick guest towards `backup`, by hand.
+fn start_ticking_primary(pair: &mut Pair, backup: &str, detection: &[&'static str]) {
+    let args = guest(TICK_CMD, detection);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    pair.start_primary(backup, &args);
 }
 
-/// A pair's state directory and every process started for it. Dropping it
-/// kills (-9) whatever still runs — the VMs named by the status files and
-/// the ones the test started itself — and removes the directory unless the
-/// test failed (then it is kept, and named, for a post-mortem).
-struct Pair {
-    dir: PathBuf,
-    pids: Vec<u32>,
-    children: Vec<Child>,
-}
-
-impl Pair {
-    fn new(tag: &str) -> Pair {
-        Pair {
-            dir: unique_dir(tag),
-            pids: Vec::new(),
-            children: Vec::new(),
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-
-    /// `ftvm up` with the default guest running `cmd` and `options`; the
-    /// pids of both VMs.
-    fn up(&mut self, cmd: &str, options: &[&str]) -> (u32, u32) {
-        let mut up = ftvm();
-        up.arg("up")
-            .arg("--state-dir")
-            .arg(&self.dir)
-            .arg("--append")
-            .arg(append(cmd))
-            .args(options);
-        let run = run_limited(up, COMMAND_LIMIT);
-        self.track();
-        assert!(
-            run.code == Some(0),
-            "ftvm up failed ({:?}):\n{}{}\n{}",
-            run.code,
-            run.stdout_text(),
-            run.stderr,
-            self.diag()
-        );
-        // (Both may not run any more: on a loaded host a pair can fail over
-        // by itself at once. The tests look for that.)
-        let (primary, backup) = (self.status_pid("primary"), self.status_pid("backup"));
-        (primary, backup)
-    }
-
-    /// Note the pids the status files name (for the cleanup).
-    fn track(&mut self) {
-        for name in ["primary", "backup"] {
-            if let Some(pid) = self.status_pid_opt(name) {
-                if !self.pids.contains(&pid) {
-                    self.pids.push(pid);
-                }
-            }
-        }
-    }
-
-    fn status_line(&self, name: &str) -> String {
-        std::fs::read_to_string(self.path(&format!("{name}.status"))).unwrap_or_default()
-    }
-
-    fn status_pid_opt(&self, name: &str) -> Option<u32> {
-        status_value(&self.path(&format!("{name}.status")), "pid=")
-    }
-
-    fn status_pid(&self, name: &str) -> u32 {
-        self.status_pid_opt(name)
-            .unwrap_or_else(|| panic!("no pid in {name}.status\n{}", self.diag()))
-    }
-
-    /// The first word of `NAME.status`.
-    fn word(&self, name: &str) -> String {
-        self.status_line(name)
-            .split_whitespace()
-            .next()
-            .unwrap_or("")
-            .to_string()
-    }
-
-    fn log(&self, name: &str) -> String {
-        std::fs::read_to_string(self.path(&format!("{name}.log"))).unwrap_or_default()
-    }
-
-    fn console(&self) -> Vec<u8> {
-        std::fs::read(self.path("console")).unwrap_or_default()
-    }
-
+/// The console of a pair running the tick guest.
+trait TickConsole {
     /// The highest tick the console shows (complete lines only).
+    fn max_tick(&self) -> Option<u64>;
+    /// Wait until the console shows tick `n`; fail saying `why` after
+    /// `limit`.
+    fn wait_tick(&self, n: u64, limit: Duration, why: &str);
+    /// The console checked (see [`check_console`]): the ticks it holds.
+    fn checked_ticks(&self) -> Vec<u64>;
+}
+
+impl TickConsole for Pair {
     fn max_tick(&self) -> Option<u64> {
         ticks(&self.console()).into_iter().max()
     }
 
-    /// `ftvm status` for this directory, line by line.
-    fn status(&self) -> Vec<String> {
-        let mut cmd = ftvm();
-        cmd.arg("status").arg("--state-dir").arg(&self.dir);
-        let run = run_limited(cmd, COMMAND_LIMIT);
-        assert_eq!(
-            run.code,
-            Some(0),
-            "ftvm status failed: {}\n{}",
-            run.stderr,
-            self.diag()
-        );
-        run.stdout_text().lines().map(String::from).collect()
-    }
-
-    /// Wait until `ftvm status` prints lines starting with `prefixes`
-    /// (primary first), then return them.
-    fn expect_status(&self, prefixes: &[String], limit: Duration) -> Vec<String> {
-        let mut last = Vec::new();
-        let found = poll(limit, || {
-            last = self.status();
-            (last.len() == prefixes.len()
-                && last.iter().zip(prefixes).all(|(l, p)| l.starts_with(p)))
-            .then_some(())
-        });
-        assert!(
-            found.is_some(),
-            "ftvm status never showed {prefixes:?}; last:\n{}\n{}",
-            last.join("\n"),
-            self.diag()
-        );
-        last
-    }
-
-    /// Wait until the console shows tick `n`; panics with the diagnosis
-    /// after `limit`.
     fn wait_tick(&self, n: u64, limit: Duration, why: &str) {
-        let seen = poll(limit, || self.max_tick().filter(|&m| m >= n));
-        assert!(
-            seen.is_some(),
-            "{why}: no tick {n} on the console within {limit:?}\n{}",
-            self.diag()
-        );
+        self.wait_until(limit, &format!("{why}: tick {n} on the console"), || {
+            self.max_tick().is_some_and(|m| m >= n)
+        });
     }
 
-    /// The console checked (see [`check_console`]): the ticks it holds.
     fn checked_ticks(&self) -> Vec<u64> {
         check_console(&self.console()).unwrap_or_else(|e| panic!("{e}\n{}", self.diag()))
-    }
-
-    /// Everything worth seeing when a test fails.
-    fn diag(&self) -> String {
-        let mut out = format!("--- state directory {}\n", self.dir.display());
-        for name in ["primary", "backup"] {
-            let line = self.status_line(name);
-            let state = self
-                .status_pid_opt(name)
-                .map_or("no pid", |pid| if alive(pid) { "running" } else { "gone" });
-            out += &format!("{name}.status ({state}): {}", line.trim_end());
-            out.push('\n');
-        }
-        for name in ["primary", "backup"] {
-            let log = self.log(name);
-            let lines: Vec<&str> = log.lines().collect();
-            out += &format!("--- {name}.log (last 30 lines)\n");
-            for line in &lines[lines.len().saturating_sub(30)..] {
-                out += line;
-                out.push('\n');
-            }
-        }
-        let console = self.console();
-        let tail = &console[console.len().saturating_sub(400)..];
-        out += &format!(
-            "--- console ({} bytes), tail:\n{}\n",
-            console.len(),
-            String::from_utf8_lossy(tail).escape_debug()
-        );
-        out
-    }
-}
-
-impl Drop for Pair {
-    fn drop(&mut self) {
-        self.track();
-        for &pid in &self.pids {
-            if alive(pid) && is_ftvm(pid) {
-                signal(pid, libc::SIGKILL);
-            }
-        }
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("kept {} for a post-mortem", self.dir.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
     }
 }
 
@@ -406,34 +237,42 @@ enum Outcome {
     FalseAlarm(String),
 }
 
-/// The first log line of either VM suspecting the other.
+/// A VM that suspected the other, by its status line.
 fn suspicion(pair: &Pair) -> Option<String> {
-    ["primary", "backup"].iter().find_map(|name| {
-        pair.log(name)
-            .lines()
-            .find(|l| l.contains(" is silent"))
-            .map(|l| format!("{name}: {l}"))
+    Vm::BOTH.into_iter().find_map(|vm| {
+        pair.status(vm)
+            .filter(|line| line.suspected)
+            .map(|line| format!("{vm}: {line}"))
     })
+}
+
+/// Whether `victim`, just killed, had suspected the other VM before it
+/// died. Its last status line may be up to 200 ms older than its death, so
+/// a suspicion it had no time to write shows in the other VM instead: a
+/// lost test-and-set, which only the victim can have won.
+fn suspected_before_the_kill(pair: &Pair, victim: Vm) -> Option<String> {
+    let other = victim.other();
+    if let Some(line) = pair.status(victim).filter(|line| line.suspected) {
+        return Some(format!("the {victim} suspected the {other}: {line}"));
+    }
+    pair.status(other)
+        .filter(|line| line.verdict == Some(Verdict::Lost))
+        .map(|line| format!("the {other} lost the test-and-set to the {victim}: {line}"))
 }
 
 /// After one VM suspected the other without a failure: the pair must
 /// settle — one VM live, the other gone or halted — and the console must
-/// hold; a pair that stays "paired" while nothing reaches the console is
+/// hold; a pair that stays paired while nothing reaches the console is
 /// wedged.
 fn settled_after_false_alarm(pair: &Pair, label: &str, alarm: &str) {
-    let settled = poll(Duration::from_secs(30), || {
-        let state = |name: &str| {
-            let up = pair.status_pid_opt(name).is_some_and(alive);
-            (pair.word(name), up)
-        };
-        let (p, b) = (state("primary"), state("backup"));
-        let live = |s: &(String, bool)| s.0 == "live" && s.1;
-        let out = |s: &(String, bool)| !s.1 || s.0 == "halted";
-        ((live(&p) && out(&b)) || (live(&b) && out(&p))).then_some(())
+    let live = |vm: Vm| pair.state(vm) == Some(VmState::Live) && pair.running(vm);
+    let out = |vm: Vm| !pair.running(vm) || pair.state(vm) == Some(VmState::Halted);
+    let settled = wait_until(Duration::from_secs(30), || {
+        (live(Vm::Primary) && out(Vm::Backup)) || (live(Vm::Backup) && out(Vm::Primary))
     });
     pair.checked_ticks();
     assert!(
-        settled.is_some(),
+        settled,
         "{label}: after a false alarm ({alarm}) the pair did not settle on one live VM \
          within 30 s (wedged?)\n{}",
         pair.diag()
@@ -442,11 +281,11 @@ fn settled_after_false_alarm(pair: &Pair, label: &str, alarm: &str) {
 
 /// Start a pair, kill -9 its primary at `moment`, and check the failover:
 /// the ticks go on at least 10 past the kill, the console reads as one
-/// stream, the backup is live and the primary dead.
+/// stream, the backup took over and the primary is dead.
 fn kill_primary_at(moment: Moment, label: &str) -> Outcome {
     let started = Instant::now();
     let mut pair = Pair::new("kill-primary");
-    let (primary, backup) = pair.up(TICK_CMD, &FAST);
+    let (primary, backup) = up_ticking(&mut pair, TICK_CMD, &FAST);
     let wait = match moment {
         Moment::Boot(after) => after,
         Moment::Ticking(after) => {
@@ -471,6 +310,7 @@ fn kill_primary_at(moment: Moment, label: &str) -> Outcome {
             }
         }
     };
+    // The moment itself: the guest runs on until the kill.
     std::thread::sleep(wait);
     if let Some(alarm) = suspicion(&pair) {
         let alarm = format!(
@@ -485,41 +325,35 @@ fn kill_primary_at(moment: Moment, label: &str) -> Outcome {
     let killed_at = Instant::now();
     let at_kill = pair.max_tick();
     let target = at_kill.map_or(9, |m| m + 10);
-    let seen = poll(FAILOVER_LIMIT, || {
-        (pair.max_tick().is_some_and(|m| m >= target) || !alive(backup)).then_some(())
+    let seen = wait_until(FAILOVER_LIMIT, || {
+        pair.max_tick().is_some_and(|m| m >= target) || !alive(backup)
     });
     let recovered = killed_at.elapsed();
     // The console first: a gap there is the failure that matters most.
     let ticks = pair.checked_ticks();
-    // The primary can only have suspected the backup before it was
-    // killed: a false alarm just before the kill.
-    if let Some(alarm) = pair
-        .log("primary")
-        .lines()
-        .find(|l| l.contains("the backup is silent"))
-    {
-        return Outcome::FalseAlarm(format!("primary: {alarm} (just before the kill)"));
+    if let Some(alarm) = suspected_before_the_kill(&pair, Vm::Primary) {
+        return Outcome::FalseAlarm(format!("{alarm} (just before the kill)"));
     }
     assert!(
-        seen.is_some() && alive(backup),
+        seen && alive(backup),
         "{label}: after the kill at tick {at_kill:?}, no tick {target} within {FAILOVER_LIMIT:?}\n{}",
         pair.diag()
     );
-    let status = pair.expect_status(
-        &[
-            format!("dead pid={primary} "),
-            format!("live pid={backup} "),
-        ],
-        Duration::from_secs(10),
+    let status = pair.wait_ftvm_status(
+        STATUS_LIMIT,
+        &format!("{label}: ftvm status: the primary dead, the backup live"),
+        |s| s.is(Vm::Primary, VmState::Dead, primary) && s.is(Vm::Backup, VmState::Live, backup),
     );
-    assert!(
-        pair.log("backup").contains("going live"),
-        "{label}: the backup is live but did not log going live\n{}",
+    let (dead, live) = (status.vm(Vm::Primary), status.vm(Vm::Backup));
+    assert_eq!(
+        dead.and_then(|line| line.was),
+        Some(VmState::Primary),
+        "{label}: the dead primary was not running as the primary: {dead:?}\n{}",
         pair.diag()
     );
     assert!(
-        status[0].contains("was primary"),
-        "{label}: {status:?}\n{}",
+        live.is_some_and(|line| line.took_over && line.verdict == Some(Verdict::Won)),
+        "{label}: the live backup did not take over by winning the test-and-set: {live:?}\n{}",
         pair.diag()
     );
     eprintln!(
@@ -649,7 +483,7 @@ fn kill_9_of_the_backup_leaves_the_primary_live_without_gap() {
     let _serial = serial();
     for attempt in 1..=TRIES {
         let mut pair = Pair::new("kill-backup");
-        let (primary, backup) = pair.up(TICK_CMD, &FAST);
+        let (primary, backup) = up_ticking(&mut pair, TICK_CMD, &FAST);
         pair.wait_tick(3, BOOT_LIMIT, "booting");
         if let Some(alarm) = suspicion(&pair) {
             eprintln!("try {attempt}: the pair failed over by itself before the kill: {alarm}");
@@ -658,36 +492,31 @@ fn kill_9_of_the_backup_leaves_the_primary_live_without_gap() {
         }
         signal(backup, libc::SIGKILL);
         let at_kill = pair.max_tick().unwrap_or(0);
-        let seen = poll(FAILOVER_LIMIT, || {
-            (pair.max_tick().is_some_and(|m| m >= at_kill + 10) || !alive(primary)).then_some(())
+        let seen = wait_until(FAILOVER_LIMIT, || {
+            pair.max_tick().is_some_and(|m| m >= at_kill + 10) || !alive(primary)
         });
         pair.checked_ticks();
-        // The backup can only have suspected the primary before it was
-        // killed: a false alarm just before the kill.
-        if let Some(alarm) = pair
-            .log("backup")
-            .lines()
-            .find(|l| l.contains("the primary is silent"))
-        {
+        if let Some(alarm) = suspected_before_the_kill(&pair, Vm::Backup) {
             eprintln!("try {attempt}: a false alarm just before the kill: {alarm}");
             continue;
         }
         assert!(
-            seen.is_some() && alive(primary),
+            seen && alive(primary),
             "after the backup's kill at tick {at_kill}: no tick {} within {FAILOVER_LIMIT:?}\n{}",
             at_kill + 10,
             pair.diag()
         );
-        pair.expect_status(
-            &[
-                format!("live pid={primary} "),
-                format!("dead pid={backup} "),
-            ],
-            Duration::from_secs(10),
+        let status = pair.wait_ftvm_status(
+            STATUS_LIMIT,
+            "ftvm status: the primary live, the backup dead",
+            |s| {
+                s.is(Vm::Primary, VmState::Live, primary) && s.is(Vm::Backup, VmState::Dead, backup)
+            },
         );
+        let live = status.vm(Vm::Primary);
         assert!(
-            pair.log("primary").contains("won the test-and-set"),
-            "{}",
+            live.is_some_and(|line| line.suspected && line.verdict == Some(Verdict::Won)),
+            "the primary went on alone without winning the test-and-set: {live:?}\n{}",
             pair.diag()
         );
         // Still ticking alone, a while later.
@@ -893,97 +722,10 @@ fn pump_frames(
 }
 
 /// `ftvm backup` and `ftvm primary` run by the test, the primary reaching
-/// the backup through a proxy, both writing `DIR/NAME.status`, `NAME.log`
-/// and the shared console.
+/// the backup through a proxy.
 struct ProxiedPair {
     pair: Pair,
     proxy: Proxy,
-}
-
-/// The pair options of `ftvm primary` / `ftvm backup` for VM `name`, with
-/// `detection` (heartbeat and timeout).
-fn pair_args_with(
-    pair: &Pair,
-    name: &str,
-    key: &Path,
-    detection: &[&str],
-) -> Vec<std::ffi::OsString> {
-    let mut args: Vec<std::ffi::OsString> = vec!["--key-file".into(), key.into()];
-    args.extend([
-        "--arbiter".into(),
-        pair.path("arbiter").into(),
-        "--console-file".into(),
-        pair.path("console").into(),
-        "--status-file".into(),
-        pair.path(&format!("{name}.status")).into(),
-        "--name".into(),
-        name.into(),
-    ]);
-    args.extend(detection.iter().map(Into::into));
-    args
-}
-
-fn write_key(path: &Path, seed: &str) {
-    let key: String = (0..32)
-        .map(|i| format!("{:02x}", (i * 37 + seed.len() * 11) % 256))
-        .collect();
-    std::fs::write(path, format!("{seed}{key}\n")).expect("a key file");
-}
-
-/// Start `ftvm backup` listening on a free port; its address.
-fn start_backup(pair: &mut Pair, key: &Path) -> String {
-    start_backup_with(pair, key, &FAST)
-}
-
-fn start_backup_with(pair: &mut Pair, key: &Path, detection: &[&str]) -> String {
-    let log = std::fs::File::create(pair.path("backup.log")).expect("backup.log");
-    let child = ftvm()
-        .args(["backup", "--listen", "127.0.0.1:0", "--addr-file"])
-        .arg(pair.path("backup.addr"))
-        .args(pair_args_with(pair, "backup", key, detection))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start ftvm backup");
-    pair.pids.push(child.id());
-    pair.children.push(child);
-    let addr = poll(Duration::from_secs(30), || {
-        std::fs::read_to_string(pair.path("backup.addr"))
-            .ok()
-            .filter(|a| a.ends_with('\n'))
-    });
-    addr.unwrap_or_else(|| panic!("the backup did not listen\n{}", pair.diag()))
-        .trim()
-        .to_string()
-}
-
-/// Start `ftvm primary` (the tick guest) towards `backup`; its stderr goes
-/// to `DIR/LOG`.
-fn start_primary(pair: &mut Pair, backup: &str, key: &Path, log: &str) -> usize {
-    start_primary_with(pair, backup, key, log, &FAST)
-}
-
-fn start_primary_with(
-    pair: &mut Pair,
-    backup: &str,
-    key: &Path,
-    log: &str,
-    detection: &[&str],
-) -> usize {
-    let log = std::fs::File::create(pair.path(log)).expect("primary.log");
-    let child = ftvm()
-        .args(["primary", "--backup", backup, "--append"])
-        .arg(append(TICK_CMD))
-        .args(pair_args_with(pair, "primary", key, detection))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start ftvm primary");
-    pair.pids.push(child.id());
-    pair.children.push(child);
-    pair.children.len() - 1
 }
 
 impl ProxiedPair {
@@ -993,11 +735,9 @@ impl ProxiedPair {
     fn start(tag: &str) -> ProxiedPair {
         for attempt in 1..=TRIES {
             let mut pair = Pair::new(tag);
-            let key = pair.path("key");
-            write_key(&key, "the pair's key ");
-            let backup = start_backup(&mut pair, &key);
+            let backup = pair.start_backup(&FAST);
             let proxy = Proxy::start(backup);
-            start_primary(&mut pair, &proxy.addr(), &key, "primary.log");
+            start_ticking_primary(&mut pair, &proxy.addr(), &FAST);
             pair.wait_tick(3, BOOT_LIMIT, "booting through the proxy");
             match suspicion(&pair) {
                 None => return ProxiedPair { pair, proxy },
@@ -1010,73 +750,55 @@ impl ProxiedPair {
         panic!("{tag}: {TRIES} pairs in a row failed over by themselves");
     }
 
-    /// After the channel fails: exactly one VM exits with code 2 and says
-    /// `halted`; the other stays `live` and ticks on. Returns the name of
-    /// the one that went on.
-    fn expect_one_survivor(&mut self, what: &str) -> &'static str {
+    /// After the channel fails: exactly one VM loses the test-and-set,
+    /// halts and exits with code 2; the other wins it, goes live and ticks
+    /// on. Returns the one that went on.
+    fn expect_one_survivor(&mut self, what: &str) -> Vm {
         let pair = &mut self.pair;
-        let names = ["backup", "primary"];
-        let exited = poll(Duration::from_secs(60), || {
-            let mut codes = Vec::new();
-            for (i, child) in pair.children.iter_mut().enumerate() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    codes.push((names[i], status.code()));
-                }
-            }
-            (!codes.is_empty()).then_some(codes)
-        })
-        .unwrap_or_else(|| panic!("{what}: neither VM halted within 60 s\n{}", pair.diag()));
-        // Give a wrong second exit a moment to show.
-        std::thread::sleep(Duration::from_millis(1500));
-        let mut exits = Vec::new();
-        for (i, child) in pair.children.iter_mut().enumerate() {
-            if let Ok(Some(status)) = child.try_wait() {
-                exits.push((names[i], status.code()));
-            }
-        }
-        assert_eq!(
-            exits.len(),
-            1,
-            "{what}: exactly one VM must halt, the other go on; exits {exits:?} (first seen {exited:?})\n{}",
-            pair.diag()
-        );
-        let (loser, code) = exits[0];
-        let winner = if loser == "backup" {
-            "primary"
-        } else {
-            "backup"
-        };
-        assert_eq!(
-            code,
-            Some(2),
-            "{what}: the {loser} exited with {code:?}, not 2 (halted)\n{}",
-            pair.diag()
-        );
-        assert_eq!(pair.word(loser), "halted", "{what}\n{}", pair.diag());
-        assert!(
-            pair.log(loser).contains("halted"),
-            "{what}: the {loser} did not say it halted\n{}",
-            pair.diag()
-        );
-        let live = poll(Duration::from_secs(10), || {
-            (pair.word(winner) == "live").then_some(())
+        let first = poll(Duration::from_secs(60), || {
+            Vm::BOTH
+                .into_iter()
+                .find_map(|vm| pair.exit_status(vm.name()).map(|status| (vm, status)))
         });
-        assert!(
-            live.is_some(),
-            "{what}: the {winner} went on but is not live\n{}",
+        let Some((loser, exit)) = first else {
+            panic!("{what}: neither VM halted within 60 s\n{}", pair.diag());
+        };
+        let winner = loser.other();
+        assert_eq!(
+            exit.code(),
+            Some(2),
+            "{what}: the {loser} exited with {exit}, not 2 (halted)\n{}",
             pair.diag()
         );
+        // It wrote its last line before it exited.
+        let lost = pair.status(loser);
+        assert!(
+            lost.as_ref()
+                .is_some_and(|line| line.state == VmState::Halted
+                    && line.halt == Some(HaltCode::LostTestAndSet)
+                    && line.verdict == Some(Verdict::Lost)),
+            "{what}: the {loser} exited without losing the test-and-set: {lost:?}\n{}",
+            pair.diag()
+        );
+        let won = pair.wait_state(winner, VmState::Live, STATUS_LIMIT);
+        assert_eq!(
+            won.verdict,
+            Some(Verdict::Won),
+            "{what}: the {winner} is live without winning the test-and-set\n{}",
+            pair.diag()
+        );
+        // The winner ticks on alone: were it to exit too, the ticks would
+        // stop, so no exit shows it went on.
         let now = pair.max_tick().unwrap_or(0);
-        pair.wait_tick(
-            now + 5,
+        pair.wait_until(
             FAILOVER_LIMIT,
-            &format!("{what}: the {winner} alone"),
+            &format!("{what}: the {winner} ticks on alone (tick {})", now + 5),
+            || pair.max_tick().is_some_and(|m| m >= now + 5) || !pair.running(winner),
         );
         let ticks = pair.checked_ticks();
-        let survivor = &mut pair.children[if winner == "backup" { 0 } else { 1 }];
         assert!(
-            matches!(survivor.try_wait(), Ok(None)),
-            "{what}: the {winner} stopped\n{}",
+            pair.exit_status(winner.name()).is_none(),
+            "{what}: the {winner} exited too: exactly one VM must halt\n{}",
             pair.diag()
         );
         eprintln!(
@@ -1104,9 +826,9 @@ fn a_silent_channel_leaves_exactly_one_vm_live() {
 }
 
 /// Start a proxied pair whose proxy tampers with a frame to the backup
-/// (`mode`), and check that the backup closes the channel for a reason
-/// holding each of `reasons`, and that one VM goes on.
-fn tampered_frame_closes_the_channel(name: &str, mode: u8, reasons: &[&str]) {
+/// (`mode`), and check that the backup gives up its channel as `close`
+/// says, and that one VM goes on.
+fn tampered_frame_closes_the_channel(name: &str, mode: u8, close: ChannelClose) {
     let _serial = serial();
     let mut p = ProxiedPair::start(name);
     p.proxy.set(mode);
@@ -1125,17 +847,17 @@ fn tampered_frame_closes_the_channel(name: &str, mode: u8, reasons: &[&str]) {
             p.proxy.frames.load(Ordering::SeqCst)
         );
     }
-    let logged = poll(Duration::from_secs(10), || {
-        p.pair
-            .log("backup")
-            .lines()
-            .find(|l| l.contains("ftvm: closing the logging channel"))
-            .map(String::from)
-    })
-    .unwrap_or_else(|| panic!("the backup did not close the channel\n{}", p.pair.diag()));
-    assert!(
-        reasons.iter().all(|r| logged.contains(r)),
-        "unexpected reason: {logged}"
+    let closed = p.pair.wait_status(
+        Vm::Backup,
+        STATUS_LIMIT,
+        "the backup gives its channel up",
+        |line| line.channel.is_some(),
+    );
+    assert_eq!(
+        closed.channel,
+        Some(close),
+        "the backup closed the channel for another reason\n{}",
+        p.pair.diag()
     );
     p.expect_one_survivor(name);
 }
@@ -1145,14 +867,14 @@ fn tampered_frame_closes_the_channel(name: &str, mode: u8, reasons: &[&str]) {
 /// arbiter leave one VM live.
 #[test]
 fn a_corrupt_frame_closes_the_channel_and_one_vm_goes_on() {
-    tampered_frame_closes_the_channel("flip", FLIP, &["corrupt frame", "checksum mismatch"]);
+    tampered_frame_closes_the_channel("flip", FLIP, ChannelClose::Corrupt);
 }
 
 /// The same with the checksum made right again: only the frame's MAC
-/// tells, and the backup refuses the frame as failing authentication.
+/// tells, and the backup refuses the frame as forged.
 #[test]
 fn a_forged_frame_fails_authentication_and_one_vm_goes_on() {
-    tampered_frame_closes_the_channel("forge", FLIP_FIX_CRC, &["failed authentication"]);
+    tampered_frame_closes_the_channel("forge", FLIP_FIX_CRC, ChannelClose::Forged);
 }
 
 /// The output rule holds outputs until the backup has the log up to
@@ -1168,15 +890,14 @@ fn a_forged_frame_fails_authentication_and_one_vm_goes_on() {
 fn a_backup_going_live_releases_the_outputs_the_dead_primary_held() {
     let _serial = serial();
     let mut pair = Pair::new("held-outputs");
-    let key = pair.path("key");
-    write_key(&key, "the pair's key ");
-    let detection = ["--timeout-ms", "3000", "--heartbeat-ms", "100"];
-    let backup = start_backup_with(&mut pair, &key, &detection);
+    let backup = pair.start_backup(&SLACK);
     let proxy = Proxy::start(backup);
-    start_primary_with(&mut pair, &proxy.addr(), &key, "primary.log", &detection);
+    start_ticking_primary(&mut pair, &proxy.addr(), &SLACK);
     pair.wait_tick(3, BOOT_LIMIT, "booting through the proxy");
     proxy.set(DROP_ACKS);
     let dropped_at = pair.max_tick().unwrap_or(0);
+    // The test's action: a second of lost acknowledgements (under the
+    // 3 s failure timeout).
     std::thread::sleep(Duration::from_millis(1200));
     let held_at = pair.max_tick().unwrap_or(0);
     assert!(
@@ -1185,10 +906,12 @@ fn a_backup_going_live_releases_the_outputs_the_dead_primary_held() {
         pair.diag()
     );
     assert!(suspicion(&pair).is_none(), "{}", pair.diag());
-    let primary = pair.children[1].id();
+    let primary = pair.child("primary").id();
     signal(primary, libc::SIGKILL);
     pair.wait_tick(held_at + 20, FAILOVER_LIMIT, "after the kill");
-    assert!(pair.log("backup").contains("going live"), "{}", pair.diag());
+    pair.wait_status(Vm::Backup, STATUS_LIMIT, "the backup took over", |line| {
+        line.took_over
+    });
     pair.checked_ticks();
 }
 
@@ -1201,43 +924,36 @@ fn a_backup_going_live_releases_the_outputs_the_dead_primary_held() {
 fn a_primary_slow_to_start_does_not_wedge_the_pair() {
     let _serial = serial();
     let mut pair = Pair::new("slow-start");
-    let key = pair.path("key");
-    write_key(&key, "the pair's key ");
-    let backup = start_backup(&mut pair, &key);
+    let backup = pair.start_backup(&FAST);
     let proxy = Proxy::start_with(backup, HOLD);
-    start_primary(&mut pair, &proxy.addr(), &key, "primary.log");
-    let first = poll(Duration::from_secs(60), || {
-        (proxy.frames.load(Ordering::SeqCst) > 2).then_some(())
-    });
-    assert!(
-        first.is_some(),
-        "the primary sent nothing after the handshake\n{}",
-        pair.diag()
+    start_ticking_primary(&mut pair, &proxy.addr(), &FAST);
+    pair.wait_until(
+        Duration::from_secs(60),
+        "the primary sends frames after the handshake",
+        || proxy.frames.load(Ordering::SeqCst) > 2,
     );
+    // The test's action: the frames held back for three timeouts.
     std::thread::sleep(Duration::from_millis(1500));
     proxy.set(FORWARD);
-    let progress = poll(Duration::from_secs(45), || {
-        pair.max_tick().filter(|&t| t >= 5)
-    });
-    assert!(
-        progress.is_some(),
-        "no tick reached the console within 45 s of the late frames: the pair is wedged \
-         (words: primary={:?}, backup={:?})\n{}",
-        pair.word("primary"),
-        pair.word("backup"),
-        pair.diag()
+    pair.wait_until(
+        Duration::from_secs(45),
+        "tick 5 on the console after the late frames (is the pair wedged?)",
+        || pair.max_tick().is_some_and(|t| t >= 5),
     );
     pair.checked_ticks();
-    let live = ["primary", "backup"]
-        .iter()
-        .filter(|name| pair.word(name) == "live" && pair.status_pid_opt(name).is_some_and(alive))
+    let live = Vm::BOTH
+        .into_iter()
+        .filter(|&vm| pair.state(vm) == Some(VmState::Live) && pair.running(vm))
         .count();
     assert!(live <= 1, "two live VMs\n{}", pair.diag());
+    let said = |vm| {
+        pair.status(vm)
+            .map_or("none".to_string(), |l: StatusLine| l.to_string())
+    };
     eprintln!(
-        "slow start: primary {}, backup {}; the backup said:\n{}",
-        pair.word("primary"),
-        pair.word("backup"),
-        pair.log("backup")
+        "slow start: primary {}; backup {}",
+        said(Vm::Primary),
+        said(Vm::Backup)
     );
 }
 
@@ -1248,16 +964,16 @@ fn a_primary_slow_to_start_does_not_wedge_the_pair() {
 fn a_primary_with_the_wrong_key_is_refused_and_the_backup_waits_on() {
     let _serial = serial();
     let mut pair = Pair::new("wrong-key");
-    let (key, wrong) = (pair.path("key"), pair.path("wrong-key"));
-    write_key(&key, "the pair's key ");
+    let wrong = pair.path("wrong-key");
     write_key(&wrong, "somebody else's key ");
-    let backup = start_backup_with(&mut pair, &key, &SLACK);
+    let backup = pair.start_backup(&SLACK);
 
-    let mut intruder = ftvm();
+    let mut intruder = pair.ftvm();
     intruder
         .args(["primary", "--backup", &backup, "--append"])
         .arg(append(TICK_CMD))
-        .args(pair_args_with(&pair, "primary", &wrong, &SLACK));
+        .args(pair.vm_args(Vm::Primary, &wrong))
+        .args(SLACK);
     let run: Finished = run_limited(intruder, Duration::from_secs(60));
     assert!(
         !run.timed_out && run.code.is_some_and(|c| c != 0),
@@ -1274,76 +990,65 @@ fn a_primary_with_the_wrong_key_is_refused_and_the_backup_waits_on() {
         "not one clear error line about the key:\n{}",
         run.stderr
     );
-    let refused = poll(Duration::from_secs(10), || {
-        pair.log("backup")
-            .lines()
-            .find(|l| l.starts_with("ftvm: refused a connection from 127.0.0.1:"))
-            .map(String::from)
-    });
+    eprintln!("the intruder was told: {}", errors[0]);
     assert!(
-        refused.is_some(),
-        "the backup did not say it refused the connection\n{}",
-        pair.diag()
-    );
-    eprintln!("primary: {}\nbackup: {}", errors[0], refused.unwrap());
-    assert!(
-        matches!(pair.children[0].try_wait(), Ok(None)),
+        pair.exit_status("backup").is_none(),
         "the backup gave up\n{}",
         pair.diag()
     );
-    assert_eq!(pair.word("backup"), "waiting", "{}", pair.diag());
+    assert_eq!(
+        pair.state(Vm::Backup),
+        Some(VmState::Waiting),
+        "{}",
+        pair.diag()
+    );
     assert!(pair.console().is_empty(), "{}", pair.diag());
 
-    // The real primary gets in.
-    start_primary_with(&mut pair, &backup, &key, "primary.log", &SLACK);
+    // The real primary gets in: the backup waited on for it.
+    start_ticking_primary(&mut pair, &backup, &SLACK);
     pair.wait_tick(5, BOOT_LIMIT, "the right primary");
     pair.checked_ticks();
-    let primary = pair.children[1].id();
-    let backup_pid = pair.children[0].id();
-    pair.expect_status(
-        &[
-            format!("primary pid={primary} "),
-            format!("backup pid={backup_pid} "),
-        ],
-        Duration::from_secs(10),
-    );
+    let primary = pair.child("primary").id();
+    let backup_pid = pair.child("backup").id();
+    pair.wait_ftvm_status(STATUS_LIMIT, "ftvm status: the pair paired", |s| {
+        s.is(Vm::Primary, VmState::Primary, primary)
+            && s.is(Vm::Backup, VmState::Backup, backup_pid)
+    });
 }
 
 // ---------------------------------------------------------------------
 // Ending the pair
 
-fn wait_gone(pair: &Pair, pids: &[u32], limit: Duration, what: &str) {
-    let gone = poll(limit, || pids.iter().all(|&pid| !alive(pid)).then_some(()));
-    assert!(
-        gone.is_some(),
-        "{what}: the pair still runs after {limit:?}\n{}",
-        pair.diag()
-    );
-}
-
+/// Neither VM asked the arbiter, so neither can have gone live.
 fn assert_no_go_live(pair: &Pair) {
-    for name in ["primary", "backup"] {
+    for vm in Vm::BOTH {
+        let line = pair.status(vm);
         assert!(
-            !pair.log(name).contains("going live"),
-            "the {name} went live\n{}",
+            line.as_ref()
+                .is_some_and(|line| line.verdict.is_none() && !line.took_over),
+            "the {vm} went to the arbiter: {line:?}\n{}",
             pair.diag()
         );
     }
+}
+
+/// Wait until both VMs `ended` (their processes gone) and `ftvm status`
+/// says so.
+fn wait_ended(pair: &Pair, (primary, backup): (u32, u32), limit: Duration, what: &str) {
+    pair.wait_until(limit, &format!("{what}: both VMs exit"), || {
+        !alive(primary) && !alive(backup)
+    });
+    pair.wait_ftvm_status(STATUS_LIMIT, &format!("{what}: both VMs ended"), |s| {
+        s.is(Vm::Primary, VmState::Ended, primary) && s.is(Vm::Backup, VmState::Ended, backup)
+    });
 }
 
 #[test]
 fn a_clean_power_off_ends_both_without_going_live() {
     let _serial = serial();
     let mut pair = Pair::new("poweroff");
-    let (primary, backup) = pair.up("echo hello; echo done", &SLACK);
-    wait_gone(&pair, &[primary, backup], BOOT_LIMIT, "power-off");
-    pair.expect_status(
-        &[
-            format!("ended pid={primary} "),
-            format!("ended pid={backup} "),
-        ],
-        Duration::from_secs(5),
-    );
+    let pids = up_ticking(&mut pair, "echo hello; echo done", &SLACK);
+    wait_ended(&pair, pids, BOOT_LIMIT, "power-off");
     assert_no_go_live(&pair);
     let console = pair.console();
     check_console(&console).unwrap_or_else(|e| panic!("{e}\n{}", pair.diag()));
@@ -1356,60 +1061,43 @@ fn a_clean_power_off_ends_both_without_going_live() {
     assert!(text.contains("ftvm_cmd exit 0"), "{}", pair.diag());
 }
 
+/// `ftvm stop` ends the pair through the primary; the status it leaves
+/// reads the same as text and as JSON; stopping again is harmless.
 #[test]
 fn ftvm_stop_ends_both_without_going_live() {
     let _serial = serial();
     let mut pair = Pair::new("stop");
-    let (primary, backup) = pair.up(TICK_CMD, &SLACK);
+    let pids = up_ticking(&mut pair, TICK_CMD, &SLACK);
     pair.wait_tick(5, BOOT_LIMIT, "booting");
-    let mut stop = ftvm();
-    stop.arg("stop").arg("--state-dir").arg(&pair.dir);
-    let run = run_limited(stop, COMMAND_LIMIT);
-    assert_eq!(
-        run.code,
-        Some(0),
-        "ftvm stop failed: {}{}\n{}",
-        run.stdout_text(),
-        run.stderr,
-        pair.diag()
-    );
-    wait_gone(&pair, &[primary, backup], Duration::from_secs(30), "stop");
-    pair.expect_status(
-        &[
-            format!("ended pid={primary} "),
-            format!("ended pid={backup} "),
-        ],
-        Duration::from_secs(5),
-    );
+    pair.stop();
+    wait_ended(&pair, pids, Duration::from_secs(30), "stop");
     assert_no_go_live(&pair);
     pair.checked_ticks();
-    // Stopping again is harmless.
-    let mut again = ftvm();
-    again.arg("stop").arg("--state-dir").arg(&pair.dir);
-    let run = run_limited(again, COMMAND_LIMIT);
-    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(pair.ftvm_status_text(), pair.ftvm_status());
+    pair.stop();
 }
 
 /// `ftvm console` types into the pair's guest (its shell, without a
 /// command): into the primary, and after a failover into the VM that took
 /// over; `poweroff` typed there ends the pair and `ftvm console` with it.
+/// What `ftvm console` tells its user on stderr is checked as such.
 #[test]
 fn ftvm_console_types_into_the_guest_across_a_failover() {
     let _serial = serial();
     let mut pair = Pair::new("console");
-    let (primary, _backup) = pair.up("", &FAST);
-    let mut console = ftvm();
+    let (primary, _backup) = up_ticking(&mut pair, "", &FAST);
+    let mut console = pair.ftvm();
     console
         .arg("console")
         .arg("--state-dir")
-        .arg(&pair.dir)
+        .arg(pair.dir())
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut console = console.spawn().expect("start ftvm console");
     let mut typing = console.stdin.take().expect("piped stdin");
     let console_said = support::drain(console.stderr.take().expect("piped stderr"));
-    pair.children.push(console);
+    pair.adopt("console", console);
     // The guest's shell may not be up yet: say it again until it answers.
     let answered = poll(BOOT_LIMIT, || {
         typing.write_all(b"echo typed-$((6*7))\n").expect("typing");
@@ -1417,14 +1105,7 @@ fn ftvm_console_types_into_the_guest_across_a_failover() {
     });
     assert!(answered.is_some(), "no answer to typing\n{}", pair.diag());
     signal(primary, libc::SIGKILL);
-    let live = poll(FAILOVER_LIMIT, || {
-        (pair.word("backup") == "live").then_some(())
-    });
-    assert!(
-        live.is_some(),
-        "the backup did not go live\n{}",
-        pair.diag()
-    );
+    pair.wait_state(Vm::Backup, VmState::Live, FAILOVER_LIMIT);
     typing.write_all(b"echo after-$((6*8))\n").expect("typing");
     assert!(
         console_shows(&pair, "after-48", FAILOVER_LIMIT),
@@ -1432,8 +1113,7 @@ fn ftvm_console_types_into_the_guest_across_a_failover() {
         pair.diag()
     );
     typing.write_all(b"poweroff\n").expect("typing");
-    let console = pair.children.last_mut().expect("the console");
-    let (status, killed) = support::wait_or_kill(console, FAILOVER_LIMIT);
+    let (status, killed) = support::wait_or_kill(pair.child("console"), FAILOVER_LIMIT);
     assert!(
         !killed,
         "ftvm console did not end with the pair\n{}",
@@ -1444,17 +1124,18 @@ fn ftvm_console_types_into_the_guest_across_a_failover() {
     assert!(said.contains("typing to the primary"), "{said}");
     assert!(said.contains("typing to the live VM"), "{said}");
     assert!(said.contains("the pair has ended"), "{said}");
-    assert_eq!(pair.word("backup"), "ended", "{}", pair.diag());
+    assert_eq!(
+        pair.state(Vm::Backup),
+        Some(VmState::Ended),
+        "{}",
+        pair.diag()
+    );
 }
 
 /// Whether the console shows `text` within `limit`.
 fn console_shows(pair: &Pair, text: &str, limit: Duration) -> bool {
     let text = text.as_bytes();
-    poll(limit, || {
-        pair.console()
-            .windows(text.len())
-            .any(|w| w == text)
-            .then_some(())
+    wait_until(limit, || {
+        pair.console().windows(text.len()).any(|w| w == text)
     })
-    .is_some()
 }

@@ -426,14 +426,20 @@ pub struct SwitchStatus {
     pub ports: usize,
     /// The UDP address VMs attach to.
     pub addr: String,
+    /// Times a VM's address moved to another port: a backup that went
+    /// live announced it.
+    pub moves: u64,
+    /// VM ports detached because they went silent (a VM that died or
+    /// froze).
+    pub expired: u64,
 }
 
 impl fmt::Display for SwitchStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "switch pid={} ports={} addr={}",
-            self.pid, self.ports, self.addr
+            "switch pid={} ports={} addr={} moves={} expired={}",
+            self.pid, self.ports, self.addr, self.moves, self.expired
         )
     }
 }
@@ -446,10 +452,13 @@ impl FromStr for SwitchStatus {
         if words.next() != Some("switch") {
             return Err(StatusError::Field("state", line.to_string()));
         }
+        // A field an older writer did not write reads as zero.
         let mut status = SwitchStatus {
             pid: 0,
             ports: 0,
             addr: String::new(),
+            moves: 0,
+            expired: 0,
         };
         let mut pid = None;
         for word in words {
@@ -457,6 +466,8 @@ impl FromStr for SwitchStatus {
                 Some(("pid", v)) => pid = Some(field("pid", v)?),
                 Some(("ports", v)) => status.ports = field("ports", v)?,
                 Some(("addr", v)) => status.addr = v.to_string(),
+                Some(("moves", v)) => status.moves = field("moves", v)?,
+                Some(("expired", v)) => status.expired = field("expired", v)?,
                 // A newer writer's field.
                 Some(_) => {}
                 None => return Err(StatusError::Field("field", word.to_string())),
@@ -562,8 +573,40 @@ mod tests {
             pid: 9,
             ports: 3,
             addr: "127.0.0.1:4000".into(),
+            moves: 2,
+            expired: 1,
         };
-        assert_eq!(switch.to_string().parse::<SwitchStatus>(), Ok(switch));
+        assert_eq!(
+            switch.to_string(),
+            "switch pid=9 ports=3 addr=127.0.0.1:4000 moves=2 expired=1"
+        );
+        assert_eq!(
+            switch.to_string().parse::<SwitchStatus>(),
+            Ok(switch.clone())
+        );
+        let json = serde_json::to_string(&switch).expect("json");
+        assert_eq!(
+            serde_json::from_str::<SwitchStatus>(&json).expect("json back"),
+            switch
+        );
+    }
+
+    #[test]
+    fn a_switch_line_without_the_counters_reads_them_as_zero() {
+        let old: SwitchStatus = "switch pid=9 ports=3 addr=127.0.0.1:4000"
+            .parse()
+            .expect("a line of an older switch");
+        assert_eq!((old.moves, old.expired), (0, 0));
+        assert_eq!(old.ports, 3);
+        assert!("switch pid=9 moves=x".parse::<SwitchStatus>().is_err());
+        assert_eq!(
+            "switch ports=3".parse::<SwitchStatus>(),
+            Err(StatusError::NoPid)
+        );
+        let newer: SwitchStatus = "switch pid=9 ports=1 addr=a moves=1 colour=blue"
+            .parse()
+            .expect("a newer field");
+        assert_eq!(newer.moves, 1);
     }
 
     #[test]

@@ -176,6 +176,12 @@ pub struct SwitchServer {
     ports: HashMap<SocketAddr, PortId>,
     addrs: HashMap<PortId, SocketAddr>,
     gateway: Option<(PortId, Box<dyn NetBackend>)>,
+    /// Addresses that moved to another port (a backup's announcement), and
+    /// ports detached for their silence: counted for the status line, so
+    /// that a failover's effect on the network can be checked without
+    /// reading the log.
+    moves: u64,
+    expired: u64,
 }
 
 impl SwitchServer {
@@ -215,6 +221,8 @@ impl SwitchServer {
             ports: HashMap::new(),
             addrs: HashMap::new(),
             gateway,
+            moves: 0,
+            expired: 0,
         })
     }
 
@@ -232,6 +240,16 @@ impl SwitchServer {
         self.started.elapsed()
     }
 
+    /// How many times an address moved to another port.
+    pub fn moves(&self) -> u64 {
+        self.moves
+    }
+
+    /// How many VM ports were detached for their silence.
+    pub fn expired(&self) -> u64 {
+        self.expired
+    }
+
     /// Serve for about `budget`: forward what arrives, run the gateway.
     pub fn serve_for(&mut self, budget: Duration) -> std::io::Result<()> {
         let until = Instant::now() + budget;
@@ -242,6 +260,7 @@ impl SwitchServer {
             for port in self.switch.expire(since_start, PORT_TIMEOUT) {
                 if let Some(addr) = self.addrs.remove(&port) {
                     tracing::warn!(%addr, "port gone silent: detached");
+                    self.expired += 1;
                     self.ports.remove(&addr);
                 }
             }
@@ -289,6 +308,7 @@ impl SwitchServer {
         let out = self.switch.forward(port, bytes, now);
         if let Some(mac) = moved {
             tracing::warn!(mac = %format_mac(&mac), %from, "address moved to another port");
+            self.moves += 1;
         }
         self.deliver(&out, bytes);
     }
@@ -540,5 +560,23 @@ mod tests {
         b.send(&reply);
         server.serve_for(Duration::from_millis(50)).unwrap();
         assert_eq!(a.try_clone().unwrap().recv().unwrap(), reply);
+        assert_eq!((server.moves(), server.expired()), (0, 0));
+    }
+
+    #[test]
+    fn an_announcement_from_another_port_counts_as_a_move() {
+        let mut server = SwitchServer::bind("127.0.0.1:0".parse().unwrap(), None).unwrap();
+        let addr = server.local_addr().unwrap();
+        let mut a = SwitchPort::connect(addr).unwrap();
+        let mut b = SwitchPort::connect(addr).unwrap();
+        a.send(&frame(BROADCAST, A));
+        server.serve_for(Duration::from_millis(50)).unwrap();
+        // Again from the same port: not a move.
+        a.send(&frame(BROADCAST, A));
+        server.serve_for(Duration::from_millis(50)).unwrap();
+        assert_eq!(server.moves(), 0);
+        b.send(&announcement(A));
+        server.serve_for(Duration::from_millis(50)).unwrap();
+        assert_eq!((server.moves(), server.expired()), (1, 0));
     }
 }

@@ -1,7 +1,9 @@
 //! Shared by the integration tests and the benchmarks: building the guest
-//! programs under `guest/`, and running ftvm or QEMU on one with a time
-//! limit.
+//! programs under `guest/`, running ftvm or QEMU on one with a time limit,
+//! waiting on a condition with a deadline, and an FT pair ([`pair`]).
 #![allow(dead_code)] // each test binary uses a different part of this
+
+pub mod pair;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -140,7 +142,12 @@ pub const OPENSBI_FW_DYNAMIC: &str = "/usr/lib/riscv64-linux-gnu/opensbi/generic
 
 /// `ftvm run --bios none --kernel ELF` plus `extra` arguments.
 pub fn ftvm_run(elf: &Path, extra: &[&str], limit: Duration) -> Finished {
-    let mut cmd = Command::new(ftvm_bin());
+    ftvm_run_with(&ftvm_bin(), elf, extra, limit)
+}
+
+/// [`ftvm_run`] with the ftvm binary `ftvm` (a baseline's, say).
+pub fn ftvm_run_with(ftvm: &Path, elf: &Path, extra: &[&str], limit: Duration) -> Finished {
+    let mut cmd = Command::new(ftvm);
     cmd.args(["run", "--bios", "none", "--kernel"])
         .arg(elf)
         .args(extra);
@@ -226,6 +233,19 @@ pub fn bench_runs() -> Option<usize> {
             .unwrap_or(3)
             .max(1),
     )
+}
+
+/// Benchmarks: another ftvm binary to run the same rows with
+/// (`FTVM_BENCH_BASELINE=/path/to/ftvm`, e.g. a build of the code before a
+/// change), so that one run compares the two.
+pub fn bench_baseline() -> Option<PathBuf> {
+    let path = PathBuf::from(std::env::var_os("FTVM_BENCH_BASELINE")?);
+    assert!(
+        path.is_file(),
+        "FTVM_BENCH_BASELINE={} is not a file",
+        path.display()
+    );
+    Some(path)
 }
 
 /// The median of a non-empty sample.
@@ -418,13 +438,34 @@ pub fn kill_seed() -> u64 {
     seed
 }
 
-/// The value after `key` (e.g. `pid=`) on the one-line status file of a
-/// pair's process (`DIR/NAME.status`), if the file holds one.
-pub fn status_value<T: std::str::FromStr>(path: &Path, key: &str) -> Option<T> {
-    std::fs::read_to_string(path)
-        .ok()?
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix(key))?
-        .parse()
-        .ok()
+/// Wait until `done` holds, looking every 50 ms; whether it did within
+/// `limit`.
+pub fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    poll(limit, || done().then_some(())).is_some()
+}
+
+/// The tests that run VMs share two cores: one of them at a time in a
+/// test binary, whatever `--test-threads` says.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `cmd` as a shell command line (its environment first), to repeat it by
+/// hand.
+pub fn describe(cmd: &Command) -> String {
+    let mut words: Vec<String> = cmd
+        .get_envs()
+        .filter_map(|(k, v)| Some(format!("{}={}", k.to_string_lossy(), v?.to_string_lossy())))
+        .collect();
+    words.push(cmd.get_program().to_string_lossy().into_owned());
+    words.extend(cmd.get_args().map(|a| {
+        let a = a.to_string_lossy();
+        if a.contains([' ', '"', '|', '>', ';', '$', '(', ')']) {
+            format!("'{a}'")
+        } else {
+            a.into_owned()
+        }
+    }));
+    words.join(" ")
 }
