@@ -1,5 +1,6 @@
-//! Invariant 5 of DESIGN.md §7 for the machine: bad files give one clear
-//! line and a non-zero exit; a guest executing garbage only ever traps.
+//! Invariant 5 (ARCHITECTURE.md, "Invariants") for the machine: bad files give
+//! one clear line and a non-zero exit; a guest executing garbage only ever
+//! traps.
 
 mod support;
 

@@ -1,7 +1,7 @@
-//! Invariant 1 of DESIGN.md §7 at the machine level: the same program with
-//! the same inputs reaches the same state, bit for bit, however its run is
-//! cut up, and across a snapshot serialised to bytes and restored into a
-//! fresh machine.
+//! Invariant 1 (ARCHITECTURE.md, "Invariants") at the machine level: the same
+//! program with the same inputs reaches the same state, bit for bit, however
+//! its run is cut up, and across a snapshot serialised to bytes and restored
+//! into a fresh machine.
 
 mod support;
 

@@ -1,5 +1,5 @@
-//! An FT pair with a disk: no acknowledged write is lost across a
-//! failover (DESIGN.md §7, invariant 4), with the shared disk (writes are
+//! An FT pair with a disk: no acknowledged write is lost across a failover
+//! (ARCHITECTURE.md, "Invariants", 4), with the shared disk (writes are
 //! outputs, re-issued by a backup going live) and with private disks (the
 //! backup writes its own copy), and the etcd arbiter in a real pair.
 //!

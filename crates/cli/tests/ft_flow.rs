@@ -1,8 +1,8 @@
-//! Flow control of an FT pair (DESIGN.md §4): a backup slower than its
-//! primary (the interpreter against the translator, a CPU-bound guest)
-//! must not fall behind by more than the lag bound; the primary is slowed
-//! instead. This also runs the two VMs of a pair on different engines, to
-//! the guest's clean end (both VMs exit 0, the command's exit status 0 on
+//! Flow control of an FT pair (ARCHITECTURE.md, "The FT protocol"): a backup
+//! slower than its primary (the interpreter against the translator, a CPU-bound
+//! guest) must not fall behind by more than the lag bound; the primary is
+//! slowed instead. This also runs the two VMs of a pair on different engines,
+//! to the guest's clean end (both VMs exit 0, the command's exit status 0 on
 //! the console). The lag is the `lag-ms` the primary's status line gives.
 
 mod support;

@@ -1,6 +1,6 @@
-//! An FT pair's network: a client's TCP connection to a service in the
-//! guest survives the loss of either VM (DESIGN.md §7, invariant 2: the
-//! client notices nothing but a pause).
+//! An FT pair's network: a client's TCP connection to a service in the guest
+//! survives the loss of either VM (ARCHITECTURE.md, "Invariants", 2: the client
+//! notices nothing but a pause).
 //!
 //! The guest runs an echo service (busybox `nc -ll -p 7 -e cat`); the
 //! client sends numbered messages of varied sizes (up to two full frames)

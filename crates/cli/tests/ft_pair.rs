@@ -880,8 +880,9 @@ fn a_forged_frame_fails_authentication_and_one_vm_goes_on() {
 /// The output rule holds outputs until the backup has the log up to
 /// them; a backup that goes live has executed those outputs in replay and
 /// must release them itself, since the primary may have died holding them
-/// (DESIGN.md §4, invariant 2; crates/ft/src/console.rs: "a backup that
-/// goes live re-produces bytes the primary may already have written").
+/// (ARCHITECTURE.md, "Invariants", 2; `ftvm_host::console`: "a backup
+/// that goes live re-produces bytes the primary may already have
+/// written").
 /// Here the backup's acknowledgements are dropped for a second, so the
 /// primary holds every tick of that second while the backup replays them;
 /// then the primary is killed. Every tick must still reach the console,

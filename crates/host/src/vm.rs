@@ -166,6 +166,9 @@ struct Vm {
     status_file: Option<StatusFile>,
     role: Option<String>,
     status_at: Instant,
+    /// What the status line said last of the VM's story (its state, its
+    /// milestones, its channel): a change is written at once.
+    story: Option<Story>,
     rate_sample: (Instant, u64),
     log_mbit_s: f64,
     channel_closed: Option<ChannelClose>,
@@ -284,6 +287,7 @@ pub fn run(node: Node, host: VmHost) -> Result<Node, HostError> {
         status_file,
         role,
         status_at: Instant::now(),
+        story: None,
         rate_sample: (Instant::now(), 0),
         log_mbit_s: 0.0,
         channel_closed: None,
@@ -588,13 +592,22 @@ impl Vm {
     }
 
     /// Rewrite the status file (every [`STATUS_EVERY`], or `now`).
+    /// Rewrite the status file every [`STATUS_EVERY`], at once when the
+    /// VM's story changed (a failover is read from it), or when `now`.
     fn report(&mut self, now: bool) {
         let Some(file) = &self.status_file else {
             return;
         };
-        if !now && self.status_at.elapsed() < STATUS_EVERY {
+        let story = Story {
+            state: VmState::of(self.node.status()),
+            milestones: self.node.stats().milestones,
+            channel: self.channel_closed,
+        };
+        let changed = self.story != Some(story);
+        if !now && !changed && self.status_at.elapsed() < STATUS_EVERY {
             return;
         }
+        self.story = Some(story);
         self.status_at = Instant::now();
         let stats = self.node.stats();
         let (at, bytes) = self.rate_sample;
@@ -633,6 +646,15 @@ impl Vm {
         };
         file.write(&line);
     }
+}
+
+/// The part of a status line that tells what happened, rather than
+/// measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Story {
+    state: VmState,
+    milestones: ftvm_node::Milestones,
+    channel: Option<ChannelClose>,
 }
 
 fn threads_gone(which: &str) -> HostError {

@@ -1,7 +1,7 @@
-//! The invariants of ARCHITECTURE.md, "Invariants": what is checked after
-//! every event, when a VM goes live, and at the end (with liveness). The checks made
-//! where an output is released (the console, the world's frames, the
-//! disk) live with those outputs and report here.
+//! The invariants of ARCHITECTURE.md, "Invariants": what is checked after every
+//! event, when a VM goes live, and at the end (with liveness). The checks made
+//! where an output is released (the console, the world's frames, the disk) live
+//! with those outputs and report here.
 
 use ftvm_board::ImageMap;
 use ftvm_replay::{LogError, ReplayError, Replayer};
@@ -20,8 +20,8 @@ const LIVE_ANSWER_NS: u64 = 400 * MS;
 /// A healthy pair must have answered a new request within this long.
 const HEALTHY_ANSWER_NS: u64 = 600 * MS;
 
-/// The invariant a violation breaks (ARCHITECTURE.md, "Invariants", plus liveness and
-/// what a run must not do at all).
+/// The invariant a violation breaks (ARCHITECTURE.md, "Invariants", plus
+/// liveness and what a run must not do at all).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Invariant {
     /// 1. A VM halted with a fault of the pair (a backup diverged, or

@@ -1,9 +1,9 @@
 //! # ftvm-sim — a deterministic simulator of an FT pair
 //!
 //! One process, one seed, no real time, no threads: a primary
-//! [`ftvm_node::Node`] and a backup `Node` (the very code the daemon
-//! runs) execute the guest `guest/build/ftguest.elf` (`make -C guest`)
-//! while the simulator plays everything around them (ARCHITECTURE.md, "Sans-IO"):
+//! [`ftvm_node::Node`] and a backup `Node` (the very code the daemon runs)
+//! execute the guest `guest/build/ftguest.elf` (`make -C guest`) while the
+//! simulator plays everything around them (ARCHITECTURE.md, "Sans-IO"):
 //!
 //! - **virtual time**: every event happens at a virtual nanosecond; a run
 //!   slice costs its instructions times the host's speed (each host gets
@@ -59,7 +59,8 @@
 //! digests stay cheap; timeouts are short (heartbeat 20 ms, failure
 //! detection 200 ms, a checkpoint every 400 ms of host time).
 //!
-//! After every event the invariants of ARCHITECTURE.md, "Invariants", are checked:
+//! After every event the invariants of ARCHITECTURE.md, "Invariants", are
+//! checked:
 //! 1. determinism: no backup halts with a divergence, and at the end the
 //!    primary's whole sent log replays ([`ftvm_replay::Replayer`]) with
 //!    every checkpoint matching;
