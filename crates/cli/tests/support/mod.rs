@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this
 
 pub mod pair;
+pub mod ticks;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
