@@ -389,15 +389,8 @@ pub fn ftvm_with_guest() -> Command {
     cmd
 }
 
-/// Whether `pid` runs (a zombie does not).
-pub fn process_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit(')')
-            .next()
-            .and_then(|rest| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X")
-    })
-}
+/// Whether `pid` runs (a zombie does not): what `ftvm status` asks.
+pub use ftvm_host::process::process_alive;
 
 /// Send `signal` to `pid`.
 pub fn signal(pid: u32, signal: libc::c_int) {

@@ -30,6 +30,7 @@ use std::time::{Duration, SystemTime};
 // The status line's types, for the tests to name (each uses some).
 #[allow(unused_imports)]
 pub use ftvm_ft::golive::Verdict;
+use ftvm_host::status::StatusFile;
 #[allow(unused_imports)]
 pub use ftvm_host::status::{ChannelClose, StatusLine, SwitchStatus, VmState};
 #[allow(unused_imports)]
@@ -342,11 +343,7 @@ impl Pair {
     // Status
 
     fn raw_status(&self, file: &str) -> Option<StatusLine> {
-        let line: StatusLine = std::fs::read_to_string(self.path(file))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()?;
+        let line: StatusLine = StatusFile::read(&self.path(file))?;
         self.remember(line.pid);
         Some(line)
     }
@@ -384,11 +381,7 @@ impl Pair {
 
     /// The switch's status line (`DIR/switch.status`).
     pub fn switch_status(&self) -> Option<SwitchStatus> {
-        let line: SwitchStatus = std::fs::read_to_string(self.path("switch.status"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()?;
+        let line: SwitchStatus = StatusFile::read(&self.path("switch.status"))?;
         self.remember(line.pid);
         Some(line)
     }
