@@ -160,12 +160,7 @@ fn decode<'d>(
     Some((&mut *mapping.device, paddr - mapping.window.start))
 }
 
-// The hart's run loop is generic over its bus, so these are candidates
-// for inlining into the interpreter's hot loop, where MMIO is rare: inlined,
-// the dispatch cost the interpreter 5% more host instructions per guest
-// instruction (callgrind, `guest/bench`), none of them for MMIO.
 impl<const N: usize> Bus for MmioBus<'_, N> {
-    #[inline(never)]
     fn load(&mut self, paddr: u64, size: u8, icount: u64) -> Result<u64, BusFault> {
         self.ctx.icount = icount;
         decode(&mut self.mappings, paddr)
@@ -173,7 +168,6 @@ impl<const N: usize> Bus for MmioBus<'_, N> {
             .ok_or(BusFault { addr: paddr })
     }
 
-    #[inline(never)]
     fn store(&mut self, paddr: u64, size: u8, value: u64, icount: u64) -> Result<(), BusFault> {
         self.ctx.icount = icount;
         decode(&mut self.mappings, paddr)

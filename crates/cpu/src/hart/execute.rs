@@ -37,12 +37,7 @@ impl Hart {
     /// the run loop's pc in a register instead of a chain of memory round
     /// trips.
     #[inline(always)]
-    pub(super) fn execute<B: Bus>(
-        &mut self,
-        bus: &mut B,
-        d: Decoded,
-        pc: u64,
-    ) -> Result<u64, Trap> {
+    pub(super) fn execute(&mut self, bus: &mut dyn Bus, d: Decoded, pc: u64) -> Result<u64, Trap> {
         let npc = pc.wrapping_add(u64::from(d.len));
         let rd = usize::from(d.rd & 31);
         let x1 = self.s.x[usize::from(d.rs1 & 31)];
@@ -167,7 +162,7 @@ impl Hart {
 
     /// The instructions that are not executed from their decoded form:
     /// fence.i, system, atomic and floating point, and anything illegal.
-    fn execute_other<B: Bus>(&mut self, bus: &mut B, raw: u32, len: u64) -> Result<(), Trap> {
+    fn execute_other(&mut self, bus: &mut dyn Bus, raw: u32, len: u64) -> Result<(), Trap> {
         let illegal = Trap::illegal(raw);
         let insn = if len == 2 {
             match self.rvc[raw as usize & 0xffff] {
@@ -191,7 +186,7 @@ impl Hart {
         Ok(())
     }
 
-    fn system<B: Bus>(&mut self, _bus: &mut B, raw: u32, insn: u32, npc: u64) -> Result<(), Trap> {
+    fn system(&mut self, _bus: &mut dyn Bus, raw: u32, insn: u32, npc: u64) -> Result<(), Trap> {
         let illegal = Trap::illegal(raw);
         let funct3 = (insn >> 12) & 7;
         let rd = ((insn >> 7) & 31) as usize;
@@ -288,7 +283,7 @@ impl Hart {
         Ok(())
     }
 
-    fn atomic<B: Bus>(&mut self, bus: &mut B, raw: u32, insn: u32) -> Result<(), Trap> {
+    fn atomic(&mut self, bus: &mut dyn Bus, raw: u32, insn: u32) -> Result<(), Trap> {
         let illegal = Trap::illegal(raw);
         let funct3 = (insn >> 12) & 7;
         let size = match funct3 {
@@ -369,7 +364,7 @@ impl Hart {
         Ok(())
     }
 
-    fn float<B: Bus>(&mut self, bus: &mut B, raw: u32, insn: u32) -> Result<(), Trap> {
+    fn float(&mut self, bus: &mut dyn Bus, raw: u32, insn: u32) -> Result<(), Trap> {
         let illegal = Trap::illegal(raw);
         if !self.fp_enabled() {
             return Err(illegal);

@@ -154,7 +154,7 @@ impl Hart {
     }
 
     #[inline(always)]
-    pub(super) fn load<B: Bus>(&mut self, bus: &mut B, vaddr: u64, size: u64) -> Result<u64, Trap> {
+    pub(super) fn load(&mut self, bus: &mut dyn Bus, vaddr: u64, size: u64) -> Result<u64, Trap> {
         if (vaddr & PAGE_MASK) + size > PAGE_SIZE {
             return self.load_bytewise(bus, vaddr, size);
         }
@@ -170,7 +170,7 @@ impl Hart {
             .map_err(|_| Trap::new(cause::LOAD_ACCESS, vaddr))
     }
 
-    fn load_bytewise<B: Bus>(&mut self, bus: &mut B, vaddr: u64, size: u64) -> Result<u64, Trap> {
+    fn load_bytewise(&mut self, bus: &mut dyn Bus, vaddr: u64, size: u64) -> Result<u64, Trap> {
         let mut value = 0;
         for i in 0..size {
             let byte = self.load(bus, vaddr.wrapping_add(i), 1)?;
@@ -180,9 +180,9 @@ impl Hart {
     }
 
     #[inline(always)]
-    pub(super) fn store<B: Bus>(
+    pub(super) fn store(
         &mut self,
-        bus: &mut B,
+        bus: &mut dyn Bus,
         vaddr: u64,
         size: u64,
         value: u64,
@@ -214,9 +214,9 @@ impl Hart {
             .map_err(|_| Trap::new(cause::STORE_ACCESS, vaddr))
     }
 
-    fn store_bytewise<B: Bus>(
+    fn store_bytewise(
         &mut self,
-        bus: &mut B,
+        bus: &mut dyn Bus,
         vaddr: u64,
         size: u64,
         value: u64,
