@@ -99,6 +99,64 @@ impl Snapshot {
         out
     }
 
+    /// The snapshot without its RAM (postcard: RAM size, hart, devices),
+    /// as a clone sends it ahead of the pages.
+    pub fn state_bytes(&self) -> Vec<u8> {
+        let header = SnapshotHeader {
+            ram_size: self.ram_size,
+            hart: self.hart.clone(),
+            devices: self.devices.clone(),
+        };
+        // Serialising plain owned data into a Vec cannot fail.
+        postcard::to_stdvec(&header).unwrap_or_default()
+    }
+
+    /// A snapshot from [`Snapshot::state_bytes`] and its RAM.
+    pub fn from_parts(state: &[u8], ram: Vec<u8>) -> Result<Snapshot, BoardError> {
+        let bad = |what: String| BoardError::Snapshot(what);
+        let header: SnapshotHeader =
+            postcard::from_bytes(state).map_err(|e| bad(format!("corrupt state: {e}")))?;
+        if ram.len() as u64 != header.ram_size {
+            return Err(bad(format!(
+                "{} bytes of RAM for a machine of {} MiB",
+                ram.len(),
+                header.ram_size >> 20
+            )));
+        }
+        Ok(Snapshot {
+            ram_size: header.ram_size,
+            hart: header.hart,
+            devices: header.devices,
+            ram,
+        })
+    }
+
+    /// The machine's RAM as captured.
+    pub fn ram(&self) -> &[u8] {
+        &self.ram
+    }
+
+    pub fn ram_size(&self) -> u64 {
+        self.ram_size
+    }
+
+    /// The icount the snapshot was taken at.
+    pub fn icount(&self) -> u64 {
+        self.hart.icount
+    }
+
+    /// The digest of the machine this snapshot restores, the same as
+    /// [`Machine::digest`] of it, computed without a machine (a clone's
+    /// sender computes it off the run loop).
+    pub fn digest(&self) -> Digest {
+        digest_of(&self.hart, &self.devices, &self.ram)
+    }
+
+    /// Take back the RAM buffer, to reuse it for the next snapshot.
+    pub fn into_ram(self) -> Vec<u8> {
+        self.ram
+    }
+
     pub fn from_bytes(bytes: &[u8]) -> Result<Snapshot, BoardError> {
         let bad = |what: &str| BoardError::Snapshot(what.to_string());
         if bytes.len() < 16 || &bytes[..8] != SNAPSHOT_MAGIC {
@@ -457,11 +515,21 @@ impl Machine {
     }
 
     pub fn snapshot(&self) -> Snapshot {
+        self.snapshot_into(Vec::new())
+    }
+
+    /// A snapshot whose RAM is copied into `buffer` (resized to fit): a
+    /// buffer allocated and touched beforehand makes the copy a plain
+    /// `memcpy`, the whole of a clone's pause.
+    pub fn snapshot_into(&self, mut buffer: Vec<u8>) -> Snapshot {
+        let ram = self.hart.ram().bytes();
+        buffer.resize(ram.len(), 0);
+        buffer.copy_from_slice(ram);
         Snapshot {
             ram_size: self.ram_size,
             hart: self.hart.state(),
             devices: self.devices.clone(),
-            ram: self.hart.ram().bytes().to_vec(),
+            ram: buffer,
         }
     }
 
@@ -484,13 +552,17 @@ impl Machine {
     }
 
     pub fn digest(&self) -> Digest {
-        let mut hasher = blake3::Hasher::new();
-        // Serialising plain owned data into a Vec cannot fail.
-        hasher.update(&postcard::to_stdvec(&self.hart.state()).unwrap_or_default());
-        hasher.update(&postcard::to_stdvec(&self.devices).unwrap_or_default());
-        hasher.update(self.hart.ram().bytes());
-        Digest(*hasher.finalize().as_bytes())
+        digest_of(&self.hart.state(), &self.devices, self.hart.ram().bytes())
     }
+}
+
+fn digest_of(hart: &HartState, devices: &Devices, ram: &[u8]) -> Digest {
+    let mut hasher = blake3::Hasher::new();
+    // Serialising plain owned data into a Vec cannot fail.
+    hasher.update(&postcard::to_stdvec(hart).unwrap_or_default());
+    hasher.update(&postcard::to_stdvec(devices).unwrap_or_default());
+    hasher.update(ram);
+    Digest(*hasher.finalize().as_bytes())
 }
 
 #[cfg(test)]
@@ -540,6 +612,24 @@ mod tests {
             digest,
             "one RAM byte must change the digest"
         );
+    }
+
+    /// A clone sends the state and the RAM apart and computes the digest
+    /// from the snapshot alone: all three must agree with the machine.
+    #[test]
+    fn snapshot_parts_and_digest_agree_with_the_machine() {
+        let mut m = machine();
+        assert_eq!(m.run(777), Stop::Limit);
+        let snap = m.snapshot_into(vec![0xAA; 3]);
+        assert_eq!(snap.digest(), m.digest());
+        assert_eq!(snap.icount(), m.icount());
+        let parts = Snapshot::from_parts(&snap.state_bytes(), snap.ram().to_vec()).expect("parts");
+        assert_eq!(parts, snap);
+        let mut other = machine();
+        other.restore(&parts).expect("restore");
+        assert_eq!(other.digest(), m.digest());
+        assert!(Snapshot::from_parts(&snap.state_bytes(), vec![0; 4096]).is_err());
+        assert!(Snapshot::from_parts(&[0xFF; 7], snap.into_ram()).is_err());
     }
 
     #[test]

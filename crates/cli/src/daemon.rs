@@ -74,6 +74,12 @@ pub struct PairArgs {
     #[arg(long, value_name = "FILE")]
     pub status_file: Option<PathBuf>,
 
+    /// Take requests on this Unix socket (`ftvm protect` and the agent
+    /// use it): a VM that runs alone can be asked to clone itself into a
+    /// new backup there.
+    #[arg(long, value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
+
     /// This VM's name for the arbiter and the logs (default: its role).
     #[arg(long)]
     pub name: Option<String>,
@@ -183,6 +189,7 @@ impl PairArgs {
             console_file: self.console_file.clone(),
             console_socket: self.console_socket.clone(),
             status_file: self.status_file.clone(),
+            control_socket: self.control_socket.clone(),
             stop,
         })
     }

@@ -14,6 +14,7 @@
 mod daemon;
 mod pair;
 mod replay;
+mod restore;
 mod run;
 mod switch;
 
@@ -95,6 +96,16 @@ enum Command {
     ///
     /// Exit codes as for `ftvm primary`.
     Backup(daemon::BackupArgs),
+
+    /// Give the VM of a pair that runs alone (its peer died) a new backup
+    /// on this host: the running VM is cloned into it, pausing the guest
+    /// for a moment, and the two run as a pair again (the next epoch).
+    Protect(restore::ProtectArgs),
+
+    /// Keep a pair protected (`ftvm up` starts it): whenever the pair is
+    /// down to one VM, clone that VM into a new backup on this host.
+    /// Ends with the pair.
+    Agent(restore::AgentArgs),
 
     /// Run a pair's network: an Ethernet switch that VMs attach to over
     /// UDP (`--net switch:HOST:PORT`), with the user-mode gateway and its
@@ -435,5 +446,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Primary(args) => daemon::primary(&args),
         Command::Backup(args) => daemon::backup(&args),
         Command::Switch(args) => switch::switch(&args),
+        Command::Protect(args) => restore::protect(&args),
+        Command::Agent(args) => restore::agent(&args),
     }
 }

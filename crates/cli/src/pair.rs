@@ -12,7 +12,7 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -23,8 +23,10 @@ use ftvm_net::NetSpec;
 
 use crate::MachineArgs;
 use crate::daemon::DiskModeArg;
+use crate::restore::Plan;
 
-const VMS: [&str; 2] = ["primary", "backup"];
+/// Status files in a state directory that are not a VM's.
+const NOT_VMS: [&str; 2] = ["switch", "agent"];
 
 #[derive(Args)]
 pub struct UpArgs {
@@ -52,6 +54,11 @@ pub struct UpArgs {
     /// The test-and-set store (default: `arbiter/` in the state directory).
     #[arg(long, value_name = "DIR|etcd:HOST:PORT")]
     pub arbiter: Option<String>,
+
+    /// Do not start the agent that restores redundancy: after a failure
+    /// the survivor runs alone until `ftvm protect`.
+    #[arg(long)]
+    pub no_restore: bool,
 
     /// Give the VM a network card. `user[,hostfwd=tcp:HOSTADDR:PORT-:GUESTPORT]...`
     /// (as for `ftvm run`) starts the pair's own network, `ftvm switch`,
@@ -98,19 +105,24 @@ pub fn up(args: &UpArgs) -> Result<ExitCode> {
     // A switch of an earlier pair (it ends by itself soon after the pair,
     // but may not have yet, and may still hold the forwarded ports).
     stop_switch(&dir);
-    for stale in [
-        "console",
-        "backup.addr",
-        "primary.status",
-        "backup.status",
-        "switch.addr",
-        "switch.status",
-        "primary.console",
-        "backup.console",
-    ] {
-        let _ = std::fs::remove_file(dir.join(stale));
+    crate::restore::stop_agent(&dir);
+    for entry in std::fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let stale = name == "console"
+            || name == crate::restore::PLAN
+            || [".addr", ".status", ".console", ".control", ".pid"]
+                .iter()
+                .any(|end| name.ends_with(end));
+        if stale {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
-    let _ = std::fs::remove_dir_all(dir.join("arbiter"));
+    for stale in ["arbiter", crate::restore::GONE] {
+        let _ = std::fs::remove_dir_all(dir.join(stale));
+    }
     let key: [u8; 32] = ftvm_host::random_bytes()?;
     let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
     write_private(&dir.join("key"), hex.as_bytes())?;
@@ -164,7 +176,7 @@ fn start_switch(dir: &Path, gateway: &str) -> Result<(String, u32)> {
 
 /// The address the process `name` (pid `pid`) writes to `DIR/NAME.addr`
 /// once it listens.
-fn listening_addr(dir: &Path, name: &str, pid: u32) -> Result<String> {
+pub(crate) fn listening_addr(dir: &Path, name: &str, pid: u32) -> Result<String> {
     let addr_file = dir.join(format!("{name}.addr"));
     let addr = wait_for(Duration::from_secs(20), || {
         std::fs::read_to_string(&addr_file)
@@ -185,61 +197,54 @@ fn start_vms(args: &UpArgs, dir: &Path, net: Option<&str>) -> Result<ExitCode> {
         .arbiter
         .clone()
         .unwrap_or_else(|| dir.join("arbiter").to_string_lossy().into_owned());
-    let common = |name: &str| -> Vec<OsString> {
-        let mut common: Vec<OsString> = net
-            .map(|spec| vec!["--net".into(), spec.into()])
-            .unwrap_or_default();
-        common.extend::<Vec<OsString>>(vec![
-            "--key-file".into(),
-            dir.join("key").into(),
-            "--arbiter".into(),
-            arbiter.clone().into(),
-            "--console-file".into(),
-            dir.join("console").into(),
-            "--status-file".into(),
-            dir.join(format!("{name}.status")).into(),
-            "--console-socket".into(),
-            dir.join(format!("{name}.console")).into(),
-            "--name".into(),
-            name.into(),
-            "--heartbeat-ms".into(),
-            args.heartbeat_ms.to_string().into(),
-            "--timeout-ms".into(),
-            args.timeout_ms.to_string().into(),
-            "--disk-mode".into(),
-            args.disk_mode.as_str().into(),
-        ]);
-        common
+    let mut common: Vec<String> = net
+        .map(|spec| vec!["--net".into(), spec.into()])
+        .unwrap_or_default();
+    common.extend([
+        "--key-file".into(),
+        path_arg(&dir.join("key"))?,
+        "--arbiter".into(),
+        arbiter.clone(),
+        "--console-file".into(),
+        path_arg(&dir.join("console"))?,
+        "--heartbeat-ms".into(),
+        args.heartbeat_ms.to_string(),
+        "--timeout-ms".into(),
+        args.timeout_ms.to_string(),
+        "--disk-mode".into(),
+        args.disk_mode.as_str().into(),
+    ]);
+    let mut plan = Plan {
+        common,
+        backup: vec!["--engine".into(), args.machine.engine.to_string()],
+        not_restorable: None,
     };
-
-    let mut backup: Vec<OsString> = vec![
-        "backup".into(),
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--addr-file".into(),
-        dir.join("backup.addr").into(),
-        "--engine".into(),
-        args.machine.engine.to_string().into(),
-    ];
-    backup.extend(common("backup"));
     if let Some(disk) = &args.machine.disk {
-        let disk = match args.disk_mode {
-            DiskModeArg::Shared => absolute(disk)?,
-            DiskModeArg::Private => {
-                let copy = dir.join("backup-disk.img");
-                std::fs::copy(disk, &copy).with_context(|| {
-                    format!("copying {} for the backup's own disk", disk.display())
-                })?;
-                copy
+        match args.disk_mode {
+            DiskModeArg::Shared => {
+                plan.backup
+                    .extend(["--disk".into(), path_arg(&absolute(disk)?)?]);
             }
-        };
-        backup.extend(["--disk".into(), disk.into()]);
+            DiskModeArg::Private => {
+                plan.not_restorable = Some(
+                    "the pair's disks are private, and a clone does not copy a disk yet".into(),
+                );
+            }
+        }
+    }
+    plan.write(dir)?;
+    let mut backup = plan.backup_args(dir, "backup", 1)?;
+    if let (Some(disk), DiskModeArg::Private) = (&args.machine.disk, args.disk_mode) {
+        let copy = dir.join("backup-disk.img");
+        std::fs::copy(disk, &copy)
+            .with_context(|| format!("copying {} for the backup's own disk", disk.display()))?;
+        backup.extend(["--disk".into(), copy.into()]);
     }
     let backup_pid = spawn(dir, "backup", &backup)?;
     let addr = listening_addr(dir, "backup", backup_pid)?;
 
     let mut primary: Vec<OsString> = vec!["primary".into(), "--backup".into(), addr.into()];
-    primary.extend(common("primary"));
+    primary.extend(plan.vm_args(dir, "primary"));
     primary.extend(args.machine.to_args()?);
     let primary_pid = spawn(dir, "primary", &primary)?;
     let status = dir.join("primary.status");
@@ -264,9 +269,18 @@ fn start_vms(args: &UpArgs, dir: &Path, net: Option<&str>) -> Result<ExitCode> {
         Some(spec) => format!("network: {spec}\n"),
         None => String::new(),
     };
+    let restore = if args.no_restore {
+        "redundancy: not restored after a failure (--no-restore; `ftvm protect` restores it)\n"
+            .to_string()
+    } else if let Some(why) = &plan.not_restorable {
+        format!("redundancy: not restored after a failure: {why}\n")
+    } else {
+        let pid = crate::restore::start_agent(dir)?;
+        format!("redundancy: restored after a failure by the agent (pid {pid})\n")
+    };
     say(&format!(
         "ftvm: pair up in {}: primary pid={primary_pid}, backup pid={backup_pid}\n\
-         console: {} (`ftvm console --state-dir {0}` to type into it)\n{network}\
+         console: {} (`ftvm console --state-dir {0}` to type into it)\n{network}{restore}\
          `ftvm status --state-dir {0}` shows it, `ftvm stop --state-dir {0}` ends it",
         dir.display(),
         dir.join("console").display()
@@ -282,7 +296,14 @@ fn say(line: &str) -> Result<()> {
     writeln!(stdout, "{line}").context("writing to stdout")
 }
 
-fn absolute(path: &Path) -> Result<PathBuf> {
+/// A path as an argument of a process `up` starts (and of the plan).
+fn path_arg(path: &Path) -> Result<String> {
+    path.to_str()
+        .map(str::to_string)
+        .with_context(|| format!("{} is not UTF-8", path.display()))
+}
+
+pub(crate) fn absolute(path: &Path) -> Result<PathBuf> {
     path.canonicalize()
         .with_context(|| format!("resolving {}", path.display()))
 }
@@ -302,24 +323,30 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Start `ftvm ARGS` detached from this process: its own process group (a
-/// Ctrl-C at this terminal is not for it), stderr to `DIR/NAME.log`.
-fn spawn(dir: &Path, name: &str, args: &[OsString]) -> Result<u32> {
+/// Ctrl-C at this terminal is not for it), stderr to `DIR/NAME.log`. Its
+/// pid.
+pub(crate) fn spawn(dir: &Path, name: &str, args: &[OsString]) -> Result<u32> {
+    spawn_child(dir, name, args).map(|child| child.id())
+}
+
+/// [`spawn`], keeping the child to reap it (the agent, which outlives
+/// the VMs it starts).
+pub(crate) fn spawn_child(dir: &Path, name: &str, args: &[OsString]) -> Result<Child> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().context("finding the ftvm executable")?;
     let log = std::fs::File::create(dir.join(format!("{name}.log")))
         .with_context(|| format!("creating {name}.log"))?;
-    let child = Command::new(exe)
+    Command::new(exe)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
         .process_group(0)
         .spawn()
-        .with_context(|| format!("starting the {name}"))?;
-    Ok(child.id())
+        .with_context(|| format!("starting the {name}"))
 }
 
-fn wait_for<T>(limit: Duration, mut probe: impl FnMut() -> Option<T>) -> Result<T> {
+pub(crate) fn wait_for<T>(limit: Duration, mut probe: impl FnMut() -> Option<T>) -> Result<T> {
     let start = Instant::now();
     loop {
         if let Some(value) = probe() {
@@ -333,10 +360,10 @@ fn wait_for<T>(limit: Duration, mut probe: impl FnMut() -> Option<T>) -> Result<
 }
 
 /// One VM as its status file and the process table show it.
-struct Vm {
-    name: &'static str,
-    line: StatusLine,
-    alive: bool,
+pub(crate) struct Vm {
+    pub(crate) name: String,
+    pub(crate) line: StatusLine,
+    pub(crate) alive: bool,
 }
 
 impl Vm {
@@ -350,10 +377,14 @@ impl Vm {
     }
 }
 
-fn read_vm(path: &Path) -> Option<Vm> {
+pub(crate) fn read_vm(path: &Path) -> Option<Vm> {
     let line: StatusLine = StatusFile::read(path)?;
+    let name = path
+        .file_stem()
+        .map(|stem| stem.to_string_lossy().into_owned())
+        .unwrap_or_default();
     Some(Vm {
-        name: "",
+        name,
         alive: process_alive(line.pid),
         line,
     })
@@ -365,10 +396,38 @@ pub(crate) fn pair_runs(dir: &Path) -> Option<bool> {
     (!vms.is_empty()).then(|| vms.iter().any(|vm| vm.alive))
 }
 
-fn read_vms(dir: &Path) -> Vec<Vm> {
-    VMS.iter()
-        .filter_map(|name| read_vm(&dir.join(format!("{name}.status"))).map(|vm| Vm { name, ..vm }))
-        .collect()
+/// Every VM with a status file in `dir`, in the order they were started:
+/// `primary`, `backup`, then the clones `vm3`, `vm4`...
+pub(crate) fn read_vms(dir: &Path) -> Vec<Vm> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut vms: Vec<Vm> = entries
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| {
+            path.extension().is_some_and(|e| e == "status")
+                && path
+                    .file_stem()
+                    .is_some_and(|stem| !NOT_VMS.iter().any(|n| stem == *n))
+        })
+        .filter_map(|path| read_vm(&path))
+        .collect();
+    vms.sort_by_key(|vm| start_order(&vm.name));
+    vms
+}
+
+/// Where a VM named so comes in the order VMs are started.
+pub(crate) fn start_order(name: &str) -> (u64, String) {
+    let n = match name {
+        "primary" => 1,
+        "backup" => 2,
+        _ => name
+            .strip_prefix("vm")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(u64::MAX),
+    };
+    (n, name.to_string())
 }
 
 /// The pair's switch, if it runs.
@@ -401,6 +460,8 @@ pub fn status(args: &StatusArgs) -> Result<ExitCode> {
 }
 
 pub fn stop(args: &StateDirArgs) -> Result<ExitCode> {
+    // First the agent, or it would restore what is being stopped.
+    crate::restore::stop_agent(&args.state_dir);
     let vms: Vec<Vm> = read_vms(&args.state_dir)
         .into_iter()
         .filter(|vm| vm.alive)

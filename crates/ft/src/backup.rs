@@ -54,7 +54,11 @@ impl Backup {
                 }))
             }
             Message::Entries { .. } | Message::Heartbeat | Message::Released { .. } => Ok(None),
-            Message::Ack { .. } => Err(BackupError::Unexpected("Ack")),
+            Message::Protected { .. } => Ok(None),
+            Message::Ack { .. }
+            | Message::CloneStart(_)
+            | Message::Pages { .. }
+            | Message::CloneEnd { .. } => Err(BackupError::Unexpected(message.name())),
             Message::Hello { .. } | Message::Proof { .. } => {
                 Err(BackupError::Unexpected("handshake message"))
             }

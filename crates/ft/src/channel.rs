@@ -44,8 +44,9 @@ impl Role {
 /// The version of the logging channel's messages and framing, first in
 /// every `Hello`: bump it with any change to [`Message`], the framing or
 /// the handshake (the golden-bytes test `crates/ft/tests/golden.rs` fails
-/// until you do). 1 was the unversioned format of the first pairs.
-pub const CHANNEL_VERSION: u32 = 2;
+/// until you do). 1 was the unversioned format of the first pairs; 3
+/// added cloning (`CloneStart`, `Pages`, `CloneEnd`, `Protected`).
+pub const CHANNEL_VERSION: u32 = 3;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
@@ -74,6 +75,41 @@ pub enum Message {
     /// offset: a backup that goes live must write again what comes after
     /// it (it may never have reached the world), and need keep no more.
     Released { console: u64 },
+    /// A clone begins: the new backup restores the snapshot that follows
+    /// (see [`crate::clone`]) and replays the log from there.
+    CloneStart(Box<crate::clone::CloneStart>),
+    /// A chunk of the snapshot's RAM at `offset` (chunks that are all
+    /// zeroes are not sent).
+    Pages {
+        offset: u64,
+        encoding: crate::clone::PageEncoding,
+        data: Vec<u8>,
+    },
+    /// The snapshot is whole: `chunks` were sent, and this is its digest.
+    CloneEnd { chunks: u64, digest: [u8; 32] },
+    /// A cloned backup has caught up: from the entry `through` on, the
+    /// primary's outputs wait for its acknowledgements, so it may take
+    /// over. A clone that has not received this must never go live (the
+    /// primary released outputs without waiting for it).
+    Protected { through: u64 },
+}
+
+impl Message {
+    /// The variant's name, for errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::Hello { .. } => "Hello",
+            Message::Proof { .. } => "Proof",
+            Message::Entries { .. } => "Entries",
+            Message::Ack { .. } => "Ack",
+            Message::Heartbeat => "Heartbeat",
+            Message::Released { .. } => "Released",
+            Message::CloneStart(_) => "CloneStart",
+            Message::Pages { .. } => "Pages",
+            Message::CloneEnd { .. } => "CloneEnd",
+            Message::Protected { .. } => "Protected",
+        }
+    }
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -458,20 +494,9 @@ impl Handshake {
             }
             (other, _) => Err(ChannelError::Unauthenticated(format!(
                 "unexpected {} during the handshake",
-                kind(other)
+                other.name()
             ))),
         }
-    }
-}
-
-fn kind(message: &Message) -> &'static str {
-    match message {
-        Message::Hello { .. } => "Hello",
-        Message::Proof { .. } => "Proof",
-        Message::Entries { .. } => "Entries",
-        Message::Ack { .. } => "Ack",
-        Message::Heartbeat => "Heartbeat",
-        Message::Released { .. } => "Released",
     }
 }
 

@@ -12,6 +12,7 @@
 //! - [`primary`]: the output rule and flow control;
 //! - [`backup`]: log bytes acknowledged on receipt, replayed from the
 //!   buffer;
+//! - [`clone`]: a running VM's snapshot streamed to a new backup;
 //! - [`detector`]: heartbeats and silence;
 //! - [`golive`]: the backup's drain, test-and-set and go-live.
 //!
@@ -24,6 +25,7 @@
 
 pub mod backup;
 pub mod channel;
+pub mod clone;
 pub mod detector;
 pub mod golive;
 pub mod primary;

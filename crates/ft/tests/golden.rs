@@ -11,11 +11,13 @@
 //! of another version is told so at the handshake instead of misreading
 //! frames.
 
+use ftvm_board::{DeviceKind, Engine};
 use ftvm_ft::channel::{
     self, CHANNEL_FRAME_MAX, CHANNEL_VERSION, ChannelError, FrameDecoder, HANDSHAKE_FRAME_MAX,
     Handshake, Message, Role, Session, Step, channel_key,
 };
-use ftvm_replay::format::{FRAME_MAX, frame_header};
+use ftvm_ft::clone::{CloneStart, PageEncoding};
+use ftvm_replay::format::{FRAME_MAX, FileId, MachineId, frame_header};
 
 const CHANGED: &str = "THE LOGGING CHANNEL FORMAT CHANGED (crates/ft/src/channel.rs)";
 const IF_INTENDED: &str = "If this change is intended, bump CHANNEL_VERSION in \
@@ -34,11 +36,11 @@ const GOLDEN_KEY: &str = "0b6058b08fcf89b82bde9d25129195257764c9270a5bedf978fdea
 
 /// The handshake's frames, as `channel::encode` puts them on the wire.
 const GOLDEN_PRIMARY_HELLO: &str = concat!(
-    "1e000000877e23af00020009766d2d676f6c64656e0710111213141516171819",
+    "1e000000a2b5f85800030009766d2d676f6c64656e0710111213141516171819",
     "1a1b1c1d1e1f",
 );
 const GOLDEN_BACKUP_HELLO: &str = concat!(
-    "1e000000d1318f8800020109766d2d676f6c64656e07e0e1e2e3e4e5e6e7e8e9",
+    "1e000000f4fa547f00030109766d2d676f6c64656e07e0e1e2e3e4e5e6e7e8e9",
     "eaebecedeeef",
 );
 const GOLDEN_PRIMARY_PROOF: &str = concat!(
@@ -54,9 +56,9 @@ const GOLDEN_BACKUP_PROOF: &str = concat!(
 const GOLDEN_SEALED_BY_PRIMARY: [&str; KINDS] = [
     // Hello
     concat!(
-        "3e0000005f2144e000020009766d2d676f6c64656e0710111213141516171819",
-        "1a1b1c1d1e1f0b7c33ec1b31def26ae0b2f765397a327cb3302bfc26a1942673",
-        "17a7da0c6845",
+        "3e000000d6f3882000030009766d2d676f6c64656e0710111213141516171819",
+        "1a1b1c1d1e1fdafa11f96ec46ae147ddcff7abea56d12d5ddf2a17acfd5c3286",
+        "70c6f6438cad",
     ),
     // Proof
     concat!(
@@ -85,14 +87,41 @@ const GOLDEN_SEALED_BY_PRIMARY: [&str; KINDS] = [
         "240000002542a9d505cd8306056bef7c2fb9280a67e24022d124779496feeb93",
         "03811f2bacd0ddc13f1e4908",
     ),
+    // CloneStart
+    concat!(
+        "c60000009fda4b53068001010666772e62696e80200101010101010101010101",
+        "01010101010101010101010101010101010101010105496d6167658080400202",
+        "020202020202020202020202020202020202020202020202020202020202000d",
+        "636f6e736f6c653d747479533064020080100202000000000000808080402800",
+        "0306090c0f1215181b1e2124272a2d303336393c3f4245484b4e5154575a5d60",
+        "6366696c6f727580e497d012e121341dcf1bb3708402a32067745b4511c1844c",
+        "0e7a9d4188d6278460bc86f66b69",
+    ),
+    // Pages
+    concat!(
+        "3e0000005aef510e07808004011800070e151c232a31383f464d545b62697077",
+        "7e858c939aa1c62131f6fb3d5d3ef0d385615e0285993d2a0d082fcb5a2840a4",
+        "9e5521509e16",
+    ),
+    // CloneEnd
+    concat!(
+        "42000000c22f8540084d000102030405060708090a0b0c0d0e0f101112131415",
+        "161718191a1b1c1d1e1f06408c07ae13382624e99e3a4461fc236ffab3c39e44",
+        "28bc25d1f88d562f897a",
+    ),
+    // Protected
+    concat!(
+        "2300000072eb948f09e70710fc28a05a74e3686e498261d51907c2c90e613b1d",
+        "dfd34c8a80c67e8ba8d8a9",
+    ),
 ];
 /// `messages(Role::Backup)` sealed by the backup, in order.
 const GOLDEN_SEALED_BY_BACKUP: [&str; KINDS] = [
     // Hello
     concat!(
-        "3e0000004babd24a00020109766d2d676f6c64656e07e0e1e2e3e4e5e6e7e8e9",
-        "eaebecedeeef405702d0e20c05213c2870b1d81d0cac691dec6bdf241e9e2960",
-        "4e456eb747aa",
+        "3e00000033076f0c00030109766d2d676f6c64656e07e0e1e2e3e4e5e6e7e8e9",
+        "eaebecedeeefe94bd3019797c2ef4a17bce5d459b19e6287717ff40483523386",
+        "edd9749f5b8b",
     ),
     // Proof
     concat!(
@@ -121,11 +150,38 @@ const GOLDEN_SEALED_BY_BACKUP: [&str; KINDS] = [
         "24000000a2f8473f05cd8406c75f6152d6da5d78271f72ee5523645f79e66fbc",
         "d536bf61f434c8e32594987c",
     ),
+    // CloneStart
+    concat!(
+        "c60000004b5ed1b3068001010666772e62696e80208181818181818181818181",
+        "81818181818181818181818181818181818181818105496d6167658080408282",
+        "828282828282828282828282828282828282828282828282828282828282000d",
+        "636f6e736f6c653d747479533064020080100202000000008000808080402880",
+        "8386898c8f9295989b9ea1a4a7aaadb0b3b6b9bcbfc2c5c8cbced1d4d7dadde0",
+        "e3e6e9eceff2f580e597d012e122f43d7019593a9ae53d9b9a3461ae35537cd9",
+        "c5c8ae5ea302a76902e56e8b548c",
+    ),
+    // Pages
+    concat!(
+        "3e00000005ac5c0107808004011880878e959ca3aab1b8bfc6cdd4dbe2e9f0f7",
+        "fe050c131a21a5f15f210fcca623880f7c0f58e8b6014942045ac812d232beac",
+        "b349b33a5352",
+    ),
+    // CloneEnd
+    concat!(
+        "4300000073ba598408cd01808182838485868788898a8b8c8d8e8f9091929394",
+        "95969798999a9b9c9d9e9f6403a11d896ad6b422bf992bf3296be06a57da8d71",
+        "e4af7669fa55ab28e85805",
+    ),
+    // Protected
+    concat!(
+        "23000000419bbf7709e70831c3c9787c2dd64de31b5b58e23388602719fda3ea",
+        "93f858de3a11508f8471b9",
+    ),
 ];
 
 // ---------------------------------------------------------------- fixtures
 
-const KINDS: usize = 6;
+const KINDS: usize = 10;
 
 fn nonce(role: Role) -> [u8; 16] {
     std::array::from_fn(|i| match role {
@@ -163,6 +219,47 @@ fn messages(from: Role) -> [Message; KINDS] {
         Message::Released {
             console: 98_765 + u64::from(salt),
         },
+        Message::CloneStart(Box::new(CloneStart {
+            machine: MachineId {
+                memory_mib: 128,
+                firmware: Some(FileId {
+                    path: "fw.bin".into(),
+                    len: 4096,
+                    blake3: [salt | 1; 32],
+                }),
+                kernel: FileId {
+                    path: "Image".into(),
+                    len: 1 << 20,
+                    blake3: [salt | 2; 32],
+                },
+                initrd: None,
+                append: "console=ttyS0".into(),
+                insns_per_tick: 100,
+                virtio: vec![
+                    DeviceKind::Block { sectors: 2048 },
+                    DeviceKind::Net {
+                        mac: [2, 0, 0, 0, 0, salt],
+                    },
+                ],
+            },
+            engine: Engine::Interpreter,
+            ram_size: 128 << 20,
+            state: (0..40).map(|i| salt ^ (i * 3) as u8).collect(),
+            icount_base: 5_000_000_000 + u64::from(salt),
+            console_offset: 4_321 + u64::from(salt),
+        })),
+        Message::Pages {
+            offset: 64 << 10,
+            encoding: PageEncoding::Lz4,
+            data: (0..24).map(|i| salt ^ (i * 7) as u8).collect(),
+        },
+        Message::CloneEnd {
+            chunks: 77 + u64::from(salt),
+            digest: std::array::from_fn(|i| salt ^ i as u8),
+        },
+        Message::Protected {
+            through: 999 + u64::from(salt),
+        },
     ];
     // A new kind of message must be added here (and pinned).
     for m in &messages {
@@ -172,7 +269,11 @@ fn messages(from: Role) -> [Message; KINDS] {
             | Message::Entries { .. }
             | Message::Ack { .. }
             | Message::Heartbeat
-            | Message::Released { .. } => {}
+            | Message::Released { .. }
+            | Message::CloneStart(_)
+            | Message::Pages { .. }
+            | Message::CloneEnd { .. }
+            | Message::Protected { .. } => {}
         }
     }
     messages
@@ -252,14 +353,7 @@ fn assert_golden_sealed(name: &str, golden: &[&str; KINDS], actual: &[Vec<u8>]) 
 }
 
 fn kind(message: &Message) -> &'static str {
-    match message {
-        Message::Hello { .. } => "Hello",
-        Message::Proof { .. } => "Proof",
-        Message::Entries { .. } => "Entries",
-        Message::Ack { .. } => "Ack",
-        Message::Heartbeat => "Heartbeat",
-        Message::Released { .. } => "Released",
-    }
+    message.name()
 }
 
 /// Pass `wire` through a receiver's decoder: the message in it.
@@ -410,7 +504,7 @@ fn flip(frame: &[u8], at: usize, bit: u32, fix_crc: bool) -> Vec<u8> {
 #[test]
 fn the_frame_limits_and_the_key_derivation_are_pinned() {
     assert_eq!(
-        CHANNEL_VERSION, 2,
+        CHANNEL_VERSION, 3,
         "{CHANGED}: the channel's version. Update this test with the golden constants."
     );
     assert_eq!(

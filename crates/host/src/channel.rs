@@ -139,6 +139,9 @@ impl Channel {
         stream
             .set_write_timeout(Some(write_timeout.max(Duration::from_millis(1))))
             .map_err(|e| HostError::io("the logging channel", e))?;
+        stream
+            .set_read_timeout(None)
+            .map_err(|e| HostError::io("the logging channel", e))?;
         let reader = stream
             .try_clone()
             .map_err(|e| HostError::io("the logging channel", e))?;
@@ -147,6 +150,44 @@ impl Channel {
             .spawn(move || read_frames(reader, decoder, sink))
             .map_err(|e| HostError::io("starting the channel's reader", e))?;
         Ok(())
+    }
+
+    /// Fail a write that waits longer than `timeout` (before the reader
+    /// thread starts, which sets it too): a peer that stops reading must
+    /// not block a sender for ever.
+    pub fn set_write_timeout(&self, timeout: Duration) -> Result<(), HostError> {
+        if let Some(stream) = &self.stream {
+            stream
+                .set_write_timeout(Some(timeout.max(Duration::from_millis(1))))
+                .map_err(|e| HostError::io("the logging channel", e))?;
+        }
+        Ok(())
+    }
+
+    /// The next message, read here (before the reader thread starts: a
+    /// new backup takes a clone's snapshot so); past `timeout` of silence
+    /// the wait fails.
+    pub fn recv_blocking(&mut self, timeout: Duration) -> Result<Message, HostError> {
+        let (Some(stream), Some(decoder)) = (&mut self.stream, &mut self.decoder) else {
+            return Err(HostError::Config("the logging channel is closed".into()));
+        };
+        let io = |e| HostError::io("reading the logging channel", e);
+        stream
+            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
+            .map_err(io)?;
+        let mut buffer = [0u8; 1 << 16];
+        loop {
+            if let Some(frame) = decoder.next_frame()? {
+                return Ok(self.session.open(&frame)?);
+            }
+            let n = stream.read(&mut buffer).map_err(io)?;
+            if n == 0 {
+                return Err(HostError::Config(
+                    "the primary closed the logging channel".into(),
+                ));
+            }
+            decoder.push(&buffer[..n]);
+        }
     }
 
     pub fn is_open(&self) -> bool {

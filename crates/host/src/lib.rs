@@ -12,6 +12,9 @@
 //! - [`pair`]: a VM of a pair as a process (`ftvm primary`, `ftvm
 //!   backup`): connecting, waiting, the pre-shared key, the arbiter;
 //! - [`channel`]: the logging channel over TCP (handshake, reader thread);
+//! - [`clone`]: streaming a running VM's snapshot to a new backup, and
+//!   taking it; [`control`]: the socket through which a VM is asked to
+//!   clone itself;
 //! - [`io`]: the machine's devices on this host (disk images, entropy,
 //!   the network card's backend), inline or in an I/O thread;
 //! - [`arbiter`]: the test-and-set stores (a file on shared storage,
@@ -26,7 +29,9 @@
 pub mod arbiter;
 pub mod channel;
 pub mod clock;
+pub mod clone;
 pub mod console;
+pub mod control;
 pub mod files;
 pub mod io;
 pub mod pair;

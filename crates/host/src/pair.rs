@@ -17,6 +17,7 @@ use crate::HostError;
 use crate::arbiter::{Arbiter, EtcdArbiter, FileArbiter};
 use crate::channel::{Channel, Credentials};
 use crate::clock::Clock;
+use crate::clone::First;
 use crate::console::ConsoleFile;
 use crate::files::HostFiles;
 use crate::io::{Disk, HostIo};
@@ -97,6 +98,8 @@ pub struct PairOptions {
     /// Where `ftvm console` types.
     pub console_socket: Option<PathBuf>,
     pub status_file: Option<PathBuf>,
+    /// Where `ftvm protect` and the agent ask this VM to clone itself.
+    pub control_socket: Option<PathBuf>,
     /// Set by SIGTERM/SIGINT.
     pub stop: Arc<AtomicBool>,
 }
@@ -151,14 +154,18 @@ fn vm_host(
     host.stdout = Stdout::BestEffort;
     host.status_file = options.status_file.map(StatusFile::new);
     host.role = Some(role.to_string());
+    host.name = Some(options.name.clone());
+    host.key = Some(options.key);
+    host.control = options.control_socket;
     Ok(host)
 }
 
 /// Say `state` in the status file before the run loop does.
-fn early_status(path: Option<&Path>, state: VmState, role: &str) {
+fn early_status(path: Option<&Path>, state: VmState, role: &str, name: &str) {
     if let Some(path) = path {
         StatusFile::new(path).write(&StatusLine {
             role: Some(role.to_string()),
+            name: Some(name.to_string()),
             ..StatusLine::new(state, std::process::id())
         });
     }
@@ -181,6 +188,7 @@ pub fn primary(
         options.status_file.as_deref(),
         VmState::Connecting,
         "primary",
+        &options.name,
     );
     let credentials = Credentials {
         pair: &config.pair,
@@ -213,17 +221,23 @@ pub fn backup(
         write_atomically(path, format!("{addr}\n").as_bytes())
             .map_err(|e| HostError::io(format!("writing {}", path.display()), e))?;
     }
-    early_status(options.status_file.as_deref(), VmState::Waiting, "backup");
+    early_status(
+        options.status_file.as_deref(),
+        VmState::Waiting,
+        "backup",
+        &options.name,
+    );
     tracing::info!(%addr, "waiting for the primary");
     let credentials = Credentials {
         pair: &config.pair,
         epoch: config.epoch,
         key: options.key,
     };
-    let Some(channel) = Channel::accept(&listener, &options.stop, &credentials)? else {
+    let Some(mut channel) = Channel::accept(&listener, &options.stop, &credentials)? else {
         if let Some(path) = &options.status_file {
             StatusFile::new(path).write(&StatusLine {
                 role: Some("backup".into()),
+                name: Some(options.name.clone()),
                 halt: Some(ftvm_node::HaltCode::Stopped),
                 ..StatusLine::new(VmState::Halted, std::process::id())
             });
@@ -231,8 +245,38 @@ pub fn backup(
         return Ok(None);
     };
     drop(listener);
+    // The primary's first words: its log from the machine's start, or a
+    // clone of its running machine.
+    let wait = Duration::from_millis(config.detector.timeout_ms.saturating_mul(5))
+        .max(Duration::from_secs(10));
+    let status_path = options.status_file.clone();
+    let first = crate::clone::receive(&mut channel, wait, |progress| {
+        if let Some(path) = &status_path {
+            StatusFile::new(path).write(&StatusLine {
+                role: Some("backup".into()),
+                name: Some(options.name.clone()),
+                epoch: Some(config.epoch),
+                clone: Some(progress),
+                ..StatusLine::new(VmState::Waiting, std::process::id())
+            });
+        }
+    })
+    .map_err(|e| e.context("taking the primary's first messages"))?;
     let clock = Clock::new(None);
-    let node = Node::backup(config, Box::new(HostFiles), clock.now());
+    let node = match first {
+        First::Clone(cloned) => {
+            tracing::info!(
+                icount = cloned.snapshot.icount(),
+                "restoring the primary's clone"
+            );
+            Node::backup_from_clone(config, Box::new(HostFiles), *cloned, clock.now())?
+        }
+        First::Message(message) => {
+            let mut node = Node::backup(config, Box::new(HostFiles), clock.now());
+            node.receive(&message, clock.now());
+            node
+        }
+    };
     let host = vm_host(clock, io, frames, channel, options, "backup")?;
     crate::vm::run(node, host).map(Some)
 }

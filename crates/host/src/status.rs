@@ -38,6 +38,9 @@ pub enum VmState {
     /// Running the guest alone: a primary whose backup failed, or a backup
     /// that went live.
     Live,
+    /// Running the guest and cloning a new backup, which does not protect
+    /// it yet.
+    Cloning,
     /// Stopped for good without ending the pair (see `halt`).
     Halted,
     /// The pair ended cleanly.
@@ -48,12 +51,13 @@ pub enum VmState {
 }
 
 impl VmState {
-    pub const ALL: [VmState; 8] = [
+    pub const ALL: [VmState; 9] = [
         VmState::Connecting,
         VmState::Waiting,
         VmState::Primary,
         VmState::Backup,
         VmState::Live,
+        VmState::Cloning,
         VmState::Halted,
         VmState::Ended,
         VmState::Dead,
@@ -66,6 +70,7 @@ impl VmState {
             VmState::Primary => "primary",
             VmState::Backup => "backup",
             VmState::Live => "live",
+            VmState::Cloning => "cloning",
             VmState::Halted => "halted",
             VmState::Ended => "ended",
             VmState::Dead => "dead",
@@ -78,6 +83,7 @@ impl VmState {
             Status::Primary | Status::Arbitrating => VmState::Primary,
             Status::Backup | Status::TakingOver => VmState::Backup,
             Status::Live => VmState::Live,
+            Status::Cloning => VmState::Cloning,
             Status::Halted(_) => VmState::Halted,
             Status::Ended(_) => VmState::Ended,
         }
@@ -86,7 +92,7 @@ impl VmState {
     /// Whether a VM in this state runs the guest (the one to type into,
     /// and to stop).
     pub fn runs_the_guest(self) -> bool {
-        matches!(self, VmState::Primary | VmState::Live)
+        matches!(self, VmState::Primary | VmState::Live | VmState::Cloning)
     }
 
     /// Whether the process has said it is done.
@@ -177,6 +183,54 @@ fn parse_verdict(s: &str) -> Result<Verdict, StatusError> {
     }
 }
 
+/// Where a clone of this VM stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CloneStage {
+    /// Connecting to the new backup and proving the key.
+    Connecting,
+    /// Sending the snapshot.
+    Sending,
+    /// The new backup restores and replays; outputs do not wait for it.
+    CatchingUp,
+}
+
+impl CloneStage {
+    pub const ALL: [CloneStage; 3] = [
+        CloneStage::Connecting,
+        CloneStage::Sending,
+        CloneStage::CatchingUp,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloneStage::Connecting => "connecting",
+            CloneStage::Sending => "sending",
+            CloneStage::CatchingUp => "catching-up",
+        }
+    }
+}
+
+impl FromStr for CloneStage {
+    type Err = StatusError;
+
+    fn from_str(s: &str) -> Result<CloneStage, StatusError> {
+        CloneStage::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| StatusError::Field("clone", s.to_string()))
+    }
+}
+
+/// A clone in progress: `clone=sending clone-mib=12.5/128`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CloneProgress {
+    pub stage: CloneStage,
+    /// RAM looked at so far, and in all.
+    pub done_mib: f64,
+    pub total_mib: f64,
+}
+
 /// A VM's running numbers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Measures {
@@ -205,6 +259,9 @@ pub struct StatusLine {
     pub pid: u32,
     /// What the VM was started as (`primary`, `backup`).
     pub role: Option<String>,
+    /// Its name in the pair's state directory (`primary`, `backup`, then
+    /// `vm3`, `vm4`... for the backups cloned later).
+    pub name: Option<String>,
     pub epoch: Option<u64>,
     /// For a dead VM: the state its file said last.
     pub was: Option<VmState>,
@@ -222,6 +279,12 @@ pub struct StatusLine {
     pub announced: bool,
     /// Why its logging channel was given up.
     pub channel: Option<ChannelClose>,
+    /// New backups cloned from it that caught up.
+    pub clones: u32,
+    /// How long the guest stood still for its last clone's snapshot.
+    pub clone_pause_ms: Option<f64>,
+    /// A clone in progress.
+    pub clone: Option<CloneProgress>,
     pub measures: Option<Measures>,
 }
 
@@ -232,6 +295,7 @@ impl StatusLine {
             state,
             pid,
             role: None,
+            name: None,
             epoch: None,
             was: None,
             halt: None,
@@ -240,6 +304,9 @@ impl StatusLine {
             took_over: false,
             announced: false,
             channel: None,
+            clones: 0,
+            clone_pause_ms: None,
+            clone: None,
             measures: None,
         }
     }
@@ -268,6 +335,9 @@ pub enum StatusError {
 impl fmt::Display for StatusLine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} pid={}", self.state, self.pid)?;
+        if let Some(name) = &self.name {
+            write!(f, " name={name}")?;
+        }
         if let Some(role) = &self.role {
             write!(f, " role={role}")?;
         }
@@ -310,6 +380,21 @@ impl fmt::Display for StatusLine {
         if let Some(channel) = self.channel {
             write!(f, " channel={}", channel.as_str())?;
         }
+        if let Some(clone) = &self.clone {
+            write!(
+                f,
+                " clone={} clone-mib={:.1}/{:.1}",
+                clone.stage.as_str(),
+                clone.done_mib,
+                clone.total_mib
+            )?;
+        }
+        if self.clones > 0 {
+            write!(f, " clones={}", self.clones)?;
+        }
+        if let Some(ms) = self.clone_pause_ms {
+            write!(f, " clone-pause-ms={ms:.2}")?;
+        }
         Ok(())
     }
 }
@@ -342,6 +427,8 @@ impl FromStr for StatusLine {
         let mut pid = None;
         let mut m = Measures::default();
         let mut measured = false;
+        let mut clone_stage = None;
+        let mut clone_mib = (0.0, 0.0);
         for word in words {
             let Some((key, value)) = word.split_once('=') else {
                 return Err(StatusError::Field("field", word.to_string()));
@@ -349,6 +436,7 @@ impl FromStr for StatusLine {
             match key {
                 "pid" => pid = Some(field("pid", value)?),
                 "role" => status.role = Some(value.to_string()),
+                "name" => status.name = Some(value.to_string()),
                 "was" => status.was = Some(value.parse()?),
                 "epoch" => status.epoch = Some(field("epoch", value)?),
                 "halt" => {
@@ -363,6 +451,15 @@ impl FromStr for StatusLine {
                 "took-over" => status.took_over = value == "yes",
                 "announced" => status.announced = value == "yes",
                 "channel" => status.channel = Some(value.parse()?),
+                "clone" => clone_stage = Some(value.parse()?),
+                "clone-mib" => {
+                    let (done, total) = value
+                        .split_once('/')
+                        .ok_or_else(|| StatusError::Field("clone-mib", value.to_string()))?;
+                    clone_mib = (field("clone-mib", done)?, field("clone-mib", total)?);
+                }
+                "clones" => status.clones = field("clones", value)?,
+                "clone-pause-ms" => status.clone_pause_ms = Some(field("clone-pause-ms", value)?),
                 "lag" => m.lag_entries = field("lag", value)?,
                 "lag-ms" => m.lag_ms = field("lag-ms", value)?,
                 "log-mbit-s" => m.log_mbit_s = field("log-mbit-s", value)?,
@@ -377,6 +474,11 @@ impl FromStr for StatusLine {
             measured |= MEASURES.contains(&key);
         }
         status.pid = pid.ok_or(StatusError::NoPid)?;
+        status.clone = clone_stage.map(|stage| CloneProgress {
+            stage,
+            done_mib: clone_mib.0,
+            total_mib: clone_mib.1,
+        });
         status.measures = measured.then_some(m);
         Ok(status)
     }
@@ -531,6 +633,7 @@ mod tests {
             state: VmState::Live,
             pid: 31803,
             role: Some("backup".into()),
+            name: Some("vm3".into()),
             epoch: Some(3),
             was: None,
             halt: Some(HaltCode::LostTestAndSet),
@@ -539,6 +642,13 @@ mod tests {
             took_over: true,
             announced: true,
             channel: Some(ChannelClose::Forged),
+            clones: 2,
+            clone_pause_ms: Some(7.25),
+            clone: Some(CloneProgress {
+                stage: CloneStage::CatchingUp,
+                done_mib: 12.5,
+                total_mib: 128.0,
+            }),
             measures: Some(Measures {
                 lag_entries: 4,
                 lag_ms: 2.5,

@@ -36,7 +36,9 @@ use crate::HostError;
 use crate::arbiter::{Arbiter, ArbiterThread};
 use crate::channel::{Channel, ChannelEvent};
 use crate::clock::Clock;
+use crate::clone::{CloneEvent, CloneTarget, CloneThread};
 use crate::console::ConsoleFile;
+use crate::control::{Reply, Request};
 use crate::io::{HostIo, IoJob, IoThread};
 use crate::status::{ChannelClose, Measures, StatusFile, StatusLine, VmState};
 use crate::terminal::{ConsoleEvent, RawMode};
@@ -84,10 +86,15 @@ pub struct VmHost {
     /// `ftvm run --record`: where the log goes.
     pub recording: Option<Box<dyn Write>>,
     pub status_file: Option<StatusFile>,
-    /// What this VM was started as, for its status line.
+    /// What this VM was started as, and its name, for its status line.
     pub role: Option<String>,
+    pub name: Option<String>,
     /// Set by SIGTERM/SIGINT: end cleanly.
     pub stop: Arc<AtomicBool>,
+    /// The pair's channel key, to clone this VM into a new backup.
+    pub key: Option<[u8; 32]>,
+    /// Where `ftvm protect` and the agent ask this VM (see [`control`]).
+    pub control: Option<PathBuf>,
 }
 
 impl VmHost {
@@ -106,7 +113,10 @@ impl VmHost {
             recording: None,
             status_file: None,
             role: None,
+            name: None,
             stop,
+            key: None,
+            control: None,
         }
     }
 }
@@ -121,7 +131,11 @@ enum Event {
     InputClosed,
     /// A frame for the guest, from the VM's network.
     Received(Vec<u8>),
-    Channel(ChannelEvent),
+    /// From the logging channel of that generation (a clone replaces the
+    /// channel; the old one's reader may still speak).
+    Channel(u64, ChannelEvent),
+    Control(Request, Sender<Reply>),
+    Clone(CloneEvent),
     /// The I/O thread's answer to a request.
     Done(Input),
     Verdict(Verdict),
@@ -149,6 +163,15 @@ impl Host for SliceHost<'_> {
     }
 }
 
+/// A clone of this VM in progress.
+struct CloneJob {
+    thread: CloneThread,
+    epoch: u64,
+    /// The buffer for the snapshot, while the machine waits for a
+    /// boundary with no I/O in flight.
+    buffer: Option<Vec<u8>>,
+}
+
 struct Vm {
     node: Node,
     clock: Clock,
@@ -159,12 +182,19 @@ struct Vm {
     channel: Option<Channel>,
     arbiter: Option<ArbiterThread>,
     pair: String,
-    epoch: u64,
+    /// The logging channel's generation: a clone's channel is the next.
+    generation: u64,
+    /// A sender for the threads the loop starts later (a clone's).
+    to_loop: Option<Sender<Event>>,
+    key: Option<[u8; 32]>,
+    clone: Option<CloneJob>,
+    clone_pause_ms: Option<f64>,
     console_file: Option<ConsoleFile>,
     stdout: Stdout,
     recording: Option<Box<dyn Write>>,
     status_file: Option<StatusFile>,
     role: Option<String>,
+    name: Option<String>,
     status_at: Instant,
     /// What the status line said last of the VM's story (its state, its
     /// milestones, its channel): a change is written at once.
@@ -181,6 +211,7 @@ struct Vm {
     has_net: bool,
     net_checked: bool,
     console_socket: Option<PathBuf>,
+    control_socket: Option<PathBuf>,
     _raw_mode: Option<RawMode>,
 }
 
@@ -204,14 +235,24 @@ pub fn run(node: Node, host: VmHost) -> Result<Node, HostError> {
         recording,
         status_file,
         role,
+        name,
         stop,
+        key,
+        control,
     } = host;
     let has_net = io.net.is_some();
     let polled_net = has_net && frames.is_none();
     if let Some(channel) = &mut channel {
         let timeout = Duration::from_millis(node.config().detector.timeout_ms);
         let to_loop = sink(&tx);
-        channel.start_reader(timeout, move |e| to_loop(Event::Channel(e)))?;
+        channel.start_reader(timeout, move |e| to_loop(Event::Channel(0, e)))?;
+    }
+    if let Some(path) = &control {
+        let to_loop = tx.clone();
+        crate::control::listen(path, move |request, reply| {
+            to_loop.send(Event::Control(request, reply)).is_ok()
+        })
+        .map_err(|e| HostError::io(format!("listening on {}", path.display()), e))?;
     }
     if let Some(frames) = frames {
         spawn_receiver(frames, {
@@ -266,11 +307,12 @@ pub fn run(node: Node, host: VmHost) -> Result<Node, HostError> {
                 .map_err(|e| HostError::io("starting the I/O thread", e))?,
         )
     };
-    // The loop keeps a sender of its own only through the threads: when
-    // they are all gone, waiting would be forever.
+    // The loop keeps a sender of its own only when it may start threads
+    // later (a clone's); otherwise, when the threads are all gone,
+    // waiting would be forever.
+    let to_loop = control.is_some().then(|| tx.clone());
     drop(tx);
     let pair = node.config().pair.clone();
-    let epoch = node.config().epoch;
     let vm = Vm {
         node,
         clock,
@@ -280,12 +322,17 @@ pub fn run(node: Node, host: VmHost) -> Result<Node, HostError> {
         channel,
         arbiter,
         pair,
-        epoch,
+        generation: 0,
+        to_loop,
+        key,
+        clone: None,
+        clone_pause_ms: None,
         console_file,
         stdout,
         recording,
         status_file,
         role,
+        name,
         status_at: Instant::now(),
         story: None,
         rate_sample: (Instant::now(), 0),
@@ -297,6 +344,7 @@ pub fn run(node: Node, host: VmHost) -> Result<Node, HostError> {
         has_net,
         net_checked: false,
         console_socket,
+        control_socket: control,
         _raw_mode: raw_mode,
     };
     vm.serve()
@@ -313,7 +361,10 @@ impl Vm {
         // Whatever happened, what the node decided last is said.
         let flushed = self.perform();
         self.report(true);
-        if let Some(path) = &self.console_socket {
+        for path in [&self.console_socket, &self.control_socket]
+            .into_iter()
+            .flatten()
+        {
             let _ = std::fs::remove_file(path);
         }
         if let Some(recording) = &mut self.recording {
@@ -336,6 +387,7 @@ impl Vm {
                 self.handle(event)?;
             }
             self.poll_net()?;
+            self.try_start_clone();
             self.node.tick(self.clock.now());
             self.perform()?;
             let ran = {
@@ -350,6 +402,12 @@ impl Vm {
                 self.node.run(&mut host)?
             };
             self.perform()?;
+            if self.clone.is_some() && !self.node.status().runs_the_guest()
+                || *self.node.status() == Status::Primary
+            {
+                // Caught up (the pair is whole again), or gone.
+                self.clone = None;
+            }
             self.report(false);
             match ran {
                 Ran::Busy => {}
@@ -440,7 +498,8 @@ impl Vm {
                     self.node.input(Input::NetReceive { frame }, now)?;
                 }
             }
-            Event::Channel(ChannelEvent::Frame(frame)) => {
+            Event::Channel(generation, _) if generation != self.generation => {}
+            Event::Channel(_, ChannelEvent::Frame(frame)) => {
                 let Some(channel) = &mut self.channel else {
                     return Ok(());
                 };
@@ -455,8 +514,150 @@ impl Vm {
                     Err((why, close)) => self.close_channel(&why, close),
                 }
             }
-            Event::Channel(ChannelEvent::Closed { why, close }) => self.close_channel(&why, close),
+            Event::Channel(_, ChannelEvent::Closed { why, close }) => {
+                self.close_channel(&why, close)
+            }
+            Event::Control(request, reply) => {
+                let _ = reply.send(self.control(request));
+            }
+            Event::Clone(event) => self.clone_event(event)?,
         }
+        Ok(())
+    }
+
+    /// A request on the control socket.
+    fn control(&mut self, request: Request) -> Reply {
+        match request {
+            Request::Clone { addr, epoch } => {
+                if self.clone.is_some() {
+                    return Err("a clone is in progress already".into());
+                }
+                if *self.node.status() != Status::Live {
+                    return Err(format!(
+                        "it is {}: only a VM that runs alone can be cloned",
+                        self.node.status().word()
+                    ));
+                }
+                if epoch <= self.node.config().epoch {
+                    return Err(format!(
+                        "epoch {epoch} is not newer than this VM's {}",
+                        self.node.config().epoch
+                    ));
+                }
+                let (Some(key), Some(to_loop)) = (self.key, self.to_loop.clone()) else {
+                    return Err("this VM has no pair key".into());
+                };
+                let ram_size = self.node.machine().map_or(0, |m| m.hart().ram().size());
+                let target = CloneTarget {
+                    addr: addr.clone(),
+                    pair: self.pair.clone(),
+                    epoch,
+                    key,
+                    timeout: Duration::from_millis(self.node.config().detector.timeout_ms)
+                        .max(Duration::from_secs(5)),
+                };
+                let thread = crate::clone::spawn(target, ram_size, Arc::clone(&self.stop), {
+                    move |event| to_loop.send(Event::Clone(event)).is_ok()
+                })
+                .map_err(|e| e.to_string())?;
+                tracing::info!(%addr, epoch, "cloning this VM");
+                self.clone = Some(CloneJob {
+                    thread,
+                    epoch,
+                    buffer: None,
+                });
+                Ok(format!("cloning to {addr}, epoch {epoch}"))
+            }
+        }
+    }
+
+    /// What the clone's thread reports.
+    fn clone_event(&mut self, event: CloneEvent) -> Result<(), HostError> {
+        match event {
+            CloneEvent::Ready(buffer) => {
+                if let Some(job) = &mut self.clone {
+                    job.buffer = Some(buffer);
+                }
+                self.try_start_clone();
+            }
+            CloneEvent::Sent {
+                channel,
+                digest,
+                bytes,
+                took,
+            } => {
+                let now = self.clock.now();
+                if !self.node.clone_sent(digest, now)? {
+                    self.clone = None;
+                    return Ok(());
+                }
+                tracing::info!(
+                    bytes,
+                    ms = took.as_millis() as u64,
+                    "the new backup has the snapshot"
+                );
+                if let Some(job) = &self.clone {
+                    job.thread.progress.catching_up();
+                }
+                self.install_channel(channel)?;
+            }
+            CloneEvent::Failed(why) => {
+                tracing::warn!("the clone failed: {why}");
+                eprintln!("ftvm: the clone failed: {why}");
+                self.node.clone_failed(&why);
+                self.clone = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// Capture the machine for a clone whose thread is ready, unless I/O
+    /// is in flight (then at a later boundary).
+    fn try_start_clone(&mut self) {
+        let Some(job) = &mut self.clone else {
+            return;
+        };
+        let Some(buffer) = &mut job.buffer else {
+            return;
+        };
+        let paused = Instant::now();
+        match self.node.start_clone(job.epoch, buffer, self.clock.now()) {
+            Ok(begun) => {
+                let pause = paused.elapsed();
+                self.clone_pause_ms = Some(pause.as_secs_f64() * 1e3);
+                tracing::info!(
+                    pause_us = pause.as_micros() as u64,
+                    "snapshot taken for the clone"
+                );
+                job.buffer = None;
+                if !job.thread.send(begun) {
+                    self.node.clone_failed("the clone's thread is gone");
+                    self.clone = None;
+                }
+            }
+            Err(refused) if refused.is_transient() => {}
+            Err(refused) => {
+                tracing::warn!("cannot clone: {refused}");
+                self.clone = None;
+            }
+        }
+    }
+
+    /// A clone's connection becomes the logging channel.
+    fn install_channel(&mut self, mut channel: Channel) -> Result<(), HostError> {
+        if let Some(old) = &mut self.channel {
+            old.close();
+        }
+        self.generation += 1;
+        let generation = self.generation;
+        let timeout = Duration::from_millis(self.node.config().detector.timeout_ms);
+        if let Some(to_loop) = self.to_loop.clone() {
+            channel.start_reader(timeout, move |e| {
+                to_loop.send(Event::Channel(generation, e)).is_ok()
+            })?;
+        }
+        self.channel = Some(channel);
+        self.channel_closed = None;
         Ok(())
     }
 
@@ -545,8 +746,16 @@ impl Vm {
                             }
                         }
                     },
+                    Effect::CloseChannel => {
+                        if let Some(channel) = &mut self.channel {
+                            channel.close();
+                        }
+                        self.channel = None;
+                        self.generation += 1;
+                        self.clone = None;
+                    }
                     Effect::TestAndSet => match &self.arbiter {
-                        Some(arbiter) if arbiter.ask(&self.pair, self.epoch) => {}
+                        Some(arbiter) if arbiter.ask(&self.pair, self.node.config().epoch) => {}
                         Some(_) => return Err(threads_gone("the arbiter's thread")),
                         None => {
                             return Err(HostError::Config(
@@ -622,7 +831,8 @@ impl Vm {
             state: VmState::of(status),
             pid: std::process::id(),
             role: self.role.clone(),
-            epoch: Some(self.epoch),
+            name: self.name.clone(),
+            epoch: Some(self.node.config().epoch),
             was: None,
             halt: match status {
                 Status::Halted(why) => Some(why.code()),
@@ -633,6 +843,9 @@ impl Vm {
             took_over: milestones.took_over,
             announced: milestones.announced,
             channel: self.channel_closed,
+            clones: milestones.clones,
+            clone_pause_ms: self.clone_pause_ms,
+            clone: self.clone.as_ref().map(|job| job.thread.progress.get()),
             measures: Some(Measures {
                 lag_entries: stats.lag_entries,
                 lag_ms: stats.lag_ns as f64 / 1e6,

@@ -28,6 +28,10 @@ pub enum HaltReason {
     /// backup would take over with its cable cut.
     #[error("the primary's VM has a network card, and this VM has no network: start it with --net")]
     NoNetwork,
+    /// A clone whose primary failed before it had caught up: the primary
+    /// released outputs without waiting for it, so it must not take over.
+    #[error("the primary failed before this clone had caught up: it cannot take over")]
+    NotCaughtUp,
 }
 
 impl HaltReason {
@@ -41,6 +45,7 @@ impl HaltReason {
             HaltReason::ReplayFailed(_) => HaltCode::ReplayFailed,
             HaltReason::CannotReplay(_) => HaltCode::CannotReplay,
             HaltReason::NoNetwork => HaltCode::NoNetwork,
+            HaltReason::NotCaughtUp => HaltCode::NotCaughtUp,
         }
     }
 }
@@ -55,10 +60,11 @@ pub enum HaltCode {
     ReplayFailed,
     CannotReplay,
     NoNetwork,
+    NotCaughtUp,
 }
 
 impl HaltCode {
-    pub const ALL: [HaltCode; 7] = [
+    pub const ALL: [HaltCode; 8] = [
         HaltCode::LostTestAndSet,
         HaltCode::Stopped,
         HaltCode::NothingToTakeOver,
@@ -66,6 +72,7 @@ impl HaltCode {
         HaltCode::ReplayFailed,
         HaltCode::CannotReplay,
         HaltCode::NoNetwork,
+        HaltCode::NotCaughtUp,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -77,16 +84,21 @@ impl HaltCode {
             HaltCode::ReplayFailed => "replay-failed",
             HaltCode::CannotReplay => "cannot-replay",
             HaltCode::NoNetwork => "no-network",
+            HaltCode::NotCaughtUp => "not-caught-up",
         }
     }
 
     /// Whether a VM may halt so in a healthy pair: it lost a fair race,
     /// was stopped, or its primary died before there was anything to take
-    /// over. Every other reason is a fault of the pair or of its host.
+    /// over (or before a clone had caught up). Every other reason is a
+    /// fault of the pair or of its host.
     pub fn is_expected(self) -> bool {
         matches!(
             self,
-            HaltCode::LostTestAndSet | HaltCode::Stopped | HaltCode::NothingToTakeOver
+            HaltCode::LostTestAndSet
+                | HaltCode::Stopped
+                | HaltCode::NothingToTakeOver
+                | HaltCode::NotCaughtUp
         )
     }
 }

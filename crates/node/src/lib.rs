@@ -39,6 +39,7 @@
 
 #![forbid(unsafe_code)]
 
+mod clone;
 mod halt;
 mod live;
 mod replaying;
@@ -50,6 +51,7 @@ use ftvm_ft::detector::{DetectorConfig, FailureDetector};
 use ftvm_ft::golive::Verdict;
 use ftvm_replay::{End, LogError};
 
+pub use clone::{CloneBegun, CloneRefused};
 pub use halt::{HaltCode, HaltReason};
 pub use stats::{Milestones, Stats};
 
@@ -176,6 +178,8 @@ pub enum Effect {
     /// Ask the arbiter for (pair, epoch) and hand the verdict to
     /// [`Node::verdict`], whenever it comes.
     TestAndSet,
+    /// Close the logging channel: the clone it led to was given up.
+    CloseChannel,
     /// Tell the network that the VM's card, with this MAC address, is now
     /// here: a backup that went live broadcasts it before any output, so
     /// the switches send the VM's traffic to it rather than to the dead
@@ -198,6 +202,10 @@ pub enum Status {
     /// Running alone: a VM started alone, a primary whose backup failed,
     /// or a backup that went live.
     Live,
+    /// Running, and cloning a new backup: logging to it, but not waiting
+    /// for it (its snapshot is on the way, or it is catching up). It
+    /// becomes a primary once the backup has caught up.
+    Cloning,
     /// Stopped for good without ending the pair: it lost the test-and-set
     /// or failed.
     Halted(HaltReason),
@@ -212,6 +220,7 @@ impl Status {
             Status::Primary | Status::Arbitrating => "primary",
             Status::Backup | Status::TakingOver => "backup",
             Status::Live => "live",
+            Status::Cloning => "cloning",
             Status::Halted(_) => "halted",
             Status::Ended(_) => "ended",
         }
@@ -225,7 +234,10 @@ impl Status {
     /// (which logs it) or a live VM's. A backup's guest hears the world
     /// only through the log.
     pub fn runs_the_guest(&self) -> bool {
-        matches!(self, Status::Primary | Status::Arbitrating | Status::Live)
+        matches!(
+            self,
+            Status::Primary | Status::Arbitrating | Status::Live | Status::Cloning
+        )
     }
 }
 
@@ -253,6 +265,8 @@ pub enum NodeError {
     Log(#[from] LogError),
     #[error("the machine: {0}")]
     Board(#[from] ftvm_board::BoardError),
+    #[error("the clone: {0}")]
+    Clone(String),
 }
 
 enum Mode {
@@ -278,6 +292,9 @@ pub struct Node {
     /// The digest the log's last checkpoint holds, when the run was
     /// logged: the state it ended in.
     final_digest: Option<ftvm_board::Digest>,
+    /// I/O requests handed to the host ([`Effect::Perform`]) whose answer
+    /// has not come: a clone's snapshot waits until there are none.
+    in_flight: std::collections::BTreeSet<u64>,
 }
 
 impl Node {
@@ -324,6 +341,7 @@ impl Node {
             stats: Stats::default(),
             ended_machine: None,
             final_digest: None,
+            in_flight: std::collections::BTreeSet::new(),
         }
     }
 
@@ -380,6 +398,11 @@ impl Node {
 
     /// Effects to carry out, in order.
     pub fn take_effects(&mut self) -> Vec<Effect> {
+        for effect in &self.effects {
+            if let Effect::Perform(request) = effect {
+                self.in_flight.insert(request.id());
+            }
+        }
         std::mem::take(&mut self.effects)
     }
 
@@ -452,6 +475,9 @@ impl Node {
     /// applied. An idle guest first sleeps until `time`. A backup ignores
     /// it: its guest hears the world only through the log.
     pub fn input(&mut self, input: Input, time: Time) -> Result<(), NodeError> {
+        if let Input::IoDone { id, .. } = &input {
+            self.in_flight.remove(id);
+        }
         self.wake(time)?;
         self.inject(input)
     }

@@ -16,7 +16,7 @@ use crate::{
 
 /// Instructions a primary runs on after the first console byte of a slice
 /// before it stops to send the log and hold the output: enough for a line.
-const OUTPUT_GRACE: u64 = 20_000;
+pub(crate) const OUTPUT_GRACE: u64 = 20_000;
 
 /// Largest piece of log sent in one message.
 const ENTRIES_CHUNK: usize = 8 << 20;
@@ -48,10 +48,24 @@ pub(crate) enum Role {
     Primary,
 }
 
+/// Where a primary stands with its backup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// A clone's snapshot is on its way: nothing is sent yet (the log's
+    /// header waits for the snapshot's digest), outputs do not wait.
+    Transferring,
+    /// The clone restores the snapshot and replays the log: the log flows,
+    /// outputs still do not wait for it, and it may not take over.
+    CatchingUp,
+    /// Outputs wait for the backup's acknowledgements: it may take over.
+    Protected,
+}
+
 /// The primary's side of the pair, while it has a backup: the output rule,
 /// flow control and arbitration.
 pub(crate) struct PairLink {
-    protocol: Primary<(u64, Held)>,
+    pub(crate) phase: Phase,
+    pub(crate) protocol: Primary<(u64, Held)>,
     /// The end logged, once the pair is ending.
     ending: Option<End>,
     arbitrating: bool,
@@ -65,6 +79,26 @@ struct Upkeep {
     last_checkpoint_ns: u64,
     checkpointed_icount: u64,
     last_flush_ns: u64,
+}
+
+impl PairLink {
+    pub(crate) fn new(config: &NodeConfig, phase: Phase) -> PairLink {
+        PairLink {
+            phase,
+            protocol: Primary::new(FlowLimits {
+                max_unacked_entries: config.max_unacked_entries,
+                max_lag_insns: insns_for_ns(config.max_lag_ns, NOMINAL_INSNS_PER_MS),
+            }),
+            ending: None,
+            arbitrating: false,
+            throttled: false,
+            retry_at: None,
+        }
+    }
+
+    fn holds_outputs(&self) -> bool {
+        self.phase == Phase::Protected
+    }
 }
 
 impl Upkeep {
@@ -82,8 +116,8 @@ pub(crate) struct Running {
     pub(crate) config: MachineConfig,
     /// The only way inputs reach the machine: logged when the run is
     /// recorded or has a backup, applied either way.
-    recorder: Recorder<Vec<u8>>,
-    pair: Option<PairLink>,
+    pub(crate) recorder: Recorder<Vec<u8>>,
+    pub(crate) pair: Option<PairLink>,
     upkeep: Upkeep,
     steering: Option<TimeSteering>,
     steering_origin_ns: u64,
@@ -91,12 +125,15 @@ pub(crate) struct Running {
     /// slices): the lag bound is time the backup needs to catch up, and
     /// catching up costs instructions, not guest time (an idle sleep
     /// replays at once).
-    insns_per_ms: f64,
+    pub(crate) insns_per_ms: f64,
     /// The current idle wait: its deadline in `mtime` ticks (none: only
     /// an input wakes the guest) and when it began (host ns).
     idle: Option<(Option<u64>, u64)>,
     /// A VM running alone that is ending (power-off, quit).
-    ended: Option<End>,
+    pub(crate) ended: Option<End>,
+    /// The machine's identity, once a clone needed it (hashing the images
+    /// takes milliseconds, and the guest stands still meanwhile).
+    pub(crate) machine_id: Option<MachineId>,
 }
 
 impl Running {
@@ -119,14 +156,16 @@ impl Running {
             insns_per_ms: NOMINAL_INSNS_PER_MS,
             idle: None,
             ended: None,
+            machine_id: None,
         }
     }
 
     pub(crate) fn deadline_ms(&self, detector: &FailureDetector) -> u64 {
         let retry_ms = |at: Option<u64>| at.map_or(u64::MAX, |ns| ns / 1_000_000);
         match &self.pair {
-            // Alone: `tick` has nothing to do.
+            // Alone, or no channel yet: `tick` has nothing to do.
             None => u64::MAX,
+            Some(p) if p.phase == Phase::Transferring => u64::MAX,
             // Once the backup is suspected only the arbiter matters (the
             // detector's deadline stays in the past).
             Some(p) if p.arbitrating => retry_ms(p.retry_at).min(detector.next_heartbeat()),
@@ -160,16 +199,7 @@ pub(crate) fn start(
         Role::Solo { .. } => None,
         Role::Primary => {
             machine.stop_after_output(Some(OUTPUT_GRACE));
-            Some(PairLink {
-                protocol: Primary::new(FlowLimits {
-                    max_unacked_entries: config.max_unacked_entries,
-                    max_lag_insns: insns_for_ns(config.max_lag_ns, NOMINAL_INSNS_PER_MS),
-                }),
-                ending: None,
-                arbitrating: false,
-                throttled: false,
-                retry_at: None,
-            })
+            Some(PairLink::new(&config, Phase::Protected))
         }
     };
     let status = if pair.is_some() {
@@ -188,6 +218,7 @@ pub(crate) fn start(
         insns_per_ms: NOMINAL_INSNS_PER_MS,
         idle: None,
         ended: None,
+        machine_id: None,
     };
     let mut node = Node::new(config, Mode::Running(Box::new(running)), status, time);
     node.inject(Input::WallClock {
@@ -242,7 +273,18 @@ impl Node {
                 sleep_ns: deadline.map(|t| t.saturating_mul(MTIME_TICK_NS).saturating_sub(waited)),
             });
         }
-        if let Some(pair) = &mut r.pair {
+        if r.pair
+            .as_ref()
+            .is_some_and(|p| p.phase == Phase::Transferring)
+            && r.recorder.bytes() > crate::clone::LOG_WHILE_SENDING_MAX
+        {
+            self.clone_failed("the log grew too large while the snapshot was sent");
+            return Ok(Ran::Busy);
+        }
+        let Mode::Running(r) = &mut self.mode else {
+            return Ok(Ran::Done);
+        };
+        if let Some(pair) = r.pair.as_mut().filter(|p| p.holds_outputs()) {
             let max_lag = insns_for_ns(self.config.max_lag_ns, r.insns_per_ms);
             pair.protocol.set_max_lag_insns(max_lag);
             match pair.protocol.pace() {
@@ -265,7 +307,7 @@ impl Node {
         let slice = if held { SHORT_SLICE } else { SLICE };
         // With output already waiting for the backup, more output is no more
         // urgent: it goes with the short slice's log, in one round trip.
-        if r.pair.is_some() {
+        if r.pair.as_ref().is_some_and(PairLink::holds_outputs) {
             r.machine.stop_after_output((!held).then_some(OUTPUT_GRACE));
         }
         let limit = self.config.max_insns.unwrap_or(u64::MAX);
@@ -363,7 +405,7 @@ impl Node {
         self.icount_base += r.machine.icount();
         r.recorder.reset(&r.machine)?;
         r.machine = Machine::new(&r.config)?;
-        if r.pair.is_some() {
+        if r.pair.as_ref().is_some_and(PairLink::holds_outputs) {
             r.machine.stop_after_output(Some(OUTPUT_GRACE));
         }
         r.steering = r.steering.as_ref().map(|_| TimeSteering::default());
@@ -402,7 +444,7 @@ impl Node {
                 bytes: console,
             });
         }
-        let paired = r.pair.is_some();
+        let holding = r.pair.as_ref().is_some_and(PairLink::holds_outputs);
         let mut perform = Vec::new();
         for request in requests {
             let is_output = match &request {
@@ -410,7 +452,7 @@ impl Node {
                 IoRequest::NetTransmit { .. } => true,
                 _ => false,
             };
-            match (is_output, paired) {
+            match (is_output, holding) {
                 (true, true) => held.push(Held::Io(request)),
                 // Alone, an output leaves at once.
                 (true, false) => {
@@ -437,7 +479,7 @@ impl Node {
             return Ok(answered);
         };
         match &mut r.pair {
-            Some(pair) => {
+            Some(pair) if pair.holds_outputs() => {
                 r.recorder.output(&r.machine)?;
                 let entries = r.recorder.entries();
                 for output in held {
@@ -445,6 +487,15 @@ impl Node {
                     {
                         release(&mut self.effects, &mut self.stats, output, 0);
                     }
+                }
+            }
+            // A clone that is catching up: the output leaves at once, and
+            // its marker in the log takes the clone to it before it could
+            // ever go live.
+            Some(_) => {
+                r.recorder.output(&r.machine)?;
+                for output in held {
+                    release(&mut self.effects, &mut self.stats, output, 0);
                 }
             }
             None => {
@@ -470,6 +521,12 @@ impl Node {
             return Ok(());
         };
         if !r.recorder.is_logging() {
+            return Ok(());
+        }
+        if r.pair
+            .as_ref()
+            .is_some_and(|p| p.phase == Phase::Transferring)
+        {
             return Ok(());
         }
         let Some(pair) = &mut r.pair else {
@@ -509,6 +566,12 @@ impl Node {
     /// limit, or the user stopped it: log the end (a last checkpoint, then
     /// the end entry).
     pub(crate) fn end(&mut self, end: End, time: Time) -> Result<(), NodeError> {
+        // A clone that cannot take over yet is given up: the VM ends alone.
+        if let Mode::Running(r) = &self.mode {
+            if r.pair.as_ref().is_some_and(|p| !p.holds_outputs()) {
+                self.clone_failed("the guest's run ended");
+            }
+        }
         let Mode::Running(r) = &mut self.mode else {
             return Ok(());
         };
@@ -583,6 +646,10 @@ impl Node {
                 let (entries, insns) = pair.protocol.lag();
                 self.stats.lag_entries = entries;
                 self.stats.lag_ns = ns_for_insns(insns, r.insns_per_ms);
+                let max_lag = insns_for_ns(self.config.max_lag_ns, r.insns_per_ms);
+                if pair.phase == Phase::CatchingUp && insns <= max_lag / 2 {
+                    self.clone_caught_up(time);
+                }
                 self.finish_ending();
             }
             Message::Heartbeat => {}
@@ -602,9 +669,17 @@ impl Node {
         let Some(pair) = &mut r.pair else {
             return;
         };
+        if pair.phase == Phase::Transferring {
+            return;
+        }
         if heartbeat {
             self.effects.push(Effect::Send(Message::Heartbeat));
             self.detector.sent(now);
+        }
+        if suspects && pair.phase == Phase::CatchingUp {
+            // It cannot take over: no arbiter is needed to drop it.
+            self.clone_failed("the new backup is silent");
+            return;
         }
         let retry = pair.retry_at.is_some_and(|at| time.mono_ns >= at);
         if (suspects && !pair.arbitrating) || retry {

@@ -7,9 +7,10 @@ use std::collections::{BTreeMap, VecDeque};
 use ftvm_board::{DeviceKind, ImageSource, Input, IoRequest, Machine, MachineConfig};
 use ftvm_ft::backup::Backup;
 use ftvm_ft::channel::Message;
+use ftvm_ft::clone::Cloned;
 use ftvm_ft::detector::FailureDetector;
 use ftvm_ft::golive::{Action, BackupState, GoLive, Verdict};
-use ftvm_replay::{Applied, Entry, Event, Output, ReplayError, ReplayMachine};
+use ftvm_replay::{Applied, Entry, Event, MachineId, Output, ReplayError, ReplayMachine};
 
 use crate::live::{ARBITER_RETRY_NS, Running};
 use crate::stats::{Held, release};
@@ -45,6 +46,13 @@ pub(crate) struct Replaying {
     /// Host time before which this backup must not go live (see
     /// [`Node::backup_tick`]).
     live_not_before_ns: u64,
+    /// Whether the primary's outputs wait for this backup, so it may take
+    /// over: from the start for a backup of a booting machine, from
+    /// [`Message::Protected`] on for a clone.
+    protected: bool,
+    /// A clone's log must start where its snapshot stands: the machine and
+    /// the digest its header must name, until it has arrived.
+    clone_header: Option<(MachineId, [u8; 32])>,
 }
 
 impl Replaying {
@@ -79,6 +87,8 @@ pub(crate) fn start(config: NodeConfig, images: Box<dyn ImageSource + Send>, tim
         peer_closed: false,
         live_not_before_ns: 0,
         retry_at: None,
+        protected: true,
+        clone_header: None,
     };
     Node::new(
         config,
@@ -86,6 +96,36 @@ pub(crate) fn start(config: NodeConfig, images: Box<dyn ImageSource + Send>, tim
         Status::Backup,
         time,
     )
+}
+
+/// A backup that starts from a clone's snapshot (see [`Node::backup_from_clone`]).
+pub(crate) fn start_from_clone(
+    config: NodeConfig,
+    images: Box<dyn ImageSource + Send>,
+    cloned: Cloned,
+    time: Time,
+) -> Result<Node, NodeError> {
+    let Cloned {
+        start: clone,
+        snapshot,
+    } = cloned;
+    let machine_config = clone
+        .machine
+        .config(config.engine, images.as_ref())
+        .map_err(|e| NodeError::Clone(format!("the primary's machine: {e}")))?;
+    let replay = ReplayMachine::from_snapshot(machine_config.clone(), &snapshot)?;
+    let digest = snapshot.digest().0;
+    let mut node = start(config, images, time);
+    if let Mode::Replaying(r) = &mut node.mode {
+        r.replay = Some((replay, machine_config));
+        r.protected = false;
+        r.clone_header = Some((clone.machine, digest));
+        r.released_console = clone.console_offset;
+    }
+    node.console_offset = clone.console_offset;
+    node.icount_base = clone.icount_base;
+    node.stats.icount = snapshot.icount();
+    Ok(node)
 }
 
 impl Node {
@@ -97,6 +137,11 @@ impl Node {
         if let Message::Released { console } = message {
             r.released_console = r.released_console.max(*console);
             trim_console_tail(&mut r.console_tail, self.console_offset, r.released_console);
+            return;
+        }
+        if let Message::Protected { through } = message {
+            tracing::info!(pair = %self.config.pair, through, "caught up: this backup protects the VM");
+            r.protected = true;
             return;
         }
         match r.backup.receive(message) {
@@ -127,6 +172,21 @@ impl Node {
             return Ok(());
         };
         if r.replay.is_some() {
+            let Some((machine, digest)) = &r.clone_header else {
+                return Ok(());
+            };
+            let header = match r.backup.header() {
+                Ok(Some(header)) => header,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(format!("the log's header: {e}")),
+            };
+            if header.machine != *machine {
+                return Err("the log is of another machine than the clone's".into());
+            }
+            if header.initial_digest != *digest {
+                return Err("the log does not start where the clone's snapshot stands".into());
+            }
+            r.clone_header = None;
             return Ok(());
         }
         let header = match r.backup.header() {
@@ -167,6 +227,11 @@ impl Node {
                 icount,
             }));
             self.detector.sent(now);
+        }
+        if suspects && r.golive.state() == BackupState::Replaying && !r.protected {
+            tracing::warn!(pair = %self.config.pair, "the primary is silent before this clone caught up");
+            self.halt(HaltReason::NotCaughtUp);
+            return;
         }
         if suspects && r.golive.state() == BackupState::Replaying {
             tracing::warn!(pair = %self.config.pair, "the primary is silent: draining the log");

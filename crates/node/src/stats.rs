@@ -46,6 +46,8 @@ pub struct Milestones {
     pub took_over: bool,
     /// It announced the VM's MAC address to the network.
     pub announced: bool,
+    /// New backups cloned from this VM that caught up and protect it.
+    pub clones: u32,
 }
 
 impl Stats {

@@ -422,6 +422,31 @@ mod tests {
         assert!(r.next().expect("end").is_none());
     }
 
+    /// A log whose header comes later holds its frames until then, and
+    /// the bytes are those of a log written with the header at once.
+    #[test]
+    fn a_deferred_header_gives_the_same_bytes() {
+        let events: Vec<(u64, Event)> = (0..3000u64)
+            .map(|i| (1_000_000 + i * 7, Event::Input(Input::ConsoleByte(i as u8))))
+            .collect();
+        let mut now = LogWriter::new(Vec::new(), &header()).expect("header");
+        let mut later = LogWriter::deferred(Vec::new());
+        for (icount, event) in &events {
+            now.push(*icount, event).expect("push");
+            later.push(*icount, event).expect("push");
+        }
+        later.flush().expect("flush");
+        assert!(later.get_ref().is_empty(), "nothing before the header");
+        assert!(!later.has_header());
+        later.write_header(&header()).expect("header");
+        assert!(later.write_header(&header()).is_err(), "once only");
+        assert_eq!(now.bytes(), later.bytes());
+        assert_eq!(
+            now.into_inner().expect("flush"),
+            later.into_inner().expect("flush")
+        );
+    }
+
     #[test]
     fn going_back_in_icount_is_refused_by_the_writer_and_changes_nothing() {
         let mut w = LogWriter::new(Vec::new(), &header()).expect("header");

@@ -38,6 +38,35 @@ impl<W: Write> Recorder<W> {
         })
     }
 
+    /// Start a log of a machine that continues from a snapshot (a clone's
+    /// new backup starts there): inputs are logged from now on, and the
+    /// log's bytes wait for [`Recorder::start_from`], which writes the
+    /// header once the snapshot's digest is known.
+    pub fn continuing(out: W) -> Recorder<W> {
+        Recorder {
+            log: Some(LogWriter::deferred(out)),
+        }
+    }
+
+    /// Write the header of a [`Recorder::continuing`] log: the machine,
+    /// the engine and the digest of the snapshot it continues from.
+    pub fn start_from(
+        &mut self,
+        machine_id: MachineId,
+        engine: Engine,
+        digest: Digest,
+    ) -> Result<(), LogError> {
+        let header = LogHeader {
+            machine: machine_id,
+            engine,
+            initial_digest: digest.0,
+        };
+        match &mut self.log {
+            Some(log) => log.write_header(&header),
+            None => Ok(()),
+        }
+    }
+
     pub fn is_logging(&self) -> bool {
         self.log.is_some()
     }

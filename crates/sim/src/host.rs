@@ -267,6 +267,13 @@ impl Sim {
                     }
                     self.perform(i, request)?;
                 }
+                // The simulated pair never clones.
+                Effect::CloseChannel => {
+                    return Err(self.violation(
+                        Invariant::Error,
+                        format!("{} closes a clone's channel it never had", host_name(i)),
+                    ));
+                }
                 // A VM of a pair never runs solo, so never records a log of
                 // its own.
                 Effect::Record(_) => {

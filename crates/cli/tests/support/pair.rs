@@ -97,6 +97,13 @@ impl PairStatus {
         self.vm(vm).map(|line| line.state)
     }
 
+    /// The line of the VM named `name` (`primary`, `backup`, `vm3`...).
+    pub fn named(&self, name: &str) -> Option<&StatusLine> {
+        self.vms
+            .iter()
+            .find(|line| line.name.as_deref() == Some(name))
+    }
+
     /// Whether `vm` is in `state` with `pid`.
     pub fn is(&self, vm: Vm, state: VmState, pid: u32) -> bool {
         self.vm(vm)
@@ -178,10 +185,20 @@ impl Pair {
     // -----------------------------------------------------------------
     // Starting
 
-    /// `ftvm up --state-dir DIR ARGS`; the pids of the primary and the
-    /// backup. (Both may not run any more: on a loaded host a pair can
-    /// fail over by itself at once.)
+    /// `ftvm up --state-dir DIR --no-restore ARGS`; the pids of the
+    /// primary and the backup. (Both may not run any more: on a loaded
+    /// host a pair can fail over by itself at once.) The tests of one
+    /// failover look at the survivor running alone, so no agent gives it
+    /// a new backup; [`Pair::up_restoring`] starts one.
     pub fn up<S: AsRef<OsStr>>(&mut self, args: &[S]) -> (u32, u32) {
+        let mut all: Vec<OsString> = vec!["--no-restore".into()];
+        all.extend(args.iter().map(|a| a.as_ref().to_os_string()));
+        self.up_restoring(&all)
+    }
+
+    /// `ftvm up --state-dir DIR ARGS`, with the agent that restores
+    /// redundancy after each failure.
+    pub fn up_restoring<S: AsRef<OsStr>>(&mut self, args: &[S]) -> (u32, u32) {
         let mut up = ftvm_with_guest();
         up.arg("up").arg("--state-dir").arg(&self.dir).args(args);
         self.commands.push(describe(&up));
@@ -577,8 +594,23 @@ impl Pair {
 
 impl Drop for Pair {
     fn drop(&mut self) {
-        for file in ["primary.status", "backup.status"] {
-            let _ = self.raw_status(file);
+        // The agent first, or it would start a VM for each one killed.
+        if let Some(pid) = std::fs::read_to_string(self.path("agent.pid"))
+            .ok()
+            .and_then(|text| text.trim().parse::<u32>().ok())
+        {
+            if process_alive(pid) && self.ours(pid) {
+                super::signal(pid, libc::SIGKILL);
+            }
+        }
+        let files = std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.ends_with(".status") && name != "switch.status");
+        for file in files.collect::<Vec<_>>() {
+            let _ = self.raw_status(&file);
         }
         let _ = self.switch_status();
         let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone();

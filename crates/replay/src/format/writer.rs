@@ -6,9 +6,12 @@ use super::{
     Event, FRAME_MAX, FRAME_TARGET, LogError, LogHeader, MAGIC, VERSION, Wire, frame_header, varint,
 };
 
-/// Writes a log: the header at once, entries batched into frames.
+/// Writes a log: the header at once (or, for a log that continues a
+/// snapshot, once its digest is known), entries batched into frames.
 pub struct LogWriter<W: Write> {
     out: W,
+    /// Frames written before the header: they follow it.
+    held: Option<Vec<u8>>,
     next_seq: u64,
     last_icount: u64,
     /// Entries not yet framed.
@@ -17,22 +20,51 @@ pub struct LogWriter<W: Write> {
 }
 
 impl<W: Write> LogWriter<W> {
-    pub fn new(mut out: W, header: &LogHeader) -> Result<LogWriter<W>, LogError> {
+    pub fn new(out: W, header: &LogHeader) -> Result<LogWriter<W>, LogError> {
+        let mut writer = LogWriter::deferred(out);
+        writer.write_header(header)?;
+        Ok(writer)
+    }
+
+    /// A log whose header is written later ([`LogWriter::write_header`]):
+    /// entries are taken at once and kept until then. A clone's log starts
+    /// at the snapshot, and the snapshot's digest, which the header holds,
+    /// is computed after the primary has run on.
+    pub fn deferred(out: W) -> LogWriter<W> {
+        LogWriter {
+            out,
+            held: Some(Vec::new()),
+            next_seq: 0,
+            last_icount: 0,
+            pending: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Write the header, then the frames held until now. Once only.
+    pub fn write_header(&mut self, header: &LogHeader) -> Result<(), LogError> {
+        let Some(held) = self.held.take() else {
+            return Err(LogError::Encode {
+                seq: self.next_seq,
+                reason: "the header is written already".into(),
+            });
+        };
         let payload = postcard::to_stdvec(header).map_err(|e| LogError::Encode {
             seq: 0,
             reason: format!("the header: {e}"),
         })?;
-        out.write_all(MAGIC)?;
-        out.write_all(&VERSION.to_le_bytes())?;
-        out.write_all(&frame_header(&payload))?;
-        out.write_all(&payload)?;
-        Ok(LogWriter {
-            out,
-            next_seq: 0,
-            last_icount: 0,
-            pending: Vec::new(),
-            bytes: 12 + 8 + payload.len() as u64,
-        })
+        self.out.write_all(MAGIC)?;
+        self.out.write_all(&VERSION.to_le_bytes())?;
+        self.out.write_all(&frame_header(&payload))?;
+        self.out.write_all(&payload)?;
+        self.out.write_all(&held)?;
+        self.bytes += 12 + 8 + payload.len() as u64;
+        Ok(())
+    }
+
+    /// Whether the header is written (frames reach the output).
+    pub fn has_header(&self) -> bool {
+        self.held.is_none()
     }
 
     /// Append an entry at `icount` (never less than the previous entry's,
@@ -78,8 +110,16 @@ impl<W: Write> LogWriter<W> {
         if self.pending.is_empty() {
             return Ok(());
         }
-        self.out.write_all(&frame_header(&self.pending))?;
-        self.out.write_all(&self.pending)?;
+        match &mut self.held {
+            Some(held) => {
+                held.extend_from_slice(&frame_header(&self.pending));
+                held.extend_from_slice(&self.pending);
+            }
+            None => {
+                self.out.write_all(&frame_header(&self.pending))?;
+                self.out.write_all(&self.pending)?;
+            }
+        }
         self.bytes += 8 + self.pending.len() as u64;
         self.pending.clear();
         Ok(())

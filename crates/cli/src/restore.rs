@@ -1,0 +1,340 @@
+//! Restoring redundancy on one host: `ftvm protect` and `ftvm agent`.
+//!
+//! When a VM of a pair dies, the survivor runs alone (`live`). To protect
+//! it again, a new backup is started on this host (`ftvm backup`, named
+//! `vm3`, `vm4`... in the state directory, with the options `ftvm up` gave
+//! the first one, kept in `plan.json`), and the survivor is asked through
+//! its control socket to clone itself into it, as the next epoch of the
+//! test-and-set. `ftvm protect` does that once; `ftvm agent`, which `ftvm
+//! up` starts, does it whenever the pair is down to one VM, retrying with
+//! a growing pause when a clone fails. The agent ends with the pair.
+//!
+//! Once the new backup has caught up, the status files of the VMs that
+//! died are moved to `gone/`, so `ftvm status` shows the pair as it is.
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use ftvm_host::control::{Request, ask};
+use ftvm_host::process::{process_alive, terminate};
+use ftvm_host::status::VmState;
+use serde::{Deserialize, Serialize};
+
+use crate::pair::{Vm, listening_addr, read_vms, spawn, spawn_child, start_order, wait_for};
+
+/// The file in the state directory that says how to start a backup.
+pub const PLAN: &str = "plan.json";
+/// Where the status files of VMs that were replaced go.
+pub const GONE: &str = "gone";
+/// The agent's pid, for `ftvm stop`.
+const AGENT_PID: &str = "agent.pid";
+
+/// How long a clone may take, from asking the survivor to the new backup
+/// having caught up.
+const CLONE_LIMIT: Duration = Duration::from_secs(120);
+
+/// What `ftvm up` gave the VMs of the pair, to start the next backup alike.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Plan {
+    /// Options every VM takes (key, arbiter, console, timeouts, network).
+    pub common: Vec<String>,
+    /// Options a backup takes besides (engine, shared disk).
+    pub backup: Vec<String>,
+    /// Why redundancy cannot be restored for this pair, if it cannot.
+    pub not_restorable: Option<String>,
+}
+
+impl Plan {
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self).context("encoding the plan")?;
+        std::fs::write(dir.join(PLAN), text)
+            .with_context(|| format!("writing {}", dir.join(PLAN).display()))
+    }
+
+    pub fn read(dir: &Path) -> Result<Plan> {
+        let path = dir.join(PLAN);
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "reading {} (the pair was not started with `ftvm up`)",
+                path.display()
+            )
+        })?;
+        serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))
+    }
+
+    /// The options of the VM named `name`: its files in `dir`, then the
+    /// common ones.
+    pub fn vm_args(&self, dir: &Path, name: &str) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec![
+            "--name".into(),
+            name.into(),
+            "--status-file".into(),
+            dir.join(format!("{name}.status")).into(),
+            "--console-socket".into(),
+            dir.join(format!("{name}.console")).into(),
+            "--control-socket".into(),
+            dir.join(format!("{name}.control")).into(),
+        ];
+        args.extend(self.common.iter().map(OsString::from));
+        args
+    }
+
+    /// `ftvm backup` for the VM `name` of the pairing `epoch`.
+    pub fn backup_args(&self, dir: &Path, name: &str, epoch: u64) -> Result<Vec<OsString>> {
+        let mut args: Vec<OsString> = vec![
+            "backup".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--addr-file".into(),
+            dir.join(format!("{name}.addr")).into(),
+            "--epoch".into(),
+            epoch.to_string().into(),
+        ];
+        args.extend(self.vm_args(dir, name));
+        args.extend(self.backup.iter().map(OsString::from));
+        Ok(args)
+    }
+}
+
+#[derive(Args)]
+pub struct ProtectArgs {
+    /// The pair's directory, as given to `ftvm up`.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: std::path::PathBuf,
+}
+
+/// `ftvm protect`: give the VM that runs alone a new backup, now.
+pub fn protect(args: &ProtectArgs) -> Result<ExitCode> {
+    let dir = &args.state_dir;
+    let restored = restore(dir, &mut Vec::new())?;
+    println!(
+        "ftvm: {} is protected again: {} is its backup (epoch {}); the guest stood still for {:.2} ms",
+        restored.survivor, restored.backup, restored.epoch, restored.pause_ms
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A restore that worked.
+pub struct Restored {
+    pub survivor: String,
+    pub backup: String,
+    pub epoch: u64,
+    pub pause_ms: f64,
+}
+
+/// Start a new backup and clone the VM that runs alone into it; wait
+/// until it has caught up. The new backup is a child of this process,
+/// put in `children` (to reap it when it ends).
+pub fn restore(dir: &Path, children: &mut Vec<std::process::Child>) -> Result<Restored> {
+    let plan = Plan::read(dir)?;
+    if let Some(why) = &plan.not_restorable {
+        bail!("redundancy cannot be restored for this pair: {why}");
+    }
+    let vms = read_vms(dir);
+    let alive: Vec<&Vm> = vms.iter().filter(|vm| vm.alive).collect();
+    let survivor = match alive.as_slice() {
+        [] => bail!("no VM of the pair runs in {}", dir.display()),
+        [vm] if vm.line.state == VmState::Live => *vm,
+        [vm] => bail!(
+            "{} is {}: only a VM that runs alone can be given a backup",
+            vm.name,
+            vm.line.state
+        ),
+        _ => bail!("the pair has two VMs already"),
+    };
+    let epoch = survivor.line.epoch.unwrap_or(1) + 1;
+    let name = next_name(dir, &vms);
+    let child = spawn_child(dir, &name, &plan.backup_args(dir, &name, epoch)?)?;
+    let pid = child.id();
+    children.push(child);
+    let result = clone_into(dir, survivor, &name, pid, epoch);
+    if result.is_err() && process_alive(pid) {
+        terminate(pid);
+    }
+    let pause_ms = result?;
+    retire_the_dead(dir);
+    Ok(Restored {
+        survivor: survivor.name.clone(),
+        backup: name,
+        epoch,
+        pause_ms,
+    })
+}
+
+fn clone_into(dir: &Path, survivor: &Vm, name: &str, pid: u32, epoch: u64) -> Result<f64> {
+    let addr = listening_addr(dir, name, pid)?;
+    let control = dir.join(format!("{}.control", survivor.name));
+    let request = Request::Clone { addr, epoch };
+    match ask(&control, &request)? {
+        Ok(_) => {}
+        Err(why) => bail!("{} refused to clone: {why}", survivor.name),
+    }
+    let started = Instant::now();
+    let read = |name: &str| crate::pair::read_vm(&dir.join(format!("{name}.status")));
+    let outcome = wait_for(CLONE_LIMIT, || {
+        let (Some(old), Some(new)) = (read(&survivor.name), read(name)) else {
+            return None;
+        };
+        if !old.alive || !new.alive {
+            return Some(Err(format!(
+                "{} is {}, {name} is {}",
+                survivor.name,
+                if old.alive { "alive" } else { "gone" },
+                if new.alive { "alive" } else { "gone" }
+            )));
+        }
+        let protected = old.line.state == VmState::Primary
+            && old.line.epoch == Some(epoch)
+            && new.line.state == VmState::Backup;
+        if protected {
+            return Some(Ok(old.line.clone_pause_ms.unwrap_or(0.0)));
+        }
+        // Given up (the VM runs alone again after trying).
+        let gave_up = old.line.state == VmState::Live
+            && old.line.clone.is_none()
+            && started.elapsed() > Duration::from_secs(2);
+        gave_up.then(|| Err(format!("{} gave the clone up", survivor.name)))
+    })
+    .with_context(|| format!("the clone of {} into {name} did not finish", survivor.name))?;
+    outcome.map_err(|why| {
+        anyhow::anyhow!(
+            "the clone of {} into {name} failed: {why}; see {}",
+            survivor.name,
+            dir.join(format!("{name}.log")).display()
+        )
+    })
+}
+
+/// The next free name for a VM: `vm3`, `vm4`...
+fn next_name(dir: &Path, vms: &[Vm]) -> String {
+    let mut taken: Vec<u64> = vms.iter().map(|vm| start_order(&vm.name).0).collect();
+    if let Ok(gone) = std::fs::read_dir(dir.join(GONE)) {
+        for entry in gone.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(stem) = name.strip_suffix(".status") {
+                taken.push(start_order(stem).0);
+            }
+        }
+    }
+    let next = taken
+        .into_iter()
+        .filter(|&n| n != u64::MAX)
+        .max()
+        .unwrap_or(2)
+        + 1;
+    format!("vm{}", next.max(3))
+}
+
+/// Move the status files of VMs whose processes are gone to `gone/`, and
+/// remove the sockets and addresses they left (their logs stay).
+fn retire_the_dead(dir: &Path) {
+    let gone = dir.join(GONE);
+    for vm in read_vms(dir).into_iter().filter(|vm| !vm.alive) {
+        if std::fs::create_dir_all(&gone).is_err() {
+            return;
+        }
+        let file = format!("{}.status", vm.name);
+        let _ = std::fs::rename(dir.join(&file), gone.join(&file));
+        for left in ["control", "console", "addr"] {
+            let _ = std::fs::remove_file(dir.join(format!("{}.{left}", vm.name)));
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct AgentArgs {
+    /// The pair's directory, as given to `ftvm up`.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: std::path::PathBuf,
+}
+
+/// How long a VM must have run alone before the agent gives it a backup:
+/// long enough that a VM that just took over has settled.
+const ALONE_FOR: Duration = Duration::from_millis(200);
+/// The pause after a failed restore, doubled each time up to the most.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MOST: Duration = Duration::from_secs(30);
+
+/// `ftvm agent`: keep the pair in `DIR` protected, until it ends.
+pub fn agent(args: &AgentArgs) -> Result<ExitCode> {
+    let dir = &args.state_dir;
+    let stop = ftvm_host::stop_flag()?;
+    let mut alone_since: Option<Instant> = None;
+    let mut pause = RETRY_FIRST;
+    let mut next_try = Instant::now();
+    let mut ever_ran = false;
+    let mut children = Vec::new();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+        // Reap the backups this agent started that have ended.
+        children
+            .retain_mut(|child: &mut std::process::Child| !matches!(child.try_wait(), Ok(Some(_))));
+        let vms = read_vms(dir);
+        let alive: Vec<&Vm> = vms.iter().filter(|vm| vm.alive).collect();
+        ever_ran |= !alive.is_empty();
+        if alive.is_empty() && ever_ran {
+            tracing::info!("the pair has ended: the agent ends");
+            return Ok(ExitCode::SUCCESS);
+        }
+        let lone = matches!(alive.as_slice(), [vm] if vm.line.state == VmState::Live);
+        if !lone {
+            alone_since = None;
+            continue;
+        }
+        let since = *alone_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < ALONE_FOR || Instant::now() < next_try {
+            continue;
+        }
+        let started = Instant::now();
+        match restore(dir, &mut children) {
+            Ok(restored) => {
+                eprintln!(
+                    "ftvm agent: {} protected again by {} (epoch {}) in {:.2} s; pause {:.2} ms",
+                    restored.survivor,
+                    restored.backup,
+                    restored.epoch,
+                    started.elapsed().as_secs_f64(),
+                    restored.pause_ms
+                );
+                pause = RETRY_FIRST;
+            }
+            Err(e) => {
+                eprintln!("ftvm agent: restoring redundancy failed: {e:#}; again in {pause:?}");
+                next_try = Instant::now() + pause;
+                pause = (pause * 2).min(RETRY_MOST);
+            }
+        }
+        alone_since = None;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Start the pair's agent (`ftvm up`); its pid.
+pub fn start_agent(dir: &Path) -> Result<u32> {
+    let args: Vec<OsString> = vec!["agent".into(), "--state-dir".into(), dir.into()];
+    let pid = spawn(dir, "agent", &args)?;
+    std::fs::write(dir.join(AGENT_PID), format!("{pid}\n"))
+        .with_context(|| format!("writing {}", dir.join(AGENT_PID).display()))?;
+    Ok(pid)
+}
+
+/// End the pair's agent, if it runs.
+pub fn stop_agent(dir: &Path) {
+    let Some(pid) = std::fs::read_to_string(dir.join(AGENT_PID))
+        .ok()
+        .and_then(|text| text.trim().parse::<u32>().ok())
+    else {
+        return;
+    };
+    if process_alive(pid) {
+        terminate(pid);
+        let _ = wait_for(Duration::from_secs(5), || {
+            (!process_alive(pid)).then_some(())
+        });
+    }
+    let _ = std::fs::remove_file(dir.join(AGENT_PID));
+}

@@ -1,0 +1,380 @@
+//! Continuous protection on one host: after each failure the survivor is
+//! cloned into a new backup (`ftvm up`'s agent, or `ftvm protect`), so a
+//! pair survives failure after failure (ARCHITECTURE.md, "Cloning").
+//!
+//! - Ten failures in a row, alternately of the VM that is primary and of
+//!   the backup, each after redundancy came back, while a client on one
+//!   TCP connection makes numbered durable writes to the guest's disk
+//!   (append, `sync`, reply): the connection never resets, every
+//!   acknowledged write is on the disk at the end, exactly once and in
+//!   order, the file system checks clean, and `ftvm status` shows a pair
+//!   of the next epoch after each restore.
+//! - A clone interrupted at a random moment (the new backup killed while
+//!   it takes the snapshot or catches up): the survivor runs on, nothing
+//!   is lost, and a later clone succeeds.
+//!
+//! What the VMs did is read from their status lines (`ftvm status
+//! --json`), never from their logs. `FTVM_SEED` repeats a run's kill
+//! moments.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use support::pair::{Pair, PairStatus, StatusLine, VmState};
+use support::{free_port, image_dir, kill_seed, poll, run_limited, serial, signal};
+
+/// The guest: a service on port 7 that appends each number it reads to
+/// `/mnt/log`, syncs, and only then replies `ok N`; and a tick a second.
+const WRITER_CMD: &str = "echo 'while read n; do echo $n >> /mnt/log; sync; echo ok $n; done' \
+     > /tmp/w; nc -ll -p 7 -e sh /tmp/w & i=0; while true; do echo tick $i; i=$((i+1)); \
+     sleep 1; done";
+const DETECTION: [&str; 4] = ["--timeout-ms", "500", "--heartbeat-ms", "50"];
+/// Booting the guest and the first reply, under load.
+const BOOT_LIMIT: Duration = Duration::from_secs(150);
+/// A failure, the take-over and the restore of redundancy, under load.
+const RESTORE_LIMIT: Duration = Duration::from_secs(90);
+/// A reply, across a failover.
+const REPLY_LIMIT: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------------
+// The client
+
+/// Numbered durable writes on one TCP connection, in a thread of its own:
+/// each number is sent, and counts as acknowledged once `ok N` is back.
+struct Writer {
+    acked: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Result<u64, String>>>,
+}
+
+impl Writer {
+    fn start(port: u16) -> Writer {
+        let acked = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (count, halt) = (Arc::clone(&acked), Arc::clone(&stop));
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let thread = std::thread::spawn(move || {
+            let start = Instant::now();
+            // Until the service listens, a connection is refused or ends
+            // at once; the first write is 0.
+            let (mut stream, mut lines) = loop {
+                if halt.load(Ordering::Relaxed) {
+                    return Ok(0);
+                }
+                if start.elapsed() > BOOT_LIMIT {
+                    return Err("the guest's service never answered".into());
+                }
+                if let Ok(stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+                    let mut lines = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
+                    if write_one(&stream, &mut lines, 0, Duration::from_secs(5)).is_ok() {
+                        break (stream, lines);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            };
+            count.store(1, Ordering::Relaxed);
+            let mut n = 1;
+            while !halt.load(Ordering::Relaxed) {
+                write_one(&stream, &mut lines, n, REPLY_LIMIT)
+                    .map_err(|e| format!("write {n} (after {n} acknowledged): {e}"))?;
+                n += 1;
+                count.store(n, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = stream.flush();
+            Ok(n)
+        });
+        Writer {
+            acked,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn acked(&self) -> u64 {
+        self.acked.load(Ordering::Relaxed)
+    }
+
+    /// Wait until `n` writes are acknowledged; false if not within
+    /// `limit`, or if the client failed.
+    fn wait_for(&self, n: u64, limit: Duration) -> bool {
+        poll(limit, || {
+            let finished = self.thread.as_ref().is_none_or(|t| t.is_finished());
+            (self.acked() >= n || finished).then_some(())
+        });
+        self.acked() >= n
+    }
+
+    /// Stop; the writes acknowledged, or what went wrong.
+    fn finish(&mut self) -> Result<u64, String> {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result,
+            _ => Err("the client thread panicked".into()),
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Send `n` and wait for `ok n`.
+fn write_one(
+    mut stream: &TcpStream,
+    lines: &mut BufReader<TcpStream>,
+    n: u64,
+    limit: Duration,
+) -> Result<(), String> {
+    stream
+        .set_read_timeout(Some(limit))
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(format!("{n}\n").as_bytes())
+        .map_err(|e| format!("sending: {e}"))?;
+    let mut line = String::new();
+    match lines.read_line(&mut line) {
+        Ok(0) => Err("the connection ended".into()),
+        Ok(_) if line.trim_end() == format!("ok {n}") => Ok(()),
+        Ok(_) => Err(format!("the reply was {line:?}")),
+        Err(e) => Err(format!("no reply: {e}")),
+    }
+}
+
+// ---------------------------------------------------------------------
+// The pair
+
+/// The counters in `/log` of the ext4 image `disk`, read with debugfs.
+fn disk_log(disk: &Path) -> Vec<u64> {
+    let out = Command::new("debugfs")
+        .args(["-R", "cat /log"])
+        .arg(disk)
+        .output()
+        .expect("debugfs (e2fsprogs)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().parse().expect("a counter per line"))
+        .collect()
+}
+
+fn fsck_clean(disk: &Path) {
+    let out = Command::new("e2fsck")
+        .args(["-f", "-n"])
+        .arg(disk)
+        .output()
+        .expect("e2fsck (e2fsprogs)");
+    assert!(
+        out.status.success(),
+        "the file system does not check clean:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// `ftvm up` of the writer guest on a copy of the default guest's disk,
+/// on the pair's own network; the service's forwarded port.
+fn up(pair: &mut Pair, restoring: bool) -> u16 {
+    std::fs::copy(image_dir().join("disk.ext4"), pair.path("disk.img")).expect("copy the disk");
+    let port = free_port();
+    let mut args = vec![
+        "--disk".to_string(),
+        pair.path("disk.img").to_string_lossy().into_owned(),
+        "--net".to_string(),
+        format!("user,hostfwd=tcp:127.0.0.1:{port}-:7"),
+        "--append".to_string(),
+        format!("console=ttyS0 ftvm_cmd=\"{WRITER_CMD}\""),
+    ];
+    args.extend(DETECTION.iter().map(|s| s.to_string()));
+    if restoring {
+        pair.up_restoring(&args);
+    } else {
+        pair.up(&args);
+    }
+    port
+}
+
+/// The VMs whose processes run, as `ftvm status --json` shows them.
+fn alive(status: &PairStatus) -> Vec<&StatusLine> {
+    status
+        .vms
+        .iter()
+        .filter(|line| line.state != VmState::Dead && !line.state.is_final())
+        .collect()
+}
+
+/// A whole pair of `epoch`: a primary and a backup, the backup caught up.
+fn protected_pair(status: &PairStatus, epoch: u64) -> Option<(StatusLine, StatusLine)> {
+    let alive = alive(status);
+    let primary = alive
+        .iter()
+        .find(|line| line.state == VmState::Primary && line.epoch == Some(epoch))?;
+    let backup = alive
+        .iter()
+        .find(|line| line.state == VmState::Backup && line.epoch == Some(epoch))?;
+    (alive.len() == 2).then(|| ((*primary).clone(), (*backup).clone()))
+}
+
+/// Wait until the pair is whole again as `epoch`.
+fn wait_protected(pair: &Pair, epoch: u64, what: &str) -> (StatusLine, StatusLine) {
+    let mut found = None;
+    pair.wait_until(RESTORE_LIMIT, what, || {
+        found = protected_pair(&pair.ftvm_status(), epoch);
+        found.is_some()
+    });
+    found.expect("found above")
+}
+
+#[test]
+fn ten_failures_in_a_row_each_after_redundancy_came_back_lose_no_acknowledged_write() {
+    let _serial = serial();
+    let mut pair = Pair::new("restore-ten");
+    let port = up(&mut pair, true);
+    let mut writer = Writer::start(port);
+    if !writer.wait_for(5, BOOT_LIMIT) {
+        panic!("the first writes: {:?}\n{}", writer.finish(), pair.diag());
+    }
+    let mut epoch = 1;
+    let mut pauses = Vec::new();
+    for failure in 0..10 {
+        let (primary, backup) = wait_protected(&pair, epoch, &format!("a pair of epoch {epoch}"));
+        // Alternately the VM that runs the guest, and its backup.
+        let victim = if failure % 2 == 0 { &primary } else { &backup };
+        let before = writer.acked();
+        signal(victim.pid, libc::SIGKILL);
+        epoch += 1;
+        let (primary, _) = wait_protected(
+            &pair,
+            epoch,
+            &format!("redundancy back after failure {failure} (kill -9 of {victim})"),
+        );
+        pauses.extend(primary.clone_pause_ms);
+        assert!(
+            primary.clones >= 1,
+            "a primary of a new epoch that never cloned: {primary}"
+        );
+        if !writer.wait_for(before + 5, REPLY_LIMIT) {
+            panic!(
+                "writes after failure {failure}: {:?}\n{}",
+                writer.finish(),
+                pair.diag()
+            );
+        }
+    }
+    let acked = writer
+        .finish()
+        .unwrap_or_else(|e| panic!("{e}\n{}", pair.diag()));
+    pair.stop();
+    let log = disk_log(&pair.path("disk.img"));
+    let expected: Vec<u64> = (0..log.len() as u64).collect();
+    assert_eq!(log, expected, "the disk's writes have a gap or a duplicate");
+    assert!(
+        log.len() as u64 >= acked,
+        "{acked} writes were acknowledged, the disk holds {}",
+        log.len()
+    );
+    fsck_clean(&pair.path("disk.img"));
+    eprintln!("{acked} writes across 10 failures; clone pauses (ms): {pauses:?}");
+}
+
+#[test]
+fn a_clone_interrupted_at_a_random_moment_loses_nothing_and_a_later_clone_succeeds() {
+    let _serial = serial();
+    let seed = kill_seed();
+    let mut pair = Pair::new("restore-cut");
+    let port = up(&mut pair, false);
+    let mut writer = Writer::start(port);
+    if !writer.wait_for(5, BOOT_LIMIT) {
+        panic!("the first writes: {:?}\n{}", writer.finish(), pair.diag());
+    }
+    let primary = pair
+        .ftvm_status()
+        .named("primary")
+        .cloned()
+        .expect("the primary's line");
+    signal(primary.pid, libc::SIGKILL);
+    pair.wait_until(RESTORE_LIMIT, "the backup runs alone", || {
+        pair.ftvm_status()
+            .named("backup")
+            .is_some_and(|line| line.state == VmState::Live)
+    });
+    // `ftvm protect`, and its new backup killed a moment later: while it
+    // waits, takes the snapshot or catches up.
+    let protect = || {
+        let mut cmd = pair.ftvm();
+        cmd.arg("protect").arg("--state-dir").arg(pair.dir());
+        cmd
+    };
+    let delay = Duration::from_millis(seed % 1500);
+    let mut cut = protect().spawn().expect("ftvm protect");
+    let victim = poll(Duration::from_secs(30), || {
+        pair.ftvm_status().named("vm3").map(|line| line.pid)
+    })
+    .unwrap_or_else(|| panic!("no new backup\n{}", pair.diag()));
+    std::thread::sleep(delay);
+    signal(victim, libc::SIGKILL);
+    let cut = cut.wait().expect("ftvm protect ends");
+    let status = pair.ftvm_status();
+    let survivor = status.named("backup").expect("the survivor's line");
+    assert!(
+        survivor.state.runs_the_guest(),
+        "the survivor stopped running the guest: {survivor}\n{}",
+        pair.diag()
+    );
+    // The kill may have come after the clone caught up: then the survivor
+    // lost its new backup and runs alone again, as after any failure.
+    pair.wait_until(RESTORE_LIMIT, "the survivor alone again", || {
+        pair.ftvm_status()
+            .named("backup")
+            .is_some_and(|line| line.state == VmState::Live)
+    });
+    let before = writer.acked();
+    if !writer.wait_for(before + 5, REPLY_LIMIT) {
+        panic!(
+            "writes after the cut clone: {:?}\n{}",
+            writer.finish(),
+            pair.diag()
+        );
+    }
+    let again = run_limited(protect(), RESTORE_LIMIT);
+    assert_eq!(
+        again.code,
+        Some(0),
+        "the later clone (after one that {} with the new backup killed {delay:?} in): {}{}\n{}",
+        if cut.success() { "succeeded" } else { "failed" },
+        again.stdout_text(),
+        again.stderr,
+        pair.diag()
+    );
+    let epoch = pair
+        .ftvm_status()
+        .named("backup")
+        .and_then(|line| line.epoch)
+        .expect("an epoch");
+    wait_protected(&pair, epoch, "the pair after the later clone");
+    let before = writer.acked();
+    if !writer.wait_for(before + 5, REPLY_LIMIT) {
+        panic!(
+            "writes after the later clone: {:?}\n{}",
+            writer.finish(),
+            pair.diag()
+        );
+    }
+    let acked = writer
+        .finish()
+        .unwrap_or_else(|e| panic!("{e}\n{}", pair.diag()));
+    pair.stop();
+    let log = disk_log(&pair.path("disk.img"));
+    let expected: Vec<u64> = (0..log.len() as u64).collect();
+    assert_eq!(log, expected, "the disk's writes have a gap or a duplicate");
+    assert!(log.len() as u64 >= acked);
+    fsck_clean(&pair.path("disk.img"));
+}
