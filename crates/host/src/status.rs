@@ -283,6 +283,8 @@ pub struct StatusLine {
     pub clones: u32,
     /// How long the guest stood still for its last clone's snapshot.
     pub clone_pause_ms: Option<f64>,
+    /// Bytes its last clone's snapshot took on the channel.
+    pub clone_bytes: Option<u64>,
     /// A clone in progress.
     pub clone: Option<CloneProgress>,
     pub measures: Option<Measures>,
@@ -306,6 +308,7 @@ impl StatusLine {
             channel: None,
             clones: 0,
             clone_pause_ms: None,
+            clone_bytes: None,
             clone: None,
             measures: None,
         }
@@ -395,6 +398,9 @@ impl fmt::Display for StatusLine {
         if let Some(ms) = self.clone_pause_ms {
             write!(f, " clone-pause-ms={ms:.2}")?;
         }
+        if let Some(bytes) = self.clone_bytes {
+            write!(f, " clone-bytes={bytes}")?;
+        }
         Ok(())
     }
 }
@@ -460,6 +466,7 @@ impl FromStr for StatusLine {
                 }
                 "clones" => status.clones = field("clones", value)?,
                 "clone-pause-ms" => status.clone_pause_ms = Some(field("clone-pause-ms", value)?),
+                "clone-bytes" => status.clone_bytes = Some(field("clone-bytes", value)?),
                 "lag" => m.lag_entries = field("lag", value)?,
                 "lag-ms" => m.lag_ms = field("lag-ms", value)?,
                 "log-mbit-s" => m.log_mbit_s = field("log-mbit-s", value)?,
@@ -644,6 +651,7 @@ mod tests {
             channel: Some(ChannelClose::Forged),
             clones: 2,
             clone_pause_ms: Some(7.25),
+            clone_bytes: Some(12_345_678),
             clone: Some(CloneProgress {
                 stage: CloneStage::CatchingUp,
                 done_mib: 12.5,

@@ -596,6 +596,7 @@ impl Vm {
                     ms = took.as_millis() as u64,
                     "the new backup has the snapshot"
                 );
+                self.clone_bytes = Some(bytes);
                 if let Some(job) = &self.clone {
                     job.thread.progress.catching_up();
                 }
@@ -845,6 +846,7 @@ impl Vm {
             channel: self.channel_closed,
             clones: milestones.clones,
             clone_pause_ms: self.clone_pause_ms,
+            clone_bytes: self.clone_bytes,
             clone: self.clone.as_ref().map(|job| job.thread.progress.get()),
             measures: Some(Measures {
                 lag_entries: stats.lag_entries,
