@@ -118,8 +118,10 @@ pub struct PrimaryArgs {
     pub pair: PairArgs,
 
     /// The backup's logging-channel address (`ftvm backup --listen`).
+    /// Without it the VM runs alone, unprotected, until `ftvm protect`
+    /// clones it into a backup (through `--control-socket`).
     #[arg(long, value_name = "HOST:PORT")]
-    pub backup: String,
+    pub backup: Option<String>,
 
     /// Keep trying to reach the backup for this long.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
@@ -202,16 +204,28 @@ pub fn primary(args: &PrimaryArgs) -> Result<ExitCode> {
     let machine = args.machine.machine_config(io.devices())?;
     let config = args.pair.node_config(machine.engine)?;
     let options = args.pair.options("primary", stop)?;
-    let node = ftvm_host::pair::primary(
-        config,
-        machine,
-        io,
-        frames,
-        options,
-        &args.backup,
-        Duration::from_secs(args.connect_timeout),
-        Clock::new(args.machine.rtc_time),
-    )?;
+    let clock = Clock::new(args.machine.rtc_time);
+    let node = match &args.backup {
+        Some(backup) => ftvm_host::pair::primary(
+            config,
+            machine,
+            io,
+            frames,
+            options,
+            backup,
+            Duration::from_secs(args.connect_timeout),
+            clock,
+        )?,
+        None => {
+            if options.control_socket.is_none() {
+                bail!(
+                    "a primary without --backup runs alone until it is cloned: give it a \
+                     --control-socket to be asked through"
+                );
+            }
+            ftvm_host::pair::alone(config, machine, io, frames, options, clock)?
+        }
+    };
     Ok(exit_code(&node))
 }
 

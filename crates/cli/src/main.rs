@@ -102,6 +102,18 @@ enum Command {
     /// for a moment, and the two run as a pair again (the next epoch).
     Protect(restore::ProtectArgs),
 
+    /// End the backup of a pair: the VM runs on alone, unprotected, and
+    /// the agent leaves it so until `ftvm protect`.
+    Unprotect(restore::ProtectArgs),
+
+    /// Kill the VM that runs the guest (SIGKILL) and show the backup
+    /// taking over and redundancy coming back, with times.
+    TestFailover(restore::TestArgs),
+
+    /// Kill the backup (SIGKILL) and show the VM going on alone and
+    /// redundancy coming back, with times.
+    TestRestartBackup(restore::TestArgs),
+
     /// Keep a pair protected (`ftvm up` starts it): whenever the pair is
     /// down to one VM, clone that VM into a new backup on this host.
     /// Ends with the pair.
@@ -448,5 +460,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Switch(args) => switch::switch(&args),
         Command::Protect(args) => restore::protect(&args),
         Command::Agent(args) => restore::agent(&args),
+        Command::Unprotect(args) => restore::unprotect(&args),
+        Command::TestFailover(args) => restore::test_failover(&args),
+        Command::TestRestartBackup(args) => restore::test_restart_backup(&args),
     }
 }

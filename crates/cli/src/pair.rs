@@ -60,6 +60,12 @@ pub struct UpArgs {
     #[arg(long)]
     pub no_restore: bool,
 
+    /// Start the VM alone, without a backup: it runs unprotected until
+    /// `ftvm protect` clones it into one (from then on the agent keeps it
+    /// protected).
+    #[arg(long)]
+    pub no_backup: bool,
+
     /// Give the VM a network card. `user[,hostfwd=tcp:HOSTADDR:PORT-:GUESTPORT]...`
     /// (as for `ftvm run`) starts the pair's own network, `ftvm switch`,
     /// a process apart from both VMs with the user-mode gateway and the
@@ -233,17 +239,23 @@ fn start_vms(args: &UpArgs, dir: &Path, net: Option<&str>) -> Result<ExitCode> {
         }
     }
     plan.write(dir)?;
-    let mut backup = plan.backup_args(dir, "backup", 1)?;
-    if let (Some(disk), DiskModeArg::Private) = (&args.machine.disk, args.disk_mode) {
-        let copy = dir.join("backup-disk.img");
-        std::fs::copy(disk, &copy)
-            .with_context(|| format!("copying {} for the backup's own disk", disk.display()))?;
-        backup.extend(["--disk".into(), copy.into()]);
-    }
-    let backup_pid = spawn(dir, "backup", &backup)?;
-    let addr = listening_addr(dir, "backup", backup_pid)?;
-
-    let mut primary: Vec<OsString> = vec!["primary".into(), "--backup".into(), addr.into()];
+    let mut primary: Vec<OsString> = vec!["primary".into()];
+    let backup_pid = if args.no_backup {
+        crate::restore::set_unprotected(dir, true)?;
+        None
+    } else {
+        let mut backup = plan.backup_args(dir, "backup", 1)?;
+        if let (Some(disk), DiskModeArg::Private) = (&args.machine.disk, args.disk_mode) {
+            let copy = dir.join("backup-disk.img");
+            std::fs::copy(disk, &copy)
+                .with_context(|| format!("copying {} for the backup's own disk", disk.display()))?;
+            backup.extend(["--disk".into(), copy.into()]);
+        }
+        let backup_pid = spawn(dir, "backup", &backup)?;
+        let addr = listening_addr(dir, "backup", backup_pid)?;
+        primary.extend(["--backup".into(), addr.into()]);
+        Some(backup_pid)
+    };
     primary.extend(plan.vm_args(dir, "primary"));
     primary.extend(args.machine.to_args()?);
     let primary_pid = spawn(dir, "primary", &primary)?;
@@ -269,7 +281,7 @@ fn start_vms(args: &UpArgs, dir: &Path, net: Option<&str>) -> Result<ExitCode> {
         Some(spec) => format!("network: {spec}\n"),
         None => String::new(),
     };
-    let restore = if args.no_restore {
+    let mut restore = if args.no_restore {
         "redundancy: not restored after a failure (--no-restore; `ftvm protect` restores it)\n"
             .to_string()
     } else if let Some(why) = &plan.not_restorable {
@@ -278,8 +290,18 @@ fn start_vms(args: &UpArgs, dir: &Path, net: Option<&str>) -> Result<ExitCode> {
         let pid = crate::restore::start_agent(dir)?;
         format!("redundancy: restored after a failure by the agent (pid {pid})\n")
     };
+    if args.no_backup {
+        restore = format!(
+            "redundancy: none until `ftvm protect --state-dir {}`; then {restore}",
+            dir.display()
+        );
+    }
+    let (what, backup) = match backup_pid {
+        Some(pid) => ("pair up", format!(", backup pid={pid}")),
+        None => ("VM up without a backup", String::new()),
+    };
     say(&format!(
-        "ftvm: pair up in {}: primary pid={primary_pid}, backup pid={backup_pid}\n\
+        "ftvm: {what} in {}: primary pid={primary_pid}{backup}\n\
          console: {} (`ftvm console --state-dir {0}` to type into it)\n{network}{restore}\
          `ftvm status --state-dir {0}` shows it, `ftvm stop --state-dir {0}` ends it",
         dir.display(),
@@ -368,7 +390,7 @@ pub(crate) struct Vm {
 
 impl Vm {
     /// Its status line, unless the process died without saying so.
-    fn describe(&self) -> StatusLine {
+    pub(crate) fn describe(&self) -> StatusLine {
         if self.alive || self.line.state.is_final() {
             self.line.clone()
         } else {

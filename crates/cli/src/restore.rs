@@ -32,6 +32,9 @@ pub const PLAN: &str = "plan.json";
 pub const GONE: &str = "gone";
 /// The agent's pid, for `ftvm stop`.
 const AGENT_PID: &str = "agent.pid";
+/// While this file exists the agent restores nothing (`ftvm unprotect`,
+/// `ftvm up --no-backup`); `ftvm protect` removes it.
+const UNPROTECTED: &str = "unprotected";
 
 /// How long a clone may take, from asking the survivor to the new backup
 /// having caught up.
@@ -111,6 +114,7 @@ pub struct ProtectArgs {
 pub fn protect(args: &ProtectArgs) -> Result<ExitCode> {
     let dir = &args.state_dir;
     let restored = restore(dir, &mut Vec::new())?;
+    set_unprotected(dir, false)?;
     println!(
         "ftvm: {} is protected again: {} is its backup (epoch {}); the guest stood still for {:.2} ms",
         restored.survivor, restored.backup, restored.epoch, restored.pause_ms
@@ -281,7 +285,7 @@ pub fn agent(args: &AgentArgs) -> Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         let lone = matches!(alive.as_slice(), [vm] if vm.line.state == VmState::Live);
-        if !lone {
+        if !lone || dir.join(UNPROTECTED).exists() {
             alone_since = None;
             continue;
         }
@@ -337,4 +341,174 @@ pub fn stop_agent(dir: &Path) {
         });
     }
     let _ = std::fs::remove_file(dir.join(AGENT_PID));
+}
+
+/// Mark the pair in `dir` as not to be protected by its agent (or no
+/// longer).
+pub fn set_unprotected(dir: &Path, unprotected: bool) -> Result<()> {
+    let path = dir.join(UNPROTECTED);
+    if unprotected {
+        std::fs::write(
+            &path,
+            "ftvm unprotect: the agent restores nothing until `ftvm protect`\n",
+        )
+        .with_context(|| format!("writing {}", path.display()))
+    } else {
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("removing {}", path.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The running VMs of the pair in `dir`: the one that runs the guest, and
+/// its backup if it has one.
+fn running_pair(dir: &Path) -> Result<(Vm, Option<Vm>)> {
+    let mut guest = None;
+    let mut backup = None;
+    for vm in read_vms(dir).into_iter().filter(|vm| vm.alive) {
+        if vm.line.state.runs_the_guest() {
+            guest = Some(vm);
+        } else if vm.line.state == VmState::Backup {
+            backup = Some(vm);
+        }
+    }
+    let guest = guest.with_context(|| format!("no VM runs the guest in {}", dir.display()))?;
+    Ok((guest, backup))
+}
+
+/// `ftvm unprotect`: end the backup; the VM runs on alone, and the agent
+/// leaves it so until `ftvm protect`.
+pub fn unprotect(args: &ProtectArgs) -> Result<ExitCode> {
+    let dir = &args.state_dir;
+    set_unprotected(dir, true)?;
+    let (guest, backup) = running_pair(dir)?;
+    let Some(backup) = backup else {
+        println!("ftvm: {} runs alone already", guest.name);
+        return Ok(ExitCode::SUCCESS);
+    };
+    // A backup asked to stop halts without going live; its primary sees
+    // the channel close and, having won the test-and-set, runs on alone.
+    terminate(backup.line.pid);
+    let read = || crate::pair::read_vm(&dir.join(format!("{}.status", guest.name)));
+    wait_for(CLONE_LIMIT, || {
+        read().filter(|vm| !vm.alive || vm.line.state == VmState::Live)
+    })
+    .with_context(|| format!("{} did not go on alone", guest.name))?;
+    retire_the_dead(dir);
+    println!(
+        "ftvm: {} runs alone, unprotected ({} ended); `ftvm protect` gives it a backup again",
+        guest.name, backup.name
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct TestArgs {
+    /// The pair's directory, as given to `ftvm up`.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: std::path::PathBuf,
+
+    /// How long to wait for each step.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub limit: u64,
+}
+
+/// `ftvm test-failover`: kill -9 the VM that runs the guest, and show the
+/// backup taking over and (with the agent) redundancy coming back.
+pub fn test_failover(args: &TestArgs) -> Result<ExitCode> {
+    kill_and_watch(args, true)
+}
+
+/// `ftvm test-restart-backup`: kill -9 the backup, and show the VM going
+/// on alone and (with the agent) redundancy coming back.
+pub fn test_restart_backup(args: &TestArgs) -> Result<ExitCode> {
+    kill_and_watch(args, false)
+}
+
+fn kill_and_watch(args: &TestArgs, primary: bool) -> Result<ExitCode> {
+    let dir = &args.state_dir;
+    let limit = Duration::from_secs(args.limit);
+    let (guest, backup) = running_pair(dir)?;
+    let Some(backup) = backup else {
+        bail!(
+            "{} runs alone: there is nothing to fail over to",
+            guest.name
+        );
+    };
+    let epoch = guest.line.epoch.unwrap_or(1);
+    let (victim, survivor) = if primary {
+        (&guest, &backup)
+    } else {
+        (&backup, &guest)
+    };
+    let started = Instant::now();
+    let ms = || started.elapsed().as_secs_f64() * 1e3;
+    signal_kill(victim.line.pid)?;
+    println!(
+        "{:>9.1} ms  killed {} ({}, pid {}) with SIGKILL",
+        0.0, victim.name, victim.line.state, victim.line.pid
+    );
+    let read = |name: &str| crate::pair::read_vm(&dir.join(format!("{name}.status")));
+    let alone = wait_for(limit, || {
+        read(&survivor.name)
+            .filter(|vm| !vm.alive || vm.line.state.is_final() || vm.line.state == VmState::Live)
+    })
+    .with_context(|| format!("{} did not go on alone", survivor.name))?;
+    if alone.line.state != VmState::Live || !alone.alive {
+        bail!("{} did not go on: {}", survivor.name, alone.describe());
+    }
+    println!(
+        "{:>9.1} ms  {} runs the guest alone ({})",
+        ms(),
+        survivor.name,
+        if primary {
+            "took over"
+        } else {
+            "won the test-and-set"
+        }
+    );
+    let agent = std::fs::read_to_string(dir.join(AGENT_PID))
+        .ok()
+        .and_then(|pid| pid.trim().parse::<u32>().ok())
+        .is_some_and(process_alive);
+    if !agent || dir.join(UNPROTECTED).exists() {
+        println!("            no agent restores redundancy here: `ftvm protect` does it by hand");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let whole = wait_for(limit, || {
+        let vms = read_vms(dir);
+        let alive: Vec<&Vm> = vms.iter().filter(|vm| vm.alive).collect();
+        let of_next = |state| {
+            alive
+                .iter()
+                .find(|vm| vm.line.state == state && vm.line.epoch > Some(epoch))
+                .map(|vm| vm.name.clone())
+        };
+        match (of_next(VmState::Primary), of_next(VmState::Backup)) {
+            (Some(p), Some(b)) if alive.len() == 2 => Some((p, b)),
+            _ => None,
+        }
+    })
+    .context("redundancy did not come back")?;
+    println!(
+        "{:>9.1} ms  protected again: {} is the primary, {} its new backup",
+        ms(),
+        whole.0,
+        whole.1
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn signal_kill(pid: u32) -> Result<()> {
+    let status = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .context("running kill")?;
+    if !status.success() {
+        bail!("kill -9 {pid} failed");
+    }
+    Ok(())
 }

@@ -378,3 +378,115 @@ fn a_clone_interrupted_at_a_random_moment_loses_nothing_and_a_later_clone_succee
     assert!(log.len() as u64 >= acked);
     fsck_clean(&pair.path("disk.img"));
 }
+
+/// `ftvm` ARGS `--state-dir DIR`; it must succeed; its stdout.
+fn ftvm_ok(pair: &Pair, args: &[&str]) -> String {
+    let mut cmd = pair.ftvm();
+    cmd.args(args).arg("--state-dir").arg(pair.dir());
+    let run = run_limited(cmd, RESTORE_LIMIT);
+    assert_eq!(
+        run.code,
+        Some(0),
+        "ftvm {}: {}{}\n{}",
+        args.join(" "),
+        run.stdout_text(),
+        run.stderr,
+        pair.diag()
+    );
+    run.stdout_text()
+}
+
+/// A VM started without a backup is protected under a client's load,
+/// unprotected, protected again, and then survives `ftvm test-failover`
+/// (which kills its primary and reports the take-over and the restore).
+#[test]
+fn a_vm_is_protected_under_load_unprotected_and_protected_again() {
+    let _serial = serial();
+    let mut pair = Pair::new("restore-protect");
+    std::fs::copy(image_dir().join("disk.ext4"), pair.path("disk.img")).expect("copy the disk");
+    let port = free_port();
+    let mut args = vec![
+        "--no-backup".to_string(),
+        "--disk".to_string(),
+        pair.path("disk.img").to_string_lossy().into_owned(),
+        "--net".to_string(),
+        format!("user,hostfwd=tcp:127.0.0.1:{port}-:7"),
+        "--append".to_string(),
+        format!("console=ttyS0 ftvm_cmd=\"{WRITER_CMD}\""),
+    ];
+    args.extend(DETECTION.iter().map(|s| s.to_string()));
+    pair.up_restoring(&args);
+    let mut writer = Writer::start(port);
+    let more = |writer: &mut Writer, pair: &Pair, what: &str| {
+        let before = writer.acked();
+        if !writer.wait_for(before + 5, REPLY_LIMIT) {
+            panic!("writes {what}: {:?}\n{}", writer.finish(), pair.diag());
+        }
+    };
+    if !writer.wait_for(5, BOOT_LIMIT) {
+        panic!("the first writes: {:?}\n{}", writer.finish(), pair.diag());
+    }
+    let alone = pair.ftvm_status();
+    assert_eq!(
+        alive(&alone).len(),
+        1,
+        "started without a backup: {alone:?}"
+    );
+    assert_eq!(
+        alone.named("primary").map(|line| line.state),
+        Some(VmState::Live)
+    );
+    // Nothing restores a VM started alone on its own.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(alive(&pair.ftvm_status()).len(), 1);
+
+    ftvm_ok(&pair, &["protect"]);
+    let (primary, backup) = wait_protected(&pair, 2, "protected");
+    assert_eq!(primary.name.as_deref(), Some("primary"));
+    assert_eq!(backup.name.as_deref(), Some("vm3"));
+    more(&mut writer, &pair, "while protected");
+
+    ftvm_ok(&pair, &["unprotect"]);
+    pair.wait_until(RESTORE_LIMIT, "the primary alone again", || {
+        let status = pair.ftvm_status();
+        alive(&status).len() == 1
+            && status
+                .named("primary")
+                .is_some_and(|line| line.state == VmState::Live)
+    });
+    more(&mut writer, &pair, "after unprotect");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        alive(&pair.ftvm_status()).len(),
+        1,
+        "the agent restored a VM that was unprotected\n{}",
+        pair.diag()
+    );
+
+    // Each pairing is the next epoch: the unprotected VM kept the one it
+    // won alone (2).
+    ftvm_ok(&pair, &["protect"]);
+    wait_protected(&pair, 3, "protected again");
+    more(&mut writer, &pair, "protected again");
+    let report = ftvm_ok(&pair, &["test-failover"]);
+    assert!(
+        report.contains("took over") && report.contains("protected again"),
+        "ftvm test-failover said:\n{report}"
+    );
+    wait_protected(&pair, 4, "after test-failover");
+    more(&mut writer, &pair, "after test-failover");
+    let report = ftvm_ok(&pair, &["test-restart-backup"]);
+    assert!(report.contains("protected again"), "{report}");
+    wait_protected(&pair, 5, "after test-restart-backup");
+    more(&mut writer, &pair, "after test-restart-backup");
+
+    let acked = writer
+        .finish()
+        .unwrap_or_else(|e| panic!("{e}\n{}", pair.diag()));
+    pair.stop();
+    let log = disk_log(&pair.path("disk.img"));
+    let expected: Vec<u64> = (0..log.len() as u64).collect();
+    assert_eq!(log, expected, "the disk's writes have a gap or a duplicate");
+    assert!(log.len() as u64 >= acked);
+    fsck_clean(&pair.path("disk.img"));
+}

@@ -130,7 +130,7 @@ fn vm_host(
     clock: Clock,
     io: HostIo,
     frames: Option<Box<dyn FrameReceiver>>,
-    channel: Channel,
+    channel: Option<Channel>,
     options: PairOptions,
     role: &str,
 ) -> Result<VmHost, HostError> {
@@ -145,7 +145,7 @@ fn vm_host(
         .transpose()?;
     let mut host = VmHost::new(clock, io, options.stop);
     host.frames = frames;
-    host.channel = Some(channel);
+    host.channel = channel;
     host.arbiter = Some(options.arbiter.open(&options.name)?);
     host.console_in = options
         .console_socket
@@ -197,7 +197,23 @@ pub fn primary(
     };
     let channel = Channel::connect(backup, connect_timeout, &options.stop, &credentials)?;
     let node = Node::primary(config, machine, clock.now())?;
-    let host = vm_host(clock, io, frames, channel, options, "primary")?;
+    let host = vm_host(clock, io, frames, Some(channel), options, "primary")?;
+    crate::vm::run(node, host)
+}
+
+/// `ftvm primary` without a backup: run the guest of `machine` alone,
+/// unlogged, until it is asked through its control socket to clone
+/// itself into one (`ftvm protect`).
+pub fn alone(
+    config: NodeConfig,
+    machine: MachineConfig,
+    io: HostIo,
+    frames: Option<Box<dyn FrameReceiver>>,
+    options: PairOptions,
+    clock: Clock,
+) -> Result<Node, HostError> {
+    let node = Node::solo(config, machine, clock.now(), false)?;
+    let host = vm_host(clock, io, frames, None, options, "primary")?;
     crate::vm::run(node, host)
 }
 
@@ -277,6 +293,6 @@ pub fn backup(
             node
         }
     };
-    let host = vm_host(clock, io, frames, channel, options, "backup")?;
+    let host = vm_host(clock, io, frames, Some(channel), options, "backup")?;
     crate::vm::run(node, host).map(Some)
 }

@@ -211,7 +211,9 @@ impl Pair {
             run.stderr,
             self.diag()
         );
-        (self.pid(Vm::Primary), self.pid(Vm::Backup))
+        // A VM started with `--no-backup` has none: pid 0.
+        let backup = self.raw_status("backup.status").map_or(0, |line| line.pid);
+        (self.pid(Vm::Primary), backup)
     }
 
     /// The pre-shared key of the processes started by hand (`DIR/key`),
