@@ -224,6 +224,7 @@ fn start_vms(args: &UpArgs, dir: &Path, net: Option<&str>) -> Result<ExitCode> {
         common,
         backup: vec!["--engine".into(), args.machine.engine.to_string()],
         not_restorable: None,
+        private_disk: None,
     };
     if let Some(disk) = &args.machine.disk {
         match args.disk_mode {
@@ -231,10 +232,13 @@ fn start_vms(args: &UpArgs, dir: &Path, net: Option<&str>) -> Result<ExitCode> {
                 plan.backup
                     .extend(["--disk".into(), path_arg(&absolute(disk)?)?]);
             }
+            // Each backup has its own copy, DIR/NAME-disk.img; a clone
+            // fills it with the disk as it was at its snapshot.
             DiskModeArg::Private => {
-                plan.not_restorable = Some(
-                    "the pair's disks are private, and a clone does not copy a disk yet".into(),
-                );
+                let len = std::fs::metadata(disk)
+                    .with_context(|| format!("reading {}", disk.display()))?
+                    .len();
+                plan.private_disk = Some(len);
             }
         }
     }
@@ -244,12 +248,11 @@ fn start_vms(args: &UpArgs, dir: &Path, net: Option<&str>) -> Result<ExitCode> {
         crate::restore::set_unprotected(dir, true)?;
         None
     } else {
-        let mut backup = plan.backup_args(dir, "backup", 1)?;
+        let backup = plan.backup_args(dir, "backup", 1)?;
         if let (Some(disk), DiskModeArg::Private) = (&args.machine.disk, args.disk_mode) {
-            let copy = dir.join("backup-disk.img");
+            let copy = crate::restore::own_disk(dir, "backup");
             std::fs::copy(disk, &copy)
                 .with_context(|| format!("copying {} for the backup's own disk", disk.display()))?;
-            backup.extend(["--disk".into(), copy.into()]);
         }
         let backup_pid = spawn(dir, "backup", &backup)?;
         let addr = listening_addr(dir, "backup", backup_pid)?;

@@ -49,6 +49,15 @@ pub struct Plan {
     pub backup: Vec<String>,
     /// Why redundancy cannot be restored for this pair, if it cannot.
     pub not_restorable: Option<String>,
+    /// With private disks: their size. Each backup has its own copy,
+    /// [`own_disk`].
+    pub private_disk: Option<u64>,
+}
+
+/// The private disk of the VM `name` (not the first primary's, which is
+/// the user's image).
+pub fn own_disk(dir: &Path, name: &str) -> std::path::PathBuf {
+    dir.join(format!("{name}-disk.img"))
 }
 
 impl Plan {
@@ -99,6 +108,9 @@ impl Plan {
         ];
         args.extend(self.vm_args(dir, name));
         args.extend(self.backup.iter().map(OsString::from));
+        if self.private_disk.is_some() {
+            args.extend(["--disk".into(), own_disk(dir, name).into()]);
+        }
         Ok(args)
     }
 }
@@ -152,12 +164,23 @@ pub fn restore(dir: &Path, children: &mut Vec<std::process::Child>) -> Result<Re
     };
     let epoch = survivor.line.epoch.unwrap_or(1) + 1;
     let name = next_name(dir, &vms);
+    if let Some(len) = plan.private_disk {
+        // Zeroes (a sparse file): the clone writes what is not.
+        let path = own_disk(dir, &name);
+        let file =
+            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        file.set_len(len)
+            .with_context(|| format!("sizing {}", path.display()))?;
+    }
     let child = spawn_child(dir, &name, &plan.backup_args(dir, &name, epoch)?)?;
     let pid = child.id();
     children.push(child);
     let result = clone_into(dir, survivor, &name, pid, epoch);
-    if result.is_err() && process_alive(pid) {
-        terminate(pid);
+    if result.is_err() {
+        if process_alive(pid) {
+            terminate(pid);
+        }
+        let _ = std::fs::remove_file(own_disk(dir, &name));
     }
     let pause_ms = result?;
     retire_the_dead(dir);
@@ -246,6 +269,8 @@ fn retire_the_dead(dir: &Path) {
         for left in ["control", "console", "addr"] {
             let _ = std::fs::remove_file(dir.join(format!("{}.{left}", vm.name)));
         }
+        // A dead VM's own disk is of no use to anyone.
+        let _ = std::fs::remove_file(own_disk(dir, &vm.name));
     }
 }
 

@@ -58,6 +58,7 @@ impl Backup {
             Message::Ack { .. }
             | Message::CloneStart(_)
             | Message::Pages { .. }
+            | Message::DiskPages { .. }
             | Message::CloneEnd { .. } => Err(BackupError::Unexpected(message.name())),
             Message::Hello { .. } | Message::Proof { .. } => {
                 Err(BackupError::Unexpected("handshake message"))

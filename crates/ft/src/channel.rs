@@ -45,7 +45,8 @@ impl Role {
 /// every `Hello`: bump it with any change to [`Message`], the framing or
 /// the handshake (the golden-bytes test `crates/ft/tests/golden.rs` fails
 /// until you do). 1 was the unversioned format of the first pairs; 3
-/// added cloning (`CloneStart`, `Pages`, `CloneEnd`, `Protected`).
+/// added cloning (`CloneStart`, `Pages`, `DiskPages`, `CloneEnd`,
+/// `Protected`).
 pub const CHANNEL_VERSION: u32 = 3;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,8 +86,21 @@ pub enum Message {
         encoding: crate::clone::PageEncoding,
         data: Vec<u8>,
     },
-    /// The snapshot is whole: `chunks` were sent, and this is its digest.
-    CloneEnd { chunks: u64, digest: [u8; 32] },
+    /// A chunk of a private disk as it was at the snapshot, at `offset`
+    /// (chunks that are all zeroes are not sent).
+    DiskPages {
+        offset: u64,
+        encoding: crate::clone::PageEncoding,
+        data: Vec<u8>,
+    },
+    /// The snapshot is whole: `chunks` RAM chunks and `disk_chunks` disk
+    /// chunks were sent; the snapshot's digest, and the disk's.
+    CloneEnd {
+        chunks: u64,
+        digest: [u8; 32],
+        disk_chunks: u64,
+        disk_digest: Option<[u8; 32]>,
+    },
     /// A cloned backup has caught up: from the entry `through` on, the
     /// primary's outputs wait for its acknowledgements, so it may take
     /// over. A clone that has not received this must never go live (the
@@ -106,6 +120,7 @@ impl Message {
             Message::Released { .. } => "Released",
             Message::CloneStart(_) => "CloneStart",
             Message::Pages { .. } => "Pages",
+            Message::DiskPages { .. } => "DiskPages",
             Message::CloneEnd { .. } => "CloneEnd",
             Message::Protected { .. } => "Protected",
         }

@@ -7,11 +7,15 @@
 //! and replays the log from the same icount. The stream is
 //! [`Message::CloneStart`] (what machine, where its counters stand, the
 //! hart and device state), then [`Message::Pages`] for every RAM chunk
-//! that is not all zeroes (LZ4-compressed when that makes it smaller), then
-//! [`Message::CloneEnd`] with the number of chunks sent and the snapshot's
-//! digest. [`CloneSender`] makes the messages; [`CloneReceiver`] checks
-//! every one (offsets, sizes, order, the digest) and builds the snapshot,
-//! so a truncated, corrupt or foreign stream is one clear error and
+//! that is not all zeroes (LZ4-compressed when that makes it smaller), then,
+//! for a VM with a private disk, [`Message::DiskPages`] for every chunk of
+//! the disk as it was at the snapshot that is not all zeroes, then
+//! [`Message::CloneEnd`] with the number of chunks sent and the digests
+//! of the snapshot and of the disk. [`CloneSender`] makes the messages
+//! (the host reads the disk and hands it chunk by chunk); [`CloneReceiver`]
+//! checks every one (offsets, sizes, order, counts, the snapshot's digest)
+//! and builds the snapshot, handing the disk's chunks to the host to
+//! write, so a truncated, corrupt or foreign stream is one clear error and
 //! nothing is started.
 
 use ftvm_board::{Engine, Snapshot};
@@ -43,7 +47,14 @@ pub struct CloneStart {
     /// Bytes of the guest's console stream before the snapshot: the
     /// backup's console continues from there.
     pub console_offset: u64,
+    /// A private disk's size: its content at the snapshot follows the RAM
+    /// (a shared disk is not sent: the new backup never writes it while it
+    /// replays).
+    pub disk_size: Option<u64>,
 }
+
+/// The largest disk a clone may announce.
+pub const MAX_DISK: u64 = 16 << 40;
 
 /// How a chunk's bytes are carried.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +77,8 @@ pub enum CloneError {
     BadChunk { offset: u64, why: String },
     #[error("the stream ended after {got} chunks, the primary says it sent {sent}")]
     Truncated { got: u64, sent: u64 },
+    #[error("the snapshot announces a disk of {0} bytes, which is not a disk this backup takes")]
+    DiskSize(u64),
     #[error("the snapshot's state: {0}")]
     State(String),
     #[error("the snapshot does not match its digest (corrupt in transfer)")]
@@ -79,7 +92,10 @@ pub struct CloneSender {
     start: Option<CloneStart>,
     /// The next chunk's offset.
     offset: usize,
+    digest: Option<ftvm_board::Digest>,
+    has_disk: bool,
     chunks_sent: u64,
+    disk_chunks_sent: u64,
     bytes_sent: u64,
     done: bool,
 }
@@ -87,10 +103,13 @@ pub struct CloneSender {
 impl CloneSender {
     pub fn new(snapshot: Snapshot, start: CloneStart) -> CloneSender {
         CloneSender {
+            has_disk: start.disk_size.is_some(),
+            digest: None,
             snapshot,
             start: Some(start),
             offset: 0,
             chunks_sent: 0,
+            disk_chunks_sent: 0,
             bytes_sent: 0,
             done: false,
         }
@@ -121,8 +140,45 @@ impl CloneSender {
         self.snapshot
     }
 
-    /// The next message of the stream; `None` once [`Message::CloneEnd`]
-    /// was given.
+    /// The snapshot's digest (a BLAKE3 pass over RAM, computed once).
+    pub fn digest(&mut self) -> ftvm_board::Digest {
+        *self.digest.get_or_insert_with(|| self.snapshot.digest())
+    }
+
+    /// The message for the disk's chunk at `offset` (its content at the
+    /// snapshot), unless it is all zeroes. Chunks are given in order, each
+    /// [`CHUNK`] bytes but the last, after the RAM's messages.
+    pub fn disk_message(&mut self, offset: u64, chunk: &[u8]) -> Option<Message> {
+        if chunk.iter().all(|&b| b == 0) {
+            return None;
+        }
+        let (encoding, data) = encode(chunk);
+        self.disk_chunks_sent += 1;
+        self.bytes_sent += data.len() as u64;
+        Some(Message::DiskPages {
+            offset,
+            encoding,
+            data,
+        })
+    }
+
+    /// The stream's last message, once RAM (and the disk) are sent: the
+    /// counts, the snapshot's digest and `disk_digest` (BLAKE3 of the whole
+    /// disk as sent, zero chunks included).
+    pub fn end_message(&mut self, disk_digest: Option<[u8; 32]>) -> Message {
+        self.done = true;
+        Message::CloneEnd {
+            chunks: self.chunks_sent,
+            digest: self.digest().0,
+            disk_chunks: self.disk_chunks_sent,
+            disk_digest,
+        }
+    }
+
+    /// The next message of the stream: its start, the RAM's chunks, and
+    /// for a clone without a disk the end; `None` after that. With a disk,
+    /// `None` once every RAM chunk was given: then the disk's chunks
+    /// ([`CloneSender::disk_message`]) and [`CloneSender::end_message`].
     pub fn next_message(&mut self) -> Option<Message> {
         if let Some(start) = self.start.take() {
             self.bytes_sent += start.state.len() as u64;
@@ -137,12 +193,7 @@ impl CloneSender {
             if chunk.iter().all(|&b| b == 0) {
                 continue;
             }
-            let compressed = lz4_flex::block::compress(chunk);
-            let (encoding, data) = if compressed.len() < chunk.len() {
-                (PageEncoding::Lz4, compressed)
-            } else {
-                (PageEncoding::Raw, chunk.to_vec())
-            };
+            let (encoding, data) = encode(chunk);
             self.chunks_sent += 1;
             self.bytes_sent += data.len() as u64;
             return Some(Message::Pages {
@@ -151,14 +202,45 @@ impl CloneSender {
                 data,
             });
         }
-        if self.done {
+        if self.done || self.has_disk {
             return None;
         }
-        self.done = true;
-        Some(Message::CloneEnd {
-            chunks: self.chunks_sent,
-            digest: self.snapshot.digest().0,
-        })
+        Some(self.end_message(None))
+    }
+
+    /// Whether the end was given.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+}
+
+/// A chunk as sent: LZ4 when that is smaller.
+fn encode(chunk: &[u8]) -> (PageEncoding, Vec<u8>) {
+    let compressed = lz4_flex::block::compress(chunk);
+    if compressed.len() < chunk.len() {
+        (PageEncoding::Lz4, compressed)
+    } else {
+        (PageEncoding::Raw, chunk.to_vec())
+    }
+}
+
+/// A chunk as received, into `target` (its whole length).
+fn decode_into(encoding: PageEncoding, data: &[u8], target: &mut [u8]) -> Result<(), String> {
+    let len = target.len();
+    match encoding {
+        PageEncoding::Raw if data.len() == len => {
+            target.copy_from_slice(data);
+            Ok(())
+        }
+        PageEncoding::Raw => Err(format!("{} bytes for a chunk of {len}", data.len())),
+        PageEncoding::Lz4 => {
+            let n = lz4_flex::block::decompress_into(data, target)
+                .map_err(|e| format!("does not decompress: {e}"))?;
+            if n != len {
+                return Err(format!("decompresses to {n} bytes, not {len}"));
+            }
+            Ok(())
+        }
     }
 }
 
@@ -171,12 +253,28 @@ pub struct CloneReceiver {
     /// Where the next chunk may start (chunks come in increasing order).
     next_offset: u64,
     chunks: u64,
+    /// The same for the disk's chunks.
+    next_disk_offset: u64,
+    disk_chunks: u64,
 }
 
 /// A whole, checked clone.
 pub struct Cloned {
     pub start: CloneStart,
     pub snapshot: Snapshot,
+    /// The digest of the disk as sent, which the host checks against
+    /// what it wrote.
+    pub disk_digest: Option<[u8; 32]>,
+}
+
+/// What a message of the stream asks of the new backup's host.
+pub enum Received {
+    /// Nothing yet.
+    More,
+    /// Write these bytes at `offset` of the backup's own disk.
+    Disk { offset: u64, bytes: Vec<u8> },
+    /// The clone is whole and checked.
+    Done(Box<Cloned>),
 }
 
 impl CloneReceiver {
@@ -193,9 +291,19 @@ impl CloneReceiver {
         )
     }
 
-    /// Take the next message; the clone once [`Message::CloneEnd`] arrived
-    /// and everything checked. After an error the stream is unusable.
+    /// Take the next message of a clone without a disk; the clone once
+    /// [`Message::CloneEnd`] arrived and everything checked.
     pub fn receive(&mut self, message: Message) -> Result<Option<Cloned>, CloneError> {
+        match self.take(message)? {
+            Received::More => Ok(None),
+            Received::Done(cloned) => Ok(Some(*cloned)),
+            Received::Disk { .. } => Err(CloneError::Unexpected("a disk chunk")),
+        }
+    }
+
+    /// Take the next message; what the host must do with it (write a disk
+    /// chunk). After an error the stream is unusable.
+    pub fn take(&mut self, message: Message) -> Result<Received, CloneError> {
         let Some(start) = &self.start else {
             let Message::CloneStart(start) = message else {
                 return Err(CloneError::NoStart(message.name()));
@@ -206,9 +314,14 @@ impl CloneReceiver {
             {
                 return Err(CloneError::RamSize(start.ram_size));
             }
+            if let Some(size) = start.disk_size {
+                if size == 0 || size > MAX_DISK || size % 512 != 0 {
+                    return Err(CloneError::DiskSize(size));
+                }
+            }
             self.ram = vec![0; start.ram_size as usize];
             self.start = Some(*start);
-            return Ok(None);
+            return Ok(Received::More);
         };
         match message {
             Message::Pages {
@@ -228,30 +341,56 @@ impl CloneReceiver {
                 }
                 let at = offset as usize;
                 let len = CHUNK.min(self.ram.len() - at);
-                let target = &mut self.ram[at..at + len];
-                match encoding {
-                    PageEncoding::Raw if data.len() == len => target.copy_from_slice(&data),
-                    PageEncoding::Raw => {
-                        return Err(bad(format!("{} bytes for a chunk of {len}", data.len())));
-                    }
-                    PageEncoding::Lz4 => {
-                        let n = lz4_flex::block::decompress_into(&data, target)
-                            .map_err(|e| bad(format!("does not decompress: {e}")))?;
-                        if n != len {
-                            return Err(bad(format!("decompresses to {n} bytes, not {len}")));
-                        }
-                    }
-                }
+                decode_into(encoding, &data, &mut self.ram[at..at + len]).map_err(bad)?;
                 self.next_offset = offset + len as u64;
                 self.chunks += 1;
-                Ok(None)
+                Ok(Received::More)
             }
-            Message::CloneEnd { chunks, digest } => {
+            Message::DiskPages {
+                offset,
+                encoding,
+                data,
+            } => {
+                let bad = |why: String| CloneError::BadChunk { offset, why };
+                let Some(size) = start.disk_size else {
+                    return Err(bad("a disk chunk for a clone without a disk".into()));
+                };
+                if offset % CHUNK as u64 != 0 {
+                    return Err(bad("not on a chunk boundary".into()));
+                }
+                if offset < self.next_disk_offset {
+                    return Err(bad("out of order or sent twice".into()));
+                }
+                if offset >= size {
+                    return Err(bad("beyond the end of the disk".into()));
+                }
+                let len = (CHUNK as u64).min(size - offset) as usize;
+                let mut bytes = vec![0; len];
+                decode_into(encoding, &data, &mut bytes).map_err(bad)?;
+                self.next_disk_offset = offset + len as u64;
+                self.disk_chunks += 1;
+                Ok(Received::Disk { offset, bytes })
+            }
+            Message::CloneEnd {
+                chunks,
+                digest,
+                disk_chunks,
+                disk_digest,
+            } => {
                 if chunks != self.chunks {
                     return Err(CloneError::Truncated {
                         got: self.chunks,
                         sent: chunks,
                     });
+                }
+                if disk_chunks != self.disk_chunks {
+                    return Err(CloneError::Truncated {
+                        got: self.disk_chunks,
+                        sent: disk_chunks,
+                    });
+                }
+                if disk_digest.is_some() != start.disk_size.is_some() {
+                    return Err(CloneError::Unexpected("a disk digest without a disk"));
                 }
                 let snapshot = Snapshot::from_parts(&start.state, std::mem::take(&mut self.ram))
                     .map_err(|e| CloneError::State(e.to_string()))?;
@@ -262,7 +401,11 @@ impl CloneReceiver {
                 let Some(start) = self.start.take() else {
                     return Err(CloneError::Unexpected("CloneEnd"));
                 };
-                Ok(Some(Cloned { start, snapshot }))
+                Ok(Received::Done(Box::new(Cloned {
+                    start,
+                    snapshot,
+                    disk_digest,
+                })))
             }
             other => Err(CloneError::Unexpected(other.name())),
         }
@@ -335,6 +478,7 @@ mod tests {
             state: snapshot.state_bytes(),
             icount_base: 0,
             console_offset: 0,
+            disk_size: None,
         }
     }
 
@@ -346,7 +490,28 @@ mod tests {
         while let Some(message) = sender.next_message() {
             messages.push(message);
         }
+        assert!(sender.is_done(), "without a disk the end comes by itself");
         (messages, m)
+    }
+
+    /// Feed `messages` to a receiver: the clone, and the disk it wrote
+    /// (`disk_size` bytes).
+    fn receive_all(
+        messages: Vec<Message>,
+        disk_size: usize,
+    ) -> Result<Option<(Cloned, Vec<u8>)>, CloneError> {
+        let mut receiver = CloneReceiver::default();
+        let mut disk = vec![0u8; disk_size];
+        for message in messages {
+            match receiver.take(message)? {
+                Received::More => {}
+                Received::Disk { offset, bytes } => {
+                    disk[offset as usize..offset as usize + bytes.len()].copy_from_slice(&bytes);
+                }
+                Received::Done(cloned) => return Ok(Some((*cloned, disk))),
+            }
+        }
+        Ok(None)
     }
 
     #[test]
@@ -377,15 +542,69 @@ mod tests {
                 ..
             }
         )));
-        let mut receiver = CloneReceiver::default();
-        let mut cloned = None;
-        for message in messages {
-            assert!(cloned.is_none(), "nothing after the end");
-            cloned = receiver.receive(message).expect("valid");
-        }
-        let cloned = cloned.expect("whole");
+        let (cloned, _) = receive_all(messages, 0).expect("valid").expect("whole");
         assert_eq!(cloned.snapshot.digest(), m.digest());
         assert_eq!(cloned.snapshot.icount(), m.icount());
+        assert_eq!(cloned.disk_digest, None);
+    }
+
+    /// A private disk follows the RAM: only its non-zero chunks travel,
+    /// and the receiver's host writes exactly the disk that was sent.
+    #[test]
+    fn a_private_disk_arrives_with_the_snapshot() {
+        let (m, _) = machine();
+        let snapshot = m.snapshot();
+        let disk_size = 5 * CHUNK + 1024;
+        let mut disk = vec![0u8; disk_size];
+        disk[CHUNK + 7] = 1;
+        disk[4 * CHUNK..5 * CHUNK].fill(9);
+        disk[disk_size - 1] = 3;
+        let mut start = start(&m, &snapshot);
+        start.disk_size = Some(disk_size as u64);
+        let mut sender = CloneSender::new(snapshot, start);
+        let mut messages: Vec<Message> = std::iter::from_fn(|| sender.next_message()).collect();
+        let ram_messages = messages.len();
+        for (i, chunk) in disk.chunks(CHUNK).enumerate() {
+            messages.extend(sender.disk_message((i * CHUNK) as u64, chunk));
+        }
+        assert_eq!(
+            messages.len() - ram_messages,
+            3,
+            "three chunks are not zero"
+        );
+        messages.push(sender.end_message(Some([5; 32])));
+        let (cloned, written) = receive_all(messages.clone(), disk_size)
+            .expect("valid")
+            .expect("whole");
+        assert_eq!(written, disk);
+        assert_eq!(cloned.disk_digest, Some([5; 32]));
+        // A disk chunk beyond the disk, or for a clone without one.
+        let mut beyond = messages.clone();
+        beyond.insert(
+            ram_messages,
+            Message::DiskPages {
+                offset: 6 * CHUNK as u64,
+                encoding: PageEncoding::Raw,
+                data: vec![1; CHUNK],
+            },
+        );
+        assert!(matches!(
+            receive_all(beyond, disk_size),
+            Err(CloneError::BadChunk { .. })
+        ));
+        let mut dropped = messages.clone();
+        dropped.remove(ram_messages);
+        assert!(matches!(
+            receive_all(dropped, disk_size),
+            Err(CloneError::Truncated { .. })
+        ));
+        if let Message::CloneStart(start) = &mut messages[0] {
+            start.disk_size = Some(1000);
+        }
+        assert_eq!(
+            receive_all(messages, disk_size).err(),
+            Some(CloneError::DiskSize(1000))
+        );
     }
 
     /// Every way a stream can be wrong is an error, never a panic or a
@@ -393,14 +612,7 @@ mod tests {
     #[test]
     fn truncated_reordered_corrupt_and_foreign_streams_are_refused() {
         let (messages, _) = stream();
-        let run = |messages: Vec<Message>| -> Result<Option<Cloned>, CloneError> {
-            let mut receiver = CloneReceiver::default();
-            let mut last = None;
-            for message in messages {
-                last = receiver.receive(message)?;
-            }
-            Ok(last)
-        };
+        let run = |messages: Vec<Message>| receive_all(messages, 0).map(|c| c.map(|(c, _)| c));
         // A chunk left out.
         let mut dropped = messages.clone();
         dropped.remove(2);

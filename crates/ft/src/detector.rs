@@ -59,6 +59,13 @@ impl FailureDetector {
         self.closed = true;
     }
 
+    /// Whether the peer has been silent for `ms` (or the channel closed):
+    /// a longer patience than the timeout, for a peer nothing depends on
+    /// yet.
+    pub fn silent_for(&self, now: u64, ms: u64) -> bool {
+        self.closed || now.saturating_sub(self.last_heard) >= ms
+    }
+
     /// When something was last sent to the peer.
     pub fn last_sent(&self) -> u64 {
         self.last_sent

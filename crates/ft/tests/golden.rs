@@ -89,13 +89,13 @@ const GOLDEN_SEALED_BY_PRIMARY: [&str; KINDS] = [
     ),
     // CloneStart
     concat!(
-        "c60000009fda4b53068001010666772e62696e80200101010101010101010101",
+        "cb00000082886b83068001010666772e62696e80200101010101010101010101",
         "01010101010101010101010101010101010101010105496d6167658080400202",
         "020202020202020202020202020202020202020202020202020202020202000d",
         "636f6e736f6c653d747479533064020080100202000000000000808080402800",
         "0306090c0f1215181b1e2124272a2d303336393c3f4245484b4e5154575a5d60",
-        "6366696c6f727580e497d012e121341dcf1bb3708402a32067745b4511c1844c",
-        "0e7a9d4188d6278460bc86f66b69",
+        "6366696c6f727580e497d012e1210180808020c69e300a62c26091ecf9e20d74",
+        "c996c79f6e6993b9ec66b913da3c42141703e4",
     ),
     // Pages
     concat!(
@@ -103,16 +103,22 @@ const GOLDEN_SEALED_BY_PRIMARY: [&str; KINDS] = [
         "7e858c939aa1c62131f6fb3d5d3ef0d385615e0285993d2a0d082fcb5a2840a4",
         "9e5521509e16",
     ),
+    // DiskPages
+    concat!(
+        "3600000002faab0c0880800c0010000b16212c37424d58636e79848f9aa5a0a9",
+        "b9494e6a7fe98e6f1f603cf4cb3de7d7650b0f217899b4019d233d0ba0a5",
+    ),
     // CloneEnd
     concat!(
-        "42000000c22f8540084d000102030405060708090a0b0c0d0e0f101112131415",
-        "161718191a1b1c1d1e1f06408c07ae13382624e99e3a4461fc236ffab3c39e44",
-        "28bc25d1f88d562f897a",
+        "64000000511f6fd1094d000102030405060708090a0b0c0d0e0f101112131415",
+        "161718191a1b1c1d1e1f050100020406080a0c0e10121416181a1c1e20222426",
+        "282a2c2e30323436383a3c3ea090745df4ad0d6d0cce63e88c5cfdac438b39b1",
+        "e06b4168af79ea2c0802b433",
     ),
     // Protected
     concat!(
-        "2300000072eb948f09e70710fc28a05a74e3686e498261d51907c2c90e613b1d",
-        "dfd34c8a80c67e8ba8d8a9",
+        "2300000062522bc80ae707b52292c34e6a76a6565d322e7addbb104b4573e216",
+        "496c8e6fa6f6d90d5e5933",
     ),
 ];
 /// `messages(Role::Backup)` sealed by the backup, in order.
@@ -152,13 +158,13 @@ const GOLDEN_SEALED_BY_BACKUP: [&str; KINDS] = [
     ),
     // CloneStart
     concat!(
-        "c60000004b5ed1b3068001010666772e62696e80208181818181818181818181",
+        "cb000000ebc40cfb068001010666772e62696e80208181818181818181818181",
         "81818181818181818181818181818181818181818105496d6167658080408282",
         "828282828282828282828282828282828282828282828282828282828282000d",
         "636f6e736f6c653d747479533064020080100202000000008000808080402880",
         "8386898c8f9295989b9ea1a4a7aaadb0b3b6b9bcbfc2c5c8cbced1d4d7dadde0",
-        "e3e6e9eceff2f580e597d012e122f43d7019593a9ae53d9b9a3461ae35537cd9",
-        "c5c8ae5ea302a76902e56e8b548c",
+        "e3e6e9eceff2f580e597d012e1220180808020f7ae686584799a421ec4f54846",
+        "433d6750b88e8e68d007101cd04a43eb8624ba",
     ),
     // Pages
     concat!(
@@ -166,22 +172,28 @@ const GOLDEN_SEALED_BY_BACKUP: [&str; KINDS] = [
         "fe050c131a21a5f15f210fcca623880f7c0f58e8b6014942045ac812d232beac",
         "b349b33a5352",
     ),
+    // DiskPages
+    concat!(
+        "36000000f66acce80880800c0010808b96a1acb7c2cdd8e3eef9040f1a253dd6",
+        "97dade4d7e4103abbaddfa8a0a1dd2e41147616ffb65039111df42d12a99",
+    ),
     // CloneEnd
     concat!(
-        "4300000073ba598408cd01808182838485868788898a8b8c8d8e8f9091929394",
-        "95969798999a9b9c9d9e9f6403a11d896ad6b422bf992bf3296be06a57da8d71",
-        "e4af7669fa55ab28e85805",
+        "66000000679df29b09cd01808182838485868788898a8b8c8d8e8f9091929394",
+        "95969798999a9b9c9d9e9f85010180828486888a8c8e90929496989a9c9ea0a2",
+        "a4a6a8aaacaeb0b2b4b6b8babcbe9dc8989e0cc7fb37c28159e21ea109c6de1e",
+        "18c8fd57452b4d67b9d5bb142e57",
     ),
     // Protected
     concat!(
-        "23000000419bbf7709e70831c3c9787c2dd64de31b5b58e23388602719fda3ea",
-        "93f858de3a11508f8471b9",
+        "230000001a195a020ae70865aedddf598c2b377e7129e63a42ceffc5d350615b",
+        "102bc3a71eecee8e4f96cf",
     ),
 ];
 
 // ---------------------------------------------------------------- fixtures
 
-const KINDS: usize = 10;
+const KINDS: usize = 11;
 
 fn nonce(role: Role) -> [u8; 16] {
     std::array::from_fn(|i| match role {
@@ -247,15 +259,23 @@ fn messages(from: Role) -> [Message; KINDS] {
             state: (0..40).map(|i| salt ^ (i * 3) as u8).collect(),
             icount_base: 5_000_000_000 + u64::from(salt),
             console_offset: 4_321 + u64::from(salt),
+            disk_size: Some(64 << 20),
         })),
         Message::Pages {
             offset: 64 << 10,
             encoding: PageEncoding::Lz4,
             data: (0..24).map(|i| salt ^ (i * 7) as u8).collect(),
         },
+        Message::DiskPages {
+            offset: 3 << 16,
+            encoding: PageEncoding::Raw,
+            data: (0..16).map(|i| salt ^ (i * 11) as u8).collect(),
+        },
         Message::CloneEnd {
             chunks: 77 + u64::from(salt),
             digest: std::array::from_fn(|i| salt ^ i as u8),
+            disk_chunks: 5 + u64::from(salt),
+            disk_digest: Some(std::array::from_fn(|i| salt ^ (2 * i) as u8)),
         },
         Message::Protected {
             through: 999 + u64::from(salt),
@@ -272,6 +292,7 @@ fn messages(from: Role) -> [Message; KINDS] {
             | Message::Released { .. }
             | Message::CloneStart(_)
             | Message::Pages { .. }
+            | Message::DiskPages { .. }
             | Message::CloneEnd { .. }
             | Message::Protected { .. } => {}
         }

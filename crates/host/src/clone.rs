@@ -11,6 +11,7 @@
 //! and hands the connection back to the loop with the snapshot's digest,
 //! which starts the log.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
@@ -18,11 +19,12 @@ use std::time::{Duration, Instant};
 
 use ftvm_board::Digest;
 use ftvm_ft::channel::Message;
-use ftvm_ft::clone::{CloneReceiver, CloneSender, Cloned};
+use ftvm_ft::clone::{CloneReceiver, CloneSender, Cloned, Received};
 use ftvm_node::CloneBegun;
 
 use crate::HostError;
 use crate::channel::{Channel, Credentials};
+use crate::io::Disk;
 use crate::status::{CloneProgress, CloneStage};
 
 /// What the clone's thread reports to the run loop.
@@ -74,16 +76,20 @@ impl Progress {
     }
 }
 
+/// Where a private disk's copy at the snapshot will be, once made.
+pub type DiskCopy = Receiver<Result<PathBuf, String>>;
+
 /// The sender's thread, as the loop holds it.
 pub struct CloneThread {
-    snapshot: Sender<CloneBegun>,
+    snapshot: Sender<(CloneBegun, Option<DiskCopy>)>,
     pub progress: Arc<Progress>,
 }
 
 impl CloneThread {
-    /// Hand the captured machine to the thread; `false` if it is gone.
-    pub fn send(&self, begun: CloneBegun) -> bool {
-        self.snapshot.send(begun).is_ok()
+    /// Hand the captured machine (and the disk's copy, with a private
+    /// disk) to the thread; `false` if it is gone.
+    pub fn send(&self, begun: CloneBegun, disk: Option<DiskCopy>) -> bool {
+        self.snapshot.send((begun, disk)).is_ok()
     }
 }
 
@@ -129,7 +135,7 @@ fn send_clone(
     target: &CloneTarget,
     ram_size: u64,
     stop: &AtomicBool,
-    snapshots: &Receiver<CloneBegun>,
+    snapshots: &Receiver<(CloneBegun, Option<DiskCopy>)>,
     progress: &Progress,
     sink: &impl Fn(CloneEvent) -> bool,
 ) -> Result<Option<CloneEvent>, HostError> {
@@ -147,26 +153,38 @@ fn send_clone(
         return Ok(None);
     }
     // The loop gives up the clone by dropping its end.
-    let Ok(begun) = snapshots.recv() else {
+    let Ok((begun, disk)) = snapshots.recv() else {
         return Ok(None);
     };
     progress.set_stage(CloneStage::Sending);
+    if let Some(size) = begun.start.disk_size {
+        progress.total.fetch_add(size, Ordering::Relaxed);
+    }
     let started = Instant::now();
     let mut sender = CloneSender::new(begun.snapshot, begun.start);
-    let mut digest = None;
-    while let Some(message) = sender.next_message() {
-        if let Message::CloneEnd { digest: d, .. } = &message {
-            digest = Some(Digest(*d));
-        }
-        channel
-            .send(&message)
-            .map_err(|(why, _)| HostError::Config(format!("sending the snapshot: {why}")))?;
-        progress.done.store(sender.progress().0, Ordering::Relaxed);
+    let send = |channel: &mut Channel, message: &Message| {
         if stop.load(Ordering::Relaxed) {
             return Err(HostError::Config("asked to stop".into()));
         }
+        channel
+            .send(message)
+            .map_err(|(why, _)| HostError::Config(format!("sending the snapshot: {why}")))
+    };
+    while let Some(message) = sender.next_message() {
+        send(&mut channel, &message)?;
+        progress.done.store(sender.progress().0, Ordering::Relaxed);
     }
-    let digest = digest.ok_or_else(|| HostError::Config("the snapshot had no end".into()))?;
+    if let Some(copied) = disk {
+        let path = copied
+            .recv()
+            .map_err(|_| HostError::Config("the I/O thread is gone".into()))?
+            .map_err(HostError::Config)?;
+        let sent = send_disk(&mut channel, &mut sender, &path, progress, &send);
+        let _ = std::fs::remove_file(&path);
+        let disk_digest = sent?;
+        send(&mut channel, &sender.end_message(Some(disk_digest)))?;
+    }
+    let digest = sender.digest();
     tracing::info!(
         bytes = sender.bytes_sent(),
         chunks = sender.chunks_sent(),
@@ -189,12 +207,51 @@ pub enum First {
     Message(Message),
 }
 
+/// Send the disk copy at `path` in chunks; its digest.
+fn send_disk(
+    channel: &mut Channel,
+    sender: &mut CloneSender,
+    path: &std::path::Path,
+    progress: &Progress,
+    send: &impl Fn(&mut Channel, &Message) -> Result<(), HostError>,
+) -> Result<[u8; 32], HostError> {
+    use std::io::Read;
+    let io = |e| HostError::io(format!("reading the disk's copy {}", path.display()), e);
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut chunk = vec![0u8; ftvm_ft::clone::CHUNK];
+    let mut offset = 0u64;
+    loop {
+        let mut filled = 0;
+        while filled < chunk.len() {
+            let n = file.read(&mut chunk[filled..]).map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
+            break;
+        }
+        let piece = &chunk[..filled];
+        hasher.update(piece);
+        if let Some(message) = sender.disk_message(offset, piece) {
+            send(channel, &message)?;
+        }
+        offset += filled as u64;
+        progress.done.fetch_add(filled as u64, Ordering::Relaxed);
+    }
+    Ok(*hasher.finalize().as_bytes())
+}
+
 /// A new backup's first messages: a whole clone (reporting progress as
-/// it comes), or the first message of a log from the start. Each read may
-/// wait `timeout`.
+/// it comes, and writing a private disk that comes with it to `disk`), or
+/// the first message of a log from the start. Each read may wait
+/// `timeout`.
 pub fn receive(
     channel: &mut Channel,
     timeout: Duration,
+    mut disk: Option<&mut Disk>,
     mut progress: impl FnMut(CloneProgress),
 ) -> Result<First, HostError> {
     let first = channel.recv_blocking(timeout)?;
@@ -204,12 +261,39 @@ pub fn receive(
     let mut receiver = CloneReceiver::default();
     let mut message = first;
     let mut said = Instant::now();
+    let bad = |e: String| HostError::Config(format!("the clone's snapshot: {e}"));
     loop {
-        let received = receiver
-            .receive(message)
-            .map_err(|e| HostError::Config(format!("the clone's snapshot: {e}")))?;
-        if let Some(cloned) = received {
-            return Ok(First::Clone(Box::new(cloned)));
+        match receiver.take(message).map_err(|e| bad(e.to_string()))? {
+            Received::More => {}
+            Received::Disk { offset, bytes } => {
+                let Some(disk) = disk.as_deref_mut() else {
+                    return Err(bad("it sends a disk, and this VM has none (--disk)".into()));
+                };
+                disk.write_at(offset, &bytes)
+                    .map_err(|e| HostError::io("writing the clone's disk", e))?;
+            }
+            Received::Done(cloned) => {
+                if let Some(expected) = cloned.disk_digest {
+                    let Some(disk) = disk.as_deref_mut() else {
+                        return Err(bad("it sends a disk, and this VM has none (--disk)".into()));
+                    };
+                    if cloned.start.disk_size != Some(disk.len()) {
+                        return Err(bad(format!(
+                            "its disk is {} bytes, this VM's {} is {}",
+                            cloned.start.disk_size.unwrap_or(0),
+                            disk.path().display(),
+                            disk.len()
+                        )));
+                    }
+                    let found = disk
+                        .digest()
+                        .map_err(|e| HostError::io("reading the clone's disk", e))?;
+                    if found != expected {
+                        return Err(bad("the disk written differs from the disk sent".into()));
+                    }
+                }
+                return Ok(First::Clone(cloned));
+            }
         }
         if said.elapsed() >= Duration::from_millis(200) {
             said = Instant::now();

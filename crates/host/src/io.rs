@@ -60,6 +60,40 @@ impl Disk {
         }
     }
 
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Its size in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Never: a disk has at least one sector.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Write `data` at `offset` (a new backup's disk, filled from a clone).
+    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.write(offset, data)
+    }
+
+    /// BLAKE3 of the whole disk, read from the file.
+    pub fn digest(&mut self) -> std::io::Result<[u8; 32]> {
+        self.file.seek(SeekFrom::Start(0))?;
+        let mut hasher = blake3::Hasher::new();
+        std::io::copy(&mut (&self.file).take(self.len), &mut hasher)?;
+        Ok(*hasher.finalize().as_bytes())
+    }
+
+    /// A copy of the disk as it is now at `to` (a clone's new backup gets
+    /// it): on file systems that can, the copy shares the blocks.
+    fn copy_to(&mut self, to: &Path) -> std::io::Result<()> {
+        self.file.flush()?;
+        std::fs::copy(&self.path, to).map(|_| ())
+    }
+
     fn read(&mut self, offset: u64, len: u32) -> std::io::Result<Vec<u8>> {
         let mut data = vec![0; len as usize];
         self.file.seek(SeekFrom::Start(offset))?;
@@ -174,6 +208,13 @@ pub enum IoJob {
     Request { request: IoRequest, answer: bool },
     /// Tell the network the VM's card is here now.
     Announce { mac: [u8; 6] },
+    /// Copy the disk, as every request queued before left it, to `to`,
+    /// and say so on `done` (a clone of a VM with a private disk: the
+    /// requests queued after are the ones its new backup replays).
+    CopyDisk {
+        to: PathBuf,
+        done: Sender<Result<PathBuf, String>>,
+    },
 }
 
 /// The host's I/O in a thread of its own, in request order.
@@ -197,6 +238,17 @@ impl IoThread {
                         IoJob::Request { request, answer } => (request, answer),
                         IoJob::Announce { mac } => {
                             host.announce(mac);
+                            continue;
+                        }
+                        IoJob::CopyDisk { to, done } => {
+                            let copied = match host.disk.as_mut() {
+                                Some(disk) => disk
+                                    .copy_to(&to)
+                                    .map(|()| to)
+                                    .map_err(|e| format!("copying the disk: {e}")),
+                                None => Err("this VM has no disk".to_string()),
+                            };
+                            let _ = done.send(copied);
                             continue;
                         }
                     };

@@ -266,7 +266,8 @@ pub fn backup(
     let wait = Duration::from_millis(config.detector.timeout_ms.saturating_mul(5))
         .max(Duration::from_secs(10));
     let status_path = options.status_file.clone();
-    let first = crate::clone::receive(&mut channel, wait, |progress| {
+    let mut io = io;
+    let first = crate::clone::receive(&mut channel, wait, io.disk.as_mut(), |progress| {
         if let Some(path) = &status_path {
             StatusFile::new(path).write(&StatusLine {
                 role: Some("backup".into()),

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use ftvm_board::{DeviceKind, Input, IoRequest};
 use ftvm_ft::golive::Verdict;
 use ftvm_net::FrameReceiver;
-use ftvm_node::{Effect, HaltReason, Host, Node, Ran, Status, Time};
+use ftvm_node::{DiskMode, Effect, HaltReason, Host, Node, Ran, Status, Time};
 
 use crate::HostError;
 use crate::arbiter::{Arbiter, ArbiterThread};
@@ -188,6 +188,8 @@ struct Vm {
     to_loop: Option<Sender<Event>>,
     key: Option<[u8; 32]>,
     clone: Option<CloneJob>,
+    /// The VM's disk and its size: a clone with a private disk sends it.
+    disk: Option<(PathBuf, u64)>,
     clone_pause_ms: Option<f64>,
     clone_bytes: Option<u64>,
     console_file: Option<ConsoleFile>,
@@ -242,6 +244,7 @@ pub fn run(node: Node, host: VmHost) -> Result<Node, HostError> {
         control,
     } = host;
     let has_net = io.net.is_some();
+    let disk = io.disk.as_ref().map(|d| (d.path().to_path_buf(), d.len()));
     let polled_net = has_net && frames.is_none();
     if let Some(channel) = &mut channel {
         let timeout = Duration::from_millis(node.config().detector.timeout_ms);
@@ -327,6 +330,7 @@ pub fn run(node: Node, host: VmHost) -> Result<Node, HostError> {
         to_loop,
         key,
         clone: None,
+        disk,
         clone_pause_ms: None,
         clone_bytes: None,
         console_file,
@@ -625,7 +629,7 @@ impl Vm {
         };
         let paused = Instant::now();
         match self.node.start_clone(job.epoch, buffer, self.clock.now()) {
-            Ok(begun) => {
+            Ok(mut begun) => {
                 let pause = paused.elapsed();
                 self.clone_pause_ms = Some(pause.as_secs_f64() * 1e3);
                 tracing::info!(
@@ -633,7 +637,25 @@ impl Vm {
                     "snapshot taken for the clone"
                 );
                 job.buffer = None;
-                if !job.thread.send(begun) {
+                // A private disk goes with the snapshot, as it is now: the
+                // I/O thread copies it before any request made after the
+                // snapshot (none is in flight).
+                let mut disk = None;
+                if let (DiskMode::Private, Some((path, len)), Io::Thread(io)) =
+                    (self.node.config().disk, &self.disk, &self.io)
+                {
+                    let (done, copied) = std::sync::mpsc::channel();
+                    let mut to = path.clone().into_os_string();
+                    to.push(format!(".clone-{}", std::process::id()));
+                    if io.send(IoJob::CopyDisk {
+                        to: to.into(),
+                        done,
+                    }) {
+                        begun.start.disk_size = Some(*len);
+                        disk = Some(copied);
+                    }
+                }
+                if !job.thread.send(begun, disk) {
                     self.node.clone_failed("the clone's thread is gone");
                     self.clone = None;
                 }

@@ -29,6 +29,10 @@ use crate::{Effect, Mode, Node, NodeConfig, NodeError, Status, Time};
 /// it the clone is given up (a transfer that slow would never catch up).
 pub(crate) const LOG_WHILE_SENDING_MAX: u64 = 256 << 20;
 
+/// How long a clone that is catching up may be silent before the primary
+/// drops it (it may be restoring its snapshot meanwhile).
+pub(crate) const CATCH_UP_SILENCE_MS: u64 = 10_000;
+
 /// A clone has begun: send `start`, then the snapshot's pages, then call
 /// [`Node::clone_sent`] with the snapshot's digest.
 pub struct CloneBegun {
@@ -95,6 +99,8 @@ impl Node {
             state: snapshot.state_bytes(),
             icount_base: self.icount_base,
             console_offset: self.console_offset,
+            // The host knows the disk: it sets this for a private one.
+            disk_size: None,
         };
         r.recorder = Recorder::continuing(Vec::new());
         r.pair = Some(PairLink::new(&self.config, Phase::Transferring));

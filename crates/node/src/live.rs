@@ -676,9 +676,15 @@ impl Node {
             self.effects.push(Effect::Send(Message::Heartbeat));
             self.detector.sent(now);
         }
-        if suspects && pair.phase == Phase::CatchingUp {
-            // It cannot take over: no arbiter is needed to drop it.
-            self.clone_failed("the new backup is silent");
+        if pair.phase == Phase::CatchingUp {
+            // Nothing waits for a clone that has not caught up, and it
+            // may be busy restoring its snapshot: it is given a longer
+            // silence before it is dropped (at once if its channel
+            // closed). It cannot take over: no arbiter is needed.
+            let patience = crate::clone::CATCH_UP_SILENCE_MS.max(self.config.detector.timeout_ms);
+            if self.detector.silent_for(now, patience) {
+                self.clone_failed("the new backup is silent");
+            }
             return;
         }
         let retry = pair.retry_at.is_some_and(|at| time.mono_ns >= at);

@@ -108,6 +108,7 @@ pub(crate) fn start_from_clone(
     let Cloned {
         start: clone,
         snapshot,
+        ..
     } = cloned;
     let machine_config = clone
         .machine
