@@ -1,17 +1,17 @@
 //! The logging channel between the two hosts, both directions, through
 //! the real channel code (handshake, sealing, framing, authentication),
 //! with the seed's faults: delay and jitter, loss, duplication,
-//! reordering, corruption, partitions.
+//! reordering, corruption, partitions. Each pairing has a connection of
+//! its own (a restore's new backup is connected to for the clone, with
+//! the pairing's epoch in its handshake); what was in flight on an older
+//! one is lost.
 
-use ftvm_ft::channel::{
-    self, CHANNEL_FRAME_MAX, FrameDecoder, Handshake, Message, Role, Session, channel_key,
-};
-use ftvm_replay::LogDecoder;
+use ftvm_ft::channel::{self, CHANNEL_FRAME_MAX, FrameDecoder, Handshake, Message, Role, Session};
 
 use crate::invariants::Invariant;
 use crate::plan::{Noise, Partition};
 use crate::sim::{Event, Sim};
-use crate::{Broken, Rng, SimError};
+use crate::{Rng, SimError};
 
 const PAIR: &str = crate::host::PAIR;
 
@@ -26,31 +26,37 @@ struct Direction {
 }
 
 pub(crate) struct Channel {
-    /// Each host's sending session, indexed by host.
+    /// The pair's pre-shared key.
+    pub key: [u8; 32],
+    /// Each host's sending session, indexed by slot.
     sessions: [Session; 2],
-    /// Indexed by the receiving host.
+    /// Indexed by the receiving host's slot.
     dirs: [Direction; 2],
     noise: Noise,
     /// A partition: its mode, when it heals, which directions it cuts.
     cut: Option<(Partition, u64, [bool; 2])>,
-    /// The primary's whole sent log, replayed at the end.
-    pub primary_log: Vec<u8>,
-    /// Where the forged acknowledgements of [`Broken::AckOnSend`] are.
-    sent_decoder: LogDecoder,
 }
 
 impl Channel {
-    /// The connection after the real handshake, through the real
-    /// messages and framing, with a key and nonces from `rng`.
-    pub fn connect(rng: &mut Rng) -> Result<Channel, String> {
-        let key = channel_key(&rng.bytes(32));
+    /// The connection of pairing `epoch` between the primary in slot
+    /// `primary` and the backup in the other, after the real handshake,
+    /// through the real messages and framing, with nonces from `rng`.
+    /// Each direction starts at `generations` (above any older
+    /// connection's, whose frames in flight are then lost).
+    pub fn connect(
+        rng: &mut Rng,
+        key: [u8; 32],
+        epoch: u64,
+        primary: usize,
+        generations: [u64; 2],
+    ) -> Result<Channel, String> {
         let nonce = |rng: &mut Rng| -> [u8; 16] {
             let mut n = [0u8; 16];
             n.copy_from_slice(&rng.bytes(16));
             n
         };
-        let (mut hp, hello_p) = Handshake::start(Role::Primary, PAIR, 1, key, nonce(rng));
-        let (mut hb, hello_b) = Handshake::start(Role::Backup, PAIR, 1, key, nonce(rng));
+        let (mut hp, hello_p) = Handshake::start(Role::Primary, PAIR, epoch, key, nonce(rng));
+        let (mut hb, hello_b) = Handshake::start(Role::Backup, PAIR, epoch, key, nonce(rng));
         let wire = |m: &Message| -> Result<Message, String> {
             let mut d = FrameDecoder::default();
             d.push(&channel::encode(m));
@@ -72,28 +78,40 @@ impl Channel {
             .ok_or("no proof")?;
         hp.receive(&wire(&proof_b)?).map_err(|e| e.to_string())?;
         hb.receive(&wire(&proof_p)?).map_err(|e| e.to_string())?;
-        let sessions = [
+        let mut sessions = [
             hp.session().ok_or("primary not established")?,
             hb.session().ok_or("backup not established")?,
         ];
+        if primary == 1 {
+            sessions.swap(0, 1);
+        }
         Ok(Channel {
+            key,
             sessions,
-            dirs: [0, 1].map(|_| Direction {
+            dirs: generations.map(|generation| Direction {
                 open: true,
-                generation: 0,
+                generation,
                 decoder: FrameDecoder::new(CHANNEL_FRAME_MAX),
                 last_delivery: 0,
             }),
             noise: Noise::default(),
             cut: None,
-            primary_log: Vec::new(),
-            sent_decoder: LogDecoder::default(),
         })
     }
 
     /// The faults of the seed's plan (drawn after the handshake).
     pub fn set_noise(&mut self, noise: Noise) {
         self.noise = noise;
+    }
+
+    /// The seed's faults, for a new pairing's connection.
+    pub fn noise(&self) -> Noise {
+        self.noise.clone()
+    }
+
+    /// Generations above every one of this connection's, for the next.
+    pub fn next_generations(&self) -> [u64; 2] {
+        self.dirs.each_ref().map(|d| d.generation + 1)
     }
 
     /// Both directions are open.
@@ -136,17 +154,29 @@ impl Sim {
         if !self.channel.dirs.iter().any(|d| d.open) {
             return;
         }
-        let why = why.to_string();
-        self.note(|| format!("connection closed: {why}"));
         self.fail_at();
-        for d in &mut self.channel.dirs {
-            d.open = false;
-        }
-        self.channel.dirs[at].generation += 1;
+        self.disrupted();
+        self.drop_connection(at, why);
         let now = self.now;
         if let Some(h) = &mut self.hosts.slot[at] {
             h.channel_closed(false, now);
         }
+        self.clone_connection_closed(at);
+    }
+
+    /// Host `at` drops the connection (it failed a check, or the host gave
+    /// a clone up): as [`Sim::close_connection`], but its own VM is not
+    /// told (the host decided).
+    pub(crate) fn drop_connection(&mut self, at: usize, why: &str) {
+        if !self.channel.dirs.iter().any(|d| d.open) {
+            return;
+        }
+        let why = why.to_string();
+        self.note(|| format!("connection closed: {why}"));
+        for d in &mut self.channel.dirs {
+            d.open = false;
+        }
+        self.channel.dirs[at].generation += 1;
         self.notify_close(1 - at);
     }
 
@@ -172,22 +202,21 @@ impl Sim {
 
     /// Host `from` sends `message` to its peer.
     pub(crate) fn send(&mut self, from: usize, message: &Message) -> Result<(), SimError> {
+        let Some(message) = self.sent_by(from, message) else {
+            return Ok(());
+        };
+        self.send_at(from, &message, self.now)
+    }
+
+    /// Host `from`'s `message` leaves at `at` (a clone's stream is
+    /// written at the link's pace).
+    pub(crate) fn send_at(
+        &mut self,
+        from: usize,
+        message: &Message,
+        at: u64,
+    ) -> Result<(), SimError> {
         let to = 1 - from;
-        if from == 0 {
-            if let Message::Entries { log } = message {
-                self.channel.primary_log.extend_from_slice(log);
-                if self.options.broken == Some(Broken::AckOnSend) {
-                    let decoder = &mut self.channel.sent_decoder;
-                    decoder.push(log);
-                    while let Ok(Some(_)) = decoder.next() {}
-                    let through = decoder.next_seq();
-                    let time = self.time();
-                    if let Some(h) = &mut self.hosts.slot[0] {
-                        h.receive(&Message::Ack { through, icount: 0 }, time);
-                    }
-                }
-            }
-        }
         if !self.channel.dirs[to].open {
             return Ok(());
         }
@@ -195,7 +224,7 @@ impl Sim {
             .seal(message)
             .map_err(|e| self.violation(Invariant::Error, format!("sealing a message: {e}")))?;
         let noise = &self.channel.noise;
-        let mut deliver = self.now + noise.latency_ns + self.rng.range(0, noise.jitter_ns);
+        let mut deliver = at + noise.latency_ns + self.rng.range(0, noise.jitter_ns);
         match self.channel.cut {
             Some((_, _, cut)) if !cut[to] => {}
             Some((Partition::Drop, until, _)) if self.now < until => return Ok(()),
@@ -248,28 +277,73 @@ impl Sim {
 
     /// Frame bytes sent on connection generation `generation` reach host
     /// `to`: they are cut into frames, authenticated and handed to its
-    /// node; a bad one closes the connection. False if they were lost on
+    /// node (or, while a new backup's host takes a clone's snapshot, to
+    /// it); a bad one closes the connection. False if they were lost on
     /// the way (an older generation, or the host is gone).
-    pub(crate) fn deliver(&mut self, to: usize, generation: u64, bytes: &[u8]) -> bool {
-        if self.channel.dirs[to].generation != generation || self.hosts.slot[to].is_none() {
-            return false;
+    pub(crate) fn deliver(
+        &mut self,
+        to: usize,
+        generation: u64,
+        bytes: &[u8],
+    ) -> Result<bool, SimError> {
+        if self.channel.dirs[to].generation != generation
+            || (self.hosts.slot[to].is_none() && !self.clone_receiving(to))
+        {
+            return Ok(false);
         }
         self.channel.dirs[to].decoder.push(bytes);
         loop {
             let frame = match self.channel.dirs[to].decoder.next_frame() {
                 Ok(Some(frame)) => frame,
-                Ok(None) => return true,
+                Ok(None) => return Ok(true),
                 Err(e) => {
-                    self.close_connection(to, &format!("host {to} got {e}"));
-                    return true;
+                    let name = self.name(to);
+                    self.close_connection(to, &format!("host {name} got {e}"));
+                    return Ok(true);
                 }
             };
             let message = match self.channel.sessions[to].open(&frame) {
                 Ok(m) => m,
                 Err(e) => {
-                    self.close_connection(to, &format!("host {to} got {e}"));
-                    return true;
+                    let name = self.name(to);
+                    self.close_connection(to, &format!("host {name} got {e}"));
+                    return Ok(true);
                 }
+            };
+            if self.hosts.slot[to].is_none() {
+                self.clone_receive(to, message)?;
+                continue;
+            }
+            if self.options.trace {
+                let name = self.name(to);
+                match &message {
+                    Message::Entries { log } => {
+                        let len = log.len();
+                        let icount = self.hosts.slot[to]
+                            .as_ref()
+                            .and_then(|h| h.machine())
+                            .map_or(0, |m| m.icount());
+                        self.note(|| {
+                            format!("{name} gets {len} bytes of log (at icount {icount})")
+                        });
+                    }
+                    Message::Ack { through, icount } => {
+                        let (through, icount) = (*through, *icount);
+                        self.note(|| {
+                            format!("{name} gets an ack through {through} (icount {icount})")
+                        });
+                    }
+                    Message::Protected { through } => {
+                        let through = *through;
+                        self.note(|| {
+                            format!("{name} is told it protects the VM (through {through})")
+                        });
+                    }
+                    _ => {}
+                }
+            }
+            let Some(message) = self.received_by(to, message) else {
+                continue;
             };
             let time = self.time();
             if let Some(h) = &mut self.hosts.slot[to] {

@@ -1,19 +1,24 @@
-//! The two hosts: each runs a real [`Node`] at its own speed; the
-//! simulator calls it when its time comes (run slices, ticks, wake-ups)
-//! and carries out its effects. Crashes and the arbiter are here too.
+//! The hosts, two at a time: each runs a real [`Node`] at its own speed;
+//! the simulator calls it when its time comes (run slices, ticks,
+//! wake-ups) and carries out its effects. Crashes and the arbiter are here
+//! too. A crashed host never comes back; a restore puts a new host (the
+//! next letter) in its slot.
 //!
 //! This is the only module that calls [`Node`]: the rest of the simulator
 //! goes through [`Host`].
 
-use ftvm_board::{ImageMap, Input, IoRequest, Machine};
+use std::collections::BTreeMap;
+
+use ftvm_board::{Digest, ImageMap, Input, IoRequest, Machine};
 use ftvm_ft::channel::Message;
+use ftvm_ft::clone::Cloned;
 use ftvm_ft::detector::DetectorConfig;
 use ftvm_ft::golive::Verdict;
-use ftvm_node::{Effect, Node, NodeConfig, Ran, Time};
+use ftvm_node::{CloneBegun, CloneRefused, Effect, Node, NodeConfig, NodeError, Ran, Time};
 
 use crate::invariants::{Invariant, Output};
-use crate::plan::Fault;
-use crate::sim::{Event, Sim, host_name};
+use crate::plan::{CrashMode, Fault};
+use crate::sim::{Event, Sim};
 use crate::{Broken, MS, SimError, VM_MAC};
 
 pub(crate) use ftvm_node::{DiskMode, HaltReason, Status};
@@ -22,7 +27,7 @@ pub(crate) const PAIR: &str = "simvm";
 /// Wall clock at virtual time 0.
 const UNIX_EPOCH_NS: u64 = 1_700_000_000_000_000_000;
 const HEARTBEAT_MS: u64 = 20;
-const TIMEOUT_MS: u64 = 200;
+pub(crate) const TIMEOUT_MS: u64 = 200;
 
 pub(crate) struct Host {
     node: Node,
@@ -34,6 +39,21 @@ pub(crate) struct Host {
 }
 
 impl Host {
+    /// A new backup's host, from a clone that arrived whole.
+    pub fn from_clone(
+        config: NodeConfig,
+        images: ImageMap,
+        cloned: Cloned,
+        time: Time,
+        speed: u64,
+    ) -> Result<Host, NodeError> {
+        let node = Node::backup_from_clone(config, Box::new(images), cloned, time)?;
+        let mut host = Host::new(node, speed);
+        host.next_run = Some(time.mono_ns);
+        host.last_tick = time.mono_ns;
+        Ok(host)
+    }
+
     fn new(node: Node, speed: u64) -> Host {
         Host {
             node,
@@ -94,19 +114,44 @@ impl Host {
 
     /// The VM runs (it may release outputs, a backup may go live).
     pub fn is_running(&self) -> bool {
-        matches!(
-            self.node.status(),
-            Status::Primary | Status::Live | Status::Arbitrating
-        )
+        self.node.status().runs_the_guest()
+    }
+
+    /// The pairing this VM belongs to (the arbiter's key with the pair).
+    pub fn epoch(&self) -> u64 {
+        self.node.config().epoch
+    }
+
+    /// Capture the machine for a clone into a new backup of pairing
+    /// `epoch`.
+    pub fn start_clone(&mut self, epoch: u64, time: Time) -> Result<CloneBegun, CloneRefused> {
+        self.node.start_clone(epoch, &mut Vec::new(), time)
+    }
+
+    /// The snapshot has reached the new backup: the log flows.
+    pub fn clone_sent(&mut self, digest: Digest, time: Time) -> Result<bool, NodeError> {
+        self.next_run = Some(time.mono_ns);
+        self.node.clone_sent(digest, time)
+    }
+
+    /// The clone's connection failed while the snapshot was on its way.
+    pub fn clone_failed(&mut self, why: &str, now: u64) {
+        self.node.clone_failed(why);
+        self.next_run = Some(now);
     }
 }
 
-/// Both hosts; a crashed host's slot is empty.
+/// The two hosts of the pair; a crashed host's slot is empty (until a
+/// restore puts a new host there).
 pub(crate) struct Hosts {
     pub slot: [Option<Host>; 2],
-    /// Bumped by a crash: completions and verdicts for an earlier
-    /// incarnation are dropped.
+    /// Bumped by a crash and by a new host: completions and verdicts for
+    /// an earlier incarnation are dropped.
     pub incarnation: [u64; 2],
+    /// Which host is in each slot (0 = A, 1 = B, 2 = C, ...).
+    pub id: [usize; 2],
+    /// The next new host's.
+    pub next_id: usize,
 }
 
 impl Hosts {
@@ -125,9 +170,11 @@ impl Hosts {
     }
 }
 
-/// The arbiter: one atomic test-and-set for the pair.
+/// The arbiter: one atomic test-and-set per (pair, epoch): only the VMs
+/// of one pairing claim each.
 pub(crate) struct Arbiter {
-    pub winner: Option<usize>,
+    /// Epoch -> the host that won it.
+    pub winners: BTreeMap<u64, usize>,
     /// (host, from, to): the host cannot reach the arbiter.
     pub outages: Vec<(usize, u64, u64)>,
 }
@@ -166,7 +213,7 @@ impl Sim {
         Ok(())
     }
 
-    fn node_config(&self) -> NodeConfig {
+    pub(crate) fn node_config(&self) -> NodeConfig {
         let mut config = NodeConfig::new(PAIR);
         config.detector = DetectorConfig {
             heartbeat_ms: HEARTBEAT_MS,
@@ -188,22 +235,34 @@ impl Sim {
         }
     }
 
-    pub(crate) fn crash(&mut self, i: usize) {
-        if self.hosts.slot[i].take().is_some() {
-            self.note(|| format!("host {} crashes", host_name(i)));
-            self.hosts.incarnation[i] += 1;
-            self.fail_at();
-            let open = self.channel.crashed(i);
+    /// The host in slot `i` crashes (`mode`: how, or drawn now).
+    pub(crate) fn crash(&mut self, i: usize, mode: Option<CrashMode>) {
+        let receiving = self.clone_receiving(i);
+        if self.hosts.slot[i].is_none() && !receiving {
+            return;
+        }
+        self.crash_case(i);
+        self.hosts.slot[i] = None;
+        let name = self.name(i);
+        self.note(|| format!("host {name} crashes"));
+        self.hosts.incarnation[i] += 1;
+        self.fail_at();
+        self.clone_host_gone(i);
+        let open = self.channel.crashed(i);
+        let mode = mode.unwrap_or_else(|| {
             if self.rng.chance(0.5) {
-                // The process died, its host lives: what it sent arrives,
-                // then its kernel closes the connection.
-                if open {
-                    self.notify_close(1 - i);
-                }
+                CrashMode::Process
             } else if self.rng.chance(0.5) {
-                // The host died with its socket buffers.
-                self.channel.lose_in_flight(1 - i);
+                CrashMode::HostAndBuffers
+            } else {
+                CrashMode::Host
             }
+        });
+        match mode {
+            // What it sent arrives, then its kernel closes the connection.
+            CrashMode::Process if open => self.notify_close(1 - i),
+            CrashMode::Process | CrashMode::Host => {}
+            CrashMode::HostAndBuffers => self.channel.lose_in_flight(1 - i),
         }
     }
 
@@ -220,13 +279,13 @@ impl Sim {
         if self.options.broken == Some(Broken::ArbiterAlwaysWins) {
             return Verdict::Won;
         }
-        match self.arbiter.winner {
-            None => {
-                self.arbiter.winner = Some(host);
-                Verdict::Won
-            }
-            Some(w) if w == host => Verdict::Won,
-            Some(_) => Verdict::Lost,
+        let Some(epoch) = self.hosts.slot[host].as_ref().map(Host::epoch) else {
+            return Verdict::Unreachable;
+        };
+        let id = self.hosts.id[host];
+        match *self.arbiter.winners.entry(epoch).or_insert(id) {
+            w if w == id => Verdict::Won,
+            _ => Verdict::Lost,
         }
     }
 
@@ -267,19 +326,17 @@ impl Sim {
                     }
                     self.perform(i, request)?;
                 }
-                // The simulated pair never clones.
+                // A clone given up: the host drops its connection.
                 Effect::CloseChannel => {
-                    return Err(self.violation(
-                        Invariant::Error,
-                        format!("{} closes a clone's channel it never had", host_name(i)),
-                    ));
+                    let name = self.name(i);
+                    self.drop_connection(i, &format!("{name} gives its clone up"));
                 }
                 // A VM of a pair never runs solo, so never records a log of
                 // its own.
                 Effect::Record(_) => {
                     return Err(self.violation(
                         Invariant::Error,
-                        format!("{} records a log of its own", host_name(i)),
+                        format!("{} records a log of its own", self.name(i)),
                     ));
                 }
                 Effect::PerformOwn(request) => {
@@ -299,7 +356,7 @@ impl Sim {
                         Invariant::AtMostOneLive,
                         format!(
                             "host {} announces the VM's address while {}",
-                            host_name(i),
+                            self.name(i),
                             status_text(&status)
                         ),
                     ));
@@ -310,7 +367,7 @@ impl Sim {
                             Invariant::AtMostOneLive,
                             format!(
                                 "host {} announces {mac:02x?}, not the VM's address",
-                                host_name(i)
+                                self.name(i)
                             ),
                         ));
                     }
@@ -323,7 +380,9 @@ impl Sim {
                 Effect::TestAndSet => {
                     let verdict = self.arbiter(i);
                     let at = self.now + self.rng.range(50_000, 3_000_000);
-                    self.note(|| format!("{} asks the arbiter: {verdict:?}", host_name(i)));
+                    let name = self.name(i);
+                    let epoch = self.hosts.slot[i].as_ref().map_or(0, Host::epoch);
+                    self.note(|| format!("{name} asks the arbiter for epoch {epoch}: {verdict:?}"));
                     let incarnation = self.hosts.incarnation[i];
                     self.schedule(
                         at,
@@ -360,7 +419,7 @@ impl Sim {
                 h.wake_at = None;
                 if let Err(e) = h.node.wake(time) {
                     return Err(
-                        self.violation(Invariant::Error, format!("{}: wake: {e}", host_name(i)))
+                        self.violation(Invariant::Error, format!("{}: wake: {e}", self.name(i)))
                     );
                 }
                 h.next_run = Some(self.now);
@@ -374,7 +433,7 @@ impl Sim {
                     Ok(ran) => ran,
                     Err(e) => {
                         return Err(
-                            self.violation(Invariant::Error, format!("{}: run: {e}", host_name(i)))
+                            self.violation(Invariant::Error, format!("{}: run: {e}", self.name(i)))
                         );
                     }
                 };
@@ -403,9 +462,14 @@ impl Sim {
     pub(crate) fn stop_pair(&mut self) -> Result<(), SimError> {
         let time = self.time();
         let statuses = self.hosts.statuses();
-        let target = [Status::Live, Status::Primary, Status::Arbitrating]
-            .iter()
-            .find_map(|want| statuses.iter().position(|s| s.as_ref() == Some(want)));
+        let target = [
+            Status::Live,
+            Status::Cloning,
+            Status::Primary,
+            Status::Arbitrating,
+        ]
+        .iter()
+        .find_map(|want| statuses.iter().position(|s| s.as_ref() == Some(want)));
         let Some(i) = target else {
             return Ok(());
         };
@@ -413,10 +477,11 @@ impl Sim {
             return Ok(());
         };
         if let Err(e) = h.node.stop(time) {
-            return Err(self.violation(Invariant::Error, format!("{}: stop: {e}", host_name(i))));
+            return Err(self.violation(Invariant::Error, format!("{}: stop: {e}", self.name(i))));
         }
         h.next_run = Some(self.now);
-        self.note(|| format!("{} is stopped", host_name(i)));
+        let name = self.name(i);
+        self.note(|| format!("{name} is stopped"));
         self.effects(i)
     }
 
@@ -451,7 +516,7 @@ impl Sim {
         if let Some(h) = &mut self.hosts.slot[host] {
             if let Err(e) = h.node.input(input, time) {
                 return Err(
-                    self.violation(Invariant::Error, format!("{}: input: {e}", host_name(host)))
+                    self.violation(Invariant::Error, format!("{}: input: {e}", self.name(host)))
                 );
             }
             h.wake_at = None;
@@ -465,11 +530,13 @@ impl Sim {
         if self.hosts.incarnation[host] == incarnation
             && self.channel.generation(host) == generation
         {
-            self.note(|| format!("{} learns the connection closed", host_name(host)));
+            let name = self.name(host);
+            self.note(|| format!("{name} learns the connection closed"));
             let now = self.now;
             if let Some(h) = &mut self.hosts.slot[host] {
                 h.channel_closed(true, now);
             }
+            self.clone_connection_closed(host);
         }
     }
 
@@ -485,15 +552,16 @@ impl Sim {
         }
         let time = self.time();
         if let Some(h) = &mut self.hosts.slot[host] {
+            let epoch = h.epoch();
             if let Err(e) = h.node.verdict(verdict, time) {
                 return Err(self.violation(
                     Invariant::Error,
-                    format!("{}: verdict: {e}", host_name(host)),
+                    format!("{}: verdict: {e}", self.name(host)),
                 ));
             }
             h.next_run = Some(self.now);
             if verdict == Verdict::Won {
-                self.won_test_and_set(host);
+                self.won_test_and_set(host, epoch);
             }
         }
         self.effects(host)
@@ -501,8 +569,17 @@ impl Sim {
 
     /// A fault of the plan strikes.
     pub(crate) fn fault(&mut self, fault: Fault) -> Result<(), SimError> {
+        self.disrupted();
         match fault {
-            Fault::Crash(i) => self.crash(i),
+            Fault::Crash(i) => self.crash(i, None),
+            Fault::CrashHost { id, mode } => {
+                if let Some(i) = (0..2).find(|&i| {
+                    self.hosts.id[i] == id
+                        && (self.hosts.slot[i].is_some() || self.clone_receiving(i))
+                }) {
+                    self.crash(i, Some(mode));
+                }
+            }
             Fault::Cut { mode, until, cut } => {
                 self.note(|| format!("partition {mode:?} {cut:?} until {until}"));
                 self.channel.partition(mode, until, cut);

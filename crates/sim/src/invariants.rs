@@ -3,9 +3,12 @@
 //! where an output is released (the console, the world's frames, the disk) live
 //! with those outputs and report here.
 
-use ftvm_board::ImageMap;
-use ftvm_replay::{LogError, ReplayError, Replayer};
+use std::collections::BTreeMap;
 
+use ftvm_board::{ImageMap, Snapshot};
+use ftvm_replay::{Applied, Event, LogDecoder, LogError, ReplayError, ReplayMachine, Replayer};
+
+use crate::clone::case;
 use crate::guest::{ANS_WIN, SECTOR, TX_WIN, record_byte};
 use crate::host::{HaltReason, Status, status_text};
 use crate::plan::{LIVENESS_BOUND_NS, Plan};
@@ -31,15 +34,18 @@ pub enum Invariant {
     /// 2. What the world saw (console, frames, a shared disk) is the
     ///    output of one execution, the one that survives.
     OutputConsistency(Output),
-    /// 3. At most one VM live; once a VM released an output while live,
-    ///    the other releases nothing more; only a live VM announces the
+    /// 3. At most one VM live (or running alone while it clones); once a
+    ///    VM released an output while live, no other releases anything
+    ///    more unless it won a newer pairing's test-and-set; a VM of an
+    ///    older pairing never runs alone; only a live VM announces the
     ///    VM's address, and a new live VM does so before its outputs.
     AtMostOneLive,
     /// 4. No acknowledged write lost: the guest reports `BAD`, or the disk
     ///    lacks a write whose completion the surviving execution saw.
     NoLostWrite,
     /// The pair makes progress: after a single failure some VM goes
-    /// live, a running VM's console grows, the client gets answers.
+    /// live, a running VM's console grows, the client gets answers, a
+    /// restore completes.
     Liveness(Progress),
     /// The code under test panicked.
     Panic,
@@ -86,6 +92,9 @@ pub enum Progress {
     Client,
     /// Virtual time stopped advancing.
     Time,
+    /// A restore of redundancy did not complete in time (with no fault
+    /// since it began).
+    Restore,
 }
 
 impl std::fmt::Display for Invariant {
@@ -122,32 +131,41 @@ impl std::fmt::Display for Progress {
             Progress::Console => "console",
             Progress::Client => "client",
             Progress::Time => "virtual time",
+            Progress::Restore => "restore",
         })
     }
 }
 
-/// What the checks remember between events.
+/// What the checks remember between events. Hosts are named by id (0 =
+/// A, 1 = B, 2 = C, ...), not by slot: a restore puts a new host in a
+/// crashed one's slot.
 #[derive(Default)]
 pub(crate) struct Checks {
-    /// The host that released an output while live.
-    live_releaser: Option<usize>,
-    /// Each host won the test-and-set: what it releases from then on is
-    /// the live VM's output, even if it is stopped in the same breath and
-    /// so is never seen live.
-    won: [bool; 2],
+    /// The host that released an output while live, and the newest epoch
+    /// it won.
+    live_releaser: Option<(usize, u64)>,
+    /// The newest epoch whose test-and-set each host won: what it releases
+    /// from then on is the live VM's output, even if it is stopped in the
+    /// same breath and so is never seen live.
+    won: BTreeMap<usize, u64>,
     took_over: bool,
-    /// The first failure, and how many there were.
+    /// The first failure since the pair was last whole (at the start, or
+    /// when a restore completed), and how many there were.
     failure_at: Option<u64>,
     failures: u32,
-    /// When some VM was first seen live.
+    /// When some VM was first seen live since then.
     live_since: Option<u64>,
-    /// When each host was first seen live.
-    live_at: [Option<u64>; 2],
+    /// Since when each host that is live (or runs alone while it clones)
+    /// has been (a host may go live again: a survivor that was cloned
+    /// runs alone again when its new backup fails).
+    live_at: BTreeMap<usize, u64>,
+    /// The host seen going live last.
+    last_live: Option<usize>,
 }
 
 impl Sim {
     /// A failure: liveness is measured from the first, and promised after
-    /// a single one only.
+    /// a single one only (since the pair was last whole).
     pub(crate) fn fail_at(&mut self) {
         self.checks.failures += 1;
         if self.checks.failure_at.is_none() {
@@ -155,38 +173,61 @@ impl Sim {
         }
     }
 
-    /// Host `i` won the test-and-set.
-    pub(crate) fn won_test_and_set(&mut self, i: usize) {
-        self.checks.won[i] = true;
+    /// A fault struck (a failure, a partition, a stop): a restore under
+    /// way need not complete in time.
+    pub(crate) fn disrupted(&mut self) {
+        self.restoring.deadline = None;
+    }
+
+    /// A restore completed: the pair is whole again, and liveness is
+    /// promised after its next single failure.
+    pub(crate) fn restored(&mut self) {
+        self.checks.failures = 0;
+        self.checks.failure_at = None;
+        self.checks.live_since = None;
+    }
+
+    /// Host `i` won the test-and-set of pairing `epoch`.
+    pub(crate) fn won_test_and_set(&mut self, i: usize, epoch: u64) {
+        let id = self.hosts.id[i];
+        let won = self.checks.won.entry(id).or_insert(epoch);
+        *won = (*won).max(epoch);
     }
 
     /// Host `i` releases an output to the world.
     pub(crate) fn released(&mut self, i: usize, status: &Status) -> Result<(), SimError> {
+        let id = self.hosts.id[i];
+        let won = self.checks.won.get(&id).copied();
         match self.checks.live_releaser {
-            Some(other) if other != i => {
+            // Another host released as the live VM: this one may release
+            // only as the winner of a newer pairing (it took over from it).
+            Some((other, epoch)) if other != id && won.is_none_or(|w| w <= epoch) => {
                 return Err(self.violation(Invariant::AtMostOneLive, format!(
-                    "host {} releases an output ({}) after host {} released outputs as the live VM",
-                    host_name(i),
+                    "host {} releases an output ({}{}) after host {} released outputs as the live \
+                     VM of epoch {epoch}",
+                    host_name(id),
                     status_text(status),
+                    won.map_or(String::new(), |w| format!(", won epoch {w}")),
                     host_name(other)
                 )));
             }
             _ => {}
         }
-        if self.checks.won[i] {
-            self.checks.live_releaser = Some(i);
+        if let Some(w) = won {
+            self.checks.live_releaser = Some((id, w));
         }
-        if *status == Status::Live {
-            self.checks.live_releaser = Some(i);
-            // A backup that went live announces the VM's address before
-            // any output, so the world's traffic reaches it.
-            if i == 1 && !self.world.announced[i] {
+        if matches!(status, Status::Live | Status::Cloning) {
+            self.checks.live_releaser = Some((id, won.unwrap_or(0)));
+            // A backup that went live (every host but A started as one)
+            // announces the VM's address before any output, so the
+            // world's traffic reaches it.
+            if id != 0 && !self.world.announced[i] {
                 return Err(self.violation(
                     Invariant::AtMostOneLive,
                     format!(
                         "host {} releases an output as the live VM before it announced the VM's \
                      address",
-                        host_name(i)
+                        host_name(id)
                     ),
                 ));
             }
@@ -206,7 +247,7 @@ impl Sim {
                 self.violation(Invariant::Harness, "cannot read the guest's ftg_net".into())
             );
         };
-        let name = host_name(i);
+        let name = self.name(i);
         let r = &self.world.released;
         if g.sent < r.max {
             let last = r
@@ -267,42 +308,67 @@ impl Sim {
 
     /// The invariants that hold at every step.
     pub(crate) fn check(&mut self) -> Result<(), SimError> {
-        let mut live = 0;
+        let mut alone = 0;
         for i in 0..2 {
             let Some(h) = &self.hosts.slot[i] else {
                 continue;
             };
+            let id = self.hosts.id[i];
             match h.status() {
                 Status::Halted(why) if !why.code().is_expected() => {
                     let why = why.to_string();
                     return Err(self.violation(
                         Invariant::Determinism,
-                        format!("host {} halted: {why}", host_name(i)),
+                        format!("host {} halted: {why}", host_name(id)),
                     ));
                 }
-                Status::Live => {
-                    live += 1;
-                    if i == 1 {
+                Status::Halted(HaltReason::NotCaughtUp) => {
+                    self.restoring.cases.insert(case::NOT_CAUGHT_UP);
+                }
+                status @ (Status::Live | Status::Cloning) => {
+                    alone += 1;
+                    if id != 0 {
                         self.checks.took_over = true;
+                    }
+                    let (epoch, newest) = (h.epoch(), self.restoring.epoch);
+                    if epoch != newest {
+                        let status = status_text(status);
+                        return Err(self.violation(
+                            Invariant::AtMostOneLive,
+                            format!(
+                                "host {} runs alone ({status}) as a VM of epoch {epoch}, but the \
+                                 pair is at epoch {newest}",
+                                host_name(id)
+                            ),
+                        ));
                     }
                 }
                 _ => {}
             }
         }
-        if live > 1 {
-            return Err(
-                self.violation(Invariant::AtMostOneLive, "both VMs are live at once".into())
-            );
+        if alone > 1 {
+            return Err(self.violation(
+                Invariant::AtMostOneLive,
+                "both VMs run alone at once".into(),
+            ));
         }
-        if live == 1 {
+        if alone == 1 {
             self.checks.live_since.get_or_insert(self.now);
         }
         for i in 0..2 {
+            let id = self.hosts.id[i];
             let is_live = self.hosts.slot[i]
                 .as_ref()
-                .is_some_and(|h| *h.status() == Status::Live);
-            if is_live && self.checks.live_at[i].is_none() {
-                self.checks.live_at[i] = Some(self.now);
+                .is_some_and(|h| matches!(h.status(), Status::Live | Status::Cloning));
+            if !is_live {
+                self.checks.live_at.remove(&id);
+            }
+            if is_live && !self.checks.live_at.contains_key(&id) {
+                self.checks.live_at.insert(id, self.now);
+                self.checks.last_live = Some(id);
+                if self.restoring.from_clone.contains(&id) {
+                    self.restoring.cases.insert(case::CLONE_TOOK_OVER);
+                }
                 // A failover with no failure counted yet (a partition):
                 // the pair has lost its redundancy all the same, so a
                 // crash of this VM is a second failure.
@@ -313,7 +379,7 @@ impl Sim {
             }
             // Liveness of the network: a live VM answers the client (the
             // switch sends the client's frames to it).
-            if let Some(since) = self.checks.live_at[i].filter(|_| is_live) {
+            if let Some(&since) = self.checks.live_at.get(&id).filter(|_| is_live) {
                 let client = &self.world.client;
                 let last = since.max(client.answered_at);
                 if self.now > last + LIVE_ANSWER_NS {
@@ -322,22 +388,19 @@ impl Sim {
                         format!(
                             "host {} is live since {} ms, but the client's request {} has had no \
                          answer since {} ms (the switch sends the VM's frames to {})",
-                            host_name(i),
+                            host_name(id),
                             since / MS,
                             client.request,
                             client.answered_at / MS,
-                            self.world.vm_host().map_or("both hosts", host_name),
+                            self.world
+                                .vm_host()
+                                .map_or("both hosts", |h| host_name(self.hosts.id[h])),
                         ),
                     ));
                 }
             }
         }
-        let healthy = self.checks.failure_at.is_none()
-            && self.channel.is_open()
-            && matches!(
-                self.hosts.statuses(),
-                [Some(Status::Primary), Some(Status::Backup)]
-            );
+        let healthy = self.checks.failure_at.is_none() && self.is_pair();
         let client = &self.world.client;
         let last = client.started_at.max(client.answered_at);
         if healthy && self.now > last + HEALTHY_ANSWER_NS {
@@ -347,7 +410,24 @@ impl Sim {
                 client.answered_at / MS
             )));
         }
+        if let Some(deadline) = self.restoring.deadline.filter(|&d| self.now > d) {
+            return Err(self.violation(
+                Invariant::Liveness(Progress::Restore),
+                format!(
+                    "a restore began at {} ms and is not complete {} ms later, with no fault since",
+                    (deadline - crate::clone::RESTORE_BOUND_NS) / MS,
+                    crate::clone::RESTORE_BOUND_NS / MS,
+                ),
+            ));
+        }
         Ok(())
+    }
+
+    /// A primary and a backup, connected.
+    fn is_pair(&self) -> bool {
+        let mut statuses: Vec<Status> = self.hosts.statuses().into_iter().flatten().collect();
+        statuses.sort_by_key(Status::word);
+        statuses == [Status::Backup, Status::Primary] && self.channel.is_open()
     }
 
     /// Liveness and the end-of-run checks.
@@ -355,10 +435,9 @@ impl Sim {
         let statuses = self.hosts.statuses();
         let any = |f: &dyn Fn(&Status) -> bool| statuses.iter().flatten().any(f);
         let ended = any(&|s| matches!(s, Status::Ended(_)));
-        let live = any(&|s| *s == Status::Live);
+        let live = any(&|s| matches!(s, Status::Live | Status::Cloning));
         let never_started = any(&|s| matches!(s, Status::Halted(HaltReason::NothingToTakeOver)));
-        let healthy = matches!(statuses, [Some(Status::Primary), Some(Status::Backup)])
-            && self.channel.is_open();
+        let healthy = self.is_pair();
         let longest_outage = Plan::longest_outage(&self.arbiter.outages);
         let failed_long_ago = self
             .checks
@@ -370,9 +449,11 @@ impl Sim {
             return Err(self.violation(
                 Invariant::Liveness(Progress::Failover),
                 format!(
-                    "no VM is live {} ms after the failure: A {}, B {}",
+                    "no VM is live {} ms after the failure: {} {}, {} {}",
                     (self.now - self.checks.failure_at.unwrap_or(0)) / MS,
+                    self.name(0),
                     statuses[0].as_ref().map_or("crashed".into(), status_text),
+                    self.name(1),
                     statuses[1].as_ref().map_or("crashed".into(), status_text),
                 ),
             ));
@@ -393,12 +474,23 @@ impl Sim {
             ));
         }
         // The guest of the VM that runs on (the live one, else a primary
-        // whose backup never went live) produced every frame the world got.
-        let running = [Status::Live, Status::Primary, Status::Arbitrating]
-            .iter()
-            .find_map(|want| statuses.iter().position(|s| s.as_ref() == Some(want)));
+        // no other VM went live after) produced every frame the world got.
+        let running = [
+            Status::Live,
+            Status::Cloning,
+            Status::Primary,
+            Status::Arbitrating,
+        ]
+        .iter()
+        .find_map(|want| statuses.iter().position(|s| s.as_ref() == Some(want)));
         if let Some(i) = running {
-            if statuses[i] == Some(Status::Live) || self.checks.live_at[1 - i].is_none() {
+            let alone = matches!(statuses[i], Some(Status::Live | Status::Cloning));
+            if alone
+                || self
+                    .checks
+                    .last_live
+                    .is_none_or(|id| id == self.hosts.id[i])
+            {
                 self.check_guest_net(i, "at the end")?;
             }
         }
@@ -410,18 +502,29 @@ impl Sim {
             .split(|&b| b == b'\n')
             .filter(|l| l.starts_with(b"tick "))
             .count() as u64;
+        let slot = |i: usize| {
+            format!(
+                "{} {}",
+                self.name(i),
+                statuses[i].as_ref().map_or("crashed".into(), status_text)
+            )
+        };
         Ok(Outcome {
             seed: self.seed,
             virtual_ns: self.now,
             plan: self.plan.clone(),
-            a: statuses[0].as_ref().map_or("crashed".into(), status_text),
-            b: statuses[1].as_ref().map_or("crashed".into(), status_text),
+            a: slot(0),
+            b: slot(1),
             console_bytes: self.console.bytes.len() as u64,
             ticks_seen,
             takeover: self.checks.took_over,
             replayed_entries,
             requests_answered: self.world.received.answers.len() as u64,
             frames_received: self.world.received.count,
+            clones: self.restoring.snapshots,
+            restores: self.restoring.completed,
+            clone_cases: self.restoring.cases.iter().copied().collect(),
+            trace: std::mem::take(&mut self.trace),
         })
     }
 
@@ -462,7 +565,7 @@ impl Sim {
                         "sector {} lacks the write of tick {n} whose completion host {}'s guest \
                          saw: an acknowledged write is lost",
                         1 + s,
-                        host_name(i)
+                        self.name(i)
                     )));
                 }
             }
@@ -470,28 +573,76 @@ impl Sim {
         Ok(())
     }
 
-    /// The primary's whole log replays with every checkpoint matching;
-    /// how many entries it has.
+    /// Each pairing's whole log, as its primary sent it, replays from
+    /// where it starts (the machine as built, or the clone's snapshot)
+    /// with every checkpoint matching; how many entries they have.
     fn check_replay(&self) -> Result<u64, SimError> {
-        let log = &self.channel.primary_log;
-        match Replayer::new(
-            &log[..],
-            self.options.engine,
-            &ImageMap::of([&self.guest.image]),
-        ) {
+        let mut entries = 0;
+        for pairing in &self.restoring.logs {
+            let replayed = match &pairing.snapshot {
+                None => self.replay_from_start(&pairing.log),
+                Some(snapshot) => self.replay_from_snapshot(&pairing.log, snapshot),
+            };
+            entries += replayed.map_err(|what| {
+                self.violation(
+                    Invariant::Determinism,
+                    format!("the log of epoch {}: {what}", pairing.epoch),
+                )
+            })?;
+        }
+        Ok(entries)
+    }
+
+    fn replay_from_start(&self, log: &[u8]) -> Result<u64, String> {
+        match Replayer::new(log, self.options.engine, &ImageMap::of([&self.guest.image])) {
             Ok(mut replayer) => match replayer.run(&mut |_| {}) {
                 Ok(done) => Ok(done.entries),
                 Err(ReplayError::Log(LogError::NoEnd { next })) => Ok(next),
-                Err(e) => Err(self.violation(
-                    Invariant::Determinism,
-                    format!("the primary's log does not replay: {e}"),
-                )),
+                Err(e) => Err(format!("the primary's log does not replay: {e}")),
             },
             Err(ReplayError::Log(_)) if log.is_empty() => Ok(0),
-            Err(e) => Err(self.violation(
-                Invariant::Determinism,
-                format!("the primary's log does not open: {e}"),
-            )),
+            Err(e) => Err(format!("the primary's log does not open: {e}")),
+        }
+    }
+
+    /// A clone's log: its header names the snapshot, and it replays from
+    /// there as the new backup replays it.
+    fn replay_from_snapshot(&self, log: &[u8], snapshot: &Snapshot) -> Result<u64, String> {
+        let mut decoder = LogDecoder::default();
+        decoder.push(log);
+        let header = match decoder.header() {
+            Ok(Some(header)) => header.clone(),
+            // The snapshot never reached the new backup: no log.
+            Ok(None) if log.is_empty() => return Ok(0),
+            Ok(None) => return Err("the log has no whole header".into()),
+            Err(e) => return Err(format!("the log's header: {e}")),
+        };
+        if header.initial_digest != snapshot.digest().0 {
+            return Err("the log does not start from the clone's snapshot".into());
+        }
+        let config = header
+            .machine
+            .config(self.options.engine, &ImageMap::of([&self.guest.image]))
+            .map_err(|e| format!("the log's machine: {e}"))?;
+        let mut replay = ReplayMachine::from_snapshot(config, snapshot)
+            .map_err(|e| format!("restoring the snapshot: {e}"))?;
+        loop {
+            let entry = match decoder.next() {
+                Ok(Some(entry)) => entry,
+                Ok(None) => return Ok(decoder.next_seq()),
+                Err(e) => return Err(format!("the log: {e}")),
+            };
+            match replay.apply(&entry, &mut |_| {}) {
+                Ok(Applied::Checkpoint { logged, found }) if logged != found => {
+                    return Err(format!(
+                        "entry {} at icount {}: the state digest is {found}, the log's is {logged}",
+                        entry.seq, entry.icount
+                    ));
+                }
+                Ok(_) if matches!(entry.event, Event::End(_)) => return Ok(decoder.next_seq()),
+                Ok(_) => {}
+                Err(e) => return Err(format!("the log does not replay: {e}")),
+            }
         }
     }
 }

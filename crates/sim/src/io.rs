@@ -8,7 +8,7 @@ use ftvm_board::{Input, IoRequest, IoStatus};
 use crate::guest::{SECTOR, SECTORS};
 use crate::host::DiskMode;
 use crate::invariants::{Invariant, Output};
-use crate::sim::{Event, Sim, host_name};
+use crate::sim::{Event, Sim};
 use crate::{Broken, SimError};
 
 pub(crate) struct Disks {
@@ -70,7 +70,7 @@ impl Sim {
                 format!(
                     "host {} releases console bytes at offset {offset}, but the world's console \
                  ends at {len}: a gap in the output",
-                    host_name(i)
+                    self.name(i)
                 ),
             ));
         }
@@ -90,7 +90,7 @@ impl Sim {
                         format!(
                             "host {} writes console byte {at} as {:?}, the world saw {seen:?}: \
                          conflicting output (world: {world:?}; this release: {mine:?})",
-                            host_name(i),
+                            self.name(i),
                             b as char,
                         ),
                     ));
@@ -166,7 +166,7 @@ impl Sim {
                 format!(
                     "host {} writes request {id} to offset {offset}, but it was written to \
                  offset {o} with other data before: two executions wrote the disk",
-                    host_name(i)
+                    self.name(i)
                 ),
             )),
             Some(_) => Ok(()),

@@ -141,6 +141,7 @@
 #![forbid(unsafe_code)]
 
 mod channel;
+mod clone;
 mod guest;
 mod host;
 mod invariants;
@@ -151,6 +152,7 @@ mod world;
 
 use std::path::PathBuf;
 
+pub use clone::case;
 use ftvm_board::Engine;
 pub use invariants::{Invariant, Output, Progress};
 pub use plan::{Broken, Options, Rng};
@@ -222,7 +224,8 @@ pub struct Outcome {
     pub seed: u64,
     pub virtual_ns: u64,
     pub plan: Vec<String>,
-    /// Final status of host A (started as primary) and B (backup).
+    /// The final host and status of each slot: host A (started as
+    /// primary) and B (backup), or the new host a restore put there.
     pub a: String,
     pub b: String,
     pub console_bytes: u64,
@@ -233,6 +236,16 @@ pub struct Outcome {
     pub requests_answered: u64,
     /// The guest's frames the world received (duplicates included).
     pub frames_received: u64,
+    /// Clones begun (snapshots taken) to restore redundancy.
+    pub clones: u64,
+    /// Restores completed: a new backup protects the VM.
+    pub restores: u64,
+    /// What the restores went through (crashes while the snapshot was on
+    /// its way, while the clone caught up, after the restore, a clone
+    /// that halted or took over, ...).
+    pub clone_cases: Vec<&'static str>,
+    /// The event trace (with [`Options::trace`]).
+    pub trace: Vec<String>,
 }
 
 /// The guest the simulator runs (built by `make -C guest`).

@@ -40,6 +40,10 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
     let args = Args::parse();
     let broken = match args.broken.as_deref() {
         None => None,
@@ -64,14 +68,23 @@ fn main() -> ExitCode {
     };
     let started = Instant::now();
     let mut failed = 0u64;
+    // Seeds that cloned, that completed a restore, and by what their
+    // restores went through.
+    let (mut cloned, mut restored) = (0u64, 0u64);
+    let mut cases: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
     for (seed, result) in run_seeds(&seeds, &options, args.jobs) {
         match result {
             Ok(outcome) => {
+                cloned += u64::from(outcome.clones > 0);
+                restored += u64::from(outcome.restores > 0);
+                for case in &outcome.clone_cases {
+                    *cases.entry(case).or_default() += 1;
+                }
                 if args.seed.is_some() || args.verbose {
                     println!(
-                        "seed {seed}: ok, {:.0} ms virtual, A {}, B {}, {} console bytes, {} ticks, \
-                         {} requests answered, {} frames received, takeover {}, {} log entries \
-                         replayed\n  plan: {}",
+                        "seed {seed}: ok, {:.0} ms virtual, hosts {} and {}, {} console bytes, {} \
+                         ticks, {} requests answered, {} frames received, takeover {}, {} clones, \
+                         {} restores, {} log entries replayed\n  plan: {}",
                         outcome.virtual_ns as f64 / 1e6,
                         outcome.a,
                         outcome.b,
@@ -80,15 +93,31 @@ fn main() -> ExitCode {
                         outcome.requests_answered,
                         outcome.frames_received,
                         outcome.takeover,
+                        outcome.clones,
+                        outcome.restores,
                         outcome.replayed_entries,
                         outcome.plan.join("; ")
                     );
+                    for case in &outcome.clone_cases {
+                        println!("  {case}");
+                    }
+                    if args.seed.is_some() {
+                        for line in &outcome.trace {
+                            println!("    {line}");
+                        }
+                    }
                 }
             }
             Err(e) => {
                 failed += 1;
                 println!("{e}");
             }
+        }
+    }
+    if seeds.len() > 1 {
+        println!("{cloned} seeds cloned a VM, {restored} completed a restore; seeds in which:");
+        for (case, n) in cases {
+            println!("  {n:>5}  {case}");
         }
     }
     println!(

@@ -68,16 +68,32 @@ pub enum Broken {
     /// client's requests go to the dead primary's port. The real switch
     /// runs; only its learning is kept from seeing an address move.
     StaleSwitch,
+    /// A new backup is told it protects the VM ([`Message::Protected`]
+    /// delivered to it by a middlebox) right after the snapshot, before
+    /// its primary holds outputs for it: when the primary dies while the
+    /// clone catches up, the clone takes over although outputs it never
+    /// had the log of reached the world.
+    ///
+    /// [`Message::Protected`]: ftvm_ft::channel::Message::Protected
+    CloneJoinsEarly,
+    /// A clone misses the log its primary wrote while the snapshot was on
+    /// its way: the entries of the log's first message (those logged
+    /// between the snapshot and the end of the transfer) are cut out by a
+    /// middlebox that renumbers the rest, and the new backup's
+    /// acknowledgements, so that no sequence check notices.
+    CloneDropsLogTail,
 }
 
 impl Broken {
     /// Every variant, with its name for `--broken`.
-    pub const ALL: [(Broken, &'static str); 5] = [
+    pub const ALL: [(Broken, &'static str); 7] = [
         (Broken::AckOnSend, "ack-on-send"),
         (Broken::ArbiterAlwaysWins, "arbiter-always-wins"),
         (Broken::DiskLosesWrites, "disk-loses-writes"),
         (Broken::NoReissue, "no-reissue"),
         (Broken::StaleSwitch, "stale-switch"),
+        (Broken::CloneJoinsEarly, "clone-joins-early"),
+        (Broken::CloneDropsLogTail, "clone-drops-log-tail"),
     ];
 
     pub fn name(self) -> &'static str {
@@ -128,9 +144,30 @@ pub(crate) enum Partition {
     Drop,
 }
 
+/// How a host dies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CrashMode {
+    /// The process died, its host lives: what it sent arrives, then its
+    /// kernel closes the connection.
+    Process,
+    /// The host died: what it sent may still arrive, the peer only
+    /// notices the silence.
+    Host,
+    /// The host died with its socket buffers: what it had in flight is
+    /// lost too.
+    HostAndBuffers,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Fault {
+    /// The host in this slot crashes (how: drawn when it strikes).
     Crash(usize),
+    /// Host `id` (0 = A, 1 = B, 2 = C, ...) crashes, if it is still
+    /// there: a fault of a restore, aimed at a host of that pairing.
+    CrashHost {
+        id: usize,
+        mode: CrashMode,
+    },
     /// The channel is cut until `until`: toward host A if `cut[0]`,
     /// toward host B if `cut[1]`.
     Cut {
@@ -141,8 +178,30 @@ pub(crate) enum Fault {
     Stop,
 }
 
+/// What strikes a restore, and when: a crash of the survivor (the
+/// clone's primary) or of the new backup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CloneFault {
+    /// While the snapshot is on its way: at a point of the transfer
+    /// (`at` in thousandths of its length).
+    InTransfer { survivor: bool, at: u64 },
+    /// While the new backup catches up: this long after the snapshot was
+    /// sent (most catch-ups take a few round trips).
+    InCatchUp { survivor: bool, after_ns: u64 },
+    /// Once the new backup protects the VM: this long after.
+    AfterRestore { survivor: bool, after_ns: u64 },
+}
+
+/// A restore of redundancy after a failover.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Restore {
+    /// From the moment a VM runs alone to the clone.
+    pub delay_ns: u64,
+    pub fault: Option<(CloneFault, CrashMode)>,
+}
+
 /// The logging channel's faults, per direction.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub(crate) struct Noise {
     pub latency_ns: u64,
     pub jitter_ns: u64,
@@ -163,6 +222,12 @@ pub(crate) struct Plan {
     pub arbiter_outages: Vec<(usize, u64, u64)>,
     /// The faults, in the order they are to be scheduled.
     pub faults: Vec<(u64, Fault)>,
+    /// Restores of redundancy, in order: after each failover the VM that
+    /// runs alone is cloned into a new backup (none with private disks:
+    /// a clone does not copy a disk).
+    pub restores: Vec<Restore>,
+    /// How long the clone's link takes to carry a byte of the snapshot.
+    pub clone_ps_per_byte: u64,
     pub end_ns: u64,
 }
 
@@ -174,6 +239,8 @@ impl Plan {
             noise: Noise::default(),
             arbiter_outages: Vec::new(),
             faults: Vec::new(),
+            restores: Vec::new(),
+            clone_ps_per_byte: 0,
             end_ns: 0,
         };
         let mut duration = rng.range(600, 1_400) * MS;
@@ -279,6 +346,69 @@ impl Plan {
                 duration = duration.max(at + LIVENESS_BOUND_NS + longest_outage + 300 * MS);
             }
             plan.faults.push((at, fault));
+        }
+        // Restores of redundancy, each maybe struck by a fault of its own.
+        if plan.disk_mode == DiskMode::Shared && rng.chance(0.9) {
+            // 2 to 40 MB/s: a snapshot of the guest takes milliseconds.
+            plan.clone_ps_per_byte = rng.range(25_000, 500_000);
+            let mut line = format!(
+                "restores over a {:.1} MB/s link:",
+                1e6 / plan.clone_ps_per_byte as f64
+            );
+            for _ in 0..3 {
+                let delay_ns = rng.range(50, 300) * MS;
+                let survivor = rng.chance(0.5);
+                let fault = match rng.range(0, 100) {
+                    0..=29 => None,
+                    30..=49 => Some(CloneFault::InTransfer {
+                        survivor,
+                        at: rng.range(0, 1000),
+                    }),
+                    50..=69 => Some(CloneFault::InCatchUp {
+                        survivor,
+                        after_ns: rng.range(0, 8_000_000),
+                    }),
+                    _ => Some(CloneFault::AfterRestore {
+                        survivor,
+                        after_ns: rng.range(10, 300) * MS,
+                    }),
+                };
+                let mode = match rng.range(0, 3) {
+                    0 => CrashMode::Process,
+                    1 => CrashMode::Host,
+                    _ => CrashMode::HostAndBuffers,
+                };
+                line.push_str(&format!(" after {} ms", delay_ns / MS));
+                if let Some(fault) = fault {
+                    line.push_str(&format!(" ({fault:?} {mode:?})"));
+                }
+                plan.restores.push(Restore {
+                    delay_ns,
+                    fault: fault.map(|f| (f, mode)),
+                });
+            }
+            plan.lines.push(line);
+            // A restore struck after it completed is followed by another
+            // failover, which liveness covers too: the run lasts for it.
+            if let (
+                Some((at, fault)),
+                Some(Restore {
+                    delay_ns,
+                    fault: Some((CloneFault::AfterRestore { after_ns, .. }, _)),
+                }),
+            ) = (plan.faults.first(), plan.restores.first())
+            {
+                if !matches!(fault, Fault::Stop) {
+                    duration = duration.max(
+                        at + 700 * MS
+                            + delay_ns
+                            + 200 * MS
+                            + after_ns
+                            + LIVENESS_BOUND_NS
+                            + longest_outage,
+                    );
+                }
+            }
         }
         // Sometimes a second fault: only the safety invariants are
         // promised then, not liveness.

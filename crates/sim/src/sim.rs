@@ -4,9 +4,11 @@
 use std::collections::BTreeMap;
 
 use ftvm_board::IoRequest;
+use ftvm_ft::channel::channel_key;
 use ftvm_ft::golive::Verdict;
 
 use crate::channel::Channel;
+use crate::clone::Restoring;
 use crate::guest::Guest;
 use crate::host::{Arbiter, Hosts};
 use crate::invariants::Checks;
@@ -52,11 +54,23 @@ pub(crate) enum Event {
         host: usize,
         frame: Vec<u8>,
     },
-    /// A frame that came into the switch through host `from`'s port
-    /// reaches the world.
+    /// A frame that came into the switch through the port of host `from`
+    /// (its id, not its slot) reaches the world.
     FrameToWorld {
         from: usize,
         frame: Vec<u8>,
+    },
+    /// Time to restore redundancy: clone the VM that runs alone (again, if
+    /// it was busy with I/O).
+    Restore,
+    /// The clone's sender has written its last message: it writes the
+    /// next (or, after the last, hands the connection to the log).
+    CloneStream {
+        clone: u64,
+    },
+    /// The new backup's host checks that the snapshot still comes.
+    CloneWait {
+        clone: u64,
     },
 }
 
@@ -84,21 +98,31 @@ pub(crate) struct Sim {
     pub world: World,
     pub checks: Checks,
     pub guest: Guest,
+    /// Restoring redundancy: clones, and each pairing's log.
+    pub restoring: Restoring,
     /// The seed's plan, one line per decision.
     pub plan: Vec<String>,
     /// The event trace (with `Options::trace`).
     pub trace: Vec<String>,
 }
 
-pub(crate) fn host_name(i: usize) -> &'static str {
-    ["A", "B"][i]
+/// The name of host `id` (0 = A, the first primary; 1 = B, its backup;
+/// then each new backup of a restore, in order).
+pub(crate) fn host_name(id: usize) -> &'static str {
+    const NAMES: [&str; 26] = [
+        "A", "B", "C", "D", "E", "F", "G", "H", "I", "J", "K", "L", "M", "N", "O", "P", "Q", "R",
+        "S", "T", "U", "V", "W", "X", "Y", "Z",
+    ];
+    NAMES.get(id).copied().unwrap_or("?")
 }
 
 impl Sim {
     fn new(seed: u64, options: Options) -> Result<Sim, SimError> {
         let guest = Guest::load(seed)?;
         let mut rng = Rng::new(seed);
-        let channel = Channel::connect(&mut rng).map_err(|what| SimError::Setup { seed, what })?;
+        let key = channel_key(&rng.bytes(32));
+        let channel = Channel::connect(&mut rng, key, 1, 0, [0, 0])
+            .map_err(|what| SimError::Setup { seed, what })?;
         let plan = Plan::draw(&mut rng, &options);
         let world = World::new(seed, &options);
         let mut sim = Sim {
@@ -109,12 +133,15 @@ impl Sim {
             hosts: Hosts {
                 slot: [None, None],
                 incarnation: [0, 0],
+                id: [0, 1],
+                next_id: 2,
             },
             channel,
             arbiter: Arbiter {
-                winner: None,
+                winners: BTreeMap::new(),
                 outages: plan.arbiter_outages,
             },
+            restoring: Restoring::new(plan.restores, plan.clone_ps_per_byte),
             disks: Disks::new(plan.disk_mode),
             console: Console::default(),
             checks: Checks::default(),
@@ -140,6 +167,11 @@ impl Sim {
         let q = &mut self.queue;
         q.scheduled += 1;
         q.events.insert((at, q.scheduled), event);
+    }
+
+    /// The name of the host in slot `i`.
+    pub(crate) fn name(&self, i: usize) -> &'static str {
+        host_name(self.hosts.id[i])
     }
 
     pub(crate) fn note(&mut self, what: impl FnOnce() -> String) {
@@ -202,7 +234,7 @@ impl Sim {
                 generation,
                 bytes,
             } => {
-                if self.deliver(to, generation, &bytes) {
+                if self.deliver(to, generation, &bytes)? {
                     self.effects(to)?;
                 }
             }
@@ -225,6 +257,9 @@ impl Sim {
                 incarnation,
                 verdict,
             } => self.verdict(host, incarnation, verdict)?,
+            Event::Restore => self.restore()?,
+            Event::CloneStream { clone } => self.clone_stream(clone)?,
+            Event::CloneWait { clone } => self.clone_wait(clone),
         }
         Ok(())
     }
@@ -248,6 +283,7 @@ pub(crate) fn simulate(seed: u64, options: &Options) -> Result<Outcome, SimError
             (same, last) = (0, sim.now);
         }
         sim.check()?;
+        sim.restore_upkeep()?;
         if !going {
             break;
         }

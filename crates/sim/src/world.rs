@@ -36,7 +36,7 @@ pub(crate) struct Client {
 /// The guest's frames the world received.
 #[derive(Default)]
 pub(crate) struct Received {
-    /// Sequence number -> (the host it came from, the frame).
+    /// Sequence number -> (the host it came from, by id, the frame).
     frames: BTreeMap<u64, (usize, Vec<u8>)>,
     /// The highest sequence number.
     max: u64,
@@ -207,7 +207,7 @@ impl Sim {
         let f = GuestFrame::parse(frame).map_err(|e| {
             self.violation(
                 Invariant::OutputConsistency(Output::Frames),
-                format!("host {} releases {e}", host_name(i)),
+                format!("host {} releases {e}", self.name(i)),
             )
         })?;
         let r = &mut self.world.released;
@@ -216,7 +216,12 @@ impl Sim {
         if f.magic == MAGIC_ANSWER {
             r.answers.entry(f.b).or_insert(f.c);
         }
-        self.note(|| format!("{} releases {}", host_name(i), f.describe()));
+        let name = self.name(i);
+        let icount = self.hosts.slot[i]
+            .as_ref()
+            .and_then(|h| h.machine())
+            .map_or(0, |m| m.icount());
+        self.note(|| format!("{name} releases {} at icount {icount}", f.describe()));
         self.switch_frame(Port::Host(i), frame);
         Ok(())
     }
@@ -225,7 +230,8 @@ impl Sim {
     /// broadcasts (`ftvm_net::switch::announcement`) goes into the switch
     /// through its port.
     pub(crate) fn announce(&mut self, i: usize) {
-        self.note(|| format!("{} announces the VM's address", host_name(i)));
+        let name = self.name(i);
+        self.note(|| format!("{name} announces the VM's address"));
         self.switch_frame(Port::Host(i), &announcement(VM_MAC));
     }
 
@@ -239,7 +245,8 @@ impl Sim {
         {
             match (from, to) {
                 (_, Port::Host(host)) => self.toward_host(from, host, frame),
-                (Port::Host(from), Port::World) => {
+                (Port::Host(slot), Port::World) => {
+                    let from = self.hosts.id[slot];
                     let w = &mut self.world;
                     let at = (self.now + w.links.latency_ns + w.rng.range(0, w.links.jitter_ns))
                         .max(w.uplink_last);
@@ -267,7 +274,8 @@ impl Sim {
             Port::Host(_) => &mut w.between_hosts,
         };
         if rng.chance(w.links.loss) {
-            self.note(|| format!("{} to {} is lost", describe(frame), host_name(host)));
+            let name = self.name(host);
+            self.note(|| format!("{} to {name} is lost", describe(frame)));
             return;
         }
         let copies = if rng.chance(w.links.duplicate) { 2 } else { 1 };
@@ -305,8 +313,9 @@ impl Sim {
     /// A frame reaches the world. Every guest frame carries the next
     /// number of one sequence, and the uplink neither loses nor reorders:
     /// the world must see 1, 2, 3, ... with no gap, a frame again only as
-    /// a new live VM's re-issue (same bytes, from the other host, among
-    /// the last few), and one answer per request.
+    /// a new live VM's re-issue (same bytes, from another host, among
+    /// the last few), and one answer per request. `from` is the sending
+    /// host's id.
     pub(crate) fn world_receives(&mut self, from: usize, frame: Vec<u8>) -> Result<(), SimError> {
         if frame == announcement(VM_MAC) {
             self.note(|| format!("the world sees {}'s announcement", host_name(from)));
