@@ -11,14 +11,14 @@
 //! nonce, then proves it holds the key with a keyed BLAKE3 hash over the
 //! pair, the epoch, its role and both nonces. A peer without the key, or
 //! one replaying an old proof, fails; nothing else is accepted before.
-//! After it, every frame carries a MAC under a key for its direction
-//! (derived from the key, the roles and both nonces) over a frame counter
-//! and the payload, so frames cannot be forged, replayed, reordered or
-//! reflected. A third party that relays a handshake gains nothing: it
-//! cannot MAC a frame. Frames are authenticated, not encrypted: the log
-//! (guest input, disk data, entropy) crosses the network in clear text.
-//! The secret must be random (128 bits or more): a transcript allows
-//! offline guessing of a weak one.
+//! After it, every frame is encrypted and authenticated with
+//! ChaCha20-Poly1305 under a key for its direction (derived from the key,
+//! the roles and both nonces), the frame counter as its nonce, so frames
+//! cannot be read, forged, replayed, reordered or reflected: the log and
+//! a clone's snapshot (guest input, disk data, entropy, guest memory)
+//! cross the network encrypted. A third party that relays a handshake
+//! gains nothing: it cannot seal a frame. The secret must be random (128
+//! bits or more): a transcript allows offline guessing of a weak one.
 
 use std::collections::VecDeque;
 
@@ -137,7 +137,9 @@ pub enum ChannelError {
     WrongKey,
     #[error("the peer belongs to {found}, not to {expected}")]
     OtherPair { expected: String, found: String },
-    #[error("a frame on the logging channel failed authentication (forged, replayed or reordered)")]
+    #[error(
+        "a frame on the logging channel failed authentication (forged, replayed, reordered or corrupt)"
+    )]
     BadMac,
     #[error("a message of {0} bytes is too large for the logging channel")]
     TooLarge(usize),
@@ -269,8 +271,8 @@ impl FrameDecoder {
     }
 }
 
-/// The authenticated channel after a handshake: [`Session::seal`] frames a
-/// message with its MAC, [`Session::open`] checks and decodes one.
+/// The channel after a handshake: [`Session::seal`] encrypts and frames a
+/// message, [`Session::open`] checks, decrypts and decodes one.
 pub struct Session {
     send_key: [u8; 32],
     receive_key: [u8; 32],
@@ -278,42 +280,48 @@ pub struct Session {
     received: u64,
 }
 
-const MAC_LEN: usize = 32;
+/// The AEAD tag each sealed frame ends with.
+const TAG_LEN: usize = 16;
 
-fn frame_mac(key: &[u8; 32], counter: u64, payload: &[u8]) -> blake3::Hash {
-    let mut h = blake3::Hasher::new_keyed(key);
-    h.update(&counter.to_le_bytes());
-    h.update(payload);
-    h.finalize()
+/// The nonce of frame `counter`: the counter itself (each direction has
+/// its own key, and a counter never repeats under one key).
+fn frame_nonce(counter: u64) -> chacha20poly1305::Nonce {
+    let mut nonce = [0u8; 12];
+    nonce[..8].copy_from_slice(&counter.to_le_bytes());
+    nonce.into()
 }
 
 impl Session {
+    /// The message encrypted and authenticated under this direction's
+    /// key (ChaCha20-Poly1305, the frame counter as the nonce), framed.
     pub fn seal(&mut self, message: &Message) -> Result<Vec<u8>, ChannelError> {
+        use chacha20poly1305::aead::{Aead, KeyInit};
         // Serialising plain owned data into a Vec cannot fail.
-        let mut payload = postcard::to_stdvec(message).unwrap_or_default();
-        let mac = frame_mac(&self.send_key, self.sent, &payload);
-        payload.extend_from_slice(mac.as_bytes());
-        if payload.len() > CHANNEL_FRAME_MAX as usize {
-            return Err(ChannelError::TooLarge(payload.len()));
+        let plain = postcard::to_stdvec(message).unwrap_or_default();
+        if plain.len() + TAG_LEN > CHANNEL_FRAME_MAX as usize {
+            return Err(ChannelError::TooLarge(plain.len() + TAG_LEN));
         }
+        let cipher = chacha20poly1305::ChaCha20Poly1305::new(&self.send_key.into());
+        let sealed = cipher
+            .encrypt(&frame_nonce(self.sent), plain.as_slice())
+            .map_err(|_| ChannelError::TooLarge(plain.len()))?;
         self.sent += 1;
-        Ok(framed(&payload))
+        Ok(framed(&sealed))
     }
 
+    /// Check, decrypt and decode a frame's payload: a frame forged,
+    /// replayed, reordered, reflected or changed in any bit fails.
     pub fn open(&mut self, payload: &[u8]) -> Result<Message, ChannelError> {
-        let split = payload
-            .len()
-            .checked_sub(MAC_LEN)
-            .ok_or(ChannelError::BadMac)?;
-        let (body, mac) = payload.split_at(split);
-        let mut received = [0u8; MAC_LEN];
-        received.copy_from_slice(mac);
-        // blake3::Hash compares in constant time.
-        if blake3::Hash::from(received) != frame_mac(&self.receive_key, self.received, body) {
+        use chacha20poly1305::aead::{Aead, KeyInit};
+        if payload.len() < TAG_LEN {
             return Err(ChannelError::BadMac);
         }
+        let cipher = chacha20poly1305::ChaCha20Poly1305::new(&self.receive_key.into());
+        let plain = cipher
+            .decrypt(&frame_nonce(self.received), payload)
+            .map_err(|_| ChannelError::BadMac)?;
         self.received += 1;
-        decode(body)
+        decode(&plain)
     }
 }
 
@@ -642,6 +650,34 @@ pub(crate) mod tests {
         assert!(p.receive(&bp).expect("proof").established);
         assert!(b.receive(&pp).expect("proof").established);
         (p.session().expect("primary"), b.session().expect("backup"))
+    }
+
+    /// What the log carries (guest input, disk data, a clone's memory)
+    /// never appears on the wire in clear text, and the same message
+    /// sealed twice looks different (the counter is the nonce).
+    #[test]
+    fn sealed_frames_are_encrypted() {
+        let (mut p, mut b) = sessions();
+        let secret = b"the guest's secret: hunter2 hunter2 hunter2".to_vec();
+        let message = Message::Entries {
+            log: secret.clone(),
+        };
+        let first = p.seal(&message).expect("fits");
+        let second = p.seal(&message).expect("fits");
+        for sealed in [&first, &second] {
+            assert!(
+                !sealed.windows(8).any(|w| secret.windows(8).any(|s| s == w)),
+                "clear text on the wire"
+            );
+        }
+        assert_ne!(first, second);
+        let mut decoder = FrameDecoder::new(CHANNEL_FRAME_MAX);
+        decoder.push(&first);
+        decoder.push(&second);
+        for _ in 0..2 {
+            let frame = decoder.next_frame().expect("valid").expect("whole");
+            assert_eq!(b.open(&frame).expect("authentic"), message);
+        }
     }
 
     #[test]

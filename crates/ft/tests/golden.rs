@@ -56,139 +56,113 @@ const GOLDEN_BACKUP_PROOF: &str = concat!(
 const GOLDEN_SEALED_BY_PRIMARY: [&str; KINDS] = [
     // Hello
     concat!(
-        "3e000000d6f3882000030009766d2d676f6c64656e0710111213141516171819",
-        "1a1b1c1d1e1fdafa11f96ec46ae147ddcff7abea56d12d5ddf2a17acfd5c3286",
-        "70c6f6438cad",
+        "2e000000c76b483e86c4d212453ce3e3795f75123aac37bbe999969bb675d945",
+        "894ff57fa594d0a2670b915090bc183b47676257f6c8",
     ),
     // Proof
     concat!(
-        "410000007c69925d01000102030405060708090a0b0c0d0e0f10111213141516",
-        "1718191a1b1c1d1e1faab54267e74944c224cf1fd59ca0e5751654df1d732b09",
-        "953898fffd9645d877",
+        "310000001d0697aecd1f641270d4bb20c7f7fd6c73be34980380637c5092693f",
+        "5141505564e74f9c33c13c9e6bb4c66c87e1694804b305fff5",
     ),
     // Entries
     concat!(
-        "52000000518beab4023000050a0f14191e23282d32373c41464b50555a5f6469",
-        "6e73787d82878c91969ba0a5aaafb4b9bec3c8cdd2d7dce1e6ebe3211a1cfe8e",
-        "775a20ede7e0ad90f9b5d255f48b3f49581e0a23c0a7fe923b86",
+        "420000002776a19cf5895f28259f125f34dfc4dc46ca84ea3e92902cbfe2e29b",
+        "8cd0a1e4df4e6b2898433efdddfc287f59c5d8a6e961e9e8c9b3be1b7e3f1d47",
+        "d929173f9a33c0244f1d",
     ),
     // Ack
     concat!(
-        "29000000e1ca74da03d209808080808020626000be29c95cc7374bdad24e752a",
-        "7d5017030595ec237151187207c7042f89",
+        "190000003ee770d89f7f2c6b0a18dec7dac228aa9739a1c6c05718d97e8a03bc",
+        "cc",
     ),
     // Heartbeat
-    concat!(
-        "210000006fa09dab049d468b1cbe91f7b78016bf2d4d1af37867ca263c6f5328",
-        "9920a417bddf3f57d1",
-    ),
+    "11000000e637ee9ad024433b8531f73cd9e53e04574352ee13",
     // Released
-    concat!(
-        "240000002542a9d505cd8306056bef7c2fb9280a67e24022d124779496feeb93",
-        "03811f2bacd0ddc13f1e4908",
-    ),
+    "1400000079c66a251b4ff17c0bbf907680c20412a028f39f38e292ea",
     // CloneStart
     concat!(
-        "cb00000082886b83068001010666772e62696e80200101010101010101010101",
-        "01010101010101010101010101010101010101010105496d6167658080400202",
-        "020202020202020202020202020202020202020202020202020202020202000d",
-        "636f6e736f6c653d747479533064020080100202000000000000808080402800",
-        "0306090c0f1215181b1e2124272a2d303336393c3f4245484b4e5154575a5d60",
-        "6366696c6f727580e497d012e1210180808020c69e300a62c26091ecf9e20d74",
-        "c996c79f6e6993b9ec66b913da3c42141703e4",
+        "bb0000003549340ef95ebc2489910199dbe51ea9fb5a291408bd78612abd03ad",
+        "61587c9bf7207499ba9ccedcc50b5319b154889e3104048e8e9379a6be03138e",
+        "46b4cbc6e708faf5355a2600d62974a39094f15e940b4fd95e1ed508a1c3a406",
+        "e5f4c2470b7d6ebdb2c26726d2de7ec5b4108986ae6facffe6b9e5d64eac3e26",
+        "f04034eabd25c70750cc89e720859332890c85aebd54f6b3bae76d8ef464c4c2",
+        "0bb32d4eb6d86864ab9869ee36189a28b515fc502b5551ffd23932615a553bde",
+        "76d44e",
     ),
     // Pages
     concat!(
-        "3e0000005aef510e07808004011800070e151c232a31383f464d545b62697077",
-        "7e858c939aa1c62131f6fb3d5d3ef0d385615e0285993d2a0d082fcb5a2840a4",
-        "9e5521509e16",
+        "2e0000007122568045618e11c60138113d064c39e31375c671e6dce922f9140b",
+        "8693897e28fd8f41a99c68e3408043e53572d4727db8",
     ),
     // DiskPages
     concat!(
-        "3600000002faab0c0880800c0010000b16212c37424d58636e79848f9aa5a0a9",
-        "b9494e6a7fe98e6f1f603cf4cb3de7d7650b0f217899b4019d233d0ba0a5",
+        "260000000ec3318d70a7ded558af4620ae3bfcaa14b4eccde7dc07a428c95c83",
+        "0a6e5030ce8aee7ab25b1a52307f",
     ),
     // CloneEnd
     concat!(
-        "64000000511f6fd1094d000102030405060708090a0b0c0d0e0f101112131415",
-        "161718191a1b1c1d1e1f050100020406080a0c0e10121416181a1c1e20222426",
-        "282a2c2e30323436383a3c3ea090745df4ad0d6d0cce63e88c5cfdac438b39b1",
-        "e06b4168af79ea2c0802b433",
+        "540000000c1454ecda6a34f9d572f79642269c4f67b10f0b7e7d4fd2c6e99825",
+        "6a6f9073e0787ad66fcb03e1eaa4b13a818aa1ddda992e2e1d21eeca40ea9f37",
+        "153819772b0b520e10b0fcf044e4faf172d9ad8390f2119b2e4b1bb3",
     ),
     // Protected
-    concat!(
-        "2300000062522bc80ae707b52292c34e6a76a6565d322e7addbb104b4573e216",
-        "496c8e6fa6f6d90d5e5933",
-    ),
+    "130000001d7efa4e88beeafd430c6829d5809136b4601c0d575dfa",
 ];
 /// `messages(Role::Backup)` sealed by the backup, in order.
 const GOLDEN_SEALED_BY_BACKUP: [&str; KINDS] = [
     // Hello
     concat!(
-        "3e00000033076f0c00030109766d2d676f6c64656e07e0e1e2e3e4e5e6e7e8e9",
-        "eaebecedeeefe94bd3019797c2ef4a17bce5d459b19e6287717ff40483523386",
-        "edd9749f5b8b",
+        "2e0000002f171fd8fbbf84d5cef011d79643a12051fee11528664d831ddd191e",
+        "57106b08059eb6a2430593beed982da017f30d1e1c83",
     ),
     // Proof
     concat!(
-        "41000000a97f112901808182838485868788898a8b8c8d8e8f90919293949596",
-        "9798999a9b9c9d9e9f229a8aa67cc6126c5129313b77f60728fa39b28a9aee2c",
-        "990db3b4435d7ea407",
+        "31000000557cd8a1ce5896189c138af0f1084ac0c41da5fa19d634553c9881f7",
+        "050b66ed3bdc74b968ea39e5d732d0c37a74d74da28020035f",
     ),
     // Entries
     concat!(
-        "5200000053cac2f2023080858a8f94999ea3a8adb2b7bcc1c6cbd0d5dadfe4e9",
-        "eef3f8fd02070c11161b20252a2f34393e43484d52575c61666b59b711e82313",
-        "bae2070dbb9cdfd6ac580c629d10f241f147952b409185248eda",
+        "42000000eb916963bb1b93b0cb2e3b3aa01c91f6f2a3e0b3ee2bfad447e828be",
+        "fba62d75b662a54ac10429601a74542127b1bd9e7b45a9ed7b316175d55270c8",
+        "05b9a7ea7d33398e49c6",
     ),
     // Ack
     concat!(
-        "290000000add557003d20a8081808080209e6e9f3c77d1d247d7605433fea0fa",
-        "39e85c4737e988253670fcddeb88fbc4d1",
+        "1900000050693b45eb46d20b731426271e7526a307d7c858eafd0b629a3d1837",
+        "ba",
     ),
     // Heartbeat
-    concat!(
-        "21000000635d440c0465fee705d9386d0580decaad76f464de944ab9be2ed468",
-        "587a325cd28347ef74",
-    ),
+    "1100000050425cef8dca7cb33dc6eb3466f83d5021ce325670",
     // Released
-    concat!(
-        "24000000a2f8473f05cd8406c75f6152d6da5d78271f72ee5523645f79e66fbc",
-        "d536bf61f434c8e32594987c",
-    ),
+    "140000007d011ffb22b3cad9eb3372d6049cc9175139ee4aa567c4ec",
     // CloneStart
     concat!(
-        "cb000000ebc40cfb068001010666772e62696e80208181818181818181818181",
-        "81818181818181818181818181818181818181818105496d6167658080408282",
-        "828282828282828282828282828282828282828282828282828282828282000d",
-        "636f6e736f6c653d747479533064020080100202000000008000808080402880",
-        "8386898c8f9295989b9ea1a4a7aaadb0b3b6b9bcbfc2c5c8cbced1d4d7dadde0",
-        "e3e6e9eceff2f580e597d012e1220180808020f7ae686584799a421ec4f54846",
-        "433d6750b88e8e68d007101cd04a43eb8624ba",
+        "bb000000e6c21913fe509eb80fe8979ac6fc153554223ac55e630b4c05358af3",
+        "e8c175437933eac9fab6fc7076be6eb25eef9a8745dc29efc8df56fa022ae436",
+        "7e1f8ee071c76ebb2c2657650a8186618ccbffa4a958d3866092e1c0cf1b078b",
+        "b72d5ae4f16c93eb113f218fa65059b1783f01111080a479b21ef9f95c1d3d63",
+        "8afdc6df3a5215f3a1da7dd20e1aa87abfdb89fa2959ea736ec475c9c1fbcf01",
+        "f39c6135e96ebf422e0d2ea5dffb674e1b71860ed63b5cb016b761e1b9992a74",
+        "e9cd5a",
     ),
     // Pages
     concat!(
-        "3e00000005ac5c0107808004011880878e959ca3aab1b8bfc6cdd4dbe2e9f0f7",
-        "fe050c131a21a5f15f210fcca623880f7c0f58e8b6014942045ac812d232beac",
-        "b349b33a5352",
+        "2e000000e83975c356ef271c8536b52a8b4267b9351040aa2db6e95e2180ca64",
+        "a3e231f0ab4493b9b8c89eba1c97c4e8a2df5f68b6db",
     ),
     // DiskPages
     concat!(
-        "36000000f66acce80880800c0010808b96a1acb7c2cdd8e3eef9040f1a253dd6",
-        "97dade4d7e4103abbaddfa8a0a1dd2e41147616ffb65039111df42d12a99",
+        "26000000f57e88cf0ceae218a77cc9c77db78b5022b3b1775eac140a34045ac4",
+        "c3cfd3bb41b8dd0f2202b7fb1f16",
     ),
     // CloneEnd
     concat!(
-        "66000000679df29b09cd01808182838485868788898a8b8c8d8e8f9091929394",
-        "95969798999a9b9c9d9e9f85010180828486888a8c8e90929496989a9c9ea0a2",
-        "a4a6a8aaacaeb0b2b4b6b8babcbe9dc8989e0cc7fb37c28159e21ea109c6de1e",
-        "18c8fd57452b4d67b9d5bb142e57",
+        "560000002ce160f28b74ae6c47e84b6c15329eab84a17d4a003771926be5ab57",
+        "4204c13e8bcf7c7ba0caf5f1781db39b570103d4ddee026f1163a20978537416",
+        "eb382913fa347f989fdf9ff29f89e8ef4ebeb261103250c74968fa4af55f",
     ),
     // Protected
-    concat!(
-        "230000001a195a020ae70865aedddf598c2b377e7129e63a42ceffc5d350615b",
-        "102bc3a71eecee8e4f96cf",
-    ),
+    "1300000056870ddb03d11ae1b137676370240c850b4eebe8b0be41",
 ];
 
 // ---------------------------------------------------------------- fixtures
@@ -670,7 +644,7 @@ fn every_message_kind_is_sealed_as_the_golden_bytes_both_ways() {
 
 /// A flipped bit anywhere is refused: in the framing by the CRC, and in a
 /// frame whose CRC a forger recomputed by the handshake (which then never
-/// establishes) or by the MAC. A refused sealed frame leaves the session
+/// establishes) or by the AEAD tag. A refused sealed frame leaves the session
 /// as it was: the genuine frame still opens after it.
 #[test]
 fn every_flipped_bit_of_the_golden_channel_bytes_is_refused() {
@@ -721,7 +695,7 @@ fn every_flipped_bit_of_the_golden_channel_bytes_is_refused() {
                             "{what} with bit {bit} of byte {at} flipped was accepted"
                         );
                     }
-                    // Forged, with a valid CRC: the MAC refuses it.
+                    // Forged, with a valid CRC: the AEAD tag refuses it.
                     if at >= 8 {
                         let forged = flip(&frame, at, bit, true);
                         assert_eq!(
