@@ -251,7 +251,8 @@ pub fn backup(args: &BackupArgs) -> Result<ExitCode> {
 /// otherwise.
 fn exit_code(node: &Node) -> ExitCode {
     match node.status() {
-        Status::Ended(_) => ExitCode::SUCCESS,
+        // A planned hand-over (`ftvm migrate`) is this VM's success.
+        Status::Ended(_) | Status::Halted(ftvm_node::HaltReason::HandedOver) => ExitCode::SUCCESS,
         Status::Halted(why) => {
             eprintln!("ftvm: halted: {why}");
             ExitCode::from(2)

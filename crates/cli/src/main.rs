@@ -106,6 +106,12 @@ enum Command {
     /// the agent leaves it so until `ftvm protect`.
     Unprotect(restore::ProtectArgs),
 
+    /// Move either VM of a protected pair to a new process on this host
+    /// while the pair keeps running: the primary hands the VM over to its
+    /// backup (a planned switch-over, no failure detection involved) and
+    /// a new backup is cloned; the backup is replaced by a new clone.
+    Migrate(restore::MigrateArgs),
+
     /// Kill the VM that runs the guest (SIGKILL) and show the backup
     /// taking over and redundancy coming back, with times.
     TestFailover(restore::TestArgs),
@@ -461,6 +467,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Protect(args) => restore::protect(&args),
         Command::Agent(args) => restore::agent(&args),
         Command::Unprotect(args) => restore::unprotect(&args),
+        Command::Migrate(args) => restore::migrate(&args),
         Command::TestFailover(args) => restore::test_failover(&args),
         Command::TestRestartBackup(args) => restore::test_restart_backup(&args),
     }

@@ -537,3 +537,124 @@ fn signal_kill(pid: u32) -> Result<()> {
     }
     Ok(())
 }
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum WhichVm {
+    Primary,
+    Backup,
+}
+
+#[derive(Args)]
+pub struct MigrateArgs {
+    /// The pair's directory, as given to `ftvm up`.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: std::path::PathBuf,
+
+    /// Which VM moves: the one that runs the guest, or its backup.
+    #[arg(long, value_name = "primary|backup")]
+    pub vm: WhichVm,
+
+    /// Where to (only this host today).
+    #[arg(long, value_name = "HOST")]
+    pub to: Option<String>,
+}
+
+/// `ftvm migrate`: move either VM of a protected pair to a new process
+/// on this host while the pair keeps running.
+///
+/// The primary: it hands the VM over to its backup (it stops executing,
+/// waits until the backup holds everything and every output is released,
+/// and says so; the backup takes over at once and this VM halts), then a
+/// new backup is cloned from the VM's new home. The backup: it ends, and
+/// a new backup is cloned at once.
+pub fn migrate(args: &MigrateArgs) -> Result<ExitCode> {
+    let dir = &args.state_dir;
+    if let Some(to) = args.to.as_deref() {
+        let here = ["localhost", "127.0.0.1", "this-host"];
+        if !here.contains(&to) {
+            bail!(
+                "only moves on this host are built: placing a VM on {to} needs an agent on \
+                 that host, which ftvm does not have yet"
+            );
+        }
+    }
+    let (guest, backup) = running_pair(dir)?;
+    let Some(backup) = backup.filter(|_| guest.line.state == VmState::Primary) else {
+        bail!(
+            "{} has no backup that protects it: `ftvm protect` first",
+            guest.name
+        );
+    };
+    // The agent must not restore meanwhile; this command does.
+    set_unprotected(dir, true)?;
+    let result = match args.vm {
+        WhichVm::Primary => migrate_primary(dir, &guest, &backup),
+        WhichVm::Backup => migrate_backup(dir, &guest, &backup),
+    };
+    set_unprotected(dir, false)?;
+    result?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn migrate_primary(dir: &Path, primary: &Vm, backup: &Vm) -> Result<()> {
+    let started = Instant::now();
+    let control = dir.join(format!("{}.control", primary.name));
+    if let Err(why) = ask(&control, &Request::HandOver)? {
+        bail!("{} refused to hand over: {why}", primary.name);
+    }
+    let read = |name: &str| crate::pair::read_vm(&dir.join(format!("{name}.status")));
+    wait_for(CLONE_LIMIT, || {
+        read(&backup.name).filter(|vm| !vm.alive || vm.line.state != VmState::Backup)
+    })
+    .with_context(|| format!("{} did not take over", backup.name))?;
+    let live = read(&backup.name).filter(|vm| vm.alive && vm.line.state == VmState::Live);
+    if live.is_none() {
+        bail!(
+            "{} did not take over; see {}",
+            backup.name,
+            dir.join(format!("{}.log", backup.name)).display()
+        );
+    }
+    let taken_over = started.elapsed();
+    println!(
+        "ftvm: {} handed the VM over to {} in {:.1} ms",
+        primary.name,
+        backup.name,
+        taken_over.as_secs_f64() * 1e3
+    );
+    wait_for(CLONE_LIMIT, || {
+        read(&primary.name).filter(|vm| !vm.alive || vm.line.state.is_final())
+    })
+    .with_context(|| format!("{} did not stop", primary.name))?;
+    let restored = restore(dir, &mut Vec::new())?;
+    println!(
+        "ftvm: {} is protected again by {} (epoch {}), {:.1} ms after the hand-over began",
+        restored.survivor,
+        restored.backup,
+        restored.epoch,
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    Ok(())
+}
+
+fn migrate_backup(dir: &Path, primary: &Vm, backup: &Vm) -> Result<()> {
+    let started = Instant::now();
+    terminate(backup.line.pid);
+    let read = |name: &str| crate::pair::read_vm(&dir.join(format!("{name}.status")));
+    wait_for(CLONE_LIMIT, || {
+        read(&primary.name).filter(|vm| !vm.alive || vm.line.state == VmState::Live)
+    })
+    .with_context(|| format!("{} did not go on alone", primary.name))?;
+    let restored = restore(dir, &mut Vec::new())?;
+    println!(
+        "ftvm: {}'s backup moved from {} to {} (epoch {}) in {:.1} ms; it ran unprotected \
+         meanwhile; the guest stood still {:.2} ms for the clone",
+        restored.survivor,
+        backup.name,
+        restored.backup,
+        restored.epoch,
+        started.elapsed().as_secs_f64() * 1e3,
+        restored.pause_ms
+    );
+    Ok(())
+}

@@ -51,6 +51,8 @@ const REPLY_LIMIT: Duration = Duration::from_secs(60);
 /// each number is sent, and counts as acknowledged once `ok N` is back.
 struct Writer {
     acked: Arc<AtomicU64>,
+    /// The longest a write waited for its reply, in µs.
+    slowest_us: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<Result<u64, String>>>,
 }
@@ -58,8 +60,10 @@ struct Writer {
 impl Writer {
     fn start(port: u16) -> Writer {
         let acked = Arc::new(AtomicU64::new(0));
+        let slowest_us = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let (count, halt) = (Arc::clone(&acked), Arc::clone(&stop));
+        let slowest = Arc::clone(&slowest_us);
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let thread = std::thread::spawn(move || {
             let start = Instant::now();
@@ -83,8 +87,10 @@ impl Writer {
             count.store(1, Ordering::Relaxed);
             let mut n = 1;
             while !halt.load(Ordering::Relaxed) {
+                let sent = Instant::now();
                 write_one(&stream, &mut lines, n, REPLY_LIMIT)
                     .map_err(|e| format!("write {n} (after {n} acknowledged): {e}"))?;
+                slowest.fetch_max(sent.elapsed().as_micros() as u64, Ordering::Relaxed);
                 n += 1;
                 count.store(n, Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(20));
@@ -94,6 +100,7 @@ impl Writer {
         });
         Writer {
             acked,
+            slowest_us,
             stop,
             thread: Some(thread),
         }
@@ -101,6 +108,11 @@ impl Writer {
 
     fn acked(&self) -> u64 {
         self.acked.load(Ordering::Relaxed)
+    }
+
+    /// The longest wait for a reply so far (ms), and start again.
+    fn take_slowest_ms(&self) -> f64 {
+        self.slowest_us.swap(0, Ordering::Relaxed) as f64 / 1e3
     }
 
     /// Wait until `n` writes are acknowledged; false if not within
@@ -568,4 +580,73 @@ fn private_disks_are_cloned_and_end_equal_byte_for_byte() {
     assert_eq!(log, expected, "the disk's writes have a gap or a duplicate");
     assert!(log.len() as u64 >= acked);
     fsck_clean(&disks[0]);
+}
+
+/// `ftvm migrate` of the primary (a planned hand-over to the backup,
+/// then a new backup) and of the backup (a new clone), under a client's
+/// durable writes: nothing lost, no reset, the pair whole after each, and
+/// the longest pause the client saw reported.
+#[test]
+fn migrating_the_primary_and_the_backup_loses_nothing() {
+    let _serial = serial();
+    let mut pair = Pair::new("restore-migrate");
+    let port = up(&mut pair, true);
+    let mut writer = Writer::start(port);
+    if !writer.wait_for(5, BOOT_LIMIT) {
+        panic!("the first writes: {:?}\n{}", writer.finish(), pair.diag());
+    }
+    let mut pauses = Vec::new();
+    for (round, vm) in ["primary", "backup", "primary"].into_iter().enumerate() {
+        let epoch = round as u64 + 1;
+        let (primary, backup) = wait_protected(&pair, epoch, &format!("a pair of epoch {epoch}"));
+        let before = writer.acked();
+        writer.take_slowest_ms();
+        let report = ftvm_ok(&pair, &["migrate", "--vm", vm]);
+        let (new_primary, _) =
+            wait_protected(&pair, epoch + 1, &format!("after migrating the {vm}"));
+        let expected = if vm == "primary" { &backup } else { &primary };
+        assert_eq!(
+            new_primary.name, expected.name,
+            "after migrating the {vm} ({report}), the guest runs on {new_primary}"
+        );
+        if !writer.wait_for(before + 5, REPLY_LIMIT) {
+            panic!(
+                "writes after migrating the {vm}: {:?}\n{}",
+                writer.finish(),
+                pair.diag()
+            );
+        }
+        pauses.push((vm, writer.take_slowest_ms()));
+        if vm == "primary" {
+            let old = pair
+                .ftvm_status()
+                .vms
+                .into_iter()
+                .chain(
+                    std::fs::read_dir(pair.path("gone"))
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                        .filter_map(|text| text.trim().parse::<StatusLine>().ok()),
+                )
+                .find(|line| line.name == primary.name);
+            if let Some(old) = old {
+                assert!(
+                    old.halt == Some(support::pair::HaltCode::HandedOver)
+                        || old.state == VmState::Dead,
+                    "the old primary: {old}"
+                );
+            }
+        }
+    }
+    let acked = writer
+        .finish()
+        .unwrap_or_else(|e| panic!("{e}\n{}", pair.diag()));
+    pair.stop();
+    let log = disk_log(&pair.path("disk.img"));
+    let expected: Vec<u64> = (0..log.len() as u64).collect();
+    assert_eq!(log, expected, "the disk's writes have a gap or a duplicate");
+    assert!(log.len() as u64 >= acked);
+    eprintln!("longest reply during each migration (ms): {pauses:?}");
 }

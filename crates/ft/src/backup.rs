@@ -54,7 +54,7 @@ impl Backup {
                 }))
             }
             Message::Entries { .. } | Message::Heartbeat | Message::Released { .. } => Ok(None),
-            Message::Protected { .. } => Ok(None),
+            Message::Protected { .. } | Message::HandOver { .. } => Ok(None),
             Message::Ack { .. }
             | Message::CloneStart(_)
             | Message::Pages { .. }

@@ -106,6 +106,12 @@ pub enum Message {
     /// over. A clone that has not received this must never go live (the
     /// primary released outputs without waiting for it).
     Protected { through: u64 },
+    /// A planned hand-over (`ftvm migrate`): the primary has stopped
+    /// executing for good after the entry `through`, every output it
+    /// produced is released, and it will release nothing more. The backup
+    /// takes over at once, through the test-and-set, without waiting out
+    /// the primary's timeout.
+    HandOver { through: u64 },
 }
 
 impl Message {
@@ -123,6 +129,7 @@ impl Message {
             Message::DiskPages { .. } => "DiskPages",
             Message::CloneEnd { .. } => "CloneEnd",
             Message::Protected { .. } => "Protected",
+            Message::HandOver { .. } => "HandOver",
         }
     }
 }

@@ -107,6 +107,8 @@ const GOLDEN_SEALED_BY_PRIMARY: [&str; KINDS] = [
     ),
     // Protected
     "130000001d7efa4e88beeafd430c6829d5809136b4601c0d575dfa",
+    // HandOver
+    "130000007e428c53bfbb33fe4e8a3c636dfb39698c9f3e0715a154",
 ];
 /// `messages(Role::Backup)` sealed by the backup, in order.
 const GOLDEN_SEALED_BY_BACKUP: [&str; KINDS] = [
@@ -163,11 +165,13 @@ const GOLDEN_SEALED_BY_BACKUP: [&str; KINDS] = [
     ),
     // Protected
     "1300000056870ddb03d11ae1b137676370240c850b4eebe8b0be41",
+    // HandOver
+    "1300000012eecb273bee95d08eb715268cc141c3a944cc5846baf0",
 ];
 
 // ---------------------------------------------------------------- fixtures
 
-const KINDS: usize = 11;
+const KINDS: usize = 12;
 
 fn nonce(role: Role) -> [u8; 16] {
     std::array::from_fn(|i| match role {
@@ -254,6 +258,9 @@ fn messages(from: Role) -> [Message; KINDS] {
         Message::Protected {
             through: 999 + u64::from(salt),
         },
+        Message::HandOver {
+            through: 4242 + u64::from(salt),
+        },
     ];
     // A new kind of message must be added here (and pinned).
     for m in &messages {
@@ -268,7 +275,8 @@ fn messages(from: Role) -> [Message; KINDS] {
             | Message::Pages { .. }
             | Message::DiskPages { .. }
             | Message::CloneEnd { .. }
-            | Message::Protected { .. } => {}
+            | Message::Protected { .. }
+            | Message::HandOver { .. } => {}
         }
     }
     messages

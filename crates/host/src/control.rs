@@ -27,12 +27,16 @@ pub enum Request {
     /// Clone into the new backup listening at `addr`, as the pairing
     /// `epoch` (newer than the VM's).
     Clone { addr: String, epoch: u64 },
+    /// Hand the VM over to its backup (a planned migration of the
+    /// primary): this VM stops, the backup takes over.
+    HandOver,
 }
 
 impl std::fmt::Display for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Request::Clone { addr, epoch } => write!(f, "clone {addr} {epoch}"),
+            Request::HandOver => f.write_str("hand-over"),
         }
     }
 }
@@ -47,6 +51,7 @@ impl FromStr for Request {
                 addr: (*addr).to_string(),
                 epoch: epoch.parse().map_err(|_| format!("bad epoch {epoch:?}"))?,
             }),
+            ["hand-over"] => Ok(Request::HandOver),
             _ => Err(format!("unknown request {line:?}")),
         }
     }
@@ -141,6 +146,7 @@ mod tests {
             epoch: 3,
         };
         assert_eq!(request.to_string().parse::<Request>(), Ok(request));
+        assert_eq!("hand-over".parse::<Request>(), Ok(Request::HandOver));
         assert!("clone 127.0.0.1:4000".parse::<Request>().is_err());
         assert!("clone a b".parse::<Request>().is_err());
         assert!("reboot".parse::<Request>().is_err());
@@ -152,7 +158,7 @@ mod tests {
         listen(&path, |request, reply| {
             let answer = match request {
                 Request::Clone { epoch: 3, .. } => Ok("cloning".to_string()),
-                Request::Clone { .. } => Err("wrong epoch".to_string()),
+                Request::Clone { .. } | Request::HandOver => Err("wrong epoch".to_string()),
             };
             reply.send(answer).is_ok()
         })

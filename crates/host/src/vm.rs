@@ -534,6 +534,10 @@ impl Vm {
     /// A request on the control socket.
     fn control(&mut self, request: Request) -> Reply {
         match request {
+            Request::HandOver => {
+                self.node.hand_over(self.clock.now())?;
+                Ok("handing the VM over to the backup".into())
+            }
             Request::Clone { addr, epoch } => {
                 if self.clone.is_some() {
                     return Err("a clone is in progress already".into());

@@ -32,6 +32,9 @@ pub enum HaltReason {
     /// released outputs without waiting for it, so it must not take over.
     #[error("the primary failed before this clone had caught up: it cannot take over")]
     NotCaughtUp,
+    /// A primary that handed the VM over to its backup (`ftvm migrate`).
+    #[error("handed the VM over to its backup")]
+    HandedOver,
 }
 
 impl HaltReason {
@@ -46,6 +49,7 @@ impl HaltReason {
             HaltReason::CannotReplay(_) => HaltCode::CannotReplay,
             HaltReason::NoNetwork => HaltCode::NoNetwork,
             HaltReason::NotCaughtUp => HaltCode::NotCaughtUp,
+            HaltReason::HandedOver => HaltCode::HandedOver,
         }
     }
 }
@@ -61,10 +65,11 @@ pub enum HaltCode {
     CannotReplay,
     NoNetwork,
     NotCaughtUp,
+    HandedOver,
 }
 
 impl HaltCode {
-    pub const ALL: [HaltCode; 8] = [
+    pub const ALL: [HaltCode; 9] = [
         HaltCode::LostTestAndSet,
         HaltCode::Stopped,
         HaltCode::NothingToTakeOver,
@@ -73,6 +78,7 @@ impl HaltCode {
         HaltCode::CannotReplay,
         HaltCode::NoNetwork,
         HaltCode::NotCaughtUp,
+        HaltCode::HandedOver,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -85,6 +91,7 @@ impl HaltCode {
             HaltCode::CannotReplay => "cannot-replay",
             HaltCode::NoNetwork => "no-network",
             HaltCode::NotCaughtUp => "not-caught-up",
+            HaltCode::HandedOver => "handed-over",
         }
     }
 
@@ -99,6 +106,7 @@ impl HaltCode {
                 | HaltCode::Stopped
                 | HaltCode::NothingToTakeOver
                 | HaltCode::NotCaughtUp
+                | HaltCode::HandedOver
         )
     }
 }

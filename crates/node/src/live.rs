@@ -68,6 +68,10 @@ pub(crate) struct PairLink {
     pub(crate) protocol: Primary<(u64, Held)>,
     /// The end logged, once the pair is ending.
     ending: Option<End>,
+    /// A planned hand-over to the backup: the machine has stopped; once
+    /// everything is acknowledged `HandOver` goes out (`handed`).
+    pub(crate) handing_over: bool,
+    pub(crate) handed: bool,
     arbitrating: bool,
     /// Slowed down: the backup trails by more than the bound.
     throttled: bool,
@@ -90,6 +94,8 @@ impl PairLink {
                 max_lag_insns: insns_for_ns(config.max_lag_ns, NOMINAL_INSNS_PER_MS),
             }),
             ending: None,
+            handing_over: false,
+            handed: false,
             arbitrating: false,
             throttled: false,
             retry_at: None,
@@ -264,7 +270,11 @@ impl Node {
         let Mode::Running(r) = &mut self.mode else {
             return Ok(Ran::Done);
         };
-        if r.ended.is_some() || r.pair.as_ref().is_some_and(|p| p.ending.is_some()) {
+        if r.ended.is_some()
+            || r.pair
+                .as_ref()
+                .is_some_and(|p| p.ending.is_some() || p.handing_over)
+        {
             return Ok(Ran::Blocked);
         }
         if let Some((deadline, since)) = r.idle {
@@ -650,6 +660,7 @@ impl Node {
                 if pair.phase == Phase::CatchingUp && insns <= max_lag / 2 {
                     self.clone_caught_up(time);
                 }
+                self.finish_hand_over(time);
                 self.finish_ending();
             }
             Message::Heartbeat => {}
@@ -726,8 +737,58 @@ impl Node {
                 self.status = Status::Live;
                 self.finish_ending();
             }
+            // A primary that handed the VM over loses to the backup that
+            // took it: the hand-over is done.
+            Verdict::Lost if pair.handed => self.halt(HaltReason::HandedOver),
             Verdict::Lost => self.halt(HaltReason::LostTestAndSet),
             Verdict::Unreachable => pair.retry_at = Some(time.mono_ns + ARBITER_RETRY_NS),
         }
+    }
+
+    /// Hand the VM over to the backup (`ftvm migrate --vm primary`): stop
+    /// executing here, and once the backup holds every entry and every
+    /// output is released, tell it to take over. The backup then wins the
+    /// test-and-set and closes the channel; this VM, asking in turn, loses
+    /// and halts (`handed-over`). Should the backup fail first, this VM
+    /// wins and runs on. Only a primary whose backup protects it can.
+    pub fn hand_over(&mut self, time: Time) -> Result<(), &'static str> {
+        let Mode::Running(r) = &mut self.mode else {
+            return Err("it does not run the guest");
+        };
+        let Some(pair) = r.pair.as_mut() else {
+            return Err("it has no backup to hand over to");
+        };
+        if pair.phase != Phase::Protected || pair.arbitrating || pair.ending.is_some() {
+            return Err("its backup does not protect it now");
+        }
+        pair.handing_over = true;
+        tracing::info!(pair = %self.config.pair, icount = r.machine.icount(),
+            "handing the VM over to the backup");
+        if let Err(e) = self.send_log(time, true) {
+            tracing::warn!("sending the log: {e}");
+        }
+        self.finish_hand_over(time);
+        Ok(())
+    }
+
+    /// Send `HandOver` once everything is acknowledged and released.
+    fn finish_hand_over(&mut self, time: Time) {
+        let Mode::Running(r) = &mut self.mode else {
+            return;
+        };
+        let Some(pair) = r.pair.as_mut() else {
+            return;
+        };
+        if !pair.handing_over || pair.handed {
+            return;
+        }
+        if pair.protocol.held() > 0 || pair.protocol.lag().0 > 0 {
+            return;
+        }
+        pair.handed = true;
+        let through = r.recorder.entries();
+        self.effects
+            .push(Effect::Send(Message::HandOver { through }));
+        self.detector.sent(time.ms());
     }
 }

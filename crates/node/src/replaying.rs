@@ -53,6 +53,9 @@ pub(crate) struct Replaying {
     /// A clone's log must start where its snapshot stands: the machine and
     /// the digest its header must name, until it has arrived.
     clone_header: Option<(MachineId, [u8; 32])>,
+    /// The primary handed the VM over: going live, close the channel, so
+    /// that it asks the arbiter (and loses) at once.
+    handed_over: bool,
 }
 
 impl Replaying {
@@ -89,6 +92,7 @@ pub(crate) fn start(config: NodeConfig, images: Box<dyn ImageSource + Send>, tim
         retry_at: None,
         protected: true,
         clone_header: None,
+        handed_over: false,
     };
     Node::new(
         config,
@@ -143,6 +147,20 @@ impl Node {
         if let Message::Protected { through } = message {
             tracing::info!(pair = %self.config.pair, through, "caught up: this backup protects the VM");
             r.protected = true;
+            return;
+        }
+        if let Message::HandOver { through } = message {
+            if r.protected && r.golive.state() == BackupState::Replaying {
+                tracing::warn!(pair = %self.config.pair, through, "the primary hands the VM over");
+                // The primary has stopped and released everything: there
+                // is nothing to wait out before asking the arbiter.
+                r.peer_closed = true;
+                r.backup.freeze();
+                r.golive.primary_suspected();
+                r.live_not_before_ns = 0;
+                r.handed_over = true;
+                self.status = Status::TakingOver;
+            }
             return;
         }
         match r.backup.receive(message) {
@@ -413,6 +431,9 @@ impl Node {
         }
         for request in r.outstanding.into_values() {
             self.effects.push(Effect::Perform(request));
+        }
+        if r.handed_over {
+            self.effects.push(Effect::CloseChannel);
         }
         self.mode = Mode::Running(Box::new(Running::took_over(
             machine,

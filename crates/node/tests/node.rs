@@ -226,3 +226,74 @@ fn stopping_ends_a_running_vm_and_halts_a_backup() {
     backup.stop(clock.now()).expect("stop");
     assert_eq!(*backup.status(), Status::Halted(HaltReason::Stopped));
 }
+
+/// A planned hand-over (`ftvm migrate`): the primary stops, sends
+/// `HandOver` once everything is acknowledged, the backup takes over at
+/// once (no timeout to wait out) and closes the channel, and the old
+/// primary, asking the arbiter in turn, loses and halts as handed over.
+/// Had the backup failed first, the primary would win and run on.
+#[test]
+fn a_hand_over_moves_the_guest_to_the_backup_without_waiting_out_a_timeout() {
+    let kernel = image("spin", &[SPIN]);
+    for backup_survives in [true, false] {
+        let clock = Clock(0);
+        let mut primary =
+            Node::primary(config(), machine(&kernel, Vec::new()), clock.now()).expect("machine");
+        let mut backup = Node::backup(config(), Box::new(ImageMap::of([&kernel])), clock.now());
+        let mut to_backup = sent(primary.take_effects());
+        let (_, effects) = run_slices(&mut primary, &clock, 3);
+        to_backup.extend(sent(effects));
+        assert!(primary.hand_over(clock.now()).is_ok());
+        to_backup.extend(sent(primary.take_effects()));
+        let icount = primary.machine().map(|m| m.icount());
+        let (ran, _) = run_slices(&mut primary, &clock, 3);
+        assert_eq!(ran, Ran::Blocked, "a primary handing over executes no more");
+        assert_eq!(primary.machine().map(|m| m.icount()), icount);
+        // The backup acknowledges; then the primary says it hands over.
+        let mut acks = Vec::new();
+        for message in &to_backup {
+            backup.receive(message, clock.now());
+            acks.extend(sent(backup.take_effects()));
+        }
+        let mut hand_over = Vec::new();
+        for ack in &acks {
+            primary.receive(ack, clock.now());
+            hand_over.extend(sent(primary.take_effects()));
+        }
+        assert!(
+            hand_over
+                .iter()
+                .any(|m| matches!(m, Message::HandOver { .. })),
+            "{hand_over:?}"
+        );
+        if backup_survives {
+            for message in &hand_over {
+                backup.receive(message, clock.now());
+            }
+            assert_eq!(*backup.status(), Status::TakingOver);
+            run_until_quiet(&mut backup, &clock, 1000);
+            // No timeout to wait out: the arbiter is asked at once.
+            backup.tick(clock.now());
+            assert!(backup.take_effects().contains(&Effect::TestAndSet));
+            backup.verdict(Verdict::Won, clock.now()).expect("verdict");
+            assert_eq!(*backup.status(), Status::Live);
+            assert!(backup.take_effects().contains(&Effect::CloseChannel));
+            primary.channel_closed(true);
+            primary.tick(clock.now());
+            assert!(primary.take_effects().contains(&Effect::TestAndSet));
+            primary
+                .verdict(Verdict::Lost, clock.now())
+                .expect("verdict");
+            assert_eq!(*primary.status(), Status::Halted(HaltReason::HandedOver));
+            assert!(HaltCode::HandedOver.is_expected());
+        } else {
+            primary.channel_closed(true);
+            primary.tick(clock.now());
+            assert!(primary.take_effects().contains(&Effect::TestAndSet));
+            primary.verdict(Verdict::Won, clock.now()).expect("verdict");
+            assert_eq!(*primary.status(), Status::Live);
+            let (ran, _) = run_slices(&mut primary, &clock, 2);
+            assert_eq!(ran, Ran::Busy, "it runs on");
+        }
+    }
+}
