@@ -200,10 +200,11 @@ impl PairArgs {
 pub fn primary(args: &PrimaryArgs) -> Result<ExitCode> {
     let stop = ftvm_host::stop_flag()?;
     let net = args.pair.net()?;
-    let (io, frames) = ftvm_host::pair::open_devices(args.machine.disk.as_deref(), net.as_ref())?;
+    let options = args.pair.options("primary", stop)?;
+    let (io, frames) =
+        ftvm_host::pair::open_devices(args.machine.disk.as_deref(), net.as_ref(), &options.key)?;
     let machine = args.machine.machine_config(io.devices())?;
     let config = args.pair.node_config(machine.engine)?;
-    let options = args.pair.options("primary", stop)?;
     let clock = Clock::new(args.machine.rtc_time);
     let node = match &args.backup {
         Some(backup) => ftvm_host::pair::primary(
@@ -234,7 +235,8 @@ pub fn backup(args: &BackupArgs) -> Result<ExitCode> {
     let net = args.pair.net()?;
     let config = args.pair.node_config(args.engine.engine())?;
     let options = args.pair.options("backup", stop)?;
-    let (io, frames) = ftvm_host::pair::open_devices(args.disk.as_deref(), net.as_ref())?;
+    let (io, frames) =
+        ftvm_host::pair::open_devices(args.disk.as_deref(), net.as_ref(), &options.key)?;
     let node = ftvm_host::pair::backup(
         config,
         io,

@@ -174,6 +174,8 @@ fn start_switch(dir: &Path, gateway: &str) -> Result<(String, u32)> {
         dir.join("switch.status").into(),
         "--pair-dir".into(),
         dir.into(),
+        "--key-file".into(),
+        dir.join("key").into(),
     ];
     let pid = spawn(dir, "switch", &args)?;
     let addr = listening_addr(dir, "switch", pid)?;

@@ -40,9 +40,15 @@ pub struct SwitchArgs {
     pub pair_dir: Option<PathBuf>,
 
     /// Keep a one-line status here (`switch pid=N ports=K addr=A moves=M
-    /// expired=E`).
+    /// expired=E refused=R`).
     #[arg(long, value_name = "FILE")]
     pub status_file: Option<PathBuf>,
+
+    /// The pair's key file (as `ftvm primary` and `ftvm backup` take it):
+    /// every datagram is then authenticated, and those without the key
+    /// (or repeated) are dropped. Required to listen beyond loopback.
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
 }
 
 /// How long a switch started for a pair waits for a VM of it to appear.
@@ -56,7 +62,20 @@ pub fn switch(args: &SwitchArgs) -> Result<ExitCode> {
             spec,
         )?)?)),
     };
-    let mut server = SwitchServer::bind(args.listen, gateway)?;
+    let key = args
+        .key_file
+        .as_deref()
+        .map(ftvm_host::pair::read_key)
+        .transpose()?
+        .map(|key| ftvm_net::datagram::DatagramKey::from_pair_key(&key));
+    if key.is_none() && !args.listen.ip().is_loopback() {
+        anyhow::bail!(
+            "a switch listening on {} would take frames from anyone who can reach it: give it \
+             the pair's --key-file",
+            args.listen
+        );
+    }
+    let mut server = SwitchServer::bind(args.listen, gateway, key)?;
     let addr = server.local_addr()?;
     if let Some(path) = &args.addr_file {
         write_atomically(path, format!("{addr}\n").as_bytes())
@@ -85,6 +104,7 @@ pub fn switch(args: &SwitchArgs) -> Result<ExitCode> {
                 addr: addr.to_string(),
                 moves: server.moves(),
                 expired: server.expired(),
+                refused: server.refused(),
             });
         }
         if let Some(dir) = &args.pair_dir {

@@ -105,15 +105,18 @@ pub struct PairOptions {
 }
 
 /// A VM's devices on this host: its disk (if any) and its network card
-/// (if any), attached to a network outside this process. The frames for
-/// the guest come through the receiver.
+/// (if any), attached to a network outside this process (a switch port
+/// seals its datagrams with the pair's `key`). The frames for the guest
+/// come through the receiver.
 pub fn open_devices(
     disk: Option<&Path>,
     net: Option<&NetSpec>,
+    key: &[u8; 32],
 ) -> Result<(HostIo, Option<Box<dyn FrameReceiver>>), HostError> {
     let (net, frames) = match net {
         Some(spec) => {
-            let (net, frames) = ftvm_net::attach(spec)
+            let key = ftvm_net::datagram::DatagramKey::from_pair_key(key);
+            let (net, frames) = ftvm_net::attach(spec, Some(key))
                 .map_err(|e| HostError::from(e).context("attaching the VM's network card"))?;
             (Some(net), Some(frames))
         }

@@ -541,14 +541,18 @@ pub struct SwitchStatus {
     /// VM ports detached because they went silent (a VM that died or
     /// froze).
     pub expired: u64,
+    /// Datagrams dropped as unauthenticated (without the pair's key, or
+    /// repeated).
+    #[serde(default)]
+    pub refused: u64,
 }
 
 impl fmt::Display for SwitchStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "switch pid={} ports={} addr={} moves={} expired={}",
-            self.pid, self.ports, self.addr, self.moves, self.expired
+            "switch pid={} ports={} addr={} moves={} expired={} refused={}",
+            self.pid, self.ports, self.addr, self.moves, self.expired, self.refused
         )
     }
 }
@@ -568,6 +572,7 @@ impl FromStr for SwitchStatus {
             addr: String::new(),
             moves: 0,
             expired: 0,
+            refused: 0,
         };
         let mut pid = None;
         for word in words {
@@ -577,6 +582,7 @@ impl FromStr for SwitchStatus {
                 Some(("addr", v)) => status.addr = v.to_string(),
                 Some(("moves", v)) => status.moves = field("moves", v)?,
                 Some(("expired", v)) => status.expired = field("expired", v)?,
+                Some(("refused", v)) => status.refused = field("refused", v)?,
                 // A newer writer's field.
                 Some(_) => {}
                 None => return Err(StatusError::Field("field", word.to_string())),
@@ -693,10 +699,11 @@ mod tests {
             addr: "127.0.0.1:4000".into(),
             moves: 2,
             expired: 1,
+            refused: 4,
         };
         assert_eq!(
             switch.to_string(),
-            "switch pid=9 ports=3 addr=127.0.0.1:4000 moves=2 expired=1"
+            "switch pid=9 ports=3 addr=127.0.0.1:4000 moves=2 expired=1 refused=4"
         );
         assert_eq!(
             switch.to_string().parse::<SwitchStatus>(),

@@ -93,7 +93,7 @@ pub struct VmHost {
     pub stop: Arc<AtomicBool>,
     /// The pair's channel key, to clone this VM into a new backup.
     pub key: Option<[u8; 32]>,
-    /// Where `ftvm protect` and the agent ask this VM (see [`control`]).
+    /// Where `ftvm protect` and the agent ask this VM (see [`crate::control`]).
     pub control: Option<PathBuf>,
 }
 

@@ -28,6 +28,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod datagram;
 pub mod switch;
 // TAP needs ioctl(2) and poll(2): the crate's only unsafe code.
 #[cfg(target_os = "linux")]
@@ -115,7 +116,7 @@ pub fn parse_net(spec: &str) -> Result<NetSpec, NetError> {
 pub fn open(spec: &NetSpec) -> Result<Box<dyn NetBackend>, NetError> {
     match spec {
         NetSpec::User(forwards) => Ok(Box::new(UserNet::new(forwards)?)),
-        NetSpec::Switch(addr) => Ok(Box::new(switch::SwitchPort::connect(*addr)?)),
+        NetSpec::Switch(addr) => Ok(Box::new(switch::SwitchPort::connect(*addr, None)?)),
         #[cfg(target_os = "linux")]
         NetSpec::Tap(name) => Ok(Box::new(Tap::open(name)?)),
         #[cfg(not(target_os = "linux"))]
@@ -145,8 +146,9 @@ pub type Attached = (Box<dyn NetBackend>, Box<dyn FrameReceiver>);
 /// Attach to a network that outlives this process — a switch port or a
 /// TAP interface — as a sender and a receiver of frames. The user-mode
 /// network lives in the VM's process, so it is refused: it would die
-/// with the VM, and the clients' connections with it.
-pub fn attach(spec: &NetSpec) -> Result<Attached, NetError> {
+/// with the VM, and the clients' connections with it. A switch port seals
+/// its datagrams with `key` (the pair's switch key).
+pub fn attach(spec: &NetSpec, key: Option<datagram::DatagramKey>) -> Result<Attached, NetError> {
     match spec {
         NetSpec::User(_) => Err(NetError::Option(
             "user".into(),
@@ -155,7 +157,7 @@ pub fn attach(spec: &NetSpec) -> Result<Attached, NetError> {
                 .into(),
         )),
         NetSpec::Switch(addr) => {
-            let port = switch::SwitchPort::connect(*addr)?;
+            let port = switch::SwitchPort::connect(*addr, key)?;
             let receiver = port
                 .try_clone()
                 .map_err(|e| NetError::Switch(addr.to_string(), e))?;
@@ -597,7 +599,7 @@ mod tests {
         }
         assert!(
             matches!(
-                attach(&NetSpec::User(Vec::new())),
+                attach(&NetSpec::User(Vec::new()), None),
                 Err(NetError::Option(..))
             ),
             "a pair's VM may not carry its own gateway"

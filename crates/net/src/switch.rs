@@ -11,9 +11,12 @@
 //! backup that goes live and announces the VM's MAC (see [`announcement`])
 //! draws the VM's traffic to its own port.
 //!
-//! Like a real Ethernet, it is unauthenticated: anything that can send it
-//! a datagram is on the network. It listens on loopback unless told
-//! otherwise.
+//! With the pair's key (`ftvm up` gives it) every datagram is
+//! authenticated (see [`crate::datagram`]): the switch and the VMs' ports
+//! drop what fails its MAC or repeats, so a process without the key can
+//! neither inject frames nor read the VM's back from the switch. Without a
+//! key it is a plain Ethernet, which `ftvm switch` allows on loopback
+//! only.
 
 use std::collections::HashMap;
 use std::io::ErrorKind;
@@ -21,7 +24,37 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
+use crate::datagram::{DatagramKey, Opener, Sealer, is_sealed};
 use crate::{NetBackend, NetError};
+
+/// A random id for a sending handle (its counter's namespace).
+fn sender_id() -> u64 {
+    let mut bytes = [0u8; 8];
+    // Without the host's random source, the time: ids must differ, not be
+    // secret.
+    if getrandom::fill(&mut bytes).is_err() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        bytes = (now ^ u64::from(std::process::id())).to_le_bytes();
+    }
+    u64::from_le_bytes(bytes)
+}
+
+/// A handle's datagram sealing, when the switch has a key.
+struct Auth {
+    sealer: Sealer,
+    opener: Opener,
+}
+
+impl Auth {
+    fn new(key: Option<DatagramKey>) -> Option<Auth> {
+        key.map(|key| Auth {
+            sealer: Sealer::new(key.clone(), sender_id()),
+            opener: Opener::new(key),
+        })
+    }
+}
 
 pub type Mac = [u8; 6];
 
@@ -182,14 +215,19 @@ pub struct SwitchServer {
     /// reading the log.
     moves: u64,
     expired: u64,
+    /// Datagrams dropped: failing the key's MAC or repeated (with a key),
+    /// or sealed for a switch that has none.
+    refused: u64,
+    auth: Option<Auth>,
 }
 
 impl SwitchServer {
     /// Listen on `addr` (port 0: any free port), with `gateway` (if any)
-    /// attached.
+    /// attached, authenticating every datagram with `key` (if any).
     pub fn bind(
         addr: SocketAddr,
         gateway: Option<Box<dyn NetBackend>>,
+        key: Option<DatagramKey>,
     ) -> Result<SwitchServer, NetError> {
         let fail = |e| NetError::Switch(addr.to_string(), e);
         let socket = UdpSocket::bind(addr).map_err(fail)?;
@@ -223,7 +261,14 @@ impl SwitchServer {
             gateway,
             moves: 0,
             expired: 0,
+            refused: 0,
+            auth: Auth::new(key),
         })
+    }
+
+    /// How many datagrams were dropped as unauthenticated.
+    pub fn refused(&self) -> u64 {
+        self.refused
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -288,6 +333,25 @@ impl SwitchServer {
     }
 
     fn datagram(&mut self, from: SocketAddr, bytes: &[u8]) {
+        let bytes = match &mut self.auth {
+            Some(auth) => match auth.opener.open(bytes) {
+                Some(frame) => frame,
+                None => {
+                    self.refused += 1;
+                    tracing::debug!(%from, "an unauthenticated datagram: dropped");
+                    return;
+                }
+            },
+            None if is_sealed(bytes) => {
+                if self.refused == 0 {
+                    tracing::warn!(%from, "an authenticated datagram, and this switch has no key \
+                        (start it with --key-file): dropped");
+                }
+                self.refused += 1;
+                return;
+            }
+            None => bytes,
+        };
         let now = self.now();
         let port = match self.ports.get(&from) {
             Some(&port) => port,
@@ -322,7 +386,15 @@ impl SwitchServer {
                 }
             }
             if let Some(addr) = self.addrs.get(&port) {
-                if let Err(e) = self.socket.send_to(frame, addr) {
+                let sealed;
+                let datagram = match &mut self.auth {
+                    Some(auth) => {
+                        sealed = auth.sealer.seal(frame);
+                        &sealed[..]
+                    }
+                    None => frame,
+                };
+                if let Err(e) = self.socket.send_to(datagram, addr) {
                     tracing::debug!(%addr, %e, "frame not delivered");
                 }
             }
@@ -357,11 +429,14 @@ pub struct SwitchPort {
     switch: SocketAddr,
     last_sent: Instant,
     buf: Vec<u8>,
+    key: Option<DatagramKey>,
+    auth: Option<Auth>,
 }
 
 impl SwitchPort {
-    /// Attach to the switch at `switch`.
-    pub fn connect(switch: SocketAddr) -> Result<SwitchPort, NetError> {
+    /// Attach to the switch at `switch`, sealing with `key` (the switch's
+    /// own, if it has one).
+    pub fn connect(switch: SocketAddr, key: Option<DatagramKey>) -> Result<SwitchPort, NetError> {
         let fail = |e| NetError::Switch(switch.to_string(), e);
         let local: SocketAddr = match switch {
             SocketAddr::V4(_) => ([0, 0, 0, 0], 0).into(),
@@ -370,13 +445,37 @@ impl SwitchPort {
         let socket = UdpSocket::bind(local).map_err(fail)?;
         socket.connect(switch).map_err(fail)?;
         socket.set_read_timeout(Some(KEEPALIVE)).map_err(fail)?;
-        socket.send(&[]).map_err(fail)?;
-        Ok(SwitchPort {
+        let mut port = SwitchPort {
             socket,
             switch,
             last_sent: Instant::now(),
             buf: vec![0; FRAME_MAX],
-        })
+            auth: Auth::new(key.clone()),
+            key,
+        };
+        port.send_datagram(&[]).map_err(fail)?;
+        Ok(port)
+    }
+
+    /// Send `frame` (empty: "still here"), sealed when there is a key.
+    fn send_datagram(&mut self, frame: &[u8]) -> std::io::Result<()> {
+        self.last_sent = Instant::now();
+        match &mut self.auth {
+            Some(auth) => self.socket.send(&auth.sealer.seal(frame)).map(|_| ()),
+            None => self.socket.send(frame).map(|_| ()),
+        }
+    }
+
+    /// The frame in a received datagram, or `None` for a keepalive or
+    /// one that fails authentication.
+    fn frame_of(&mut self, len: usize) -> Option<Vec<u8>> {
+        let datagram = &self.buf[..len];
+        let frame = match &mut self.auth {
+            Some(auth) => auth.opener.open(datagram)?,
+            None if is_sealed(datagram) => return None,
+            None => datagram,
+        };
+        (!frame.is_empty()).then(|| frame.to_vec())
     }
 
     /// A second handle on the same port, whose [`SwitchPort::recv`] a
@@ -387,6 +486,8 @@ impl SwitchPort {
             switch: self.switch,
             last_sent: Instant::now(),
             buf: vec![0; FRAME_MAX],
+            auth: Auth::new(self.key.clone()),
+            key: self.key.clone(),
         })
     }
 
@@ -396,8 +497,11 @@ impl SwitchPort {
     pub fn recv(&mut self) -> std::io::Result<Vec<u8>> {
         loop {
             match self.socket.recv(&mut self.buf) {
-                Ok(0) => {}
-                Ok(len) => return Ok(self.buf[..len].to_vec()),
+                Ok(len) => {
+                    if let Some(frame) = self.frame_of(len) {
+                        return Ok(frame);
+                    }
+                }
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                     self.keepalive();
                 }
@@ -414,8 +518,7 @@ impl SwitchPort {
 
     fn keepalive(&mut self) {
         if self.last_sent.elapsed() >= KEEPALIVE {
-            let _ = self.socket.send(&[]);
-            self.last_sent = Instant::now();
+            let _ = self.send_datagram(&[]);
         }
     }
 }
@@ -424,10 +527,9 @@ impl NetBackend for SwitchPort {
     fn send(&mut self, frame: &[u8]) {
         // A lost datagram is a lost frame, which the guest's protocols
         // are built for.
-        if let Err(e) = self.socket.send(frame) {
+        if let Err(e) = self.send_datagram(frame) {
             tracing::debug!(switch = %self.switch, %e, "frame not sent");
         }
-        self.last_sent = Instant::now();
     }
 
     fn poll(&mut self) -> Vec<Vec<u8>> {
@@ -435,12 +537,8 @@ impl NetBackend for SwitchPort {
         if self.socket.set_nonblocking(true).is_err() {
             return frames;
         }
-        loop {
-            match self.socket.recv(&mut self.buf) {
-                Ok(0) => {}
-                Ok(len) => frames.push(self.buf[..len].to_vec()),
-                Err(_) => break,
-            }
+        while let Ok(len) = self.socket.recv(&mut self.buf) {
+            frames.extend(self.frame_of(len));
         }
         let _ = self.socket.set_nonblocking(false);
         self.keepalive();
@@ -541,10 +639,10 @@ mod tests {
 
     #[test]
     fn frames_cross_the_switch_over_udp_between_two_ports() {
-        let mut server = SwitchServer::bind("127.0.0.1:0".parse().unwrap(), None).unwrap();
+        let mut server = SwitchServer::bind("127.0.0.1:0".parse().unwrap(), None, None).unwrap();
         let addr = server.local_addr().unwrap();
-        let mut a = SwitchPort::connect(addr).unwrap();
-        let mut b = SwitchPort::connect(addr).unwrap();
+        let mut a = SwitchPort::connect(addr, None).unwrap();
+        let mut b = SwitchPort::connect(addr, None).unwrap();
         server.serve_for(Duration::from_millis(50)).unwrap();
         assert_eq!(server.vm_ports(), 2);
         let hello = frame(BROADCAST, A);
@@ -565,10 +663,10 @@ mod tests {
 
     #[test]
     fn an_announcement_from_another_port_counts_as_a_move() {
-        let mut server = SwitchServer::bind("127.0.0.1:0".parse().unwrap(), None).unwrap();
+        let mut server = SwitchServer::bind("127.0.0.1:0".parse().unwrap(), None, None).unwrap();
         let addr = server.local_addr().unwrap();
-        let mut a = SwitchPort::connect(addr).unwrap();
-        let mut b = SwitchPort::connect(addr).unwrap();
+        let mut a = SwitchPort::connect(addr, None).unwrap();
+        let mut b = SwitchPort::connect(addr, None).unwrap();
         a.send(&frame(BROADCAST, A));
         server.serve_for(Duration::from_millis(50)).unwrap();
         // Again from the same port: not a move.
@@ -578,5 +676,46 @@ mod tests {
         b.send(&announcement(A));
         server.serve_for(Duration::from_millis(50)).unwrap();
         assert_eq!((server.moves(), server.expired()), (1, 0));
+    }
+
+    /// With the pair's key, a port with the key gets the frames of another,
+    /// and a process without it can neither inject a frame nor attach:
+    /// what it sends is refused and counted.
+    #[test]
+    fn with_a_key_only_ports_that_hold_it_are_on_the_network() {
+        let key = || Some(DatagramKey::from_pair_key(&[7; 32]));
+        let mut server = SwitchServer::bind("127.0.0.1:0".parse().unwrap(), None, key()).unwrap();
+        let addr = server.local_addr().unwrap();
+        let mut a = SwitchPort::connect(addr, key()).unwrap();
+        let mut b = SwitchPort::connect(addr, key()).unwrap();
+        let mut stranger = SwitchPort::connect(addr, None).unwrap();
+        let mut wrong =
+            SwitchPort::connect(addr, Some(DatagramKey::from_pair_key(&[8; 32]))).unwrap();
+        server.serve_for(Duration::from_millis(50)).unwrap();
+        assert_eq!(server.vm_ports(), 2, "only the ports with the key attach");
+        let refused = server.refused();
+        assert!(refused >= 2, "the strangers' hellos: {refused}");
+        stranger.send(&frame(BROADCAST, B));
+        wrong.send(&frame(BROADCAST, B));
+        server.serve_for(Duration::from_millis(50)).unwrap();
+        assert_eq!(server.refused(), refused + 2);
+        assert!(
+            a.poll().is_empty() && b.poll().is_empty(),
+            "nothing injected"
+        );
+        let hello = frame(BROADCAST, A);
+        a.send(&hello);
+        server.serve_for(Duration::from_millis(50)).unwrap();
+        assert_eq!(b.try_clone().unwrap().recv().unwrap(), hello);
+        assert!(stranger.poll().is_empty() && wrong.poll().is_empty());
+        // A datagram replayed to the switch is refused too.
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut sealer = Sealer::new(DatagramKey::from_pair_key(&[7; 32]), 99);
+        let sealed = sealer.seal(&frame(BROADCAST, B));
+        socket.send_to(&sealed, addr).unwrap();
+        socket.send_to(&sealed, addr).unwrap();
+        let before = server.refused();
+        server.serve_for(Duration::from_millis(50)).unwrap();
+        assert_eq!(server.refused(), before + 1, "the second copy");
     }
 }

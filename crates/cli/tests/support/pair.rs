@@ -296,6 +296,8 @@ impl Pair {
         args.push(self.path("switch.addr").into());
         args.push("--status-file".into());
         args.push(self.path("switch.status").into());
+        args.push("--key-file".into());
+        args.push(self.key().into());
         args.extend(extra.iter().map(OsString::from));
         self.start("switch", &args);
         self.listening("switch")
