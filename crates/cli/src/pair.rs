@@ -394,6 +394,12 @@ pub(crate) struct Vm {
 }
 
 impl Vm {
+    /// Whether it is a member of the pair now: its process runs and has
+    /// not said it is done (a VM that halted may linger a moment).
+    pub(crate) fn running(&self) -> bool {
+        self.alive && !self.line.state.is_final()
+    }
+
     /// Its status line, unless the process died without saying so.
     pub(crate) fn describe(&self) -> StatusLine {
         if self.alive || self.line.state.is_final() {

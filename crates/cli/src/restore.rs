@@ -151,7 +151,7 @@ pub fn restore(dir: &Path, children: &mut Vec<std::process::Child>) -> Result<Re
         bail!("redundancy cannot be restored for this pair: {why}");
     }
     let vms = read_vms(dir);
-    let alive: Vec<&Vm> = vms.iter().filter(|vm| vm.alive).collect();
+    let alive: Vec<&Vm> = vms.iter().filter(|vm| vm.running()).collect();
     let survivor = match alive.as_slice() {
         [] => bail!("no VM of the pair runs in {}", dir.display()),
         [vm] if vm.line.state == VmState::Live => *vm,
@@ -177,10 +177,15 @@ pub fn restore(dir: &Path, children: &mut Vec<std::process::Child>) -> Result<Re
     children.push(child);
     let result = clone_into(dir, survivor, &name, pid, epoch);
     if result.is_err() {
-        if process_alive(pid) {
+        // A clone that failed while the survivor runs is ended. One whose
+        // survivor died is left alone: if it had caught up it is the VM's
+        // only copy and takes over; if not it halts by itself.
+        let survivor_runs = crate::pair::read_vm(&dir.join(format!("{}.status", survivor.name)))
+            .is_some_and(|vm| vm.running());
+        if survivor_runs && process_alive(pid) {
             terminate(pid);
+            let _ = std::fs::remove_file(own_disk(dir, &name));
         }
-        let _ = std::fs::remove_file(own_disk(dir, &name));
     }
     let pause_ms = result?;
     retire_the_dead(dir);
@@ -260,7 +265,7 @@ fn next_name(dir: &Path, vms: &[Vm]) -> String {
 /// remove the sockets and addresses they left (their logs stay).
 fn retire_the_dead(dir: &Path) {
     let gone = dir.join(GONE);
-    for vm in read_vms(dir).into_iter().filter(|vm| !vm.alive) {
+    for vm in read_vms(dir).into_iter().filter(|vm| !vm.running()) {
         if std::fs::create_dir_all(&gone).is_err() {
             return;
         }
@@ -303,7 +308,7 @@ pub fn agent(args: &AgentArgs) -> Result<ExitCode> {
         children
             .retain_mut(|child: &mut std::process::Child| !matches!(child.try_wait(), Ok(Some(_))));
         let vms = read_vms(dir);
-        let alive: Vec<&Vm> = vms.iter().filter(|vm| vm.alive).collect();
+        let alive: Vec<&Vm> = vms.iter().filter(|vm| vm.running()).collect();
         ever_ran |= !alive.is_empty();
         if alive.is_empty() && ever_ran {
             tracing::info!("the pair has ended: the agent ends");
@@ -393,7 +398,7 @@ pub fn set_unprotected(dir: &Path, unprotected: bool) -> Result<()> {
 fn running_pair(dir: &Path) -> Result<(Vm, Option<Vm>)> {
     let mut guest = None;
     let mut backup = None;
-    for vm in read_vms(dir).into_iter().filter(|vm| vm.alive) {
+    for vm in read_vms(dir).into_iter().filter(Vm::running) {
         if vm.line.state.runs_the_guest() {
             guest = Some(vm);
         } else if vm.line.state == VmState::Backup {
@@ -505,7 +510,7 @@ fn kill_and_watch(args: &TestArgs, primary: bool) -> Result<ExitCode> {
     }
     let whole = wait_for(limit, || {
         let vms = read_vms(dir);
-        let alive: Vec<&Vm> = vms.iter().filter(|vm| vm.alive).collect();
+        let alive: Vec<&Vm> = vms.iter().filter(|vm| vm.running()).collect();
         let of_next = |state| {
             alive
                 .iter()

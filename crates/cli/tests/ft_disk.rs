@@ -20,7 +20,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use support::pair::{Pair, Verdict, Vm, VmState};
-use support::{free_port, image_dir, serial, signal};
+use support::{disk_log, free_port, fsck_clean, image_dir, serial, signal};
 
 const APPEND: &str = "console=ttyS0 ftvm_cmd=\"i=0; while true; do echo $i >> /mnt/log; sync; \
                       echo tick $i; i=$((i+1)); usleep 20000; done\"";
@@ -59,32 +59,6 @@ fn wait_ticks(pair: &Pair, n: usize, limit: Duration) {
     pair.wait_until(limit, &format!("{n} ticks on the console"), || {
         ticks(pair).len() >= n
     });
-}
-
-/// The counters in `/log` of the ext4 image `disk`, read with debugfs.
-fn disk_log(disk: &Path) -> Vec<u64> {
-    let out = Command::new("debugfs")
-        .args(["-R", "cat /log"])
-        .arg(disk)
-        .output()
-        .expect("debugfs (e2fsprogs)");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| l.trim().parse().expect("a counter per line"))
-        .collect()
-}
-
-fn fsck_clean(disk: &Path) {
-    let out = Command::new("e2fsck")
-        .args(["-f", "-n"])
-        .arg(disk)
-        .output()
-        .expect("e2fsck (e2fsprogs)");
-    assert!(
-        out.status.success(),
-        "the file system does not check clean:\n{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
 }
 
 /// Every tick the console showed is a write on the disk, and the disk's

@@ -698,6 +698,12 @@ impl Node {
             }
             return;
         }
+        // A backup told to take over drains what it holds, saying
+        // nothing: its silence is expected. The primary asks the arbiter
+        // once the backup closes the channel (it went live) or after a
+        // long silence (it died quietly).
+        let patience = crate::clone::CATCH_UP_SILENCE_MS.max(self.config.detector.timeout_ms);
+        let suspects = suspects && (!pair.handed || self.detector.silent_for(now, patience));
         let retry = pair.retry_at.is_some_and(|at| time.mono_ns >= at);
         if (suspects && !pair.arbitrating) || retry {
             if !pair.arbitrating {

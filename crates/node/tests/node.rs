@@ -266,6 +266,11 @@ fn a_hand_over_moves_the_guest_to_the_backup_without_waiting_out_a_timeout() {
                 .any(|m| matches!(m, Message::HandOver { .. })),
             "{hand_over:?}"
         );
+        // The backup drains in silence: the primary does not ask the
+        // arbiter for that.
+        let mut later = Clock(clock.0);
+        primary.tick(later.advance_ms(3_000));
+        assert!(!primary.take_effects().contains(&Effect::TestAndSet));
         if backup_survives {
             for message in &hand_over {
                 backup.receive(message, clock.now());

@@ -463,3 +463,31 @@ pub fn describe(cmd: &Command) -> String {
     }));
     words.join(" ")
 }
+
+/// The counters in `/log` of the ext4 image `disk` (one per line, as the
+/// disk tests' guests append them), read with debugfs.
+pub fn disk_log(disk: &Path) -> Vec<u64> {
+    let out = Command::new("debugfs")
+        .args(["-R", "cat /log"])
+        .arg(disk)
+        .output()
+        .expect("debugfs (e2fsprogs)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().parse().expect("a counter per line"))
+        .collect()
+}
+
+/// The ext4 image `disk` checks clean (`e2fsck -f -n`).
+pub fn fsck_clean(disk: &Path) {
+    let out = Command::new("e2fsck")
+        .args(["-f", "-n"])
+        .arg(disk)
+        .output()
+        .expect("e2fsck (e2fsprogs)");
+    assert!(
+        out.status.success(),
+        "the file system does not check clean:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
