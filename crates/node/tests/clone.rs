@@ -297,3 +297,34 @@ fn only_a_vm_that_runs_alone_can_be_cloned() {
         Some(CloneRefused::Recording)
     );
 }
+
+/// A clone of a machine this host cannot build as the primary built it
+/// (another file behind the same path) is one error, and no backup.
+#[test]
+fn a_clone_of_another_machine_is_refused() {
+    let clock = Clock(0);
+    let kernel = kernel();
+    let mut primary =
+        Node::solo(config(), machine(&kernel, Vec::new()), clock.now(), false).expect("machine");
+    run_slices(&mut primary, &clock, 2);
+    let begun = primary
+        .start_clone(2, &mut Vec::new(), clock.now())
+        .expect("clone");
+    let mut sender = CloneSender::new(begun.snapshot, begun.start);
+    let mut receiver = CloneReceiver::default();
+    let mut whole = None;
+    while let Some(message) = sender.next_message() {
+        whole = receiver.receive(message).expect("a valid stream");
+    }
+    let other = Image::new(kernel.path.clone(), vec![0x13, 0, 0, 0]);
+    let refused = Node::backup_from_clone(
+        config(),
+        Box::new(ImageMap::of([&other])),
+        whole.expect("whole"),
+        clock.now(),
+    );
+    let Err(error) = refused else {
+        panic!("a backup from a clone of another machine");
+    };
+    assert!(error.to_string().contains("changed since"), "{error}");
+}
