@@ -403,10 +403,14 @@ impl Vm {
                 self.node.run(&mut host)?
             };
             self.perform()?;
-            if self.clone.is_some() && !self.node.status().runs_the_guest()
-                || *self.node.status() == Status::Primary
-            {
-                // Caught up (the pair is whole again), or gone.
+            // Once the snapshot is sent the node decides: the clone is over
+            // when the VM no longer clones (caught up, given up, or
+            // caught up and then lost, all maybe within one turn).
+            let over = self.clone.as_ref().is_some_and(|job| {
+                !self.node.status().runs_the_guest()
+                    || (job.sent && *self.node.status() != Status::Cloning)
+            });
+            if over {
                 self.clone = None;
             }
             self.report(false);

@@ -22,6 +22,9 @@ pub(super) struct CloneJob {
     /// The buffer for the snapshot, while the machine waits for a
     /// boundary with no I/O in flight.
     buffer: Option<Vec<u8>>,
+    /// The snapshot is sent: from here the node decides, and the job is
+    /// over as soon as the VM is no longer cloning.
+    pub(super) sent: bool,
 }
 
 impl Vm {
@@ -69,6 +72,7 @@ impl Vm {
                     thread,
                     epoch,
                     buffer: None,
+                    sent: false,
                 });
                 Ok(format!("cloning to {addr}, epoch {epoch}"))
             }
@@ -101,8 +105,9 @@ impl Vm {
                     "the new backup has the snapshot"
                 );
                 self.clone_bytes = Some(bytes);
-                if let Some(job) = &self.clone {
+                if let Some(job) = &mut self.clone {
                     job.thread.progress.catching_up();
+                    job.sent = true;
                 }
                 self.install_channel(channel)?;
             }
