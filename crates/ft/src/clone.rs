@@ -265,6 +265,8 @@ pub struct Cloned {
     /// The digest of the disk as sent, which the host checks against
     /// what it wrote.
     pub disk_digest: Option<[u8; 32]>,
+    /// The snapshot's digest, checked (the log's header must name it).
+    pub digest: ftvm_board::Digest,
 }
 
 /// What a message of the stream asks of the new backup's host.
@@ -405,6 +407,7 @@ impl CloneReceiver {
                     start,
                     snapshot,
                     disk_digest,
+                    digest: ftvm_board::Digest(digest),
                 })))
             }
             other => Err(CloneError::Unexpected(other.name())),

@@ -456,6 +456,7 @@ impl Node {
         }
         let holding = r.pair.as_ref().is_some_and(PairLink::holds_outputs);
         let mut perform = Vec::new();
+        let mut unmarked = false;
         for request in requests {
             let is_output = match &request {
                 IoRequest::BlockWrite { .. } | IoRequest::BlockFlush { .. } => shared,
@@ -466,10 +467,24 @@ impl Node {
                 (true, true) => held.push(Held::Io(request)),
                 // Alone, an output leaves at once.
                 (true, false) => {
+                    unmarked = true;
                     count_release(&mut self.stats, 0);
                     perform.push(request);
                 }
                 (false, _) => perform.push(request),
+            }
+        }
+        // A clone that is catching up is not waited for, but the log must
+        // still mark where the output was produced: once it protects the
+        // VM it holds every entry sent before, markers included, so it
+        // reaches every output the world has before it could go live
+        // (found by the simulator: a frame released during catch-up, then
+        // the primary lost, and the clone live before that frame).
+        if unmarked {
+            if let Mode::Running(r) = &mut self.mode {
+                if r.pair.is_some() {
+                    r.recorder.output(&r.machine)?;
+                }
             }
         }
         let mut answered = false;

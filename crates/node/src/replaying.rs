@@ -112,6 +112,7 @@ pub(crate) fn start_from_clone(
     let Cloned {
         start: clone,
         snapshot,
+        digest,
         ..
     } = cloned;
     let machine_config = clone
@@ -119,12 +120,14 @@ pub(crate) fn start_from_clone(
         .config(config.engine, images.as_ref())
         .map_err(|e| NodeError::Clone(format!("the primary's machine: {e}")))?;
     let replay = ReplayMachine::from_snapshot(machine_config.clone(), &snapshot)?;
-    let digest = snapshot.digest().0;
     let mut node = start(config, images, time);
     if let Mode::Replaying(r) = &mut node.mode {
         r.replay = Some((replay, machine_config));
         r.protected = false;
-        r.clone_header = Some((clone.machine, digest));
+        // The first acknowledgement says where the replay stands: the
+        // snapshot's icount, not zero (the primary's lag counts from it).
+        r.backup.executed(clone.icount_base + snapshot.icount());
+        r.clone_header = Some((clone.machine, digest.0));
         r.released_console = clone.console_offset;
     }
     node.console_offset = clone.console_offset;

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use ftvm_board::{ImageMap, Snapshot};
+use ftvm_board::{Digest, ImageMap, Snapshot};
 use ftvm_replay::{Applied, Event, LogDecoder, LogError, ReplayError, ReplayMachine, Replayer};
 
 use crate::clone::case;
@@ -502,19 +502,14 @@ impl Sim {
             .split(|&b| b == b'\n')
             .filter(|l| l.starts_with(b"tick "))
             .count() as u64;
-        let slot = |i: usize| {
-            format!(
-                "{} {}",
-                self.name(i),
-                statuses[i].as_ref().map_or("crashed".into(), status_text)
-            )
-        };
+        let status = |i: usize| statuses[i].as_ref().map_or("crashed".into(), status_text);
         Ok(Outcome {
             seed: self.seed,
             virtual_ns: self.now,
             plan: self.plan.clone(),
-            a: slot(0),
-            b: slot(1),
+            a: status(0),
+            b: status(1),
+            hosts: [self.name(0), self.name(1)],
             console_bytes: self.console.bytes.len() as u64,
             ticks_seen,
             takeover: self.checks.took_over,
@@ -523,6 +518,7 @@ impl Sim {
             frames_received: self.world.received.count,
             clones: self.restoring.snapshots,
             restores: self.restoring.completed,
+            longest_restore_ns: self.restoring.longest_ns,
             clone_cases: self.restoring.cases.iter().copied().collect(),
             trace: std::mem::take(&mut self.trace),
         })
@@ -581,7 +577,9 @@ impl Sim {
         for pairing in &self.restoring.logs {
             let replayed = match &pairing.snapshot {
                 None => self.replay_from_start(&pairing.log),
-                Some(snapshot) => self.replay_from_snapshot(&pairing.log, snapshot),
+                Some((snapshot, digest)) => {
+                    self.replay_from_snapshot(&pairing.log, snapshot, *digest)
+                }
             };
             entries += replayed.map_err(|what| {
                 self.violation(
@@ -607,7 +605,12 @@ impl Sim {
 
     /// A clone's log: its header names the snapshot, and it replays from
     /// there as the new backup replays it.
-    fn replay_from_snapshot(&self, log: &[u8], snapshot: &Snapshot) -> Result<u64, String> {
+    fn replay_from_snapshot(
+        &self,
+        log: &[u8],
+        snapshot: &Snapshot,
+        digest: Digest,
+    ) -> Result<u64, String> {
         let mut decoder = LogDecoder::default();
         decoder.push(log);
         let header = match decoder.header() {
@@ -617,7 +620,7 @@ impl Sim {
             Ok(None) => return Err("the log has no whole header".into()),
             Err(e) => return Err(format!("the log's header: {e}")),
         };
-        if header.initial_digest != snapshot.digest().0 {
+        if header.initial_digest != digest.0 {
             return Err("the log does not start from the clone's snapshot".into());
         }
         let config = header

@@ -30,8 +30,14 @@ struct Args {
     /// while acknowledgements are in flight).
     #[arg(long)]
     slow_and_corrupt: bool,
+    /// Every seed fails over early and every restore of redundancy is
+    /// struck by a crash (while the snapshot is on its way, while the
+    /// clone catches up, or after).
+    #[arg(long)]
+    restore_faults: bool,
     /// Run a deliberately broken variant: `ack-on-send`, `arbiter-always-wins`,
-    /// `disk-loses-writes`, `no-reissue` or `stale-switch`.
+    /// `disk-loses-writes`, `no-reissue`, `stale-switch`, `clone-joins-early`
+    /// or `clone-drops-log-tail`.
     #[arg(long)]
     broken: Option<String>,
     /// Run seeds on this many threads (default: one per core).
@@ -40,10 +46,6 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .init();
     let args = Args::parse();
     let broken = match args.broken.as_deref() {
         None => None,
@@ -60,6 +62,7 @@ fn main() -> ExitCode {
         broken,
         trace: args.verbose,
         slow_and_corrupt: args.slow_and_corrupt,
+        restore_faults: args.restore_faults,
         ..Options::default()
     };
     let seeds: Vec<u64> = match args.seed {
@@ -70,23 +73,26 @@ fn main() -> ExitCode {
     let mut failed = 0u64;
     // Seeds that cloned, that completed a restore, and by what their
     // restores went through.
-    let (mut cloned, mut restored) = (0u64, 0u64);
+    let (mut cloned, mut restored, mut longest) = (0u64, 0u64, 0u64);
     let mut cases: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
     for (seed, result) in run_seeds(&seeds, &options, args.jobs) {
         match result {
             Ok(outcome) => {
                 cloned += u64::from(outcome.clones > 0);
                 restored += u64::from(outcome.restores > 0);
+                longest = longest.max(outcome.longest_restore_ns);
                 for case in &outcome.clone_cases {
                     *cases.entry(case).or_default() += 1;
                 }
                 if args.seed.is_some() || args.verbose {
                     println!(
-                        "seed {seed}: ok, {:.0} ms virtual, hosts {} and {}, {} console bytes, {} \
+                        "seed {seed}: ok, {:.0} ms virtual, {} {}, {} {}, {} console bytes, {} \
                          ticks, {} requests answered, {} frames received, takeover {}, {} clones, \
                          {} restores, {} log entries replayed\n  plan: {}",
                         outcome.virtual_ns as f64 / 1e6,
+                        outcome.hosts[0],
                         outcome.a,
+                        outcome.hosts[1],
                         outcome.b,
                         outcome.console_bytes,
                         outcome.ticks_seen,
@@ -115,7 +121,11 @@ fn main() -> ExitCode {
         }
     }
     if seeds.len() > 1 {
-        println!("{cloned} seeds cloned a VM, {restored} completed a restore; seeds in which:");
+        println!(
+            "{cloned} seeds cloned a VM, {restored} completed a restore (the longest took {:.1} ms); \
+             seeds in which:",
+            longest as f64 / 1e6
+        );
         for (case, n) in cases {
             println!("  {n:>5}  {case}");
         }

@@ -121,6 +121,11 @@ pub struct Options {
     /// Every seed gets a slow link (5-20 ms) and corrupt frames, so that
     /// connections close while acknowledgements are still in flight.
     pub slow_and_corrupt: bool,
+    /// Every seed fails over early (a crash, on a shared disk) and every
+    /// restore of redundancy is struck (the survivor or the new backup
+    /// crashes while the snapshot is on its way, while the clone catches
+    /// up, or after it protects the VM).
+    pub restore_faults: bool,
     pub engine: Engine,
 }
 
@@ -131,6 +136,7 @@ impl Default for Options {
             broken: None,
             trace: false,
             slow_and_corrupt: false,
+            restore_faults: false,
             engine: Engine::default(),
         }
     }
@@ -185,8 +191,9 @@ pub(crate) enum CloneFault {
     /// While the snapshot is on its way: at a point of the transfer
     /// (`at` in thousandths of its length).
     InTransfer { survivor: bool, at: u64 },
-    /// While the new backup catches up: this long after the snapshot was
-    /// sent (most catch-ups take a few round trips).
+    /// While the new backup catches up: this long after it restored the
+    /// snapshot (a catch-up takes about a round trip: the new backup's
+    /// first acknowledgement shows it within the lag bound).
     InCatchUp { survivor: bool, after_ns: u64 },
     /// Once the new backup protects the VM: this long after.
     AfterRestore { survivor: bool, after_ns: u64 },
@@ -244,7 +251,7 @@ impl Plan {
             end_ns: 0,
         };
         let mut duration = rng.range(600, 1_400) * MS;
-        if rng.chance(0.3) {
+        if rng.chance(0.3) && !options.restore_faults {
             plan.disk_mode = DiskMode::Private;
             plan.lines.push("private disks".into());
         }
@@ -339,6 +346,12 @@ impl Plan {
             }),
             _ => Some(Fault::Stop),
         };
+        let (at, fault) = if options.restore_faults {
+            let at = rng.range(0, 200 * MS);
+            (at, Some(Fault::Crash(rng.range(0, 2) as usize)))
+        } else {
+            (at, fault)
+        };
         if let Some(fault) = fault {
             plan.lines
                 .push(format!("{fault:?} at {:.3} ms", at as f64 / 1e6));
@@ -348,7 +361,7 @@ impl Plan {
             plan.faults.push((at, fault));
         }
         // Restores of redundancy, each maybe struck by a fault of its own.
-        if plan.disk_mode == DiskMode::Shared && rng.chance(0.9) {
+        if plan.disk_mode == DiskMode::Shared && (rng.chance(0.9) || options.restore_faults) {
             // 2 to 40 MB/s: a snapshot of the guest takes milliseconds.
             plan.clone_ps_per_byte = rng.range(25_000, 500_000);
             let mut line = format!(
@@ -358,24 +371,33 @@ impl Plan {
             for _ in 0..3 {
                 let delay_ns = rng.range(50, 300) * MS;
                 let survivor = rng.chance(0.5);
-                let fault = match rng.range(0, 100) {
+                let kind = match rng.range(0, 100) {
+                    k if options.restore_faults => 30 + k * 70 / 100,
+                    k => k,
+                };
+                let round_trip = 2 * plan.noise.latency_ns + plan.noise.jitter_ns;
+                let fault = match kind {
                     0..=29 => None,
                     30..=49 => Some(CloneFault::InTransfer {
                         survivor,
                         at: rng.range(0, 1000),
                     }),
-                    50..=69 => Some(CloneFault::InCatchUp {
+                    50..=79 => Some(CloneFault::InCatchUp {
                         survivor,
-                        after_ns: rng.range(0, 8_000_000),
+                        after_ns: rng.range(0, round_trip + MS),
                     }),
                     _ => Some(CloneFault::AfterRestore {
                         survivor,
                         after_ns: rng.range(10, 300) * MS,
                     }),
                 };
-                let mode = match rng.range(0, 3) {
+                // With restore faults, mostly the crash that loses what was
+                // in flight: the one a clone must not take over from.
+                let mode = match rng.range(0, 6) {
                     0 => CrashMode::Process,
                     1 => CrashMode::Host,
+                    2 | 3 if !options.restore_faults => CrashMode::Process,
+                    4 if !options.restore_faults => CrashMode::Host,
                     _ => CrashMode::HostAndBuffers,
                 };
                 line.push_str(&format!(" after {} ms", delay_ns / MS));
@@ -388,6 +410,9 @@ impl Plan {
                 });
             }
             plan.lines.push(line);
+            if options.restore_faults {
+                duration = duration.max(plan.faults.first().map_or(0, |f| f.0) + 2_000 * MS);
+            }
             // A restore struck after it completed is followed by another
             // failover, which liveness covers too: the run lasts for it.
             if let (

@@ -183,7 +183,7 @@ impl Sim {
 
     pub(crate) fn violation(&self, invariant: Invariant, what: String) -> SimError {
         let trace = if self.options.trace {
-            self.trace.iter().rev().take(200).rev().cloned().collect()
+            self.trace.iter().rev().take(400).rev().cloned().collect()
         } else {
             Vec::new()
         };
