@@ -152,11 +152,6 @@ impl Snapshot {
         digest_of(&self.hart, &self.devices, &self.ram)
     }
 
-    /// Take back the RAM buffer, to reuse it for the next snapshot.
-    pub fn into_ram(self) -> Vec<u8> {
-        self.ram
-    }
-
     pub fn from_bytes(bytes: &[u8]) -> Result<Snapshot, BoardError> {
         let bad = |what: &str| BoardError::Snapshot(what.to_string());
         if bytes.len() < 16 || &bytes[..8] != SNAPSHOT_MAGIC {
@@ -523,8 +518,14 @@ impl Machine {
     /// `memcpy`, the whole of a clone's pause.
     pub fn snapshot_into(&self, mut buffer: Vec<u8>) -> Snapshot {
         let ram = self.hart.ram().bytes();
-        buffer.resize(ram.len(), 0);
-        buffer.copy_from_slice(ram);
+        if buffer.len() == ram.len() {
+            buffer.copy_from_slice(ram);
+        } else {
+            // One pass: zero-filling a fresh buffer first would write RAM's
+            // size twice (`Machine::snapshot`, every replay snapshot).
+            buffer.clear();
+            buffer.extend_from_slice(ram);
+        }
         Snapshot {
             ram_size: self.ram_size,
             hart: self.hart.state(),
@@ -629,7 +630,7 @@ mod tests {
         other.restore(&parts).expect("restore");
         assert_eq!(other.digest(), m.digest());
         assert!(Snapshot::from_parts(&snap.state_bytes(), vec![0; 4096]).is_err());
-        assert!(Snapshot::from_parts(&[0xFF; 7], snap.into_ram()).is_err());
+        assert!(Snapshot::from_parts(&[0xFF; 7], snap.ram().to_vec()).is_err());
     }
 
     #[test]

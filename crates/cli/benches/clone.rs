@@ -753,20 +753,6 @@ fn load_average() -> String {
         .unwrap_or_else(|| "?".to_string())
 }
 
-fn qemu_version() -> String {
-    Command::new("qemu-system-riscv64")
-        .arg("--version")
-        .output()
-        .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .map(str::to_string)
-        })
-        .unwrap_or_default()
-}
-
 const MB: f64 = 1024.0 * 1024.0;
 
 fn main() {
@@ -923,7 +909,7 @@ fn main() {
         "3. peer: QEMU live migration (TCG) of the same guest to a second qemu-system-riscv64 \
          (-incoming tcp:127.0.0.1:PORT) over loopback, through QMP; {}; max-bandwidth raised to \
          {} GiB/s (QEMU's default: 32 MiB/s), downtime-limit left at its default (300 ms)",
-        qemu_version(),
+        support::qemu_version(),
         QEMU_MAX_BANDWIDTH >> 30
     );
     let rows: Vec<Vec<String>> = SIZES

@@ -518,17 +518,7 @@ fn main() {
     );
     let qemu = qemu_available();
     let qemu_version = if qemu {
-        Command::new("qemu-system-riscv64")
-            .arg("--version")
-            .output()
-            .ok()
-            .and_then(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .lines()
-                    .next()
-                    .map(str::to_string)
-            })
-            .unwrap_or_default()
+        support::qemu_version()
     } else {
         "not installed: QEMU rows left out".to_string()
     };

@@ -423,6 +423,11 @@ pub(crate) fn read_vm(path: &Path) -> Option<Vm> {
     })
 }
 
+/// The VM named `name` in `dir`, if it has a status file.
+pub(crate) fn read_named(dir: &Path, name: &str) -> Option<Vm> {
+    read_vm(&dir.join(format!("{name}.status")))
+}
+
 /// Whether a VM of the pair in `dir` runs (none if none has started).
 pub(crate) fn pair_runs(dir: &Path) -> Option<bool> {
     let vms = read_vms(dir);

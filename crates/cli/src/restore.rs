@@ -20,11 +20,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use ftvm_host::control::{Request, ask};
-use ftvm_host::process::{process_alive, terminate};
+use ftvm_host::process::{kill, process_alive, terminate};
 use ftvm_host::status::VmState;
 use serde::{Deserialize, Serialize};
 
-use crate::pair::{Vm, listening_addr, read_vms, spawn, spawn_child, start_order, wait_for};
+use crate::pair::{
+    Vm, listening_addr, read_named, read_vms, spawn, spawn_child, start_order, wait_for,
+};
 
 /// The file in the state directory that says how to start a backup.
 pub const PLAN: &str = "plan.json";
@@ -180,8 +182,7 @@ pub fn restore(dir: &Path, children: &mut Vec<std::process::Child>) -> Result<Re
         // A clone that failed while the survivor runs is ended. One whose
         // survivor died is left alone: if it had caught up it is the VM's
         // only copy and takes over; if not it halts by itself.
-        let survivor_runs = crate::pair::read_vm(&dir.join(format!("{}.status", survivor.name)))
-            .is_some_and(|vm| vm.running());
+        let survivor_runs = read_named(dir, &survivor.name).is_some_and(|vm| vm.running());
         if survivor_runs && process_alive(pid) {
             terminate(pid);
             let _ = std::fs::remove_file(own_disk(dir, &name));
@@ -206,7 +207,7 @@ fn clone_into(dir: &Path, survivor: &Vm, name: &str, pid: u32, epoch: u64) -> Re
         Err(why) => bail!("{} refused to clone: {why}", survivor.name),
     }
     let started = Instant::now();
-    let read = |name: &str| crate::pair::read_vm(&dir.join(format!("{name}.status")));
+    let read = |name: &str| read_named(dir, name);
     let outcome = wait_for(CLONE_LIMIT, || {
         let (Some(old), Some(new)) = (read(&survivor.name), read(name)) else {
             return None;
@@ -422,7 +423,7 @@ pub fn unprotect(args: &ProtectArgs) -> Result<ExitCode> {
     // A backup asked to stop halts without going live; its primary sees
     // the channel close and, having won the test-and-set, runs on alone.
     terminate(backup.line.pid);
-    let read = || crate::pair::read_vm(&dir.join(format!("{}.status", guest.name)));
+    let read = || read_named(dir, &guest.name);
     wait_for(CLONE_LIMIT, || {
         read().filter(|vm| !vm.alive || vm.line.state == VmState::Live)
     })
@@ -476,12 +477,14 @@ fn kill_and_watch(args: &TestArgs, primary: bool) -> Result<ExitCode> {
     };
     let started = Instant::now();
     let ms = || started.elapsed().as_secs_f64() * 1e3;
-    signal_kill(victim.line.pid)?;
+    if !kill(victim.line.pid) {
+        bail!("kill -9 {} failed", victim.line.pid);
+    }
     println!(
         "{:>9.1} ms  killed {} ({}, pid {}) with SIGKILL",
         0.0, victim.name, victim.line.state, victim.line.pid
     );
-    let read = |name: &str| crate::pair::read_vm(&dir.join(format!("{name}.status")));
+    let read = |name: &str| read_named(dir, name);
     let alone = wait_for(limit, || {
         read(&survivor.name)
             .filter(|vm| !vm.alive || vm.line.state.is_final() || vm.line.state == VmState::Live)
@@ -530,17 +533,6 @@ fn kill_and_watch(args: &TestArgs, primary: bool) -> Result<ExitCode> {
         whole.1
     );
     Ok(ExitCode::SUCCESS)
-}
-
-fn signal_kill(pid: u32) -> Result<()> {
-    let status = std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .context("running kill")?;
-    if !status.success() {
-        bail!("kill -9 {pid} failed");
-    }
-    Ok(())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -607,7 +599,7 @@ fn migrate_primary(dir: &Path, primary: &Vm, backup: &Vm) -> Result<()> {
     if let Err(why) = ask(&control, &Request::HandOver)? {
         bail!("{} refused to hand over: {why}", primary.name);
     }
-    let read = |name: &str| crate::pair::read_vm(&dir.join(format!("{name}.status")));
+    let read = |name: &str| read_named(dir, name);
     wait_for(CLONE_LIMIT, || {
         read(&backup.name).filter(|vm| !vm.alive || vm.line.state != VmState::Backup)
     })
@@ -645,7 +637,7 @@ fn migrate_primary(dir: &Path, primary: &Vm, backup: &Vm) -> Result<()> {
 fn migrate_backup(dir: &Path, primary: &Vm, backup: &Vm) -> Result<()> {
     let started = Instant::now();
     terminate(backup.line.pid);
-    let read = |name: &str| crate::pair::read_vm(&dir.join(format!("{name}.status")));
+    let read = |name: &str| read_named(dir, name);
     wait_for(CLONE_LIMIT, || {
         read(&primary.name).filter(|vm| !vm.alive || vm.line.state == VmState::Live)
     })

@@ -176,6 +176,21 @@ fn client(port: u16) -> Echo {
     Echo::start(move || TcpStream::connect_timeout(&addr, Duration::from_secs(5)))
 }
 
+/// `ftvm up` of the echo guest on the pair's own network, and a client
+/// that has had 20 echoes.
+fn echoing(pair: &mut Pair) -> Echo {
+    let port = up_with_net(pair);
+    let mut client = client(port);
+    expect_echoes(
+        pair,
+        &mut client,
+        20,
+        BOOT_LIMIT,
+        "no echoes from the guest",
+    );
+    client
+}
+
 /// Wait for `n` echoes; fail with `what` and the diagnosis if they do not
 /// come.
 fn expect_echoes(pair: &Pair, client: &mut Echo, n: u64, limit: Duration, what: &str) {
@@ -207,15 +222,7 @@ fn expect_moves(pair: &Pair, moves: u64) {
 /// live, and the switch still runs.
 fn kill_during_echo(victim: Vm, after: Duration) {
     let mut pair = Pair::new(&format!("net-kill-{victim}"));
-    let port = up_with_net(&mut pair);
-    let mut client = client(port);
-    expect_echoes(
-        &pair,
-        &mut client,
-        20,
-        BOOT_LIMIT,
-        "no echoes from the guest",
-    );
+    let mut client = echoing(&mut pair);
     pair.wait_ftvm_status(STATUS_LIMIT, "the pair and its switch up", |s| {
         s.state(Vm::Primary) == Some(VmState::Primary)
             && s.state(Vm::Backup) == Some(VmState::Backup)
@@ -299,15 +306,7 @@ fn a_client_connection_survives_kill_9_of_the_backup() {
 fn a_frozen_primarys_traffic_moves_to_the_backup_that_went_live() {
     let _serial = serial();
     let mut pair = Pair::new("net-frozen");
-    let port = up_with_net(&mut pair);
-    let mut client = client(port);
-    expect_echoes(
-        &pair,
-        &mut client,
-        20,
-        BOOT_LIMIT,
-        "no echoes from the guest",
-    );
+    let mut client = echoing(&mut pair);
     let primary = pair.pid(Vm::Primary);
     signal(primary, libc::SIGSTOP);
     let before = client.echoed();

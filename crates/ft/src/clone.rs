@@ -130,12 +130,6 @@ impl CloneSender {
         self.chunks_sent
     }
 
-    /// The snapshot (its digest names the log's start), and its RAM
-    /// buffer for reuse.
-    pub fn snapshot(&self) -> &Snapshot {
-        &self.snapshot
-    }
-
     pub fn into_snapshot(self) -> Snapshot {
         self.snapshot
     }
@@ -224,6 +218,23 @@ fn encode(chunk: &[u8]) -> (PageEncoding, Vec<u8>) {
     }
 }
 
+/// The length of the chunk at `offset` of `what` (`size` bytes), which
+/// must lie on a chunk boundary, inside, and after `next` (chunks come in
+/// increasing order, each once).
+fn chunk_len(offset: u64, next: u64, size: u64, what: &str) -> Result<usize, CloneError> {
+    let bad = |why: String| CloneError::BadChunk { offset, why };
+    if !offset.is_multiple_of(CHUNK as u64) {
+        return Err(bad("not on a chunk boundary".into()));
+    }
+    if offset < next {
+        return Err(bad("out of order or sent twice".into()));
+    }
+    if offset >= size {
+        return Err(bad(format!("beyond the end of {what}")));
+    }
+    Ok((CHUNK as u64).min(size - offset) as usize)
+}
+
 /// A chunk as received, into `target` (its whole length).
 fn decode_into(encoding: PageEncoding, data: &[u8], target: &mut [u8]) -> Result<(), String> {
     let len = target.len();
@@ -280,11 +291,6 @@ pub enum Received {
 }
 
 impl CloneReceiver {
-    /// What the stream said it is, once its first message came.
-    pub fn start(&self) -> Option<&CloneStart> {
-        self.start.as_ref()
-    }
-
     /// RAM bytes received so far, and in all.
     pub fn progress(&self) -> (u64, u64) {
         (
@@ -331,19 +337,10 @@ impl CloneReceiver {
                 encoding,
                 data,
             } => {
-                let bad = |why: String| CloneError::BadChunk { offset, why };
-                if offset % CHUNK as u64 != 0 {
-                    return Err(bad("not on a chunk boundary".into()));
-                }
-                if offset < self.next_offset {
-                    return Err(bad("out of order or sent twice".into()));
-                }
-                if offset >= start.ram_size {
-                    return Err(bad("beyond the end of RAM".into()));
-                }
+                let len = chunk_len(offset, self.next_offset, start.ram_size, "RAM")?;
                 let at = offset as usize;
-                let len = CHUNK.min(self.ram.len() - at);
-                decode_into(encoding, &data, &mut self.ram[at..at + len]).map_err(bad)?;
+                decode_into(encoding, &data, &mut self.ram[at..at + len])
+                    .map_err(|why| CloneError::BadChunk { offset, why })?;
                 self.next_offset = offset + len as u64;
                 self.chunks += 1;
                 Ok(Received::More)
@@ -357,16 +354,7 @@ impl CloneReceiver {
                 let Some(size) = start.disk_size else {
                     return Err(bad("a disk chunk for a clone without a disk".into()));
                 };
-                if offset % CHUNK as u64 != 0 {
-                    return Err(bad("not on a chunk boundary".into()));
-                }
-                if offset < self.next_disk_offset {
-                    return Err(bad("out of order or sent twice".into()));
-                }
-                if offset >= size {
-                    return Err(bad("beyond the end of the disk".into()));
-                }
-                let len = (CHUNK as u64).min(size - offset) as usize;
+                let len = chunk_len(offset, self.next_disk_offset, size, "the disk")?;
                 let mut bytes = vec![0; len];
                 decode_into(encoding, &data, &mut bytes).map_err(bad)?;
                 self.next_disk_offset = offset + len as u64;

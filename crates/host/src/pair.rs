@@ -165,12 +165,25 @@ fn vm_host(
 
 /// Say `state` in the status file before the run loop does.
 fn early_status(path: Option<&Path>, state: VmState, role: &str, name: &str) {
+    early_status_with(path, state, role, name, |_| {});
+}
+
+/// [`early_status`], with more fields set by `more`.
+fn early_status_with(
+    path: Option<&Path>,
+    state: VmState,
+    role: &str,
+    name: &str,
+    more: impl FnOnce(&mut StatusLine),
+) {
     if let Some(path) = path {
-        StatusFile::new(path).write(&StatusLine {
+        let mut line = StatusLine {
             role: Some(role.to_string()),
             name: Some(name.to_string()),
             ..StatusLine::new(state, std::process::id())
-        });
+        };
+        more(&mut line);
+        StatusFile::new(path).write(&line);
     }
 }
 
@@ -225,7 +238,7 @@ pub fn alone(
 /// to stop before the primary came.
 pub fn backup(
     config: NodeConfig,
-    io: HostIo,
+    mut io: HostIo,
     frames: Option<Box<dyn FrameReceiver>>,
     options: PairOptions,
     listen: &str,
@@ -253,14 +266,13 @@ pub fn backup(
         key: options.key,
     };
     let Some(mut channel) = Channel::accept(&listener, &options.stop, &credentials)? else {
-        if let Some(path) = &options.status_file {
-            StatusFile::new(path).write(&StatusLine {
-                role: Some("backup".into()),
-                name: Some(options.name.clone()),
-                halt: Some(ftvm_node::HaltCode::Stopped),
-                ..StatusLine::new(VmState::Halted, std::process::id())
-            });
-        }
+        early_status_with(
+            options.status_file.as_deref(),
+            VmState::Halted,
+            "backup",
+            &options.name,
+            |line| line.halt = Some(ftvm_node::HaltCode::Stopped),
+        );
         return Ok(None);
     };
     drop(listener);
@@ -268,18 +280,17 @@ pub fn backup(
     // clone of its running machine.
     let wait = Duration::from_millis(config.detector.timeout_ms.saturating_mul(5))
         .max(Duration::from_secs(10));
-    let status_path = options.status_file.clone();
-    let mut io = io;
     let first = crate::clone::receive(&mut channel, wait, io.disk.as_mut(), |progress| {
-        if let Some(path) = &status_path {
-            StatusFile::new(path).write(&StatusLine {
-                role: Some("backup".into()),
-                name: Some(options.name.clone()),
-                epoch: Some(config.epoch),
-                clone: Some(progress),
-                ..StatusLine::new(VmState::Waiting, std::process::id())
-            });
-        }
+        early_status_with(
+            options.status_file.as_deref(),
+            VmState::Waiting,
+            "backup",
+            &options.name,
+            |line| {
+                line.epoch = Some(config.epoch);
+                line.clone = Some(progress);
+            },
+        );
     })
     .map_err(|e| e.context("taking the primary's first messages"))?;
     let clock = Clock::new(None);

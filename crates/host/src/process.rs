@@ -24,6 +24,16 @@ pub fn terminate(pid: u32) {
     }
 }
 
+/// Kill `pid` (SIGKILL), as a host failure would; whether the signal was
+/// sent.
+pub fn kill(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: kill(2) only sends a signal; it touches no memory of ours.
+    unsafe { libc::kill(pid, libc::SIGKILL) == 0 }
+}
+
 /// End this process the way a Unix tool ends when the reader of its
 /// output goes away (`ftvm status | head -1`): killed by SIGPIPE, quietly.
 /// Rust ignores SIGPIPE so that a write fails instead; the caller has

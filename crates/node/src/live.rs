@@ -689,6 +689,9 @@ impl Node {
         let now = time.ms();
         let suspects = self.detector.suspects(now);
         let heartbeat = self.detector.heartbeat_due(now);
+        // How long a backup that nothing waits for (a clone catching up)
+        // or that drains in silence (after a hand-over) may be quiet.
+        let patience = crate::clone::CATCH_UP_SILENCE_MS.max(self.config.detector.timeout_ms);
         let Mode::Running(r) = &mut self.mode else {
             return;
         };
@@ -707,7 +710,6 @@ impl Node {
             // may be busy restoring its snapshot: it is given a longer
             // silence before it is dropped (at once if its channel
             // closed). It cannot take over: no arbiter is needed.
-            let patience = crate::clone::CATCH_UP_SILENCE_MS.max(self.config.detector.timeout_ms);
             if self.detector.silent_for(now, patience) {
                 self.clone_failed("the new backup is silent");
             }
@@ -717,7 +719,6 @@ impl Node {
         // nothing: its silence is expected. The primary asks the arbiter
         // once the backup closes the channel (it went live) or after a
         // long silence (it died quietly).
-        let patience = crate::clone::CATCH_UP_SILENCE_MS.max(self.config.detector.timeout_ms);
         let suspects = suspects && (!pair.handed || self.detector.silent_for(now, patience));
         let retry = pair.retry_at.is_some_and(|at| time.mono_ns >= at);
         if (suspects && !pair.arbitrating) || retry {

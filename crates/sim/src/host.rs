@@ -462,15 +462,7 @@ impl Sim {
     pub(crate) fn stop_pair(&mut self) -> Result<(), SimError> {
         let time = self.time();
         let statuses = self.hosts.statuses();
-        let target = [
-            Status::Live,
-            Status::Cloning,
-            Status::Primary,
-            Status::Arbitrating,
-        ]
-        .iter()
-        .find_map(|want| statuses.iter().position(|s| s.as_ref() == Some(want)));
-        let Some(i) = target else {
+        let Some(i) = runs_the_guest(&statuses) else {
             return Ok(());
         };
         let Some(h) = &mut self.hosts.slot[i] else {
@@ -591,4 +583,17 @@ impl Sim {
         }
         Ok(())
     }
+}
+
+/// The host whose VM runs the guest: the live one (or one cloning), else
+/// a primary.
+pub(crate) fn runs_the_guest(statuses: &[Option<Status>]) -> Option<usize> {
+    [
+        Status::Live,
+        Status::Cloning,
+        Status::Primary,
+        Status::Arbitrating,
+    ]
+    .iter()
+    .find_map(|want| statuses.iter().position(|s| s.as_ref() == Some(want)))
 }

@@ -475,14 +475,7 @@ impl Sim {
         }
         // The guest of the VM that runs on (the live one, else a primary
         // no other VM went live after) produced every frame the world got.
-        let running = [
-            Status::Live,
-            Status::Cloning,
-            Status::Primary,
-            Status::Arbitrating,
-        ]
-        .iter()
-        .find_map(|want| statuses.iter().position(|s| s.as_ref() == Some(want)));
+        let running = crate::host::runs_the_guest(&statuses);
         if let Some(i) = running {
             let alone = matches!(statuses[i], Some(Status::Live | Status::Cloning));
             if alone

@@ -171,6 +171,21 @@ pub const QEMU_CPU: &str = "rv64,h=false,zba=false,zbb=false,zbc=false,zbs=false
 
 /// `qemu-system-riscv64 -M virt -cpu QEMU_CPU -bios none -kernel ELF` plus
 /// `extra`.
+/// The first line of `qemu-system-riscv64 --version` (empty without it).
+pub fn qemu_version() -> String {
+    Command::new("qemu-system-riscv64")
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(str::to_string)
+        })
+        .unwrap_or_default()
+}
+
 pub fn qemu_run(elf: &Path, extra: &[&str], limit: Duration) -> Finished {
     qemu_run_with_bios(elf, "none", extra, limit)
 }
