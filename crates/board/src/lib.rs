@@ -11,7 +11,7 @@
 //! | CLINT | `0x0200_0000` | `mtime` is guest time derived from icount |
 //! | PLIC | `0x0c00_0000` | 96 sources; contexts 0 and 1 are hart 0's M and S modes |
 //! | 16550 UART | `0x1000_0000` | IRQ 10 |
-//! | virtio-mmio | `0x1000_1000` | 8 slots of `0x1000`, slot `n` at IRQ `n + 1`; devices fill slots 7, 6, … as QEMU does, empty slots report device ID 0 |
+//! | virtio-mmio | `0x1000_1000` | 8 slots of `0x1000`, slot `n` at IRQ `n + 1`; devices (block, network, entropy, balloon) fill slots 7, 6, … as QEMU does, empty slots report device ID 0 |
 //! | RAM | `0x8000_0000` | size set by the user |
 //!
 //! ## The input boundary (ARCHITECTURE.md, "The input boundary")
@@ -36,7 +36,7 @@ use std::sync::Arc;
 pub use ftvm_cpu::{Engine, Exit, Hart, HartConfig};
 pub use loader::is_linux_kernel;
 pub use machine::{Machine, Snapshot};
-pub use virtio::{DeviceKind, IoRequest, IoStatus};
+pub use virtio::{BALLOON_PAGE_SIZE, BalloonInfo, DeviceKind, IoRequest, IoStatus};
 
 /// Errors building a machine. Each names the offending file and problem in
 /// one line.
@@ -209,6 +209,12 @@ pub enum Input {
         status: IoStatus,
         data: Vec<u8>,
     },
+    /// A control input, from the operator rather than the world
+    /// (`ftvm set --balloon`): the memory balloon's target, in 4 KiB
+    /// pages, becomes `pages` (its `num_pages`), and a running driver gets
+    /// the configuration-change interrupt. Ignored by a machine without a
+    /// balloon.
+    BalloonTarget { pages: u32 },
 }
 
 /// Why [`Machine::run`] stopped.

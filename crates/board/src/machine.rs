@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::devices::{
     BusCtx, Clint, Mapping, MmioBus, Plic, Rtc, SifiveTest, TestRequest, Uart, VirtioSlots,
 };
-use crate::virtio::IoRequest;
+use crate::virtio::{BalloonInfo, IoRequest};
 use crate::{BoardError, Digest, Firmware, Input, MachineConfig, Stop, fdt, loader};
 
 const RAM_BASE: u64 = 0x8000_0000;
@@ -70,7 +70,7 @@ pub struct Snapshot {
 }
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"FTVMSNAP";
-const SNAPSHOT_VERSION: u32 = 2;
+const SNAPSHOT_VERSION: u32 = 3;
 
 #[derive(Serialize, Deserialize)]
 struct SnapshotHeader {
@@ -461,6 +461,16 @@ impl Machine {
                     tracing::debug!(id, "completion for a request no device waits for");
                 }
             }
+            Input::BalloonTarget { pages } => {
+                let set = self
+                    .devices
+                    .virtio
+                    .devices_mut()
+                    .any(|dev| dev.set_balloon_target(pages));
+                if !set {
+                    tracing::debug!(pages, "a balloon target for a machine without a balloon");
+                }
+            }
         }
         self.update_irq_lines();
     }
@@ -471,7 +481,7 @@ impl Machine {
         let d = &mut self.devices;
         let before = d.io_requests.len();
         for dev in d.virtio.devices_mut() {
-            dev.process(&self.hart, &mut d.next_io_id, &mut d.io_requests);
+            dev.process(&mut self.hart, &mut d.next_io_id, &mut d.io_requests);
         }
         d.io_requests.len() > before
     }
@@ -480,6 +490,12 @@ impl Machine {
     /// time). Each must be answered with [`Input::IoDone`].
     pub fn take_io_requests(&mut self) -> Vec<IoRequest> {
         std::mem::take(&mut self.devices.io_requests)
+    }
+
+    /// The memory balloon's target and what it holds, if the machine has
+    /// one.
+    pub fn balloon(&self) -> Option<BalloonInfo> {
+        self.devices.virtio.devices().find_map(|dev| dev.balloon())
     }
 
     /// Console bytes the guest wrote since the last call (UART and HTIF).
@@ -572,16 +588,17 @@ mod golden;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::virtio::DeviceKind;
     use proptest::prelude::*;
 
-    /// A machine running a raw image that counts in a0 forever.
-    fn machine() -> Machine {
+    /// A raw image that counts in a0 forever, on 16 MiB, no devices.
+    fn counting_config() -> MachineConfig {
         // addi a0, a0, 1; j -4
         let code: Vec<u8> = [0x0015_0513u32, 0xffdf_f06f]
             .iter()
             .flat_map(|w| w.to_le_bytes())
             .collect();
-        let config = MachineConfig {
+        MachineConfig {
             memory_mib: 16,
             firmware: Firmware::None,
             kernel: crate::Image::new("count.img", code),
@@ -590,8 +607,12 @@ mod tests {
             insns_per_tick: 10,
             engine: crate::Engine::default(),
             virtio: Vec::new(),
-        };
-        Machine::new(&config).expect("machine")
+        }
+    }
+
+    /// A machine running a raw image that counts in a0 forever.
+    fn machine() -> Machine {
+        Machine::new(&counting_config()).expect("machine")
     }
 
     #[test]
@@ -631,6 +652,36 @@ mod tests {
         assert_eq!(other.digest(), m.digest());
         assert!(Snapshot::from_parts(&snap.state_bytes(), vec![0; 4096]).is_err());
         assert!(Snapshot::from_parts(&[0xFF; 7], snap.ram().to_vec()).is_err());
+    }
+
+    /// The balloon's target is machine state: in snapshots and digests,
+    /// and restored with them.
+    #[test]
+    fn a_balloon_target_is_in_snapshots_and_digests() {
+        let with_balloon = || {
+            let mut config = counting_config();
+            config.virtio = vec![DeviceKind::Balloon];
+            Machine::new(&config).expect("machine")
+        };
+        let mut m = with_balloon();
+        assert_eq!(m.run(500), Stop::Limit);
+        let before = m.digest();
+        m.inject(Input::BalloonTarget { pages: 1024 });
+        assert_ne!(m.digest(), before, "the target changes the digest");
+        let info = m.balloon().expect("a balloon");
+        assert_eq!((info.target_pages, info.actual_pages), (1024, 0));
+        let snap = Snapshot::from_bytes(&m.snapshot().to_bytes()).expect("decodes");
+        let mut other = with_balloon();
+        assert_eq!(other.balloon().map(|b| b.target_pages), Some(0));
+        other.restore(&snap).expect("restore");
+        assert_eq!(other.balloon(), Some(info));
+        assert_eq!(other.digest(), m.digest());
+        // Without a balloon the input changes nothing.
+        let mut plain = machine();
+        assert_eq!(plain.run(100), Stop::Limit);
+        let digest = plain.digest();
+        plain.inject(Input::BalloonTarget { pages: 1 });
+        assert_eq!((plain.balloon(), plain.digest()), (None, digest));
     }
 
     #[test]

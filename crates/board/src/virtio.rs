@@ -1,5 +1,5 @@
 //! virtio-mmio (version 2) with split virtqueues, and the devices behind
-//! it: block and entropy.
+//! it: block, entropy, network and the memory balloon (`balloon.rs`).
 //!
 //! Devices never touch the host. A guest's request becomes an [`IoRequest`]
 //! that the machine's owner collects
@@ -20,11 +20,20 @@ use std::collections::BTreeMap;
 use ftvm_cpu::Hart;
 use serde::{Deserialize, Serialize};
 
+mod balloon;
+
+use balloon::Balloon;
+pub use balloon::{BALLOON_PAGE_SIZE, BalloonInfo};
+
 const MAGIC: u32 = 0x7472_6976; // "virt"
 const VENDOR: u32 = 0x554d_4551; // "QEMU"
 const QUEUE_MAX: u16 = 256;
 const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+const STATUS_DRIVER_OK: u32 = 4;
 const STATUS_FAILED: u32 = 128;
+/// InterruptStatus bits: a used buffer, a configuration change.
+const INT_VRING: u32 = 1;
+const INT_CONFIG: u32 = 2;
 
 /// Largest Ethernet frame sent or received (no offloads are offered).
 pub const NET_FRAME_MAX: usize = 1514;
@@ -81,6 +90,10 @@ pub enum DeviceKind {
     Net {
         mac: [u8; 6],
     },
+    /// A memory balloon (virtio-balloon): the host sets a target of pages
+    /// for the guest to give back, the guest reports what it gave. Last,
+    /// so that logs and snapshots of machines without it keep their bytes.
+    Balloon,
 }
 
 /// The virtio-net header that precedes every frame (with VERSION_1).
@@ -92,6 +105,7 @@ impl DeviceKind {
             DeviceKind::Net { .. } => 1,
             DeviceKind::Block { .. } => 2,
             DeviceKind::Entropy => 4,
+            DeviceKind::Balloon => 5,
         }
     }
     fn features(&self) -> u64 {
@@ -101,12 +115,13 @@ impl DeviceKind {
             | match self {
                 DeviceKind::Block { .. } => BLK_F_FLUSH,
                 DeviceKind::Net { .. } => NET_F_MAC,
-                DeviceKind::Entropy => 0,
+                DeviceKind::Entropy | DeviceKind::Balloon => 0,
             }
     }
     fn queues(&self) -> usize {
         match self {
             DeviceKind::Net { .. } => 2, // receive, transmit
+            DeviceKind::Balloon => 2,    // inflate, deflate
             _ => 1,
         }
     }
@@ -171,13 +186,14 @@ pub struct VirtioMmio {
     /// Queues the guest notified, for the machine to process.
     notified: u32,
     pending: BTreeMap<u64, Pending>,
+    /// A balloon's own state (its configuration and the pages it holds).
+    balloon: Option<Balloon>,
 }
 
 impl VirtioMmio {
     pub fn new(kind: DeviceKind) -> Self {
         let queues = kind.queues();
         VirtioMmio {
-            kind,
             device_features_sel: 0,
             driver_features_sel: 0,
             driver_features: 0,
@@ -187,6 +203,8 @@ impl VirtioMmio {
             interrupt_status: 0,
             notified: 0,
             pending: BTreeMap::new(),
+            balloon: (kind == DeviceKind::Balloon).then(Balloon::default),
+            kind,
         }
     }
 
@@ -198,8 +216,12 @@ impl VirtioMmio {
         self.interrupt_status != 0
     }
 
+    /// The driver reset the device: everything goes back to its reset
+    /// state, except what the host set (a balloon's target).
     fn reset(&mut self) {
+        let balloon = self.balloon.take().map(Balloon::after_reset);
         *self = VirtioMmio::new(self.kind.clone());
+        self.balloon = balloon;
     }
 
     fn queue(&mut self) -> Option<&mut Queue> {
@@ -222,8 +244,11 @@ impl VirtioMmio {
             0x044 => u32::from(q.is_some_and(|q| q.ready)),
             0x060 => self.interrupt_status,
             0x070 => self.status,
-            0x0fc => 0,
-            o if o >= 0x100 => self.kind.config(o - 0x100),
+            0x0fc => self.balloon.as_ref().map_or(0, Balloon::generation),
+            o if o >= 0x100 => match &self.balloon {
+                Some(balloon) => balloon.config_load(o - 0x100),
+                None => self.kind.config(o - 0x100),
+            },
             _ => 0,
         }
     }
@@ -281,13 +306,19 @@ impl VirtioMmio {
                     q.used = split(q.used, offset == 0x0a4);
                 }
             }
+            o if o >= 0x100 => {
+                if let Some(balloon) = &mut self.balloon {
+                    balloon.config_store(o - 0x100, value);
+                }
+            }
             _ => {}
         }
     }
 
     /// Take the requests the guest made available on notified queues,
-    /// numbering them from `next_id`.
-    pub fn process(&mut self, hart: &Hart, next_id: &mut u64, out: &mut Vec<IoRequest>) {
+    /// numbering them from `next_id`. A balloon's requests need nothing of
+    /// the host: they are served here and now, between two instructions.
+    pub fn process(&mut self, hart: &mut Hart, next_id: &mut u64, out: &mut Vec<IoRequest>) {
         let notified = std::mem::take(&mut self.notified);
         if self.status & STATUS_FAILED != 0 {
             return;
@@ -298,6 +329,10 @@ impl VirtioMmio {
             }
             // A network card's receive buffers wait for frames.
             if matches!(self.kind, DeviceKind::Net { .. }) && index == 0 {
+                continue;
+            }
+            if self.balloon.is_some() {
+                self.serve_balloon(hart, index);
                 continue;
             }
             while let Some(chain) = self.pop(hart, index) {
@@ -312,7 +347,7 @@ impl VirtioMmio {
                         // A malformed chain: mark the device broken, as the
                         // spec allows (DEVICE_NEEDS_RESET), and stop.
                         self.status |= 64;
-                        self.interrupt_status |= 2;
+                        self.interrupt_status |= INT_CONFIG;
                         return;
                     }
                 }
@@ -398,6 +433,8 @@ impl VirtioMmio {
                 let len = offered.min(ENTROPY_MAX) as u32;
                 Ok((unstatused(writable), IoRequest::Entropy { id, len }))
             }
+            // Served in `serve_balloon`, never as a request.
+            DeviceKind::Balloon => Err(()),
             DeviceKind::Block { sectors } => {
                 // Header (type, reserved, sector), data, then a status byte.
                 let &(header, header_len, false) = chain.first().ok_or(())? else {
@@ -490,16 +527,15 @@ impl VirtioMmio {
         let _ = hart.dma_write(entry + 4, &written.to_le_bytes());
         q.next_used = q.next_used.wrapping_add(1);
         let _ = hart.dma_write(q.used + 2, &q.next_used.to_le_bytes());
-        self.interrupt_status |= 1;
+        self.interrupt_status |= INT_VRING;
     }
 
     /// A network card receives `frame`: into the next receive buffer the
     /// guest made available, with an interrupt. Returns false (the frame
     /// is dropped, as a full card would) if there is none.
     pub fn receive(&mut self, hart: &mut Hart, frame: &[u8]) -> bool {
-        const DRIVER_OK: u32 = 4;
         if !matches!(self.kind, DeviceKind::Net { .. })
-            || self.status & DRIVER_OK == 0
+            || self.status & STATUS_DRIVER_OK == 0
             || !self.queues.first().is_some_and(|q| q.ready)
         {
             return false;
@@ -627,7 +663,7 @@ mod tests {
             ],
         );
         let (mut next_id, mut out) = (7, Vec::new());
-        dev.process(&h, &mut next_id, &mut out);
+        dev.process(&mut h, &mut next_id, &mut out);
         assert_eq!(
             out,
             vec![IoRequest::BlockRead {
@@ -667,7 +703,7 @@ mod tests {
             ],
         );
         let (mut next_id, mut out) = (0, Vec::new());
-        dev.process(&h, &mut next_id, &mut out);
+        dev.process(&mut h, &mut next_id, &mut out);
         assert_eq!(out, vec![IoRequest::Unsupported { id: 0 }]);
     }
 
@@ -678,11 +714,15 @@ mod tests {
         fn garbage_queues_never_panic(
             regs in prop::collection::vec((0u64..0x110, any::<u32>()), 0..40),
             ring in prop::collection::vec(any::<u8>(), 0..0x3000),
-            entropy in any::<bool>(),
+            kind in 0..3u8,
         ) {
             let mut h = hart();
             h.dma_write(RAM, &ring).expect("ram");
-            let kind = if entropy { DeviceKind::Entropy } else { DeviceKind::Block { sectors: 4 } };
+            let kind = match kind {
+                0 => DeviceKind::Entropy,
+                1 => DeviceKind::Balloon,
+                _ => DeviceKind::Block { sectors: 4 },
+            };
             let mut dev = VirtioMmio::new(kind);
             for (offset, value) in regs {
                 dev.store(offset & !3, value);
@@ -690,7 +730,7 @@ mod tests {
             }
             dev.store(0x050, 0);
             let (mut next_id, mut out) = (0, Vec::new());
-            dev.process(&h, &mut next_id, &mut out);
+            dev.process(&mut h, &mut next_id, &mut out);
             for request in out {
                 let len = match request { IoRequest::BlockRead { len, .. } | IoRequest::Entropy { len, .. } => len, _ => 0 };
                 dev.complete(&mut h, request.id(), IoStatus::Ok, &vec![1; len.min(1 << 16) as usize]);

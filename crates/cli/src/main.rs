@@ -11,11 +11,13 @@
 
 #![forbid(unsafe_code)]
 
+mod cluster;
 mod daemon;
 mod pair;
 mod replay;
 mod restore;
 mod run;
+mod set;
 mod switch;
 
 use std::path::{Path, PathBuf};
@@ -120,10 +122,20 @@ enum Command {
     /// redundancy coming back, with times.
     TestRestartBackup(restore::TestArgs),
 
+    /// Reconfigure a pair's running VM: the memory balloon's target
+    /// (`--balloon MIB`, for a machine started with `--balloon`). The VM
+    /// that runs the guest logs it as a control entry, so its backup
+    /// applies it at the same instruction.
+    Set(set::SetArgs),
+
     /// Keep a pair protected (`ftvm up` starts it): whenever the pair is
     /// down to one VM, clone that VM into a new backup on this host.
     /// Ends with the pair.
     Agent(restore::AgentArgs),
+
+    /// FT pairs on a cluster of hosts, each running `ftvm agent
+    /// --cluster`: start a pair, list hosts and VMs, move a VM, end a pair.
+    Cluster(cluster::ClusterArgs),
 
     /// Run a pair's network: an Ethernet switch that VMs attach to over
     /// UDP (`--net switch:HOST:PORT`), with the user-mode gateway and its
@@ -229,6 +241,12 @@ pub struct MachineArgs {
     /// the default elsewhere). The guest behaves identically with either.
     #[arg(long, value_name = "ENGINE", default_value_t = EngineArg::default())]
     engine: EngineArg,
+
+    /// Attach a memory balloon (virtio-balloon, after the other virtio
+    /// devices, as QEMU's `-device virtio-balloon-device` last), whose
+    /// target `ftvm set --balloon MIB` sets while the guest runs.
+    #[arg(long)]
+    balloon: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -275,6 +293,9 @@ impl MachineArgs {
         if let Some(rtc) = self.rtc_time {
             args.extend(["--rtc-time".into(), rtc.to_string().into()]);
         }
+        if self.balloon {
+            args.push("--balloon".into());
+        }
         args.extend([
             "--memory".into(),
             self.memory.to_string().into(),
@@ -284,7 +305,10 @@ impl MachineArgs {
         Ok(args)
     }
 
-    pub fn machine_config(&self, virtio: Vec<ftvm_board::DeviceKind>) -> Result<MachineConfig> {
+    pub fn machine_config(&self, mut virtio: Vec<ftvm_board::DeviceKind>) -> Result<MachineConfig> {
+        if self.balloon {
+            virtio.push(ftvm_board::DeviceKind::Balloon);
+        }
         let load = |path: &Path| ftvm_host::files::load(path);
         let (kernel, firmware, initrd, append) = match &self.kernel {
             Some(kernel) => {
@@ -466,9 +490,11 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Switch(args) => switch::switch(&args),
         Command::Protect(args) => restore::protect(&args),
         Command::Agent(args) => restore::agent(&args),
+        Command::Cluster(args) => cluster::cluster(&args),
         Command::Unprotect(args) => restore::unprotect(&args),
         Command::Migrate(args) => restore::migrate(&args),
         Command::TestFailover(args) => restore::test_failover(&args),
         Command::TestRestartBackup(args) => restore::test_restart_backup(&args),
+        Command::Set(args) => set::set(&args),
     }
 }

@@ -335,7 +335,7 @@ pub(crate) fn absolute(path: &Path) -> Result<PathBuf> {
         .with_context(|| format!("resolving {}", path.display()))
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let _ = std::fs::remove_file(path);

@@ -282,9 +282,13 @@ fn retire_the_dead(dir: &Path) {
 
 #[derive(Args)]
 pub struct AgentArgs {
-    /// The pair's directory, as given to `ftvm up`.
+    /// The pair's directory, as given to `ftvm up`; with `--cluster`, the
+    /// directory of this host's VMs.
     #[arg(long, value_name = "DIR")]
     pub state_dir: std::path::PathBuf,
+
+    #[command(flatten)]
+    pub cluster: crate::cluster::ClusterAgentArgs,
 }
 
 /// How long a VM must have run alone before the agent gives it a backup:
@@ -297,6 +301,9 @@ const RETRY_MOST: Duration = Duration::from_secs(30);
 /// `ftvm agent`: keep the pair in `DIR` protected, until it ends.
 pub fn agent(args: &AgentArgs) -> Result<ExitCode> {
     let dir = &args.state_dir;
+    if args.cluster.cluster.is_some() {
+        return crate::cluster::agent(dir, &args.cluster);
+    }
     let stop = ftvm_host::stop_flag()?;
     let mut alone_since: Option<Instant> = None;
     let mut pause = RETRY_FIRST;
@@ -551,7 +558,7 @@ pub struct MigrateArgs {
     #[arg(long, value_name = "primary|backup")]
     pub vm: WhichVm,
 
-    /// Where to (only this host today).
+    /// Where to: only this host (across hosts, `ftvm cluster migrate`).
     #[arg(long, value_name = "HOST")]
     pub to: Option<String>,
 }
@@ -570,8 +577,8 @@ pub fn migrate(args: &MigrateArgs) -> Result<ExitCode> {
         let here = ["localhost", "127.0.0.1", "this-host"];
         if !here.contains(&to) {
             bail!(
-                "only moves on this host are built: placing a VM on {to} needs an agent on \
-                 that host, which ftvm does not have yet"
+                "this pair runs on this host only: to move VMs between hosts, run them on a \
+                 cluster (`ftvm agent --cluster` on each host, `ftvm cluster migrate --to {to}`)"
             );
         }
     }

@@ -11,7 +11,8 @@
 //!   of the next epoch after each restore.
 //! - A clone interrupted at a random moment (the new backup killed while
 //!   it takes the snapshot or catches up): the survivor runs on, nothing
-//!   is lost, and a later clone succeeds.
+//!   is lost, and a later clone succeeds. Likewise a migration of the
+//!   primary, with either VM killed during it.
 //!
 //! What the VMs did is read from their status lines (`ftvm status
 //! --json`), never from their logs. `FTVM_SEED` repeats a run's kill
@@ -19,161 +20,18 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::pair::{Pair, PairStatus, StatusLine, VmState};
+use support::writer::{BOOT_LIMIT, REPLY_LIMIT, WRITER_CMD, Writer};
 use support::{
     disk_log, free_port, fsck_clean, image_dir, kill_seed, poll, run_limited, serial, signal,
 };
 
-/// The guest: a service on port 7 that appends each number it reads to
-/// `/mnt/log`, syncs, and only then replies `ok N` (`probe` it answers
-/// without writing); and a tick a second.
-const WRITER_CMD: &str = "echo 'while read n; do case $n in probe) ;; *) echo $n >> /mnt/log; \
-     sync;; esac; echo ok $n; done' > /tmp/w; nc -ll -p 7 -e sh /tmp/w & i=0; while true; do \
-     echo tick $i; i=$((i+1)); sleep 1; done";
 const DETECTION: [&str; 4] = ["--timeout-ms", "500", "--heartbeat-ms", "50"];
-/// Booting the guest and the first reply, under load.
-const BOOT_LIMIT: Duration = Duration::from_secs(150);
 /// A failure, the take-over and the restore of redundancy, under load.
 const RESTORE_LIMIT: Duration = Duration::from_secs(90);
-/// A reply, across a failover.
-const REPLY_LIMIT: Duration = Duration::from_secs(60);
-
-// ---------------------------------------------------------------------
-// The client
-
-/// Numbered durable writes on one TCP connection, in a thread of its own:
-/// each number is sent, and counts as acknowledged once `ok N` is back.
-struct Writer {
-    acked: Arc<AtomicU64>,
-    /// The longest a write waited for its reply, in µs.
-    slowest_us: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<Result<u64, String>>>,
-}
-
-impl Writer {
-    fn start(port: u16) -> Writer {
-        let acked = Arc::new(AtomicU64::new(0));
-        let slowest_us = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (count, halt) = (Arc::clone(&acked), Arc::clone(&stop));
-        let slowest = Arc::clone(&slowest_us);
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let thread = std::thread::spawn(move || {
-            let start = Instant::now();
-            // Until the service listens, a connection is refused or ends
-            // at once: a probe (which writes nothing, so that a probe
-            // whose reply was only late is not a second write) finds out.
-            let (mut stream, mut lines) = loop {
-                if halt.load(Ordering::Relaxed) {
-                    return Ok(0);
-                }
-                if start.elapsed() > BOOT_LIMIT {
-                    return Err("the guest's service never answered".into());
-                }
-                if let Ok(stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
-                    let mut lines = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
-                    if request(&stream, &mut lines, "probe", Duration::from_secs(5)).is_ok() {
-                        break (stream, lines);
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(300));
-            };
-            let mut n = 0;
-            while !halt.load(Ordering::Relaxed) {
-                let sent = Instant::now();
-                write_one(&stream, &mut lines, n, REPLY_LIMIT)
-                    .map_err(|e| format!("write {n} (after {n} acknowledged): {e}"))?;
-                slowest.fetch_max(sent.elapsed().as_micros() as u64, Ordering::Relaxed);
-                n += 1;
-                count.store(n, Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = stream.flush();
-            Ok(n)
-        });
-        Writer {
-            acked,
-            slowest_us,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn acked(&self) -> u64 {
-        self.acked.load(Ordering::Relaxed)
-    }
-
-    /// The longest wait for a reply so far (ms), and start again.
-    fn take_slowest_ms(&self) -> f64 {
-        self.slowest_us.swap(0, Ordering::Relaxed) as f64 / 1e3
-    }
-
-    /// Wait until `n` writes are acknowledged; false if not within
-    /// `limit`, or if the client failed.
-    fn wait_for(&self, n: u64, limit: Duration) -> bool {
-        poll(limit, || {
-            let finished = self.thread.as_ref().is_none_or(|t| t.is_finished());
-            (self.acked() >= n || finished).then_some(())
-        });
-        self.acked() >= n
-    }
-
-    /// Stop; the writes acknowledged, or what went wrong.
-    fn finish(&mut self) -> Result<u64, String> {
-        self.stop.store(true, Ordering::Relaxed);
-        match self.thread.take().map(JoinHandle::join) {
-            Some(Ok(result)) => result,
-            _ => Err("the client thread panicked".into()),
-        }
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Send `n` and wait for `ok n`.
-fn write_one(
-    stream: &TcpStream,
-    lines: &mut BufReader<TcpStream>,
-    n: u64,
-    limit: Duration,
-) -> Result<(), String> {
-    request(stream, lines, &n.to_string(), limit)
-}
-
-/// Send the line `word` and wait for `ok WORD`.
-fn request(
-    mut stream: &TcpStream,
-    lines: &mut BufReader<TcpStream>,
-    word: &str,
-    limit: Duration,
-) -> Result<(), String> {
-    stream
-        .set_read_timeout(Some(limit))
-        .map_err(|e| e.to_string())?;
-    stream
-        .write_all(format!("{word}\n").as_bytes())
-        .map_err(|e| format!("sending: {e}"))?;
-    let mut line = String::new();
-    match lines.read_line(&mut line) {
-        Ok(0) => Err("the connection ended".into()),
-        Ok(_) if line.trim_end() == format!("ok {word}") => Ok(()),
-        Ok(_) => Err(format!("the reply was {line:?}")),
-        Err(e) => Err(format!("no reply: {e}")),
-    }
-}
 
 // ---------------------------------------------------------------------
 // The pair
@@ -576,5 +434,83 @@ fn migrating_the_primary_and_the_backup_loses_nothing() {
         }
     }
     eprintln!("longest reply during each migration (ms): {pauses:?}");
+    finish(&pair, writer, &pair.path("disk.img"));
+}
+
+/// A migration of the primary interrupted at a random moment: one side
+/// of what is under way killed. During the hand-over, the primary or its
+/// backup (the other runs on); after it, the old primary (already
+/// stopped) or the new backup the clone goes to (the VM that took over
+/// is then its only copy, as after any failure, and is not a side).
+/// Whichever VM survives runs the guest, the agent protects it again,
+/// and no acknowledged write is lost.
+#[test]
+fn a_migration_interrupted_at_a_random_moment_loses_nothing() {
+    let _serial = serial();
+    let seed = kill_seed();
+    let mut pair = Pair::new("restore-cut-migrate");
+    let mut writer = start(&mut pair, true, &[]);
+    // Under load a pair may split while it boots and be restored: it is
+    // whichever epoch it is.
+    let mut whole = None;
+    pair.wait_until(RESTORE_LIMIT, "the pair", || {
+        let status = pair.ftvm_status();
+        whole = (1..=4).find_map(|epoch| protected_pair(&status, epoch));
+        whole.is_some()
+    });
+    let (primary, backup) = whole.expect("found above");
+    let epoch = primary.epoch.unwrap_or(1);
+    let delay = Duration::from_millis(seed % 700);
+    let mut migrate = pair.ftvm();
+    migrate
+        .args(["migrate", "--vm", "primary", "--state-dir"])
+        .arg(pair.dir())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut migrate = migrate.spawn().expect("ftvm migrate");
+    std::thread::sleep(delay);
+    let status = pair.ftvm_status();
+    let handed_over = status
+        .named(primary.name.as_deref().unwrap_or_default())
+        .is_none_or(|line| line.state.is_final() || line.state == VmState::Dead);
+    let target = status
+        .vms
+        .iter()
+        .find(|line| line.epoch > primary.epoch && line.state == VmState::Backup);
+    let victim = match (seed.is_multiple_of(2), handed_over, target) {
+        (true, _, _) | (false, true, None) => primary.clone(),
+        (false, false, _) => backup.clone(),
+        (false, true, Some(target)) => target.clone(),
+    };
+    signal(victim.pid, libc::SIGKILL);
+    let migrated = migrate.wait().expect("ftvm migrate ends");
+    let mut whole = None;
+    pair.wait_until(RESTORE_LIMIT, "protected again", || {
+        let status = pair.ftvm_status();
+        whole = (epoch + 1..=epoch + 3).find_map(|epoch| protected_pair(&status, epoch));
+        whole.is_some()
+    });
+    let (new_primary, _) = whole.expect("found above");
+    assert!(
+        new_primary.name != victim.name,
+        "the VM killed {delay:?} into the migration ({}) runs the guest: {new_primary}\n{}",
+        if migrated.success() {
+            "which succeeded"
+        } else {
+            "which failed"
+        },
+        pair.diag()
+    );
+    more_writes(&mut writer, &pair, "after the interrupted migration");
+    eprintln!(
+        "{:?} killed {delay:?} into the migration, which {}; {:?} runs the guest",
+        victim.name,
+        if migrated.success() {
+            "succeeded"
+        } else {
+            "failed"
+        },
+        new_primary.name
+    );
     finish(&pair, writer, &pair.path("disk.img"));
 }

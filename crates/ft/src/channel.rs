@@ -46,8 +46,10 @@ impl Role {
 /// the handshake (the golden-bytes test `crates/ft/tests/golden.rs` fails
 /// until you do). 1 was the unversioned format of the first pairs; 3
 /// added cloning (`CloneStart`, `Pages`, `DiskPages`, `CloneEnd`,
-/// `Protected`).
-pub const CHANNEL_VERSION: u32 = 3;
+/// `Protected`); 4: what the messages carry changed, not their form: a
+/// clone's machine state (snapshot version 3, with a balloon's state) and
+/// the log (version 2, with the balloon's target as a control entry).
+pub const CHANNEL_VERSION: u32 = 4;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {

@@ -1,12 +1,15 @@
 //! A VM's control socket: a Unix socket in the pair's state directory
-//! through which `ftvm protect` and the agent ask a running VM to do
-//! something (today: clone itself into a new backup). One request per
-//! connection, one line each way.
+//! through which `ftvm protect`, `ftvm set` and the agent ask a running
+//! VM to do something (clone itself into a new backup, hand the VM over,
+//! set the memory balloon's target). One request per connection, one line
+//! each way.
 //!
 //! ```text
 //! clone 127.0.0.1:40123 3      (clone to the backup listening there, pairing epoch 3)
 //! ok cloning to 127.0.0.1:40123, epoch 3
 //! error it has a backup already
+//! balloon 32                   (the balloon's target: 32 MiB)
+//! ok balloon target 32 MiB (was 0 MiB) at icount 812345678; the guest holds 0 MiB in it
 //! ```
 //!
 //! The socket is created with the state directory's permissions; whoever
@@ -30,6 +33,9 @@ pub enum Request {
     /// Hand the VM over to its backup (a planned migration of the
     /// primary): this VM stops, the backup takes over.
     HandOver,
+    /// Set the memory balloon's target to `mib` MiB (a control entry in
+    /// the log, so the backup applies it at the same instruction).
+    Balloon { mib: u64 },
 }
 
 impl std::fmt::Display for Request {
@@ -37,6 +43,7 @@ impl std::fmt::Display for Request {
         match self {
             Request::Clone { addr, epoch } => write!(f, "clone {addr} {epoch}"),
             Request::HandOver => f.write_str("hand-over"),
+            Request::Balloon { mib } => write!(f, "balloon {mib}"),
         }
     }
 }
@@ -52,6 +59,11 @@ impl FromStr for Request {
                 epoch: epoch.parse().map_err(|_| format!("bad epoch {epoch:?}"))?,
             }),
             ["hand-over"] => Ok(Request::HandOver),
+            ["balloon", mib] => Ok(Request::Balloon {
+                mib: mib
+                    .parse()
+                    .map_err(|_| format!("bad balloon size {mib:?} (MiB)"))?,
+            }),
             _ => Err(format!("unknown request {line:?}")),
         }
     }
@@ -147,6 +159,12 @@ mod tests {
         };
         assert_eq!(request.to_string().parse::<Request>(), Ok(request));
         assert_eq!("hand-over".parse::<Request>(), Ok(Request::HandOver));
+        let balloon = Request::Balloon { mib: 32 };
+        assert_eq!(balloon.to_string(), "balloon 32");
+        assert_eq!(balloon.to_string().parse::<Request>(), Ok(balloon));
+        assert!("balloon".parse::<Request>().is_err());
+        assert!("balloon -1".parse::<Request>().is_err());
+        assert!("balloon 1.5".parse::<Request>().is_err());
         assert!("clone 127.0.0.1:4000".parse::<Request>().is_err());
         assert!("clone a b".parse::<Request>().is_err());
         assert!("reboot".parse::<Request>().is_err());
@@ -158,7 +176,9 @@ mod tests {
         listen(&path, |request, reply| {
             let answer = match request {
                 Request::Clone { epoch: 3, .. } => Ok("cloning".to_string()),
-                Request::Clone { .. } | Request::HandOver => Err("wrong epoch".to_string()),
+                Request::Clone { .. } | Request::HandOver | Request::Balloon { .. } => {
+                    Err("wrong epoch".to_string())
+                }
             };
             reply.send(answer).is_ok()
         })

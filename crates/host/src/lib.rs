@@ -32,6 +32,7 @@ pub mod clock;
 pub mod clone;
 pub mod console;
 pub mod control;
+pub mod etcd;
 pub mod files;
 pub mod io;
 pub mod pair;

@@ -29,13 +29,13 @@ use crate::vm::{ConsoleIn, Stdout, VmHost};
 pub enum ArbiterSpec {
     /// A directory on shared storage.
     Dir(PathBuf),
-    /// An etcd member's client address (`HOST:PORT`), v3 API over plain
-    /// HTTP.
+    /// The etcd members' client addresses (`HOST:PORT[,HOST:PORT...]`),
+    /// v3 API over plain HTTP.
     Etcd(String),
 }
 
 impl ArbiterSpec {
-    /// `DIR` or `etcd:HOST:PORT`.
+    /// `DIR` or `etcd:HOST:PORT[,HOST:PORT...]`.
     pub fn parse(spec: &str) -> Result<ArbiterSpec, HostError> {
         match spec.strip_prefix("etcd:") {
             Some(endpoint) => {
@@ -44,10 +44,15 @@ impl ArbiterSpec {
                         "the etcd arbiter speaks plain HTTP only (etcd:HOST:PORT)".into(),
                     ));
                 }
-                let endpoint = endpoint.strip_prefix("http://").unwrap_or(endpoint);
-                Ok(ArbiterSpec::Etcd(
-                    endpoint.trim_end_matches('/').to_string(),
-                ))
+                let endpoints: Vec<&str> = endpoint
+                    .split(',')
+                    .map(|e| e.trim().trim_start_matches("http://").trim_end_matches('/'))
+                    .filter(|e| !e.is_empty())
+                    .collect();
+                if endpoints.is_empty() {
+                    return Err(HostError::Config("etcd: names no member".into()));
+                }
+                Ok(ArbiterSpec::Etcd(endpoints.join(",")))
             }
             None => Ok(ArbiterSpec::Dir(PathBuf::from(spec))),
         }

@@ -5,7 +5,7 @@
 //! scripts (`ftvm status --json`, through `serde`).
 //!
 //! ```text
-//! primary pid=31804 role=primary epoch=1 lag=0 lag-ms=2.0 log-mbit-s=0.003 delay-ms=4.02 delay-p99-ms=56.72 outputs=89 log-bytes=14172 icount=141144799
+//! primary pid=31804 role=primary epoch=1 lag=0 lag-ms=2.0 log-mbit-s=0.003 delay-ms=4.02 delay-p99-ms=56.72 outputs=89 log-bytes=14172 icount=141144799 balloon=32/32
 //! live pid=31803 role=backup epoch=1 ... suspected=yes verdict=won took-over=yes announced=yes channel=peer-closed
 //! halted pid=31805 role=primary ... halt=lost-test-and-set
 //! switch pid=31802 ports=3 addr=127.0.0.1:40721 moves=1 expired=0
@@ -231,6 +231,15 @@ pub struct CloneProgress {
     pub total_mib: f64,
 }
 
+/// The memory balloon of a machine that has one, in MiB: `balloon=32/30`
+/// (the host's target, then what the guest's driver reports it gave). A
+/// backup shows its replayed machine's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct BalloonMib {
+    pub target: f64,
+    pub actual: f64,
+}
+
 /// A VM's running numbers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Measures {
@@ -288,6 +297,9 @@ pub struct StatusLine {
     /// A clone in progress.
     pub clone: Option<CloneProgress>,
     pub measures: Option<Measures>,
+    /// The memory balloon, if the machine has one.
+    #[serde(default)]
+    pub balloon: Option<BalloonMib>,
 }
 
 impl StatusLine {
@@ -311,6 +323,7 @@ impl StatusLine {
             clone_bytes: None,
             clone: None,
             measures: None,
+            balloon: None,
         }
     }
 
@@ -364,6 +377,10 @@ impl fmt::Display for StatusLine {
                 m.log_bytes,
                 m.icount
             )?;
+        }
+        if let Some(b) = &self.balloon {
+            // Shortest round-trip form: `32/31.5`.
+            write!(f, " balloon={}/{}", b.target, b.actual)?;
         }
         if let Some(halt) = self.halt {
             write!(f, " halt={halt}")?;
@@ -475,6 +492,15 @@ impl FromStr for StatusLine {
                 "outputs" => m.outputs = field("outputs", value)?,
                 "log-bytes" => m.log_bytes = field("log-bytes", value)?,
                 "icount" => m.icount = field("icount", value)?,
+                "balloon" => {
+                    let (target, actual) = value
+                        .split_once('/')
+                        .ok_or_else(|| StatusError::Field("balloon", value.to_string()))?;
+                    status.balloon = Some(BalloonMib {
+                        target: field("balloon", target)?,
+                        actual: field("balloon", actual)?,
+                    });
+                }
                 // A newer writer's field: not an error.
                 _ => continue,
             }
@@ -673,6 +699,10 @@ mod tests {
                 log_bytes: 14172,
                 icount: 141_144_799,
             }),
+            balloon: Some(BalloonMib {
+                target: 32.0,
+                actual: 31.5,
+            }),
         }
     }
 
@@ -741,6 +771,16 @@ mod tests {
         assert_eq!("live".parse::<StatusLine>(), Err(StatusError::NoPid));
         assert!("live pid=x".parse::<StatusLine>().is_err());
         assert!("live pid=3 halt=tired".parse::<StatusLine>().is_err());
+        assert!("live pid=3 balloon=32".parse::<StatusLine>().is_err());
+        assert!("live pid=3 balloon=a/1".parse::<StatusLine>().is_err());
+        let line: StatusLine = "live pid=3 balloon=64/0".parse().expect("a balloon");
+        assert_eq!(
+            line.balloon,
+            Some(BalloonMib {
+                target: 64.0,
+                actual: 0.0
+            })
+        );
         let line: StatusLine = "live pid=3 colour=blue".parse().expect("a newer field");
         assert_eq!(line, StatusLine::new(VmState::Live, 3));
     }

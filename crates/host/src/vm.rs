@@ -40,7 +40,7 @@ use crate::clone::CloneEvent;
 use crate::console::ConsoleFile;
 use crate::control::{Reply, Request};
 use crate::io::{HostIo, IoJob, IoThread};
-use crate::status::{ChannelClose, Measures, StatusFile, StatusLine, VmState};
+use crate::status::{BalloonMib, ChannelClose, Measures, StatusFile, StatusLine, VmState};
 use crate::terminal::{ConsoleEvent, RawMode};
 
 mod cloning;
@@ -200,6 +200,9 @@ struct Vm {
     rate_sample: (Instant, u64),
     log_mbit_s: f64,
     channel_closed: Option<ChannelClose>,
+    /// The balloon as last seen: a VM that ended or halted no longer has
+    /// its machine, and its last line still says it.
+    balloon: Option<BalloonMib>,
     stop: Arc<AtomicBool>,
     stopping: bool,
     /// The terminal's input ended (stdin closed), or there is none.
@@ -339,6 +342,7 @@ pub fn run(node: Node, host: VmHost) -> Result<Node, HostError> {
         rate_sample: (Instant::now(), 0),
         log_mbit_s: 0.0,
         channel_closed: None,
+        balloon: None,
         stop,
         stopping: false,
         input_closed,
@@ -687,6 +691,12 @@ impl Vm {
         }
         self.story = Some(story);
         self.status_at = Instant::now();
+        if let Some(b) = self.node.machine().and_then(|m| m.balloon()) {
+            self.balloon = Some(BalloonMib {
+                target: ftvm_node::pages_to_mib(b.target_pages),
+                actual: ftvm_node::pages_to_mib(b.actual_pages),
+            });
+        }
         let stats = self.node.stats();
         let (at, bytes) = self.rate_sample;
         let elapsed = at.elapsed();
@@ -726,6 +736,7 @@ impl Vm {
                 log_bytes: stats.log_bytes,
                 icount: stats.icount,
             }),
+            balloon: self.balloon,
         };
         file.write(&line);
     }

@@ -39,6 +39,7 @@
 
 #![forbid(unsafe_code)]
 
+mod balloon;
 mod clone;
 mod halt;
 mod live;
@@ -51,6 +52,7 @@ use ftvm_ft::detector::{DetectorConfig, FailureDetector};
 use ftvm_ft::golive::Verdict;
 use ftvm_replay::{End, LogError};
 
+pub use balloon::{BalloonRefused, BalloonSet, pages_to_mib};
 pub use clone::{CloneBegun, CloneRefused};
 pub use halt::{HaltCode, HaltReason};
 pub use stats::{Milestones, Stats};

@@ -105,6 +105,11 @@ impl PairLink {
     fn holds_outputs(&self) -> bool {
         self.phase == Phase::Protected
     }
+
+    /// The pair is ending, or the VM is being handed over: no new input.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.ending.is_some() || self.handing_over
+    }
 }
 
 impl Upkeep {
@@ -412,6 +417,9 @@ impl Node {
             return Ok(());
         };
         tracing::info!(icount = r.machine.icount(), "guest requested a reset");
+        // The balloon's target is the host's: it outlives the guest's
+        // reboot (as on QEMU), logged again on the new machine.
+        let balloon = r.machine.balloon().map(|b| b.target_pages);
         self.icount_base += r.machine.icount();
         r.recorder.reset(&r.machine)?;
         r.machine = Machine::new(&r.config)?;
@@ -423,6 +431,9 @@ impl Node {
         self.inject(Input::WallClock {
             unix_ns: time.unix_ns,
         })?;
+        if let Some(pages) = balloon.filter(|&pages| pages > 0) {
+            self.inject(Input::BalloonTarget { pages })?;
+        }
         let Mode::Running(r) = &mut self.mode else {
             return Ok(());
         };

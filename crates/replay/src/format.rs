@@ -18,7 +18,8 @@ use ftvm_board::{Digest, Engine, Firmware, Image, ImageSource, Input, IoStatus, 
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: &[u8; 8] = b"FTVMLOG\0";
-pub const VERSION: u32 = 1;
+/// 2: the balloon's target (`Input::BalloonTarget`), a control entry.
+pub const VERSION: u32 = 2;
 /// No frame is larger; a corrupt length cannot make the reader allocate
 /// more than this.
 pub const FRAME_MAX: u32 = 64 << 20;
@@ -259,6 +260,7 @@ enum Wire<'a> {
     Reset(u64),
     End(u64, End),
     Output(u64),
+    BalloonTarget(u64, u32),
 }
 
 impl<'a> Wire<'a> {
@@ -274,6 +276,7 @@ impl<'a> Wire<'a> {
                 Input::WallClock { unix_ns } => Wire::WallClock(delta, *unix_ns),
                 Input::NetReceive { frame } => Wire::NetReceive(delta, frame),
                 Input::IoDone { id, status, data } => Wire::IoDone(delta, *id, *status, data),
+                Input::BalloonTarget { pages } => Wire::BalloonTarget(delta, *pages),
             },
             Event::Checkpoint(d) => Wire::Checkpoint(delta, d.0),
             Event::Reset => Wire::Reset(delta),
@@ -310,6 +313,7 @@ impl<'a> Wire<'a> {
             Wire::Reset(d) => (d, Event::Reset),
             Wire::End(d, end) => (d, Event::End(end)),
             Wire::Output(d) => (d, Event::Output),
+            Wire::BalloonTarget(d, pages) => (d, input(Input::BalloonTarget { pages })),
         }
     }
 }
@@ -395,6 +399,7 @@ mod tests {
                     data: vec![1, 2, 3],
                 }),
             ),
+            (150, Event::Input(Input::BalloonTarget { pages: 8192 })),
             (200, Event::Reset),
             (3, Event::Input(Input::NetReceive { frame: vec![9; 60] })),
             (

@@ -1,7 +1,9 @@
 //! Record then replay random input sequences on a bare-metal guest that
 //! folds every input into its state (`guest/tests/ioloop.c`: UART bytes,
 //! received frames, disk reads and entropy, each answered at a random
-//! icount): the replay must match the recording at every checkpoint.
+//! icount), with the balloon's target set at random icounts too (a
+//! control entry; the guest has no balloon driver): the replay must match
+//! the recording at every checkpoint.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -43,6 +45,7 @@ fn config(engine: Engine) -> MachineConfig {
             },
             DeviceKind::Block { sectors: 64 },
             DeviceKind::Entropy,
+            DeviceKind::Balloon,
         ],
     }
 }
@@ -58,6 +61,7 @@ enum Action {
     TimeStep(u64),
     TimeRate(u64),
     WallClock(u64),
+    Balloon(u32),
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -69,6 +73,7 @@ fn action() -> impl Strategy<Value = Action> {
         1 => (0u64..100_000).prop_map(Action::TimeStep),
         1 => (1u64..500).prop_map(Action::TimeRate),
         1 => any::<u64>().prop_map(Action::WallClock),
+        1 => (0u32..4096).prop_map(Action::Balloon),
     ]
 }
 
@@ -135,6 +140,7 @@ fn record(engine: Engine, steps: &[(u64, Action)]) -> Recording {
                 insns_per_tick: *rate,
             },
             Action::WallClock(ns) => Input::WallClock { unix_ns: *ns },
+            Action::Balloon(pages) => Input::BalloonTarget { pages: *pages },
         };
         rec.inject(&mut machine, input).expect("log");
         rec.checkpoint(&machine).expect("log");

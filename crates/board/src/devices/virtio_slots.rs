@@ -54,6 +54,11 @@ impl VirtioSlots {
         self.0.iter_mut().flatten()
     }
 
+    /// The devices, slot 0 first.
+    pub fn devices(&self) -> impl Iterator<Item = &VirtioMmio> {
+        self.0.iter().flatten()
+    }
+
     fn empty_slot_load(offset: u64) -> u64 {
         match offset {
             0x000 => 0x7472_6976, // "virt"

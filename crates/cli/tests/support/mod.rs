@@ -3,8 +3,10 @@
 //! waiting on a condition with a deadline, and an FT pair ([`pair`]).
 #![allow(dead_code)] // each test binary uses a different part of this
 
+pub mod cluster;
 pub mod pair;
 pub mod ticks;
+pub mod writer;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

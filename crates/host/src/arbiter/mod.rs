@@ -28,7 +28,7 @@ pub trait Arbiter: Send {
 #[error("{0:?} is not a valid pair or VM name (use letters, digits, '.', '_' and '-')")]
 pub struct BadName(String);
 
-fn check_name(name: &str) -> Result<(), BadName> {
+pub fn check_name(name: &str) -> Result<(), BadName> {
     let ok = !name.is_empty()
         && !name.starts_with('.')
         && name.len() <= 100

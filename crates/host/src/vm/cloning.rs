@@ -28,12 +28,20 @@ pub(super) struct CloneJob {
 }
 
 impl Vm {
-    /// A request on the control socket.
+    /// A request on the control socket (`balloon` is not a clone's, but
+    /// one match keeps every request in view).
     pub(super) fn control(&mut self, request: Request) -> Reply {
         match request {
             Request::HandOver => {
                 self.node.hand_over(self.clock.now())?;
                 Ok("handing the VM over to the backup".into())
+            }
+            Request::Balloon { mib } => {
+                let set = self
+                    .node
+                    .set_balloon(mib, self.clock.now())
+                    .map_err(|e| e.to_string())?;
+                Ok(set.to_string())
             }
             Request::Clone { addr, epoch } => {
                 if self.clone.is_some() {
