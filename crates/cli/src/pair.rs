@@ -215,13 +215,12 @@ fn start_vms(args: &UpArgs, dir: &Path, net: Option<&str>) -> Result<ExitCode> {
         arbiter.clone(),
         "--console-file".into(),
         path_arg(&dir.join("console"))?,
-        "--heartbeat-ms".into(),
-        args.heartbeat_ms.to_string(),
-        "--timeout-ms".into(),
-        args.timeout_ms.to_string(),
-        "--disk-mode".into(),
-        args.disk_mode.as_str().into(),
     ]);
+    common.extend(timing_args(
+        args.heartbeat_ms,
+        args.timeout_ms,
+        args.disk_mode,
+    ));
     let mut plan = Plan {
         common,
         backup: vec!["--engine".into(), args.machine.engine.to_string()],
@@ -313,6 +312,19 @@ fn start_vms(args: &UpArgs, dir: &Path, net: Option<&str>) -> Result<ExitCode> {
         dir.join("console").display()
     ))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The options every VM of a pair takes alike: its failure detection and
+/// how its disk is shared.
+pub(crate) fn timing_args(heartbeat_ms: u64, timeout_ms: u64, disk: DiskModeArg) -> Vec<String> {
+    vec![
+        "--heartbeat-ms".into(),
+        heartbeat_ms.to_string(),
+        "--timeout-ms".into(),
+        timeout_ms.to_string(),
+        "--disk-mode".into(),
+        disk.as_str().into(),
+    ]
 }
 
 /// A line on stdout; a reader that went away (a closed pipe) is an error

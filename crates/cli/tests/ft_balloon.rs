@@ -22,7 +22,7 @@ mod support;
 use std::time::Duration;
 
 use ftvm_host::status::BalloonMib;
-use support::pair::{COMMAND_LIMIT, Pair, PairStatus, StatusLine, Vm, VmState};
+use support::pair::{COMMAND_LIMIT, Pair, Vm, VmState};
 use support::ticks::{BOOT_LIMIT, FAILOVER_LIMIT, SLACK, STATUS_LIMIT, append};
 use support::{Finished, poll, run_limited, serial, signal};
 
@@ -80,15 +80,6 @@ fn wait_memtotal(pair: &Pair, kb: u64, what: &str) {
     pair.wait_until(BALLOON_LIMIT, &format!("{what}: MemTotal {kb} kB"), || {
         memtotal_kb(&pair.console()) == Some(kb)
     });
-}
-
-/// The VMs whose processes run, by name.
-fn alive(status: &PairStatus) -> Vec<&StatusLine> {
-    status
-        .vms
-        .iter()
-        .filter(|line| line.state != VmState::Dead && !line.state.is_final())
-        .collect()
 }
 
 /// A backup that has replayed past `icount` and still replays: every
@@ -184,7 +175,7 @@ fn a_balloon_set_on_the_primary_reaches_the_backup_and_survives_a_failover() {
     let mut whole = None;
     pair.wait_until(RESTORE_LIMIT, "a new backup with the balloon", || {
         let status = pair.ftvm_status();
-        let alive = alive(&status);
+        let alive = status.alive();
         let new_backup = alive
             .iter()
             .find(|line| line.state == VmState::Backup && line.epoch == Some(2));

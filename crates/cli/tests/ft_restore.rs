@@ -91,18 +91,9 @@ fn finish(pair: &Pair, mut writer: Writer, disk: &Path) {
     fsck_clean(disk);
 }
 
-/// The VMs whose processes run, as `ftvm status --json` shows them.
-fn alive(status: &PairStatus) -> Vec<&StatusLine> {
-    status
-        .vms
-        .iter()
-        .filter(|line| line.state != VmState::Dead && !line.state.is_final())
-        .collect()
-}
-
 /// A whole pair of `epoch`: a primary and a backup, the backup caught up.
 fn protected_pair(status: &PairStatus, epoch: u64) -> Option<(StatusLine, StatusLine)> {
-    let alive = alive(status);
+    let alive = status.alive();
     let primary = alive
         .iter()
         .find(|line| line.state == VmState::Primary && line.epoch == Some(epoch))?;
@@ -270,7 +261,7 @@ fn a_vm_is_protected_under_load_unprotected_and_protected_again() {
     let mut writer = start(&mut pair, true, &["--no-backup"]);
     let alone = pair.ftvm_status();
     assert_eq!(
-        alive(&alone).len(),
+        alone.alive().len(),
         1,
         "started without a backup: {alone:?}"
     );
@@ -280,7 +271,7 @@ fn a_vm_is_protected_under_load_unprotected_and_protected_again() {
     );
     // Nothing restores a VM started alone on its own.
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(alive(&pair.ftvm_status()).len(), 1);
+    assert_eq!(pair.ftvm_status().alive().len(), 1);
 
     ftvm_ok(&pair, &["protect"]);
     let (primary, backup) = wait_protected(&pair, 2, "protected");
@@ -291,7 +282,7 @@ fn a_vm_is_protected_under_load_unprotected_and_protected_again() {
     ftvm_ok(&pair, &["unprotect"]);
     pair.wait_until(RESTORE_LIMIT, "the primary alone again", || {
         let status = pair.ftvm_status();
-        alive(&status).len() == 1
+        status.alive().len() == 1
             && status
                 .named("primary")
                 .is_some_and(|line| line.state == VmState::Live)
@@ -299,7 +290,7 @@ fn a_vm_is_protected_under_load_unprotected_and_protected_again() {
     more_writes(&mut writer, &pair, "after unprotect");
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(
-        alive(&pair.ftvm_status()).len(),
+        pair.ftvm_status().alive().len(),
         1,
         "the agent restored a VM that was unprotected\n{}",
         pair.diag()

@@ -348,14 +348,11 @@ fn up(args: &UpArgs) -> Result<ExitCode> {
         .iter()
         .flat_map(|net| ["--net".to_string(), net.clone()])
         .collect();
-    common.extend([
-        "--heartbeat-ms".into(),
-        args.heartbeat_ms.to_string(),
-        "--timeout-ms".into(),
-        args.timeout_ms.to_string(),
-        "--disk-mode".into(),
-        args.disk_mode.as_str().into(),
-    ]);
+    common.extend(crate::pair::timing_args(
+        args.heartbeat_ms,
+        args.timeout_ms,
+        args.disk_mode,
+    ));
     let text = |args: Vec<std::ffi::OsString>| -> Result<Vec<String>> {
         args.into_iter()
             .map(|a| a.into_string().map_err(|a| anyhow!("{a:?} is not UTF-8")))

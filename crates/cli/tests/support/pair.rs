@@ -85,6 +85,14 @@ pub struct PairStatus {
 }
 
 impl PairStatus {
+    /// The VMs whose processes run (neither dead nor done).
+    pub fn alive(&self) -> Vec<&StatusLine> {
+        self.vms
+            .iter()
+            .filter(|line| line.state != VmState::Dead && !line.state.is_final())
+            .collect()
+    }
+
     /// The line of `vm`, found by its role (a VM without a status file has
     /// no line, so the order says nothing).
     pub fn vm(&self, vm: Vm) -> Option<&StatusLine> {
