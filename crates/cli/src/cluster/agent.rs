@@ -527,7 +527,12 @@ impl Agent {
         )
         .with_context(|| format!("asking {} to start {backup}", target.name))?;
         let result = self.clone_into(pair, &survivor, &backup, &target.name, &addr, epoch);
-        if result.is_err() {
+        // A clone that failed while the survivor runs is ended. One whose
+        // survivor died is left alone: if it had caught up it is the VM's
+        // only copy and takes over; if not it halts by itself.
+        let survivor_runs =
+            crate::pair::read_named(&dir, &survivor.name).is_some_and(|vm| vm.running());
+        if result.is_err() && survivor_runs {
             let stop = Request::StopVm {
                 pair: pair.into(),
                 name: backup.clone(),
