@@ -48,7 +48,11 @@ pub(super) fn migrate(agent: &Agent, pair: &str, backup: bool, to: Option<&str>)
         })
         .with_context(|| format!("the pair lost its new backup {new}"))?;
     }
-    let moved = started.elapsed();
+    let moved = if target.name == old_backup.name {
+        Duration::ZERO
+    } else {
+        started.elapsed()
+    };
     let handing = Instant::now();
     let socket = agent
         .pair_dir(pair)
@@ -83,14 +87,21 @@ pub(super) fn migrate(agent: &Agent, pair: &str, backup: bool, to: Option<&str>)
             .map(|(p, b)| (p.clone(), b.clone()))
     })
     .with_context(|| format!("{} was not protected again", target.name))?;
+    let clone = if moved.is_zero() {
+        String::new()
+    } else {
+        format!(
+            "the backup moved there first in {:.1} ms, ",
+            moved.as_secs_f64() * 1e3
+        )
+    };
     Ok(format!(
-        "{pair}: the VM moved from {} on {} to {} on {} (clone at the target {:.1} ms, \
-         hand-over {:.1} ms); protected again by {} on {} after {:.1} ms in all",
+        "{pair}: the VM moved from {} on {} to {} on {} ({clone}hand-over {:.1} ms); \
+         protected again by {} on {} after {:.1} ms in all",
         primary.name,
         primary.host,
         p.name,
         p.host,
-        moved.as_secs_f64() * 1e3,
         handed_over.as_secs_f64() * 1e3,
         b.name,
         b.host,
