@@ -481,7 +481,10 @@ impl Node {
             self.in_flight.remove(id);
         }
         self.wake(time)?;
-        self.inject(input)
+        self.inject(input)?;
+        // A completion may be what a hand-over waits for.
+        self.finish_hand_over(time);
+        Ok(())
     }
 
     /// Execute: a slice of the live machine, or the backup's next entries.

@@ -797,6 +797,11 @@ impl Node {
         pair.handing_over = true;
         tracing::info!(pair = %self.config.pair, icount = r.machine.icount(),
             "handing the VM over to the backup");
+        // The log names the stop point: the backup replays to exactly here
+        // before it goes live (a marker makes a go-live run to its icount).
+        if let Err(e) = r.recorder.output(&r.machine) {
+            tracing::warn!("logging the stop point: {e}");
+        }
         if let Err(e) = self.send_log(time, true) {
             tracing::warn!("sending the log: {e}");
         }
@@ -804,18 +809,29 @@ impl Node {
         Ok(())
     }
 
-    /// Send `HandOver` once everything is acknowledged and released.
-    fn finish_hand_over(&mut self, time: Time) {
+    /// Send `HandOver` once the disk and network are quiet (no request in
+    /// flight, so the new primary re-issues nothing) and everything is
+    /// logged, sent, acknowledged and released. Inputs that arrive
+    /// meanwhile (the completions of those requests) are logged and sent
+    /// like any other.
+    pub(crate) fn finish_hand_over(&mut self, time: Time) {
+        let handing = matches!(&self.mode, Mode::Running(r)
+            if r.pair.as_ref().is_some_and(|p| p.handing_over && !p.handed));
+        if !handing {
+            return;
+        }
+        if let Err(e) = self.send_log(time, true) {
+            tracing::warn!("sending the log: {e}");
+        }
+        let io_pending = !self.in_flight.is_empty()
+            || self.effects.iter().any(|e| matches!(e, Effect::Perform(_)));
         let Mode::Running(r) = &mut self.mode else {
             return;
         };
         let Some(pair) = r.pair.as_mut() else {
             return;
         };
-        if !pair.handing_over || pair.handed {
-            return;
-        }
-        if pair.protocol.held() > 0 || pair.protocol.lag().0 > 0 {
+        if io_pending || pair.protocol.held() > 0 || pair.protocol.lag().0 > 0 {
             return;
         }
         pair.handed = true;

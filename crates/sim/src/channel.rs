@@ -202,6 +202,7 @@ impl Sim {
 
     /// Host `from` sends `message` to its peer.
     pub(crate) fn send(&mut self, from: usize, message: &Message) -> Result<(), SimError> {
+        self.hand_over_sent(from, message)?;
         let Some(message) = self.sent_by(from, message) else {
             return Ok(());
         };
@@ -349,6 +350,11 @@ impl Sim {
             if let Some(h) = &mut self.hosts.slot[to] {
                 h.receive(&message, time);
                 h.run_now(self.now);
+            }
+            if let Message::HandOver { through } = message {
+                let name = self.name(to);
+                self.note(|| format!("{name} is told to take over (through {through})"));
+                self.hand_over_received(to);
             }
         }
     }

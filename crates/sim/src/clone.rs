@@ -51,6 +51,16 @@ pub mod case {
     pub const NOT_CAUGHT_UP: &str = "a clone halted, not caught up";
     pub const CLONE_TOOK_OVER: &str = "a clone took over";
     pub const GIVEN_UP: &str = "a primary gave its clone up";
+    pub const HANDED_OVER: &str =
+        "a hand-over completed: the backup continued where the primary stopped";
+    pub const HAND_OVER_PRIMARY_CRASHED: &str = "the primary crashed during its hand-over";
+    pub const HAND_OVER_BACKUP_CRASHED: &str = "the backup crashed during a hand-over";
+    pub const HAND_OVER_RAN_ON: &str = "a primary ran on alone after its hand-over failed";
+    pub const BACKUP_MOVED: &str = "a backup moved to another host";
+    pub const BESIDE_SURVIVOR: &str =
+        "a new backup went on its survivor's host (no other host had room)";
+    pub const HOST_TOOK_BOTH: &str = "a host crash took both VMs of the pair";
+    pub const NO_ROOM: &str = "no live host had room for a new backup";
 }
 
 /// One pairing's log, as its primary sent it.
@@ -158,6 +168,24 @@ impl Restoring {
             tail: None,
         }
     }
+
+    /// A clone is under way (from the snapshot until the new backup
+    /// protects the VM), or a restore is about to begin.
+    pub fn busy(&self) -> bool {
+        self.job.is_some() || self.scheduled
+    }
+
+    /// A restore to begin before the plan's others (a migration's).
+    pub fn push_front(&mut self, restore: Restore) {
+        self.plan.push_front(restore);
+    }
+
+    /// The clone's link, when the plan has no restores of its own.
+    pub fn set_link(&mut self, ps_per_byte: u64) {
+        if self.ps_per_byte == 0 {
+            self.ps_per_byte = ps_per_byte;
+        }
+    }
 }
 
 /// The bytes a stream's message takes on the link, about.
@@ -237,6 +265,15 @@ impl Sim {
             return Ok(());
         };
         let d = 1 - s;
+        // The new backup's host, by the agents' rule (away from the host a
+        // migration leaves when it can); none with room: later.
+        let id = self.hosts.next_id;
+        let leaving = self.migrating.leaving;
+        let Some(server) = self.choose_host(id, Some(s), leaving)? else {
+            self.restoring.scheduled = true;
+            self.schedule(self.now + 200 * MS, Event::Restore);
+            return Ok(());
+        };
         let deadline = self.now + RESTORE_BOUND_NS;
         self.restoring.deadline.get_or_insert(deadline);
         self.restoring.began.get_or_insert(self.now);
@@ -273,12 +310,13 @@ impl Sim {
         self.restoring.epoch = epoch;
         self.restoring.snapshots += 1;
         self.restoring.serial += 1;
-        // The new host, in the slot of the one that crashed or halted.
-        let id = self.hosts.next_id;
+        // The new VM, in the slot of the one that crashed or halted.
         self.hosts.next_id += 1;
+        self.migrating.leaving = None;
         self.hosts.slot[d] = None;
         self.hosts.incarnation[d] += 1;
         self.hosts.id[d] = id;
+        self.placed(id, server, Some(s));
         self.world.announced[d] = false;
         let speed = self.rng.range(4, 14);
         // Its connection, for the new epoch; what was in flight on the
@@ -560,6 +598,7 @@ impl Sim {
         self.restoring.restored = Some((job.survivor_id, job.backup_id));
         self.restoring.deadline = None;
         self.restored();
+        self.migration_restored();
         let (p, b) = (host_name(job.survivor_id), host_name(job.backup_id));
         self.note(|| format!("{b} protects the VM: {p} and {b} are a pair"));
         if let Some((CloneFault::AfterRestore { survivor, after_ns }, mode)) = job.fault {

@@ -1,8 +1,9 @@
-//! The hosts, two at a time: each runs a real [`Node`] at its own speed;
-//! the simulator calls it when its time comes (run slices, ticks,
-//! wake-ups) and carries out its effects. Crashes and the arbiter are here
-//! too. A crashed host never comes back; a restore puts a new host (the
-//! next letter) in its slot.
+//! The hosts, two at a time: each runs a real [`Node`] at its own speed
+//! (a VM's process, on a physical host of module `cluster`); the
+//! simulator calls it when its time comes (run slices, ticks, wake-ups)
+//! and carries out its effects. Crashes and the arbiter are here too. A
+//! crashed VM never comes back; a restore puts a new one (the next
+//! letter) in its slot.
 //!
 //! This is the only module that calls [`Node`]: the rest of the simulator
 //! goes through [`Host`].
@@ -139,6 +140,18 @@ impl Host {
         self.node.clone_failed(why);
         self.next_run = Some(now);
     }
+
+    /// A planned hand-over to the backup (`ftvm migrate --vm primary`).
+    pub fn hand_over(&mut self, time: Time) -> Result<(), &'static str> {
+        self.next_run = Some(time.mono_ns);
+        self.node.hand_over(time)
+    }
+
+    /// `ftvm stop`, or SIGTERM: the VM ends cleanly (a backup halts).
+    pub fn stop(&mut self, time: Time) -> Result<(), NodeError> {
+        self.next_run = Some(time.mono_ns);
+        self.node.stop(time)
+    }
 }
 
 /// The two hosts of the pair; a crashed host's slot is empty (until a
@@ -210,6 +223,22 @@ impl Sim {
         ];
         self.plan
             .push(format!("speeds A {speed_a} ns/insn, B {speed_b} ns/insn"));
+        // `ftvm up`: the primary on the least loaded host, its backup
+        // placed as any.
+        for (id, survivor) in [(0, None), (1, Some(0))] {
+            let Some(k) = self.choose_host(id, survivor, None)? else {
+                return Err(SimError::Setup {
+                    seed: self.seed,
+                    what: "no host has room for the pair".into(),
+                });
+            };
+            self.placed(id, k, survivor);
+        }
+        self.plan.push(format!(
+            "A on {}, B on {}",
+            self.cluster.host_of(0),
+            self.cluster.host_of(1)
+        ));
         Ok(())
     }
 
@@ -235,20 +264,12 @@ impl Sim {
         }
     }
 
-    /// The host in slot `i` crashes (`mode`: how, or drawn now).
+    /// The VM in slot `i` crashes (`mode`: how, or drawn now); when its
+    /// host dies, every VM there dies with it.
     pub(crate) fn crash(&mut self, i: usize, mode: Option<CrashMode>) {
-        let receiving = self.clone_receiving(i);
-        if self.hosts.slot[i].is_none() && !receiving {
+        if self.hosts.slot[i].is_none() && !self.clone_receiving(i) {
             return;
         }
-        self.crash_case(i);
-        self.hosts.slot[i] = None;
-        let name = self.name(i);
-        self.note(|| format!("host {name} crashes"));
-        self.hosts.incarnation[i] += 1;
-        self.fail_at();
-        self.clone_host_gone(i);
-        let open = self.channel.crashed(i);
         let mode = mode.unwrap_or_else(|| {
             if self.rng.chance(0.5) {
                 CrashMode::Process
@@ -258,6 +279,27 @@ impl Sim {
                 CrashMode::Host
             }
         });
+        for victim in self.crash_victims(i, mode) {
+            self.crash_vm(victim, mode);
+        }
+    }
+
+    /// The VM in slot `i` dies.
+    fn crash_vm(&mut self, i: usize, mode: CrashMode) {
+        if self.hosts.slot[i].is_none() && !self.clone_receiving(i) {
+            return;
+        }
+        self.crash_case(i);
+        let handing_over = self.hand_over_crash(i, mode);
+        self.hosts.slot[i] = None;
+        let name = self.name(i);
+        self.note(|| format!("{name} crashes ({mode:?})"));
+        self.hosts.incarnation[i] += 1;
+        if !handing_over {
+            self.fail_at();
+        }
+        self.clone_host_gone(i);
+        let open = self.channel.crashed(i);
         match mode {
             // What it sent arrives, then its kernel closes the connection.
             CrashMode::Process if open => self.notify_close(1 - i),
@@ -296,6 +338,7 @@ impl Sim {
         };
         let mut effects = h.node.take_effects();
         let status = h.node.status().clone();
+        self.check_hand_over_effects(i, &effects)?;
         if self.options.broken == Some(Broken::NoReissue)
             && effects.iter().any(|e| matches!(e, Effect::Announce { .. }))
         {
@@ -326,10 +369,16 @@ impl Sim {
                     }
                     self.perform(i, request)?;
                 }
-                // A clone given up: the host drops its connection.
+                // A clone given up, or a backup live by a hand-over: the
+                // host drops its connection.
                 Effect::CloseChannel => {
                     let name = self.name(i);
-                    self.drop_connection(i, &format!("{name} gives its clone up"));
+                    let why = if status == Status::Live {
+                        format!("{name} is live by a hand-over")
+                    } else {
+                        format!("{name} gives its clone up")
+                    };
+                    self.drop_connection(i, &why);
                 }
                 // A VM of a pair never runs solo, so never records a log of
                 // its own.
@@ -379,6 +428,9 @@ impl Sim {
                 }
                 Effect::TestAndSet => {
                     let verdict = self.arbiter(i);
+                    if verdict == Verdict::Won {
+                        self.hand_over_claimed(i);
+                    }
                     let at = self.now + self.rng.range(50_000, 3_000_000);
                     let name = self.name(i);
                     let epoch = self.hosts.slot[i].as_ref().map_or(0, Host::epoch);

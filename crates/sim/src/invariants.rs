@@ -6,11 +6,12 @@
 use std::collections::BTreeMap;
 
 use ftvm_board::{Digest, ImageMap, Snapshot};
-use ftvm_replay::{Applied, Event, LogDecoder, LogError, ReplayError, ReplayMachine, Replayer};
+use ftvm_replay::{Applied, Event, LogDecoder, ReplayMachine};
 
 use crate::clone::case;
 use crate::guest::{ANS_WIN, SECTOR, TX_WIN, record_byte};
 use crate::host::{HaltReason, Status, status_text};
+use crate::migrate::Continued;
 use crate::plan::{LIVENESS_BOUND_NS, Plan};
 use crate::sim::{Sim, host_name};
 use crate::{MS, Outcome, SimError};
@@ -43,6 +44,16 @@ pub enum Invariant {
     /// 4. No acknowledged write lost: the guest reports `BAD`, or the disk
     ///    lacks a write whose completion the surviving execution saw.
     NoLostWrite,
+    /// After a planned hand-over the new primary continues from exactly
+    /// where the log the old one sent ends, in the state that log leads
+    /// to; a primary handing over executes no more. With
+    /// `Options::strict_hand_over`: from the very icount at which the old
+    /// primary stopped, with its state digest there, re-producing none of
+    /// its outputs, `HandOver` naming only entries that were sent.
+    HandOver,
+    /// A new backup was placed on its survivor's host while another live
+    /// host had room (anti-affinity, `ftvm_cluster::placement`).
+    Placement,
     /// The pair makes progress: after a single failure some VM goes
     /// live, a running VM's console grows, the client gets answers, a
     /// restore completes.
@@ -104,6 +115,8 @@ impl std::fmt::Display for Invariant {
             Invariant::OutputConsistency(o) => write!(f, "output consistency: {o}"),
             Invariant::AtMostOneLive => f.write_str("at most one live"),
             Invariant::NoLostWrite => f.write_str("no lost write"),
+            Invariant::HandOver => f.write_str("hand-over"),
+            Invariant::Placement => f.write_str("placement"),
             Invariant::Liveness(p) => write!(f, "liveness: {p}"),
             Invariant::Panic => f.write_str("panic"),
             Invariant::Error => f.write_str("error"),
@@ -161,6 +174,24 @@ pub(crate) struct Checks {
     live_at: BTreeMap<usize, u64>,
     /// The host seen going live last.
     last_live: Option<usize>,
+    /// How much longer than the bound a failover may take (a primary
+    /// that handed over waits that long for a backup whose host died in
+    /// silence).
+    pub patience_ns: u64,
+    /// When the pair was last made whole (a restore completed).
+    whole_since: u64,
+}
+
+impl Checks {
+    /// No failure since the pair was last whole.
+    pub fn failure_free(&self) -> bool {
+        self.failure_at.is_none()
+    }
+
+    /// Failures since the pair was last whole.
+    pub fn failures_since_whole(&self) -> u32 {
+        self.failures
+    }
 }
 
 impl Sim {
@@ -185,6 +216,8 @@ impl Sim {
         self.checks.failures = 0;
         self.checks.failure_at = None;
         self.checks.live_since = None;
+        self.checks.patience_ns = 0;
+        self.checks.whole_since = self.now;
     }
 
     /// Host `i` won the test-and-set of pairing `epoch`.
@@ -346,6 +379,7 @@ impl Sim {
                 _ => {}
             }
         }
+        self.check_hand_over()?;
         if alone > 1 {
             return Err(self.violation(
                 Invariant::AtMostOneLive,
@@ -376,6 +410,7 @@ impl Sim {
                     self.fail_at();
                 }
                 self.check_guest_net(i, "when it goes live")?;
+                self.hand_over_went_live(i)?;
             }
             // Liveness of the network: a live VM answers the client (the
             // switch sends the client's frames to it).
@@ -402,7 +437,10 @@ impl Sim {
         }
         let healthy = self.checks.failure_at.is_none() && self.is_pair();
         let client = &self.world.client;
-        let last = client.started_at.max(client.answered_at);
+        let last = client
+            .started_at
+            .max(client.answered_at)
+            .max(self.checks.whole_since);
         if healthy && self.now > last + HEALTHY_ANSWER_NS {
             return Err(self.violation(Invariant::Liveness(Progress::Client), format!(
                 "the pair is healthy, but the client's request {} has had no answer since {} ms",
@@ -424,7 +462,7 @@ impl Sim {
     }
 
     /// A primary and a backup, connected.
-    fn is_pair(&self) -> bool {
+    pub(crate) fn is_pair(&self) -> bool {
         let mut statuses: Vec<Status> = self.hosts.statuses().into_iter().flatten().collect();
         statuses.sort_by_key(Status::word);
         statuses == [Status::Backup, Status::Primary] && self.channel.is_open()
@@ -439,10 +477,9 @@ impl Sim {
         let never_started = any(&|s| matches!(s, Status::Halted(HaltReason::NothingToTakeOver)));
         let healthy = self.is_pair();
         let longest_outage = Plan::longest_outage(&self.arbiter.outages);
-        let failed_long_ago = self
-            .checks
-            .failure_at
-            .is_some_and(|t| self.now >= t + LIVENESS_BOUND_NS + longest_outage);
+        let failed_long_ago = self.checks.failure_at.is_some_and(|t| {
+            self.now >= t + LIVENESS_BOUND_NS + longest_outage + self.checks.patience_ns
+        });
         // Liveness is promised after a single failure only.
         let single = self.checks.failures <= 1;
         if single && !ended && !live && !never_started && !healthy && failed_long_ago {
@@ -512,6 +549,10 @@ impl Sim {
             clones: self.restoring.snapshots,
             restores: self.restoring.completed,
             longest_restore_ns: self.restoring.longest_ns,
+            hand_overs: self.migrating.hand_overs,
+            backup_moves: self.migrating.backup_moves,
+            placements: self.cluster.placements,
+            beside_survivor: self.cluster.beside_survivor,
             clone_cases: self.restoring.cases.iter().copied().collect(),
             trace: std::mem::take(&mut self.trace),
         })
@@ -564,19 +605,22 @@ impl Sim {
 
     /// Each pairing's whole log, as its primary sent it, replays from
     /// where it starts (the machine as built, or the clone's snapshot)
-    /// with every checkpoint matching; how many entries they have.
+    /// with every checkpoint matching, and where a hand-over's new
+    /// primary went live the replay has its state; how many entries they
+    /// have.
     fn check_replay(&self) -> Result<u64, SimError> {
         let mut entries = 0;
         for pairing in &self.restoring.logs {
-            let replayed = match &pairing.snapshot {
-                None => self.replay_from_start(&pairing.log),
-                Some((snapshot, digest)) => {
-                    self.replay_from_snapshot(&pairing.log, snapshot, *digest)
-                }
-            };
-            entries += replayed.map_err(|what| {
+            let continued = self
+                .migrating
+                .continued
+                .iter()
+                .find(|c| c.epoch == pairing.epoch);
+            let start = pairing.snapshot.as_ref().map(|(s, d)| (s, *d));
+            let replayed = self.replay_pairing(&pairing.log, start, continued);
+            entries += replayed.map_err(|(invariant, what)| {
                 self.violation(
-                    Invariant::Determinism,
+                    invariant,
                     format!("the log of epoch {}: {what}", pairing.epoch),
                 )
             })?;
@@ -584,61 +628,85 @@ impl Sim {
         Ok(entries)
     }
 
-    fn replay_from_start(&self, log: &[u8]) -> Result<u64, String> {
-        match Replayer::new(log, self.options.engine, &ImageMap::of([&self.guest.image])) {
-            Ok(mut replayer) => match replayer.run(&mut |_| {}) {
-                Ok(done) => Ok(done.entries),
-                Err(ReplayError::Log(LogError::NoEnd { next })) => Ok(next),
-                Err(e) => Err(format!("the primary's log does not replay: {e}")),
-            },
-            Err(ReplayError::Log(_)) if log.is_empty() => Ok(0),
-            Err(e) => Err(format!("the primary's log does not open: {e}")),
-        }
-    }
-
-    /// A clone's log: its header names the snapshot, and it replays from
-    /// there as the new backup replays it.
-    fn replay_from_snapshot(
+    /// Replay a pairing's log from the machine as built, or from a
+    /// clone's snapshot (the log's header must name its digest), as a
+    /// backup replays it; at `continued`'s entry the state must be the
+    /// one the hand-over's new primary continued from.
+    fn replay_pairing(
         &self,
         log: &[u8],
-        snapshot: &Snapshot,
-        digest: Digest,
-    ) -> Result<u64, String> {
+        start: Option<(&Snapshot, Digest)>,
+        continued: Option<&Continued>,
+    ) -> Result<u64, (Invariant, String)> {
+        let bad = |what: String| (Invariant::Determinism, what);
         let mut decoder = LogDecoder::default();
         decoder.push(log);
         let header = match decoder.header() {
             Ok(Some(header)) => header.clone(),
-            // The snapshot never reached the new backup: no log.
+            // The snapshot never reached the new backup, or the primary
+            // died before its first message: no log.
             Ok(None) if log.is_empty() => return Ok(0),
-            Ok(None) => return Err("the log has no whole header".into()),
-            Err(e) => return Err(format!("the log's header: {e}")),
+            Ok(None) => return Err(bad("the log has no whole header".into())),
+            Err(e) => return Err(bad(format!("the log's header: {e}"))),
         };
-        if header.initial_digest != digest.0 {
-            return Err("the log does not start from the clone's snapshot".into());
-        }
         let config = header
             .machine
             .config(self.options.engine, &ImageMap::of([&self.guest.image]))
-            .map_err(|e| format!("the log's machine: {e}"))?;
-        let mut replay = ReplayMachine::from_snapshot(config, snapshot)
-            .map_err(|e| format!("restoring the snapshot: {e}"))?;
+            .map_err(|e| bad(format!("the log's machine: {e}")))?;
+        let mut replay = match start {
+            None => ReplayMachine::new(config).map_err(|e| bad(format!("the machine: {e}")))?,
+            Some((snapshot, digest)) => {
+                if header.initial_digest != digest.0 {
+                    return Err(bad(
+                        "the log does not start from the clone's snapshot".into()
+                    ));
+                }
+                ReplayMachine::from_snapshot(config, snapshot)
+                    .map_err(|e| bad(format!("restoring the snapshot: {e}")))?
+            }
+        };
+        if start.is_none() && replay.machine().digest().0 != header.initial_digest {
+            return Err(bad(
+                "the machine as built is not the log's first state".into()
+            ));
+        }
+        let probe = |replay: &ReplayMachine, n: u64| -> Result<(), (Invariant, String)> {
+            let Some(c) = continued.filter(|c| c.entries == n) else {
+                return Ok(());
+            };
+            let found = replay.machine().digest();
+            if found != c.digest {
+                return Err((
+                    Invariant::HandOver,
+                    format!(
+                        "{} went live by a hand-over with state digest {}, but the log's first {n} \
+                         entries lead to {found}",
+                        host_name(c.vm),
+                        c.digest
+                    ),
+                ));
+            }
+            Ok(())
+        };
+        probe(&replay, 0)?;
         loop {
             let entry = match decoder.next() {
                 Ok(Some(entry)) => entry,
                 Ok(None) => return Ok(decoder.next_seq()),
-                Err(e) => return Err(format!("the log: {e}")),
+                Err(e) => return Err(bad(format!("the log: {e}"))),
             };
             match replay.apply(&entry, &mut |_| {}) {
                 Ok(Applied::Checkpoint { logged, found }) if logged != found => {
-                    return Err(format!(
+                    return Err(bad(format!(
                         "entry {} at icount {}: the state digest is {found}, the log's is {logged}",
                         entry.seq, entry.icount
-                    ));
+                    )));
                 }
                 Ok(_) if matches!(entry.event, Event::End(_)) => return Ok(decoder.next_seq()),
                 Ok(_) => {}
-                Err(e) => return Err(format!("the log does not replay: {e}")),
+                Err(e) => return Err(bad(format!("the log does not replay: {e}"))),
             }
+            probe(&replay, decoder.next_seq())?;
         }
     }
 }

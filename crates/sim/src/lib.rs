@@ -4,8 +4,9 @@
 //! [`ftvm_node::Node`] and a backup `Node` (the very code the daemon runs)
 //! execute the guest `guest/build/ftguest.elf` (`make -C guest`) while the
 //! simulator plays everything around them (ARCHITECTURE.md, "Sans-IO"),
-//! and after each failover restores redundancy by cloning the VM that runs
-//! alone into a new backup on a new host:
+//! after each failover restores redundancy by cloning the VM that runs
+//! alone into a new backup placed on a pool of physical hosts, and
+//! migrates either VM as `ftvm migrate` does:
 //!
 //! - **virtual time**: every event happens at a virtual nanosecond; a run
 //!   slice costs its instructions times the host's speed (each host gets
@@ -21,16 +22,28 @@
 //!   directions (there are no reconnects); what the closing side sent
 //!   before still arrives, then the close reaches its peer
 //!   ([`Node::channel_closed`]) unless the network is cut;
-//! - **crashes** of a host at any moment: the `Node` is dropped with
+//! - **crashes** of a VM at any moment: the `Node` is dropped with
 //!   everything in flight to it; either its process died (what it sent
 //!   arrives, then its kernel closes the connection) or its host did (what
 //!   it sent may still arrive, or be lost with its socket buffers, and the
-//!   peer only notices the silence). A crashed host never comes back;
+//!   peer only notices the silence), and then every VM on that host dies
+//!   with it. A crashed VM never comes back (a host does, empty, after a
+//!   reboot of 0.3 to 1.5 s);
+//! - **the cluster** (module `cluster`): three to five physical hosts
+//!   (h1, h2, ...), each with room for zero to three of the pair's VMs
+//!   (16 MiB each) and zero to three VMs of other pairs, drawn from the
+//!   seed; the VMs (A, B, C, ..., one process each; called hosts in the
+//!   code, for historical reasons) are placed on them by the agents' own
+//!   rule, [`ftvm_cluster::placement::place`], over the registrations of
+//!   the live hosts: A on the least loaded, B and every new backup never
+//!   on its survivor's host while another has room, else there (the pair
+//!   then shares a host, and a crash of it takes both);
 //! - **restoring redundancy** (continuous protection, module `clone`): some
 //!   virtual time (50-300 ms, from the seed) after a VM is left running
 //!   alone (its peer crashed, or halted having lost the test-and-set), it
-//!   is cloned for the next epoch into a new host (C, then D, ...) that
-//!   takes the other host's slot, as the daemon does it: a new connection
+//!   is cloned for the next epoch into a new VM (C, then D, ...), placed
+//!   as above, that takes the other VM's slot, as the daemon does it: a
+//!   new connection
 //!   whose handshake names the new epoch, [`Node::start_clone`] (again a
 //!   millisecond later while I/O is in flight), the snapshot streamed over
 //!   that connection through the real [`CloneSender`] and [`CloneReceiver`]
@@ -47,7 +60,17 @@
 //!   Each restore may be struck by a crash of its own: of the survivor or
 //!   of the new backup while the snapshot is on its way, while the new
 //!   backup catches up, or after it protects the VM. Seeds with private
-//!   disks never restore (a clone does not copy a disk here);
+//!   disks never restore (a clone does not copy a disk here). When no
+//!   live host has room, the restore waits for one;
+//! - **migrations** (module `migrate`), in three seeds out of ten, at
+//!   random times while the pair is whole: of the primary, a planned
+//!   hand-over ([`Node::hand_over`]; the backup takes `HandOver`, drains,
+//!   wins the test-and-set, goes live and closes the channel; the old
+//!   primary loses and halts `handed-over`), maybe struck by a crash of
+//!   either VM in the middle; of the backup, ended (`Node::stop`, its
+//!   process exits), so the primary runs alone and is cloned at once onto
+//!   another host than the one the backup left. A hand-over is followed
+//!   by a restore too, away from the host the guest left;
 //! - **the arbiter**: one atomic test-and-set per (pair, epoch), so only
 //!   the VMs of one pairing compete for each, with periods in which one
 //!   host or both cannot reach it;
@@ -82,9 +105,11 @@
 //! either host, a partition, a clean stop; a fifth of them in the first
 //! 30 ms, before the first acknowledgements), and sometimes a second one;
 //! on a shared disk (nine seeds in ten), up to three restores, each with
-//! its delay and maybe its own crash. `Options::restore_faults`
-//! (`--restore-faults`) makes every seed fail over early and strikes every
-//! restore. The guest runs with 16 MiB of RAM (the board's minimum) so that
+//! its delay and maybe its own crash; the cluster and the migrations, from
+//! a stream of their own. `Options::restore_faults` (`--restore-faults`)
+//! makes every seed fail over early and strikes every restore;
+//! `Options::migrations` (`--migrations`) makes every seed migrate early,
+//! most migrations struck. The guest runs with 16 MiB of RAM (the board's minimum) so that
 //! state digests stay cheap; timeouts are short (heartbeat 20 ms, failure
 //! detection 200 ms, a checkpoint every 400 ms of host time).
 //!
@@ -124,6 +149,19 @@
 //!    end the disk holds every write whose completion the surviving
 //!    execution applied (read from the guest's `ftg_table`);
 //!
+//! plus the hand-over's own: a primary handing over executes no more
+//! (its icount stays where it stopped, also when it sends `HandOver`);
+//! the new primary goes live at exactly the icount where the log the old
+//! one had sent when it sent `HandOver` ends, and, checked in the final
+//! replay of that pairing's log, in the very state that log leads to;
+//! and (`Options::strict_hand_over`, on by default) to the letter of
+//! issue 13: at the icount where the old primary stopped, with the state
+//! digest it had there, re-producing no output at its go-live (no console
+//! bytes written again, no transmit or shared-disk write re-issued),
+//! `HandOver` naming only entries that were sent; and
+//! placement: a new backup never on its survivor's host while another
+//! live host had room;
+//!
 //! plus liveness (after a single failure since the pair was last whole,
 //! at the start or when a restore completed, some VM is live or the pair
 //! ended within a bound; a restore completes within 300 ms of its first
@@ -132,24 +170,31 @@
 //! pair is healthy, within 400 ms once a VM has been live that long, so
 //! after a failover the switch must send the client's frames to the new
 //! live VM; a failover caused by a partition counts as the first failure)
-//! and no panics (a panic fails the seed).
+//! and no panics (a panic fails the seed). A migration counts as the
+//! pair's failure, and a crash in the middle of a hand-over (before the
+//! backup won the test-and-set) as the same one: liveness is promised
+//! across it (allowing the 10 s a primary that sent `HandOver` waits for
+//! a backup whose host died in silence).
 //!
 //! Each violation names the [`Invariant`] it breaks (with the [`Output`]
 //! that disagrees, or what stopped making [`Progress`]), so a test of a
 //! broken variant can insist on the violation it expects. An [`Outcome`]
-//! counts the clones and restores and says what the restores went through
-//! ([`case`]).
+//! counts the clones, restores, hand-overs, backup moves and placements,
+//! and says what the restores and migrations went through ([`case`]).
 //!
 //! ## Layout
 //!
 //! - `plan`: the options, the seed's random stream ([`Rng`]) and the fault
 //!   plan drawn from it;
 //! - `sim`: the simulation's state (grouped as below) and its event loop;
-//! - `host`: the hosts, two at a time, each a real `Node` at its own
-//!   speed, their effects, crashes, the arbiter (the only module that
+//! - `host`: the hosts (VMs), two at a time, each a real `Node` at its
+//!   own speed, their effects, crashes, the arbiter (the only module that
 //!   calls `Node`);
+//! - `cluster`: the physical hosts, placement, host crashes;
 //! - `clone`: restoring redundancy: the clones, their streams and faults,
 //!   each pairing's log, the clone variants' middleboxes;
+//! - `migrate`: migrations of either VM, the hand-over's checks and its
+//!   variant's middlebox;
 //! - `io`: the disks and the world's console that the hosts' I/O reaches;
 //! - `channel`: the logging channel, both directions, with its faults;
 //! - `world`: the switch, the client and what the world received;
@@ -164,7 +209,8 @@
 //! what their restores went through; `--verbose` prints the event trace of
 //! a failing seed; `--slow-and-corrupt` gives every seed a slow link and
 //! corrupt frames, `--restore-faults` an early failover and struck
-//! restores (`tests/seeds.rs` runs 300 and 60 such seeds). A failure
+//! restores, `--migrations` early migrations (`tests/seeds.rs` runs 300,
+//! 60 and 120 such seeds). A failure
 //! names its seed, the virtual time and the invariant; the same seed
 //! always replays the same run bit for bit. `crates/sim/tests/seeds.rs`
 //! runs 1,000 seeds (and insists that each case of a restore happens in
@@ -173,13 +219,18 @@
 //! that always grants, a disk that loses writes, a backup that goes live
 //! without re-issuing its transmits, a switch that ignores the
 //! announcement, a clone told it protects the VM before it does, a clone
-//! that misses the log written while its snapshot was on its way;
-//! `--broken NAME` in the binary) are caught, each by the invariant it
-//! breaks.
+//! that misses the log written while its snapshot was on its way, a
+//! hand-over whose `HandOver` overtakes the log so the new primary
+//! continues from the wrong icount, an agent that places a new backup on
+//! its survivor's host; `--broken NAME` in the binary) are caught, each
+//! by the invariant it breaks.
 //!
 //! Not simulated: reconnecting a broken channel (a restore is a new
-//! connection to a new host), cloning a VM with a private disk, a planned
-//! hand-over (`ftvm migrate`), a host's clock drifting, frames lost on
+//! connection to a new host), cloning a VM with a private disk, moving
+//! a backup by cloning first and ending the old one after (the node
+//! has one backup at a time; the backup is ended first, as `ftvm migrate`
+//! does), partitions between hosts and the arbiter that follow the
+//! placement, a host's clock drifting, frames lost on
 //! their way to the world, a client that sends more than one request at a
 //! time, a switch port going silent (no run lasts the switch's port
 //! timeout).
@@ -193,6 +244,7 @@
 //! [`Node::clone_sent`]: ftvm_node::Node::clone_sent
 //! [`Node::clone_failed`]: ftvm_node::Node::clone_failed
 //! [`Node::backup_from_clone`]: ftvm_node::Node::backup_from_clone
+//! [`Node::hand_over`]: ftvm_node::Node::hand_over
 //! [`CloneSender`]: ftvm_ft::clone::CloneSender
 //! [`CloneReceiver`]: ftvm_ft::clone::CloneReceiver
 
@@ -200,10 +252,12 @@
 
 mod channel;
 mod clone;
+mod cluster;
 mod guest;
 mod host;
 mod invariants;
 mod io;
+mod migrate;
 mod plan;
 mod sim;
 mod world;
@@ -303,9 +357,18 @@ pub struct Outcome {
     /// The longest a completed restore took, from its first try (the VM
     /// may have had I/O in flight) to the new backup protecting the VM.
     pub longest_restore_ns: u64,
-    /// What the restores went through (crashes while the snapshot was on
-    /// its way, while the clone caught up, after the restore, a clone
-    /// that halted or took over, ...).
+    /// Hand-overs completed (the backup continued where the primary
+    /// stopped), and backups moved to another host.
+    pub hand_overs: u64,
+    pub backup_moves: u64,
+    /// New backups placed (the first two VMs included), and those that
+    /// went on their survivor's host, no other having room.
+    pub placements: u64,
+    pub beside_survivor: u64,
+    /// What the restores and migrations went through (crashes while the
+    /// snapshot was on its way, while the clone caught up, after the
+    /// restore, a clone that halted or took over, a hand-over, a crash in
+    /// it, a host crash that took both VMs, ...).
     pub clone_cases: Vec<&'static str>,
     /// The event trace (with [`Options::trace`]).
     pub trace: Vec<String>,
@@ -327,6 +390,9 @@ pub fn rerun_command(seed: u64, options: &Options) -> String {
     }
     if options.restore_faults {
         command.push_str(" --restore-faults");
+    }
+    if options.migrations {
+        command.push_str(" --migrations");
     }
     if let Some(broken) = options.broken {
         command.push_str(" --broken ");

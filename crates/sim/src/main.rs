@@ -35,9 +35,14 @@ struct Args {
     /// clone catches up, or after).
     #[arg(long)]
     restore_faults: bool,
+    /// Every seed migrates the primary (a hand-over) or the backup early,
+    /// once or twice, most migrations struck by a crash in the middle.
+    #[arg(long)]
+    migrations: bool,
     /// Run a deliberately broken variant: `ack-on-send`, `arbiter-always-wins`,
-    /// `disk-loses-writes`, `no-reissue`, `stale-switch`, `clone-joins-early`
-    /// or `clone-drops-log-tail`.
+    /// `disk-loses-writes`, `no-reissue`, `stale-switch`, `clone-joins-early`,
+    /// `clone-drops-log-tail`, `migrated-primary-wrong-icount` or
+    /// `same-host-backup`.
     #[arg(long)]
     broken: Option<String>,
     /// Run seeds on this many threads (default: one per core).
@@ -63,6 +68,8 @@ fn main() -> ExitCode {
         trace: args.verbose,
         slow_and_corrupt: args.slow_and_corrupt,
         restore_faults: args.restore_faults,
+        migrations: args.migrations,
+        strict_hand_over: true,
         ..Options::default()
     };
     let seeds: Vec<u64> = match args.seed {
@@ -74,6 +81,8 @@ fn main() -> ExitCode {
     // Seeds that cloned, that completed a restore, and by what their
     // restores went through.
     let (mut cloned, mut restored, mut longest) = (0u64, 0u64, 0u64);
+    // Seeds that handed over and that moved a backup.
+    let (mut handed, mut moved) = (0u64, 0u64);
     let mut cases: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
     for (seed, result) in run_seeds(&seeds, &options, args.jobs) {
         match result {
@@ -81,6 +90,8 @@ fn main() -> ExitCode {
                 cloned += u64::from(outcome.clones > 0);
                 restored += u64::from(outcome.restores > 0);
                 longest = longest.max(outcome.longest_restore_ns);
+                handed += u64::from(outcome.hand_overs > 0);
+                moved += u64::from(outcome.backup_moves > 0);
                 for case in &outcome.clone_cases {
                     *cases.entry(case).or_default() += 1;
                 }
@@ -88,7 +99,8 @@ fn main() -> ExitCode {
                     println!(
                         "seed {seed}: ok, {:.0} ms virtual, {} {}, {} {}, {} console bytes, {} \
                          ticks, {} requests answered, {} frames received, takeover {}, {} clones, \
-                         {} restores, {} log entries replayed\n  plan: {}",
+                         {} restores, {} hand-overs, {} backups moved, {} placements ({} beside \
+                         the survivor), {} log entries replayed\n  plan: {}",
                         outcome.virtual_ns as f64 / 1e6,
                         outcome.hosts[0],
                         outcome.a,
@@ -101,6 +113,10 @@ fn main() -> ExitCode {
                         outcome.takeover,
                         outcome.clones,
                         outcome.restores,
+                        outcome.hand_overs,
+                        outcome.backup_moves,
+                        outcome.placements,
+                        outcome.beside_survivor,
                         outcome.replayed_entries,
                         outcome.plan.join("; ")
                     );
@@ -122,8 +138,8 @@ fn main() -> ExitCode {
     }
     if seeds.len() > 1 {
         println!(
-            "{cloned} seeds cloned a VM, {restored} completed a restore (the longest took {:.1} ms); \
-             seeds in which:",
+            "{cloned} seeds cloned a VM, {restored} completed a restore (the longest took {:.1} ms), \
+             {handed} handed the primary over, {moved} moved the backup; seeds in which:",
             longest as f64 / 1e6
         );
         for (case, n) in cases {

@@ -82,11 +82,25 @@ pub enum Broken {
     /// middlebox that renumbers the rest, and the new backup's
     /// acknowledgements, so that no sequence check notices.
     CloneDropsLogTail,
+    /// A migrated primary continues from the wrong icount: when the
+    /// primary is asked to hand over, a middlebox delivers `HandOver` to
+    /// the backup at once, ahead of the log the primary still had in
+    /// flight and of the entries it flushes as it stops. The backup
+    /// freezes short of the point where the primary stopped, drains what
+    /// it holds and goes live there. Every seed migrates with it (its
+    /// first migration the primary's), as with `Options::migrations`.
+    MigratedPrimaryWrongIcount,
+    /// The agent places a new backup on its survivor's host whenever
+    /// that host has room: it asks [`place`] with its own registration
+    /// only, not the cluster's.
+    ///
+    /// [`place`]: ftvm_cluster::placement::place
+    SameHostBackup,
 }
 
 impl Broken {
     /// Every variant, with its name for `--broken`.
-    pub const ALL: [(Broken, &'static str); 7] = [
+    pub const ALL: [(Broken, &'static str); 9] = [
         (Broken::AckOnSend, "ack-on-send"),
         (Broken::ArbiterAlwaysWins, "arbiter-always-wins"),
         (Broken::DiskLosesWrites, "disk-loses-writes"),
@@ -94,6 +108,11 @@ impl Broken {
         (Broken::StaleSwitch, "stale-switch"),
         (Broken::CloneJoinsEarly, "clone-joins-early"),
         (Broken::CloneDropsLogTail, "clone-drops-log-tail"),
+        (
+            Broken::MigratedPrimaryWrongIcount,
+            "migrated-primary-wrong-icount",
+        ),
+        (Broken::SameHostBackup, "same-host-backup"),
     ];
 
     pub fn name(self) -> &'static str {
@@ -126,6 +145,17 @@ pub struct Options {
     /// crashes while the snapshot is on its way, while the clone catches
     /// up, or after it protects the VM).
     pub restore_faults: bool,
+    /// Every seed migrates the primary or the backup early (once or
+    /// twice), most migrations struck by a crash in the middle.
+    pub migrations: bool,
+    /// Hold hand-overs to the letter of issue 13: the new primary
+    /// continues from the very icount at which the old one stopped, and
+    /// re-issues no output (I/O quiesced at the switch-over); `HandOver`
+    /// names only entries that were sent. On by default; off, only the
+    /// weaker checks hold (the new primary goes live where the log the old
+    /// one sent ends), as before `Node::hand_over` logged its stop point
+    /// and waited for I/O in flight.
+    pub strict_hand_over: bool,
     pub engine: Engine,
 }
 
@@ -137,6 +167,8 @@ impl Default for Options {
             trace: false,
             slow_and_corrupt: false,
             restore_faults: false,
+            migrations: false,
+            strict_hand_over: true,
             engine: Engine::default(),
         }
     }
@@ -156,20 +188,22 @@ pub(crate) enum CrashMode {
     /// The process died, its host lives: what it sent arrives, then its
     /// kernel closes the connection.
     Process,
-    /// The host died: what it sent may still arrive, the peer only
-    /// notices the silence.
+    /// The host died, with every VM on it (module `cluster`): what it
+    /// sent may still arrive, the peer only notices the silence.
     Host,
-    /// The host died with its socket buffers: what it had in flight is
-    /// lost too.
+    /// The host died with its socket buffers (and every VM on it): what
+    /// it had in flight is lost too.
     HostAndBuffers,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Fault {
-    /// The host in this slot crashes (how: drawn when it strikes).
+    /// The VM in this slot crashes, or its host (how: drawn when it
+    /// strikes).
     Crash(usize),
-    /// Host `id` (0 = A, 1 = B, 2 = C, ...) crashes, if it is still
-    /// there: a fault of a restore, aimed at a host of that pairing.
+    /// VM `id` (0 = A, 1 = B, 2 = C, ...) crashes, or its host, if it is
+    /// still there: a fault of a restore or a migration, aimed at a VM of
+    /// that pairing.
     CrashHost {
         id: usize,
         mode: CrashMode,

@@ -9,14 +9,16 @@ use ftvm_ft::golive::Verdict;
 
 use crate::channel::Channel;
 use crate::clone::Restoring;
+use crate::cluster::Cluster;
 use crate::guest::Guest;
 use crate::host::{Arbiter, Hosts};
 use crate::invariants::Checks;
 use crate::invariants::{Invariant, Progress};
 use crate::io::{Console, Disks};
+use crate::migrate::Migrating;
 use crate::plan::{Fault, Plan};
 use crate::world::World;
-use crate::{Options, Outcome, Rng, SimError, rerun_command};
+use crate::{MS, Options, Outcome, Rng, SimError, rerun_command};
 
 #[derive(Debug)]
 pub(crate) enum Event {
@@ -72,6 +74,12 @@ pub(crate) enum Event {
     CloneWait {
         clone: u64,
     },
+    /// Time for migration `index` of the plan (try `tries`: it waits for
+    /// a whole pair).
+    Migrate {
+        index: usize,
+        tries: u32,
+    },
 }
 
 /// Events in (virtual time, order of scheduling).
@@ -100,6 +108,10 @@ pub(crate) struct Sim {
     pub guest: Guest,
     /// Restoring redundancy: clones, and each pairing's log.
     pub restoring: Restoring,
+    /// The physical hosts and where each VM runs.
+    pub cluster: Cluster,
+    /// Planned migrations of either VM.
+    pub migrating: Migrating,
     /// The seed's plan, one line per decision.
     pub plan: Vec<String>,
     /// The event trace (with `Options::trace`).
@@ -123,8 +135,27 @@ impl Sim {
         let key = channel_key(&rng.bytes(32));
         let channel = Channel::connect(&mut rng, key, 1, 0, [0, 0])
             .map_err(|what| SimError::Setup { seed, what })?;
-        let plan = Plan::draw(&mut rng, &options);
+        let mut plan = Plan::draw(&mut rng, &options);
         let world = World::new(seed, &options);
+        // The cluster and the migrations have a stream of their own, so
+        // that they do not shift the plan's other faults.
+        let mut cluster_rng = Rng::new(seed ^ 0x636c_7573_7465_7221);
+        let cluster = Cluster::draw(&mut cluster_rng);
+        let end_ns = plan.end_ns;
+        let (migrations, line) = crate::migrate::draw(
+            &mut cluster_rng,
+            &options,
+            &plan.noise,
+            plan.disk_mode,
+            &mut plan.end_ns,
+        );
+        let mut restoring = Restoring::new(plan.restores, plan.clone_ps_per_byte);
+        restoring.set_link(cluster_rng.range(25_000, 500_000));
+        plan.lines.push(cluster.line());
+        plan.lines.extend(line);
+        if plan.end_ns != end_ns {
+            plan.lines.push(format!("run {} ms", plan.end_ns / MS));
+        }
         let mut sim = Sim {
             seed,
             now: 0,
@@ -141,7 +172,9 @@ impl Sim {
                 winners: BTreeMap::new(),
                 outages: plan.arbiter_outages,
             },
-            restoring: Restoring::new(plan.restores, plan.clone_ps_per_byte),
+            restoring,
+            cluster,
+            migrating: Migrating::new(migrations),
             disks: Disks::new(plan.disk_mode),
             console: Console::default(),
             checks: Checks::default(),
@@ -155,6 +188,10 @@ impl Sim {
         sim.channel.set_noise(plan.noise);
         for (at, fault) in plan.faults {
             sim.schedule(at, Event::Fault(fault));
+        }
+        for index in 0..sim.migrating.plan.len() {
+            let at = sim.migrating.plan[index].at;
+            sim.schedule(at, Event::Migrate { index, tries: 0 });
         }
         sim.plan.push(sim.world.plan_line());
         let generation = sim.world.client.generation;
@@ -260,6 +297,7 @@ impl Sim {
             Event::Restore => self.restore()?,
             Event::CloneStream { clone } => self.clone_stream(clone)?,
             Event::CloneWait { clone } => self.clone_wait(clone),
+            Event::Migrate { index, tries } => self.migrate(index, tries)?,
         }
         Ok(())
     }

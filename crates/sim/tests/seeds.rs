@@ -1,7 +1,8 @@
 //! The simulator's seeds: a thousand runs of an FT pair under faults must
-//! hold every invariant (with redundancy restored by clones after each
-//! failover, and restores struck by faults of their own), and deliberately
-//! broken variants must be caught.
+//! hold every invariant (with redundancy restored by clones placed on a
+//! pool of hosts after each failover, restores struck by faults of their
+//! own, and planned migrations of either VM, struck by crashes in the
+//! middle), and deliberately broken variants must be caught.
 
 use std::collections::BTreeMap;
 
@@ -117,13 +118,78 @@ const RESTORE_CASES: [&str; 10] = [
     case::CLONE_TOOK_OVER,
 ];
 
+/// What the default mix's migrations and placements must go through too.
+const CLUSTER_CASES: [&str; 4] = [
+    case::HANDED_OVER,
+    case::BACKUP_MOVED,
+    case::BESIDE_SURVIVOR,
+    case::HOST_TOOK_BOTH,
+];
+
+/// Every case of a migration the plans are drawn to exercise.
+const MIGRATION_CASES: [&str; 5] = [
+    case::HANDED_OVER,
+    case::HAND_OVER_PRIMARY_CRASHED,
+    case::HAND_OVER_BACKUP_CRASHED,
+    case::HAND_OVER_RAN_ON,
+    case::BACKUP_MOVED,
+];
+
 #[test]
 fn a_thousand_seeds_hold_every_invariant() {
     require_guest();
     let started = std::time::Instant::now();
     let (outcomes, failures) = run_all_outcomes(0..SEEDS, &Options::default());
     eprintln!("{SEEDS} seeds in {:.1} s", started.elapsed().as_secs_f64());
-    assert_all_hold("the default mix", &outcomes, &failures, &RESTORE_CASES, 20);
+    let required: Vec<&str> = RESTORE_CASES.into_iter().chain(CLUSTER_CASES).collect();
+    assert_all_hold("the default mix", &outcomes, &failures, &required, 20);
+}
+
+/// Every seed migrates early, the primary (a planned hand-over) or the
+/// backup (ended, then a clone on another host), once or twice, most
+/// migrations struck by a crash of either VM in the middle (for a
+/// hand-over: before `HandOver`, while the backup drains, after it won the
+/// test-and-set; for the backup: while its clone is sent, catches up, or
+/// after). Every invariant holds, and after each hand-over the new primary
+/// continues from exactly where the old one's log ends, in the state the
+/// replay of that log reaches there. This found that a hand-over's crash
+/// of the backup after it won the test-and-set loses the VM (the old
+/// primary can never win that epoch again), and that a primary that sent
+/// `HandOver` to a backup whose host died silently waits 10 s before it
+/// runs on: both held as such here (the first is a second failure, the
+/// second within liveness's patience).
+#[test]
+fn migrations_hold_every_invariant() {
+    require_guest();
+    let options = Options {
+        migrations: true,
+        ..Options::default()
+    };
+    let (outcomes, failures) = run_all_outcomes(0..120, &options);
+    let hand_overs: u64 = outcomes.iter().map(|o| o.hand_overs).sum();
+    let moves: u64 = outcomes.iter().map(|o| o.backup_moves).sum();
+    eprintln!("{hand_overs} hand-overs, {moves} backups moved");
+    assert_all_hold("migrations", &outcomes, &failures, &MIGRATION_CASES, 5);
+}
+
+/// Hand-overs to the letter of issue 13: the new primary continues from
+/// the very icount at which the old one stopped (the log names it), in the
+/// state the old one had there, re-issues no output (I/O quiesced at the
+/// switch-over), and `HandOver` names only entries that were sent. Today's
+/// `Node::hand_over` names no stop point, releases outputs after it
+/// stopped without waiting for their completions, and logs inputs it
+/// takes while handing over without sending them: about two seeds in five
+/// of these fail (ARCHITECTURE.md, "The simulator").
+#[test]
+fn hand_overs_to_the_letter() {
+    require_guest();
+    let options = Options {
+        migrations: true,
+        strict_hand_over: true,
+        ..Options::default()
+    };
+    let (outcomes, failures) = run_all_outcomes(0..120, &options);
+    assert_all_hold("strict hand-overs", &outcomes, &failures, &[], 0);
 }
 
 /// Every seed fails over early and every restore of redundancy is struck:
@@ -175,6 +241,14 @@ fn the_same_seed_gives_the_same_run() {
     require_guest();
     let a = run_seed(7, &Options::default()).expect("seed 7");
     let b = run_seed(7, &Options::default()).expect("seed 7");
+    assert_eq!(format!("{a:?}"), format!("{b:?}"));
+    let options = Options {
+        migrations: true,
+        ..Options::default()
+    };
+    let a = run_seed(2, &options).expect("seed 2");
+    let b = run_seed(2, &options).expect("seed 2");
+    assert!(a.hand_overs + a.backup_moves > 0, "{a:?}");
     assert_eq!(format!("{a:?}"), format!("{b:?}"));
 }
 
@@ -348,6 +422,37 @@ fn a_clone_that_joins_before_it_is_protected_is_caught() {
 fn a_clone_that_drops_the_log_tail_is_caught() {
     assert_caught(Broken::CloneDropsLogTail, 0..60, 3, |i| {
         i == Invariant::Determinism
+    });
+}
+
+/// A migrated primary that continues from the wrong icount: `HandOver`
+/// reaches the backup ahead of the log its primary still had in flight
+/// (and of what it flushed as it stopped), so the backup freezes short of
+/// the stop point and goes live there. Caught when the new primary goes
+/// live at another icount than the one where the log the old primary sent
+/// ends, or (an input at the same icount missing) at the end, where the
+/// replay of that log reaches another state than it continued from. When
+/// nothing was in flight the backup lands where the log ends, but it went
+/// live without waiting for a primary that may still act on the
+/// acknowledgements it had sent: the old primary then releases an output
+/// after the new one did (at most one live).
+#[test]
+fn a_migrated_primary_that_continues_from_the_wrong_icount_is_caught() {
+    assert_caught(Broken::MigratedPrimaryWrongIcount, 0..60, 20, |i| {
+        matches!(
+            i,
+            Invariant::HandOver | Invariant::AtMostOneLive | Invariant::OutputConsistency(_)
+        )
+    });
+}
+
+/// An agent that places a new backup on its own host while another host
+/// has room (anti-affinity ignored): caught at the placement, before a
+/// crash of that host could take both VMs.
+#[test]
+fn a_backup_placed_beside_its_survivor_is_caught() {
+    assert_caught(Broken::SameHostBackup, 0..30, 15, |i| {
+        i == Invariant::Placement
     });
 }
 
