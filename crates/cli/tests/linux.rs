@@ -179,12 +179,17 @@ fn a_corrupt_kernel_image_is_refused() {
 fn http_through_a_forwarded_port_reaches_busybox_httpd_in_the_guest() {
     use std::io::{Read, Write};
     let port = free_port();
+    let done_port = free_port();
+    // The guest powers off once the test says it is done (a connection to
+    // its port 81), not after a fixed time a loaded machine may overrun.
     let cmd = "mkdir -p /www; echo served-by-the-guest > /www/index.html; \
-               httpd -p 80 -h /www; echo httpd-up; sleep 5";
+               httpd -p 80 -h /www; echo httpd-up; nc -l -p 81 > /dev/null";
     let mut ftvm = Command::new(ftvm_bin());
     ftvm.env("FTVM_GUEST_IMAGE", image_dir())
         .args(["run", "--net"])
-        .arg(format!("user,hostfwd=tcp:127.0.0.1:{port}-:80"))
+        .arg(format!(
+            "user,hostfwd=tcp:127.0.0.1:{port}-:80,hostfwd=tcp:127.0.0.1:{done_port}-:81"
+        ))
         .arg("--append")
         .arg(format!("console=ttyS0 ftvm_cmd=\"{cmd}\""));
     let (mut child, mut console) = spawn_until(ftvm, "httpd-up");
@@ -202,6 +207,7 @@ fn http_through_a_forwarded_port_reaches_busybox_httpd_in_the_guest() {
         "{response}"
     );
     assert!(response.ends_with("served-by-the-guest\n"), "{response}");
+    drop(std::net::TcpStream::connect(("127.0.0.1", done_port)).expect("connect to say done"));
     let mut rest = String::new();
     let _ = console.read_to_string(&mut rest);
     let status = child.wait().expect("ftvm ends");
