@@ -10,6 +10,7 @@
 //!   other hosts. No write acknowledged is lost, the connection never
 //!   resets, the disk checks clean. A request signed with another key is
 //!   refused with one clear error and starts nothing.
+//! - `FTVM_SOAK=N` kills N more hosts in a row in the first test.
 //! - `ftvm cluster unprotect` and `protect` turn FT off and on for a
 //!   running VM.
 //! - etcd: with one member lost a failover and a restore still work;
@@ -123,6 +124,38 @@ fn a_pair_survives_a_host_loss_a_partition_and_migrations_across_hosts() {
         .position(|h| h.name == p.host)
         .expect("host");
     cluster.start_agent(dead);
+    // The soak (`FTVM_SOAK=N`): N more hosts killed, alternately the
+    // primary's and the backup's, each after redundancy came back, each
+    // coming back empty.
+    let soak: usize = std::env::var("FTVM_SOAK")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let (mut p1, mut b1) = (p1, b1);
+    for round in 0..soak {
+        let (old_p, old_b) = (p1.clone(), b1.clone());
+        let host = if round % 2 == 0 {
+            &old_p.host
+        } else {
+            &old_b.host
+        };
+        cluster.kill_host(host);
+        (p1, b1) =
+            cluster.wait_protected("web", RESTORE_LIMIT, "restored in the soak", |np, nb| {
+                np.epoch > old_p.epoch && np.host != *host && nb.host != *host
+            });
+        more_writes(
+            &mut writer,
+            &cluster,
+            &format!("after host {host} died (soak {round})"),
+        );
+        let i = cluster
+            .hosts
+            .iter()
+            .position(|h| h.name == *host)
+            .expect("host");
+        cluster.start_agent(i);
+    }
 
     // 2. The primary's host is cut off: the backup takes over, the new
     // backup goes to a host it can reach, and the isolated VM never runs
@@ -213,6 +246,20 @@ fn a_lost_etcd_member_changes_nothing_and_a_lost_majority_makes_vms_wait() {
     cluster.up("quiet", &extra);
     let (p0, _) =
         cluster.wait_protected("quiet", RESTORE_LIMIT, "the pair", |p, b| p.host != b.host);
+
+    // A second pair of the same name is refused, and changes nothing.
+    let image = image_dir();
+    let mut again = cluster.ftvm(&["cluster", "up", "--pair", "quiet"]);
+    again
+        .args(cluster.store_args())
+        .arg("--kernel")
+        .arg(image.join("Image"))
+        .arg("--initrd")
+        .arg(image.join("initramfs.cpio.gz"));
+    let out = again.output().expect("ftvm cluster up");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a second pair named quiet started");
+    assert!(stderr.contains("a pair named quiet"), "{stderr}");
 
     // FT off: the backup ends and no agent gives the VM a new one; on
     // again: a clone protects it, as the next epoch.

@@ -16,7 +16,7 @@
 //!
 //! What the VMs did is read from their status lines (`ftvm status
 //! --json`), never from their logs. `FTVM_SEED` repeats a run's kill
-//! moments.
+//! moments; `FTVM_SOAK=N` makes the ten failures N.
 
 mod support;
 
@@ -120,7 +120,12 @@ fn ten_failures_in_a_row_each_after_redundancy_came_back_lose_no_acknowledged_wr
     let mut writer = start(&mut pair, true, &[]);
     let mut epoch = 1;
     let mut pauses = Vec::new();
-    for failure in 0..10 {
+    // The soak (`FTVM_SOAK=N`): N failures in a row instead of ten.
+    let failures: u64 = std::env::var("FTVM_SOAK")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(10);
+    for failure in 0..failures {
         let (primary, backup) = wait_protected(&pair, epoch, &format!("a pair of epoch {epoch}"));
         // Alternately the VM that runs the guest, and its backup.
         let victim = if failure % 2 == 0 { &primary } else { &backup };
@@ -146,7 +151,7 @@ fn ten_failures_in_a_row_each_after_redundancy_came_back_lose_no_acknowledged_wr
         }
     }
     eprintln!(
-        "{} writes across 10 failures; clone pauses (ms): {pauses:?}",
+        "{} writes across {failures} failures; clone pauses (ms): {pauses:?}",
         writer.acked()
     );
     finish(&pair, writer, &pair.path("disk.img"));

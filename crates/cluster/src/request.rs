@@ -67,8 +67,14 @@ pub enum Request {
         plan: PairPlan,
     },
     /// End the VM `name` of `pair` (SIGTERM: a primary ends the pair
-    /// cleanly, a backup just ends).
-    StopVm { pair: String, name: String },
+    /// cleanly, a backup just ends). With `backup_only`, refused if the VM
+    /// runs the guest now (the records the asker read may be stale: the
+    /// backup it meant to end may have taken over since).
+    StopVm {
+        pair: String,
+        name: String,
+        backup_only: bool,
+    },
     /// Move a VM of `pair`, whose guest runs on this host: `backup` true
     /// moves the backup, else the VM that runs the guest (a clone at the
     /// target, then a planned hand-over). `to` is a host, or `None` to
@@ -219,6 +225,25 @@ pub fn open_reply(key: &[u8; 32], challenge: &[u8; 32], line: &str) -> Result<Re
     open::<ReplyBody>(key, "reply", challenge, line).map(|b| b.reply)
 }
 
+#[derive(Serialize, Deserialize)]
+struct PlanBody {
+    plan: PairPlan,
+}
+
+/// A pair's plan as the store keeps it, signed: the options in it become
+/// a VM's command line on every host, so only a holder of the cluster
+/// key may write them.
+pub fn seal_plan(key: &[u8; 32], pair: &str, plan: &PairPlan) -> Vec<u8> {
+    let body = PlanBody { plan: plan.clone() };
+    seal(key, "plan", blake3::hash(pair.as_bytes()).as_bytes(), body).into_bytes()
+}
+
+/// The plan of `pair` from the store, if signed with the cluster key.
+pub fn open_plan(key: &[u8; 32], pair: &str, bytes: &[u8]) -> Result<PairPlan, AuthError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| AuthError::Malformed(e.to_string()))?;
+    open::<PlanBody>(key, "plan", blake3::hash(pair.as_bytes()).as_bytes(), text).map(|b| b.plan)
+}
+
 /// The cluster key held in a key file: any bytes (surrounding white space
 /// ignored), at least 16 of them, made into a key.
 pub fn cluster_key(file: &[u8]) -> Option<[u8; 32]> {
@@ -246,6 +271,7 @@ mod tests {
         Request::StopVm {
             pair: "web".into(),
             name: "vm3".into(),
+            backup_only: true,
         }
     }
 
@@ -280,6 +306,28 @@ mod tests {
             open_request(&KEY, &CHALLENGE, "GET / HTTP/1.1"),
             Err(AuthError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn a_plan_opens_only_with_the_key_and_for_its_pair() {
+        let plan = PairPlan {
+            common: vec!["--timeout-ms".into(), "500".into()],
+            machine: vec!["--memory".into(), "128".into()],
+            backup: vec![],
+            memory_mib: 128,
+            private_disk: None,
+            incarnation: "0a1b2c3d".into(),
+        };
+        let stored = seal_plan(&KEY, "web", &plan);
+        assert_eq!(open_plan(&KEY, "web", &stored), Ok(plan.clone()));
+        assert_eq!(open_plan(&[8; 32], "web", &stored), Err(AuthError::BadMac));
+        assert_eq!(open_plan(&KEY, "db", &stored), Err(AuthError::BadMac));
+        let text = String::from_utf8(stored).expect("utf-8");
+        let forged = text.replace("--timeout-ms", "--disk");
+        assert_eq!(
+            open_plan(&KEY, "web", forged.as_bytes()),
+            Err(AuthError::BadMac)
+        );
     }
 
     #[test]

@@ -4,25 +4,26 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::request::PairPlan;
-
 /// A host's registration (on its lease).
 pub fn host_key(host: &str) -> String {
     format!("ftvm/hosts/{host}")
 }
 pub const HOSTS: &str = "ftvm/hosts/";
 
-/// A VM's record (on its host's lease).
-pub fn vm_key(pair: &str, vm: &str) -> String {
-    format!("ftvm/vms/{pair}/{vm}")
+/// A VM's record (on its host's lease). The host is part of the key: a
+/// failed attempt's VM on one host and a later one of the same name on
+/// another never overwrite (or retire) each other's record.
+pub fn vm_key(pair: &str, vm: &str, host: &str) -> String {
+    format!("ftvm/vms/{pair}/{vm}@{host}")
 }
 pub fn vms_of(pair: &str) -> String {
     format!("ftvm/vms/{pair}/")
 }
 pub const VMS: &str = "ftvm/vms/";
 
-/// How to start a VM of the pair ([`PairPlan`]), written when the pair is
-/// started, deleted when it is stopped.
+/// How to start a VM of the pair (a [`crate::request::PairPlan`], signed:
+/// [`crate::request::seal_plan`]), written when the pair is started,
+/// deleted when it is stopped.
 pub fn plan_key(pair: &str) -> String {
     format!("ftvm/pairs/{pair}/plan")
 }
@@ -52,9 +53,4 @@ impl VmRecord {
     pub fn runs_guest(&self) -> bool {
         self.running && matches!(&*self.state, "primary" | "live" | "cloning")
     }
-}
-
-/// The plan as stored.
-pub fn encode_plan(plan: &PairPlan) -> Vec<u8> {
-    serde_json::to_vec(plan).unwrap_or_default()
 }

@@ -16,6 +16,10 @@ use serde_json::{Value, json};
 
 /// How long one member may take to answer one request.
 const TIMEOUT: Duration = Duration::from_secs(2);
+/// How long to wait for a member to take a connection: members are on the
+/// cluster's own network, and one that does not answer (its host down)
+/// must not hold up a lease's renewal.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdError {
@@ -27,6 +31,8 @@ pub enum EtcdError {
     Answer(String),
     #[error("no etcd endpoint given")]
     NoEndpoint,
+    #[error("etcd member {0}: {1}")]
+    Member(String, Box<EtcdError>),
 }
 
 pub struct EtcdClient {
@@ -92,7 +98,7 @@ impl EtcdClient {
                 }
                 Err(e) => {
                     tracing::debug!(endpoint = %self.endpoints[at], "etcd: {e}");
-                    last = e;
+                    last = EtcdError::Member(self.endpoints[at].clone(), Box::new(e));
                 }
             }
         }
@@ -206,7 +212,7 @@ fn post_to(endpoint: &str, path: &str, body: &Value) -> Result<Value, EtcdError>
     let addr = addrs
         .first()
         .ok_or_else(|| EtcdError::Answer(format!("{endpoint} resolves to nothing")))?;
-    let mut stream = TcpStream::connect_timeout(addr, TIMEOUT)?;
+    let mut stream = TcpStream::connect_timeout(addr, CONNECT_TIMEOUT)?;
     stream.set_read_timeout(Some(TIMEOUT))?;
     stream.set_write_timeout(Some(TIMEOUT))?;
     let body = body.to_string();

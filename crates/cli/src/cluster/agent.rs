@@ -35,8 +35,9 @@ use super::{AgentConfig, ask_agent, hosts, records};
 use crate::pair::{Vm, listening_addr, read_vms, spawn_child, wait_for};
 
 /// The registration's lease: a host that stops renewing it is out of the
-/// cluster this long after.
-const LEASE_TTL_S: u64 = 3;
+/// cluster this long after. Renewed every second, so a member that does
+/// not answer (0.5 s to connect, 2 s to answer) costs no renewal.
+const LEASE_TTL_S: u64 = 5;
 /// How often the agent looks at its VMs and renews its lease.
 const TURN: Duration = Duration::from_millis(200);
 /// How long a VM must have run alone before its agent protects it.
@@ -123,9 +124,12 @@ impl Agent {
         &self.config.key
     }
 
+    /// The pair's plan, which must be signed with the cluster key: its
+    /// options become a VM's command line here.
     fn plan(&self, pair: &str) -> Result<PairPlan> {
         match self.etcd.get(&store::plan_key(pair))? {
-            Some(bytes) => serde_json::from_slice(&bytes).context("reading the pair's plan"),
+            Some(bytes) => request::open_plan(&self.config.key, pair, &bytes)
+                .with_context(|| format!("the plan of {pair} in the cluster store")),
             None => bail!("{pair} has no plan in the cluster store (it was stopped)"),
         }
     }
@@ -169,6 +173,16 @@ impl Agent {
             }
             let Some(id) = lease else { continue };
             self.publish(id, &vms, &mut published);
+            // A VM that is protected (or gone) starts its retries afresh;
+            // one that is cloning keeps them, so a clone that keeps failing
+            // waits longer each time.
+            retry.retain(|key, _| {
+                vms.iter().any(|(pair, vm)| {
+                    format!("{pair}/{}", vm.name) == *key
+                        && vm.running()
+                        && matches!(vm.line.state, VmState::Live | VmState::Cloning)
+                })
+            });
             for (pair, vm) in &vms {
                 let key = format!("{pair}/{}", vm.name);
                 let alone = vm.running() && vm.line.state == VmState::Live;
@@ -209,8 +223,6 @@ impl Agent {
                         }
                     });
             }
-            // A VM that is protected starts its retries afresh.
-            retry.retain(|key, _| alone_since.contains_key(key));
         }
         if let Some(id) = lease {
             let _ = self.etcd.post(
@@ -295,7 +307,7 @@ impl Agent {
     ) {
         let mut seen = HashSet::new();
         for (pair, vm) in vms {
-            let key = store::vm_key(pair, &vm.name);
+            let key = store::vm_key(pair, &vm.name, &self.config.host);
             seen.insert(key.clone());
             let record = VmRecord {
                 pair: pair.clone(),
@@ -341,11 +353,17 @@ impl Agent {
         for entry in entries.flatten() {
             if entry.path().is_dir() {
                 let pair = entry.file_name().to_string_lossy().into_owned();
-                vms.extend(
-                    read_vms(&entry.path())
-                        .into_iter()
-                        .map(|vm| (pair.clone(), vm)),
-                );
+                let boot = boot_id();
+                vms.extend(read_vms(&entry.path()).into_iter().map(|mut vm| {
+                    // A VM of an earlier boot is dead, whatever runs under
+                    // its pid now.
+                    let booted =
+                        std::fs::read_to_string(entry.path().join(format!("{}.boot", vm.name)));
+                    if booted.is_ok_and(|b| Some(b.trim()) != boot.as_deref()) {
+                        vm.alive = false;
+                    }
+                    (pair.clone(), vm)
+                }));
             }
         }
         vms
@@ -402,18 +420,28 @@ impl Agent {
                 role,
                 plan,
             } => self.start_vm(&pair, &name, &role, &plan),
-            Request::StopVm { pair, name } => {
+            Request::StopVm {
+                pair,
+                name,
+                backup_only,
+            } => {
                 let vm = crate::pair::read_named(&self.pair_dir(&pair), &name)
-                    .filter(|vm| vm.alive)
+                    .filter(|vm| vm.running())
                     .ok_or_else(|| anyhow!("{pair}/{name} does not run on {}", self.config.host))?;
+                if backup_only && vm.line.state.runs_the_guest() {
+                    bail!(
+                        "{pair}/{name} runs the guest now ({}): it is not a backup to end",
+                        vm.line.state
+                    );
+                }
                 terminate(vm.line.pid);
                 Ok(format!("{pair}/{name} (pid {}) told to end", vm.line.pid))
             }
             Request::Migrate { pair, backup, to } => {
-                let _busy = self
+                let busy = self
                     .try_busy(&pair)
                     .ok_or_else(|| anyhow!("{pair} is being restored or moved already"))?;
-                super::migrate::migrate(self, &pair, backup, to.as_deref())
+                super::migrate::migrate(self, &pair, backup, to.as_deref(), busy)
             }
         }
     }
@@ -432,8 +460,13 @@ impl Agent {
         }
         let key = request::pair_key(&self.config.key, pair);
         let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
-        ftvm_host::status::write_atomically(&dir.join("key"), hex.as_bytes())
-            .context("writing the pair key")?;
+        if std::fs::read(dir.join("key")).ok().as_deref() != Some(hex.as_bytes()) {
+            crate::pair::write_private(&dir.join("key"), hex.as_bytes())?;
+        }
+        if let Some(boot) = boot_id() {
+            std::fs::write(dir.join(format!("{name}.boot")), boot)
+                .context("writing the VM's boot")?;
+        }
         std::fs::write(dir.join(format!("{name}.mib")), plan.memory_mib.to_string())
             .context("writing the VM's size")?;
         let file = |end: &str| -> OsString { dir.join(format!("{name}.{end}")).into() };
@@ -519,23 +552,11 @@ impl Agent {
             role: Role::Backup { epoch },
             plan,
         };
-        let addr = ask_agent(
-            &target.agent,
-            &self.config.key,
-            &start,
-            Duration::from_secs(30),
-        )
-        .with_context(|| format!("asking {} to start {backup}", target.name))?;
-        let result = self.clone_into(pair, &survivor, &backup, &target.name, &addr, epoch);
-        // A clone that failed while the survivor runs is ended. One whose
-        // survivor died is left alone: if it had caught up it is the VM's
-        // only copy and takes over; if not it halts by itself.
-        let survivor_runs =
-            crate::pair::read_named(&dir, &survivor.name).is_some_and(|vm| vm.running());
-        if result.is_err() && survivor_runs {
+        let stop = || {
             let stop = Request::StopVm {
                 pair: pair.into(),
                 name: backup.clone(),
+                backup_only: true,
             };
             let _ = ask_agent(
                 &target.agent,
@@ -543,6 +564,42 @@ impl Agent {
                 &stop,
                 Duration::from_secs(5),
             );
+        };
+        let started = ask_agent(
+            &target.agent,
+            &self.config.key,
+            &start,
+            Duration::from_secs(30),
+        )
+        .with_context(|| format!("asking {} to start {backup}", target.name));
+        let addr = match started {
+            Ok(addr) => addr,
+            Err(e) => {
+                // It may have started all the same (a late answer).
+                stop();
+                return Err(e);
+            }
+        };
+        // `ftvm cluster unprotect` may have come while the backup started.
+        if !matches!(self.etcd.get(&store::unprotected_key(pair)), Ok(None)) {
+            stop();
+            bail!("{pair} was unprotected meanwhile");
+        }
+        let result = self.clone_into(pair, &survivor, &backup, &target.name, &addr, epoch);
+        // A clone that failed while the survivor runs is ended. One whose
+        // survivor died is left alone once it holds a snapshot (a
+        // `backup`): if it had caught up it is the VM's only copy and takes
+        // over; if not it halts by itself. One still waiting for the
+        // snapshot would wait for ever: it is ended.
+        let survivor_runs =
+            crate::pair::read_named(&dir, &survivor.name).is_some_and(|vm| vm.running());
+        let has_snapshot = records(&self.etcd, pair).is_ok_and(|records| {
+            records.iter().any(|r| {
+                r.name == backup && r.host == target.name && matches!(&*r.state, "backup" | "live")
+            })
+        });
+        if result.is_err() && (survivor_runs || !has_snapshot) {
+            stop();
         }
         result.map(|()| format!("{backup} on {}", target.name))
     }
@@ -596,6 +653,14 @@ impl Agent {
     }
 }
 
+/// This boot of the host (Linux's random boot id), so that a VM of an
+/// earlier boot is never taken for alive because its pid came back.
+fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|id| id.trim().to_string())
+}
+
 /// Move a dead VM's status aside (its log stays), and remove what it left.
 fn retire(dir: &Path, name: &str) {
     let gone = dir.join(crate::restore::GONE);
@@ -604,7 +669,7 @@ fn retire(dir: &Path, name: &str) {
     }
     let file = format!("{name}.status");
     let _ = std::fs::rename(dir.join(&file), gone.join(&file));
-    for left in ["control", "console", "addr", "mib"] {
+    for left in ["control", "console", "addr", "mib", "boot"] {
         let _ = std::fs::remove_file(dir.join(format!("{name}.{left}")));
     }
     let _ = std::fs::remove_file(dir.join(format!("{name}-disk.img")));

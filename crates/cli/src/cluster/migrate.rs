@@ -16,13 +16,21 @@ use ftvm_cluster::store::VmRecord;
 use ftvm_host::control::{self, Request as VmRequest};
 use ftvm_host::status::VmState;
 
-use super::agent::Agent;
+use super::agent::{Agent, Busy};
 use super::{ask_agent, hosts, protected, records};
 use crate::pair::{read_named, wait_for};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
-pub(super) fn migrate(agent: &Agent, pair: &str, backup: bool, to: Option<&str>) -> Result<String> {
+/// `busy` marks the pair as being moved; it is let go once the guest has
+/// moved, because the agent that protects the VM again may be this one.
+pub(super) fn migrate(
+    agent: &Agent,
+    pair: &str,
+    backup: bool,
+    to: Option<&str>,
+    busy: Busy,
+) -> Result<String> {
     let (primary, old_backup) = agent.protected_pair(pair)?;
     if backup {
         let started = Instant::now();
@@ -79,6 +87,7 @@ pub(super) fn migrate(agent: &Agent, pair: &str, backup: bool, to: Option<&str>)
         }
     })?;
     let handed_over = handing.elapsed();
+    drop(busy);
     // Its agent protects it again, as after any failure.
     let (p, b) = wait_for(LIMIT, || {
         let records = records(agent.etcd(), pair).ok()?;
@@ -131,6 +140,7 @@ fn move_backup(
     let stop = Request::StopVm {
         pair: pair.into(),
         name: old.name.clone(),
+        backup_only: true,
     };
     ask_agent(&old_host.agent, agent.key(), &stop, Duration::from_secs(10))?;
     let dir = agent.pair_dir(pair);

@@ -43,11 +43,12 @@ pub(crate) struct AgentConfig {
 }
 
 impl AgentConfig {
-    /// The address VMs on this host listen on: the agent's.
+    /// The address VMs on this host listen on: the agent's (never a
+    /// wildcard: [`agent`] refuses one).
     pub fn vm_ip(&self) -> String {
         match self.listen.rsplit_once(':') {
-            Some((ip, _)) if ip != "0.0.0.0" => ip.to_string(),
-            _ => "127.0.0.1".into(),
+            Some((ip, _)) => ip.to_string(),
+            None => self.listen.clone(),
         }
     }
 }
@@ -102,10 +103,22 @@ pub fn agent(dir: &std::path::Path, args: &ClusterAgentArgs) -> Result<ExitCode>
     agent::run(AgentConfig {
         store,
         host,
-        listen: args
-            .listen
-            .clone()
-            .context("--cluster needs --listen IP:PORT")?,
+        listen: {
+            let listen = args
+                .listen
+                .clone()
+                .context("--cluster needs --listen IP:PORT")?;
+            let addr: std::net::SocketAddr = listen
+                .parse()
+                .with_context(|| format!("--listen {listen}: not an IP:PORT"))?;
+            if addr.ip().is_unspecified() {
+                bail!(
+                    "--listen {listen}: other hosts reach this agent and its VMs at this \
+                     address, so it must be this host's own address on the cluster's network"
+                );
+            }
+            listen
+        },
         key,
         dir: dir.to_path_buf(),
         memory_mib,
@@ -199,7 +212,12 @@ fn decode_records(kvs: Vec<(String, Vec<u8>)>) -> Result<Vec<VmRecord>> {
 /// Whether the records show `pair` protected: a primary and a running
 /// backup of the same epoch. The two, if so.
 pub(crate) fn protected(records: &[VmRecord]) -> Option<(&VmRecord, &VmRecord)> {
-    let primary = records.iter().find(|r| r.running && r.state == "primary")?;
+    // The newest epoch: an old primary back from a partition may show for
+    // a moment until it halts.
+    let primary = records
+        .iter()
+        .filter(|r| r.running && r.state == "primary")
+        .max_by_key(|r| r.epoch)?;
     let backup = records
         .iter()
         .find(|r| r.running && r.state == "backup" && r.epoch == primary.epoch)?;
@@ -386,11 +404,17 @@ fn up(args: &UpArgs) -> Result<ExitCode> {
             id.iter().map(|b| format!("{b:02x}")).collect()
         },
     };
-    etcd.put(
-        &store::plan_key(&args.pair),
-        &store::encode_plan(&plan),
-        None,
-    )?;
+    // Created only if there is none: a pair of that name whose VMs are
+    // out of sight (a host cut off, its records gone with its lease) is
+    // still a pair.
+    let sealed = request::seal_plan(&key, &args.pair, &plan);
+    if etcd.create_or_read(&store::plan_key(&args.pair), &sealed)? != sealed {
+        bail!(
+            "a pair named {0} exists in the cluster (its plan is in the store): \
+             `ftvm cluster stop --pair {0}` first, or choose another name",
+            args.pair
+        );
+    }
     let hosts = hosts(&etcd)?;
     let host = match &args.on {
         Some(on) => hosts
@@ -441,9 +465,12 @@ fn status(args: &StoreArgs) -> Result<ExitCode> {
 /// The agent of the VM that runs `pair`'s guest.
 fn guest_agent(etcd: &EtcdClient, pair: &str) -> Result<(VmRecord, HostInfo)> {
     let records = records(etcd, pair)?;
+    // The newest epoch: an old primary cut off by a partition may show
+    // for a moment once it is back, until it halts.
     let guest = records
         .iter()
-        .find(|r| r.runs_guest())
+        .filter(|r| r.runs_guest())
+        .max_by_key(|r| r.epoch)
         .with_context(|| format!("no VM of {pair} runs in the cluster"))?;
     let host = hosts(etcd)?
         .into_iter()
@@ -467,13 +494,21 @@ fn migrate_command(args: &MigrateArgs) -> Result<ExitCode> {
 
 fn stop(args: &PairArgs) -> Result<ExitCode> {
     let (etcd, key) = args.store.open()?;
+    let guest = guest_agent(&etcd, &args.pair);
     // No agent restores a pair without a plan.
     etcd.delete(&store::plan_key(&args.pair))?;
     etcd.delete(&store::unprotected_key(&args.pair))?;
-    let (guest, host) = guest_agent(&etcd, &args.pair)?;
+    let Ok((guest, host)) = guest else {
+        println!(
+            "ftvm: no VM of {} runs in the cluster; its plan is removed",
+            args.pair
+        );
+        return Ok(ExitCode::SUCCESS);
+    };
     let stop = Request::StopVm {
         pair: args.pair.clone(),
         name: guest.name.clone(),
+        backup_only: false,
     };
     ask_agent(&host.agent, &key, &stop, Duration::from_secs(10))?;
     wait_for(Duration::from_secs(30), || {
@@ -498,6 +533,7 @@ fn unprotect(args: &PairArgs) -> Result<ExitCode> {
         let stop = Request::StopVm {
             pair: args.pair.clone(),
             name: backup.name.clone(),
+            backup_only: true,
         };
         ask_agent(&host.agent, &key, &stop, Duration::from_secs(10))?;
     }
