@@ -141,6 +141,12 @@ pub struct BackupArgs {
     #[arg(long, value_name = "FILE")]
     pub addr_file: Option<PathBuf>,
 
+    /// Give up (exit 1) if no primary has connected after this long (a
+    /// clone target whose survivor, or the agent that asked for it, died
+    /// before the clone began). Default: wait for ever.
+    #[arg(long, value_name = "SECONDS")]
+    pub accept_timeout: Option<u64>,
+
     /// This VM's disk image: the primary's image itself (shared) or this
     /// VM's own copy (private). Needed when the primary has a disk.
     #[arg(long, value_name = "FILE")]
@@ -244,6 +250,7 @@ pub fn backup(args: &BackupArgs) -> Result<ExitCode> {
         options,
         &args.listen,
         args.addr_file.as_deref(),
+        args.accept_timeout.map(Duration::from_secs),
     )
     .with_context(|| format!("the backup on {}", args.listen))?;
     Ok(node.as_ref().map_or(ExitCode::SUCCESS, exit_code))

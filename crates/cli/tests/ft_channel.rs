@@ -516,3 +516,27 @@ fn a_primary_with_the_wrong_key_is_refused_and_the_backup_waits_on() {
             && s.is(Vm::Backup, VmState::Backup, backup_pid)
     });
 }
+
+/// A clone target whose survivor never comes (`--accept-timeout`, which
+/// the cluster agent gives the backups it starts) gives up with one line
+/// instead of waiting for ever; without a connection nothing else
+/// happens.
+#[test]
+fn a_backup_that_no_primary_reaches_gives_up_after_its_accept_timeout() {
+    let pair = Pair::new("accept-timeout");
+    let mut backup = pair.ftvm();
+    backup
+        .args(["backup", "--listen", "127.0.0.1:0", "--epoch", "3"])
+        .args(["--accept-timeout", "1", "--key-file"])
+        .arg(pair.key())
+        .arg("--arbiter")
+        .arg(pair.path("arbiter"));
+    let run: Finished = run_limited(backup, Duration::from_secs(30));
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("no primary came within 1 s"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+}

@@ -80,19 +80,27 @@ impl Channel {
     }
 
     /// Wait on `listener` for the primary; a connection that fails the
-    /// handshake is refused (and said so on stderr) and the wait goes on.
-    /// `None` if `stop` was set first.
+    /// handshake is refused (and said so on stderr) and the wait goes on,
+    /// until `limit` if given. `None` if `stop` was set first.
     pub fn accept(
         listener: &TcpListener,
         stop: &AtomicBool,
         credentials: &Credentials<'_>,
+        limit: Option<Duration>,
     ) -> Result<Option<Channel>, HostError> {
         listener
             .set_nonblocking(true)
             .map_err(|e| HostError::io("listening for the primary", e))?;
+        let started = Instant::now();
         loop {
             if stop.load(Ordering::Relaxed) {
                 return Ok(None);
+            }
+            if let Some(limit) = limit.filter(|limit| started.elapsed() > *limit) {
+                return Err(HostError::Config(format!(
+                    "no primary came within {} s",
+                    limit.as_secs()
+                )));
             }
             let (mut stream, peer) = match listener.accept() {
                 Ok(accepted) => accepted,

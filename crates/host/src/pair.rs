@@ -248,6 +248,7 @@ pub fn backup(
     options: PairOptions,
     listen: &str,
     addr_file: Option<&Path>,
+    accept_limit: Option<Duration>,
 ) -> Result<Option<Node>, HostError> {
     let listener = TcpListener::bind(listen)
         .map_err(|e| HostError::io(format!("listening on {listen}"), e))?;
@@ -270,7 +271,8 @@ pub fn backup(
         epoch: config.epoch,
         key: options.key,
     };
-    let Some(mut channel) = Channel::accept(&listener, &options.stop, &credentials)? else {
+    let Some(mut channel) = Channel::accept(&listener, &options.stop, &credentials, accept_limit)?
+    else {
         early_status_with(
             options.status_file.as_deref(),
             VmState::Halted,

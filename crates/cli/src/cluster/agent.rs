@@ -480,6 +480,10 @@ impl Agent {
                 file("addr"),
                 "--epoch".into(),
                 epoch.to_string().into(),
+                // The agent that asks for it clones into it at once; if it
+                // died first, nobody will.
+                "--accept-timeout".into(),
+                "60".into(),
             ],
         };
         args.extend([
