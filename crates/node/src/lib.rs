@@ -42,6 +42,7 @@
 mod balloon;
 mod clone;
 mod halt;
+mod handover;
 mod live;
 mod replaying;
 mod stats;

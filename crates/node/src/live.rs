@@ -67,12 +67,12 @@ pub(crate) struct PairLink {
     pub(crate) phase: Phase,
     pub(crate) protocol: Primary<(u64, Held)>,
     /// The end logged, once the pair is ending.
-    ending: Option<End>,
+    pub(crate) ending: Option<End>,
     /// A planned hand-over to the backup: the machine has stopped; once
     /// everything is acknowledged `HandOver` goes out (`handed`).
     pub(crate) handing_over: bool,
     pub(crate) handed: bool,
-    arbitrating: bool,
+    pub(crate) arbitrating: bool,
     /// Slowed down: the backup trails by more than the bound.
     throttled: bool,
     retry_at: Option<u64>,
@@ -776,68 +776,5 @@ impl Node {
             Verdict::Lost => self.halt(HaltReason::LostTestAndSet),
             Verdict::Unreachable => pair.retry_at = Some(time.mono_ns + ARBITER_RETRY_NS),
         }
-    }
-
-    /// Hand the VM over to the backup (`ftvm migrate --vm primary`): stop
-    /// executing here, and once the backup holds every entry and every
-    /// output is released, tell it to take over. The backup then wins the
-    /// test-and-set and closes the channel; this VM, asking in turn, loses
-    /// and halts (`handed-over`). Should the backup fail first, this VM
-    /// wins and runs on. Only a primary whose backup protects it can.
-    pub fn hand_over(&mut self, time: Time) -> Result<(), &'static str> {
-        let Mode::Running(r) = &mut self.mode else {
-            return Err("it does not run the guest");
-        };
-        let Some(pair) = r.pair.as_mut() else {
-            return Err("it has no backup to hand over to");
-        };
-        if pair.phase != Phase::Protected || pair.arbitrating || pair.ending.is_some() {
-            return Err("its backup does not protect it now");
-        }
-        pair.handing_over = true;
-        tracing::info!(pair = %self.config.pair, icount = r.machine.icount(),
-            "handing the VM over to the backup");
-        // The log names the stop point: the backup replays to exactly here
-        // before it goes live (a marker makes a go-live run to its icount).
-        if let Err(e) = r.recorder.output(&r.machine) {
-            tracing::warn!("logging the stop point: {e}");
-        }
-        if let Err(e) = self.send_log(time, true) {
-            tracing::warn!("sending the log: {e}");
-        }
-        self.finish_hand_over(time);
-        Ok(())
-    }
-
-    /// Send `HandOver` once the disk and network are quiet (no request in
-    /// flight, so the new primary re-issues nothing) and everything is
-    /// logged, sent, acknowledged and released. Inputs that arrive
-    /// meanwhile (the completions of those requests) are logged and sent
-    /// like any other.
-    pub(crate) fn finish_hand_over(&mut self, time: Time) {
-        let handing = matches!(&self.mode, Mode::Running(r)
-            if r.pair.as_ref().is_some_and(|p| p.handing_over && !p.handed));
-        if !handing {
-            return;
-        }
-        if let Err(e) = self.send_log(time, true) {
-            tracing::warn!("sending the log: {e}");
-        }
-        let io_pending = !self.in_flight.is_empty()
-            || self.effects.iter().any(|e| matches!(e, Effect::Perform(_)));
-        let Mode::Running(r) = &mut self.mode else {
-            return;
-        };
-        let Some(pair) = r.pair.as_mut() else {
-            return;
-        };
-        if io_pending || pair.protocol.held() > 0 || pair.protocol.lag().0 > 0 {
-            return;
-        }
-        pair.handed = true;
-        let through = r.recorder.entries();
-        self.effects
-            .push(Effect::Send(Message::HandOver { through }));
-        self.detector.sent(time.ms());
     }
 }
