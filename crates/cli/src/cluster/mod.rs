@@ -44,7 +44,7 @@ pub(crate) struct AgentConfig {
 
 impl AgentConfig {
     /// The address VMs on this host listen on: the agent's (never a
-    /// wildcard: [`agent`] refuses one).
+    /// wildcard: [`agent()`] refuses one).
     pub fn vm_ip(&self) -> String {
         match self.listen.rsplit_once(':') {
             Some((ip, _)) => ip.to_string(),
