@@ -11,10 +11,12 @@ use support::{ftvm_run, guest_elf};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ftvm-bad-input-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir.join(name)
+/// A file `name` in a scratch directory of its own, removed (with the
+/// directory) when the returned guard drops.
+fn scratch(name: &str) -> (support::Scratch, PathBuf) {
+    let dir = support::Scratch::new(&format!("bad-input-{}", name.replace('.', "-")));
+    let path = dir.file(name);
+    (dir, path)
 }
 
 /// The run must fail with exit code 1 and exactly one line on stderr that
@@ -46,7 +48,7 @@ fn missing_kernel_file() {
 #[test]
 fn truncated_elf() {
     let elf = std::fs::read(guest_elf("rv64i")).expect("read elf");
-    let path = scratch("truncated.elf");
+    let (_path_dir, path) = scratch("truncated.elf");
     std::fs::write(&path, &elf[..100]).expect("write");
     assert_clean_error(&path, &[], "not a valid ELF");
 }
@@ -62,7 +64,7 @@ fn elf_for_another_architecture() {
 
 #[test]
 fn raw_image_larger_than_ram() {
-    let path = scratch("huge.img");
+    let (_path_dir, path) = scratch("huge.img");
     let file = std::fs::File::create(&path).expect("create");
     file.set_len(65 * 1024 * 1024).expect("sparse file");
     assert_clean_error(&path, &["--memory", "64"], "does not fit");
@@ -81,7 +83,7 @@ fn garbage_code_only_traps() {
             x as u8
         })
         .collect();
-    let path = scratch("garbage.img");
+    let (_path_dir, path) = scratch("garbage.img");
     std::fs::write(&path, bytes).expect("write");
     let run = ftvm_run(&path, &["--max-insns", "3000000"], LIMIT);
     assert!(!run.stderr.contains("panicked"), "{}", run.stderr);

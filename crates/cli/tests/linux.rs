@@ -39,10 +39,12 @@ fn command_output(console: &str) -> (String, String) {
     (output.to_string(), status)
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ftvm-linux-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir.join(name)
+/// A file `name` in a scratch directory of its own, removed (with the
+/// directory) when the returned guard drops.
+fn scratch(name: &str) -> (support::Scratch, PathBuf) {
+    let dir = support::Scratch::new(&format!("linux-test-{}", name.replace('.', "-")));
+    let path = dir.file(name);
+    (dir, path)
 }
 
 /// A copy of the image recipe's data disk.
@@ -63,7 +65,7 @@ fn default_guest_boots_runs_a_command_and_powers_off() {
 
 #[test]
 fn devices_rtc_entropy_and_disk_work_and_data_survives_a_reboot() {
-    let disk = scratch("persist.img");
+    let (_disk_dir, disk) = scratch("persist.img");
     data_disk(&disk);
     let disk_arg = disk.to_string_lossy().into_owned();
     let first = ftvm_boot(
@@ -127,7 +129,7 @@ fn user_space_output_matches_qemu() {
 
 #[test]
 fn bad_disks_are_refused_and_left_untouched() {
-    let missing = scratch("does-not-exist.img");
+    let (_missing_dir, missing) = scratch("does-not-exist.img");
     let run = ftvm_boot("true", &["--disk", &missing.to_string_lossy()]);
     assert_eq!(run.code, Some(1));
     assert!(
@@ -137,7 +139,7 @@ fn bad_disks_are_refused_and_left_untouched() {
     );
     assert!(!missing.exists(), "a missing disk must not be created");
 
-    let odd = scratch("odd.img");
+    let (_odd_dir, odd) = scratch("odd.img");
     std::fs::write(&odd, vec![0xa5u8; 1000]).expect("write odd disk");
     let run = ftvm_boot("true", &["--disk", &odd.to_string_lossy()]);
     assert_eq!(run.code, Some(1));
@@ -158,7 +160,7 @@ fn a_corrupt_kernel_image_is_refused() {
     // A Linux RISC-V Image whose header claims less memory than the file.
     let mut corrupt = kernel.clone();
     corrupt[0x10..0x18].copy_from_slice(&64u64.to_le_bytes());
-    let short = scratch("corrupt-Image");
+    let (_short_dir, short) = scratch("corrupt-Image");
     std::fs::write(&short, &corrupt).expect("write");
     let mut cmd = Command::new(ftvm_bin());
     cmd.args(["run", "--bios"])
