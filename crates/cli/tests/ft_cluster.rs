@@ -124,6 +124,7 @@ fn a_pair_survives_a_host_loss_a_partition_and_migrations_across_hosts() {
         .position(|h| h.name == p.host)
         .expect("host");
     cluster.start_agent(dead);
+    cluster.wait_registered(3);
     // The soak (`FTVM_SOAK=N`): N more hosts killed, alternately the
     // primary's and the backup's, each after redundancy came back, each
     // coming back empty.
@@ -155,6 +156,7 @@ fn a_pair_survives_a_host_loss_a_partition_and_migrations_across_hosts() {
             .position(|h| h.name == *host)
             .expect("host");
         cluster.start_agent(i);
+        cluster.wait_registered(3);
     }
 
     // 2. The primary's host is cut off: the backup takes over, the new
@@ -197,6 +199,8 @@ fn a_pair_survives_a_host_loss_a_partition_and_migrations_across_hosts() {
         .map(|h| h.name.clone())
         .find(|h| *h != p2.host && *h != b2.host)
         .expect("a third host");
+    // The host back from the partition is a candidate once registered.
+    cluster.wait_registered(3);
     let mut migrate = cluster.ftvm(&["cluster", "migrate", "--pair", "web", "--vm", "backup"]);
     migrate.args(cluster.store_args());
     let said = cluster.ok(migrate);

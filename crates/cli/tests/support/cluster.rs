@@ -140,16 +140,22 @@ impl Cluster {
             });
             cluster.start_agent(i - 1);
         }
+        cluster.wait_registered(hosts);
+        cluster
+    }
+
+    /// Wait until `n` hosts are registered (a host that comes back, or
+    /// rejoins after a partition, registers again within a second or so).
+    pub fn wait_registered(&self, n: usize) {
+        let client = self.client();
         let registered = poll(Duration::from_secs(30), || {
-            let n = client.prefix(store::HOSTS).ok()?.len();
-            (n == hosts).then_some(())
+            (client.prefix(store::HOSTS).ok()?.len() == n).then_some(())
         });
         assert!(
             registered.is_some(),
-            "the agents did not register\n{}",
-            cluster.diag()
+            "{n} hosts did not register\n{}",
+            self.diag()
         );
-        cluster
     }
 
     pub fn bridge_ip(&self) -> String {
