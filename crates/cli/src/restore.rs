@@ -167,12 +167,7 @@ pub fn restore(dir: &Path, children: &mut Vec<std::process::Child>) -> Result<Re
     let epoch = survivor.line.epoch.unwrap_or(1) + 1;
     let name = next_name(dir, &vms);
     if let Some(len) = plan.private_disk {
-        // Zeroes (a sparse file): the clone writes what is not.
-        let path = own_disk(dir, &name);
-        let file =
-            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-        file.set_len(len)
-            .with_context(|| format!("sizing {}", path.display()))?;
+        create_own_disk(dir, &name, len)?;
     }
     let child = spawn_child(dir, &name, &plan.backup_args(dir, &name, epoch)?)?;
     let pid = child.id();
@@ -263,21 +258,39 @@ fn next_name(dir: &Path, vms: &[Vm]) -> String {
 }
 
 /// Move the status files of VMs whose processes are gone to `gone/`, and
-/// remove the sockets and addresses they left (their logs stay).
+/// remove what they left ([`retire`]).
 fn retire_the_dead(dir: &Path) {
-    let gone = dir.join(GONE);
     for vm in read_vms(dir).into_iter().filter(|vm| !vm.running()) {
-        if std::fs::create_dir_all(&gone).is_err() {
-            return;
-        }
-        let file = format!("{}.status", vm.name);
-        let _ = std::fs::rename(dir.join(&file), gone.join(&file));
-        for left in ["control", "console", "addr"] {
-            let _ = std::fs::remove_file(dir.join(format!("{}.{left}", vm.name)));
-        }
-        // A dead VM's own disk is of no use to anyone.
-        let _ = std::fs::remove_file(own_disk(dir, &vm.name));
+        retire(dir, &vm.name);
     }
+}
+
+/// Move the status file of the dead VM `name` to `gone/` and remove the
+/// sockets, address and notes it left (its log stays); on one host and on
+/// a cluster's.
+pub(crate) fn retire(dir: &Path, name: &str) {
+    let gone = dir.join(GONE);
+    if std::fs::create_dir_all(&gone).is_err() {
+        return;
+    }
+    let file = format!("{name}.status");
+    let _ = std::fs::rename(dir.join(&file), gone.join(&file));
+    for left in ["control", "console", "addr", "mib", "boot"] {
+        let _ = std::fs::remove_file(dir.join(format!("{name}.{left}")));
+    }
+    // A dead VM's own disk is of no use to anyone.
+    let _ = std::fs::remove_file(own_disk(dir, name));
+}
+
+/// The private disk of a new backup, `len` bytes of zeroes (a sparse
+/// file): the clone writes what is not.
+pub(crate) fn create_own_disk(dir: &Path, name: &str, len: u64) -> Result<std::path::PathBuf> {
+    let path = own_disk(dir, name);
+    let file =
+        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    file.set_len(len)
+        .with_context(|| format!("sizing {}", path.display()))?;
+    Ok(path)
 }
 
 #[derive(Args)]

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -339,7 +339,7 @@ impl Agent {
         }
         for (pair, vm) in vms {
             if !vm.alive {
-                retire(&self.pair_dir(pair), &vm.name);
+                crate::restore::retire(&self.pair_dir(pair), &vm.name);
             }
         }
     }
@@ -510,11 +510,7 @@ impl Agent {
             Role::Backup { .. } => {
                 args.extend(plan.backup.iter().map(OsString::from));
                 if let Some(len) = plan.private_disk {
-                    // Zeroes (a sparse file): the clone writes what is not.
-                    let disk = dir.join(format!("{name}-disk.img"));
-                    let f = std::fs::File::create(&disk)
-                        .with_context(|| format!("creating {}", disk.display()))?;
-                    f.set_len(len).context("sizing the disk")?;
+                    let disk = crate::restore::create_own_disk(&dir, name, len)?;
                     args.extend(["--disk".into(), disk.into()]);
                 }
             }
@@ -663,18 +659,4 @@ fn boot_id() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .ok()
         .map(|id| id.trim().to_string())
-}
-
-/// Move a dead VM's status aside (its log stays), and remove what it left.
-fn retire(dir: &Path, name: &str) {
-    let gone = dir.join(crate::restore::GONE);
-    if std::fs::create_dir_all(&gone).is_err() {
-        return;
-    }
-    let file = format!("{name}.status");
-    let _ = std::fs::rename(dir.join(&file), gone.join(&file));
-    for left in ["control", "console", "addr", "mib", "boot"] {
-        let _ = std::fs::remove_file(dir.join(format!("{name}.{left}")));
-    }
-    let _ = std::fs::remove_file(dir.join(format!("{name}-disk.img")));
 }
