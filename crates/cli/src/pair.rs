@@ -130,7 +130,7 @@ pub fn up(args: &UpArgs) -> Result<ExitCode> {
         let _ = std::fs::remove_dir_all(dir.join(stale));
     }
     let key: [u8; 32] = ftvm_host::random_bytes()?;
-    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = hex(&key);
     write_private(&dir.join("key"), hex.as_bytes())?;
     // Fail here, with the user's own flags, rather than in a detached
     // process.
@@ -325,6 +325,11 @@ pub(crate) fn timing_args(heartbeat_ms: u64, timeout_ms: u64, disk: DiskModeArg)
         "--disk-mode".into(),
         disk.as_str().into(),
     ]
+}
+
+/// `bytes` in lowercase hex (keys in key files, incarnations).
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A line on stdout; a reader that went away (a closed pipe) is an error

@@ -350,10 +350,10 @@ impl Agent {
             return Vec::new();
         };
         let mut vms = Vec::new();
+        let boot = boot_id();
         for entry in entries.flatten() {
             if entry.path().is_dir() {
                 let pair = entry.file_name().to_string_lossy().into_owned();
-                let boot = boot_id();
                 vms.extend(read_vms(&entry.path()).into_iter().map(|mut vm| {
                     // A VM of an earlier boot is dead, whatever runs under
                     // its pid now.
@@ -459,7 +459,7 @@ impl Agent {
             let _ = std::fs::remove_file(dir.join(format!("{name}.{stale}")));
         }
         let key = request::pair_key(&self.config.key, pair);
-        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        let hex = crate::pair::hex(&key);
         if std::fs::read(dir.join("key")).ok().as_deref() != Some(hex.as_bytes()) {
             crate::pair::write_private(&dir.join("key"), hex.as_bytes())?;
         }
@@ -591,15 +591,21 @@ impl Agent {
         // `backup`): if it had caught up it is the VM's only copy and takes
         // over; if not it halts by itself. One still waiting for the
         // snapshot would wait for ever: it is ended.
-        let survivor_runs =
-            crate::pair::read_named(&dir, &survivor.name).is_some_and(|vm| vm.running());
-        let has_snapshot = records(&self.etcd, pair).is_ok_and(|records| {
-            records.iter().any(|r| {
-                r.name == backup && r.host == target.name && matches!(&*r.state, "backup" | "live")
-            })
-        });
-        if result.is_err() && (survivor_runs || !has_snapshot) {
-            stop();
+        if result.is_err() {
+            let survivor_runs =
+                crate::pair::read_named(&dir, &survivor.name).is_some_and(|vm| vm.running());
+            let has_snapshot = || {
+                records(&self.etcd, pair).is_ok_and(|records| {
+                    records.iter().any(|r| {
+                        r.name == backup
+                            && r.host == target.name
+                            && matches!(&*r.state, "backup" | "live")
+                    })
+                })
+            };
+            if survivor_runs || !has_snapshot() {
+                stop();
+            }
         }
         result.map(|()| format!("{backup} on {}", target.name))
     }

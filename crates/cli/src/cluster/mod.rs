@@ -342,7 +342,7 @@ pub fn cluster(args: &ClusterArgs) -> Result<ExitCode> {
         ClusterCommand::Protect(args) => protect(args),
         ClusterCommand::PairKey(args) => {
             let key = request::pair_key(&read_cluster_key(&args.cluster_key)?, &args.pair);
-            let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+            let hex = crate::pair::hex(&key);
             crate::pair::write_private(&args.out, hex.as_bytes())?;
             Ok(ExitCode::SUCCESS)
         }
@@ -401,7 +401,7 @@ fn up(args: &UpArgs) -> Result<ExitCode> {
         private_disk,
         incarnation: {
             let id: [u8; 4] = ftvm_host::random_bytes()?;
-            id.iter().map(|b| format!("{b:02x}")).collect()
+            crate::pair::hex(&id)
         },
     };
     // Created only if there is none: a pair of that name whose VMs are
