@@ -105,9 +105,21 @@ fn protected_pair(status: &PairStatus, epoch: u64) -> Option<(StatusLine, Status
 
 /// Wait until the pair is whole again as `epoch`.
 fn wait_protected(pair: &Pair, epoch: u64, what: &str) -> (StatusLine, StatusLine) {
+    wait_protected_in(pair, epoch..=epoch, what)
+}
+
+/// Wait until the pair is whole as any epoch of `epochs`.
+fn wait_protected_in(
+    pair: &Pair,
+    epochs: std::ops::RangeInclusive<u64>,
+    what: &str,
+) -> (StatusLine, StatusLine) {
     let mut found = None;
     pair.wait_until(RESTORE_LIMIT, what, || {
-        found = protected_pair(&pair.ftvm_status(), epoch);
+        let status = pair.ftvm_status();
+        found = epochs
+            .clone()
+            .find_map(|epoch| protected_pair(&status, epoch));
         found.is_some()
     });
     found.expect("found above")
@@ -448,13 +460,7 @@ fn a_migration_interrupted_at_a_random_moment_loses_nothing() {
     let mut writer = start(&mut pair, true, &[]);
     // Under load a pair may split while it boots and be restored: it is
     // whichever epoch it is.
-    let mut whole = None;
-    pair.wait_until(RESTORE_LIMIT, "the pair", || {
-        let status = pair.ftvm_status();
-        whole = (1..=4).find_map(|epoch| protected_pair(&status, epoch));
-        whole.is_some()
-    });
-    let (primary, backup) = whole.expect("found above");
+    let (primary, backup) = wait_protected_in(&pair, 1..=4, "the pair");
     let epoch = primary.epoch.unwrap_or(1);
     let delay = Duration::from_millis(seed % 700);
     let mut migrate = pair.ftvm();
@@ -480,13 +486,7 @@ fn a_migration_interrupted_at_a_random_moment_loses_nothing() {
     };
     signal(victim.pid, libc::SIGKILL);
     let migrated = migrate.wait().expect("ftvm migrate ends");
-    let mut whole = None;
-    pair.wait_until(RESTORE_LIMIT, "protected again", || {
-        let status = pair.ftvm_status();
-        whole = (epoch + 1..=epoch + 3).find_map(|epoch| protected_pair(&status, epoch));
-        whole.is_some()
-    });
-    let (new_primary, _) = whole.expect("found above");
+    let (new_primary, _) = wait_protected_in(&pair, epoch + 1..=epoch + 3, "protected again");
     assert!(
         new_primary.name != victim.name,
         "the VM killed {delay:?} into the migration ({}) runs the guest: {new_primary}\n{}",
