@@ -289,3 +289,75 @@ proptest! {
         prop_assert_eq!(bus_a, bus_b);
     }
 }
+
+/// Device DMA writes RAM between runs (`Ram::write`); it retires only the
+/// cached and translated code it overlaps, as a guest store does. Both
+/// engines must see a host write over code that ran, hot and translated:
+/// one write, one spanning two code chunks, and one after more writes
+/// than the hart tracks one by one.
+#[test]
+fn host_writes_over_translated_code_take_effect_on_both_engines() {
+    let addi_a0 = |value: i32| i_type(value, 0, 0, 10, 0x13);
+    for engine in [Engine::Interpreter, Engine::Translator] {
+        let mut h = Hart::new(HartConfig {
+            hart_id: 0,
+            ram_base: BASE,
+            ram_size: 1 << 20,
+            insns_per_tick: 10,
+        });
+        h.set_engine(engine).expect("engine available");
+        h.set_translation_threshold(0);
+        let mut bus = Recorder::default();
+        // The code straddles a 1 KiB chunk boundary: `addi a0` at the last
+        // word of one chunk, `addi a1` and WFI in the next.
+        let at = CODE + 1024 - 4;
+        let program = |a0: i32, a1: i32| -> Vec<u8> {
+            [addi_a0(a0), i_type(a1, 0, 0, 11, 0x13), WFI]
+                .iter()
+                .flat_map(|w| w.to_le_bytes())
+                .collect()
+        };
+        let run = |h: &mut Hart, bus: &mut Recorder| {
+            for _ in 0..3 {
+                h.set_pc(at);
+                assert_eq!(h.run(bus, h.icount() + 100), Exit::Wfi, "{engine:?}");
+            }
+            (h.xreg(10), h.xreg(11))
+        };
+        h.ram_mut().write(at, &program(1, 2)).expect("in RAM");
+        assert_eq!(run(&mut h, &mut bus), (1, 2), "{engine:?}: first program");
+        // Data elsewhere: the code stays valid.
+        h.ram_mut().write(DATA, &[0xa5; 64]).expect("in RAM");
+        assert_eq!(
+            run(&mut h, &mut bus),
+            (1, 2),
+            "{engine:?}: after a data write"
+        );
+        // `addi a0, 3` over `addi a1`: a0 ends 3, a1 keeps its 2.
+        h.ram_mut()
+            .write(at + 4, &program(3, 4)[..4])
+            .expect("in RAM");
+        assert_eq!(
+            run(&mut h, &mut bus),
+            (3, 2),
+            "{engine:?}: a write over the second chunk's code"
+        );
+        h.ram_mut().write(at, &program(5, 6)).expect("in RAM");
+        assert_eq!(
+            run(&mut h, &mut bus),
+            (5, 6),
+            "{engine:?}: a write across both chunks"
+        );
+        for i in 0..1000u64 {
+            h.ram_mut()
+                .write(DATA + 8 * i, &i.to_le_bytes())
+                .expect("in RAM");
+        }
+        h.ram_mut().write(at, &program(7, 8)).expect("in RAM");
+        assert_eq!(
+            run(&mut h, &mut bus),
+            (7, 8),
+            "{engine:?}: a write after a flood of writes"
+        );
+    }
+}
