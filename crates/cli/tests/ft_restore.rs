@@ -23,7 +23,7 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use support::pair::{Pair, PairStatus, StatusLine, VmState};
+use support::pair::{Pair, StatusLine, VmState};
 use support::writer::{BOOT_LIMIT, REPLY_LIMIT, WRITER_CMD, Writer};
 use support::{
     disk_log, free_port, fsck_clean, image_dir, kill_seed, poll, run_limited, serial, signal,
@@ -91,38 +91,9 @@ fn finish(pair: &Pair, mut writer: Writer, disk: &Path) {
     fsck_clean(disk);
 }
 
-/// A whole pair of `epoch`: a primary and a backup, the backup caught up.
-fn protected_pair(status: &PairStatus, epoch: u64) -> Option<(StatusLine, StatusLine)> {
-    let alive = status.alive();
-    let primary = alive
-        .iter()
-        .find(|line| line.state == VmState::Primary && line.epoch == Some(epoch))?;
-    let backup = alive
-        .iter()
-        .find(|line| line.state == VmState::Backup && line.epoch == Some(epoch))?;
-    (alive.len() == 2).then(|| ((*primary).clone(), (*backup).clone()))
-}
-
 /// Wait until the pair is whole again as `epoch`.
 fn wait_protected(pair: &Pair, epoch: u64, what: &str) -> (StatusLine, StatusLine) {
-    wait_protected_in(pair, epoch..=epoch, what)
-}
-
-/// Wait until the pair is whole as any epoch of `epochs`.
-fn wait_protected_in(
-    pair: &Pair,
-    epochs: std::ops::RangeInclusive<u64>,
-    what: &str,
-) -> (StatusLine, StatusLine) {
-    let mut found = None;
-    pair.wait_until(RESTORE_LIMIT, what, || {
-        let status = pair.ftvm_status();
-        found = epochs
-            .clone()
-            .find_map(|epoch| protected_pair(&status, epoch));
-        found.is_some()
-    });
-    found.expect("found above")
+    pair.wait_protected(epoch..=epoch, what, RESTORE_LIMIT)
 }
 
 #[test]
@@ -460,7 +431,7 @@ fn a_migration_interrupted_at_a_random_moment_loses_nothing() {
     let mut writer = start(&mut pair, true, &[]);
     // Under load a pair may split while it boots and be restored: it is
     // whichever epoch it is.
-    let (primary, backup) = wait_protected_in(&pair, 1..=4, "the pair");
+    let (primary, backup) = pair.wait_protected(1..=4, "the pair", RESTORE_LIMIT);
     let epoch = primary.epoch.unwrap_or(1);
     let delay = Duration::from_millis(seed % 700);
     let mut migrate = pair.ftvm();
@@ -486,7 +457,8 @@ fn a_migration_interrupted_at_a_random_moment_loses_nothing() {
     };
     signal(victim.pid, libc::SIGKILL);
     let migrated = migrate.wait().expect("ftvm migrate ends");
-    let (new_primary, _) = wait_protected_in(&pair, epoch + 1..=epoch + 3, "protected again");
+    let (new_primary, _) =
+        pair.wait_protected(epoch + 1..=epoch + 3, "protected again", RESTORE_LIMIT);
     assert!(
         new_primary.name != victim.name,
         "the VM killed {delay:?} into the migration ({}) runs the guest: {new_primary}\n{}",

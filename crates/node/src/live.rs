@@ -75,6 +75,9 @@ pub(crate) struct PairLink {
     pub(crate) arbitrating: bool,
     /// Slowed down: the backup trails by more than the bound.
     throttled: bool,
+    /// A clone that is catching up has acknowledged log: it replays, and
+    /// from now on the primary keeps to its pace.
+    clone_replaying: bool,
     retry_at: Option<u64>,
 }
 
@@ -98,12 +101,23 @@ impl PairLink {
             handed: false,
             arbitrating: false,
             throttled: false,
+            clone_replaying: false,
             retry_at: None,
         }
     }
 
     fn holds_outputs(&self) -> bool {
         self.phase == Phase::Protected
+    }
+
+    /// Whether the primary keeps to its backup's pace: a backup that
+    /// protects it, and a clone that replays to catch up. A busy guest on
+    /// a host whose cores are all taken would otherwise run as fast as its
+    /// clone replays, and the clone would never catch up (the paper slows
+    /// the primary in the same way). A clone still restoring its snapshot
+    /// does not hold the guest back.
+    fn paces(&self) -> bool {
+        self.holds_outputs() || (self.phase == Phase::CatchingUp && self.clone_replaying)
     }
 
     /// The pair is ending, or the VM is being handed over: no new input.
@@ -299,12 +313,12 @@ impl Node {
         let Mode::Running(r) = &mut self.mode else {
             return Ok(Ran::Done);
         };
-        if let Some(pair) = r.pair.as_mut().filter(|p| p.holds_outputs()) {
+        if let Some(pair) = r.pair.as_mut().filter(|p| p.paces()) {
             let max_lag = insns_for_ns(self.config.max_lag_ns, r.insns_per_ms);
             pair.protocol.set_max_lag_insns(max_lag);
             match pair.protocol.pace() {
-                Pace::Stall => return Ok(Ran::Blocked),
-                Pace::SlowDown => pair.throttled = true,
+                Pace::Stall if pair.holds_outputs() => return Ok(Ran::Blocked),
+                Pace::Stall | Pace::SlowDown => pair.throttled = true,
                 Pace::Run => {}
             }
             // Once slowed, the primary waits until the backup has made up
@@ -683,8 +697,11 @@ impl Node {
                 self.stats.lag_entries = entries;
                 self.stats.lag_ns = ns_for_insns(insns, r.insns_per_ms);
                 let max_lag = insns_for_ns(self.config.max_lag_ns, r.insns_per_ms);
-                if pair.phase == Phase::CatchingUp && insns <= max_lag / 2 {
-                    self.clone_caught_up(time);
+                if pair.phase == Phase::CatchingUp {
+                    pair.clone_replaying = true;
+                    if insns <= max_lag / 2 {
+                        self.clone_caught_up(time);
+                    }
                 }
                 self.finish_hand_over(time);
                 self.finish_ending();

@@ -112,6 +112,20 @@ impl PairStatus {
             .find(|line| line.name.as_deref() == Some(name))
     }
 
+    /// A whole pair of `epoch`: a primary and a backup, the backup caught
+    /// up, and no third VM.
+    pub fn protected(&self, epoch: u64) -> Option<(StatusLine, StatusLine)> {
+        let alive = self.alive();
+        let of = |state| {
+            alive
+                .iter()
+                .find(|line| line.state == state && line.epoch == Some(epoch))
+                .map(|line| (*line).clone())
+        };
+        let (primary, backup) = (of(VmState::Primary)?, of(VmState::Backup)?);
+        (alive.len() == 2).then_some((primary, backup))
+    }
+
     /// Whether `vm` is in `state` with `pid`.
     pub fn is(&self, vm: Vm, state: VmState, pid: u32) -> bool {
         self.vm(vm)
@@ -483,6 +497,23 @@ impl Pair {
         if !super::wait_until(limit, &mut done) {
             panic!("{what}: not within {limit:?}\n{}", self.diag());
         }
+    }
+
+    /// Wait until the pair is whole as any epoch of `epochs` (after
+    /// `limit`, fail saying `what` did not happen); its primary and backup.
+    pub fn wait_protected(
+        &self,
+        epochs: std::ops::RangeInclusive<u64>,
+        what: &str,
+        limit: Duration,
+    ) -> (StatusLine, StatusLine) {
+        let mut found = None;
+        self.wait_until(limit, what, || {
+            let status = self.ftvm_status();
+            found = epochs.clone().find_map(|epoch| status.protected(epoch));
+            found.is_some()
+        });
+        found.expect("found above")
     }
 
     /// Wait until `vm`'s status line satisfies `done`, and return it; after
