@@ -21,7 +21,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ftvm_check::{
-    BankInput, BankOutput, History, KvOp, Outcome, ProcessId, RegisterOp, RegisterOutput, Transfer,
+    BankInput, BankOutput, History, KvOp, OpId, Outcome, ProcessId, RegisterOp, RegisterOutput,
+    Transfer,
 };
 
 use crate::support::pair::{Pair, StatusLine, VmState};
@@ -278,6 +279,36 @@ pub struct ClientLog<I, O> {
     pub reconnects: u64,
 }
 
+impl<I, O> ClientLog<I, O> {
+    fn new() -> Self {
+        ClientLog {
+            history: History::new(),
+            longest_wait: Duration::ZERO,
+            reconnects: 0,
+        }
+    }
+
+    /// Complete `id` with how its call ended; whether the connection is
+    /// lost (the client reconnects).
+    fn record(&mut self, id: OpId, ended: Ended<O>, call: u64, ret: u64) -> bool {
+        let (outcome, lost) = match ended {
+            Ended::Ok(out) => {
+                self.longest_wait = self.longest_wait.max(Duration::from_nanos(ret - call));
+                (Outcome::Ok(out), false)
+            }
+            Ended::Fail => (Outcome::Fail, false),
+            Ended::Unknown => {
+                self.reconnects += 1;
+                (Outcome::Unknown, true)
+            }
+        };
+        self.history
+            .complete(id, outcome, ret)
+            .expect("completing a pending operation");
+        lost
+    }
+}
+
 /// Clients running until [`Clients::finish`].
 pub struct Clients<I, O> {
     stop: Arc<AtomicBool>,
@@ -360,11 +391,7 @@ pub fn redis_client(
 ) -> impl Fn(ProcessId, Arc<AtomicBool>) -> ClientLog<KvOp<u64>, RegisterOutput> + Clone {
     move |process, stop| {
         let mut rng = Rng::new(seed ^ ((process + 1) * 7919));
-        let mut log = ClientLog {
-            history: History::new(),
-            longest_wait: Duration::ZERO,
-            reconnects: 0,
-        };
+        let mut log = ClientLog::new();
         let script = redis::Script::new(CAS_SCRIPT);
         let mut con = None;
         let mut seen: Vec<Option<i64>> = vec![None; keys as usize];
@@ -412,27 +439,16 @@ pub fn redis_client(
                 ),
             };
             let ret = clock.now();
-            let outcome = match ended {
-                Ended::Ok(out) => {
-                    log.longest_wait = log.longest_wait.max(Duration::from_nanos(ret - call));
-                    match out {
-                        RegisterOutput::Read(v) => seen[key as usize] = v,
-                        RegisterOutput::Written => seen[key as usize] = Some(unique),
-                        RegisterOutput::Cas(true) => seen[key as usize] = Some(unique),
-                        RegisterOutput::Cas(false) => {}
-                    }
-                    Outcome::Ok(out)
-                }
-                Ended::Fail => Outcome::Fail,
-                Ended::Unknown => {
-                    con = None;
-                    log.reconnects += 1;
-                    Outcome::Unknown
-                }
-            };
-            log.history
-                .complete(id, outcome, ret)
-                .expect("completing a pending operation");
+            if let Ended::Ok(out) = &ended {
+                seen[key as usize] = match *out {
+                    RegisterOutput::Read(v) => v,
+                    RegisterOutput::Written | RegisterOutput::Cas(true) => Some(unique),
+                    RegisterOutput::Cas(false) => seen[key as usize],
+                };
+            }
+            if log.record(id, ended, call, ret) {
+                con = None;
+            }
             std::thread::sleep(Duration::from_millis(2 + rng.below(8)));
         }
         log
@@ -524,11 +540,7 @@ pub fn bank_client(
 ) -> impl Fn(ProcessId, Arc<AtomicBool>) -> ClientLog<BankInput, BankOutput> + Clone {
     move |process, stop| {
         let mut rng = Rng::new(seed ^ ((process + 1) * 104_729));
-        let mut log = ClientLog {
-            history: History::new(),
-            longest_wait: Duration::ZERO,
-            reconnects: 0,
-        };
+        let mut log = ClientLog::new();
         let mut client = None;
         while !stop.load(Ordering::Relaxed) {
             let Some(c) = client.as_mut() else {
@@ -556,21 +568,9 @@ pub fn bank_client(
                 BankInput::Transfer(t) => postgres_ended(transfer(c, t)),
             };
             let ret = clock.now();
-            let outcome = match ended {
-                Ended::Ok(out) => {
-                    log.longest_wait = log.longest_wait.max(Duration::from_nanos(ret - call));
-                    Outcome::Ok(out)
-                }
-                Ended::Fail => Outcome::Fail,
-                Ended::Unknown => {
-                    client = None;
-                    log.reconnects += 1;
-                    Outcome::Unknown
-                }
-            };
-            log.history
-                .complete(id, outcome, ret)
-                .expect("completing a pending operation");
+            if log.record(id, ended, call, ret) {
+                client = None;
+            }
             std::thread::sleep(Duration::from_millis(2 + rng.below(8)));
         }
         log
