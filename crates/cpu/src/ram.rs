@@ -8,27 +8,16 @@ pub(crate) const PAGE_SHIFT: u32 = 12;
 /// Guest RAM: one contiguous block of physical memory at `base`.
 ///
 /// Host-side writes (loader, device DMA at an instruction boundary, snapshot
-/// restore) go through [`Ram::write`] / [`Ram::restore_bytes`], so the hart
-/// drops instructions it decoded from the old bytes: a write is noted as a
-/// range, which retires only the cached code it overlaps (as a guest store
-/// does); a restore, or more writes than the hart can keep track of, bump
-/// the code generation, which drops every decoded block and translation.
+/// restore) go through [`Ram::write`] / [`Ram::restore_bytes`]; they bump
+/// the code generation so the hart drops instructions it decoded from the
+/// old bytes.
 pub struct Ram {
     base: u64,
     bytes: Vec<u8>,
-    /// Bumped by a restore or a flood of host writes: decoded instructions
-    /// are only valid for the generation they were decoded in.
+    /// Bumped by every host-side write: decoded instructions are only valid
+    /// for the generation they were decoded in.
     pub(crate) host_generation: u64,
-    /// RAM offset ranges written by the host since the hart last looked.
-    /// Every virtio request ends in one (the used ring), so this is the
-    /// common case: dropping all translated code on each disk read or
-    /// network frame cost an I/O-heavy Linux most of its time.
-    pub(crate) host_writes: Vec<(usize, usize)>,
 }
-
-/// Host writes remembered one by one before the next run; beyond, the
-/// whole cache goes (a bounded list, whatever a device does).
-const HOST_WRITES_TRACKED: usize = 256;
 
 impl Ram {
     pub fn new(base: u64, size: u64) -> Self {
@@ -36,7 +25,6 @@ impl Ram {
             base,
             bytes: vec![0; size as usize],
             host_generation: 0,
-            host_writes: Vec::new(),
         }
     }
     pub fn base(&self) -> u64 {
@@ -66,16 +54,8 @@ impl Ram {
         Ok(())
     }
     pub fn write(&mut self, paddr: u64, data: &[u8]) -> Result<(), BusFault> {
-        let off = self.copy_in(paddr, data)?;
-        if data.is_empty() {
-            return Ok(());
-        }
-        if self.host_writes.len() < HOST_WRITES_TRACKED {
-            self.host_writes.push((off, data.len()));
-        } else {
-            self.host_generation += 1;
-            self.host_writes.clear();
-        }
+        self.copy_in(paddr, data)?;
+        self.host_generation += 1;
         Ok(())
     }
     /// Copy `data` to `paddr` without any code-coherence bookkeeping (the
@@ -94,7 +74,6 @@ impl Ram {
         }
         self.bytes.copy_from_slice(data);
         self.host_generation += 1;
-        self.host_writes.clear();
         Ok(())
     }
 

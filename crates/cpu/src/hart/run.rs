@@ -64,16 +64,6 @@ impl Hart {
         self.irq_dirty = true;
         if self.blocks.host_generation != self.ram.host_generation {
             self.flush_icache();
-            self.ram.host_writes.clear();
-        } else if !self.ram.host_writes.is_empty() {
-            let mut writes = std::mem::take(&mut self.ram.host_writes);
-            for &(off, size) in &writes {
-                self.invalidate_code(off, size);
-            }
-            // Keep the list's allocation: this happens after every request.
-            writes.clear();
-            self.ram.host_writes = writes;
-            self.stop_block = false;
         }
         while self.s.icount < icount_limit {
             // Everything that can make an interrupt pending or enabled ends
