@@ -45,6 +45,10 @@
 
 #[path = "../tests/support/mod.rs"]
 mod support;
+// The clone bench's markdown table; its other helpers are not used here.
+#[allow(dead_code)]
+#[path = "clone/table.rs"]
+mod table;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -705,50 +709,6 @@ fn load_average() -> String {
         .unwrap_or_else(|| "?".to_string())
 }
 
-/// A markdown table, every column as wide as its widest cell.
-fn print_table(header: &[String], rows: &[Vec<String>]) {
-    let widths: Vec<usize> = (0..header.len())
-        .map(|c| {
-            rows.iter()
-                .map(|r| r[c].len())
-                .chain([header[c].len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |cells: &[String]| {
-        let cells: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .enumerate()
-            .map(|(c, (s, &w))| {
-                if c == 0 {
-                    format!("{s:<w$}")
-                } else {
-                    format!("{s:>w$}")
-                }
-            })
-            .collect();
-        println!("| {} |", cells.join(" | "));
-    };
-    line(header);
-    let rule: Vec<String> = widths
-        .iter()
-        .enumerate()
-        .map(|(c, &w)| {
-            if c == 0 {
-                "-".repeat(w + 2)
-            } else {
-                format!("{}:", "-".repeat(w + 1))
-            }
-        })
-        .collect();
-    println!("|{}|", rule.join("|"));
-    for row in rows {
-        line(row);
-    }
-}
-
 fn main() {
     let Some(runs) = bench_runs() else {
         return;
@@ -842,7 +802,8 @@ fn main() {
             row
         })
         .collect();
-    print_table(&header, &rows);
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+    table::table(&header, &rows);
     println!();
     println!(
         "pair/solo: FT pair over standalone; ftvm/QEMU: standalone over QEMU. Above 1 is better \
