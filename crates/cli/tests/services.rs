@@ -71,8 +71,8 @@ fn redis_stays_linearizable_and_postgres_loses_no_transfer_across_failovers() {
     let bank = Clients::spawn(4, bank_client(pair.postgres_port, seed, clock));
     let faults = faults();
     let nemesis = nemesis(&pair, faults);
-    let (redis_history, redis_longest, _) = redis.finish();
-    let (bank_history, bank_longest, _) = bank.finish();
+    let (redis_history, redis_longest) = redis.finish();
+    let (bank_history, bank_longest) = bank.finish();
     let final_balances = {
         let mut client = postgres_connect(pair.postgres_port).expect("connecting at the end");
         read_balances(&mut client).expect("the final read")

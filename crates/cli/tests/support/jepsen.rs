@@ -26,7 +26,7 @@ use ftvm_check::{
 };
 
 use crate::support::pair::{Pair, StatusLine, VmState};
-use crate::support::{free_port, poll, repo_root, signal};
+use crate::support::{free_port, poll, process_alive, repo_root, signal};
 
 /// How long a client waits for one reply before it calls the operation
 /// unknown: far beyond a failover's pause, so that an unknown means the
@@ -256,19 +256,6 @@ impl Nemesis {
     }
 }
 
-/// Whether `pid` is a live process (not a zombie).
-fn process_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|stat| {
-            let state = stat
-                .rsplit(')')
-                .next()
-                .and_then(|s| s.split_whitespace().next());
-            !matches!(state, Some("Z") | Some("X"))
-        })
-        .unwrap_or(false)
-}
-
 // ---------------------------------------------------------------------
 // Clients
 
@@ -276,7 +263,6 @@ fn process_alive(pid: u32) -> bool {
 pub struct ClientLog<I, O> {
     pub history: History<I, O>,
     pub longest_wait: Duration,
-    pub reconnects: u64,
 }
 
 impl<I, O> ClientLog<I, O> {
@@ -284,24 +270,16 @@ impl<I, O> ClientLog<I, O> {
         ClientLog {
             history: History::new(),
             longest_wait: Duration::ZERO,
-            reconnects: 0,
         }
     }
 
     /// Complete `id` with how its call ended; whether the connection is
-    /// lost (the client reconnects).
-    fn record(&mut self, id: OpId, ended: Ended<O>, call: u64, ret: u64) -> bool {
-        let (outcome, lost) = match ended {
-            Ended::Ok(out) => {
-                self.longest_wait = self.longest_wait.max(Duration::from_nanos(ret - call));
-                (Outcome::Ok(out), false)
-            }
-            Ended::Fail => (Outcome::Fail, false),
-            Ended::Unknown => {
-                self.reconnects += 1;
-                (Outcome::Unknown, true)
-            }
-        };
+    /// lost (an unknown outcome: the client reconnects).
+    fn record(&mut self, id: OpId, outcome: Outcome<O>, call: u64, ret: u64) -> bool {
+        if matches!(outcome, Outcome::Ok(_)) {
+            self.longest_wait = self.longest_wait.max(Duration::from_nanos(ret - call));
+        }
+        let lost = matches!(outcome, Outcome::Unknown);
         self.history
             .complete(id, outcome, ret)
             .expect("completing a pending operation");
@@ -331,28 +309,18 @@ impl<I: Send + 'static, O: Send + 'static> Clients<I, O> {
     }
 
     /// Stop every client after its current operation; their histories
-    /// merged, the longest wait and the reconnections.
-    pub fn finish(self) -> (History<I, O>, Duration, u64) {
+    /// merged, and the longest wait.
+    pub fn finish(self) -> (History<I, O>, Duration) {
         self.stop.store(true, Ordering::Relaxed);
         let mut history = History::new();
-        let (mut longest, mut reconnects) = (Duration::ZERO, 0);
+        let mut longest = Duration::ZERO;
         for thread in self.threads {
             let mut log = thread.join().expect("a client panicked");
             history.append(&mut log.history);
             longest = longest.max(log.longest_wait);
-            reconnects += log.reconnects;
         }
-        (history, longest, reconnects)
+        (history, longest)
     }
-}
-
-/// How a client call ended, for the history.
-enum Ended<T> {
-    Ok(T),
-    /// Refused before it had any effect.
-    Fail,
-    /// Lost: it may have taken effect.
-    Unknown,
 }
 
 // ---------------------------------------------------------------------
@@ -371,13 +339,13 @@ pub fn redis_connect(port: u16) -> redis::RedisResult<redis::Connection> {
     Ok(con)
 }
 
-fn redis_ended<T>(result: redis::RedisResult<T>) -> Ended<T> {
+fn redis_outcome<T>(result: redis::RedisResult<T>) -> Outcome<T> {
     match result {
-        Ok(value) => Ended::Ok(value),
+        Ok(value) => Outcome::Ok(value),
         // An error reply (a code such as LOADING or BUSY): Redis refused
         // the command as a whole.
-        Err(e) if e.code().is_some() => Ended::Fail,
-        Err(_) => Ended::Unknown,
+        Err(e) if e.code().is_some() => Outcome::Fail,
+        Err(_) => Outcome::Unknown,
     }
 }
 
@@ -415,21 +383,21 @@ pub fn redis_client(
             };
             let call = clock.now();
             let id = log.history.invoke(process, KvOp { key, op }, call);
-            let ended = match op {
-                RegisterOp::Read => redis_ended(
+            let outcome = match op {
+                RegisterOp::Read => redis_outcome(
                     redis::cmd("GET")
                         .arg(&name)
                         .query::<Option<i64>>(c)
                         .map(RegisterOutput::Read),
                 ),
-                RegisterOp::Write(v) => redis_ended(
+                RegisterOp::Write(v) => redis_outcome(
                     redis::cmd("SET")
                         .arg(&name)
                         .arg(v)
                         .query::<()>(c)
                         .map(|()| RegisterOutput::Written),
                 ),
-                RegisterOp::Cas(expected, new) => redis_ended(
+                RegisterOp::Cas(expected, new) => redis_outcome(
                     script
                         .key(&name)
                         .arg(expected)
@@ -439,14 +407,14 @@ pub fn redis_client(
                 ),
             };
             let ret = clock.now();
-            if let Ended::Ok(out) = &ended {
+            if let Outcome::Ok(out) = &outcome {
                 seen[key as usize] = match *out {
                     RegisterOutput::Read(v) => v,
                     RegisterOutput::Written | RegisterOutput::Cas(true) => Some(unique),
                     RegisterOutput::Cas(false) => seen[key as usize],
                 };
             }
-            if log.record(id, ended, call, ret) {
+            if log.record(id, outcome, call, ret) {
                 con = None;
             }
             std::thread::sleep(Duration::from_millis(2 + rng.below(8)));
@@ -521,13 +489,13 @@ fn transfer(client: &mut postgres::Client, t: Transfer) -> Result<BankOutput, po
     Ok(BankOutput::Transferred)
 }
 
-fn postgres_ended<T>(result: Result<T, postgres::Error>) -> Ended<T> {
+fn postgres_outcome<T>(result: Result<T, postgres::Error>) -> Outcome<T> {
     match result {
-        Ok(value) => Ended::Ok(value),
+        Ok(value) => Outcome::Ok(value),
         // The server answered with an error (a serialization failure, a
         // deadlock): the transaction was rolled back.
-        Err(e) if e.as_db_error().is_some() => Ended::Fail,
-        Err(_) => Ended::Unknown,
+        Err(e) if e.as_db_error().is_some() => Outcome::Fail,
+        Err(_) => Outcome::Unknown,
     }
 }
 
@@ -563,12 +531,12 @@ pub fn bank_client(
             };
             let call = clock.now();
             let id = log.history.invoke(process, input.clone(), call);
-            let ended = match input {
-                BankInput::Read => postgres_ended(read_balances(c).map(BankOutput::Balances)),
-                BankInput::Transfer(t) => postgres_ended(transfer(c, t)),
+            let outcome = match input {
+                BankInput::Read => postgres_outcome(read_balances(c).map(BankOutput::Balances)),
+                BankInput::Transfer(t) => postgres_outcome(transfer(c, t)),
             };
             let ret = clock.now();
-            if log.record(id, ended, call, ret) {
+            if log.record(id, outcome, call, ret) {
                 client = None;
             }
             std::thread::sleep(Duration::from_millis(2 + rng.below(8)));
