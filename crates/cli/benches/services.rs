@@ -60,8 +60,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value, json};
 use support::pair::{Pair, StatusLine, Vm, VmState};
 use support::{
-    Finished, OPENSBI_FW_DYNAMIC, Scratch, bench_runs, describe, free_port, ftvm_with_guest,
-    median, qemu_available, qemu_version, qemu_virt_args, repo_root, run_limited,
+    Finished, OPENSBI_FW_DYNAMIC, Scratch, bench_runs, collect, describe, free_port,
+    ftvm_with_guest, median, qemu_available, qemu_version, qemu_virt_args, repo_root, run_limited,
 };
 
 const MEMORY_MIB: u64 = 512;
@@ -150,23 +150,6 @@ struct Process {
     command: String,
     console: Arc<Mutex<Vec<u8>>>,
     stderr: Arc<Mutex<Vec<u8>>>,
-}
-
-fn collect<R: Read + Send + 'static>(mut pipe: R) -> Arc<Mutex<Vec<u8>>> {
-    let buf = Arc::new(Mutex::new(Vec::new()));
-    let sink = Arc::clone(&buf);
-    std::thread::spawn(move || {
-        let mut chunk = [0; 4096];
-        while let Ok(n) = pipe.read(&mut chunk) {
-            if n == 0 {
-                break;
-            }
-            sink.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .extend_from_slice(&chunk[..n]);
-        }
-    });
-    buf
 }
 
 fn tail(bytes: &[u8], n: usize) -> String {

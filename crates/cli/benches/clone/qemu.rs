@@ -112,21 +112,7 @@ impl Qemu {
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("starting {command}: {e}"));
-        let console = Arc::new(Mutex::new(Vec::new()));
-        let mut stdout = child.stdout.take().expect("piped stdout");
-        let sink = Arc::clone(&console);
-        std::thread::spawn(move || {
-            use std::io::Read;
-            let mut buf = [0; 4096];
-            while let Ok(n) = stdout.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .extend_from_slice(&buf[..n]);
-            }
-        });
+        let console = support::collect(child.stdout.take().expect("piped stdout"));
         let stderr = Some(support::drain(child.stderr.take().expect("piped stderr")));
         let qmp = match Qmp::connect(qmp, Duration::from_secs(30)) {
             Ok(qmp) => qmp,

@@ -124,6 +124,25 @@ pub fn drain<R: Read + Send + 'static>(mut pipe: R) -> std::thread::JoinHandle<V
     })
 }
 
+/// Read `pipe` in a thread of its own into a buffer that can be looked at
+/// while the child runs (a console followed as it comes).
+pub fn collect<R: Read + Send + 'static>(mut pipe: R) -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = std::sync::Arc::clone(&buf);
+    std::thread::spawn(move || {
+        let mut chunk = [0; 4096];
+        while let Ok(n) = pipe.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend_from_slice(&chunk[..n]);
+        }
+    });
+    buf
+}
+
 /// Wait for `child` at most `limit`, then kill and reap it: its status,
 /// and whether it had to be killed.
 pub fn wait_or_kill(
