@@ -12,7 +12,9 @@
 //! TCP/IP endpoint on the host (smoltcp) at the gateway address 10.0.2.2 of
 //! the guest's network 10.0.2.0/24 (the guest is 10.0.2.15). It offers
 //! * port forwarding: a host TCP port (`hostfwd=tcp:127.0.0.1:8080-:80`)
-//!   whose connections are relayed to a guest port;
+//!   whose connections are relayed to a guest port. A guest that resets
+//!   the connection, or has nothing listening on the port, resets the
+//!   host's client too: it reads an error, not a clean empty answer;
 //! * guest connections to 10.0.2.2:PORT, relayed to the host's
 //!   127.0.0.1:PORT (QEMU's slirp gives the host loopback the same way).
 //!
@@ -468,6 +470,19 @@ impl UserNet {
                     Err(_) => relay.to_host.clear(),
                 }
             }
+            // Closed while the host side is still open means the guest reset
+            // the connection or never accepted it (a smoltcp socket reaches
+            // Closed without a reset only after both ends closed). The
+            // host's client is told with a reset too, once what the guest
+            // sent is delivered, instead of a clean end it would read as a
+            // short answer.
+            let reset = socket.state() == tcp::State::Closed && !relay.host_eof;
+            if reset && relay.to_host.is_empty() {
+                tracing::debug!("the guest reset a relayed connection");
+                let _ = socket2::SockRef::from(&*stream).set_linger(Some(Duration::ZERO));
+                sockets.remove(relay.socket);
+                return false;
+            }
             // The guest closed its side (not: the handshake is not done yet).
             let guest_closed = matches!(
                 socket.state(),
@@ -477,7 +492,7 @@ impl UserNet {
                     | tcp::State::TimeWait
                     | tcp::State::Closed
             );
-            if guest_closed && relay.to_host.is_empty() && !relay.guest_eof {
+            if guest_closed && !reset && relay.to_host.is_empty() && !relay.guest_eof {
                 relay.guest_eof = true;
                 let _ = stream.shutdown(std::net::Shutdown::Write);
             }
@@ -517,21 +532,27 @@ impl NetBackend for UserNet {
 fn summary(frame: &[u8]) -> String {
     match frame.get(12..14) {
         Some([0x08, 0x06]) => "arp".into(),
-        Some([0x08, 0x00]) if frame.len() >= 54 && frame[23] == 6 => {
-            let ihl = usize::from(frame[14] & 0x0f) * 4;
-            let tcp = &frame[14 + ihl..];
-            format!(
-                "tcp {} -> {} flags {:#04x} payload {}",
-                u16::from_be_bytes([tcp[0], tcp[1]]),
-                u16::from_be_bytes([tcp[2], tcp[3]]),
-                tcp.get(13).copied().unwrap_or(0),
-                frame.len().saturating_sub(
-                    14 + ihl + usize::from(tcp.get(12).copied().unwrap_or(0) >> 4) * 4
-                )
-            )
-        }
+        Some([0x08, 0x00]) => tcp_summary(frame).unwrap_or_else(|| "ipv4".into()),
         _ => "other".into(),
     }
+}
+
+/// Ports, flags and payload length of an IPv4 TCP frame; `None` for
+/// anything else, a malformed guest frame included.
+fn tcp_summary(frame: &[u8]) -> Option<String> {
+    let ip = frame.get(14..)?;
+    if *ip.get(9)? != 6 {
+        return None;
+    }
+    let tcp = ip.get(usize::from(ip.first()? & 0x0f) * 4..)?;
+    let header = usize::from(tcp.get(12)? >> 4) * 4;
+    Some(format!(
+        "tcp {} -> {} flags {:#04x} payload {}",
+        u16::from_be_bytes([*tcp.first()?, *tcp.get(1)?]),
+        u16::from_be_bytes([*tcp.get(2)?, *tcp.get(3)?]),
+        tcp.get(13)?,
+        tcp.len().saturating_sub(header)
+    ))
 }
 
 /// The destination port of an IPv4 TCP SYN (without ACK) to the gateway.
@@ -619,5 +640,141 @@ mod tests {
         frame[34 + 13] = 0x12; // SYN+ACK
         assert_eq!(syn_to_gateway_port(&frame), None);
         assert_eq!(syn_to_gateway_port(&frame[..20]), None);
+    }
+
+    /// A guest TCP/IP stack (smoltcp again) wired to a `UserNet`, so a
+    /// forwarded port is checked end to end without a VM. Its `Frames`
+    /// are seen from the guest's side: `to_gateway` holds what the guest
+    /// receives, `to_guest` what it sends.
+    struct StackGuest {
+        iface: Interface,
+        frames: Frames,
+        sockets: SocketSet<'static>,
+        start: std::time::Instant,
+    }
+
+    impl StackGuest {
+        fn new() -> StackGuest {
+            let mut frames = Frames::default();
+            let mac = EthernetAddress([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
+            let mut iface = Interface::new(
+                Config::new(HardwareAddress::Ethernet(mac)),
+                &mut frames,
+                Instant::from_millis(0),
+            );
+            iface.update_ip_addrs(|addrs| {
+                let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(GUEST_IP), 24));
+            });
+            StackGuest {
+                iface,
+                frames,
+                sockets: SocketSet::new(Vec::new()),
+                start: std::time::Instant::now(),
+            }
+        }
+
+        fn listen(&mut self, port: u16) -> SocketHandle {
+            let mut socket = tcp::Socket::new(
+                tcp::SocketBuffer::new(vec![0; 4096]),
+                tcp::SocketBuffer::new(vec![0; 4096]),
+            );
+            socket.listen(port).expect("listen");
+            self.sockets.add(socket)
+        }
+
+        /// One round trip of frames between the guest and the gateway.
+        fn exchange(&mut self, net: &mut UserNet) {
+            let now = Instant::from_micros(self.start.elapsed().as_micros() as i64);
+            self.iface.poll(now, &mut self.frames, &mut self.sockets);
+            for frame in self.frames.to_guest.drain(..) {
+                net.send(&frame);
+            }
+            self.frames.to_gateway.extend(net.poll());
+            self.iface.poll(now, &mut self.frames, &mut self.sockets);
+        }
+    }
+
+    fn forwarded(guest_port: u16) -> (UserNet, TcpStream) {
+        let net = UserNet::new(&[HostForward {
+            host: "127.0.0.1:0".parse().expect("addr"),
+            guest_port,
+        }])
+        .expect("a user network");
+        let addr = net.forwards[0].0.local_addr().expect("bound");
+        let client = TcpStream::connect(addr).expect("the kernel takes the connection");
+        client.set_nonblocking(true).expect("nonblocking");
+        (net, client)
+    }
+
+    /// Runs the guest until the host client reads an end or an error;
+    /// what it read before that, and how it ended.
+    fn read_to_end(
+        guest: &mut StackGuest,
+        net: &mut UserNet,
+        client: &mut TcpStream,
+        mut serve: impl FnMut(&mut StackGuest),
+    ) -> (Vec<u8>, std::io::Result<()>) {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        // A bound on a hang, not a timing claim: a round takes microseconds.
+        for _ in 0..20_000 {
+            guest.exchange(net);
+            serve(guest);
+            match client.read(&mut buf) {
+                Ok(0) => return (got, Ok(())),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_micros(200))
+                }
+                Err(e) => return (got, Err(e)),
+            }
+        }
+        panic!("the relay never ended; read {got:?}");
+    }
+
+    #[test]
+    fn a_forwarded_connection_carries_the_guests_answer_and_its_close() {
+        let (mut net, mut client) = forwarded(80);
+        let mut guest = StackGuest::new();
+        let server = guest.listen(80);
+        client.write_all(b"ping").expect("send");
+        let (answer, end) = read_to_end(&mut guest, &mut net, &mut client, |guest| {
+            let socket = guest.sockets.get_mut::<tcp::Socket>(server);
+            if socket.can_recv() {
+                let mut request = [0u8; 4];
+                if socket.recv_slice(&mut request) == Ok(4) {
+                    assert_eq!(&request, b"ping");
+                    socket.send_slice(b"pong").expect("queue the answer");
+                    socket.close();
+                }
+            }
+        });
+        assert_eq!(answer, b"pong");
+        end.expect("a clean end after the answer");
+    }
+
+    #[test]
+    fn a_guest_port_nobody_listens_on_resets_the_host_client() {
+        let (mut net, mut client) = forwarded(81);
+        let mut guest = StackGuest::new();
+        let (read, end) = read_to_end(&mut guest, &mut net, &mut client, |_| {});
+        assert_eq!(read, b"");
+        let error = end.expect_err("the guest refused: the client must not see a clean end");
+        assert_eq!(error.kind(), ErrorKind::ConnectionReset, "{error}");
+    }
+
+    #[test]
+    fn trace_summaries_survive_malformed_frames() {
+        let mut frame = vec![0u8; 54];
+        frame[12..14].copy_from_slice(&[0x08, 0x00]);
+        frame[14] = 0x45;
+        frame[23] = 6;
+        frame[34 + 12] = 5 << 4;
+        frame[34 + 13] = 0x12;
+        assert_eq!(summary(&frame), "tcp 0 -> 0 flags 0x12 payload 0");
+        frame[14] = 0x4f; // an IP header longer than the frame
+        assert_eq!(summary(&frame), "ipv4");
+        assert_eq!(summary(&frame[..20]), "ipv4");
+        assert_eq!(summary(&frame[..5]), "other");
     }
 }

@@ -305,15 +305,41 @@ pub fn image_dir() -> PathBuf {
     dir
 }
 
+/// A child process killed and reaped when dropped, so a failing test
+/// leaves no VM running.
+pub struct Reaped(pub std::process::Child);
+
+impl std::ops::Deref for Reaped {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Start `cmd` with its console piped and read the console until a line
-/// holding `marker`; returns the child and the rest of its console.
+/// holding `marker`; returns the child and the rest of its console. The
+/// kernel's echoes of its command line ("Kernel command line: ...",
+/// "Unknown kernel command line parameters ...") do not count: a marker a
+/// guest command prints is in them long before the command runs.
 pub fn spawn_until(
     mut cmd: Command,
     marker: &str,
-) -> (
-    std::process::Child,
-    std::io::BufReader<std::process::ChildStdout>,
-) {
+) -> (Reaped, std::io::BufReader<std::process::ChildStdout>) {
     use std::io::BufRead;
     let mut child = cmd
         .stdin(Stdio::null())
@@ -322,20 +348,19 @@ pub fn spawn_until(
         .spawn()
         .expect("start ftvm");
     let mut console = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let child = Reaped(child);
     let mut seen = String::new();
     let mut line = String::new();
-    while !seen.contains(marker) {
+    loop {
         line.clear();
         if console.read_line(&mut line).unwrap_or(0) == 0 {
-            break;
+            panic!("no `{marker}` on the console:\n{seen}");
         }
         seen.push_str(&line);
+        if line.contains(marker) && !line.contains("command line") {
+            return (child, console);
+        }
     }
-    assert!(
-        seen.contains(marker),
-        "no `{marker}` on the console:\n{seen}"
-    );
-    (child, console)
 }
 
 pub fn free_port() -> u16 {
