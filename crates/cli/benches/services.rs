@@ -60,12 +60,11 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value, json};
 use support::pair::{Pair, StatusLine, Vm, VmState};
 use support::{
-    Finished, OPENSBI_FW_DYNAMIC, Scratch, bench_runs, collect, describe, free_port,
+    DEBIAN_APPEND, Finished, OPENSBI_FW_DYNAMIC, Scratch, bench_runs, collect, describe, free_port,
     ftvm_with_guest, median, qemu_available, qemu_version, qemu_virt_args, repo_root, run_limited,
 };
 
 const MEMORY_MIB: u64 = 512;
-const APPEND: &str = "root=/dev/vda rw console=ttyS0 quiet";
 /// Booting Debian with systemd to Redis and PostgreSQL, emulated, on a
 /// loaded 2-core host.
 const BOOT_LIMIT: Duration = Duration::from_secs(900);
@@ -214,7 +213,7 @@ impl Guest {
             "--memory",
             &MEMORY_MIB.to_string(),
             "--append",
-            APPEND,
+            DEBIAN_APPEND,
             "--net",
             &net,
         ]
@@ -244,7 +243,7 @@ impl Guest {
                     .arg(&image.kernel)
                     .arg("-initrd")
                     .arg(&image.initrd)
-                    .args(["-append", APPEND, "-drive"])
+                    .args(["-append", DEBIAN_APPEND, "-drive"])
                     .arg(format!("file={},format=raw,if=none,id=hd", disk.display()))
                     .args(["-device", "virtio-blk-device,drive=hd", "-netdev"])
                     .arg(format!(
@@ -748,7 +747,7 @@ fn main() {
          {runs} runs, medians"
     );
     println!(
-        "guest: Debian 13 riscv64, kernel {}, {MEMORY_MIB} MiB, `{APPEND}`; QEMU: {qemu_line}",
+        "guest: Debian 13 riscv64, kernel {}, {MEMORY_MIB} MiB, `{DEBIAN_APPEND}`; QEMU: {qemu_line}",
         image.kernel_version
     );
     println!(
@@ -854,7 +853,7 @@ fn main() {
         "guest": {
             "kernel_version": image.kernel_version,
             "memory_mib": MEMORY_MIB,
-            "append": APPEND,
+            "append": DEBIAN_APPEND,
         },
         "runs": runs,
         "medians": {

@@ -26,7 +26,7 @@ use ftvm_check::{
 };
 
 use crate::support::pair::{Pair, StatusLine, VmState};
-use crate::support::{free_port, poll, process_alive, repo_root, signal};
+use crate::support::{DEBIAN_APPEND, free_port, poll, process_alive, repo_root, signal};
 
 /// How long a client waits for one reply before it calls the operation
 /// unknown: far beyond a failover's pause, so that an unknown means the
@@ -117,7 +117,7 @@ impl DebianPair {
             "--memory".to_string(),
             DEBIAN_MEMORY_MIB.to_string(),
             "--append".to_string(),
-            "root=/dev/vda rw console=ttyS0 quiet".to_string(),
+            DEBIAN_APPEND.to_string(),
             "--net".to_string(),
             format!(
                 "user,hostfwd=tcp:127.0.0.1:{redis_port}-:6379,\

@@ -16,6 +16,13 @@ use std::time::{Duration, Instant};
 
 use wait_timeout::ChildExt;
 
+/// The Debian guest's kernel command line. Under a slow boot (emulated,
+/// and slower again as a pair) udev's coldplug can outlast systemd's 90 s
+/// wait for the console's device, and then no login prompt comes: the
+/// wait is made long enough for any boot that finishes.
+pub const DEBIAN_APPEND: &str =
+    "root=/dev/vda rw console=ttyS0 quiet systemd.default_device_timeout_sec=1800";
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
