@@ -492,12 +492,15 @@ impl SwitchPort {
     }
 
     /// Wait for the next frame for this port, saying "still here" to the
-    /// switch while none comes. (Not while another handle of the port
-    /// polls: the two share the socket's blocking mode.)
+    /// switch every [`KEEPALIVE`], whether frames come or not: a port that
+    /// only receives (a backup's, or any VM that listens) would otherwise
+    /// be detached as silent. (Not while another handle of the port polls:
+    /// the two share the socket's blocking mode.)
     pub fn recv(&mut self) -> std::io::Result<Vec<u8>> {
         loop {
             match self.socket.recv(&mut self.buf) {
                 Ok(len) => {
+                    self.keepalive();
                     if let Some(frame) = self.frame_of(len) {
                         return Ok(frame);
                     }
@@ -717,5 +720,30 @@ mod tests {
         let before = server.refused();
         server.serve_for(Duration::from_millis(50)).unwrap();
         assert_eq!(server.refused(), before + 1, "the second copy");
+    }
+
+    /// Frames arriving more often than the keepalive period must not keep
+    /// a port from saying "still here".
+    #[test]
+    fn a_port_that_only_receives_still_keeps_alive() {
+        let switch = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = SwitchPort::connect(switch.local_addr().unwrap(), None).unwrap();
+        let mut hello = [0u8; 64];
+        let (len, port_addr) = switch.recv_from(&mut hello).unwrap();
+        assert_eq!(len, 0, "the hello is empty");
+        let mut receiving = port.try_clone().unwrap();
+        std::thread::spawn(move || while receiving.recv().is_ok() {});
+        switch
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let start = Instant::now();
+        let mut keepalives = 0;
+        while start.elapsed() < KEEPALIVE * 3 {
+            switch.send_to(&frame(A, B), port_addr).unwrap();
+            if let Ok((0, _)) = switch.recv_from(&mut hello) {
+                keepalives += 1;
+            }
+        }
+        assert!(keepalives >= 1, "no keepalive in {:?}", start.elapsed());
     }
 }
