@@ -21,10 +21,11 @@ use support::{
 
 const LIMIT: Duration = Duration::from_secs(300);
 
+/// A file of this run in the temporary directory; each test removes its
+/// own, so a passing run leaves nothing behind (a folder per run would
+/// stay, as no test knows it is the last).
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ftvm-replay-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir.join(name)
+    std::env::temp_dir().join(format!("ftvm-replay-test-{}-{name}", std::process::id()))
 }
 
 fn replay(log: &Path, extra: &[&str]) -> Finished {
