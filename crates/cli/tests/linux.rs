@@ -13,6 +13,7 @@ use support::{
     Finished, free_port, ftvm_bin, image_dir, qemu_available, qemu_run_with_bios, run_limited,
     spawn_until,
 };
+use wait_timeout::ChildExt;
 
 const LIMIT: Duration = Duration::from_secs(300);
 
@@ -215,11 +216,9 @@ fn http_through_a_forwarded_port_reaches_busybox_httpd_in_the_guest() {
     for _ in 0..60 {
         // Refused once ftvm has ended after an earlier knock.
         drop(std::net::TcpStream::connect(("127.0.0.1", done_port)));
-        let knocked = Instant::now();
-        while status.is_none() && knocked.elapsed() < Duration::from_secs(2) {
-            status = child.try_wait().expect("ftvm's status");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        status = child
+            .wait_timeout(Duration::from_secs(2))
+            .expect("ftvm's status");
         if status.is_some() {
             break;
         }
@@ -430,7 +429,6 @@ fn the_shell_takes_typed_commands_and_poweroff_ends_ftvm_with_0() {
 #[test]
 fn guest_time_follows_the_host_clock_while_the_guest_is_busy() {
     use std::io::BufRead;
-    use std::time::Instant;
     // Busy for about 2 s of host time (one core spinning in a shell loop),
     // printing the guest's uptime before and after.
     let cmd = "cat /proc/uptime; i=0; while [ $i -lt 45000 ]; do i=$((i+1)); done; \

@@ -537,14 +537,23 @@ fn summary(frame: &[u8]) -> String {
     }
 }
 
-/// Ports, flags and payload length of an IPv4 TCP frame; `None` for
-/// anything else, a malformed guest frame included.
-fn tcp_summary(frame: &[u8]) -> Option<String> {
+/// The IPv4 header and the TCP segment of an Ethernet frame carrying IPv4
+/// TCP; `None` for anything else, a malformed guest frame included.
+fn ipv4_tcp(frame: &[u8]) -> Option<(&[u8], &[u8])> {
+    if frame.get(12..14)? != [0x08, 0x00] {
+        return None;
+    }
     let ip = frame.get(14..)?;
     if *ip.get(9)? != 6 {
         return None;
     }
     let tcp = ip.get(usize::from(ip.first()? & 0x0f) * 4..)?;
+    Some((ip, tcp))
+}
+
+/// Ports, flags and payload length of an IPv4 TCP frame.
+fn tcp_summary(frame: &[u8]) -> Option<String> {
+    let (_, tcp) = ipv4_tcp(frame)?;
     let header = usize::from(tcp.get(12)? >> 4) * 4;
     Some(format!(
         "tcp {} -> {} flags {:#04x} payload {}",
@@ -557,15 +566,10 @@ fn tcp_summary(frame: &[u8]) -> Option<String> {
 
 /// The destination port of an IPv4 TCP SYN (without ACK) to the gateway.
 fn syn_to_gateway_port(frame: &[u8]) -> Option<u16> {
-    if frame.get(12..14)? != [0x08, 0x00] {
+    let (ip, tcp) = ipv4_tcp(frame)?;
+    if ip.get(16..20)? != GATEWAY_IP.octets() {
         return None;
     }
-    let ip = frame.get(14..)?;
-    let header_len = usize::from(ip.first()? & 0x0f) * 4;
-    if ip.get(9)? != &6 || ip.get(16..20)? != GATEWAY_IP.octets() {
-        return None;
-    }
-    let tcp = ip.get(header_len..)?;
     let flags = *tcp.get(13)?;
     (flags & 0x12 == 0x02).then(|| u16::from_be_bytes([tcp[2], tcp[3]]))
 }
@@ -627,12 +631,20 @@ mod tests {
         );
     }
 
-    #[test]
-    fn syn_detection() {
+    /// An Ethernet frame with a 20-byte IPv4 header and a 20-byte TCP
+    /// header, all other fields zero.
+    fn tcp_frame() -> Vec<u8> {
         let mut frame = vec![0u8; 54];
         frame[12..14].copy_from_slice(&[0x08, 0x00]);
         frame[14] = 0x45;
         frame[23] = 6;
+        frame[34 + 12] = 5 << 4;
+        frame
+    }
+
+    #[test]
+    fn syn_detection() {
+        let mut frame = tcp_frame();
         frame[30..34].copy_from_slice(&GATEWAY_IP.octets());
         frame[34 + 2..34 + 4].copy_from_slice(&8000u16.to_be_bytes());
         frame[34 + 13] = 0x02;
@@ -765,11 +777,7 @@ mod tests {
 
     #[test]
     fn trace_summaries_survive_malformed_frames() {
-        let mut frame = vec![0u8; 54];
-        frame[12..14].copy_from_slice(&[0x08, 0x00]);
-        frame[14] = 0x45;
-        frame[23] = 6;
-        frame[34 + 12] = 5 << 4;
+        let mut frame = tcp_frame();
         frame[34 + 13] = 0x12;
         assert_eq!(summary(&frame), "tcp 0 -> 0 flags 0x12 payload 0");
         frame[14] = 0x4f; // an IP header longer than the frame

@@ -498,21 +498,20 @@ impl SwitchPort {
     /// the two share the socket's blocking mode.)
     pub fn recv(&mut self) -> std::io::Result<Vec<u8>> {
         loop {
+            // The socket's read timeout is the keepalive period, so this
+            // runs at least that often.
+            self.keepalive();
             match self.socket.recv(&mut self.buf) {
                 Ok(len) => {
-                    self.keepalive();
                     if let Some(frame) = self.frame_of(len) {
                         return Ok(frame);
                     }
                 }
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    self.keepalive();
-                }
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
                 // The switch is not (yet, or any more) there: keep trying,
                 // as a cable to a switch that restarts would.
                 Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
                     std::thread::sleep(Duration::from_millis(100));
-                    self.keepalive();
                 }
                 Err(e) => return Err(e),
             }
