@@ -7,13 +7,18 @@
 //! an output held until the backup has the log up to it, and every frame
 //! it receives is logged. Measured:
 //!
-//! 1. echo round trip of a 64-byte message (300 of them, back to back):
-//!    median and p99, standalone and FT, and the ratio;
+//! 1. echo round trip of messages of 64 bytes, 2 KiB and 4 KiB (300 of
+//!    each, back to back): median and p99, standalone, FT and QEMU TCG
+//!    (same kernel and initramfs, `-netdev user` with the same forward),
+//!    and the ratios. The longer ones span several TCP segments: a relay
+//!    that held a message's short last segment back until the guest's
+//!    delayed acknowledgement stalled each of them 40 ms;
 //! 2. bulk echo: 16 MiB written and read back at once on one connection
-//!    (a writer and a reader thread), in MB/s of echoed data, and the
-//!    pair's logging rate meanwhile (growth of the primary's `log-bytes`
-//!    between its status lines) and log bytes per byte the guest received
-//!    (received frames are logged inputs; sent frames are outputs);
+//!    (a writer and a reader thread), in MB/s of echoed data, the three
+//!    again, and the pair's logging rate meanwhile (growth of the
+//!    primary's `log-bytes` between its status lines) and log bytes per
+//!    byte the guest received (received frames are logged inputs; sent
+//!    frames are outputs);
 //! 3. the pause a client sees at a failover: the longest gap between two
 //!    consecutive echoes of a client exchanging 64-byte messages every
 //!    2 ms, when the primary is killed (`kill -9`: its logging channel
@@ -39,13 +44,17 @@ use std::time::{Duration, Instant};
 
 use support::pair::{Pair, Vm, VmState};
 use support::{
-    bench_runs, echo, echo_message, free_port, ftvm_with_guest as ftvm, median, poll, signal,
-    wait_or_kill,
+    bench_runs, echo, echo_message, free_port, ftvm_with_guest as ftvm, image_dir, median, poll,
+    qemu_available, qemu_virt_args, signal, wait_or_kill,
 };
 
 const ECHO_CMD: &str = "nc -ll -p 7 -e cat & while true; do sleep 10; done";
 const LIMIT: Duration = Duration::from_secs(150);
 const RTT_MESSAGES: usize = 300;
+/// Echoed message sizes: one segment, and two and three segments.
+const SIZES: [usize; 3] = [64, 2048, 4096];
+/// ftvm's default guest memory, given to QEMU too.
+const MEMORY_MIB: u64 = 128;
 const BULK_BYTES: usize = 16 << 20;
 const PAUSE_WARMUP: Duration = Duration::from_secs(2);
 const PAUSE_ECHOES_AFTER: usize = 200;
@@ -74,24 +83,41 @@ fn connect(port: u16) -> TcpStream {
     }
 }
 
-fn small(i: usize) -> Vec<u8> {
+/// Message `i` of `size` bytes: its number, filler, a newline.
+fn message(i: usize, size: usize) -> Vec<u8> {
     let mut m = format!("{i:08}").into_bytes();
-    m.resize(63, b'x');
+    m.resize(size - 1, b'a' + (i % 26) as u8);
     m.push(b'\n');
     m
 }
 
-/// Round trips of 64-byte messages, in ms, sorted.
-fn round_trips(stream: &mut TcpStream) -> Vec<f64> {
+fn small(i: usize) -> Vec<u8> {
+    message(i, 64)
+}
+
+/// Round trips of `size`-byte messages, in ms, sorted.
+fn round_trips(stream: &mut TcpStream, size: usize) -> Vec<f64> {
     let mut times: Vec<f64> = (0..RTT_MESSAGES)
         .map(|i| {
             let start = Instant::now();
-            echo(stream, &small(i), LIMIT).unwrap_or_else(|e| panic!("round trip {i}: {e}"));
+            echo(stream, &message(i, size), LIMIT)
+                .unwrap_or_else(|e| panic!("round trip {i} of {size} bytes: {e}"));
             start.elapsed().as_secs_f64() * 1e3
         })
         .collect();
     times.sort_by(f64::total_cmp);
     times
+}
+
+/// Median and p99 round trip, in ms, per size of `SIZES`.
+fn round_trips_by_size(stream: &mut TcpStream) -> Vec<[f64; 2]> {
+    SIZES
+        .iter()
+        .map(|&size| {
+            let times = round_trips(stream, size);
+            [quantile(&times, 0.5), quantile(&times, 0.99)]
+        })
+        .collect()
 }
 
 fn quantile(sorted: &[f64], q: f64) -> f64 {
@@ -144,6 +170,41 @@ fn solo(port: u16) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .expect("start ftvm run")
+}
+
+/// QEMU TCG with the same kernel, initramfs and firmware as ftvm's default
+/// guest, and the echo service behind `port` of its user-mode network.
+fn qemu(port: u16) -> Child {
+    let dir = image_dir();
+    let mut cmd = std::process::Command::new("qemu-system-riscv64");
+    cmd.args(qemu_virt_args(MEMORY_MIB))
+        .arg("-bios")
+        .arg(dir.join("fw_dynamic.bin"))
+        .arg("-kernel")
+        .arg(dir.join("Image"))
+        .arg("-initrd")
+        .arg(dir.join("initramfs.cpio.gz"))
+        .arg("-append")
+        .arg(append())
+        .arg("-netdev")
+        .arg(format!("user,id=n,hostfwd=tcp:127.0.0.1:{port}-:7"))
+        .args(["-device", "virtio-net-device,netdev=n"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start qemu-system-riscv64")
+}
+
+/// Round trips and bulk throughput of one standalone VM (ftvm or QEMU).
+fn measure_alone(mut child: Child, port: u16) -> (Vec<[f64; 2]>, f64) {
+    let mut stream = connect(port);
+    let rtt = round_trips_by_size(&mut stream);
+    let bulk = bulk(&mut stream);
+    drop(stream);
+    let _ = child.kill();
+    let _ = wait_or_kill(&mut child, Duration::from_secs(10));
+    (rtt, bulk)
 }
 
 /// An FT pair with the echo service behind `port`.
@@ -204,10 +265,14 @@ fn pause(name: &str, event: libc::c_int) -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// Columns of a sample: standalone ftvm, the FT pair, QEMU TCG (NaN
+/// without QEMU).
+const COLUMNS: usize = 3;
+
 struct Sample {
-    rtt: [f64; 2],
-    rtt_p99: [f64; 2],
-    bulk: [f64; 2],
+    /// Per size of `SIZES`, per column: [median, p99] in ms.
+    rtt: Vec<[[f64; 2]; COLUMNS]>,
+    bulk: [f64; COLUMNS],
     log_mbit_s: f64,
     log_per_byte: f64,
     kill_pause: f64,
@@ -216,18 +281,18 @@ struct Sample {
 
 fn one_run(run: usize) -> Sample {
     let port = free_port();
-    let mut child = solo(port);
-    let mut stream = connect(port);
-    let solo_rtt = round_trips(&mut stream);
-    let solo_bulk = bulk(&mut stream);
-    drop(stream);
-    let _ = child.kill();
-    let _ = wait_or_kill(&mut child, Duration::from_secs(10));
+    let (solo_rtt, solo_bulk) = measure_alone(solo(port), port);
+    let (qemu_rtt, qemu_bulk) = if qemu_available() {
+        let port = free_port();
+        measure_alone(qemu(port), port)
+    } else {
+        (vec![[f64::NAN; 2]; SIZES.len()], f64::NAN)
+    };
 
     let port = free_port();
     let pair = pair_up(&format!("pair-{run}"), port);
     let mut stream = connect(port);
-    let ft_rtt = round_trips(&mut stream);
+    let ft_rtt = round_trips_by_size(&mut stream);
     let (log0, t0) = log_bytes(&pair);
     let ft_bulk = bulk(&mut stream);
     let (log1, t1) = log_bytes(&pair);
@@ -236,9 +301,10 @@ fn one_run(run: usize) -> Sample {
     let logged = log1.saturating_sub(log0) as f64;
 
     Sample {
-        rtt: [quantile(&solo_rtt, 0.5), quantile(&ft_rtt, 0.5)],
-        rtt_p99: [quantile(&solo_rtt, 0.99), quantile(&ft_rtt, 0.99)],
-        bulk: [solo_bulk, ft_bulk],
+        rtt: (0..SIZES.len())
+            .map(|k| [solo_rtt[k], ft_rtt[k], qemu_rtt[k]])
+            .collect(),
+        bulk: [solo_bulk, ft_bulk, qemu_bulk],
         log_mbit_s: logged * 8.0 / 1e6 / (t1 - t0).as_secs_f64(),
         // Received frames are logged; sent ones are outputs, not logged.
         log_per_byte: logged / BULK_BYTES as f64,
@@ -258,8 +324,14 @@ fn main() {
         .map(|run| {
             let s = one_run(run);
             eprintln!(
-                "run {run}: rtt {:.2}/{:.2} ms, bulk {:.1}/{:.1} MB/s, pauses {:.0}/{:.0} ms",
-                s.rtt[0], s.rtt[1], s.bulk[0], s.bulk[1], s.kill_pause, s.freeze_pause
+                "run {run}: rtt (solo/FT/QEMU, by size) {:?} ms, bulk {:.1?} MB/s, pauses {:.0}/{:.0} ms",
+                s.rtt
+                    .iter()
+                    .map(|c| c.map(|[median, _]| (median * 100.0).round() / 100.0))
+                    .collect::<Vec<_>>(),
+                s.bulk,
+                s.kill_pause,
+                s.freeze_pause
             );
             s
         })
@@ -268,27 +340,25 @@ fn main() {
     let max = |f: &dyn Fn(&Sample) -> f64| samples.iter().map(f).fold(0.0, f64::max);
     println!();
     println!(
-        "{:<34} {:>11} {:>10} {:>8}",
-        "", "standalone", "FT pair", "FT/solo"
+        "{:<40} {:>11} {:>10} {:>9} {:>8} {:>11}",
+        "", "standalone", "FT pair", "QEMU TCG", "FT/solo", "solo/QEMU"
     );
-    let row = |label: &str, solo: f64, ft: f64| {
-        println!("{label:<34} {solo:>11.2} {ft:>10.2} {:>7.2}x", ft / solo);
+    let row = |label: &str, f: &dyn Fn(&Sample) -> [f64; COLUMNS]| {
+        let [solo, ft, qemu] = [0, 1, 2].map(|c| col(&|s| f(s)[c]));
+        println!(
+            "{label:<40} {solo:>11.2} {ft:>10.2} {qemu:>9.2} {:>7.2}x {:>10.2}x",
+            ft / solo,
+            solo / qemu
+        );
     };
-    row(
-        "echo round trip, median (ms)",
-        col(&|s| s.rtt[0]),
-        col(&|s| s.rtt[1]),
-    );
-    row(
-        "echo round trip, p99 (ms)",
-        col(&|s| s.rtt_p99[0]),
-        col(&|s| s.rtt_p99[1]),
-    );
-    row(
-        "bulk echo, 16 MiB (MB/s)",
-        col(&|s| s.bulk[0]),
-        col(&|s| s.bulk[1]),
-    );
+    for (k, size) in SIZES.iter().enumerate() {
+        for (q, name) in ["median", "p99"].iter().enumerate() {
+            row(&format!("echo round trip, {size} B, {name} (ms)"), &|s| {
+                s.rtt[k].map(|c| c[q])
+            });
+        }
+    }
+    row("bulk echo, 16 MiB (MB/s)", &|s| s.bulk);
     println!();
     println!(
         "FT pair during the bulk echo: log {:.1} Mbit/s, {:.2} log bytes per byte the guest received",

@@ -318,10 +318,16 @@ impl UserNet {
     }
 
     fn new_socket(&mut self) -> SocketHandle {
-        let socket = tcp::Socket::new(
+        let mut socket = tcp::Socket::new(
             tcp::SocketBuffer::new(vec![0; BUFFER]),
             tcp::SocketBuffer::new(vec![0; BUFFER]),
         );
+        // A relay, not an application: the host's client (and its kernel's
+        // own Nagle) already chose how to cut its bytes. Holding a short
+        // last segment until the guest acknowledges the one before it met
+        // the guest's delayed ACK, and every message longer than a segment
+        // stalled 40 ms.
+        socket.set_nagle_enabled(false);
         self.sockets.add(socket)
     }
 
@@ -364,7 +370,7 @@ impl UserNet {
             }
         }
         for (stream, guest_port) in accepted {
-            if stream.set_nonblocking(true).is_err() {
+            if prepare_host_stream(&stream).is_err() {
                 continue;
             }
             let handle = self.new_socket();
@@ -416,7 +422,7 @@ impl UserNet {
                 listening.remove(&port);
                 let target = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port));
                 match TcpStream::connect_timeout(&target, Duration::from_secs(2))
-                    .and_then(|s| s.set_nonblocking(true).map(|()| s))
+                    .and_then(|s| prepare_host_stream(&s).map(|()| s))
                 {
                     Ok(stream) => relay.host = Some(stream),
                     Err(e) => {
@@ -549,6 +555,17 @@ fn ipv4_tcp(frame: &[u8]) -> Option<(&[u8], &[u8])> {
     }
     let tcp = ip.get(usize::from(ip.first()? & 0x0f) * 4..)?;
     Some((ip, tcp))
+}
+
+/// A relay's host socket: polled, never waited on, and without Nagle's
+/// algorithm. The relay writes each guest segment as it comes; with Nagle
+/// the host kernel held a message's short last segment until the client
+/// acknowledged the one before it, the client delayed that acknowledgement
+/// (40 ms on Linux), and every answer longer than one segment stalled. The
+/// guest's own TCP stack already decided how to cut its bytes.
+fn prepare_host_stream(stream: &TcpStream) -> std::io::Result<()> {
+    stream.set_nonblocking(true)?;
+    stream.set_nodelay(true)
 }
 
 /// Ports, flags and payload length of an IPv4 TCP frame.
@@ -773,6 +790,74 @@ mod tests {
         assert_eq!(read, b"");
         let error = end.expect_err("the guest refused: the client must not see a clean end");
         assert_eq!(error.kind(), ErrorKind::ConnectionReset, "{error}");
+    }
+
+    /// TCP payload bytes in frames the gateway sent the guest.
+    fn payload_to_guest(frames: &[Vec<u8>]) -> usize {
+        frames
+            .iter()
+            .filter_map(|frame| {
+                let (ip, tcp) = ipv4_tcp(frame)?;
+                let total = usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]));
+                let headers = usize::from(ip[0] & 0x0f) * 4 + usize::from(tcp.get(12)? >> 4) * 4;
+                Some(total.saturating_sub(headers))
+            })
+            .sum()
+    }
+
+    /// The host's client already decided how to cut its bytes into
+    /// writes; the relay must not hold back a message's last, short
+    /// segment until the guest acknowledges the ones before it (Nagle's
+    /// algorithm), because the guest delays that acknowledgement (Linux:
+    /// 40 ms), and every message longer than a segment would stall.
+    #[test]
+    fn a_message_longer_than_a_segment_reaches_the_guest_before_any_ack() {
+        let (mut net, mut client) = forwarded(82);
+        let mut guest = StackGuest::new();
+        let server = guest.listen(82);
+        for _ in 0..1000 {
+            guest.exchange(&mut net);
+            if guest.sockets.get::<tcp::Socket>(server).state() == tcp::State::Established {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        assert_eq!(
+            guest.sockets.get::<tcp::Socket>(server).state(),
+            tcp::State::Established
+        );
+        // Let the gateway's last handshake frames reach the guest.
+        guest.exchange(&mut net);
+        let message = vec![b'm'; 3000];
+        client.write_all(&message).expect("send");
+        // The gateway's frames are collected, never delivered: no ACK comes.
+        let mut sent = 0;
+        for _ in 0..1000 {
+            sent += payload_to_guest(&net.poll());
+            if sent >= message.len() {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        assert_eq!(sent, message.len(), "bytes sent before the guest's ACK");
+    }
+
+    /// The other half of the same stall: the relay writes each guest
+    /// segment to the host as it comes, and a host socket with Nagle's
+    /// algorithm held the short last one until the client's delayed ACK.
+    #[test]
+    fn relayed_host_sockets_send_without_delay() {
+        let (mut net, _client) = forwarded(83);
+        for _ in 0..1000 {
+            net.poll();
+            if !net.relays.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let host = net.relays.first().and_then(|relay| relay.host.as_ref());
+        let host = host.expect("the forwarded connection is accepted");
+        assert!(host.nodelay().expect("TCP_NODELAY readable"));
     }
 
     #[test]
