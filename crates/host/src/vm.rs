@@ -135,6 +135,8 @@ enum Event {
     InputClosed,
     /// A frame for the guest, from the VM's network.
     Received(Vec<u8>),
+    /// Host input for the network backend the loop polls: poll it now.
+    NetInput,
     /// From the logging channel of that generation (a clone replaces the
     /// channel; the old one's reader may still speak).
     Channel(u64, ChannelEvent),
@@ -155,6 +157,8 @@ enum Io {
 struct SliceHost<'a> {
     clock: &'a Clock,
     io: Option<&'a mut HostIo>,
+    /// Whether the guest transmitted a frame in this slice.
+    sent_frames: bool,
 }
 
 impl Host for SliceHost<'_> {
@@ -163,6 +167,7 @@ impl Host for SliceHost<'_> {
     }
 
     fn answer_now(&mut self, request: &IoRequest) -> Option<Input> {
+        self.sent_frames |= matches!(request, IoRequest::NetTransmit { .. });
         self.io.as_mut().map(|io| io.serve(request))
     }
 }
@@ -241,9 +246,17 @@ pub fn run(node: Node, host: VmHost) -> Result<Node, HostError> {
         key,
         control,
     } = host;
+    let mut io = io;
     let has_net = io.net.is_some();
     let disk = io.disk.as_ref().map(|d| (d.path().to_path_buf(), d.len()));
     let polled_net = has_net && frames.is_none();
+    if let Some(net) = io.net.as_mut().filter(|_| polled_net) {
+        let to_loop = sink(&tx);
+        net.wake_on_input(Box::new(move || {
+            to_loop(Event::NetInput);
+        }))
+        .map_err(|e| HostError::io("watching the network's host sockets", e))?;
+    }
     if let Some(channel) = &mut channel {
         let timeout = Duration::from_millis(node.config().detector.timeout_ms);
         let to_loop = sink(&tx);
@@ -395,7 +408,7 @@ impl Vm {
             self.try_start_clone();
             self.node.tick(self.clock.now());
             self.perform()?;
-            let ran = {
+            let (ran, sent_frames) = {
                 let io = match &mut self.io {
                     Io::Inline(io) => Some(io),
                     Io::Thread(_) => None,
@@ -403,8 +416,9 @@ impl Vm {
                 let mut host = SliceHost {
                     clock: &self.clock,
                     io,
+                    sent_frames: false,
                 };
-                self.node.run(&mut host)?
+                (self.node.run(&mut host)?, host.sent_frames)
             };
             self.perform()?;
             // Once the snapshot is sent the node decides: the clone is over
@@ -424,6 +438,10 @@ impl Vm {
                 Ran::Throttled => self.wait(Duration::from_millis(1))?,
                 Ran::Blocked => self.wait(self.clock.until_ms(self.node.deadline_ms()))?,
                 Ran::Idle { sleep_ns: Some(0) } => self.node.wake(self.clock.now())?,
+                // What the guest sent before it went idle reaches the
+                // host now (the loop's next turn polls the network), not
+                // after the wait.
+                Ran::Idle { .. } if sent_frames && self.polled_net => {}
                 Ran::Idle { sleep_ns } => {
                     if sleep_ns.is_none() && self.nothing_can_wake_the_guest() {
                         return Err(HostError::Config(
@@ -502,6 +520,8 @@ impl Vm {
                 }
             }
             Event::InputClosed => self.input_closed = true,
+            // The loop polls the network at the top of its next turn.
+            Event::NetInput => {}
             Event::Received(frame) => {
                 if self.node.status().runs_the_guest() {
                     self.node.input(Input::NetReceive { frame }, now)?;

@@ -31,6 +31,7 @@
 #![deny(unsafe_code)]
 
 pub mod datagram;
+mod readiness;
 pub mod switch;
 // TAP needs ioctl(2) and poll(2): the crate's only unsafe code.
 #[cfg(target_os = "linux")]
@@ -56,6 +57,14 @@ pub trait NetBackend: Send {
     fn send(&mut self, frame: &[u8]);
     /// Do pending host work; frames for the guest.
     fn poll(&mut self) -> Vec<Vec<u8>>;
+    /// Have `wake` called (from another thread) whenever host-side input
+    /// arrives for [`poll`](Self::poll) to handle, so the polling loop can
+    /// sleep until then rather than answer late. Backends whose frames
+    /// come through a [`FrameReceiver`] have nothing to add.
+    fn wake_on_input(&mut self, wake: Box<dyn Fn() + Send>) -> std::io::Result<()> {
+        drop(wake);
+        Ok(())
+    }
 }
 
 /// The guest's address on the user-mode network.
@@ -279,6 +288,8 @@ pub struct UserNet {
     /// Sockets listening for guest connections to the gateway, by port.
     listening: HashMap<u16, SocketHandle>,
     next_local_port: u16,
+    /// Wakes the polling loop on host input, once asked to.
+    readiness: Option<readiness::HostReadiness>,
 }
 
 impl UserNet {
@@ -310,6 +321,7 @@ impl UserNet {
             relays: Vec::new(),
             listening: HashMap::new(),
             next_local_port: 49152,
+            readiness: None,
         })
     }
 
@@ -370,7 +382,7 @@ impl UserNet {
             }
         }
         for (stream, guest_port) in accepted {
-            if prepare_host_stream(&stream).is_err() {
+            if prepare_host_stream(&stream, self.readiness.as_ref()).is_err() {
                 continue;
             }
             let handle = self.new_socket();
@@ -402,6 +414,7 @@ impl UserNet {
         let mut buf = vec![0u8; BUFFER];
         let listening = &mut self.listening;
         let sockets = &mut self.sockets;
+        let readiness = self.readiness.as_ref();
         self.relays.retain_mut(|relay| {
             let socket = sockets.get_mut::<tcp::Socket>(relay.socket);
             // A guest connection to the gateway: reach the host port once
@@ -422,7 +435,7 @@ impl UserNet {
                 listening.remove(&port);
                 let target = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port));
                 match TcpStream::connect_timeout(&target, Duration::from_secs(2))
-                    .and_then(|s| prepare_host_stream(&s).map(|()| s))
+                    .and_then(|s| prepare_host_stream(&s, readiness).map(|()| s))
                 {
                     Ok(stream) => relay.host = Some(stream),
                     Err(e) => {
@@ -532,6 +545,20 @@ impl NetBackend for UserNet {
         }
         frames
     }
+
+    fn wake_on_input(&mut self, wake: Box<dyn Fn() + Send>) -> std::io::Result<()> {
+        let readiness = readiness::HostReadiness::start(wake)?;
+        for (listener, _) in &self.forwards {
+            readiness.watch(listener)?;
+        }
+        for relay in &self.relays {
+            if let Some(stream) = &relay.host {
+                readiness.watch(stream)?;
+            }
+        }
+        self.readiness = Some(readiness);
+        Ok(())
+    }
 }
 
 /// A one-line description of a frame, for traces.
@@ -562,10 +589,15 @@ fn ipv4_tcp(frame: &[u8]) -> Option<(&[u8], &[u8])> {
 /// the host kernel held a message's short last segment until the client
 /// acknowledged the one before it, the client delayed that acknowledgement
 /// (40 ms on Linux), and every answer longer than one segment stalled. The
-/// guest's own TCP stack already decided how to cut its bytes.
-fn prepare_host_stream(stream: &TcpStream) -> std::io::Result<()> {
+/// guest's own TCP stack already decided how to cut its bytes. Its input
+/// wakes the polling loop, once that asked for it.
+fn prepare_host_stream(
+    stream: &TcpStream,
+    readiness: Option<&readiness::HostReadiness>,
+) -> std::io::Result<()> {
     stream.set_nonblocking(true)?;
-    stream.set_nodelay(true)
+    stream.set_nodelay(true)?;
+    readiness.map_or(Ok(()), |r| r.watch(stream))
 }
 
 /// Ports, flags and payload length of an IPv4 TCP frame.
@@ -858,6 +890,35 @@ mod tests {
         let host = net.relays.first().and_then(|relay| relay.host.as_ref());
         let host = host.expect("the forwarded connection is accepted");
         assert!(host.nodelay().expect("TCP_NODELAY readable"));
+    }
+
+    /// A loop that sleeps between polls is woken by a client's
+    /// connection and by its bytes, instead of finding them at its next
+    /// periodic poll.
+    #[test]
+    fn host_input_wakes_the_polling_loop() {
+        let (woke, wakes) = std::sync::mpsc::channel();
+        let mut net = UserNet::new(&[HostForward {
+            host: "127.0.0.1:0".parse().expect("addr"),
+            guest_port: 84,
+        }])
+        .expect("a user network");
+        net.wake_on_input(Box::new(move || {
+            let _ = woke.send(());
+        }))
+        .expect("watching the host sockets");
+        let addr = net.forwards[0].0.local_addr().expect("bound");
+        // A bound on a hang, not a timing claim.
+        let limit = Duration::from_secs(10);
+        let mut client = TcpStream::connect(addr).expect("the kernel takes the connection");
+        wakes.recv_timeout(limit).expect("woken by the connection");
+        net.poll();
+        assert_eq!(net.relays.len(), 1, "the poll accepted the connection");
+        while wakes.try_recv().is_ok() {}
+        client.write_all(b"hello").expect("send");
+        wakes
+            .recv_timeout(limit)
+            .expect("woken by the client's bytes");
     }
 
     #[test]

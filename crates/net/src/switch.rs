@@ -195,14 +195,22 @@ pub fn announcement(mac: Mac) -> Vec<u8> {
     frame
 }
 
+/// What wakes the switch's loop.
+enum Arrival {
+    Datagram(std::io::Result<(SocketAddr, Vec<u8>)>),
+    /// The gateway has host input to poll.
+    GatewayInput,
+}
+
 /// The switch as a UDP service, with its gateway on a port of its own.
 pub struct SwitchServer {
     socket: UdpSocket,
     /// Datagrams as a thread of their own receives them: waiting on a
     /// channel wakes within microseconds, where a socket's receive timeout
     /// is rounded up to the kernel's tick (4 ms and more), and the gateway
-    /// must be looked at every millisecond.
-    datagrams: Receiver<std::io::Result<(SocketAddr, Vec<u8>)>>,
+    /// must be looked at every millisecond. The gateway's host input
+    /// arrives on the same channel, as a wake.
+    datagrams: Receiver<Arrival>,
     switch: Switch,
     /// The origin of the switch's time.
     started: Instant,
@@ -233,6 +241,14 @@ impl SwitchServer {
         let socket = UdpSocket::bind(addr).map_err(fail)?;
         let reader = socket.try_clone().map_err(fail)?;
         let (tx, datagrams) = std::sync::mpsc::channel();
+        let mut gateway = gateway;
+        if let Some(net) = gateway.as_mut() {
+            let wake = tx.clone();
+            net.wake_on_input(Box::new(move || {
+                let _ = wake.send(Arrival::GatewayInput);
+            }))
+            .map_err(|e| NetError::Switch("the gateway's host sockets".into(), e))?;
+        }
         std::thread::spawn(move || {
             let mut buf = vec![0u8; FRAME_MAX];
             loop {
@@ -244,7 +260,7 @@ impl SwitchServer {
                     Err(e) => Err(e),
                 };
                 let failed = received.is_err();
-                if tx.send(received).is_err() || failed {
+                if tx.send(Arrival::Datagram(received)).is_err() || failed {
                     return;
                 }
             }
@@ -316,12 +332,10 @@ impl SwitchServer {
             // wakes the switch at once.
             let wait = (until - now).min(Duration::from_millis(1));
             match self.datagrams.recv_timeout(wait) {
-                Ok(received) => {
-                    let (from, bytes) = received?;
-                    self.datagram(from, &bytes);
-                    while let Ok(received) = self.datagrams.try_recv() {
-                        let (from, bytes) = received?;
-                        self.datagram(from, &bytes);
+                Ok(arrival) => {
+                    self.arrived(arrival)?;
+                    while let Ok(arrival) = self.datagrams.try_recv() {
+                        self.arrived(arrival)?;
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -399,6 +413,16 @@ impl SwitchServer {
                 }
             }
         }
+    }
+
+    /// A datagram is forwarded; the gateway's input waits for the poll at
+    /// the top of the loop, which comes at once.
+    fn arrived(&mut self, arrival: Arrival) -> std::io::Result<()> {
+        if let Arrival::Datagram(received) = arrival {
+            let (from, bytes) = received?;
+            self.datagram(from, &bytes);
+        }
+        Ok(())
     }
 
     fn poll_gateway(&mut self) {
