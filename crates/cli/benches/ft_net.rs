@@ -44,8 +44,8 @@ use std::time::{Duration, Instant};
 
 use support::pair::{Pair, Vm, VmState};
 use support::{
-    bench_runs, echo, echo_message, free_port, ftvm_with_guest as ftvm, image_dir, median, poll,
-    qemu_available, qemu_virt_args, signal, wait_or_kill,
+    bench_runs, echo, echo_message, free_port, ftvm_with_guest as ftvm, median, poll,
+    qemu_available, qemu_default_guest, signal, wait_or_kill,
 };
 
 const ECHO_CMD: &str = "nc -ll -p 7 -e cat & while true; do sleep 10; done";
@@ -175,17 +175,7 @@ fn solo(port: u16) -> Child {
 /// QEMU TCG with the same kernel, initramfs and firmware as ftvm's default
 /// guest, and the echo service behind `port` of its user-mode network.
 fn qemu(port: u16) -> Child {
-    let dir = image_dir();
-    let mut cmd = std::process::Command::new("qemu-system-riscv64");
-    cmd.args(qemu_virt_args(MEMORY_MIB))
-        .arg("-bios")
-        .arg(dir.join("fw_dynamic.bin"))
-        .arg("-kernel")
-        .arg(dir.join("Image"))
-        .arg("-initrd")
-        .arg(dir.join("initramfs.cpio.gz"))
-        .arg("-append")
-        .arg(append())
+    qemu_default_guest(MEMORY_MIB, &append())
         .arg("-netdev")
         .arg(format!("user,id=n,hostfwd=tcp:127.0.0.1:{port}-:7"))
         .args(["-device", "virtio-net-device,netdev=n"])

@@ -50,7 +50,7 @@ use std::time::{Duration, Instant};
 
 use support::{
     Scratch, bench_runs, drain, ftvm_bin, image_dir, median, parse_digest, qemu_available,
-    qemu_virt_args, wait_or_kill,
+    qemu_default_guest, wait_or_kill,
 };
 
 /// Longest any one process may take.
@@ -298,17 +298,8 @@ fn replay(rec: &Recording, markers: &[&'static str]) -> Timed {
 /// `qemu-system-riscv64` on the same kernel, initramfs and command line in
 /// deterministic record or replay mode (`rr` = `record` or `replay`).
 fn qemu_rr(guest_cmd: &str, rr: &str, rr_file: &Path) -> Command {
-    let dir = image_dir();
-    let mut cmd = Command::new("qemu-system-riscv64");
-    cmd.args(qemu_virt_args(MEMORY_MIB))
-        .args(["-nic", "none", "-bios"])
-        .arg(dir.join("fw_dynamic.bin"))
-        .arg("-kernel")
-        .arg(dir.join("Image"))
-        .arg("-initrd")
-        .arg(dir.join("initramfs.cpio.gz"))
-        .arg("-append")
-        .arg(append(guest_cmd))
+    let mut cmd = qemu_default_guest(MEMORY_MIB, &append(guest_cmd));
+    cmd.args(["-nic", "none"])
         .arg("-icount")
         .arg(format!("shift=auto,rr={rr},rrfile={}", rr_file.display()));
     cmd

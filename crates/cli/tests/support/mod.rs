@@ -237,6 +237,24 @@ pub fn qemu_virt_args(memory_mib: u64) -> Vec<String> {
     .to_vec()
 }
 
+/// `qemu-system-riscv64` booting ftvm's default guest (its firmware,
+/// kernel and initramfs from [`image_dir`]) with `memory_mib` and the
+/// kernel command line `append`; callers add devices and options.
+pub fn qemu_default_guest(memory_mib: u64, append: &str) -> Command {
+    let dir = image_dir();
+    let mut cmd = Command::new("qemu-system-riscv64");
+    cmd.args(qemu_virt_args(memory_mib))
+        .arg("-bios")
+        .arg(dir.join("fw_dynamic.bin"))
+        .arg("-kernel")
+        .arg(dir.join("Image"))
+        .arg("-initrd")
+        .arg(dir.join("initramfs.cpio.gz"))
+        .arg("-append")
+        .arg(append);
+    cmd
+}
+
 /// QEMU `virt` with the given `-bios` (a path, or `none`).
 pub fn qemu_run_with_bios(elf: &Path, bios: &str, extra: &[&str], limit: Duration) -> Finished {
     let mut cmd = Command::new("qemu-system-riscv64");
