@@ -230,7 +230,7 @@ pub fn run(node: Node, host: VmHost) -> Result<Node, HostError> {
     };
     let VmHost {
         clock,
-        io,
+        mut io,
         inline_io,
         frames,
         mut channel,
@@ -246,7 +246,6 @@ pub fn run(node: Node, host: VmHost) -> Result<Node, HostError> {
         key,
         control,
     } = host;
-    let mut io = io;
     let has_net = io.net.is_some();
     let disk = io.disk.as_ref().map(|d| (d.path().to_path_buf(), d.len()));
     let polled_net = has_net && frames.is_none();

@@ -603,14 +603,19 @@ fn prepare_host_stream(
 /// Ports, flags and payload length of an IPv4 TCP frame.
 fn tcp_summary(frame: &[u8]) -> Option<String> {
     let (_, tcp) = ipv4_tcp(frame)?;
-    let header = usize::from(tcp.get(12)? >> 4) * 4;
     Some(format!(
         "tcp {} -> {} flags {:#04x} payload {}",
         u16::from_be_bytes([*tcp.first()?, *tcp.get(1)?]),
         u16::from_be_bytes([*tcp.get(2)?, *tcp.get(3)?]),
         tcp.get(13)?,
-        tcp.len().saturating_sub(header)
+        tcp_payload_len(tcp)?
     ))
+}
+
+/// The bytes after a TCP segment's header (and its options).
+fn tcp_payload_len(tcp: &[u8]) -> Option<usize> {
+    let header = usize::from(tcp.get(12)? >> 4) * 4;
+    Some(tcp.len().saturating_sub(header))
 }
 
 /// The destination port of an IPv4 TCP SYN (without ACK) to the gateway.
@@ -828,12 +833,7 @@ mod tests {
     fn payload_to_guest(frames: &[Vec<u8>]) -> usize {
         frames
             .iter()
-            .filter_map(|frame| {
-                let (ip, tcp) = ipv4_tcp(frame)?;
-                let total = usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]));
-                let headers = usize::from(ip[0] & 0x0f) * 4 + usize::from(tcp.get(12)? >> 4) * 4;
-                Some(total.saturating_sub(headers))
-            })
+            .filter_map(|frame| tcp_payload_len(ipv4_tcp(frame)?.1))
             .sum()
     }
 

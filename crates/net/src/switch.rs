@@ -234,14 +234,13 @@ impl SwitchServer {
     /// attached, authenticating every datagram with `key` (if any).
     pub fn bind(
         addr: SocketAddr,
-        gateway: Option<Box<dyn NetBackend>>,
+        mut gateway: Option<Box<dyn NetBackend>>,
         key: Option<DatagramKey>,
     ) -> Result<SwitchServer, NetError> {
         let fail = |e| NetError::Switch(addr.to_string(), e);
         let socket = UdpSocket::bind(addr).map_err(fail)?;
         let reader = socket.try_clone().map_err(fail)?;
         let (tx, datagrams) = std::sync::mpsc::channel();
-        let mut gateway = gateway;
         if let Some(net) = gateway.as_mut() {
             let wake = tx.clone();
             net.wake_on_input(Box::new(move || {
