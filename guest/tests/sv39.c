@@ -44,6 +44,38 @@ static u64 s_sfence_test(u64 va) {
   return a << 40 | b << 20 | c;
 }
 
+/* A second address space: the same identity gigapage, but VA(P_RW) maps P_ALT. */
+static u64 root_b[512] __attribute__((aligned(4096)));
+static u64 l1_b[512] __attribute__((aligned(4096)));
+static u64 l0_b[512] __attribute__((aligned(4096)));
+#define SATP_ASID(root, asid) ((8UL << 60) | ((u64)(asid) << 44) | ((u64)(root) >> 12))
+
+/* S-mode: load VA(P_RW) in address spaces A (ASID 1) and B (ASID 2, then 257, whose low
+ * bits are A's), switching satp without sfence.vma; one hex digit per load. */
+static u64 s_asid_switch(u64 va) {
+  u64 seen = 0;
+  u64 spaces[5] = { SATP_ASID(root_s, 1), SATP_ASID(root_b, 2), SATP_ASID(root_s, 1),
+                    SATP_ASID(root_b, 257), SATP_ASID(root_s, 1) };
+  for (int i = 0; i < 5; i++) {
+    csrw(satp, spaces[i]);
+    seen = seen << 4 | (*(volatile u64 *)va & 0xf);
+  }
+  return seen;
+}
+
+/* S-mode, ASID 1: a PTE change made visible by sfence.vma of the ASID alone. */
+static u64 s_asid_fence(u64 va) {
+  u64 asid = 1;
+  u64 a = *(volatile u64 *)va;
+  l0[P_RW] = PTE(&pages[P_ALT][0], V | R | W | A | D);
+  asm volatile("sfence.vma zero, %0" :: "r"(asid) : "memory");
+  u64 b = *(volatile u64 *)va;
+  l0[P_RW] = PTE(&pages[P_RW][0], V | R | W | A | D);
+  asm volatile("sfence.vma %0, %1" :: "r"(va), "r"(asid) : "memory");
+  u64 c = *(volatile u64 *)va;
+  return (a & 0xf) << 8 | (b & 0xf) << 4 | (c & 0xf);
+}
+
 static void setup(void) {
   for (int k = 0; k < 11; k++) { pages[k][0] = 0x1000 + k; pages[k][1] = 0; }
   for (int i = 0; i < 512; i++) { root_s[i] = 0; root_u[i] = 0; l1[i] = 0; l0[i] = 0; }
@@ -140,6 +172,19 @@ int main(void) {
   use(root_s);
   /* sfence.vma after PTE change (done from S) */
   CHECK("sfence.vma: old, new, restored", run_in_mode(1, s_sfence_test, VA(P_RW)), 0x10000100801000UL);
+  /* ASIDs: 16 bits, as on QEMU; entries of one address space never serve another */
+  csrw(satp, SATP_ASID(root_s, 0xffff));
+  CHECK("satp.ASID holds 16 bits", csrr(satp) >> 44 & 0xffff, 0xffff);
+  for (int i = 0; i < 512; i++) { root_b[i] = root_s[i]; l1_b[i] = l1[i]; l0_b[i] = l0[i]; }
+  root_b[1] = PTE(l1_b, V);
+  l1_b[0] = PTE(l0_b, V);
+  l0_b[P_RW] = PTE(&pages[P_ALT][0], V | R | W | A | D);
+  csrw(satp, SATP_ASID(root_s, 1));
+  asm volatile("sfence.vma" ::: "memory");
+  CHECK("satp switches between ASIDs: A, B, A, B', A", run_in_mode(1, s_asid_switch, VA(P_RW)), 0x08080);
+  csrw(satp, SATP_ASID(root_s, 1));
+  CHECK("sfence.vma of one ASID: old, new, restored", run_in_mode(1, s_asid_fence, VA(P_RW)), 0x080);
+  use(root_s);
   /* MPRV: M-mode data accesses translated with MPP privilege */
   { u64 v;
     csrc(mstatus, 3UL << 11); csrs(mstatus, 1UL << 11); /* MPP=S */

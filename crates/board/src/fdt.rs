@@ -12,7 +12,7 @@ const PHANDLE_PLIC: u32 = 3;
 const PHANDLE_TEST: u32 = 4;
 
 /// The ISA string: exactly what the hart implements.
-pub const RISCV_ISA: &str = "rv64imafdc_zicsr_zifencei";
+pub const RISCV_ISA: &str = "rv64imafdc_zicsr_zifencei_sstc";
 
 pub struct FdtParams<'a> {
     pub ram_base: u64,

@@ -70,7 +70,7 @@ pub struct Snapshot {
 }
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"FTVMSNAP";
-const SNAPSHOT_VERSION: u32 = 3;
+const SNAPSHOT_VERSION: u32 = 4;
 
 #[derive(Serialize, Deserialize)]
 struct SnapshotHeader {
@@ -388,11 +388,17 @@ impl Machine {
         }
     }
 
-    /// The `mtime` at which the timer would wake an idle hart, if it can.
+    /// The `mtime` at which a timer (the CLINT's, or the hart's Sstc
+    /// timer) would wake an idle hart, if one can.
     fn timer_wake(&self) -> Option<u64> {
         let mie = self.hart.csr(0x304).unwrap_or(0);
         let cmp = self.devices.clint.mtimecmp;
-        (mie & irq::MTIP != 0 && cmp > self.hart.mtime() && cmp != u64::MAX).then_some(cmp)
+        let clint =
+            (mie & irq::MTIP != 0 && cmp > self.hart.mtime() && cmp != u64::MAX).then_some(cmp);
+        match (clint, self.hart.supervisor_timer_wake()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Spike's HTIF: `tohost = (code << 1) | 1` exits; device 1 command 1
@@ -525,14 +531,17 @@ impl Machine {
         &mut self.hart
     }
 
-    pub fn snapshot(&self) -> Snapshot {
+    /// A snapshot, from which a copy of this machine continues exactly as
+    /// this one does (the hart's TLB is emptied on both: see
+    /// [`Hart::snapshot_state`]).
+    pub fn snapshot(&mut self) -> Snapshot {
         self.snapshot_into(Vec::new())
     }
 
     /// A snapshot whose RAM is copied into `buffer` (resized to fit): a
     /// buffer allocated and touched beforehand makes the copy a plain
     /// `memcpy`, the whole of a clone's pause.
-    pub fn snapshot_into(&self, mut buffer: Vec<u8>) -> Snapshot {
+    pub fn snapshot_into(&mut self, mut buffer: Vec<u8>) -> Snapshot {
         let ram = self.hart.ram().bytes();
         if buffer.len() == ram.len() {
             buffer.copy_from_slice(ram);
@@ -544,7 +553,7 @@ impl Machine {
         }
         Snapshot {
             ram_size: self.ram_size,
-            hart: self.hart.state(),
+            hart: self.hart.snapshot_state(),
             devices: self.devices.clone(),
             ram: buffer,
         }

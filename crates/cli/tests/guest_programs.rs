@@ -84,6 +84,7 @@ guest_tests! {
     interrupts => "interrupts",
     sv39 => "sv39",
     counters => "counters",
+    sstc => "sstc",
 }
 
 #[test]

@@ -18,6 +18,7 @@ pub const SEPC: u16 = 0x141;
 pub const SCAUSE: u16 = 0x142;
 pub const STVAL: u16 = 0x143;
 pub const SIP: u16 = 0x144;
+pub const STIMECMP: u16 = 0x14d;
 pub const SATP: u16 = 0x180;
 pub const MVENDORID: u16 = 0xf11;
 pub const MARCHID: u16 = 0xf12;
@@ -32,6 +33,8 @@ pub const MIE: u16 = 0x304;
 pub const MTVEC: u16 = 0x305;
 pub const MCOUNTEREN: u16 = 0x306;
 pub const MENVCFG: u16 = 0x30a;
+/// `menvcfg.STCE`: Sstc's `stimecmp` is enabled for S-mode and drives STIP.
+pub const MENVCFG_STCE: u64 = 1 << 63;
 pub const MCOUNTINHIBIT: u16 = 0x320;
 pub const MHPMEVENT3: u16 = 0x323;
 pub const MHPMEVENT31: u16 = 0x33f;

@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::block::BlockCache;
-use crate::csr::status;
+use crate::csr::{self, status};
 use crate::decode::{Decoded, decode};
 use crate::ram::{PAGE_SHIFT, Ram};
 use crate::{Exit, GuestClock, HartConfig, Privilege, irq, rvc};
@@ -20,7 +20,7 @@ mod run;
 mod translator;
 mod trap;
 
-use mmu::{EMPTY_TLB, TLB_ENTRIES, TlbEntry};
+use mmu::{EMPTY_TLB, NO_OWNER, TLB_CONTEXTS, TLB_ENTRIES, TlbEntry};
 pub use translator::{Engine, EngineError};
 use translator::{JitExit, Translator};
 
@@ -67,8 +67,12 @@ pub struct HartState {
     /// mhpmcounter3..18: they hold what software writes; with every
     /// mhpmevent hardwired to "no event" they never count.
     pub mhpmcounter: Vec<u64>,
+    /// Only `STCE` (bit 63) is writable.
     pub menvcfg: u64,
     pub senvcfg: u64,
+    /// Sstc: the supervisor timer is pending while `time >= stimecmp` (and
+    /// `menvcfg.STCE` is set).
+    pub stimecmp: u64,
     /// `mcycle = icount + mcycle_offset` (wrapping); writes move the offset.
     pub mcycle_offset: u64,
     pub minstret_offset: u64,
@@ -89,8 +93,18 @@ pub struct Hart {
     ram: Ram,
     s: HartState,
     /// One direct-mapped TLB per access type, keyed by virtual page and the
-    /// translation context (effective privilege, SUM, MXR).
+    /// translation context (effective privilege, SUM, MXR, ASID): see
+    /// [`mmu::tlb_key`]. The TLB is a cache the guest could observe (an
+    /// entry outlives a PTE change until `sfence.vma`), so it is emptied
+    /// wherever a copy of the machine could start: reset, snapshot, restore.
     tlb: Box<[[TlbEntry; TLB_ENTRIES]; 3]>,
+    /// The level of each entry's leaf, for `sfence.vma` of an address.
+    tlb_level: Box<[[u8; TLB_ENTRIES]; 3]>,
+    /// Per TLB context: the full ASID whose entries it holds, or `NO_OWNER`.
+    tlb_owner: Box<[u32; TLB_CONTEXTS]>,
+    /// The icount at which the Sstc timer becomes pending (`u64::MAX`:
+    /// not armed); recomputed whenever interrupt state may have changed.
+    stimer_deadline: u64,
     /// The RAM offset of the page `pc` is on (`fetch_vpage`), so sequential
     /// fetches skip translation.
     fetch_vpage: u64,
@@ -164,17 +178,21 @@ impl Hart {
             mhpmcounter: vec![0; HPM_COUNTERS],
             menvcfg: 0,
             senvcfg: 0,
+            stimecmp: 0,
             mcycle_offset: 0,
             minstret_offset: 0,
             clock,
             reservation: None,
             watches: Vec::new(),
         };
-        Hart {
+        let mut hart = Hart {
             config,
             ram: Ram::new(config.ram_base, config.ram_size),
             s,
             tlb: Box::new([[EMPTY_TLB; TLB_ENTRIES]; 3]),
+            tlb_level: Box::new([[0; TLB_ENTRIES]; 3]),
+            tlb_owner: Box::new([NO_OWNER; TLB_CONTEXTS]),
+            stimer_deadline: u64::MAX,
             fetch_vpage: u64::MAX,
             fetch_page_off: 0,
             exit: None,
@@ -184,7 +202,9 @@ impl Hart {
             block_arena: BlockCache::new_arena(decode(0, 0, 4)),
             stop_block: false,
             translator: Translator::new(),
-        }
+        };
+        hart.flush_tlb();
+        hart
     }
     pub fn config(&self) -> &HartConfig {
         &self.config
@@ -247,7 +267,32 @@ impl Hart {
         self.irq_dirty = true;
     }
     fn mip(&self) -> u64 {
-        self.s.mip_software | self.s.mip_lines
+        let mip = self.s.mip_software | self.s.mip_lines;
+        if self.sstc_enabled() {
+            let pending = self.mtime() >= self.s.stimecmp;
+            (mip & !irq::STIP) | if pending { irq::STIP } else { 0 }
+        } else {
+            mip
+        }
+    }
+    /// `menvcfg.STCE`: `stimecmp` drives `STIP`.
+    fn sstc_enabled(&self) -> bool {
+        self.s.menvcfg & csr::MENVCFG_STCE != 0
+    }
+    /// The icount at which the Sstc timer interrupt becomes pending, if it
+    /// is armed and not pending yet.
+    fn sstc_deadline(&self) -> u64 {
+        if self.sstc_enabled() && self.mtime() < self.s.stimecmp {
+            self.s.clock.icount_at(self.s.icount, self.s.stimecmp)
+        } else {
+            u64::MAX
+        }
+    }
+    /// The guest time at which the Sstc timer would wake an idle hart: it
+    /// is armed, enabled in `mie` and not pending yet.
+    pub fn supervisor_timer_wake(&self) -> Option<u64> {
+        (self.sstc_enabled() && self.s.mie & irq::STIP != 0 && self.mtime() < self.s.stimecmp)
+            .then_some(self.s.stimecmp)
     }
     /// True if an interrupt is pending and enabled in `mie` (the WFI wake-up
     /// condition, independent of the global enable bits).
@@ -278,6 +323,14 @@ impl Hart {
     }
     pub fn state(&self) -> HartState {
         self.s.clone()
+    }
+    /// The state for a snapshot, which a copy of this machine may start
+    /// from: the TLB is emptied here as it will be there, so that a guest
+    /// relying on a stale entry (a PTE changed without `sfence.vma`) sees
+    /// the same on both from this instruction on.
+    pub fn snapshot_state(&mut self) -> HartState {
+        self.flush_tlb();
+        self.state()
     }
     /// Restore architectural state; caches are flushed. RAM is restored
     /// separately through [`Ram::restore_bytes`].

@@ -2,7 +2,9 @@
 //! programs (integer, multiply/divide, loads and stores in and out of RAM,
 //! misaligned and page-crossing accesses, stores over the program's own
 //! code, forward branches, arbitrary words) end in bit-identical states on
-//! both, with or without Sv39 paging, however the run is cut into chunks.
+//! both, with or without Sv39 paging (under any ASID), with or without an
+//! Sstc timer interrupt falling anywhere in the run, however the run is cut
+//! into chunks.
 
 use ftvm_cpu::{Bus, BusFault, Engine, Exit, Hart, HartConfig};
 use proptest::prelude::*;
@@ -188,7 +190,23 @@ fn page_tables(h: &mut Hart, user: bool) -> u64 {
     (8 << 60) | (root >> 12)
 }
 
-fn hart(engine: Engine, body: &[u32], regs: &[u64; 30], mode: u64, paged: bool) -> Hart {
+/// The machine-level setup a program runs under.
+#[derive(Clone, Copy, Debug)]
+struct Setup {
+    mode: u64,
+    paged: bool,
+    asid: u64,
+    /// `stimecmp`, with Sstc enabled and its interrupt in `mie`.
+    sstc_timer: Option<u64>,
+}
+
+fn hart(engine: Engine, body: &[u32], regs: &[u64; 30], setup: Setup) -> Hart {
+    let Setup {
+        mode,
+        paged,
+        asid,
+        sstc_timer,
+    } = setup;
     let mut h = Hart::new(HartConfig {
         hart_id: 0,
         ram_base: BASE,
@@ -197,10 +215,14 @@ fn hart(engine: Engine, body: &[u32], regs: &[u64; 30], mode: u64, paged: bool) 
     });
     h.set_engine(engine).expect("engine available");
     h.set_translation_threshold(0);
-    // Prologue at BASE: mtvec = handler (WFI), mepc = CODE, mret into
-    // `mode` (from x29's MPP bits).
+    // Prologue at BASE: menvcfg, stimecmp and mie from x1..x3 (run before
+    // the random registers are set), then mtvec = handler (WFI),
+    // mepc = CODE, mret into `mode` (from x29's MPP bits).
     let handler = CODE + 4 * body.len() as u64 + 64;
     let prologue = [
+        csrrw(0x30a, 1),  // menvcfg = x1
+        csrrw(0x14d, 2),  // stimecmp = x2
+        csrrw(0x304, 3),  // mie = x3
         csrrw(0x180, 27), // satp = x27
         csrrw(0x305, 28), // mtvec = x28
         csrrw(0x341, 30), // mepc = x30
@@ -222,11 +244,19 @@ fn hart(engine: Engine, body: &[u32], regs: &[u64; 30], mode: u64, paged: bool) 
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
     h.ram_mut().write(DATA - 4096, &data).expect("in RAM");
+    let (menvcfg, stimecmp, mie) = match sstc_timer {
+        Some(at) => (1 << 63, at, 1 << 5),
+        None => (0, 0, 0),
+    };
+    h.set_xreg(1, menvcfg);
+    h.set_xreg(2, stimecmp);
+    h.set_xreg(3, mie);
+    assert_eq!(h.run(&mut Recorder::default(), 3), Exit::Limit);
     for (index, value) in regs.iter().enumerate() {
         h.set_xreg(index, *value);
     }
     let satp = if paged {
-        page_tables(&mut h, mode == 0)
+        page_tables(&mut h, mode == 0) | asid << 44
     } else {
         0
     };
@@ -274,10 +304,15 @@ proptest! {
         ]),
         mode in prop::sample::select(vec![0u64, 1, 3]),
         paged in any::<bool>(),
+        asid in prop::sample::select(vec![0u64, 1, 0x101, 0xffff]),
+        // mtime runs at one tick per 10 instructions: up to 120 covers
+        // the whole run, the handler's and none at all.
+        sstc_timer in prop::option::of(0u64..120),
         chunks in prop::collection::vec(1u64..40, 0..6),
     ) {
-        let mut reference = hart(Engine::Interpreter, &body, &regs, mode, paged);
-        let mut translated = hart(Engine::Translator, &body, &regs, mode, paged);
+        let setup = Setup { mode, paged, asid, sstc_timer };
+        let mut reference = hart(Engine::Interpreter, &body, &regs, setup);
+        let mut translated = hart(Engine::Translator, &body, &regs, setup);
         let (mut bus_a, mut bus_b) = (Recorder::default(), Recorder::default());
         let exits_a = run_to(&mut reference, &mut bus_a, &[]);
         // The translated run goes in chunks: limits must cut its blocks

@@ -2,7 +2,7 @@
 //! properties the guest programs cannot check against QEMU (which does not
 //! follow the spec for `minstret` writes) or that need the host's view.
 
-use ftvm_cpu::{Bus, BusFault, Exit, Hart, HartConfig};
+use ftvm_cpu::{Bus, BusFault, Engine, Exit, Hart, HartConfig};
 use proptest::prelude::*;
 
 const BASE: u64 = 0x8000_0000;
@@ -220,4 +220,50 @@ fn csrrs_on_mip_does_not_latch_the_external_seip_line() {
     let mip = hart.csr(0x344).expect("mip");
     assert_eq!(mip & irq::STIP, irq::STIP, "the written bit is set");
     assert_eq!(mip & irq::SEIP, 0, "the line was not latched");
+}
+
+/// Sstc: the supervisor timer interrupt is taken exactly at the icount at
+/// which `time` reaches `stimecmp`, whatever engine runs the code and
+/// however the host cuts the run into slices; a replayed backup depends on
+/// it.
+#[test]
+fn the_sstc_timer_interrupts_at_exactly_its_deadline() {
+    const STIMECMP: u64 = 50; // time = icount / 10: due at icount 500
+    let program = [
+        csrrw(0, 0x30a, 1), // menvcfg = STCE
+        csrrw(0, 0x14d, 2), // stimecmp
+        csrrw(0, 0x305, 4), // mtvec = handler
+        csrrw(0, 0x304, 3), // mie = STIE
+        csrrs(0, 0x300, 6), // mstatus.MIE
+        addi(10, 10, 1),    // loop: count
+        jal(0, -4),         //       forever
+        csrrw(0, 0x304, 0), // handler: mie = 0, so that WFI stops the run
+        WFI,
+    ];
+    for engine in [Engine::Interpreter, Engine::Translator] {
+        for slice in [7u64, 64, 1000] {
+            let mut h = hart();
+            h.set_engine(engine).expect("engine available");
+            h.set_translation_threshold(0);
+            load_program(&mut h, &program);
+            h.set_xreg(1, 1 << 63);
+            h.set_xreg(2, STIMECMP);
+            h.set_xreg(3, 1 << 5);
+            h.set_xreg(4, BASE + 7 * 4);
+            h.set_xreg(6, 8);
+            let exit = loop {
+                match h.run(&mut NoDevices, h.icount() + slice) {
+                    Exit::Limit if h.icount() < 10_000 => continue,
+                    other => break other,
+                }
+            };
+            let what = format!("{engine:?}, slices of {slice}");
+            assert_eq!(exit, Exit::Wfi, "{what}");
+            assert_eq!(h.icount(), 500 + 2, "{what}: taken at icount 500");
+            assert_eq!(h.csr(0x342), Some(1 << 63 | 5), "{what}: mcause");
+            // Icount 500 is the 248th loop's jal: 495 loop instructions ran.
+            assert_eq!(h.csr(0x341), Some(BASE + 6 * 4), "{what}: mepc");
+            assert_eq!(h.xreg(10), 248, "{what}");
+        }
+    }
 }

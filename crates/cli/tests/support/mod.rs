@@ -192,9 +192,9 @@ pub fn qemu_available() -> bool {
 }
 
 /// QEMU's `rv64` CPU restricted to what ftvm implements (RV64GC, Zicsr,
-/// Zifencei): its default adds H, bitmanip, Sstc and more, which would show
+/// Zifencei, Sstc): its default adds H, bitmanip and more, which would show
 /// in `misa`, the device tree and the instructions that work.
-pub const QEMU_CPU: &str = "rv64,h=false,zba=false,zbb=false,zbc=false,zbs=false,sstc=false,\
+pub const QEMU_CPU: &str = "rv64,h=false,zba=false,zbb=false,zbc=false,zbs=false,\
                             Zihintpause=false,svinval=false,svnapot=false,svpbmt=false";
 
 /// `qemu-system-riscv64 -M virt -cpu QEMU_CPU -bios none -kernel ELF` plus

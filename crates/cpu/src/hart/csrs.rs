@@ -56,6 +56,7 @@ impl Hart {
             csr::SCAUSE => s.scause,
             csr::STVAL => s.stval,
             csr::SIP => self.mip() & s.mideleg,
+            csr::STIMECMP => s.stimecmp,
             csr::SATP => s.satp,
             csr::MVENDORID | csr::MARCHID | csr::MIMPID | csr::MCONFIGPTR => 0,
             csr::MHARTID => self.config.hart_id,
@@ -123,6 +124,14 @@ impl Hart {
         if (csr::CYCLE..=csr::HPMCOUNTER31).contains(&number) && !self.counter_allowed(number) {
             return Err(illegal);
         }
+        // Sstc: below M-mode, `stimecmp` needs menvcfg.STCE and
+        // mcounteren.TM.
+        if number == csr::STIMECMP
+            && self.s.privilege < Privilege::Machine
+            && (self.s.menvcfg & csr::MENVCFG_STCE == 0 || self.s.mcounteren & 2 == 0)
+        {
+            return Err(illegal);
+        }
         let old = self.csr_value(number).ok_or(illegal)?;
         let Some(value) = write else {
             return Ok(old);
@@ -149,9 +158,9 @@ impl Hart {
                 }
             }
             csr::MHPMEVENT3..=csr::MHPMEVENT31 => {}
+            // No TLB flush: SUM and MXR are part of the TLB key.
             csr::SSTATUS => {
                 s.mstatus = (s.mstatus & !status::S_WRITABLE) | (value & status::S_WRITABLE);
-                self.flush_tlb();
             }
             csr::SIE => s.mie = (s.mie & !s.mideleg) | (value & s.mideleg & csr::MIE_WRITABLE),
             csr::STVEC => s.stvec = value & !2,
@@ -165,11 +174,14 @@ impl Hart {
                 let mask = irq::SSIP & s.mideleg;
                 s.mip_software = (s.mip_software & !mask) | (value & mask);
             }
+            csr::STIMECMP => s.stimecmp = value,
+            // No TLB flush (that is `sfence.vma`'s job): entries are tagged
+            // with their ASID, so another address space's stay cached.
             csr::SATP => {
                 let mode = value >> 60;
                 if mode == 0 || mode == 8 {
-                    s.satp = value & !(0xffffu64 << 44); // no ASIDs
-                    self.flush_tlb();
+                    s.satp = value;
+                    self.claim_tlb_context();
                 }
             }
             csr::MSTATUS => {
@@ -178,7 +190,6 @@ impl Hart {
                     v &= !status::MPP; // reserved: WARL to U
                 }
                 s.mstatus = v | status::XLEN_FIELDS;
-                self.flush_tlb();
             }
             csr::MISA => {}
             csr::MEDELEG => s.medeleg = value & csr::MEDELEG_WRITABLE,
@@ -186,15 +197,28 @@ impl Hart {
             csr::MIE => s.mie = value & csr::MIE_WRITABLE,
             csr::MTVEC => s.mtvec = value & !2,
             csr::MCOUNTEREN => s.mcounteren = value & 0xffff_ffff,
-            csr::MENVCFG => s.menvcfg = 0,
+            csr::MENVCFG => {
+                // Clearing STCE leaves STIP as `stimecmp` last drove it, now
+                // M's to write again (as QEMU does).
+                if s.menvcfg & csr::MENVCFG_STCE != 0 && value & csr::MENVCFG_STCE == 0 {
+                    let stip = self.mip() & irq::STIP;
+                    self.s.mip_software = (self.s.mip_software & !irq::STIP) | stip;
+                }
+                self.s.menvcfg = value & csr::MENVCFG_STCE;
+            }
             csr::MCOUNTINHIBIT => s.mcountinhibit = 0,
             csr::MSCRATCH => s.mscratch = value,
             csr::MEPC => s.mepc = value & !1,
             csr::MCAUSE => s.mcause = value,
             csr::MTVAL => s.mtval = value,
             csr::MIP => {
-                s.mip_software =
-                    (s.mip_software & !csr::MIP_M_WRITABLE) | (value & csr::MIP_M_WRITABLE);
+                // Under Sstc, STIP is `stimecmp`'s and read-only here.
+                let writable = if s.menvcfg & csr::MENVCFG_STCE != 0 {
+                    csr::MIP_M_WRITABLE & !irq::STIP
+                } else {
+                    csr::MIP_M_WRITABLE
+                };
+                s.mip_software = (s.mip_software & !writable) | (value & writable);
             }
             csr::PMPCFG0..=csr::PMPCFG15 => {
                 if let Some(cfg) = s.pmpcfg.get_mut(usize::from((number - csr::PMPCFG0) / 2)) {

@@ -242,7 +242,10 @@ impl Hart {
                     {
                         return Err(illegal);
                     }
-                    self.flush_tlb();
+                    let rs2 = (insn >> 20) as usize & 31;
+                    let vaddr = (rs1 != 0).then(|| self.s.x[rs1]);
+                    let asid = (rs2 != 0).then(|| self.s.x[rs2]);
+                    self.sfence_vma(vaddr, asid);
                     self.s.pc = npc;
                     return Ok(());
                 }

@@ -49,10 +49,105 @@ pub(super) const EMPTY_TLB: TlbEntry = TlbEntry {
     ppage: 0,
 };
 
+/// Address spaces the TLB tells apart at once: entries carry the low 8 bits
+/// of their ASID (tag bits 11:4, below the page number), and
+/// [`Hart::tlb_owner`] says which full 16-bit ASID those bits stand for.
+pub(super) const TLB_CONTEXTS: usize = 256;
+/// No ASID owns a context's entries (there are none).
+pub(super) const NO_OWNER: u32 = u32::MAX;
+const ASID_SHIFT: u32 = 44;
+/// `satp.ASID`: 16 bits, as on QEMU's `virt`.
+const ASID_MASK: u64 = 0xffff;
+
+/// The ASID field of a `satp` value.
+fn satp_asid(satp: u64) -> u64 {
+    (satp >> ASID_SHIFT) & ASID_MASK
+}
+
+/// A TLB entry's context: the low bits of its ASID.
+fn tlb_context(asid: u64) -> usize {
+    asid as usize % TLB_CONTEXTS
+}
+
+/// The low 12 bits of a TLB tag: effective privilege (bits 1:0), SUM and
+/// MXR (bits 3:2; loads and stores only, as fetches ignore them), the
+/// TLB context (bits 11:4).
+pub(super) fn tlb_key(satp: u64, mstatus: u64, prv: Privilege, access: Access) -> u64 {
+    let status_bits = if access == Access::Fetch {
+        0
+    } else {
+        (mstatus >> 16) & 0xc
+    };
+    prv as u64 | status_bits | (tlb_context(satp_asid(satp)) as u64) << 4
+}
+
 impl Hart {
+    /// Forget every translation (`sfence.vma` with no operands, snapshot
+    /// and restore).
     pub(super) fn flush_tlb(&mut self) {
         for tlb in self.tlb.iter_mut() {
             tlb.fill(EMPTY_TLB);
+        }
+        self.tlb_owner.fill(NO_OWNER);
+        self.claim_tlb_context();
+        self.fetch_vpage = u64::MAX;
+    }
+
+    /// Make the current ASID the owner of its TLB context. Entries another
+    /// ASID with the same low bits left there must go, or the current one
+    /// would see them; entries of other contexts stay, so switching back
+    /// and forth between address spaces (Linux's context switch) keeps
+    /// them.
+    pub(super) fn claim_tlb_context(&mut self) {
+        let asid = satp_asid(self.s.satp) as u32;
+        let context = tlb_context(u64::from(asid));
+        let owner = self.tlb_owner[context];
+        if owner != asid {
+            if owner != NO_OWNER {
+                self.flush_tlb_context(context);
+            }
+            self.tlb_owner[context] = asid;
+        }
+        self.fetch_vpage = u64::MAX;
+    }
+
+    fn flush_tlb_context(&mut self, context: usize) {
+        for tlb in self.tlb.iter_mut() {
+            for entry in tlb.iter_mut() {
+                if entry.tag != u64::MAX && (entry.tag >> 4) as usize % TLB_CONTEXTS == context {
+                    *entry = EMPTY_TLB;
+                }
+            }
+        }
+    }
+
+    /// `sfence.vma`: `vaddr` and `asid` are its operands when not `x0`.
+    /// Flushing more than asked is always allowed: an ASID-only fence
+    /// flushes its context (global mappings too), an address fence every
+    /// entry covering the address, in every address space.
+    pub(super) fn sfence_vma(&mut self, vaddr: Option<u64>, asid: Option<u64>) {
+        match (vaddr, asid) {
+            (None, None) => self.flush_tlb(),
+            (None, Some(asid)) => {
+                let asid = asid & ASID_MASK;
+                let context = tlb_context(asid);
+                if self.tlb_owner[context] == asid as u32 {
+                    self.flush_tlb_context(context);
+                }
+            }
+            (Some(vaddr), _) => {
+                for (tlb, levels) in self.tlb.iter_mut().zip(self.tlb_level.iter()) {
+                    for (entry, &level) in tlb.iter_mut().zip(levels.iter()) {
+                        // The entry caches one 4 KiB piece of a leaf of
+                        // 4 KiB << (9 * level): it covers `vaddr` if that
+                        // lies in the same leaf.
+                        let span_shift = PAGE_SHIFT + 9 * u32::from(level);
+                        if entry.tag != u64::MAX && (entry.tag ^ vaddr) >> span_shift == 0 {
+                            *entry = EMPTY_TLB;
+                        }
+                    }
+                }
+            }
         }
         self.fetch_vpage = u64::MAX;
     }
@@ -72,21 +167,23 @@ impl Hart {
         if prv == Privilege::Machine || self.s.satp >> 60 == 0 {
             return Ok(vaddr);
         }
-        let key = (prv as u64) | ((self.s.mstatus >> 16) & 0xc); // SUM, MXR -> bits 2, 3
+        let key = tlb_key(self.s.satp, self.s.mstatus, prv, access);
         let tag = (vaddr & !PAGE_MASK) | key;
         let slot = ((vaddr >> PAGE_SHIFT) as usize) % TLB_ENTRIES;
         let entry = self.tlb[access as usize][slot];
         if entry.tag == tag {
             return Ok(entry.ppage | (vaddr & PAGE_MASK));
         }
-        let ppage = self.walk(vaddr, access, prv)?;
+        let (ppage, level) = self.walk(vaddr, access, prv)?;
         self.tlb[access as usize][slot] = TlbEntry { tag, ppage };
+        self.tlb_level[access as usize][slot] = level;
         Ok(ppage | (vaddr & PAGE_MASK))
     }
 
     /// Sv39 page-table walk with hardware A/D updates; returns the physical
-    /// page of `vaddr`.
-    fn walk(&mut self, vaddr: u64, access: Access, prv: Privilege) -> Result<u64, Trap> {
+    /// page of `vaddr` and the level of its leaf (0: 4 KiB, 1: 2 MiB,
+    /// 2: 1 GiB).
+    fn walk(&mut self, vaddr: u64, access: Access, prv: Privilege) -> Result<(u64, u8), Trap> {
         let page_fault = Trap::new(access.page_fault(), vaddr);
         // Bits 63:39 must equal bit 38.
         if sext(vaddr, 39) != vaddr {
@@ -148,7 +245,7 @@ impl Hart {
                 self.invalidate_code(off, 8);
             }
             let vpn_low = (vaddr >> PAGE_SHIFT) & low_ppn_mask;
-            return Ok((ppn | vpn_low) << PAGE_SHIFT);
+            return Ok(((ppn | vpn_low) << PAGE_SHIFT, level as u8));
         }
         Err(page_fault)
     }
@@ -236,5 +333,143 @@ impl Hart {
         {
             self.set_exit(Exit::StoreWatch(w));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! What the TLB keeps and drops. A stale entry is visible to software
+    //! that changes a PTE without `sfence.vma`, which is how these tests
+    //! tell a kept entry from a new walk.
+    use super::*;
+    use crate::HartConfig;
+
+    const BASE: u64 = 0x8000_0000;
+    const VA: u64 = 0x4000_0000; // root[1] -> l1 -> l0[0]
+    const PAGE_A: u64 = BASE + 0x8000;
+    const PAGE_B: u64 = BASE + 0x9000;
+    const LEAF: u64 = 0xcf; // V R W X A D
+
+    struct Space {
+        root: u64,
+        l1: u64,
+        l0: u64,
+    }
+
+    fn pte(paddr: u64, flags: u64) -> u64 {
+        ((paddr >> 12) << 10) | flags
+    }
+
+    fn write(h: &mut Hart, at: u64, value: u64) {
+        h.ram.write(at, &value.to_le_bytes()).expect("in RAM");
+    }
+
+    /// An address space whose `VA` maps `page` with a 4 KiB leaf.
+    fn space(h: &mut Hart, tables: u64, page: u64) -> Space {
+        let s = Space {
+            root: tables,
+            l1: tables + 0x1000,
+            l0: tables + 0x2000,
+        };
+        write(h, s.root + 8, pte(s.l1, 1));
+        write(h, s.l1, pte(s.l0, 1));
+        write(h, s.l0, pte(page, LEAF));
+        s
+    }
+
+    fn hart() -> Hart {
+        let mut h = Hart::new(HartConfig {
+            hart_id: 0,
+            ram_base: BASE,
+            ram_size: 1 << 20,
+            insns_per_tick: 10,
+        });
+        h.s.privilege = Privilege::Supervisor;
+        h
+    }
+
+    fn set_satp(h: &mut Hart, space: &Space, asid: u64) {
+        h.s.satp = (8 << 60) | (asid << 44) | (space.root >> 12);
+        h.claim_tlb_context();
+    }
+
+    fn load_page(h: &mut Hart, vaddr: u64) -> u64 {
+        h.translate(vaddr, Access::Load).expect("mapped") & !PAGE_MASK
+    }
+
+    #[test]
+    fn switching_address_spaces_keeps_each_ones_entries() {
+        let mut h = hart();
+        let a = space(&mut h, BASE + 0x10000, PAGE_A);
+        let b = space(&mut h, BASE + 0x20000, PAGE_B);
+        // B also maps the next page (the TLB is direct-mapped by page, so
+        // B's use of VA itself would evict A's entry).
+        write(&mut h, b.l0 + 8, pte(PAGE_B, LEAF));
+        set_satp(&mut h, &a, 1);
+        assert_eq!(load_page(&mut h, VA), PAGE_A);
+        set_satp(&mut h, &b, 2);
+        assert_eq!(load_page(&mut h, VA + 0x1000), PAGE_B);
+        // A's entry outlives the switch: a PTE change without a fence
+        // does not show.
+        write(&mut h, a.l0, pte(PAGE_B, LEAF));
+        set_satp(&mut h, &a, 1);
+        assert_eq!(load_page(&mut h, VA), PAGE_A, "kept across the switch");
+        h.sfence_vma(None, Some(2));
+        assert_eq!(load_page(&mut h, VA), PAGE_A, "another ASID's fence");
+        h.sfence_vma(None, Some(1));
+        assert_eq!(load_page(&mut h, VA), PAGE_B, "its own ASID's fence");
+    }
+
+    #[test]
+    fn asids_sharing_low_bits_never_see_each_others_entries() {
+        let mut h = hart();
+        let a = space(&mut h, BASE + 0x10000, PAGE_A);
+        let b = space(&mut h, BASE + 0x20000, PAGE_B);
+        set_satp(&mut h, &a, 1);
+        assert_eq!(load_page(&mut h, VA), PAGE_A);
+        set_satp(&mut h, &b, 1 + TLB_CONTEXTS as u64);
+        assert_eq!(load_page(&mut h, VA), PAGE_B);
+        set_satp(&mut h, &a, 1);
+        assert_eq!(load_page(&mut h, VA), PAGE_A);
+    }
+
+    #[test]
+    fn an_address_fence_drops_every_piece_of_a_superpage_covering_it() {
+        let mut h = hart();
+        let a = space(&mut h, BASE + 0x10000, PAGE_A);
+        // l1[1]: VA + 2 MiB is a 2 MiB leaf at BASE.
+        write(&mut h, a.l1 + 8, pte(BASE, LEAF));
+        set_satp(&mut h, &a, 1);
+        let superpage = VA + (2 << 20);
+        assert_eq!(load_page(&mut h, superpage + 0x3000), BASE + 0x3000);
+        assert_eq!(load_page(&mut h, VA), PAGE_A);
+        write(&mut h, a.l1 + 8, pte(BASE + (2 << 20), LEAF));
+        write(&mut h, a.l0, pte(PAGE_B, LEAF));
+        // A fence of another address in the superpage drops the cached
+        // piece at +0x3000, not the 4 KiB page outside it.
+        h.sfence_vma(Some(superpage + 0x1f_f000), None);
+        assert_eq!(
+            load_page(&mut h, superpage + 0x3000),
+            BASE + (2 << 20) + 0x3000
+        );
+        assert_eq!(load_page(&mut h, VA), PAGE_A, "outside the fenced leaf");
+    }
+
+    #[test]
+    fn status_writes_keep_entries_and_a_snapshot_empties_them() {
+        let mut h = hart();
+        let a = space(&mut h, BASE + 0x10000, PAGE_A);
+        set_satp(&mut h, &a, 1);
+        assert_eq!(load_page(&mut h, VA), PAGE_A);
+        write(&mut h, a.l0, pte(PAGE_B, LEAF));
+        // sstatus.SIE toggles (Linux's interrupt enable) flush nothing.
+        let sie = status::SIE;
+        h.csr_access(0, crate::csr::SSTATUS, Some(sie))
+            .expect("S may write sstatus");
+        h.csr_access(0, crate::csr::SSTATUS, Some(0))
+            .expect("S may write sstatus");
+        assert_eq!(load_page(&mut h, VA), PAGE_A);
+        h.snapshot_state();
+        assert_eq!(load_page(&mut h, VA), PAGE_B);
     }
 }

@@ -68,15 +68,22 @@ impl Hart {
         while self.s.icount < icount_limit {
             // Everything that can make an interrupt pending or enabled ends
             // a block (CSR writes, traps, xret, MMIO), or happens outside
-            // `run`, so block boundaries are the only places to look.
+            // `run`, so block boundaries are the only places to look; the
+            // one thing that does so with time alone, the Sstc timer, has
+            // its icount as a limit so that it too falls on a boundary.
+            if self.s.icount >= self.stimer_deadline {
+                self.irq_dirty = true;
+            }
             if self.irq_dirty {
                 self.irq_dirty = false;
+                self.stimer_deadline = self.sstc_deadline();
                 if let Some(cause) = self.pending_interrupt() {
                     self.take_trap(cause | cause::INTERRUPT, 0);
                 }
             }
+            let limit = icount_limit.min(self.stimer_deadline);
             match self.block_at(self.s.pc, arena) {
-                Some(block) => self.run_block(bus, block, arena, icount_limit),
+                Some(block) => self.run_block(bus, block, arena, limit),
                 None => self.step_uncached(bus),
             }
             self.stop_block = false;

@@ -93,7 +93,7 @@ mod imp {
     use crate::Privilege;
     use crate::block::BlockRef;
     use crate::decode::Decoded;
-    use crate::hart::mmu::Access;
+    use crate::hart::mmu::{Access, tlb_key};
     use crate::hart::{Hart, PAGE_MASK};
     use crate::jit::{ChunkStamp, EXIT_BAIL, EXIT_DONE, EXIT_LINK, Jit, JitContext, PendingLink};
 
@@ -215,7 +215,8 @@ mod imp {
             let load_prv = self.effective_privilege(Access::Load);
             let store_prv = self.effective_privilege(Access::Store);
             let bare = self.s.satp >> 60 == 0;
-            let context_bits = (self.s.mstatus >> 16) & 0xc;
+            let load_key = tlb_key(self.s.satp, self.s.mstatus, load_prv, Access::Load);
+            let store_key = tlb_key(self.s.satp, self.s.mstatus, store_prv, Access::Store);
             let ctx = &mut self.translator.ctx;
             ctx.x = self.s.x.as_mut_ptr();
             ctx.ram = self.ram.host_ptr();
@@ -230,8 +231,8 @@ mod imp {
             ctx.tlb_store = self.tlb[Access::Store as usize].as_ptr().cast();
             ctx.load_direct = u64::from(bare || load_prv == Privilege::Machine);
             ctx.store_direct = u64::from(bare || store_prv == Privilege::Machine);
-            ctx.load_key = load_prv as u64 | context_bits;
-            ctx.store_key = store_prv as u64 | context_bits;
+            ctx.load_key = load_key;
+            ctx.store_key = store_key;
             ctx.stores_bail = u64::from(self.s.reservation.is_some() || !self.s.watches.is_empty());
             ctx.link = std::ptr::null_mut();
             let kind = jit.run(ctx, code)?;
