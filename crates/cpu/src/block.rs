@@ -18,13 +18,17 @@ use crate::decode::Decoded;
 pub(crate) const CHUNK_SHIFT: u32 = 10;
 /// Most instructions in one block.
 pub(crate) const BLOCK_MAX: usize = 64;
-/// Blocks are direct-mapped by RAM offset. 4096 slots hold too little of a
-/// Linux system's hot code (a quarter of the Debian build's second stage
-/// goes to decoding blocks again; the linux bench's process loop ran 1.35x
-/// faster with 16384), but with 16384 slots (a 16 MiB arena per hart)
-/// debug-build pairs missed their 500 ms timeout at startup on a loaded
-/// host (ft_pair, A/B under the same load; why is not known yet).
-const SLOTS: usize = 1 << 12;
+/// Blocks are found through a two-way set-associative table, hashed by RAM
+/// offset. A direct-mapped table of 4096 slots indexed by the offset's low
+/// bits held too little of a Linux system's hot code: blocks 8 KiB apart
+/// evicted each other, and a third of a process-heavy workload went to
+/// decoding and translating blocks again.
+const SETS: usize = 1 << 14;
+const WAYS: usize = 2;
+/// Instructions of every cached block, allocated in order; when it is full
+/// the whole cache is dropped and allocation starts again (blocks replaced
+/// in the table leave their instructions behind until then).
+const ARENA: usize = 1 << 18;
 const NO_TAG: u64 = u64::MAX;
 
 #[derive(Clone, Copy)]
@@ -39,6 +43,8 @@ struct Meta {
     jit_epoch: u64,
     /// Times the block ran without a translation.
     runs: u32,
+    /// Where its instructions start in the arena.
+    start: u32,
 }
 
 const EMPTY: Meta = Meta {
@@ -48,13 +54,17 @@ const EMPTY: Meta = Meta {
     jit: 0,
     jit_epoch: 0,
     runs: 0,
+    start: 0,
 };
 
 /// The cache's bookkeeping. The instructions themselves live in a separate
 /// arena ([`BlockCache::new_arena`]) that the run loop holds as a local, so
 /// iterating over a block borrows nothing from the hart.
 pub(crate) struct BlockCache {
+    /// `SETS * WAYS` entries; way 0 of a set holds its newer block.
     metas: Box<[Meta]>,
+    /// The next free instruction of the arena.
+    next: usize,
     /// Per chunk: bumped when a store hits a chunk with cached code.
     chunk_generation: Box<[u32]>,
     /// One bit per chunk that has blocks built from it since its last bump.
@@ -65,7 +75,8 @@ pub(crate) struct BlockCache {
     pub(crate) wrapped: bool,
 }
 
-/// A cached block: instructions `insns[start..start + len]`.
+/// A cached block: instructions `insns[start..start + len]`; `slot` is its
+/// entry in the table.
 #[derive(Clone, Copy)]
 pub(crate) struct BlockRef {
     pub start: usize,
@@ -73,16 +84,21 @@ pub(crate) struct BlockRef {
     pub slot: usize,
 }
 
+/// The first slot of the set of RAM offset `off` (a Fibonacci hash of the
+/// halfword index, so that neighbouring and power-of-two-apart offsets
+/// spread over the table).
 #[inline(always)]
-fn slot_of(off: usize) -> usize {
-    (off >> 1) % SLOTS
+fn set_of(off: usize) -> usize {
+    let hash = ((off >> 1) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (hash >> (64 - SETS.trailing_zeros())) as usize * WAYS
 }
 
 impl BlockCache {
     pub(crate) fn new(ram_size: u64) -> Self {
         let chunks = (ram_size >> CHUNK_SHIFT) as usize + 1;
         BlockCache {
-            metas: vec![EMPTY; SLOTS].into_boxed_slice(),
+            metas: vec![EMPTY; SETS * WAYS].into_boxed_slice(),
+            next: 0,
             chunk_generation: vec![0; chunks].into_boxed_slice(),
             code_chunks: vec![0; chunks.div_ceil(64)].into_boxed_slice(),
             host_generation: 0,
@@ -93,51 +109,72 @@ impl BlockCache {
     /// Forget every block (host-side writes to RAM, snapshot restore).
     pub(crate) fn flush(&mut self, host_generation: u64) {
         self.metas.fill(EMPTY);
+        self.next = 0;
         self.code_chunks.fill(0);
         self.host_generation = host_generation;
     }
 
     #[inline(always)]
     pub(crate) fn lookup(&self, off: usize) -> Option<BlockRef> {
-        let slot = slot_of(off);
-        let meta = self.metas[slot];
-        (meta.tag == off as u64 && meta.generation == self.chunk_generation[off >> CHUNK_SHIFT])
-            .then_some(BlockRef {
-                start: slot * BLOCK_MAX,
+        let set = set_of(off);
+        let generation = self.chunk_generation[off >> CHUNK_SHIFT];
+        (set..set + WAYS).find_map(|slot| {
+            let meta = &self.metas[slot];
+            (meta.tag == off as u64 && meta.generation == generation).then_some(BlockRef {
+                start: meta.start as usize,
                 len: meta.len as usize,
                 slot,
             })
+        })
     }
 
-    /// The instruction arena: `SLOTS * BLOCK_MAX` instructions; the block
-    /// in slot `s` is at `[s * BLOCK_MAX..][..len]`.
+    /// The instruction arena.
     pub(crate) fn new_arena(filler: Decoded) -> Box<[Decoded]> {
-        vec![filler; SLOTS * BLOCK_MAX].into_boxed_slice()
+        vec![filler; ARENA].into_boxed_slice()
     }
 
-    /// Where in the arena a block starting at RAM offset `off` is built;
-    /// call [`BlockCache::commit`] with its length once filled.
-    pub(crate) fn buffer<'a>(&self, arena: &'a mut [Decoded], off: usize) -> &'a mut [Decoded] {
-        &mut arena[slot_of(off) * BLOCK_MAX..][..BLOCK_MAX]
+    /// Where in the arena the next block is built; call
+    /// [`BlockCache::commit`] with its length once filled. Drops every
+    /// block if the arena is full.
+    pub(crate) fn buffer<'a>(&mut self, arena: &'a mut [Decoded]) -> &'a mut [Decoded] {
+        if self.next + BLOCK_MAX > arena.len() {
+            self.metas.fill(EMPTY);
+            self.next = 0;
+        }
+        &mut arena[self.next..][..BLOCK_MAX]
     }
 
+    /// Enter the block just built in the buffer, for RAM offset `off`: in
+    /// way 0 of its set, the block there moving to way 1 (replacing the
+    /// older one) unless it is stale or the same offset's.
     pub(crate) fn commit(&mut self, off: usize, len: usize) -> BlockRef {
-        let slot = slot_of(off);
+        let set = set_of(off);
         let chunk = off >> CHUNK_SHIFT;
-        self.metas[slot] = Meta {
+        let first = self.metas[set];
+        if first.tag != off as u64 && first.tag != NO_TAG && !self.is_stale(&first) {
+            self.metas[set + 1] = first;
+        }
+        let start = self.next;
+        self.next += len;
+        self.metas[set] = Meta {
             tag: off as u64,
             generation: self.chunk_generation[chunk],
             len: len as u32,
             jit: 0,
             jit_epoch: 0,
             runs: 0,
+            start: start as u32,
         };
         self.code_chunks[chunk / 64] |= 1 << (chunk % 64);
         BlockRef {
-            start: slot * BLOCK_MAX,
+            start,
             len,
-            slot,
+            slot: set,
         }
+    }
+
+    fn is_stale(&self, meta: &Meta) -> bool {
+        meta.generation != self.chunk_generation[meta.tag as usize >> CHUNK_SHIFT]
     }
 
     /// The block's translation made in `epoch`, if any.
@@ -211,9 +248,12 @@ mod tests {
     #[test]
     fn stores_retire_blocks_of_their_chunk_only() {
         let mut cache = BlockCache::new(1 << 16);
+        let mut arena = BlockCache::new_arena(crate::decode::decode(0, 0, 4));
         let a = 0x100;
         let b = 0x100 + (1 << CHUNK_SHIFT);
+        cache.buffer(&mut arena);
         cache.commit(a, 3);
+        cache.buffer(&mut arena);
         cache.commit(b, 5);
         assert!(cache.lookup(a).is_some());
         // A store to a chunk without code retires nothing.

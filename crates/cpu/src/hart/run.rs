@@ -192,7 +192,7 @@ impl Hart {
         let page_end = (off & !(PAGE_SIZE as usize - 1)) + PAGE_SIZE as usize;
         let chunk = off >> CHUNK_SHIFT;
         let rvc = self.rvc;
-        let buffer = self.blocks.buffer(arena, off);
+        let buffer = self.blocks.buffer(arena);
         let mut at = off;
         let mut len = 0;
         while len < BLOCK_MAX && at + 2 <= page_end && at >> CHUNK_SHIFT == chunk {
