@@ -72,6 +72,8 @@ pub(crate) struct JitContext {
     pub code_chunks: *const u64,
     /// `BlockCache`'s chunk generations.
     pub chunk_generation: *const u32,
+    /// `Ram`'s dirty-page bytes: a store sets its page's.
+    pub dirty_pages: *const u8,
     /// The hart's load and store TLBs (`[TlbEntry; 256]` each).
     pub tlb_load: *const u64,
     pub tlb_store: *const u64,
@@ -107,6 +109,7 @@ impl Default for JitContext {
             icount_limit: 0,
             code_chunks: std::ptr::null(),
             chunk_generation: std::ptr::null(),
+            dirty_pages: std::ptr::null(),
             tlb_load: std::ptr::null(),
             tlb_store: std::ptr::null(),
             load_direct: 0,

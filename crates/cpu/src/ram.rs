@@ -1,4 +1,7 @@
-//! Guest RAM and the bookkeeping that keeps decoded code coherent with it.
+//! Guest RAM and the bookkeeping that keeps decoded code coherent with it
+//! and tells which pages changed.
+
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use crate::BusFault;
 
@@ -17,14 +20,46 @@ pub struct Ram {
     /// Bumped by every host-side write: decoded instructions are only valid
     /// for the generation they were decoded in.
     pub(crate) host_generation: u64,
+    /// One byte per page, set by every write to the page (guest stores,
+    /// translated code's included, page-table A/D updates, DMA, host
+    /// writes) and cleared by [`Ram::take_dirty_pages`]: what a digest
+    /// must hash again. Atomic only so that a reader holding `&Ram` can
+    /// clear it; the machine is single-threaded and `Relaxed` compiles to
+    /// plain byte moves.
+    dirty: Box<[AtomicU8]>,
 }
 
 impl Ram {
     pub fn new(base: u64, size: u64) -> Self {
+        let pages = (size as usize).div_ceil(1 << PAGE_SHIFT);
         Ram {
             base,
             bytes: vec![0; size as usize],
             host_generation: 0,
+            // Everything is dirty for a digest cache that has seen nothing.
+            dirty: (0..pages).map(|_| AtomicU8::new(1)).collect(),
+        }
+    }
+    /// Call `page` with the index of every page written since the last
+    /// call (all of them on the first), and forget them.
+    pub fn take_dirty_pages(&self, mut page: impl FnMut(usize)) {
+        for (index, flag) in self.dirty.iter().enumerate() {
+            if flag.load(Ordering::Relaxed) != 0 {
+                flag.store(0, Ordering::Relaxed);
+                page(index);
+            }
+        }
+    }
+    /// The dirty-page bytes, for translated code's stores.
+    pub(crate) fn dirty_ptr(&self) -> *const AtomicU8 {
+        self.dirty.as_ptr()
+    }
+    #[inline(always)]
+    fn mark_dirty(&self, off: usize, len: usize) {
+        let first = off >> PAGE_SHIFT;
+        let last = (off + len.max(1) - 1) >> PAGE_SHIFT;
+        for flag in &self.dirty[first..=last] {
+            flag.store(1, Ordering::Relaxed);
         }
     }
     pub fn base(&self) -> u64 {
@@ -63,6 +98,7 @@ impl Ram {
     pub(crate) fn copy_in(&mut self, paddr: u64, data: &[u8]) -> Result<usize, BusFault> {
         let off = self.offset(paddr, data.len() as u64)?;
         self.bytes[off..off + data.len()].copy_from_slice(data);
+        self.mark_dirty(off, data.len());
         Ok(off)
     }
     /// Replace the whole of RAM (snapshot restore). `data.len()` must equal `size()`.
@@ -73,6 +109,7 @@ impl Ram {
             });
         }
         self.bytes.copy_from_slice(data);
+        self.mark_dirty(0, data.len());
         self.host_generation += 1;
         Ok(())
     }
@@ -106,6 +143,8 @@ impl Ram {
     }
     #[inline(always)]
     pub(crate) fn store_le(&mut self, off: usize, size: usize, value: u64) {
+        // Callers split accesses that cross a page.
+        self.dirty[off >> PAGE_SHIFT].store(1, Ordering::Relaxed);
         let b = &mut self.bytes[off..off + size];
         match size {
             1 => b[0] = value as u8,

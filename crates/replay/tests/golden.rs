@@ -25,7 +25,7 @@ const IF_INTENDED: &str = "If this change is intended, bump ftvm_replay::format:
 /// `full_log()`: every event, every input, every I/O status and every end,
 /// in four entry frames.
 const GOLDEN_LOG: &str = concat!(
-    "4654564d4c4f470002000000ec000000e8285ebf800201162f676f6c64656e2f",
+    "4654564d4c4f470003000000ec000000e8285ebf800201162f676f6c64656e2f",
     "66775f64796e616d69632e62696e0ff026f01bab75bc3ae59bf15762cef8cdcc",
     "071e290643dd6c856c7c2ae2ce710f0d2f676f6c64656e2f496d61676513a41c",
     "5855bf688302995fa8590725a7b43919df701ff58dc02f2ac52f381bb7cf0113",
@@ -46,7 +46,7 @@ const GOLDEN_LOG: &str = concat!(
 /// `minimal_log()`: the other engine, no firmware, no initrd, no devices,
 /// an empty command line and a single entry.
 const GOLDEN_MINIMAL_LOG: &str = concat!(
-    "4654564d4c4f4700020000004a0000000b4e39161000016b00af1349b9f5f9a1",
+    "4654564d4c4f4700030000004a0000000b4e39161000016b00af1349b9f5f9a1",
     "a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f326200000100000000",
     "0000000000000000000000000000000000000000000000000000000000000400",
     "0000881427c600090003",
@@ -330,7 +330,7 @@ fn the_magic_version_and_frame_limit_are_pinned() {
         "{CHANGED}: MAGIC. Old logs would no longer be recognised as logs."
     );
     assert_eq!(
-        VERSION, 2,
+        VERSION, 3,
         "{CHANGED}: VERSION was bumped. Update this test and the golden constants in \
          crates/replay/tests/golden.rs (the failing tests print them)."
     );

@@ -144,7 +144,7 @@ const GOLDEN_HEADER: &str = "\
     100001080000000000000300000000010300100100";
 const GOLDEN_LEN: usize = 16777877;
 const GOLDEN_HASH: &str = "11e539d4a5de2e3882d507eb0e6db31b69bdba19f3fe13ee68ae0b22d8ad04af";
-const GOLDEN_DIGEST: &str = "406f3cae1b05788c65c9ed1997a049ec10de593387a54eece80da12e7b4a8129";
+const GOLDEN_DIGEST: &str = "5c4823396bfcedc6047d80354181b0fa13a39e4c3c81426cdee066fb7f2bc388";
 
 fn golden_config() -> MachineConfig {
     let code: Vec<u8> = PROGRAM.iter().flat_map(|w| w.to_le_bytes()).collect();

@@ -227,6 +227,7 @@ mod imp {
             ctx.icount_limit = icount_limit;
             ctx.code_chunks = self.blocks.code_chunks_ptr();
             ctx.chunk_generation = self.blocks.chunk_generation_ptr();
+            ctx.dirty_pages = self.ram.dirty_ptr().cast();
             ctx.tlb_load = self.tlb[Access::Load as usize].as_ptr().cast();
             ctx.tlb_store = self.tlb[Access::Store as usize].as_ptr().cast();
             ctx.load_direct = u64::from(bare || load_prv == Privilege::Machine);

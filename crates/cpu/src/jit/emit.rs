@@ -308,6 +308,14 @@ impl<'a> Emitter<'a> {
                     ; bt QWORD [rdx], rcx
                     ; jc =>bail
                 );
+                // Mark the page dirty (the access is within one page).
+                dynasm!(self.ops
+                    ; .arch x64
+                    ; mov rdx, QWORD [r12 + ctx!(dirty_pages)]
+                    ; mov rcx, rax
+                    ; shr rcx, crate::ram::PAGE_SHIFT as i8
+                    ; mov BYTE [rdx + rcx], 1
+                );
                 self.load_x(RCX, rs2);
                 match size {
                     1 => dynasm!(self.ops ; .arch x64 ; mov BYTE [r15 + rax], cl),
