@@ -537,17 +537,14 @@ impl Machine {
         &mut self.hart
     }
 
-    /// A snapshot, from which a copy of this machine continues exactly as
-    /// this one does (the hart's TLB is emptied on both: see
-    /// [`Hart::snapshot_state`]).
-    pub fn snapshot(&mut self) -> Snapshot {
+    pub fn snapshot(&self) -> Snapshot {
         self.snapshot_into(Vec::new())
     }
 
     /// A snapshot whose RAM is copied into `buffer` (resized to fit): a
     /// buffer allocated and touched beforehand makes the copy a plain
     /// `memcpy`, the whole of a clone's pause.
-    pub fn snapshot_into(&mut self, mut buffer: Vec<u8>) -> Snapshot {
+    pub fn snapshot_into(&self, mut buffer: Vec<u8>) -> Snapshot {
         let ram = self.hart.ram().bytes();
         if buffer.len() == ram.len() {
             buffer.copy_from_slice(ram);
@@ -559,7 +556,7 @@ impl Machine {
         }
         Snapshot {
             ram_size: self.ram_size,
-            hart: self.hart.snapshot_state(),
+            hart: self.hart.state(),
             devices: self.devices.clone(),
             ram: buffer,
         }
@@ -683,7 +680,7 @@ mod tests {
             0x37 | (t4 << 7) | (0x41c65 << 12),         // lui t4, 0x41c65
             i_type(-0x193, t4, 0, t4, 0x13),            // addi t4, t4, -0x193
             0x37 | (t5 << 7) | (0xff0 << 12),           // lui t5, 0xff0
-            i_type(-8, t5, 0, t5, 0x13),                // addi t5, t5, -8
+            i_type(-4, t5, 0, t5, 0x13),                // addi t5, t5, -4
             r_type(1, t4, t3, 0, t3),                   // loop: mul t3, t3, t4
             i_type(1, t3, 0, t3, 0x13),                 // addi t3, t3, 1
             r_type(0, t5, t3, 7, t2),                   // and t2, t3, t5

@@ -81,6 +81,25 @@ pub struct HartState {
     pub reservation: Option<u64>,
     /// Watched physical addresses (8 bytes each).
     pub watches: Vec<u64>,
+    /// The TLB's valid entries. A guest can observe the TLB (an entry
+    /// outlives a PTE change until `sfence.vma`; a kept entry spares a
+    /// walk its A/D update), so a restored machine must start with the
+    /// same one to continue exactly as the original. Filled by
+    /// [`Hart::state`]; the live TLB is kept in the hart.
+    pub tlb: Vec<SavedTlbEntry>,
+    /// Which full ASID owns each TLB context that has one: (context, ASID).
+    pub tlb_owners: Vec<(u8, u16)>,
+}
+
+/// One valid TLB entry of a [`HartState`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedTlbEntry {
+    /// Access type * 256 + slot.
+    pub index: u16,
+    pub tag: u64,
+    pub ppage: u64,
+    /// Level of the leaf it came from (0: 4 KiB, 1: 2 MiB, 2: 1 GiB).
+    pub level: u8,
 }
 
 /// As many PMP entries and programmable counters as QEMU 7.2's `virt`, so
@@ -94,9 +113,7 @@ pub struct Hart {
     s: HartState,
     /// One direct-mapped TLB per access type, keyed by virtual page and the
     /// translation context (effective privilege, SUM, MXR, ASID): see
-    /// [`mmu::tlb_key`]. The TLB is a cache the guest could observe (an
-    /// entry outlives a PTE change until `sfence.vma`), so it is emptied
-    /// wherever a copy of the machine could start: reset, snapshot, restore.
+    /// [`mmu::tlb_key`]. Part of the state ([`HartState::tlb`]).
     tlb: Box<[[TlbEntry; TLB_ENTRIES]; 3]>,
     /// The level of each entry's leaf, for `sfence.vma` of an address.
     tlb_level: Box<[[u8; TLB_ENTRIES]; 3]>,
@@ -184,6 +201,8 @@ impl Hart {
             clock,
             reservation: None,
             watches: Vec::new(),
+            tlb: Vec::new(),
+            tlb_owners: Vec::new(),
         };
         let mut hart = Hart {
             config,
@@ -291,8 +310,9 @@ impl Hart {
     /// The guest time at which the Sstc timer would wake an idle hart: it
     /// is armed, enabled in `mie` and not pending yet.
     pub fn supervisor_timer_wake(&self) -> Option<u64> {
-        (self.sstc_enabled() && self.s.mie & irq::STIP != 0 && self.mtime() < self.s.stimecmp)
-            .then_some(self.s.stimecmp)
+        // All ones is "never" (Linux stops its timer so), as for the CLINT.
+        let armed = self.s.stimecmp != u64::MAX && self.mtime() < self.s.stimecmp;
+        (self.sstc_enabled() && self.s.mie & irq::STIP != 0 && armed).then_some(self.s.stimecmp)
     }
     /// True if an interrupt is pending and enabled in `mie` (the WFI wake-up
     /// condition, independent of the global enable bits).
@@ -322,21 +342,18 @@ impl Hart {
         self.csr_value(number)
     }
     pub fn state(&self) -> HartState {
-        self.s.clone()
-    }
-    /// The state for a snapshot, which a copy of this machine may start
-    /// from: the TLB is emptied here as it will be there, so that a guest
-    /// relying on a stale entry (a PTE changed without `sfence.vma`) sees
-    /// the same on both from this instruction on.
-    pub fn snapshot_state(&mut self) -> HartState {
-        self.flush_tlb();
-        self.state()
+        let mut state = self.s.clone();
+        (state.tlb, state.tlb_owners) = self.saved_tlb();
+        state
     }
     /// Restore architectural state; caches are flushed. RAM is restored
     /// separately through [`Ram::restore_bytes`].
     pub fn restore(&mut self, state: &HartState) {
-        self.s = state.clone();
-        self.flush_tlb();
+        let mut state = state.clone();
+        let tlb = std::mem::take(&mut state.tlb);
+        let owners = std::mem::take(&mut state.tlb_owners);
+        self.s = state;
+        self.restore_tlb(&tlb, &owners);
         self.flush_icache();
         self.exit = None;
         self.stop_block = false;

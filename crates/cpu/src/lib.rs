@@ -39,7 +39,7 @@ mod jit;
 mod ram;
 mod rvc;
 
-pub use hart::{Engine, EngineError, Hart, HartState};
+pub use hart::{Engine, EngineError, Hart, HartState, SavedTlbEntry};
 pub use ram::Ram;
 
 use serde::{Deserialize, Serialize};

@@ -474,7 +474,7 @@ mod tests {
     }
 
     fn stream() -> (Vec<Message>, Machine) {
-        let (mut m, _) = machine();
+        let (m, _) = machine();
         let snapshot = m.snapshot();
         let mut sender = CloneSender::new(snapshot.clone(), start(&m, &snapshot));
         let mut messages = Vec::new();
@@ -543,7 +543,7 @@ mod tests {
     /// and the receiver's host writes exactly the disk that was sent.
     #[test]
     fn a_private_disk_arrives_with_the_snapshot() {
-        let (mut m, _) = machine();
+        let (m, _) = machine();
         let snapshot = m.snapshot();
         let disk_size = 5 * CHUNK + 1024;
         let mut disk = vec![0u8; disk_size];

@@ -328,7 +328,7 @@ fn data_len(entry: &Entry) -> usize {
 }
 
 impl Good {
-    fn at(machine: &mut Machine) -> Good {
+    fn at(machine: &Machine) -> Good {
         Good {
             icount: machine.icount(),
             snapshot: machine.snapshot(),
@@ -356,7 +356,7 @@ impl<R: Read> Replayer<R> {
     ) -> Result<Replayer<R>, ReplayError> {
         let reader = LogReader::open(input)?;
         let header = reader.header().clone();
-        let mut replay = ReplayMachine::new(header.machine.config(engine, images)?)?;
+        let replay = ReplayMachine::new(header.machine.config(engine, images)?)?;
         let found = replay.machine.digest();
         if found.0 != header.initial_digest {
             return Err(ReplayError::InitialState {
@@ -364,7 +364,7 @@ impl<R: Read> Replayer<R> {
                 found,
             });
         }
-        let good = Good::at(&mut replay.machine);
+        let good = Good::at(&replay.machine);
         Ok(Replayer {
             reader,
             replay,
@@ -407,7 +407,7 @@ impl<R: Read> Replayer<R> {
                     if self.good.checkpoints_since >= SNAPSHOT_EVERY
                         || self.good.window_bytes > WINDOW_MAX_BYTES
                     {
-                        self.good = Good::at(&mut self.replay.machine);
+                        self.good = Good::at(&self.replay.machine);
                     }
                 }
                 Applied::Checkpoint { logged, found } => {
@@ -432,7 +432,7 @@ impl<R: Read> Replayer<R> {
                 // A machine just built is as good as a snapshot.
                 Applied::Reset => {
                     checked = None;
-                    self.good = Good::at(&mut self.replay.machine);
+                    self.good = Good::at(&self.replay.machine);
                 }
                 Applied::Input | Applied::Output => {
                     checked = None;

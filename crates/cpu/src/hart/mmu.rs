@@ -4,7 +4,7 @@
 //! misaligned or cross a page.
 
 use super::trap::{Trap, cause};
-use super::{Hart, PAGE_MASK, PAGE_SIZE, mpp_privilege, sext};
+use super::{Hart, PAGE_MASK, PAGE_SIZE, SavedTlbEntry, mpp_privilege, sext};
 use crate::csr::status;
 use crate::ram::PAGE_SHIFT;
 use crate::{Bus, Exit, Privilege};
@@ -82,8 +82,7 @@ pub(super) fn tlb_key(satp: u64, mstatus: u64, prv: Privilege, access: Access) -
 }
 
 impl Hart {
-    /// Forget every translation (`sfence.vma` with no operands, snapshot
-    /// and restore).
+    /// Forget every translation (`sfence.vma` with no operands, reset).
     pub(super) fn flush_tlb(&mut self) {
         for tlb in self.tlb.iter_mut() {
             tlb.fill(EMPTY_TLB);
@@ -91,6 +90,58 @@ impl Hart {
         self.tlb_owner.fill(NO_OWNER);
         self.claim_tlb_context();
         self.fetch_vpage = u64::MAX;
+    }
+
+    /// The TLB's valid entries and context owners, for [`Hart::state`].
+    pub(super) fn saved_tlb(&self) -> (Vec<SavedTlbEntry>, Vec<(u8, u16)>) {
+        let mut entries = Vec::new();
+        for (access, (tlb, levels)) in self.tlb.iter().zip(self.tlb_level.iter()).enumerate() {
+            for (slot, (entry, &level)) in tlb.iter().zip(levels.iter()).enumerate() {
+                if entry.tag != u64::MAX {
+                    entries.push(SavedTlbEntry {
+                        index: (access * TLB_ENTRIES + slot) as u16,
+                        tag: entry.tag,
+                        ppage: entry.ppage,
+                        level,
+                    });
+                }
+            }
+        }
+        let owners = (self.tlb_owner.iter().enumerate())
+            .filter(|&(_, &owner)| owner != NO_OWNER)
+            .map(|(context, &owner)| (context as u8, owner as u16))
+            .collect();
+        (entries, owners)
+    }
+
+    /// Replace the TLB with a saved one (see [`Hart::restore`]). Entries
+    /// out of range, or of a context no ASID owns, are dropped: a TLB may
+    /// always hold less.
+    pub(super) fn restore_tlb(&mut self, entries: &[SavedTlbEntry], owners: &[(u8, u16)]) {
+        for tlb in self.tlb.iter_mut() {
+            tlb.fill(EMPTY_TLB);
+        }
+        self.tlb_owner.fill(NO_OWNER);
+        for &(context, asid) in owners {
+            if tlb_context(u64::from(asid)) == usize::from(context) {
+                self.tlb_owner[usize::from(context)] = u32::from(asid);
+            }
+        }
+        for saved in entries {
+            let (access, slot) = (
+                usize::from(saved.index) / TLB_ENTRIES,
+                usize::from(saved.index) % TLB_ENTRIES,
+            );
+            let context = (saved.tag >> 4) as usize % TLB_CONTEXTS;
+            if access < 3 && saved.level < 3 && self.tlb_owner[context] != NO_OWNER {
+                self.tlb[access][slot] = TlbEntry {
+                    tag: saved.tag,
+                    ppage: saved.ppage,
+                };
+                self.tlb_level[access][slot] = saved.level;
+            }
+        }
+        self.claim_tlb_context();
     }
 
     /// Make the current ASID the owner of its TLB context. Entries another
@@ -456,7 +507,7 @@ mod tests {
     }
 
     #[test]
-    fn status_writes_keep_entries_and_a_snapshot_empties_them() {
+    fn status_writes_keep_entries_and_a_restored_state_has_them() {
         let mut h = hart();
         let a = space(&mut h, BASE + 0x10000, PAGE_A);
         set_satp(&mut h, &a, 1);
@@ -469,7 +520,14 @@ mod tests {
         h.csr_access(0, crate::csr::SSTATUS, Some(0))
             .expect("S may write sstatus");
         assert_eq!(load_page(&mut h, VA), PAGE_A);
-        h.snapshot_state();
+        // A copy restored from the state keeps the stale entry too, and
+        // so continues exactly as the original.
+        let mut copy = hart();
+        copy.ram.restore_bytes(h.ram.bytes()).expect("same size");
+        copy.restore(&h.state());
+        assert_eq!(copy.state(), h.state());
+        assert_eq!(load_page(&mut copy, VA), PAGE_A);
+        h.sfence_vma(Some(VA), None);
         assert_eq!(load_page(&mut h, VA), PAGE_B);
     }
 }

@@ -308,11 +308,16 @@ impl<'a> Emitter<'a> {
                     ; bt QWORD [rdx], rcx
                     ; jc =>bail
                 );
-                // Mark the page dirty (the access is within one page).
+                // Mark the pages of its first and last byte dirty (without
+                // translation, in M-mode or under a bare satp, an access may
+                // cross a page).
                 dynasm!(self.ops
                     ; .arch x64
                     ; mov rdx, QWORD [r12 + ctx!(dirty_pages)]
                     ; mov rcx, rax
+                    ; shr rcx, crate::ram::PAGE_SHIFT as i8
+                    ; mov BYTE [rdx + rcx], 1
+                    ; lea rcx, [rax + (size - 1)]
                     ; shr rcx, crate::ram::PAGE_SHIFT as i8
                     ; mov BYTE [rdx + rcx], 1
                 );
