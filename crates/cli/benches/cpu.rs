@@ -22,8 +22,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use support::{
-    Finished, bench_baseline, bench_runs, ftvm_run, ftvm_run_with, guest_elf, median, parse_digest,
-    qemu_available, qemu_run,
+    Better, Finished, bench_baseline, bench_runs, ftvm_run, ftvm_run_with, guest_elf, median,
+    parse_digest, qemu_available, qemu_run, report,
 };
 
 const LIMIT: Duration = Duration::from_secs(600);
@@ -141,6 +141,15 @@ fn main() {
             mips,
             base / mips
         );
+        let peer = match engine.name {
+            "qemu TCG" => Some("QEMU TCG"),
+            name if name.starts_with("qemu record") => Some("QEMU record mode"),
+            _ => None,
+        };
+        if let Some(peer) = peer {
+            let measure = "guest/bench, CPU-bound (guest MIPS)";
+            report("cpu", measure, "MIPS", Better::Higher, base, (peer, mips));
+        }
     }
     println!("(ftvm ratio = ftvm translator MIPS / engine MIPS; above 1 means ftvm is faster)");
     let _ = std::fs::remove_file(&rr_file);

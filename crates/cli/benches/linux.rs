@@ -23,7 +23,8 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use support::{
-    bench_baseline, bench_runs, ftvm_bin, image_dir, median, qemu_available, qemu_virt_args,
+    Better, bench_baseline, bench_runs, ftvm_bin, image_dir, median, qemu_available,
+    qemu_virt_args, report,
 };
 
 const MEMORY_MIB: u64 = 128;
@@ -181,6 +182,26 @@ fn main() {
             processes / p0,
             beyond
         );
+        if *name == "qemu TCG" {
+            let peer = |value| ("QEMU TCG", value);
+            report("linux", "boot to init", "s", Better::Lower, b0, peer(boot));
+            report(
+                "linux",
+                "dd | md5sum 32 MiB",
+                "s",
+                Better::Lower,
+                w0,
+                peer(work),
+            );
+            report(
+                "linux",
+                "600 short processes",
+                "s",
+                Better::Lower,
+                p0,
+                peer(processes),
+            );
+        }
     }
     println!("(ratio = engine time / ftvm translator time; RSS-RAM = peak RSS minus guest RAM,");
     println!(" negative when the guest leaves part of its RAM untouched)");

@@ -60,8 +60,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value, json};
 use support::pair::{Pair, StatusLine, Vm, VmState};
 use support::{
-    DEBIAN_APPEND, Finished, OPENSBI_FW_DYNAMIC, Scratch, bench_runs, collect, describe, free_port,
-    ftvm_with_guest, median, qemu_available, qemu_version, qemu_virt_args, repo_root, run_limited,
+    Better, DEBIAN_APPEND, Finished, OPENSBI_FW_DYNAMIC, Scratch, bench_runs, collect, describe,
+    free_port, ftvm_with_guest, median, qemu_available, qemu_version, qemu_virt_args, repo_root,
+    report, run_limited,
 };
 
 const MEMORY_MIB: u64 = 512;
@@ -786,6 +787,33 @@ fn main() {
         .collect();
     let header: Vec<&str> = header.iter().map(String::as_str).collect();
     table::table(&header, &rows);
+    for (i, m) in METRICS.iter().enumerate() {
+        let better = if m.key.ends_with("_s") || m.key.ends_with("_ms") {
+            Better::Lower
+        } else {
+            Better::Higher
+        };
+        let unit = m.key.rsplit('_').next().unwrap_or("");
+        if let Some(q) = qemu_values {
+            report(
+                "services",
+                m.label,
+                unit,
+                better,
+                solo[i],
+                ("QEMU TCG", q[i]),
+            );
+        }
+        let measure = format!("FT pair: {}", m.label);
+        report(
+            "services",
+            &measure,
+            unit,
+            better,
+            pair[i],
+            ("standalone", solo[i]),
+        );
+    }
     println!();
     println!(
         "pair/solo: FT pair over standalone; ftvm/QEMU: standalone over QEMU. Above 1 is better \

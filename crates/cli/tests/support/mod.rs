@@ -310,6 +310,54 @@ pub fn bench_baseline() -> Option<PathBuf> {
     Some(path)
 }
 
+/// Which way a measure is good.
+#[derive(Clone, Copy)]
+pub enum Better {
+    Lower,
+    Higher,
+}
+
+/// One comparison of a bench for `scripts/bench`'s summary: ftvm's value of
+/// a measure and its peer's (QEMU, or standalone ftvm for a pair) from the
+/// same run. Appended as one JSON line to the file `FTVM_BENCH_JSON` names,
+/// if it is set; nothing otherwise.
+pub fn report(
+    bench: &str,
+    measure: &str,
+    unit: &str,
+    better: Better,
+    ftvm: f64,
+    (peer, peer_value): (&str, f64),
+) {
+    let Some(path) = std::env::var_os("FTVM_BENCH_JSON") else {
+        return;
+    };
+    // How many times better ftvm is: above 1, ftvm wins.
+    let advantage = match better {
+        Better::Lower => peer_value / ftvm,
+        Better::Higher => ftvm / peer_value,
+    };
+    let line = serde_json::json!({
+        "bench": bench,
+        "measure": measure,
+        "unit": unit,
+        "better": match better { Better::Lower => "lower", Better::Higher => "higher" },
+        "ftvm": ftvm,
+        "peer": peer,
+        "peer_value": peer_value,
+        "advantage": advantage,
+    });
+    use std::io::Write;
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut file| writeln!(file, "{line}"));
+    if let Err(e) = written {
+        panic!("FTVM_BENCH_JSON={}: {e}", path.to_string_lossy());
+    }
+}
+
 /// The median of a non-empty sample.
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
