@@ -49,6 +49,9 @@ const CODE_BYTES: usize = 32 << 20;
 const LINK_SLOTS: usize = 1 << 20;
 /// Room one block's code may need, at most: translation stops before it.
 const MAX_BLOCK_BYTES: usize = 64 << 10;
+/// The writable view's pages are given back in steps of this many bytes
+/// once the code below them is written (see [`Jit::release_written`]).
+const RELEASE_STEP: usize = 1 << 20;
 
 /// Why translated code returned.
 pub(crate) const EXIT_DONE: u64 = 0;
@@ -213,6 +216,8 @@ pub(crate) struct Jit {
     /// Bumped by every flush; block cache entries remember the epoch their
     /// translation belongs to.
     pub epoch: u64,
+    /// The writable view's pages below this offset are released.
+    released: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -238,6 +243,7 @@ impl Jit {
             links: vec![0; LINK_SLOTS].into_boxed_slice(),
             links_used: 0,
             epoch: 1,
+            released: 0,
         };
         jit.emit_stubs()?;
         Ok(jit)
@@ -295,6 +301,7 @@ impl Jit {
     /// Drop every translation.
     pub(crate) fn flush(&mut self) {
         self.used = self.stubs_end;
+        self.released = 0;
         self.links_used = 0;
         // 64 bits: an epoch never comes round again to revive a
         // translation recorded long ago.
@@ -346,7 +353,37 @@ impl Jit {
         debug_assert!(code.len() <= MAX_BLOCK_BYTES);
         self.write(at, &code)?;
         self.used = (at + code.len()).next_multiple_of(16);
+        self.release_written();
         Ok(Some(self.base + at))
+    }
+
+    /// Unmap the writable view's pages below the last whole step of
+    /// written code: the code stays in the file, mapped by the executable
+    /// view, and the view faults a page back in if a flush writes there
+    /// again. Otherwise every page of code would be resident twice, once
+    /// in each view (64 MiB of RSS for a full region).
+    fn release_written(&mut self) {
+        let written = self.used / RELEASE_STEP * RELEASE_STEP;
+        if written <= self.released {
+            return;
+        }
+        // SAFETY: MADV_DONTNEED on a shared file mapping only removes this
+        // view's page-table entries; the bytes stay in the file, and a
+        // later access faults them back in unchanged (unlike a private or
+        // anonymous mapping, which it would zero). No reference into the
+        // range is held: `write` borrows the view only while it copies.
+        let advised = unsafe {
+            self.region.write_view.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                self.released,
+                written - self.released,
+            )
+        };
+        // Failing to give memory back changes nothing else: try again at
+        // the next step.
+        if advised.is_ok() {
+            self.released = written;
+        }
     }
 
     /// Point the link slot at address `slot` to `code`.

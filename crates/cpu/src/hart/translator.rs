@@ -89,6 +89,8 @@ impl Hart {
 
 #[cfg(all(target_arch = "x86_64", unix))]
 mod imp {
+    use std::collections::HashMap;
+
     use super::{EngineError, JitExit};
     use crate::Privilege;
     use crate::block::BlockRef;
@@ -110,6 +112,15 @@ mod imp {
         link: Option<PendingLink>,
         /// Runs of a block in the interpreter before it is translated.
         threshold: u32,
+        /// Every translation of the JIT's current epoch, by the RAM offset
+        /// and chunk generation of its block, with the block's length. The
+        /// block cache forgets blocks (a full arena, a set's older way
+        /// replaced) while their translations are still in the code region;
+        /// without this, two translations in three were of a block
+        /// translated before in the same epoch (a Linux process loop), and
+        /// the copies filled the region and flushed it over and over.
+        known: HashMap<(usize, u32), (usize, usize)>,
+        known_epoch: u64,
     }
 
     impl Translator {
@@ -120,6 +131,8 @@ mod imp {
                 flush_pending: false,
                 link: None,
                 threshold: TRANSLATE_AFTER_RUNS,
+                known: HashMap::new(),
+                known_epoch: 0,
             }
         }
 
@@ -187,24 +200,43 @@ mod imp {
                 jit.flush();
             }
             let pc = self.s.pc;
+            if self.translator.known_epoch != jit.epoch {
+                self.translator.known.clear();
+                self.translator.known_epoch = jit.epoch;
+            }
             let code = match self.blocks.translation(block, jit.epoch) {
                 Some(code) => code,
-                // Code that runs a few times only (most of a boot) is cheaper
-                // to interpret than to translate.
-                None if self.blocks.count_run(block) < self.translator.threshold => {
-                    return Ok(None);
-                }
                 None => {
-                    let insns = &arena[block.start..block.start + block.len];
-                    let (index, generation) = self
-                        .blocks
-                        .chunk_stamp(self.fetch_page_off + (pc & PAGE_MASK) as usize);
-                    let stamp = ChunkStamp { index, generation };
-                    let Some(code) = jit.translate(insns, pc & PAGE_MASK, stamp)? else {
-                        return Ok(None);
-                    };
-                    self.blocks.set_translation(block, code, jit.epoch);
-                    code
+                    let off = self.fetch_page_off + (pc & PAGE_MASK) as usize;
+                    let (index, generation) = self.blocks.chunk_stamp(off);
+                    match self.translator.known.get(&(off, generation)) {
+                        Some(&(code, len)) if len == block.len => {
+                            self.blocks.set_translation(block, code, jit.epoch);
+                            code
+                        }
+                        // Code that runs a few times only (most of a boot)
+                        // is cheaper to interpret than to translate.
+                        _ if self.blocks.count_run(block) < self.translator.threshold => {
+                            return Ok(None);
+                        }
+                        _ => {
+                            let insns = &arena[block.start..block.start + block.len];
+                            let stamp = ChunkStamp { index, generation };
+                            let Some(code) = jit.translate(insns, pc & PAGE_MASK, stamp)? else {
+                                return Ok(None);
+                            };
+                            if jit.epoch != self.translator.known_epoch {
+                                // Translating flushed a full region.
+                                self.translator.known.clear();
+                                self.translator.known_epoch = jit.epoch;
+                            }
+                            self.translator
+                                .known
+                                .insert((off, generation), (code, block.len));
+                            self.blocks.set_translation(block, code, jit.epoch);
+                            code
+                        }
+                    }
                 }
             };
             if let Some(link) = self.translator.link.take() {
