@@ -128,7 +128,7 @@ impl Hart {
         // mcounteren.TM.
         if number == csr::STIMECMP
             && self.s.privilege < Privilege::Machine
-            && (self.s.menvcfg & csr::MENVCFG_STCE == 0 || self.s.mcounteren & 2 == 0)
+            && (!self.sstc_enabled() || self.s.mcounteren & 2 == 0)
         {
             return Err(illegal);
         }
@@ -200,7 +200,7 @@ impl Hart {
             csr::MENVCFG => {
                 // Clearing STCE leaves STIP as `stimecmp` last drove it, now
                 // M's to write again (as QEMU does).
-                if s.menvcfg & csr::MENVCFG_STCE != 0 && value & csr::MENVCFG_STCE == 0 {
+                if self.sstc_enabled() && value & csr::MENVCFG_STCE == 0 {
                     let stip = self.mip() & irq::STIP;
                     self.s.mip_software = (self.s.mip_software & !irq::STIP) | stip;
                 }
@@ -213,12 +213,12 @@ impl Hart {
             csr::MTVAL => s.mtval = value,
             csr::MIP => {
                 // Under Sstc, STIP is `stimecmp`'s and read-only here.
-                let writable = if s.menvcfg & csr::MENVCFG_STCE != 0 {
+                let writable = if self.sstc_enabled() {
                     csr::MIP_M_WRITABLE & !irq::STIP
                 } else {
                     csr::MIP_M_WRITABLE
                 };
-                s.mip_software = (s.mip_software & !writable) | (value & writable);
+                self.s.mip_software = (self.s.mip_software & !writable) | (value & writable);
             }
             csr::PMPCFG0..=csr::PMPCFG15 => {
                 if let Some(cfg) = s.pmpcfg.get_mut(usize::from((number - csr::PMPCFG0) / 2)) {

@@ -69,6 +69,11 @@ fn tlb_context(asid: u64) -> usize {
     asid as usize % TLB_CONTEXTS
 }
 
+/// The context of a (valid) TLB entry, from its tag's bits 11:4.
+fn tag_context(tag: u64) -> usize {
+    (tag >> 4) as usize % TLB_CONTEXTS
+}
+
 /// The low 12 bits of a TLB tag: effective privilege (bits 1:0), SUM and
 /// MXR (bits 3:2; loads and stores only, as fetches ignore them), the
 /// TLB context (bits 11:4).
@@ -84,12 +89,16 @@ pub(super) fn tlb_key(satp: u64, mstatus: u64, prv: Privilege, access: Access) -
 impl Hart {
     /// Forget every translation (`sfence.vma` with no operands, reset).
     pub(super) fn flush_tlb(&mut self) {
+        self.clear_tlb();
+        self.claim_tlb_context();
+    }
+
+    /// Empty every entry and every context's owner.
+    fn clear_tlb(&mut self) {
         for tlb in self.tlb.iter_mut() {
             tlb.fill(EMPTY_TLB);
         }
         self.tlb_owner.fill(NO_OWNER);
-        self.claim_tlb_context();
-        self.fetch_vpage = u64::MAX;
     }
 
     /// The TLB's valid entries and context owners, for [`Hart::state`].
@@ -118,10 +127,7 @@ impl Hart {
     /// out of range, or of a context no ASID owns, are dropped: a TLB may
     /// always hold less.
     pub(super) fn restore_tlb(&mut self, entries: &[SavedTlbEntry], owners: &[(u8, u16)]) {
-        for tlb in self.tlb.iter_mut() {
-            tlb.fill(EMPTY_TLB);
-        }
-        self.tlb_owner.fill(NO_OWNER);
+        self.clear_tlb();
         for &(context, asid) in owners {
             if tlb_context(u64::from(asid)) == usize::from(context) {
                 self.tlb_owner[usize::from(context)] = u32::from(asid);
@@ -132,7 +138,7 @@ impl Hart {
                 usize::from(saved.index) / TLB_ENTRIES,
                 usize::from(saved.index) % TLB_ENTRIES,
             );
-            let context = (saved.tag >> 4) as usize % TLB_CONTEXTS;
+            let context = tag_context(saved.tag);
             if access < 3 && saved.level < 3 && self.tlb_owner[context] != NO_OWNER {
                 self.tlb[access][slot] = TlbEntry {
                     tag: saved.tag,
@@ -165,7 +171,7 @@ impl Hart {
     fn flush_tlb_context(&mut self, context: usize) {
         for tlb in self.tlb.iter_mut() {
             for entry in tlb.iter_mut() {
-                if entry.tag != u64::MAX && (entry.tag >> 4) as usize % TLB_CONTEXTS == context {
+                if entry.tag != u64::MAX && tag_context(entry.tag) == context {
                     *entry = EMPTY_TLB;
                 }
             }

@@ -136,6 +136,16 @@ mod imp {
             }
         }
 
+        /// The translations of the code region's `epoch`: emptied first if
+        /// the region was flushed since they were made.
+        fn known(&mut self, epoch: u64) -> &mut HashMap<(usize, u32), (usize, usize)> {
+            if self.known_epoch != epoch {
+                self.known.clear();
+                self.known_epoch = epoch;
+            }
+            &mut self.known
+        }
+
         pub(super) fn enable(&mut self) -> Result<(), EngineError> {
             if self.jit.is_none() {
                 self.jit = Some(Box::new(Jit::new()?));
@@ -200,17 +210,14 @@ mod imp {
                 jit.flush();
             }
             let pc = self.s.pc;
-            if self.translator.known_epoch != jit.epoch {
-                self.translator.known.clear();
-                self.translator.known_epoch = jit.epoch;
-            }
             let code = match self.blocks.translation(block, jit.epoch) {
                 Some(code) => code,
                 None => {
                     let off = self.fetch_page_off + (pc & PAGE_MASK) as usize;
                     let (index, generation) = self.blocks.chunk_stamp(off);
-                    match self.translator.known.get(&(off, generation)) {
-                        Some(&(code, len)) if len == block.len => {
+                    let known = self.translator.known(jit.epoch).get(&(off, generation));
+                    match known.copied() {
+                        Some((code, len)) if len == block.len => {
                             self.blocks.set_translation(block, code, jit.epoch);
                             code
                         }
@@ -225,13 +232,10 @@ mod imp {
                             let Some(code) = jit.translate(insns, pc & PAGE_MASK, stamp)? else {
                                 return Ok(None);
                             };
-                            if jit.epoch != self.translator.known_epoch {
-                                // Translating flushed a full region.
-                                self.translator.known.clear();
-                                self.translator.known_epoch = jit.epoch;
-                            }
+                            // Translating may have flushed a full region:
+                            // `known` takes the epoch after it.
                             self.translator
-                                .known
+                                .known(jit.epoch)
                                 .insert((off, generation), (code, block.len));
                             self.blocks.set_translation(block, code, jit.epoch);
                             code
