@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 use support::pair::{Pair, Vm, VmState};
 use support::{
     Better, bench_runs, echo, echo_message, free_port, ftvm_with_guest as ftvm, median, poll,
-    qemu_available, qemu_default_guest, report, signal, wait_or_kill,
+    qemu_available, qemu_default_guest, report_solo_and_pair, signal, wait_or_kill,
 };
 
 const ECHO_CMD: &str = "nc -ll -p 7 -e cat & while true; do sleep 10; done";
@@ -352,42 +352,24 @@ fn main() {
     for (k, size) in SIZES.iter().enumerate() {
         let [solo, ft, qemu] = [0, 1, 2].map(|c| col(&|s| s.rtt[k][c][0]));
         let measure = format!("echo round trip {size} B, median");
-        report(
+        report_solo_and_pair(
             "ft_net",
             &measure,
             "ms",
             Better::Lower,
-            solo,
-            ("QEMU TCG", qemu),
-        );
-        let measure = format!("FT pair: echo round trip {size} B, median");
-        report(
-            "ft_net",
-            &measure,
-            "ms",
-            Better::Lower,
-            ft,
-            ("standalone", solo),
+            [solo, ft],
+            Some(qemu),
         );
     }
     let [solo, ft, qemu] = [0, 1, 2].map(|c| col(&|s| s.bulk[c]));
     let bulk = "bulk echo 16 MiB";
-    report(
+    report_solo_and_pair(
         "ft_net",
         bulk,
         "MB/s",
         Better::Higher,
-        solo,
-        ("QEMU TCG", qemu),
-    );
-    let bulk = "FT pair: bulk echo 16 MiB";
-    report(
-        "ft_net",
-        bulk,
-        "MB/s",
-        Better::Higher,
-        ft,
-        ("standalone", solo),
+        [solo, ft],
+        Some(qemu),
     );
     println!();
     println!(

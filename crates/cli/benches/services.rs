@@ -62,7 +62,7 @@ use support::pair::{Pair, StatusLine, Vm, VmState};
 use support::{
     Better, DEBIAN_APPEND, Finished, OPENSBI_FW_DYNAMIC, Scratch, bench_runs, collect, describe,
     free_port, ftvm_with_guest, median, qemu_available, qemu_version, qemu_virt_args, repo_root,
-    report, run_limited,
+    report_solo_and_pair, run_limited,
 };
 
 const MEMORY_MIB: u64 = 512;
@@ -794,25 +794,9 @@ fn main() {
             Better::Higher
         };
         let unit = m.key.rsplit('_').next().unwrap_or("");
-        if let Some(q) = qemu_values {
-            report(
-                "services",
-                m.label,
-                unit,
-                better,
-                solo[i],
-                ("QEMU TCG", q[i]),
-            );
-        }
-        let measure = format!("FT pair: {}", m.label);
-        report(
-            "services",
-            &measure,
-            unit,
-            better,
-            pair[i],
-            ("standalone", solo[i]),
-        );
+        let values = [solo[i], pair[i]];
+        let qemu = qemu_values.map(|q| q[i]);
+        report_solo_and_pair("services", m.label, unit, better, values, qemu);
     }
     println!();
     println!(

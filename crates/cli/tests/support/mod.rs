@@ -358,6 +358,31 @@ pub fn report(
     }
 }
 
+/// The two comparisons of a measure taken standalone, in an FT pair and
+/// (if it ran) on QEMU: standalone against QEMU, and the pair against
+/// standalone (its measure prefixed `FT pair: `). See [`report`].
+pub fn report_solo_and_pair(
+    bench: &str,
+    measure: &str,
+    unit: &str,
+    better: Better,
+    [solo, pair]: [f64; 2],
+    qemu: Option<f64>,
+) {
+    if let Some(qemu) = qemu {
+        report(bench, measure, unit, better, solo, ("QEMU TCG", qemu));
+    }
+    let pair_measure = format!("FT pair: {measure}");
+    report(
+        bench,
+        &pair_measure,
+        unit,
+        better,
+        pair,
+        ("standalone", solo),
+    );
+}
+
 /// The median of a non-empty sample.
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
