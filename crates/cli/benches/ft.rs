@@ -67,7 +67,8 @@ use std::time::{Duration, Instant, SystemTime};
 use ftvm_host::status::Measures;
 use support::pair::{Pair, StatusLine, Vm, VmState};
 use support::{
-    bench_runs, describe, drain, ftvm_bin, image_dir, median, process_alive as alive, wait_or_kill,
+    Better, bench_runs, describe, drain, ftvm_bin, image_dir, median, process_alive as alive,
+    report, wait_or_kill,
 };
 
 /// Longest any one process or pair may take.
@@ -695,13 +696,32 @@ fn main() {
             ft_s / solo_s,
             ft_w / solo_w
         );
+        (solo_w, ft_w)
     };
     overhead_row("true (boot only)", &|x| &x.solo_boot, &|x| &x.ft_boot);
-    overhead_row("dd 32 MiB | md5sum", &|x| &x.solo_work, &|x| &x.ft_work);
-    overhead_row(
+    let (solo_w, ft_w) = overhead_row("dd 32 MiB | md5sum", &|x| &x.solo_work, &|x| &x.ft_work);
+    let work = "FT pair: CPU-bound command (dd 32 MiB | md5sum)";
+    report(
+        "ft",
+        work,
+        "s",
+        Better::Lower,
+        ft_w,
+        ("standalone ftvm", solo_w),
+    );
+    let (solo_w, ft_w) = overhead_row(
         &format!("print {PRINT_LINES} lines"),
         &|x| &x.solo_print,
         &|x| &x.ft_print,
+    );
+    let print = format!("FT pair: guest printing {PRINT_LINES} lines");
+    report(
+        "ft",
+        &print,
+        "s",
+        Better::Lower,
+        ft_w,
+        ("standalone ftvm", solo_w),
     );
     println!(
         "(s: boot to power-off, FT: from starting `ftvm up` until both VMs exit; cmd s: `{READY}` to `{EXIT}`)"

@@ -206,8 +206,6 @@ pub enum IoJob {
     /// Perform a request; `answer` it (an input for the machine) or only
     /// perform it (a backup's write to its own disk).
     Request { request: IoRequest, answer: bool },
-    /// Tell the network the VM's card is here now.
-    Announce { mac: [u8; 6] },
     /// Copy the disk, as every request queued before left it, to `to`,
     /// and say so on `done` (a clone of a VM with a private disk: the
     /// requests queued after are the ones its new backup replays).
@@ -236,10 +234,6 @@ impl IoThread {
                 for job in rx {
                     let (request, answer) = match job {
                         IoJob::Request { request, answer } => (request, answer),
-                        IoJob::Announce { mac } => {
-                            host.announce(mac);
-                            continue;
-                        }
                         IoJob::CopyDisk { to, done } => {
                             let copied = match host.disk.as_mut() {
                                 Some(disk) => disk

@@ -10,21 +10,26 @@
 //! - The network: a backend in this process is polled (the user-mode
 //!   gateway of `ftvm run`, looked at every millisecond while the guest
 //!   idles); a network outside it (a pair's switch, a TAP interface) is
-//!   read by a thread.
+//!   read by the loop when epoll says it has frames, and written by the
+//!   loop itself (not the I/O thread): every hop between threads is a
+//!   wake-up, tens of microseconds on every frame.
+//! - The logging channel, read by the loop itself when epoll says it has
+//!   something (see `crate::channel`).
 //! - The console: the terminal (`ftvm run`), or a socket for `ftvm
 //!   console` and a file written at stream offsets (a pair).
 //! - The logging channel and the arbiter, for a VM of a pair; a recording
 //!   file for `ftvm run --record`.
 //!
-//! Threads (the channel's reader, the network receiver, the console, the
-//! I/O thread, the arbiter) only report to the loop through one event
-//! channel; the node is only ever touched here.
+//! Threads (the console, the I/O thread, the arbiter, a clone's sender)
+//! only report to the loop through one event channel, and ring its
+//! waker; the loop waits in epoll for the waker, the logging channel or
+//! the network. The node is only ever touched here.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, Instant};
 
 use ftvm_board::{DeviceKind, Input, IoRequest};
@@ -49,6 +54,14 @@ use cloning::CloneJob;
 
 /// How often an idle guest's host looks at a polled network backend.
 const NET_POLL: Duration = Duration::from_millis(1);
+
+/// The loop's epoll tokens: a thread's event, the logging channel, the
+/// frames of a network outside the process.
+const WAKER: mio::Token = mio::Token(0);
+const CHANNEL: mio::Token = mio::Token(1);
+const NETWORK: mio::Token = mio::Token(2);
+/// Host input for the network backend the loop polls.
+const NET_INPUT: mio::Token = mio::Token(3);
 
 /// How often the status file is rewritten.
 const STATUS_EVERY: Duration = Duration::from_millis(200);
@@ -133,13 +146,6 @@ enum Event {
     Key(ConsoleEvent),
     /// The terminal's input is closed: no more keys will come.
     InputClosed,
-    /// A frame for the guest, from the VM's network.
-    Received(Vec<u8>),
-    /// Host input for the network backend the loop polls: poll it now.
-    NetInput,
-    /// From the logging channel of that generation (a clone replaces the
-    /// channel; the old one's reader may still speak).
-    Channel(u64, ChannelEvent),
     Control(Request, Sender<Reply>),
     Clone(CloneEvent),
     /// The I/O thread's answer to a request.
@@ -147,10 +153,38 @@ enum Event {
     Verdict(Verdict),
 }
 
+/// A thread's way to the loop: the event, then a ring of the loop's
+/// waker, so a loop waiting in epoll wakes for it.
+#[derive(Clone)]
+struct LoopSender {
+    events: Sender<Event>,
+    waker: Arc<mio::Waker>,
+}
+
+impl LoopSender {
+    /// Whether the loop still listens.
+    fn send(&self, event: Event) -> bool {
+        if self.events.send(event).is_err() {
+            return false;
+        }
+        // A failed ring (never seen) leaves the event for the loop's next
+        // turn, at most its longest wait (50 ms) later.
+        if let Err(e) = self.waker.wake() {
+            tracing::warn!(%e, "cannot wake the run loop");
+        }
+        true
+    }
+}
+
 /// How the loop performs I/O.
 enum Io {
     Inline(HostIo),
-    Thread(IoThread),
+    /// The disk and entropy in the thread; the network (`net` alone) in
+    /// the loop: a frame's send never waits for a disk.
+    Thread {
+        thread: IoThread,
+        net: HostIo,
+    },
 }
 
 /// The node's view of the host while a slice runs.
@@ -179,13 +213,19 @@ struct Vm {
     io: Io,
     /// A network backend in this process, polled by the loop.
     polled_net: bool,
+    /// A network outside it: the frames for the guest.
+    frames: Option<Box<dyn FrameReceiver>>,
+    received: Vec<Vec<u8>>,
     channel: Option<Channel>,
     arbiter: Option<ArbiterThread>,
     pair: String,
-    /// The logging channel's generation: a clone's channel is the next.
-    generation: u64,
+    /// Where the loop waits: its waker, the logging channel, the network.
+    poll: mio::Poll,
+    poll_events: mio::Events,
+    /// What reading the channel found, reused from turn to turn.
+    channel_events: Vec<ChannelEvent>,
     /// A sender for the threads the loop starts later (a clone's).
-    to_loop: Option<Sender<Event>>,
+    to_loop: Option<LoopSender>,
     key: Option<[u8; 32]>,
     clone: Option<CloneJob>,
     /// The VM's disk and its size: a clone with a private disk sends it.
@@ -223,10 +263,17 @@ struct Vm {
 
 /// Run `node` on `host` until it is done; the node as it ended.
 pub fn run(node: Node, host: VmHost) -> Result<Node, HostError> {
-    let (tx, events) = std::sync::mpsc::channel::<Event>();
-    let sink = |tx: &Sender<Event>| {
+    let (events_tx, events) = std::sync::mpsc::channel::<Event>();
+    let poll = mio::Poll::new().map_err(|e| HostError::io("creating the run loop's epoll", e))?;
+    let waker = mio::Waker::new(poll.registry(), WAKER)
+        .map_err(|e| HostError::io("creating the run loop's waker", e))?;
+    let tx = LoopSender {
+        events: events_tx,
+        waker: Arc::new(waker),
+    };
+    let sink = |tx: &LoopSender| {
         let tx = tx.clone();
-        move |event| tx.send(event).is_ok()
+        move |event| tx.send(event)
     };
     let VmHost {
         clock,
@@ -250,29 +297,28 @@ pub fn run(node: Node, host: VmHost) -> Result<Node, HostError> {
     let disk = io.disk.as_ref().map(|d| (d.path().to_path_buf(), d.len()));
     let polled_net = has_net && frames.is_none();
     if let Some(net) = io.net.as_mut().filter(|_| polled_net) {
-        let to_loop = sink(&tx);
-        net.wake_on_input(Box::new(move || {
-            to_loop(Event::NetInput);
-        }))
-        .map_err(|e| HostError::io("watching the network's host sockets", e))?;
+        net.watch_input(poll.registry(), NET_INPUT)
+            .map_err(|e| HostError::io("watching the network's host sockets", e))?;
     }
     if let Some(channel) = &mut channel {
         let timeout = Duration::from_millis(node.config().detector.timeout_ms);
-        let to_loop = sink(&tx);
-        channel.start_reader(timeout, move |e| to_loop(Event::Channel(0, e)))?;
+        channel.watch(poll.registry(), CHANNEL, timeout)?;
     }
     if let Some(path) = &control {
         let to_loop = tx.clone();
         crate::control::listen(path, move |request, reply| {
-            to_loop.send(Event::Control(request, reply)).is_ok()
+            to_loop.send(Event::Control(request, reply))
         })
         .map_err(|e| HostError::io(format!("listening on {}", path.display()), e))?;
     }
-    if let Some(frames) = frames {
-        spawn_receiver(frames, {
-            let to_loop = sink(&tx);
-            move |frame| to_loop(Event::Received(frame))
-        })?;
+    if let Some(frames) = &frames {
+        poll.registry()
+            .register(
+                &mut mio::unix::SourceFd(&frames.fd()),
+                NETWORK,
+                mio::Interest::READABLE,
+            )
+            .map_err(|e| HostError::io("watching the VM's network", e))?;
     }
     let mut console_socket = None;
     let mut raw_mode = None;
@@ -286,7 +332,7 @@ pub fn run(node: Node, host: VmHost) -> Result<Node, HostError> {
                 crate::terminal::read_stdin(
                     move |key| to_loop(Event::Key(key)),
                     move || {
-                        let _ = closed.send(Event::InputClosed);
+                        closed.send(Event::InputClosed);
                     },
                 )
                 .map_err(|e| HostError::io("putting the terminal in raw mode", e))?,
@@ -316,10 +362,13 @@ pub fn run(node: Node, host: VmHost) -> Result<Node, HostError> {
         Io::Inline(io)
     } else {
         let to_loop = sink(&tx);
-        Io::Thread(
-            IoThread::spawn(io, move |done| to_loop(Event::Done(done)))
-                .map_err(|e| HostError::io("starting the I/O thread", e))?,
-        )
+        let net = HostIo {
+            disk: None,
+            net: io.net.take(),
+        };
+        let thread = IoThread::spawn(io, move |done| to_loop(Event::Done(done)))
+            .map_err(|e| HostError::io("starting the I/O thread", e))?;
+        Io::Thread { thread, net }
     };
     // The loop keeps a sender of its own only when it may start threads
     // later (a clone's); otherwise, when the threads are all gone,
@@ -333,10 +382,14 @@ pub fn run(node: Node, host: VmHost) -> Result<Node, HostError> {
         events,
         io,
         polled_net,
+        frames,
+        received: Vec::new(),
         channel,
         arbiter,
         pair,
-        generation: 0,
+        poll,
+        poll_events: mio::Events::with_capacity(16),
+        channel_events: Vec::new(),
         to_loop,
         key,
         clone: None,
@@ -403,6 +456,8 @@ impl Vm {
             while let Ok(event) = self.events.try_recv() {
                 self.handle(event)?;
             }
+            self.read_channel();
+            self.read_frames()?;
             self.poll_net()?;
             self.try_start_clone();
             self.node.tick(self.clock.now());
@@ -410,7 +465,7 @@ impl Vm {
             let (ran, sent_frames) = {
                 let io = match &mut self.io {
                     Io::Inline(io) => Some(io),
-                    Io::Thread(_) => None,
+                    Io::Thread { .. } => None,
                 };
                 let mut host = SliceHost {
                     clock: &self.clock,
@@ -472,16 +527,76 @@ impl Vm {
             && matches!(self.io, Io::Inline(_))
     }
 
-    /// Sleep until `timeout`, or the next event.
+    /// Sleep until `timeout`, a thread's event or the logging channel's
+    /// input; the loop's next turn takes what came.
     fn wait(&mut self, timeout: Duration) -> Result<(), HostError> {
         let timeout = timeout.clamp(Duration::from_micros(100), Duration::from_millis(50));
-        match self.events.recv_timeout(timeout) {
-            Ok(event) => self.handle(event)?,
-            Err(RecvTimeoutError::Timeout) => {}
-            // Every thread is gone: only the clock is left.
-            Err(RecvTimeoutError::Disconnected) => std::thread::sleep(timeout),
+        if let Ok(event) = self.events.try_recv() {
+            return self.handle(event);
+        }
+        match self.poll.poll(&mut self.poll_events, Some(timeout)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(()),
+            Err(e) => Err(HostError::io("waiting for events", e)),
+        }
+    }
+
+    /// The frames that came from a network outside the process: the
+    /// guest's input if this VM runs the guest (a backup's port is dark).
+    fn read_frames(&mut self) -> Result<(), HostError> {
+        let Some(frames) = &mut self.frames else {
+            return Ok(());
+        };
+        if let Err(e) = frames.recv_ready(&mut self.received) {
+            tracing::error!("the VM's network card lost its network: {e}");
+            self.frames = None;
+        }
+        let runs_the_guest = self.node.status().runs_the_guest();
+        for frame in std::mem::take(&mut self.received) {
+            if runs_the_guest {
+                self.node
+                    .input(Input::NetReceive { frame }, self.clock.now())?;
+            }
         }
         Ok(())
+    }
+
+    /// Whatever the logging channel holds now, to the node.
+    fn read_channel(&mut self) {
+        let Some(channel) = &mut self.channel else {
+            return;
+        };
+        if !channel.is_open() {
+            return;
+        }
+        let mut events = std::mem::take(&mut self.channel_events);
+        channel.read_available(&mut events);
+        for event in events.drain(..) {
+            self.channel_event(event);
+        }
+        self.channel_events = events;
+    }
+
+    fn channel_event(&mut self, event: ChannelEvent) {
+        let now = self.clock.now();
+        match event {
+            ChannelEvent::Frame(frame) => {
+                let Some(channel) = &mut self.channel else {
+                    return;
+                };
+                if !channel.is_open() {
+                    return;
+                }
+                match channel.open(&frame) {
+                    Ok(message) => {
+                        self.node.receive(&message, now);
+                        self.check_net();
+                    }
+                    Err((why, close)) => self.close_channel(&why, close),
+                }
+            }
+            ChannelEvent::Closed { why, close } => self.close_channel(&why, close),
+        }
     }
 
     /// Frames a backend in this process has for the guest.
@@ -519,32 +634,6 @@ impl Vm {
                 }
             }
             Event::InputClosed => self.input_closed = true,
-            // The loop polls the network at the top of its next turn.
-            Event::NetInput => {}
-            Event::Received(frame) => {
-                if self.node.status().runs_the_guest() {
-                    self.node.input(Input::NetReceive { frame }, now)?;
-                }
-            }
-            Event::Channel(generation, _) if generation != self.generation => {}
-            Event::Channel(_, ChannelEvent::Frame(frame)) => {
-                let Some(channel) = &mut self.channel else {
-                    return Ok(());
-                };
-                if !channel.is_open() {
-                    return Ok(());
-                }
-                match channel.open(&frame) {
-                    Ok(message) => {
-                        self.node.receive(&message, now);
-                        self.check_net();
-                    }
-                    Err((why, close)) => self.close_channel(&why, close),
-                }
-            }
-            Event::Channel(_, ChannelEvent::Closed { why, close }) => {
-                self.close_channel(&why, close)
-            }
             Event::Control(request, reply) => {
                 let _ = reply.send(self.control(request));
             }
@@ -631,19 +720,13 @@ impl Vm {
                     Effect::Perform(request) => self.perform_io(request, true)?,
                     Effect::PerformOwn(request) => self.perform_io(request, false)?,
                     Effect::Announce { mac } => match &mut self.io {
-                        Io::Inline(io) => io.announce(mac),
-                        Io::Thread(thread) => {
-                            if !thread.send(IoJob::Announce { mac }) {
-                                return Err(threads_gone("the I/O thread"));
-                            }
-                        }
+                        Io::Inline(io) | Io::Thread { net: io, .. } => io.announce(mac),
                     },
                     Effect::CloseChannel => {
                         if let Some(channel) = &mut self.channel {
                             channel.close();
                         }
                         self.channel = None;
-                        self.generation += 1;
                         self.clone = None;
                     }
                     Effect::TestAndSet => match &self.arbiter {
@@ -668,7 +751,13 @@ impl Vm {
                     self.node.input(done, self.clock.now())?;
                 }
             }
-            Io::Thread(thread) => {
+            Io::Thread { net, .. } if matches!(request, IoRequest::NetTransmit { .. }) => {
+                let done = net.serve(&request);
+                if answer {
+                    self.node.input(done, self.clock.now())?;
+                }
+            }
+            Io::Thread { thread, .. } => {
                 if !thread.send(IoJob::Request { request, answer }) {
                     return Err(threads_gone("the I/O thread"));
                 }
@@ -772,31 +861,4 @@ struct Story {
 
 fn threads_gone(which: &str) -> HostError {
     HostError::Config(format!("{which} is gone"))
-}
-
-/// Frames from the VM's network, as they arrive, whatever the machine is
-/// doing.
-fn spawn_receiver(
-    mut frames: Box<dyn FrameReceiver>,
-    sink: impl Fn(Vec<u8>) -> bool + Send + 'static,
-) -> Result<(), HostError> {
-    std::thread::Builder::new()
-        .name("net-receiver".into())
-        .spawn(move || {
-            loop {
-                match frames.recv() {
-                    Ok(frame) => {
-                        if !sink(frame) {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!("the VM's network card lost its network: {e}");
-                        return;
-                    }
-                }
-            }
-        })
-        .map_err(|e| HostError::io("starting the network receiver", e))?;
-    Ok(())
 }

@@ -57,12 +57,12 @@ pub trait NetBackend: Send {
     fn send(&mut self, frame: &[u8]);
     /// Do pending host work; frames for the guest.
     fn poll(&mut self) -> Vec<Vec<u8>>;
-    /// Have `wake` called (from another thread) whenever host-side input
-    /// arrives for [`poll`](Self::poll) to handle, so the polling loop can
-    /// sleep until then rather than answer late. Backends whose frames
-    /// come through a [`FrameReceiver`] have nothing to add.
-    fn wake_on_input(&mut self, wake: Box<dyn Fn() + Send>) -> std::io::Result<()> {
-        drop(wake);
+    /// Put the host sockets whose input [`poll`](Self::poll) handles in
+    /// the polling loop's epoll (`registry`), reported as `token`, so the
+    /// loop can sleep until then rather than answer late. Backends whose
+    /// frames come through a [`FrameReceiver`] have nothing to add.
+    fn watch_input(&mut self, registry: &mio::Registry, token: mio::Token) -> std::io::Result<()> {
+        let _ = (registry, token);
         Ok(())
     }
 }
@@ -138,20 +138,30 @@ pub fn open(spec: &NetSpec) -> Result<Box<dyn NetBackend>, NetError> {
     }
 }
 
-/// Waits for the frames of a backend that lives outside the VM's process.
+/// The frames of a backend that lives outside the VM's process, for a
+/// loop that waits in epoll on [`fd`](Self::fd) and then takes what came
+/// (a thread in between would cost a second wake-up per frame).
 pub trait FrameReceiver: Send {
-    /// The next frame for the guest.
-    fn recv(&mut self) -> std::io::Result<Vec<u8>>;
+    /// The descriptor that becomes readable when a frame arrives.
+    fn fd(&self) -> std::os::fd::RawFd;
+    /// Append the frames that have arrived, without waiting. Readiness is
+    /// edge-triggered: this reads until nothing is left. The loop calls it
+    /// at least every second, for the backend's upkeep (a switch port's
+    /// "still here").
+    fn recv_ready(&mut self, frames: &mut Vec<Vec<u8>>) -> std::io::Result<()>;
 }
 
 impl FrameReceiver for switch::SwitchPort {
-    fn recv(&mut self) -> std::io::Result<Vec<u8>> {
-        switch::SwitchPort::recv(self)
+    fn fd(&self) -> std::os::fd::RawFd {
+        switch::SwitchPort::fd(self)
+    }
+    fn recv_ready(&mut self, frames: &mut Vec<Vec<u8>>) -> std::io::Result<()> {
+        switch::SwitchPort::recv_ready(self, frames)
     }
 }
 
 /// The two halves of an attachment: where the guest's frames go, and
-/// where a thread waits for the frames for it.
+/// where the loop takes the frames for it.
 pub type Attached = (Box<dyn NetBackend>, Box<dyn FrameReceiver>);
 
 /// Attach to a network that outlives this process — a switch port or a
@@ -546,8 +556,8 @@ impl NetBackend for UserNet {
         frames
     }
 
-    fn wake_on_input(&mut self, wake: Box<dyn Fn() + Send>) -> std::io::Result<()> {
-        let readiness = readiness::HostReadiness::start(wake)?;
+    fn watch_input(&mut self, registry: &mio::Registry, token: mio::Token) -> std::io::Result<()> {
+        let readiness = readiness::HostReadiness::new(registry, token)?;
         for (listener, _) in &self.forwards {
             readiness.watch(listener)?;
         }
@@ -897,28 +907,29 @@ mod tests {
     /// periodic poll.
     #[test]
     fn host_input_wakes_the_polling_loop() {
-        let (woke, wakes) = std::sync::mpsc::channel();
+        const INPUT: mio::Token = mio::Token(7);
+        let mut poll = mio::Poll::new().expect("an epoll");
+        let mut events = mio::Events::with_capacity(8);
         let mut net = UserNet::new(&[HostForward {
             host: "127.0.0.1:0".parse().expect("addr"),
             guest_port: 84,
         }])
         .expect("a user network");
-        net.wake_on_input(Box::new(move || {
-            let _ = woke.send(());
-        }))
-        .expect("watching the host sockets");
+        net.watch_input(poll.registry(), INPUT)
+            .expect("watching the host sockets");
         let addr = net.forwards[0].0.local_addr().expect("bound");
         // A bound on a hang, not a timing claim.
-        let limit = Duration::from_secs(10);
+        let limit = Some(Duration::from_secs(10));
+        let mut woken = |poll: &mut mio::Poll| {
+            poll.poll(&mut events, limit).expect("epoll");
+            events.iter().any(|event| event.token() == INPUT)
+        };
         let mut client = TcpStream::connect(addr).expect("the kernel takes the connection");
-        wakes.recv_timeout(limit).expect("woken by the connection");
+        assert!(woken(&mut poll), "woken by the connection");
         net.poll();
         assert_eq!(net.relays.len(), 1, "the poll accepted the connection");
-        while wakes.try_recv().is_ok() {}
         client.write_all(b"hello").expect("send");
-        wakes
-            .recv_timeout(limit)
-            .expect("woken by the client's bytes");
+        assert!(woken(&mut poll), "woken by the client's bytes");
     }
 
     #[test]

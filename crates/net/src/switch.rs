@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use crate::datagram::{DatagramKey, Opener, Sealer, is_sealed};
@@ -195,22 +195,22 @@ pub fn announcement(mac: Mac) -> Vec<u8> {
     frame
 }
 
-/// What wakes the switch's loop.
-enum Arrival {
-    Datagram(std::io::Result<(SocketAddr, Vec<u8>)>),
-    /// The gateway has host input to poll.
-    GatewayInput,
-}
+/// What wakes the switch's loop (epoll tokens).
+const DATAGRAMS: mio::Token = mio::Token(0);
+const GATEWAY_INPUT: mio::Token = mio::Token(1);
 
 /// The switch as a UDP service, with its gateway on a port of its own.
 pub struct SwitchServer {
+    /// Non-blocking: read until empty, sends that find no room drop
+    /// their frame as a full link would.
     socket: UdpSocket,
-    /// Datagrams as a thread of their own receives them: waiting on a
-    /// channel wakes within microseconds, where a socket's receive timeout
-    /// is rounded up to the kernel's tick (4 ms and more), and the gateway
-    /// must be looked at every millisecond. The gateway's host input
-    /// arrives on the same channel, as a wake.
-    datagrams: Receiver<Arrival>,
+    /// The loop waits in epoll for a datagram or the gateway's host input
+    /// (and at most a millisecond: the gateway's timers). A thread that
+    /// received datagrams and then woke the loop cost a second wake-up,
+    /// tens of microseconds, on every frame.
+    poll: mio::Poll,
+    events: mio::Events,
+    buf: Vec<u8>,
     switch: Switch,
     /// The origin of the switch's time.
     started: Instant,
@@ -239,36 +239,26 @@ impl SwitchServer {
     ) -> Result<SwitchServer, NetError> {
         let fail = |e| NetError::Switch(addr.to_string(), e);
         let socket = UdpSocket::bind(addr).map_err(fail)?;
-        let reader = socket.try_clone().map_err(fail)?;
-        let (tx, datagrams) = std::sync::mpsc::channel();
+        socket.set_nonblocking(true).map_err(fail)?;
+        let poll = mio::Poll::new().map_err(fail)?;
+        poll.registry()
+            .register(
+                &mut mio::unix::SourceFd(&socket.as_raw_fd()),
+                DATAGRAMS,
+                mio::Interest::READABLE,
+            )
+            .map_err(fail)?;
         if let Some(net) = gateway.as_mut() {
-            let wake = tx.clone();
-            net.wake_on_input(Box::new(move || {
-                let _ = wake.send(Arrival::GatewayInput);
-            }))
-            .map_err(|e| NetError::Switch("the gateway's host sockets".into(), e))?;
+            net.watch_input(poll.registry(), GATEWAY_INPUT)
+                .map_err(|e| NetError::Switch("the gateway's host sockets".into(), e))?;
         }
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; FRAME_MAX];
-            loop {
-                let received = match reader.recv_from(&mut buf) {
-                    Ok((len, from)) => Ok((from, buf[..len].to_vec())),
-                    // A VM's port that went away (ICMP port unreachable).
-                    Err(e) if e.kind() == ErrorKind::ConnectionRefused => continue,
-                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                    Err(e) => Err(e),
-                };
-                let failed = received.is_err();
-                if tx.send(Arrival::Datagram(received)).is_err() || failed {
-                    return;
-                }
-            }
-        });
         let mut switch = Switch::default();
         let gateway = gateway.map(|net| (switch.attach(Duration::ZERO), net));
         Ok(SwitchServer {
             socket,
-            datagrams,
+            poll,
+            events: mio::Events::with_capacity(16),
+            buf: vec![0; FRAME_MAX],
             switch,
             started: Instant::now(),
             ports: HashMap::new(),
@@ -327,22 +317,35 @@ impl SwitchServer {
             if now >= until {
                 return Ok(());
             }
+            self.receive()?;
             // The gateway's host sockets want looking at often; a frame
             // wakes the switch at once.
             let wait = (until - now).min(Duration::from_millis(1));
-            match self.datagrams.recv_timeout(wait) {
-                Ok(arrival) => {
-                    self.arrived(arrival)?;
-                    while let Ok(arrival) = self.datagrams.try_recv() {
-                        self.arrived(arrival)?;
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Err(std::io::Error::other("the switch's receiver is gone"));
-                }
+            match self.poll.poll(&mut self.events, Some(wait)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
+            self.receive()?;
         }
+    }
+
+    /// Forward every datagram that has arrived (readiness is
+    /// edge-triggered: until none is left).
+    fn receive(&mut self) -> std::io::Result<()> {
+        let mut buf = std::mem::take(&mut self.buf);
+        let received = loop {
+            match self.socket.recv_from(&mut buf) {
+                Ok((len, from)) => self.datagram(from, &buf[..len]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break Ok(()),
+                // A VM's port that went away (ICMP port unreachable).
+                Err(e) if e.kind() == ErrorKind::ConnectionRefused => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        self.buf = buf;
+        received
     }
 
     fn datagram(&mut self, from: SocketAddr, bytes: &[u8]) {
@@ -412,16 +415,6 @@ impl SwitchServer {
                 }
             }
         }
-    }
-
-    /// A datagram is forwarded; the gateway's input waits for the poll at
-    /// the top of the loop, which comes at once.
-    fn arrived(&mut self, arrival: Arrival) -> std::io::Result<()> {
-        if let Arrival::Datagram(received) = arrival {
-            let (from, bytes) = received?;
-            self.datagram(from, &bytes);
-        }
-        Ok(())
     }
 
     fn poll_gateway(&mut self) {
@@ -536,6 +529,31 @@ impl SwitchPort {
                 Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
                     std::thread::sleep(Duration::from_millis(100));
                 }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    pub(crate) fn fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.socket.as_raw_fd()
+    }
+
+    /// The frames that have arrived, without waiting (see
+    /// [`crate::FrameReceiver`]); says "still here" when it is time. The
+    /// socket becomes non-blocking, for every handle of the port: a send
+    /// that finds no room drops its frame, as a full link would.
+    pub(crate) fn recv_ready(&mut self, frames: &mut Vec<Vec<u8>>) -> std::io::Result<()> {
+        self.keepalive();
+        self.socket.set_nonblocking(true)?;
+        loop {
+            match self.socket.recv(&mut self.buf) {
+                Ok(len) => frames.extend(self.frame_of(len)),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                // The switch is not (yet, or any more) there: a cable to a
+                // switch that restarts stays plugged in.
+                Err(e) if e.kind() == ErrorKind::ConnectionRefused => return Ok(()),
                 Err(e) => return Err(e),
             }
         }

@@ -82,33 +82,23 @@ impl Tap {
     }
 }
 
-/// The frames of a [`Tap`], for a thread that waits for them.
+/// The frames of a [`Tap`], for a loop that waits on its descriptor.
 pub struct TapReceiver {
     file: File,
     buf: Vec<u8>,
 }
 
 impl FrameReceiver for TapReceiver {
-    fn recv(&mut self) -> std::io::Result<Vec<u8>> {
+    fn fd(&self) -> std::os::fd::RawFd {
+        self.file.as_raw_fd()
+    }
+
+    fn recv_ready(&mut self, frames: &mut Vec<Vec<u8>>) -> std::io::Result<()> {
+        // The device is open non-blocking (`Tap::open`).
         loop {
             match self.file.read(&mut self.buf) {
-                Ok(n) => return Ok(self.buf[..n].to_vec()),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    let mut fd = libc::pollfd {
-                        fd: self.file.as_raw_fd(),
-                        events: libc::POLLIN,
-                        revents: 0,
-                    };
-                    // SAFETY: `fd` is one valid pollfd on this stack frame
-                    // for the whole call, and the count passed is 1.
-                    let ready = unsafe { libc::poll(&mut fd, 1, 1000) };
-                    if ready < 0 {
-                        let e = std::io::Error::last_os_error();
-                        if e.kind() != ErrorKind::Interrupted {
-                            return Err(e);
-                        }
-                    }
-                }
+                Ok(n) => frames.push(self.buf[..n].to_vec()),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }

@@ -70,6 +70,11 @@ pub const SLICE: u64 = 1 << 20;
 /// and a backup between two entries (the primary waits for acks).
 pub const SHORT_SLICE: u64 = SLICE / 8;
 
+/// The most a backup replays before it looks at its channel again: the
+/// primary's outputs wait for the acknowledgement of entries that arrive
+/// meanwhile.
+pub const REPLAY_SLICE: u64 = SLICE / 32;
+
 /// How the pair's disk is used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DiskMode {

@@ -15,7 +15,8 @@ use ftvm_replay::{Applied, Entry, Event, MachineId, Output, ReplayError, ReplayM
 use crate::live::{ARBITER_RETRY_NS, Running};
 use crate::stats::{Held, release};
 use crate::{
-    DiskMode, Effect, HaltReason, Mode, Node, NodeConfig, NodeError, Ran, SHORT_SLICE, Status, Time,
+    DiskMode, Effect, HaltReason, Mode, Node, NodeConfig, NodeError, REPLAY_SLICE, Ran, Status,
+    Time,
 };
 
 /// The most console bytes a backup keeps to write again when it goes live.
@@ -334,9 +335,9 @@ impl Node {
             Output::Io(request) => requests.push(request),
         };
         let icount_before = replay.machine().icount();
-        let applied = if entry.icount > icount_before.saturating_add(SHORT_SLICE) {
+        let applied = if entry.icount > icount_before.saturating_add(REPLAY_SLICE) {
             replay
-                .advance(&entry, icount_before + SHORT_SLICE, &mut out)
+                .advance(&entry, icount_before + REPLAY_SLICE, &mut out)
                 .map(|()| None)
         } else {
             replay.apply(&entry, &mut out).map(Some)

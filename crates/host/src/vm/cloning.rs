@@ -72,7 +72,7 @@ impl Vm {
                         .max(Duration::from_secs(5)),
                 };
                 let thread = crate::clone::spawn(target, ram_size, Arc::clone(&self.stop), {
-                    move |event| to_loop.send(Event::Clone(event)).is_ok()
+                    move |event| to_loop.send(Event::Clone(event))
                 })
                 .map_err(|e| e.to_string())?;
                 tracing::info!(%addr, epoch, "cloning this VM");
@@ -152,7 +152,7 @@ impl Vm {
                 // I/O thread copies it before any request made after the
                 // snapshot (none is in flight).
                 let mut disk = None;
-                if let (DiskMode::Private, Some((path, len)), Io::Thread(io)) =
+                if let (DiskMode::Private, Some((path, len)), Io::Thread { thread: io, .. }) =
                     (self.node.config().disk, &self.disk, &self.io)
                 {
                     let (done, copied) = std::sync::mpsc::channel();
@@ -184,14 +184,8 @@ impl Vm {
         if let Some(old) = &mut self.channel {
             old.close();
         }
-        self.generation += 1;
-        let generation = self.generation;
         let timeout = Duration::from_millis(self.node.config().detector.timeout_ms);
-        if let Some(to_loop) = self.to_loop.clone() {
-            channel.start_reader(timeout, move |e| {
-                to_loop.send(Event::Channel(generation, e)).is_ok()
-            })?;
-        }
+        channel.watch(self.poll.registry(), super::CHANNEL, timeout)?;
         self.channel = Some(channel);
         self.channel_closed = None;
         Ok(())
