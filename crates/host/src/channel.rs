@@ -187,7 +187,9 @@ impl Channel {
                     }
                 }
             }
-            match recv_now(stream, &mut self.buffer) {
+            // The stream stays blocking for the loop's writes, which wait (up to
+            // the write timeout) for room.
+            match ftvm_net::nowait::recv(stream, &mut self.buffer) {
                 Ok(0) => {
                     events.push(ChannelEvent::Closed {
                         why: "the peer closed the connection".into(),
@@ -226,7 +228,7 @@ impl Channel {
         Ok(())
     }
 
-    /// The next message, read here (before the reader thread starts: a
+    /// The next message, read here (before the run loop watches it: a
     /// new backup takes a clone's snapshot so); past `timeout` of silence
     /// the wait fails.
     pub fn recv_blocking(&mut self, timeout: Duration) -> Result<Message, HostError> {
@@ -277,7 +279,7 @@ impl Channel {
         })
     }
 
-    /// Check and decode a frame from the reader.
+    /// Check and decode a frame [`Channel::read_available`] found.
     pub fn open(&mut self, frame: &[u8]) -> Result<Message, (String, ChannelClose)> {
         self.session.open(frame).map_err(|e| {
             let close = match e {
@@ -345,25 +347,6 @@ fn handshake(
         .session()
         .ok_or_else(|| HostError::Config("the handshake ended without a session".into()))?;
     Ok((session, decoder))
-}
-
-/// Read what `stream` holds now, without waiting (`WouldBlock` if
-/// nothing): the stream stays blocking for the loop's writes, which wait
-/// (up to the write timeout) for room.
-fn recv_now(stream: &TcpStream, buffer: &mut [u8]) -> std::io::Result<usize> {
-    // SAFETY: `recv` writes at most `buffer.len()` bytes into `buffer`, a
-    // live, exclusively borrowed slice, and reads nothing else of this
-    // process's memory; the descriptor belongs to `stream`, which the
-    // borrow keeps open for the call.
-    let n = unsafe {
-        libc::recv(
-            stream.as_raw_fd(),
-            buffer.as_mut_ptr().cast(),
-            buffer.len(),
-            libc::MSG_DONTWAIT,
-        )
-    };
-    usize::try_from(n).map_err(|_| std::io::Error::last_os_error())
 }
 
 /// Whether a socket error means the peer closed or reset the connection.

@@ -5,11 +5,13 @@
 //! log records.
 //!
 //! `ftvm run` answers at the instruction boundary where the request was
-//! made ([`HostIo::serve`] inline); a VM of a pair performs its I/O in a
-//! thread of its own ([`IoThread`]), in request order, because a disk
-//! write or an `fsync` may take long and the run loop must meanwhile keep
-//! answering the channel (acknowledgements, heartbeats), or the peer
-//! would think this VM dead.
+//! made ([`HostIo::serve`] inline); a VM of a pair performs its disk and
+//! entropy requests in a thread of its own ([`IoThread`]), in request
+//! order, because a disk write or an `fsync` may take long and the run
+//! loop must meanwhile keep answering the channel (acknowledgements,
+//! heartbeats), or the peer would think this VM dead. Its frames the loop
+//! sends itself (a `HostIo` with only the network): a send never waits,
+//! and a hop to the thread cost a wake-up per frame.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};

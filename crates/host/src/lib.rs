@@ -11,7 +11,8 @@
 //!   it what the threads below report;
 //! - [`pair`]: a VM of a pair as a process (`ftvm primary`, `ftvm
 //!   backup`): connecting, waiting, the pre-shared key, the arbiter;
-//! - [`channel`]: the logging channel over TCP (handshake, reader thread);
+//! - [`channel`]: the logging channel over TCP (handshake, reading without
+//!   waiting for the loop's epoll);
 //! - [`clone`]: streaming a running VM's snapshot to a new backup, and
 //!   taking it; [`control`]: the socket through which a VM is asked to
 //!   clone itself;

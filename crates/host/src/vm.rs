@@ -13,12 +13,11 @@
 //!   read by the loop when epoll says it has frames, and written by the
 //!   loop itself (not the I/O thread): every hop between threads is a
 //!   wake-up, tens of microseconds on every frame.
-//! - The logging channel, read by the loop itself when epoll says it has
-//!   something (see `crate::channel`).
 //! - The console: the terminal (`ftvm run`), or a socket for `ftvm
 //!   console` and a file written at stream offsets (a pair).
-//! - The logging channel and the arbiter, for a VM of a pair; a recording
-//!   file for `ftvm run --record`.
+//! - The logging channel and the arbiter, for a VM of a pair (the channel
+//!   read by the loop itself when epoll says it has something: see
+//!   `crate::channel`); a recording file for `ftvm run --record`.
 //!
 //! Threads (the console, the I/O thread, the arbiter, a clone's sender)
 //! only report to the loop through one event channel, and ring its
@@ -93,7 +92,7 @@ pub struct VmHost {
     /// Answer I/O at the boundary where the guest asked (`ftvm run`)
     /// rather than in an I/O thread.
     pub inline_io: bool,
-    /// Frames from a network outside this process, read by a thread.
+    /// Frames from a network outside this process, read by the loop.
     pub frames: Option<Box<dyn FrameReceiver>>,
     pub channel: Option<Channel>,
     pub arbiter: Option<Box<dyn Arbiter>>,
@@ -218,6 +217,8 @@ struct Vm {
     received: Vec<Vec<u8>>,
     /// The loop gave the node an I/O completion since the last slice.
     answered: bool,
+    /// Whether `epoll_pwait2` works here (see [`wait_precisely`]).
+    precise_wait: bool,
     channel: Option<Channel>,
     arbiter: Option<ArbiterThread>,
     pair: String,
@@ -387,6 +388,7 @@ pub fn run(node: Node, host: VmHost) -> Result<Node, HostError> {
         frames,
         received: Vec::new(),
         answered: false,
+        precise_wait: true,
         channel,
         arbiter,
         pair,
@@ -541,8 +543,19 @@ impl Vm {
         if let Ok(event) = self.events.try_recv() {
             return self.handle(event);
         }
-        let waited = match wait_precisely(&self.poll, timeout) {
-            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+        let precise = if self.precise_wait {
+            wait_precisely(&self.poll, timeout)
+        } else {
+            Err(std::io::Error::from_raw_os_error(libc::ENOSYS))
+        };
+        let waited = match precise {
+            // A kernel before 5.11, or a sandbox that forbids the call:
+            // waits to the millisecond from now on.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) => {
+                if self.precise_wait {
+                    tracing::info!(%e, "epoll_pwait2 unavailable: waits are rounded up to 1 ms");
+                    self.precise_wait = false;
+                }
                 self.poll.poll(&mut self.poll_events, Some(timeout))
             }
             waited => waited,
@@ -562,6 +575,12 @@ impl Vm {
         };
         if let Err(e) = frames.recv_ready(&mut self.received) {
             tracing::error!("the VM's network card lost its network: {e}");
+            // The sending half keeps the socket open, and with it the
+            // registration.
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut mio::unix::SourceFd(&frames.fd()));
             self.frames = None;
         }
         let runs_the_guest = self.node.status().runs_the_guest();
@@ -879,7 +898,8 @@ struct Story {
 /// made a guest whose timer was due sooner sleep past it, and then do that
 /// timer's work late, in front of the next frame (echo p99 from 0.7 to
 /// 1.5 ms). What woke it does not matter: the loop looks at everything
-/// every turn. `ENOSYS` on kernels before 5.11.
+/// every turn. `ENOSYS` on kernels before 5.11, `EPERM` where a seccomp
+/// filter predates the call.
 fn wait_precisely(poll: &mio::Poll, timeout: Duration) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let mut events = [libc::epoll_event { events: 0, u64: 0 }; 8];

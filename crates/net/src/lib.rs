@@ -25,15 +25,18 @@
 //! [`switch`] is the network of an FT pair: a switch in a process of its
 //! own, with the user-mode gateway on one of its ports, that the VMs of a
 //! pair reach over UDP ([`switch::SwitchPort`]). [`attach`] opens the
-//! backends that live outside the VM's process, split so that a thread
-//! can wait for frames.
+//! backends that live outside the VM's process, split in a half that
+//! sends and one the VM's loop takes frames from.
 
 #![deny(unsafe_code)]
 
 pub mod datagram;
+// A receive that does not wait, on a socket that does (recv(2) with a
+// flag), and TAP's ioctl(2) and poll(2): the crate's only unsafe code.
+#[allow(unsafe_code)]
+pub mod nowait;
 mod readiness;
 pub mod switch;
-// TAP needs ioctl(2) and poll(2): the crate's only unsafe code.
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
 mod tap;

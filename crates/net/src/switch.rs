@@ -494,8 +494,8 @@ impl SwitchPort {
         (!frame.is_empty()).then(|| frame.to_vec())
     }
 
-    /// A second handle on the same port, whose [`SwitchPort::recv`] a
-    /// thread of its own can wait in.
+    /// A second handle on the same port: one sends the guest's frames,
+    /// the other ([`crate::FrameReceiver`]) takes the frames for it.
     pub fn try_clone(&self) -> std::io::Result<SwitchPort> {
         Ok(SwitchPort {
             socket: self.socket.try_clone()?,
@@ -507,12 +507,10 @@ impl SwitchPort {
         })
     }
 
-    /// Wait for the next frame for this port, saying "still here" to the
-    /// switch every [`KEEPALIVE`], whether frames come or not: a port that
-    /// only receives (a backup's, or any VM that listens) would otherwise
-    /// be detached as silent. (Not while another handle of the port polls:
-    /// the two share the socket's blocking mode.)
-    pub fn recv(&mut self) -> std::io::Result<Vec<u8>> {
+    /// Wait for the next frame for this port (the tests' way; a VM's loop
+    /// uses [`SwitchPort::recv_ready`]), saying "still here" as that does.
+    #[cfg(test)]
+    fn recv(&mut self) -> std::io::Result<Vec<u8>> {
         loop {
             // The socket's read timeout is the keepalive period, so this
             // runs at least that often.
@@ -535,25 +533,24 @@ impl SwitchPort {
     }
 
     pub(crate) fn fd(&self) -> std::os::fd::RawFd {
-        use std::os::fd::AsRawFd;
         self.socket.as_raw_fd()
     }
 
     /// The frames that have arrived, without waiting (see
-    /// [`crate::FrameReceiver`]); says "still here" when it is time. The
-    /// socket becomes non-blocking, for every handle of the port: a send
-    /// that finds no room drops its frame, as a full link would.
+    /// [`crate::FrameReceiver`]); says "still here" when it is time. Each
+    /// receive alone is non-blocking (`MSG_DONTWAIT`): the socket, shared
+    /// with the handle that sends, stays blocking for its sends.
     pub(crate) fn recv_ready(&mut self, frames: &mut Vec<Vec<u8>>) -> std::io::Result<()> {
         self.keepalive();
-        self.socket.set_nonblocking(true)?;
         loop {
-            match self.socket.recv(&mut self.buf) {
+            match crate::nowait::recv(&self.socket, &mut self.buf) {
                 Ok(len) => frames.extend(self.frame_of(len)),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 // The switch is not (yet, or any more) there: a cable to a
-                // switch that restarts stays plugged in.
-                Err(e) if e.kind() == ErrorKind::ConnectionRefused => return Ok(()),
+                // switch that restarts stays plugged in. The error is
+                // reported once, before any datagram queued behind it.
+                Err(e) if e.kind() == ErrorKind::ConnectionRefused => {}
                 Err(e) => return Err(e),
             }
         }
@@ -772,7 +769,14 @@ mod tests {
         let (len, port_addr) = switch.recv_from(&mut hello).unwrap();
         assert_eq!(len, 0, "the hello is empty");
         let mut receiving = port.try_clone().unwrap();
-        std::thread::spawn(move || while receiving.recv().is_ok() {});
+        // As a VM's loop takes them: whenever it turns.
+        std::thread::spawn(move || {
+            let mut frames = Vec::new();
+            while receiving.recv_ready(&mut frames).is_ok() {
+                frames.clear();
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
         switch
             .set_read_timeout(Some(Duration::from_millis(20)))
             .unwrap();

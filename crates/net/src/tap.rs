@@ -97,6 +97,8 @@ impl FrameReceiver for TapReceiver {
         // The device is open non-blocking (`Tap::open`).
         loop {
             match self.file.read(&mut self.buf) {
+                // The interface went away.
+                Ok(0) => return Ok(()),
                 Ok(n) => frames.push(self.buf[..n].to_vec()),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}

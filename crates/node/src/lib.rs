@@ -66,8 +66,8 @@ use replaying::Replaying;
 pub const SLICE: u64 = 1 << 20;
 
 /// A shorter slice, while someone waits for this VM to look at its
-/// channel: a primary with outputs held (their acknowledgement is waiting),
-/// and a backup between two entries (the primary waits for acks).
+/// channel: a primary with outputs held (their acknowledgement is
+/// waiting). A backup's is [`REPLAY_SLICE`].
 pub const SHORT_SLICE: u64 = SLICE / 8;
 
 /// The most a backup replays before it looks at its channel again: the
