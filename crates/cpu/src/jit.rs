@@ -27,7 +27,23 @@
 //!
 //! Register use inside translated code: r12 = context, rbx = guest `x`
 //! array, r15 = host address of RAM, r13 = icount at the current block's
-//! start, rbp = guest pc of the current block's start.
+//! start, rbp = guest pc of the current block's start; rax, rcx and rdx
+//! are temporaries (and `mulhsu` pushes one on the host stack).
+//!
+//! rsi, rdi, r8-r11 and r14 cache guest registers within a block: each
+//! block gives them to the guest registers it uses most (those of its loop
+//! first, if it jumps back to its own start), loads one at its first read
+//! (those its loop uses, before the loop's head) and writes back the ones
+//! it changed before every way out: its exits, chained or not, and every
+//! bail, with the values from before the bailing instruction. Between
+//! blocks, and wherever the run loop or the interpreter looks, the guest
+//! registers are in the `x` array.
+//!
+//! A block that jumps back to its own start (a loop whose body fits in
+//! one block) goes round without leaving: the jump makes the icount check
+//! of the block's top (leaving there if the next pass could overrun the
+//! limit) and goes on at the loop's head with the registers still cached,
+//! exactly as if it had left through a link slot to its own top.
 
 // dynasm's dynamic-register operands (`Rq(n)`) expand to `n.into()`.
 #![allow(clippy::useless_conversion)]

@@ -4,13 +4,16 @@
 //! code, forward branches, arbitrary words) end in bit-identical states on
 //! both, with or without Sv39 paging (under any ASID), with or without an
 //! Sstc timer interrupt falling anywhere in the run, however the run is cut
-//! into chunks.
+//! into chunks. Programs on a few registers, looping and leaving their
+//! blocks in the middle, and others on every aliasing of operands, check
+//! the translator's keeping of guest registers in host registers.
 
 use ftvm_cpu::{Bus, BusFault, Engine, Exit, Hart, HartConfig};
 use proptest::prelude::*;
 
 const BASE: u64 = 0x8000_0000;
-/// Where the program under test starts; `DATA` is what x31 points to.
+/// Where the program under test starts (unless its setup says otherwise);
+/// `DATA` is what x31 points to.
 const CODE: u64 = BASE + 0x1000;
 const DATA: u64 = BASE + 0x8000;
 const WFI: u32 = 0x1050_0073;
@@ -65,12 +68,16 @@ fn csrrw(csr: u32, rs1: u32) -> u32 {
     (csr << 20) | (rs1 << 15) | (1 << 12) | 0x73
 }
 
-/// One random instruction at word index `at` of a body of `len` words.
-fn instruction(at: usize, len: usize) -> impl Strategy<Value = u32> {
-    // Destinations never include x26 (the repeat count) or x27..x31 (set
-    // up for the prologue; x30/x31 are the code and data pointers).
-    let rd = 0u32..26;
-    let reg = 0u32..32;
+/// One random instruction at word index `at` of a body of `len` words,
+/// writing registers from `rd` and reading any register from `reg`.
+/// Destinations never include x26 (the repeat count) or x27..x31 (set up
+/// for the prologue; x30/x31 are the code and data pointers).
+fn instruction(
+    at: usize,
+    len: usize,
+    rd: BoxedStrategy<u32>,
+    reg: BoxedStrategy<u32>,
+) -> impl Strategy<Value = u32> {
     let remaining = (len - at) as i32;
     prop_oneof![
         // OP and OP-32, every funct7/funct3 the decoder knows (and some it
@@ -161,7 +168,116 @@ fn instruction(at: usize, len: usize) -> impl Strategy<Value = u32> {
 }
 
 fn program() -> impl Strategy<Value = Vec<u32>> {
-    (1usize..48).prop_flat_map(|len| (0..len).map(|at| instruction(at, len)).collect::<Vec<_>>())
+    (1usize..48).prop_flat_map(|len| {
+        (0..len)
+            .map(|at| instruction(at, len, (0u32..26).boxed(), (0u32..32).boxed()))
+            .collect::<Vec<_>>()
+    })
+}
+
+/// Integer operations only (and a division or two, which bail), on three
+/// registers and x0: every way for a destination to alias a source, or
+/// both sources each other, whether the registers are held in host
+/// registers or not.
+fn aliasing_program() -> impl Strategy<Value = Vec<u32>> {
+    const OPS: [(u32, u32, u32); 23] = [
+        // (funct7, funct3, opcode)
+        (0, 0, 0x33),
+        (0x20, 0, 0x33),
+        (0, 1, 0x33),
+        (0, 2, 0x33),
+        (0, 3, 0x33),
+        (0, 4, 0x33),
+        (0, 5, 0x33),
+        (0x20, 5, 0x33),
+        (0, 6, 0x33),
+        (0, 7, 0x33),
+        (1, 0, 0x33),
+        (1, 1, 0x33),
+        (1, 2, 0x33),
+        (1, 3, 0x33),
+        (1, 4, 0x33),
+        (1, 7, 0x33),
+        (0, 0, 0x3b),
+        (0x20, 0, 0x3b),
+        (0, 1, 0x3b),
+        (0, 5, 0x3b),
+        (0x20, 5, 0x3b),
+        (1, 0, 0x3b),
+        (1, 5, 0x3b),
+    ];
+    let reg = || prop::sample::select(vec![0u32, 5, 6, 7]);
+    let rd = || prop::sample::select(vec![5u32, 6, 7]);
+    let op = prop_oneof![
+        (prop::sample::select(OPS.to_vec()), rd(), reg(), reg())
+            .prop_map(|((f7, f3, opcode), rd, rs1, rs2)| r_type(f7, rs2, rs1, f3, rd, opcode)),
+        (
+            0u32..8,
+            any::<bool>(),
+            any::<i16>(),
+            any::<bool>(),
+            rd(),
+            reg()
+        )
+            .prop_map(|(f3, wide, imm, arith, rd, rs1)| {
+                let mut imm = i32::from(imm) & 0xfff;
+                if f3 == 1 || f3 == 5 {
+                    imm &= if wide { 31 } else { 63 };
+                    if arith && f3 == 5 {
+                        imm |= 0x400;
+                    }
+                }
+                i_type(imm, rs1, f3, rd, if wide { 0x1b } else { 0x13 })
+            }),
+    ];
+    prop::collection::vec(op, 1..40)
+}
+
+/// Few registers, used over and over, so that translated code keeps them
+/// in host registers across its block; with what makes a block leave in
+/// the middle after writing them: divisions and other instructions the
+/// interpreter executes, loads and stores that miss the TLB, cross a page,
+/// reach MMIO or the program's own code, stores after an LR; and jumps
+/// back to the body's start, which loop inside the block.
+fn register_heavy_program() -> impl Strategy<Value = Vec<u32>> {
+    const HOT: [u32; 6] = [5, 6, 7, 8, 9, 10];
+    let rd = || prop::sample::select(HOT.to_vec()).boxed();
+    let reg = || prop::sample::select(vec![0u32, 5, 6, 7, 8, 9, 10, 31]).boxed();
+    (2usize..40).prop_flat_map(move |len| {
+        (0..len)
+            .map(|at| {
+                let back = -4 * at as i32;
+                prop_oneof![
+                    6 => instruction(at, len, rd(), reg()),
+                    // mul/div/rem (and their word forms) on the hot set.
+                    2 => (reg(), reg(), 0u32..8, rd(), any::<bool>()).prop_map(
+                        |(rs2, rs1, f3, rd, wide)| {
+                            r_type(1, rs2, rs1, f3, rd, if wide { 0x3b } else { 0x33 })
+                        }
+                    ),
+                    // Back to the body's start, from the middle of it.
+                    1 => (reg(), reg(), prop::sample::select(vec![0u32, 1, 4, 5, 6, 7]))
+                        .prop_map(move |(rs1, rs2, f3)| b_type(back, rs2, rs1, f3)),
+                    1 => rd().prop_map(move |rd| {
+                        let o = back as u32;
+                        (((o >> 20) & 1) << 31)
+                            | (((o >> 1) & 0x3ff) << 21)
+                            | (((o >> 11) & 1) << 20)
+                            | (((o >> 12) & 0xff) << 12)
+                            | (rd << 7)
+                            | 0x6f
+                    }),
+                    // lr.d / sc.d at the data pointer: a reservation makes
+                    // every translated store bail.
+                    1 => (rd(), reg(), any::<bool>()).prop_map(|(rd, rs2, sc)| if sc {
+                        r_type(0x0c, rs2, 31, 3, rd, 0x2f)
+                    } else {
+                        r_type(0x08, 0, 31, 3, rd, 0x2f)
+                    }),
+                ]
+            })
+            .collect::<Vec<_>>()
+    })
 }
 
 /// Sv39 tables mapping the first 2 MiB of RAM with 4 KiB pages, identity
@@ -198,6 +314,9 @@ struct Setup {
     asid: u64,
     /// `stimecmp`, with Sstc enabled and its interrupt in `mie`.
     sstc_timer: Option<u64>,
+    /// Where the body starts: `CODE`, or a little before a code chunk or
+    /// page boundary after it.
+    code: u64,
 }
 
 fn hart(engine: Engine, body: &[u32], regs: &[u64; 30], setup: Setup) -> Hart {
@@ -206,6 +325,7 @@ fn hart(engine: Engine, body: &[u32], regs: &[u64; 30], setup: Setup) -> Hart {
         paged,
         asid,
         sstc_timer,
+        code: code_at,
     } = setup;
     let mut h = Hart::new(HartConfig {
         hart_id: 0,
@@ -217,8 +337,8 @@ fn hart(engine: Engine, body: &[u32], regs: &[u64; 30], setup: Setup) -> Hart {
     h.set_translation_threshold(0);
     // Prologue at BASE: menvcfg, stimecmp and mie from x1..x3 (run before
     // the random registers are set), then mtvec = handler (WFI),
-    // mepc = CODE, mret into `mode` (from x29's MPP bits).
-    let handler = CODE + 4 * body.len() as u64 + 64;
+    // mepc = the body, mret into `mode` (from x29's MPP bits).
+    let handler = code_at + 4 * body.len() as u64 + 64;
     let prologue = [
         csrrw(0x30a, 1),  // menvcfg = x1
         csrrw(0x14d, 2),  // stimecmp = x2
@@ -239,7 +359,7 @@ fn hart(engine: Engine, body: &[u32], regs: &[u64; 30], setup: Setup) -> Hart {
     code.push(b_type(back, 0, 26, 1)); // bne x26, x0, body
     code.extend(std::iter::repeat_n(WFI, 32));
     let bytes: Vec<u8> = code.iter().flat_map(|w| w.to_le_bytes()).collect();
-    h.ram_mut().write(CODE, &bytes).expect("in RAM");
+    h.ram_mut().write(code_at, &bytes).expect("in RAM");
     let data: Vec<u8> = (0..8192u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
@@ -264,7 +384,7 @@ fn hart(engine: Engine, body: &[u32], regs: &[u64; 30], setup: Setup) -> Hart {
     h.set_xreg(27, satp);
     h.set_xreg(28, handler);
     h.set_xreg(29, mode << 11);
-    h.set_xreg(30, CODE);
+    h.set_xreg(30, code_at);
     h.set_xreg(31, DATA);
     h
 }
@@ -289,39 +409,100 @@ fn run_to(h: &mut Hart, bus: &mut Recorder, chunks: &[u64]) -> Vec<(Exit, u64)> 
     }
 }
 
+/// Run `body` on both engines (the translated run cut into `chunks`) and
+/// compare everything the machine did.
+fn same_state(
+    body: &[u32],
+    regs: &[u64; 30],
+    setup: Setup,
+    chunks: &[u64],
+) -> Result<(), TestCaseError> {
+    let mut reference = hart(Engine::Interpreter, body, regs, setup);
+    let mut translated = hart(Engine::Translator, body, regs, setup);
+    let (mut bus_a, mut bus_b) = (Recorder::default(), Recorder::default());
+    let exits_a = run_to(&mut reference, &mut bus_a, &[]);
+    // The translated run goes in chunks: limits must cut its blocks
+    // exactly where the interpreter would be.
+    let exits_b = run_to(&mut translated, &mut bus_b, chunks);
+    prop_assert_eq!(exits_a, exits_b);
+    prop_assert_eq!(reference.state(), translated.state());
+    prop_assert!(
+        reference.ram().bytes() == translated.ram().bytes(),
+        "RAM differs"
+    );
+    prop_assert_eq!(bus_a, bus_b);
+    Ok(())
+}
+
+fn registers() -> impl Strategy<Value = [u64; 30]> {
+    prop::array::uniform30(prop_oneof![
+        any::<u64>(),
+        (0u64..64),
+        Just(u64::MAX),
+        Just(1u64 << 63),
+        (0x1000_0000u64..0x1000_1000),
+    ])
+}
+
+fn setup() -> impl Strategy<Value = Setup> {
+    (
+        prop::sample::select(vec![0u64, 1, 3]),
+        any::<bool>(),
+        prop::sample::select(vec![0u64, 1, 0x101, 0xffff]),
+        // mtime runs at one tick per 10 instructions: up to 120 covers
+        // the whole run, the handler's and none at all.
+        prop::option::of(0u64..120),
+    )
+        .prop_map(|(mode, paged, asid, sstc_timer)| Setup {
+            mode,
+            paged,
+            asid,
+            sstc_timer,
+            code: CODE,
+        })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
 
     #[test]
     fn interpreter_and_translator_reach_the_same_state(
         body in program(),
-        regs in prop::array::uniform30(prop_oneof![
-            any::<u64>(),
-            (0u64..64),
-            Just(u64::MAX),
-            Just(1u64 << 63),
-            (0x1000_0000u64..0x1000_1000),
-        ]),
-        mode in prop::sample::select(vec![0u64, 1, 3]),
-        paged in any::<bool>(),
-        asid in prop::sample::select(vec![0u64, 1, 0x101, 0xffff]),
-        // mtime runs at one tick per 10 instructions: up to 120 covers
-        // the whole run, the handler's and none at all.
-        sstc_timer in prop::option::of(0u64..120),
+        regs in registers(),
+        setup in setup(),
         chunks in prop::collection::vec(1u64..40, 0..6),
     ) {
-        let setup = Setup { mode, paged, asid, sstc_timer };
-        let mut reference = hart(Engine::Interpreter, &body, &regs, setup);
-        let mut translated = hart(Engine::Translator, &body, &regs, setup);
-        let (mut bus_a, mut bus_b) = (Recorder::default(), Recorder::default());
-        let exits_a = run_to(&mut reference, &mut bus_a, &[]);
-        // The translated run goes in chunks: limits must cut its blocks
-        // exactly where the interpreter would be.
-        let exits_b = run_to(&mut translated, &mut bus_b, &chunks);
-        prop_assert_eq!(exits_a, exits_b);
-        prop_assert_eq!(reference.state(), translated.state());
-        prop_assert!(reference.ram().bytes() == translated.ram().bytes(), "RAM differs");
-        prop_assert_eq!(bus_a, bus_b);
+        same_state(&body, &regs, setup, &chunks)?;
+    }
+
+    /// Aimed at the translator's register cache: a register written in a
+    /// block and then left stale in memory at any way out of the block
+    /// (a bail, a side exit, the loop's icount check, the end of a chunk)
+    /// shows in the state.
+    #[test]
+    fn registers_kept_in_host_registers_reach_the_same_state(
+        body in register_heavy_program(),
+        regs in registers(),
+        setup in setup(),
+        // Blocks also end where a code chunk (1 KiB) or the page does,
+        // and leave for the next in the middle of the body.
+        code in prop_oneof![
+            Just(CODE),
+            (1u64..40).prop_map(|words| CODE + 1024 - 4 * words),
+            (1u64..40).prop_map(|words| CODE + 4096 - 4 * words),
+        ],
+        chunks in prop::collection::vec(1u64..80, 0..8),
+    ) {
+        same_state(&body, &regs, Setup { code, ..setup }, &chunks)?;
+    }
+
+    #[test]
+    fn operands_aliasing_in_host_registers_reach_the_same_state(
+        body in aliasing_program(),
+        regs in registers(),
+        setup in setup(),
+    ) {
+        same_state(&body, &regs, setup, &[])?;
     }
 }
 
