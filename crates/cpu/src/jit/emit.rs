@@ -50,6 +50,44 @@ enum ColdKind {
     Exit { executed: i32, rel: i64 },
 }
 
+/// The register-immediate operations: one source register, and nothing
+/// to do for rd = x0.
+fn is_op_imm(op: Op) -> bool {
+    matches!(
+        op,
+        Op::Addi
+            | Op::Slti
+            | Op::Sltiu
+            | Op::Xori
+            | Op::Ori
+            | Op::Andi
+            | Op::Slli
+            | Op::Srli
+            | Op::Srai
+            | Op::Addiw
+            | Op::Slliw
+            | Op::Srliw
+            | Op::Sraiw
+    )
+}
+
+/// Instructions translated code never executes: it writes back, bails
+/// and ends the block there.
+fn ends_in_the_interpreter(op: Op) -> bool {
+    matches!(
+        op,
+        Op::Div
+            | Op::Divu
+            | Op::Rem
+            | Op::Remu
+            | Op::Divw
+            | Op::Divuw
+            | Op::Remw
+            | Op::Remuw
+            | Op::Other
+    )
+}
+
 /// The guest registers an instruction reads and writes (0: none), or
 /// `None` if the translator leaves it to the interpreter, which ends the
 /// block's translation.
@@ -61,34 +99,14 @@ fn operands(d: &Decoded) -> Option<([u8; 2], u8)> {
         Op::Beq | Op::Bne | Op::Blt | Op::Bge | Op::Bltu | Op::Bgeu => ([rs1, rs2], 0),
         Op::Lb | Op::Lh | Op::Lw | Op::Ld | Op::Lbu | Op::Lhu | Op::Lwu => ([rs1, 0], rd),
         Op::Sb | Op::Sh | Op::Sw | Op::Sd => ([rs1, rs2], 0),
-        Op::Addi
-        | Op::Slti
-        | Op::Sltiu
-        | Op::Xori
-        | Op::Ori
-        | Op::Andi
-        | Op::Slli
-        | Op::Srli
-        | Op::Srai
-        | Op::Addiw
-        | Op::Slliw
-        | Op::Srliw
-        | Op::Sraiw => {
+        op if is_op_imm(op) => {
             if rd == 0 {
                 ([0, 0], 0)
             } else {
                 ([rs1, 0], rd)
             }
         }
-        Op::Div
-        | Op::Divu
-        | Op::Rem
-        | Op::Remu
-        | Op::Divw
-        | Op::Divuw
-        | Op::Remw
-        | Op::Remuw
-        | Op::Other => return None,
+        op if ends_in_the_interpreter(op) => return None,
         Op::Fence => ([0, 0], 0),
         _ => {
             if rd == 0 {
@@ -643,33 +661,13 @@ impl<'a> Emitter<'a> {
                     _ => dynasm!(self.ops ; .arch x64 ; mov QWORD [r15 + rax], Rq(value)),
                 }
             }
-            Op::Addi
-            | Op::Slti
-            | Op::Sltiu
-            | Op::Xori
-            | Op::Ori
-            | Op::Andi
-            | Op::Slli
-            | Op::Srli
-            | Op::Srai
-            | Op::Addiw
-            | Op::Slliw
-            | Op::Srliw
-            | Op::Sraiw => {
+            op if is_op_imm(op) => {
                 if rd & 31 == 0 {
                     return false;
                 }
                 self.op_imm(d.op, rd, rs1, imm);
             }
-            Op::Div
-            | Op::Divu
-            | Op::Rem
-            | Op::Remu
-            | Op::Divw
-            | Op::Divuw
-            | Op::Remw
-            | Op::Remuw
-            | Op::Other => {
+            op if ends_in_the_interpreter(op) => {
                 // The interpreter executes these; the block ends here.
                 self.write_back(self.cache.dirty);
                 self.bail_now(index, rel as i32);
