@@ -38,7 +38,7 @@ pub enum ChannelEvent {
 pub struct Channel {
     session: Session,
     stream: Option<TcpStream>,
-    decoder: Option<FrameDecoder>,
+    decoder: FrameDecoder,
     buffer: Vec<u8>,
 }
 
@@ -133,7 +133,7 @@ impl Channel {
         Channel {
             session,
             stream: Some(stream),
-            decoder: Some(decoder),
+            decoder,
             buffer: vec![0; 1 << 16],
         }
     }
@@ -149,13 +149,11 @@ impl Channel {
         token: mio::Token,
         write_timeout: Duration,
     ) -> Result<(), HostError> {
+        self.set_write_timeout(write_timeout)?;
         let Some(stream) = &self.stream else {
             return Ok(());
         };
         let io = |e| HostError::io("the logging channel", e);
-        stream
-            .set_write_timeout(Some(write_timeout.max(Duration::from_millis(1))))
-            .map_err(io)?;
         stream.set_read_timeout(None).map_err(io)?;
         // Closing the stream (its only descriptor) takes it out of epoll.
         registry
@@ -170,12 +168,12 @@ impl Channel {
     /// Every whole frame that has arrived, without waiting; the last
     /// event is `Closed` if the stream ended or failed.
     pub fn read_available(&mut self, events: &mut Vec<ChannelEvent>) {
-        let (Some(stream), Some(decoder)) = (&self.stream, &mut self.decoder) else {
+        let Some(stream) = &self.stream else {
             return;
         };
         loop {
             loop {
-                match decoder.next_frame() {
+                match self.decoder.next_frame() {
                     Ok(Some(frame)) => events.push(ChannelEvent::Frame(frame)),
                     Ok(None) => break,
                     Err(e) => {
@@ -197,7 +195,7 @@ impl Channel {
                     });
                     return;
                 }
-                Ok(n) => decoder.push(&self.buffer[..n]),
+                Ok(n) => self.decoder.push(&self.buffer[..n]),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => {
@@ -216,9 +214,9 @@ impl Channel {
         }
     }
 
-    /// Fail a write that waits longer than `timeout` (before the reader
-    /// thread starts, which sets it too): a peer that stops reading must
-    /// not block a sender for ever.
+    /// Fail a write that waits longer than `timeout` (also set by
+    /// [`Channel::watch`]): a peer that stops reading must not block a
+    /// sender for ever.
     pub fn set_write_timeout(&self, timeout: Duration) -> Result<(), HostError> {
         if let Some(stream) = &self.stream {
             stream
@@ -232,25 +230,24 @@ impl Channel {
     /// new backup takes a clone's snapshot so); past `timeout` of silence
     /// the wait fails.
     pub fn recv_blocking(&mut self, timeout: Duration) -> Result<Message, HostError> {
-        let (Some(stream), Some(decoder)) = (&mut self.stream, &mut self.decoder) else {
+        let Some(stream) = &mut self.stream else {
             return Err(HostError::Config("the logging channel is closed".into()));
         };
         let io = |e| HostError::io("reading the logging channel", e);
         stream
             .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
             .map_err(io)?;
-        let mut buffer = [0u8; 1 << 16];
         loop {
-            if let Some(frame) = decoder.next_frame()? {
+            if let Some(frame) = self.decoder.next_frame()? {
                 return Ok(self.session.open(&frame)?);
             }
-            let n = stream.read(&mut buffer).map_err(io)?;
+            let n = stream.read(&mut self.buffer).map_err(io)?;
             if n == 0 {
                 return Err(HostError::Config(
                     "the primary closed the logging channel".into(),
                 ));
             }
-            decoder.push(&buffer[..n]);
+            self.decoder.push(&self.buffer[..n]);
         }
     }
 

@@ -543,22 +543,19 @@ impl Vm {
         if let Ok(event) = self.events.try_recv() {
             return self.handle(event);
         }
-        let precise = if self.precise_wait {
-            wait_precisely(&self.poll, timeout)
-        } else {
-            Err(std::io::Error::from_raw_os_error(libc::ENOSYS))
-        };
-        let waited = match precise {
-            // A kernel before 5.11, or a sandbox that forbids the call:
-            // waits to the millisecond from now on.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) => {
-                if self.precise_wait {
+        let waited = if self.precise_wait {
+            match wait_precisely(&self.poll, timeout) {
+                // A kernel before 5.11, or a sandbox that forbids the
+                // call: waits to the millisecond from now on.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) => {
                     tracing::info!(%e, "epoll_pwait2 unavailable: waits are rounded up to 1 ms");
                     self.precise_wait = false;
+                    self.poll.poll(&mut self.poll_events, Some(timeout))
                 }
-                self.poll.poll(&mut self.poll_events, Some(timeout))
+                waited => waited,
             }
-            waited => waited,
+        } else {
+            self.poll.poll(&mut self.poll_events, Some(timeout))
         };
         match waited {
             Ok(()) => Ok(()),
@@ -776,26 +773,20 @@ impl Vm {
     }
 
     fn perform_io(&mut self, request: IoRequest, answer: bool) -> Result<(), HostError> {
-        match &mut self.io {
-            Io::Inline(io) => {
-                let done = io.serve(&request);
-                if answer {
-                    self.node.input(done, self.clock.now())?;
-                    self.answered = true;
-                }
-            }
-            Io::Thread { net, .. } if matches!(request, IoRequest::NetTransmit { .. }) => {
-                let done = net.serve(&request);
-                if answer {
-                    self.node.input(done, self.clock.now())?;
-                    self.answered = true;
-                }
-            }
+        let io = match &mut self.io {
+            Io::Inline(io) => io,
+            Io::Thread { net, .. } if matches!(request, IoRequest::NetTransmit { .. }) => net,
             Io::Thread { thread, .. } => {
                 if !thread.send(IoJob::Request { request, answer }) {
                     return Err(threads_gone("the I/O thread"));
                 }
+                return Ok(());
             }
+        };
+        let done = io.serve(&request);
+        if answer {
+            self.node.input(done, self.clock.now())?;
+            self.answered = true;
         }
         Ok(())
     }

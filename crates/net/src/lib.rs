@@ -32,7 +32,7 @@
 
 pub mod datagram;
 // A receive that does not wait, on a socket that does (recv(2) with a
-// flag), and TAP's ioctl(2) and poll(2): the crate's only unsafe code.
+// flag), and TAP's ioctl(2): the crate's only unsafe code.
 #[allow(unsafe_code)]
 pub mod nowait;
 mod readiness;
@@ -855,6 +855,30 @@ mod tests {
         assert_eq!(error.kind(), ErrorKind::ConnectionReset, "{error}");
     }
 
+    /// A host client connected through a forwarded port to a guest that
+    /// listens on `guest_port`, the handshake done and its last frames
+    /// delivered; from here on the gateway's frames need not reach the
+    /// guest.
+    fn established(guest_port: u16) -> (UserNet, TcpStream) {
+        let (mut net, client) = forwarded(guest_port);
+        let mut guest = StackGuest::new();
+        let server = guest.listen(guest_port);
+        for _ in 0..1000 {
+            guest.exchange(&mut net);
+            if guest.sockets.get::<tcp::Socket>(server).state() == tcp::State::Established {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        assert_eq!(
+            guest.sockets.get::<tcp::Socket>(server).state(),
+            tcp::State::Established
+        );
+        // Let the gateway's last handshake frames reach the guest.
+        guest.exchange(&mut net);
+        (net, client)
+    }
+
     /// TCP payload bytes in frames the gateway sent the guest.
     fn payload_to_guest(frames: &[Vec<u8>]) -> usize {
         frames
@@ -870,22 +894,7 @@ mod tests {
     /// 40 ms), and every message longer than a segment would stall.
     #[test]
     fn a_message_longer_than_a_segment_reaches_the_guest_before_any_ack() {
-        let (mut net, mut client) = forwarded(82);
-        let mut guest = StackGuest::new();
-        let server = guest.listen(82);
-        for _ in 0..1000 {
-            guest.exchange(&mut net);
-            if guest.sockets.get::<tcp::Socket>(server).state() == tcp::State::Established {
-                break;
-            }
-            std::thread::sleep(Duration::from_micros(200));
-        }
-        assert_eq!(
-            guest.sockets.get::<tcp::Socket>(server).state(),
-            tcp::State::Established
-        );
-        // Let the gateway's last handshake frames reach the guest.
-        guest.exchange(&mut net);
+        let (mut net, mut client) = established(82);
         let message = vec![b'm'; 3000];
         client.write_all(&message).expect("send");
         // The gateway's frames are collected, never delivered: no ACK comes.
@@ -907,17 +916,7 @@ mod tests {
     /// 0.6 ms later).
     #[test]
     fn a_message_of_several_segments_leaves_in_one_poll() {
-        let (mut net, mut client) = forwarded(83);
-        let mut guest = StackGuest::new();
-        let server = guest.listen(83);
-        for _ in 0..1000 {
-            guest.exchange(&mut net);
-            if guest.sockets.get::<tcp::Socket>(server).state() == tcp::State::Established {
-                break;
-            }
-            std::thread::sleep(Duration::from_micros(200));
-        }
-        guest.exchange(&mut net);
+        let (mut net, mut client) = established(83);
         let message = vec![b'm'; 3000];
         client.write_all(&message).expect("send");
         // The first poll that finds the bytes must send all of them.

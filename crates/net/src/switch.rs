@@ -460,7 +460,6 @@ impl SwitchPort {
         };
         let socket = UdpSocket::bind(local).map_err(fail)?;
         socket.connect(switch).map_err(fail)?;
-        socket.set_read_timeout(Some(KEEPALIVE)).map_err(fail)?;
         let mut port = SwitchPort {
             socket,
             switch,
@@ -507,31 +506,6 @@ impl SwitchPort {
         })
     }
 
-    /// Wait for the next frame for this port (the tests' way; a VM's loop
-    /// uses [`SwitchPort::recv_ready`]), saying "still here" as that does.
-    #[cfg(test)]
-    fn recv(&mut self) -> std::io::Result<Vec<u8>> {
-        loop {
-            // The socket's read timeout is the keepalive period, so this
-            // runs at least that often.
-            self.keepalive();
-            match self.socket.recv(&mut self.buf) {
-                Ok(len) => {
-                    if let Some(frame) = self.frame_of(len) {
-                        return Ok(frame);
-                    }
-                }
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-                // The switch is not (yet, or any more) there: keep trying,
-                // as a cable to a switch that restarts would.
-                Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
     pub(crate) fn fd(&self) -> std::os::fd::RawFd {
         self.socket.as_raw_fd()
     }
@@ -574,14 +548,9 @@ impl NetBackend for SwitchPort {
 
     fn poll(&mut self) -> Vec<Vec<u8>> {
         let mut frames = Vec::new();
-        if self.socket.set_nonblocking(true).is_err() {
-            return frames;
+        if let Err(e) = self.recv_ready(&mut frames) {
+            tracing::debug!(switch = %self.switch, %e, "receiving from the switch");
         }
-        while let Ok(len) = self.socket.recv(&mut self.buf) {
-            frames.extend(self.frame_of(len));
-        }
-        let _ = self.socket.set_nonblocking(false);
-        self.keepalive();
         frames
     }
 }
@@ -593,6 +562,21 @@ mod tests {
     const A: Mac = [0x52, 0x54, 0, 0, 0, 0xa];
     const B: Mac = [0x52, 0x54, 0, 0, 0, 0xb];
     const BROADCAST: Mac = [0xff; 6];
+
+    /// The next frame for `port`, taken as a VM's loop takes them.
+    fn next_frame(port: &mut SwitchPort) -> Vec<u8> {
+        // A bound on a hang, not a timing claim.
+        let start = Instant::now();
+        loop {
+            let mut frames = Vec::new();
+            port.recv_ready(&mut frames).unwrap();
+            if let Some(frame) = frames.into_iter().next() {
+                return frame;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "no frame came");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
 
     fn frame(dst: Mac, src: Mac) -> Vec<u8> {
         let mut f = Vec::new();
@@ -689,7 +673,7 @@ mod tests {
         a.send(&hello);
         server.serve_for(Duration::from_millis(50)).unwrap();
         let mut got = b.try_clone().unwrap();
-        assert_eq!(got.recv().unwrap(), hello);
+        assert_eq!(next_frame(&mut got), hello);
         assert!(
             a.poll().is_empty(),
             "a broadcast does not return to its sender"
@@ -697,7 +681,7 @@ mod tests {
         let reply = frame(A, B);
         b.send(&reply);
         server.serve_for(Duration::from_millis(50)).unwrap();
-        assert_eq!(a.try_clone().unwrap().recv().unwrap(), reply);
+        assert_eq!(next_frame(&mut a.try_clone().unwrap()), reply);
         assert_eq!((server.moves(), server.expired()), (0, 0));
     }
 
@@ -746,7 +730,7 @@ mod tests {
         let hello = frame(BROADCAST, A);
         a.send(&hello);
         server.serve_for(Duration::from_millis(50)).unwrap();
-        assert_eq!(b.try_clone().unwrap().recv().unwrap(), hello);
+        assert_eq!(next_frame(&mut b.try_clone().unwrap()), hello);
         assert!(stranger.poll().is_empty() && wrong.poll().is_empty());
         // A datagram replayed to the switch is refused too.
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();

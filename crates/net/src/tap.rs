@@ -94,16 +94,25 @@ impl FrameReceiver for TapReceiver {
     }
 
     fn recv_ready(&mut self, frames: &mut Vec<Vec<u8>>) -> std::io::Result<()> {
-        // The device is open non-blocking (`Tap::open`).
-        loop {
-            match self.file.read(&mut self.buf) {
-                // The interface went away.
-                Ok(0) => return Ok(()),
-                Ok(n) => frames.push(self.buf[..n].to_vec()),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
+        read_available(&self.file, &mut self.buf, frames)
+    }
+}
+
+/// Every frame the TAP device holds, without waiting (it is open
+/// non-blocking: `Tap::open`).
+fn read_available(
+    mut file: &File,
+    buf: &mut [u8],
+    frames: &mut Vec<Vec<u8>>,
+) -> std::io::Result<()> {
+    loop {
+        match file.read(buf) {
+            // The interface went away.
+            Ok(0) => return Ok(()),
+            Ok(n) => frames.push(buf[..n].to_vec()),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
 }
@@ -121,16 +130,8 @@ impl NetBackend for Tap {
     fn poll(&mut self) -> Vec<Vec<u8>> {
         let mut frames = Vec::new();
         let mut buf = vec![0u8; 65536];
-        loop {
-            match self.file.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => frames.push(buf[..n].to_vec()),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    tracing::warn!(tap = %self.name, %e, "TAP read failed");
-                    break;
-                }
-            }
+        if let Err(e) = read_available(&self.file, &mut buf, &mut frames) {
+            tracing::warn!(tap = %self.name, %e, "TAP read failed");
         }
         frames
     }
