@@ -181,11 +181,15 @@ fn a_clone_interrupted_at_a_random_moment_loses_nothing_and_a_later_clone_succee
         pair.diag()
     );
     // The kill may have come after the clone caught up: then the survivor
-    // lost its new backup and runs alone again, as after any failure.
+    // lost its new backup and runs alone again, as after any failure. A
+    // kill before the survivor reached the new backup leaves its clone
+    // trying to connect until the clone's timeout (5 s): alone again is
+    // also no clone in progress, or the later `ftvm protect` is refused as
+    // one too many (faster round trips let the writes below finish first).
     pair.wait_until(RESTORE_LIMIT, "the survivor alone again", || {
         pair.ftvm_status()
             .named("backup")
-            .is_some_and(|line| line.state == VmState::Live)
+            .is_some_and(|line| line.state == VmState::Live && line.clone.is_none())
     });
     let before = writer.acked();
     if !writer.wait_for(before + 5, REPLY_LIMIT) {

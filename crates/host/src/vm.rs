@@ -243,7 +243,8 @@ struct Vm {
     name: Option<String>,
     status_at: Instant,
     /// What the status line said last of the VM's story (its state, its
-    /// milestones, its channel): a change is written at once.
+    /// milestones, its channel, whether it clones): a change is written
+    /// at once.
     story: Option<Story>,
     rate_sample: (Instant, u64),
     log_mbit_s: f64,
@@ -817,6 +818,7 @@ impl Vm {
             state: VmState::of(self.node.status()),
             milestones: self.node.stats().milestones,
             channel: self.channel_closed,
+            cloning: self.clone.is_some(),
         };
         let changed = self.story != Some(story);
         if !now && !changed && self.status_at.elapsed() < STATUS_EVERY {
@@ -882,6 +884,8 @@ struct Story {
     state: VmState,
     milestones: ftvm_node::Milestones,
     channel: Option<ChannelClose>,
+    /// A clone began or ended: whoever waits to clone again reads it.
+    cloning: bool,
 }
 
 /// Wait in `poll`'s epoll for up to `timeout`, to the microsecond:
