@@ -292,6 +292,10 @@ struct Relay {
     to_host: Vec<u8>,
     host_eof: bool,
     guest_eof: bool,
+    /// The host's end failed (its peer reset or went away): the guest's
+    /// end was reset and the relay ends at the next turn, once the reset
+    /// has left.
+    reset_guest: bool,
 }
 
 pub struct UserNet {
@@ -384,6 +388,7 @@ impl UserNet {
                 to_host: Vec::new(),
                 host_eof: false,
                 guest_eof: false,
+                reset_guest: false,
             });
         } else {
             self.sockets.remove(handle);
@@ -421,6 +426,7 @@ impl UserNet {
                 to_host: Vec::new(),
                 host_eof: false,
                 guest_eof: false,
+                reset_guest: false,
             });
         }
     }
@@ -432,6 +438,10 @@ impl UserNet {
         let sockets = &mut self.sockets;
         let readiness = self.readiness.as_ref();
         self.relays.retain_mut(|relay| {
+            if relay.reset_guest {
+                sockets.remove(relay.socket);
+                return false;
+            }
             let socket = sockets.get_mut::<tcp::Socket>(relay.socket);
             // A guest connection to the gateway: reach the host port once
             // the guest's handshake is done.
@@ -472,7 +482,7 @@ impl UserNet {
                     Err(e) if e.kind() == ErrorKind::WouldBlock => {}
                     Err(e) => {
                         tracing::debug!(%e, "host side of a relay failed");
-                        relay.host_eof = true;
+                        return reset_guest(socket, relay);
                     }
                 }
                 tracing::trace!(
@@ -502,7 +512,10 @@ impl UserNet {
                         relay.to_host.drain(..n);
                     }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                    Err(_) => relay.to_host.clear(),
+                    Err(e) => {
+                        tracing::debug!(%e, "host side of a relay failed");
+                        return reset_guest(socket, relay);
+                    }
                 }
             }
             // Closed while the host side is still open means the guest reset
@@ -539,6 +552,20 @@ impl UserNet {
             !done
         });
     }
+}
+
+/// The host's end of a relay failed: its client reset the connection, or
+/// closed it and the guest still sends (a write after the close is
+/// refused). The guest is told with a reset, as a host's own stack would
+/// answer; quietly acknowledging and dropping its bytes instead kept a
+/// guest's sender streaming forever to nobody. Keeps the relay for the
+/// next poll, which sends the reset.
+fn reset_guest(socket: &mut tcp::Socket, relay: &mut Relay) -> bool {
+    socket.abort();
+    relay.reset_guest = true;
+    relay.to_guest.clear();
+    relay.to_host.clear();
+    true
 }
 
 impl NetBackend for UserNet {
@@ -858,8 +885,8 @@ mod tests {
     /// A host client connected through a forwarded port to a guest that
     /// listens on `guest_port`, the handshake done and its last frames
     /// delivered; from here on the gateway's frames need not reach the
-    /// guest.
-    fn established(guest_port: u16) -> (UserNet, TcpStream) {
+    /// guest. Also the guest and its connected socket.
+    fn established(guest_port: u16) -> (UserNet, TcpStream, StackGuest, SocketHandle) {
         let (mut net, client) = forwarded(guest_port);
         let mut guest = StackGuest::new();
         let server = guest.listen(guest_port);
@@ -876,7 +903,7 @@ mod tests {
         );
         // Let the gateway's last handshake frames reach the guest.
         guest.exchange(&mut net);
-        (net, client)
+        (net, client, guest, server)
     }
 
     /// TCP payload bytes in frames the gateway sent the guest.
@@ -894,7 +921,7 @@ mod tests {
     /// 40 ms), and every message longer than a segment would stall.
     #[test]
     fn a_message_longer_than_a_segment_reaches_the_guest_before_any_ack() {
-        let (mut net, mut client) = established(82);
+        let (mut net, mut client, ..) = established(82);
         let message = vec![b'm'; 3000];
         client.write_all(&message).expect("send");
         // The gateway's frames are collected, never delivered: no ACK comes.
@@ -916,7 +943,7 @@ mod tests {
     /// 0.6 ms later).
     #[test]
     fn a_message_of_several_segments_leaves_in_one_poll() {
-        let (mut net, mut client) = established(83);
+        let (mut net, mut client, ..) = established(83);
         let message = vec![b'm'; 3000];
         client.write_all(&message).expect("send");
         // The first poll that finds the bytes must send all of them.
@@ -933,6 +960,33 @@ mod tests {
             std::thread::sleep(Duration::from_micros(200));
         }
         panic!("the message never left");
+    }
+
+    /// A guest that streams to a client which hung up is reset, as a host's
+    /// stack would do when bytes arrive for a closed socket; the gateway
+    /// used to acknowledge and drop them, and a guest's `cat /dev/zero`
+    /// behind a forwarded port ran on after each client, every new
+    /// transfer sharing the link with all the old ones.
+    #[test]
+    fn a_guest_streaming_to_a_closed_client_is_reset() {
+        let (mut net, client, mut guest, server) = established(84);
+        drop(client);
+        let chunk = [b'z'; 1024];
+        for _ in 0..2000 {
+            let socket = guest.sockets.get_mut::<tcp::Socket>(server);
+            if socket.state() == tcp::State::Closed {
+                return;
+            }
+            if socket.can_send() {
+                let _ = socket.send_slice(&chunk);
+            }
+            guest.exchange(&mut net);
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        panic!(
+            "the guest still sends, in state {}",
+            guest.sockets.get::<tcp::Socket>(server).state()
+        );
     }
 
     /// The other half of the same stall: the relay writes each guest
