@@ -19,7 +19,11 @@
 //!    primary's `log-bytes` between its status lines) and log bytes per
 //!    byte the guest received (received frames are logged inputs; sent
 //!    frames are outputs);
-//! 3. the pause a client sees at a failover: the longest gap between two
+//! 3. bulk one way: 16 MiB from the host into the guest (a discard
+//!    service, `cat >/dev/null`; done when the guest closed after the
+//!    host's end), and 16 MiB from the guest to the host (`cat
+//!    /dev/zero`), each direction's MB/s for the three;
+//! 4. the pause a client sees at a failover: the longest gap between two
 //!    consecutive echoes of a client exchanging 64-byte messages every
 //!    2 ms, when the primary is killed (`kill -9`: its logging channel
 //!    closes, so the backup knows at once) and when it freezes (SIGSTOP:
@@ -38,17 +42,20 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use support::pair::{Pair, Vm, VmState};
 use support::{
-    Better, bench_runs, echo, echo_message, free_port, ftvm_with_guest as ftvm, median, poll,
-    qemu_available, qemu_default_guest, report_solo_and_pair, signal, wait_or_kill,
+    Better, bench_runs, echo, echo_message, ftvm_with_guest as ftvm, median, poll, qemu_available,
+    qemu_default_guest, report_solo_and_pair, signal, wait_or_kill,
 };
 
-const ECHO_CMD: &str = "nc -ll -p 7 -e cat & while true; do sleep 10; done";
+/// Services in the guest: echo on 7, discard on 9, an endless source on
+/// 19 (ports as in the old inetd internal services).
+const SERVICES_CMD: &str = "nc -ll -p 7 -e cat & nc -ll -p 9 -e sh -c 'cat >/dev/null' & \
+     nc -ll -p 19 -e cat /dev/zero & while true; do sleep 10; done";
 const LIMIT: Duration = Duration::from_secs(150);
 const RTT_MESSAGES: usize = 300;
 /// Echoed message sizes: one segment, and two and three segments.
@@ -60,11 +67,43 @@ const PAUSE_WARMUP: Duration = Duration::from_secs(2);
 const PAUSE_ECHOES_AFTER: usize = 200;
 
 fn append() -> String {
-    format!("console=ttyS0 ftvm_cmd=\"{ECHO_CMD}\"")
+    format!("console=ttyS0 ftvm_cmd=\"{SERVICES_CMD}\"")
+}
+
+/// The host ports forwarded to the guest's services.
+#[derive(Clone, Copy)]
+struct Ports {
+    echo: u16,
+    discard: u16,
+    source: u16,
+}
+
+impl Ports {
+    /// Three distinct free ports (held together while they are chosen).
+    fn free() -> Ports {
+        let held: Vec<TcpListener> = (0..3)
+            .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free port"))
+            .collect();
+        let [echo, discard, source] =
+            [0, 1, 2].map(|k| held[k].local_addr().expect("bound").port());
+        Ports {
+            echo,
+            discard,
+            source,
+        }
+    }
+
+    /// The user-mode network's forwards, in QEMU's syntax (ftvm's too).
+    fn forwards(&self) -> String {
+        format!(
+            "user,hostfwd=tcp:127.0.0.1:{}-:7,hostfwd=tcp:127.0.0.1:{}-:9,hostfwd=tcp:127.0.0.1:{}-:19",
+            self.echo, self.discard, self.source
+        )
+    }
 }
 
 /// Connect to the guest's echo service through `port`, again and again
-/// until it answers.
+/// until it answers (so its other services are up too).
 fn connect(port: u16) -> TcpStream {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let start = Instant::now();
@@ -158,11 +197,54 @@ fn bulk(stream: &mut TcpStream) -> f64 {
     BULK_BYTES as f64 / 1e6 / start.elapsed().as_secs_f64()
 }
 
-/// A standalone VM with the echo service behind `port`.
-fn solo(port: u16) -> Child {
+/// A connection to one of the guest's one-way services.
+fn connect_once(port: u16) -> TcpStream {
+    let stream = TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), LIMIT)
+        .expect("connect to a guest service");
+    stream.set_read_timeout(Some(LIMIT)).expect("timeout");
+    stream
+}
+
+/// MB/s of 16 MiB sent into the guest's discard service, until the guest
+/// closes after reading the host's end (so it has had every byte).
+fn upload(port: u16) -> f64 {
+    let mut stream = connect_once(port);
+    let chunk = vec![0x5a; 65536];
+    let start = Instant::now();
+    for _ in 0..BULK_BYTES / chunk.len() {
+        stream.write_all(&chunk).expect("sending into the guest");
+    }
+    stream
+        .shutdown(std::net::Shutdown::Write)
+        .expect("the host's end");
+    let mut rest = Vec::new();
+    stream
+        .read_to_end(&mut rest)
+        .expect("the guest's close after the data");
+    assert!(rest.is_empty(), "the discard service answered {rest:?}");
+    BULK_BYTES as f64 / 1e6 / start.elapsed().as_secs_f64()
+}
+
+/// MB/s of 16 MiB read from the guest's source of zeros.
+fn download(port: u16) -> f64 {
+    let mut stream = connect_once(port);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut got = 0;
+    let start = Instant::now();
+    while got < BULK_BYTES {
+        let n = stream.read(&mut buf).expect("reading from the guest");
+        assert!(n > 0, "the guest's source ended after {got} bytes");
+        assert!(buf[..n].iter().all(|&b| b == 0), "a non-zero byte");
+        got += n;
+    }
+    BULK_BYTES as f64 / 1e6 / start.elapsed().as_secs_f64()
+}
+
+/// A standalone VM with the guest's services behind `ports`.
+fn solo(ports: Ports) -> Child {
     ftvm()
         .args(["run", "--net"])
-        .arg(format!("user,hostfwd=tcp:127.0.0.1:{port}-:7"))
+        .arg(ports.forwards())
         .arg("--append")
         .arg(append())
         .stdin(Stdio::null())
@@ -173,11 +255,11 @@ fn solo(port: u16) -> Child {
 }
 
 /// QEMU TCG with the same kernel, initramfs and firmware as ftvm's default
-/// guest, and the echo service behind `port` of its user-mode network.
-fn qemu(port: u16) -> Child {
+/// guest, and the guest's services behind `ports` of its user-mode network.
+fn qemu(ports: Ports) -> Child {
     qemu_default_guest(MEMORY_MIB, &append())
         .arg("-netdev")
-        .arg(format!("user,id=n,hostfwd=tcp:127.0.0.1:{port}-:7"))
+        .arg(ports.forwards().replacen("user", "user,id=n", 1))
         .args(["-device", "virtio-net-device,netdev=n"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -186,26 +268,42 @@ fn qemu(port: u16) -> Child {
         .expect("start qemu-system-riscv64")
 }
 
-/// Round trips and bulk throughput of one standalone VM (ftvm or QEMU).
-fn measure_alone(mut child: Child, port: u16) -> (Vec<[f64; 2]>, f64) {
-    let mut stream = connect(port);
+/// What one VM (or pair) was measured at.
+struct Measured {
+    /// Per size of `SIZES`: [median, p99] in ms.
+    rtt: Vec<[f64; 2]>,
+    /// MB/s: the echo, into the guest, out of the guest.
+    bulk: f64,
+    upload: f64,
+    download: f64,
+}
+
+/// Round trips and bulk throughputs of the guest behind `ports`.
+fn measure(ports: Ports) -> Measured {
+    let mut stream = connect(ports.echo);
     let rtt = round_trips_by_size(&mut stream);
     let bulk = bulk(&mut stream);
     drop(stream);
-    let _ = child.kill();
-    let _ = wait_or_kill(&mut child, Duration::from_secs(10));
-    (rtt, bulk)
+    Measured {
+        rtt,
+        bulk,
+        upload: upload(ports.discard),
+        download: download(ports.source),
+    }
 }
 
-/// An FT pair with the echo service behind `port`.
-fn pair_up(name: &str, port: u16) -> Pair {
+/// One standalone VM (ftvm or QEMU), measured and stopped.
+fn measure_alone(mut child: Child, ports: Ports) -> Measured {
+    let measured = measure(ports);
+    let _ = child.kill();
+    let _ = wait_or_kill(&mut child, Duration::from_secs(10));
+    measured
+}
+
+/// An FT pair with the guest's services behind `ports`.
+fn pair_up(name: &str, ports: Ports) -> Pair {
     let mut pair = Pair::new(&format!("ft-net-bench-{name}"));
-    pair.up(&[
-        "--net",
-        &format!("user,hostfwd=tcp:127.0.0.1:{port}-:7"),
-        "--append",
-        &append(),
-    ]);
+    pair.up(&["--net", &ports.forwards(), "--append", &append()]);
     pair
 }
 
@@ -228,9 +326,9 @@ fn log_bytes(pair: &Pair) -> (u64, Instant) {
 /// exchanging 64-byte messages every 2 ms, across `event` done to the
 /// primary of a fresh pair.
 fn pause(name: &str, event: libc::c_int) -> f64 {
-    let port = free_port();
-    let pair = pair_up(name, port);
-    let mut stream = connect(port);
+    let ports = Ports::free();
+    let pair = pair_up(name, ports);
+    let mut stream = connect(ports.echo);
     let start = Instant::now();
     let mut done = Vec::new();
     let mut fired = None;
@@ -263,6 +361,8 @@ struct Sample {
     /// Per size of `SIZES`, per column: [median, p99] in ms.
     rtt: Vec<[[f64; 2]; COLUMNS]>,
     bulk: [f64; COLUMNS],
+    upload: [f64; COLUMNS],
+    download: [f64; COLUMNS],
     log_mbit_s: f64,
     log_per_byte: f64,
     kill_pause: f64,
@@ -270,31 +370,40 @@ struct Sample {
 }
 
 fn one_run(run: usize) -> Sample {
-    let port = free_port();
-    let (solo_rtt, solo_bulk) = measure_alone(solo(port), port);
-    let (qemu_rtt, qemu_bulk) = if qemu_available() {
-        let port = free_port();
-        measure_alone(qemu(port), port)
+    let ports = Ports::free();
+    let solo = measure_alone(solo(ports), ports);
+    let qemu = if qemu_available() {
+        let ports = Ports::free();
+        measure_alone(qemu(ports), ports)
     } else {
-        (vec![[f64::NAN; 2]; SIZES.len()], f64::NAN)
+        Measured {
+            rtt: vec![[f64::NAN; 2]; SIZES.len()],
+            bulk: f64::NAN,
+            upload: f64::NAN,
+            download: f64::NAN,
+        }
     };
 
-    let port = free_port();
-    let pair = pair_up(&format!("pair-{run}"), port);
-    let mut stream = connect(port);
+    let ports = Ports::free();
+    let pair = pair_up(&format!("pair-{run}"), ports);
+    let mut stream = connect(ports.echo);
     let ft_rtt = round_trips_by_size(&mut stream);
     let (log0, t0) = log_bytes(&pair);
     let ft_bulk = bulk(&mut stream);
     let (log1, t1) = log_bytes(&pair);
     drop(stream);
+    let ft_upload = upload(ports.discard);
+    let ft_download = download(ports.source);
     drop(pair);
     let logged = log1.saturating_sub(log0) as f64;
 
     Sample {
         rtt: (0..SIZES.len())
-            .map(|k| [solo_rtt[k], ft_rtt[k], qemu_rtt[k]])
+            .map(|k| [solo.rtt[k], ft_rtt[k], qemu.rtt[k]])
             .collect(),
-        bulk: [solo_bulk, ft_bulk, qemu_bulk],
+        bulk: [solo.bulk, ft_bulk, qemu.bulk],
+        upload: [solo.upload, ft_upload, qemu.upload],
+        download: [solo.download, ft_download, qemu.download],
         log_mbit_s: logged * 8.0 / 1e6 / (t1 - t0).as_secs_f64(),
         // Received frames are logged; sent ones are outputs, not logged.
         log_per_byte: logged / BULK_BYTES as f64,
@@ -314,12 +423,14 @@ fn main() {
         .map(|run| {
             let s = one_run(run);
             eprintln!(
-                "run {run}: rtt (solo/FT/QEMU, by size) {:?} ms, bulk {:.1?} MB/s, pauses {:.0}/{:.0} ms",
+                "run {run}: rtt (solo/FT/QEMU, by size) {:?} ms, bulk echo/in/out {:.1?} {:.1?} {:.1?} MB/s, pauses {:.0}/{:.0} ms",
                 s.rtt
                     .iter()
                     .map(|c| c.map(|[median, _]| (median * 100.0).round() / 100.0))
                     .collect::<Vec<_>>(),
                 s.bulk,
+                s.upload,
+                s.download,
                 s.kill_pause,
                 s.freeze_pause
             );
@@ -349,6 +460,8 @@ fn main() {
         }
     }
     row("bulk echo, 16 MiB (MB/s)", &|s| s.bulk);
+    row("bulk host -> guest, 16 MiB (MB/s)", &|s| s.upload);
+    row("bulk guest -> host, 16 MiB (MB/s)", &|s| s.download);
     for (k, size) in SIZES.iter().enumerate() {
         let [solo, ft, qemu] = [0, 1, 2].map(|c| col(&|s| s.rtt[k][c][0]));
         let measure = format!("echo round trip {size} B, median");
@@ -361,16 +474,22 @@ fn main() {
             Some(qemu),
         );
     }
-    let [solo, ft, qemu] = [0, 1, 2].map(|c| col(&|s| s.bulk[c]));
-    let bulk = "bulk echo 16 MiB";
-    report_solo_and_pair(
-        "ft_net",
-        bulk,
-        "MB/s",
-        Better::Higher,
-        [solo, ft],
-        Some(qemu),
-    );
+    let bulks: [(&str, &dyn Fn(&Sample) -> [f64; COLUMNS]); 3] = [
+        ("bulk echo 16 MiB", &|s| s.bulk),
+        ("bulk host -> guest 16 MiB", &|s| s.upload),
+        ("bulk guest -> host 16 MiB", &|s| s.download),
+    ];
+    for (measure, f) in bulks {
+        let [solo, ft, qemu] = [0, 1, 2].map(|c| col(&|s| f(s)[c]));
+        report_solo_and_pair(
+            "ft_net",
+            measure,
+            "MB/s",
+            Better::Higher,
+            [solo, ft],
+            Some(qemu),
+        );
+    }
     println!();
     println!(
         "FT pair during the bulk echo: log {:.1} Mbit/s, {:.2} log bytes per byte the guest received",
