@@ -357,6 +357,9 @@ fn pause(name: &str, event: libc::c_int) -> f64 {
 /// without QEMU).
 const COLUMNS: usize = 3;
 
+/// One measure of a sample, per column.
+type Column<'a> = dyn Fn(&Sample) -> [f64; COLUMNS] + 'a;
+
 struct Sample {
     /// Per size of `SIZES`, per column: [median, p99] in ms.
     rtt: Vec<[[f64; 2]; COLUMNS]>,
@@ -444,7 +447,7 @@ fn main() {
         "{:<40} {:>11} {:>10} {:>9} {:>8} {:>11}",
         "", "standalone", "FT pair", "QEMU TCG", "FT/solo", "solo/QEMU"
     );
-    let row = |label: &str, f: &dyn Fn(&Sample) -> [f64; COLUMNS]| {
+    let row = |label: &str, f: &Column<'_>| {
         let [solo, ft, qemu] = [0, 1, 2].map(|c| col(&|s| f(s)[c]));
         println!(
             "{label:<40} {solo:>11.2} {ft:>10.2} {qemu:>9.2} {:>7.2}x {:>10.2}x",
@@ -474,7 +477,7 @@ fn main() {
             Some(qemu),
         );
     }
-    let bulks: [(&str, &dyn Fn(&Sample) -> [f64; COLUMNS]); 3] = [
+    let bulks: [(&str, &Column<'_>); 3] = [
         ("bulk echo 16 MiB", &|s| s.bulk),
         ("bulk host -> guest 16 MiB", &|s| s.upload),
         ("bulk guest -> host 16 MiB", &|s| s.download),
