@@ -18,7 +18,11 @@
 //!    again, and the pair's logging rate meanwhile (growth of the
 //!    primary's `log-bytes` between its status lines) and log bytes per
 //!    byte the guest received (received frames are logged inputs; sent
-//!    frames are outputs);
+//!    frames are outputs), and the host CPU each process used per MB
+//!    echoed (the standalone VM, QEMU, the pair's primary, backup and
+//!    switch; the standalone VM runs its gateway itself, the pair's
+//!    switch runs the pair's): on one 2-core host a pair's bulk is bound
+//!    by the cores, and this says what it needs with a core per VM;
 //! 3. bulk one way: 16 MiB from the host into the guest (a discard
 //!    service, `cat >/dev/null`; done when the guest closed after the
 //!    host's end), and 16 MiB from the guest to the host (`cat
@@ -268,6 +272,39 @@ fn qemu(ports: Ports) -> Child {
         .expect("start qemu-system-riscv64")
 }
 
+/// Host CPU seconds (user and system, all threads) process `pid` has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command's closing parenthesis: state, then utime and stime
+    // as the 12th and 13th fields.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |k: usize| {
+        fields
+            .get(k)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    // SAFETY: sysconf reads a configuration value; it has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / per_second
+}
+
+/// Milliseconds of host CPU that each of `pids` used per MB echoed
+/// during `bulk`, and its MB/s.
+fn bulk_with_cpu(stream: &mut TcpStream, pids: &[u32]) -> (f64, Vec<f64>) {
+    let before: Vec<f64> = pids.iter().map(|&pid| cpu_seconds(pid)).collect();
+    let rate = bulk(stream);
+    let mb = BULK_BYTES as f64 / 1e6;
+    let cpu = pids
+        .iter()
+        .zip(before)
+        .map(|(&pid, before)| (cpu_seconds(pid) - before) * 1e3 / mb)
+        .collect();
+    (rate, cpu)
+}
+
 /// What one VM (or pair) was measured at.
 struct Measured {
     /// Per size of `SIZES`: [median, p99] in ms.
@@ -276,25 +313,29 @@ struct Measured {
     bulk: f64,
     upload: f64,
     download: f64,
+    /// Host CPU ms per MB echoed, of the VM's process.
+    cpu_per_mb: f64,
 }
 
-/// Round trips and bulk throughputs of the guest behind `ports`.
-fn measure(ports: Ports) -> Measured {
+/// Round trips and bulk throughputs of the guest behind `ports`, run by
+/// process `pid`.
+fn measure(ports: Ports, pid: u32) -> Measured {
     let mut stream = connect(ports.echo);
     let rtt = round_trips_by_size(&mut stream);
-    let bulk = bulk(&mut stream);
+    let (bulk, cpu) = bulk_with_cpu(&mut stream, &[pid]);
     drop(stream);
     Measured {
         rtt,
         bulk,
         upload: upload(ports.discard),
         download: download(ports.source),
+        cpu_per_mb: cpu[0],
     }
 }
 
 /// One standalone VM (ftvm or QEMU), measured and stopped.
 fn measure_alone(mut child: Child, ports: Ports) -> Measured {
-    let measured = measure(ports);
+    let measured = measure(ports, child.id());
     let _ = child.kill();
     let _ = wait_or_kill(&mut child, Duration::from_secs(10));
     measured
@@ -368,6 +409,11 @@ struct Sample {
     download: [f64; COLUMNS],
     log_mbit_s: f64,
     log_per_byte: f64,
+    /// Host CPU ms per MB echoed: the VM's process per column (the pair's
+    /// primary in the FT column), and the pair's backup and switch.
+    cpu_per_mb: [f64; COLUMNS],
+    backup_cpu_per_mb: f64,
+    switch_cpu_per_mb: f64,
     kill_pause: f64,
     freeze_pause: f64,
 }
@@ -384,6 +430,7 @@ fn one_run(run: usize) -> Sample {
             bulk: f64::NAN,
             upload: f64::NAN,
             download: f64::NAN,
+            cpu_per_mb: f64::NAN,
         }
     };
 
@@ -391,8 +438,10 @@ fn one_run(run: usize) -> Sample {
     let pair = pair_up(&format!("pair-{run}"), ports);
     let mut stream = connect(ports.echo);
     let ft_rtt = round_trips_by_size(&mut stream);
+    let switch = pair.switch_status().map_or(0, |line| line.pid);
+    let pids = [pair.pid(Vm::Primary), pair.pid(Vm::Backup), switch];
     let (log0, t0) = log_bytes(&pair);
-    let ft_bulk = bulk(&mut stream);
+    let (ft_bulk, ft_cpu) = bulk_with_cpu(&mut stream, &pids);
     let (log1, t1) = log_bytes(&pair);
     drop(stream);
     let ft_upload = upload(ports.discard);
@@ -410,6 +459,9 @@ fn one_run(run: usize) -> Sample {
         log_mbit_s: logged * 8.0 / 1e6 / (t1 - t0).as_secs_f64(),
         // Received frames are logged; sent ones are outputs, not logged.
         log_per_byte: logged / BULK_BYTES as f64,
+        cpu_per_mb: [solo.cpu_per_mb, ft_cpu[0], qemu.cpu_per_mb],
+        backup_cpu_per_mb: ft_cpu[1],
+        switch_cpu_per_mb: ft_cpu[2],
         kill_pause: pause(&format!("kill-{run}"), libc::SIGKILL),
         freeze_pause: pause(&format!("freeze-{run}"), libc::SIGSTOP),
     }
@@ -498,6 +550,14 @@ fn main() {
         "FT pair during the bulk echo: log {:.1} Mbit/s, {:.2} log bytes per byte the guest received",
         col(&|s| s.log_mbit_s),
         col(&|s| s.log_per_byte)
+    );
+    println!(
+        "host CPU per MB echoed in the bulk echo: standalone {:.1} ms, QEMU {:.1} ms; FT pair: primary {:.1} ms, backup {:.1} ms, switch {:.1} ms",
+        col(&|s| s.cpu_per_mb[0]),
+        col(&|s| s.cpu_per_mb[2]),
+        col(&|s| s.cpu_per_mb[1]),
+        col(&|s| s.backup_cpu_per_mb),
+        col(&|s| s.switch_cpu_per_mb)
     );
     println!(
         "client-visible pause at a failover (longest gap between echoes, every 2 ms):\n  \
