@@ -208,9 +208,13 @@ impl BlockCache {
         (chunk, self.chunk_generation[chunk])
     }
 
-    /// The chunk bitmap, for translated code's store check.
-    pub(crate) fn code_chunks_ptr(&self) -> *const u64 {
-        self.code_chunks.as_ptr()
+    /// Whether any of chunks `first..=last` holds cached code.
+    pub(crate) fn has_code(&self, first: usize, last: usize) -> bool {
+        (first..=last).any(|chunk| {
+            self.code_chunks
+                .get(chunk / 64)
+                .is_some_and(|word| word & (1 << (chunk % 64)) != 0)
+        })
     }
 
     /// Note a guest store to RAM offsets `[off, off + size)`. Returns true

@@ -4,9 +4,9 @@
 //! The translator is deliberately small, and the interpreter stays the
 //! reference. Translated code handles the RV64IM integer instructions,
 //! branches and jumps, and loads and stores that hit RAM through the
-//! current translation (direct, or a hit in the hart's TLB). Anything else
-//! -- division, system, atomic and floating-point instructions, MMIO, TLB
-//! misses, page-crossing accesses, stores to a chunk holding cached code,
+//! current translation. Anything else -- division, system, atomic and
+//! floating-point instructions, MMIO, misses in the translator's TLBs
+//! (below), page-crossing accesses, stores to a page holding cached code,
 //! stores while an LR reservation or a store watch is set -- *bails out*:
 //! the code stores the pc and icount of that instruction and returns, and
 //! the interpreter executes it. Because the bail happens before the
@@ -14,6 +14,24 @@
 //! the interpreter's semantics, and the machine's state after any number of
 //! instructions is the same whichever engine ran them (the tests compare
 //! the two engines' state digests).
+//!
+//! Loads and stores go through the translator's own TLBs
+//! ([`JitContext::fast_load`], [`JitContext::fast_store`]), one entry per
+//! entry of the hart's load and store TLBs: tag (virtual page | context
+//! key) and the RAM offset of the page, less the virtual page. A hit is
+//! one compare, of the tag with the page of the access's *last* byte (so
+//! an access crossing a page misses), and one add. An entry exists only
+//! where the interpreter would do nothing but the access itself: the
+//! hart's TLB holds the mapping (or there is none: M-mode or a bare
+//! `satp` use a key of their own), the page is RAM, and for stores the
+//! page is already marked dirty and no code is cached in it. A miss bails
+//! and notes the address; once the interpreter has executed the access
+//! (walking the page table, marking the page dirty, retiring code), the
+//! run loop enters the page if it now qualifies. Entries go when the
+//! hart's entry in the same slot changes (a refill, `sfence.vma`), when
+//! the dirty pages are taken (stores), and when code is cached in their
+//! page (stores). Loads without translation skip the TLB: a bounds check
+//! against RAM is all they need, and is shorter on their address's path.
 //!
 //! Blocks are chained: an exit to a target in the same guest page (whose
 //! physical page is therefore the same) goes through a link slot that,
@@ -76,36 +94,76 @@ pub(crate) const EXIT_BAIL: u64 = 1;
 /// A static exit whose link slot (`JitContext::link`) is still unset.
 pub(crate) const EXIT_LINK: u64 = 2;
 
+/// Entries in each of the translator's TLBs: as many as the hart's, and
+/// indexed the same way, so that an entry stands for the hart's entry in
+/// the same slot (see [`JitContext::fast_load`]).
+pub(crate) const FAST_ENTRIES: usize = 256;
+
+/// One entry of the translator's TLBs. `repr(C)`: translated code reads it
+/// as two u64 words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub(crate) struct FastEntry {
+    /// Virtual page | access key, like the hart TLB's tags; `u64::MAX`
+    /// when empty (no key reaches the low 12 bits' all-ones).
+    pub tag: u64,
+    /// RAM offset of the page minus the virtual page (wrapping): added to
+    /// a virtual address in the page, the RAM offset it reaches.
+    pub addend: u64,
+}
+
+pub(crate) const FAST_EMPTY: FastEntry = FastEntry {
+    tag: u64::MAX,
+    addend: 0,
+};
+
+/// The key of translator TLB entries for accesses without translation
+/// (see `hart::mmu`), which loads check for to take their direct path.
+pub(crate) const DIRECT_KEY: u64 = 2;
+
+/// What the last bail of translated code was for: an access its TLB
+/// did not hold (`JitContext::miss`).
+pub(crate) const MISS_NONE: u64 = 0;
+pub(crate) const MISS_LOAD: u64 = 1;
+pub(crate) const MISS_STORE: u64 = 2;
+
 /// What translated code reads and writes besides guest registers and RAM.
 /// Filled by the run loop before entering translated code.
 #[repr(C)]
 pub(crate) struct JitContext {
     pub x: *mut u64,
     pub ram: *mut u8,
-    pub ram_base: u64,
-    pub ram_size: u64,
     pub pc: u64,
     pub icount: u64,
     pub icount_limit: u64,
-    /// `BlockCache`'s bitmap of chunks that hold cached code.
-    pub code_chunks: *const u64,
     /// `BlockCache`'s chunk generations.
     pub chunk_generation: *const u32,
-    /// `Ram`'s dirty-page bytes: a store sets its page's.
-    pub dirty_pages: *const u8,
-    /// The hart's load and store TLBs (`[TlbEntry; 256]` each).
-    pub tlb_load: *const u64,
-    pub tlb_store: *const u64,
-    /// Nonzero: loads (stores) are not translated (M-mode, or bare satp).
-    pub load_direct: u64,
-    pub store_direct: u64,
-    /// The TLB tag bits of the current translation context.
+    /// The tag bits of the current translation context for loads and
+    /// stores: the hart's TLB key, or the direct key (no translation),
+    /// or, for stores that must all bail (an LR reservation or a store
+    /// watch is set), a key no entry has.
     pub load_key: u64,
     pub store_key: u64,
-    /// Nonzero: every store bails (reservation or store watch set).
-    pub stores_bail: u64,
+    /// Loads without translation check RAM's bounds instead: the RAM
+    /// offset of an access of `1 << i` bytes is at most `ram_limit[i]`.
+    pub ram_base: u64,
+    pub ram_limit: [u64; 4],
     /// The link slot of the last static exit taken.
     pub link: *mut usize,
+    /// Set by a bail for a TLB miss (`MISS_*`), with the virtual address:
+    /// the run loop fills the entry once the interpreter has executed the
+    /// access, if the access may take the fast path.
+    pub miss: u64,
+    pub miss_vaddr: u64,
+    /// The translator's TLBs, indexed by virtual page like the hart's:
+    /// where a load or store of the current context hits, the access is
+    /// wholly in one page of RAM, through the mapping the hart's TLB holds
+    /// in the same slot (or the direct mapping), and, for stores, the page
+    /// is marked dirty already and no code is cached in its chunks or in
+    /// the chunk before it, so the store is all there is to do. Anything
+    /// else (a miss, a page crossing, MMIO) bails.
+    pub fast_load: [FastEntry; FAST_ENTRIES],
+    pub fast_store: [FastEntry; FAST_ENTRIES],
 }
 
 /// A link slot to fill once the block at `pc` is translated.
@@ -121,22 +179,19 @@ impl Default for JitContext {
         JitContext {
             x: std::ptr::null_mut(),
             ram: std::ptr::null_mut(),
-            ram_base: 0,
-            ram_size: 0,
             pc: 0,
             icount: 0,
             icount_limit: 0,
-            code_chunks: std::ptr::null(),
             chunk_generation: std::ptr::null(),
-            dirty_pages: std::ptr::null(),
-            tlb_load: std::ptr::null(),
-            tlb_store: std::ptr::null(),
-            load_direct: 0,
-            store_direct: 0,
             load_key: 0,
             store_key: 0,
-            stores_bail: 0,
+            ram_base: 0,
+            ram_limit: [0; 4],
             link: std::ptr::null_mut(),
+            miss: MISS_NONE,
+            miss_vaddr: 0,
+            fast_load: [FAST_EMPTY; FAST_ENTRIES],
+            fast_store: [FAST_EMPTY; FAST_ENTRIES],
         }
     }
 }
@@ -421,14 +476,18 @@ impl Jit {
         // sysv64 function of this signature that saves and restores every
         // callee-saved register it uses and returns through the exit stub.
         // `code` is the start of a translation in the region's executable
-        // view, written completely before this call. Translated code reads and writes
-        // only: `ctx`'s fields; `ctx.x[0..32]` (register numbers are
-        // 5-bit); RAM at offsets it checked against `ctx.ram_size`; the
-        // TLBs at a masked index below 256; the code-chunk bitmap at a chunk
-        // of a RAM offset it checked; and the link slots, whose array is
-        // owned by `self` and never reallocated. The run loop builds `ctx`
-        // from live `&mut` borrows of the hart that nothing else uses
-        // during this call.
+        // view, written completely before this call. Translated code reads
+        // and writes only: `ctx`'s fields, its TLBs at a masked index below
+        // `FAST_ENTRIES`; `ctx.x[0..32]` (register numbers are 5-bit); RAM
+        // at `vaddr + addend` for an entry of `ctx`'s TLBs whose tag matched
+        // the page of both the access's first and last byte, so at most
+        // 4096 - size bytes into the page the entry stands for, which was
+        // wholly in RAM when the run loop filled the entry (it empties them
+        // all when RAM's address or size is not what they were filled
+        // for); the chunk generation of the block's own chunk; and the link
+        // slots, whose array is owned by `self` and never reallocated. The
+        // run loop builds `ctx` from live `&mut` borrows of the hart that
+        // nothing else uses during this call.
         let exit = unsafe {
             let enter: Entry = std::mem::transmute::<usize, Entry>(self.enter);
             enter(ctx, code as *const u8)

@@ -1,7 +1,7 @@
 //! Guest RAM and the bookkeeping that keeps decoded code coherent with it
 //! and tells which pages changed.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use crate::BusFault;
 
@@ -27,6 +27,10 @@ pub struct Ram {
     /// clear it; the machine is single-threaded and `Relaxed` compiles to
     /// plain byte moves.
     dirty: Box<[AtomicU8]>,
+    /// Calls of [`Ram::take_dirty_pages`]: the translator's store TLB
+    /// holds pages already marked dirty, and drops them all when this
+    /// moves.
+    dirty_clears: AtomicU64,
 }
 
 impl Ram {
@@ -38,11 +42,13 @@ impl Ram {
             host_generation: 0,
             // Everything is dirty for a digest cache that has seen nothing.
             dirty: (0..pages).map(|_| AtomicU8::new(1)).collect(),
+            dirty_clears: AtomicU64::new(0),
         }
     }
     /// Call `page` with the index of every page written since the last
     /// call (all of them on the first), and forget them.
     pub fn take_dirty_pages(&self, mut page: impl FnMut(usize)) {
+        self.dirty_clears.fetch_add(1, Ordering::Relaxed);
         for (index, flag) in self.dirty.iter().enumerate() {
             if flag.load(Ordering::Relaxed) != 0 {
                 flag.store(0, Ordering::Relaxed);
@@ -50,9 +56,15 @@ impl Ram {
             }
         }
     }
-    /// The dirty-page bytes, for translated code's stores.
-    pub(crate) fn dirty_ptr(&self) -> *const AtomicU8 {
-        self.dirty.as_ptr()
+    /// How many times the dirty pages were taken (and cleared).
+    pub(crate) fn dirty_clears(&self) -> u64 {
+        self.dirty_clears.load(Ordering::Relaxed)
+    }
+    /// Whether the page holding RAM offset `off` is marked dirty.
+    pub(crate) fn is_dirty(&self, off: usize) -> bool {
+        self.dirty
+            .get(off >> PAGE_SHIFT)
+            .is_some_and(|flag| flag.load(Ordering::Relaxed) != 0)
     }
     #[inline(always)]
     fn mark_dirty(&self, off: usize, len: usize) {

@@ -419,6 +419,9 @@ fn same_state(
 ) -> Result<(), TestCaseError> {
     let mut reference = hart(Engine::Interpreter, body, regs, setup);
     let mut translated = hart(Engine::Translator, body, regs, setup);
+    // Forget the setup's writes: the run's own are compared below.
+    dirty_pages(&reference);
+    dirty_pages(&translated);
     let (mut bus_a, mut bus_b) = (Recorder::default(), Recorder::default());
     let exits_a = run_to(&mut reference, &mut bus_a, &[]);
     // The translated run goes in chunks: limits must cut its blocks
@@ -430,8 +433,16 @@ fn same_state(
         reference.ram().bytes() == translated.ram().bytes(),
         "RAM differs"
     );
+    prop_assert_eq!(dirty_pages(&reference), dirty_pages(&translated));
     prop_assert_eq!(bus_a, bus_b);
     Ok(())
+}
+
+/// The pages written since the last call (what a digest rehashes).
+fn dirty_pages(h: &Hart) -> Vec<usize> {
+    let mut pages = Vec::new();
+    h.ram().take_dirty_pages(|page| pages.push(page));
+    pages
 }
 
 fn registers() -> impl Strategy<Value = [u64; 30]> {
@@ -575,5 +586,362 @@ fn host_writes_over_translated_code_take_effect_on_both_engines() {
             (7, 8),
             "{engine:?}: a write after a flood of writes"
         );
+    }
+}
+
+/// The memory differential: loads and stores of every size at and around
+/// page boundaries, through pages mapped with every combination of
+/// permissions (or not at all, or with A or D still clear), through two
+/// virtual pages of one physical page (one of them in the same TLB slot),
+/// over the program's own code through another mapping of it, and over
+/// the page tables themselves (a PTE changed without `sfence.vma` must
+/// keep its old translation while the TLB holds it); with `sfence.vma`,
+/// SUM/MXR toggles, LR/SC, device writes between runs, and the dirty pages
+/// taken (as a digest does) between runs and compared. Faults do not end
+/// the run: the handler skips the faulting instruction.
+mod memory {
+    use super::*;
+
+    /// Bases of the accesses (never written by the program): RAM's end;
+    /// a routine the program calls; DATA - 4096 up to DATA + 12288 by
+    /// pages; DATA's alias 1 MiB higher (same TLB slot); the code page's
+    /// alias; the code (where it starts); the last level page table; MMIO.
+    const BASES: [(u32, u64); 12] = [
+        (12, BASE + (1 << 20)),
+        (13, ROUTINE),
+        (16, DATA - 4096),
+        (17, DATA),
+        (18, DATA + 4096),
+        (19, DATA + 8192),
+        (20, DATA + 12288),
+        (21, ALIAS),
+        (22, CODE_ALIAS),
+        (23, CODE),
+        (24, L0),
+        (25, 0x1000_0000),
+    ];
+    const ALIAS: u64 = DATA + (1 << 20);
+    const CODE_ALIAS: u64 = BASE + 0x14000;
+    const ROOT: u64 = BASE + 0x10000;
+    const L1: u64 = ROOT + 0x1000;
+    const L0: u64 = ROOT + 0x2000;
+    /// The handlers, M and S: skip the faulting instruction (every one
+    /// is 4 bytes).
+    const HANDLER: u64 = BASE + 0x800;
+    const S_HANDLER: u64 = BASE + 0x840;
+    /// The memory faults, delegated to S or not.
+    const MEMORY_FAULTS: u64 = 0xb0f3;
+    /// A routine the program calls (`jalr x9, 0(x13)`), alone in its page:
+    /// `addi x3, x3, 7` (which the program may patch), `jalr x0, 0(x9)`.
+    const ROUTINE: u64 = BASE + 0x6000;
+    /// sstatus bits the program toggles: SUM and MXR.
+    const SUM_MXR: u64 = (1 << 18) | (1 << 19);
+
+    /// Leaf flags: none, R, RW, RW without D, RW without A, X, RX, RWX,
+    /// W alone (reserved); all but the first valid.
+    const LEAVES: [u64; 9] = [0, 0x43, 0xc7, 0x47, 0x07, 0x49, 0xcb, 0xcf, 0x45];
+
+    /// How the pages the program reaches are mapped.
+    #[derive(Clone, Copy, Debug)]
+    struct Mapping {
+        /// DATA - 4096 .. DATA + 16384, DATA's alias, the code's alias:
+        /// an index into `LEAVES`, and the U bit.
+        pages: [(usize, bool); 7],
+    }
+
+    fn mapping() -> impl Strategy<Value = Mapping> {
+        prop::array::uniform7((
+            prop_oneof![1 => Just(0usize), 6 => 1usize..LEAVES.len()],
+            prop::bool::weighted(0.2),
+        ))
+        .prop_map(|pages| Mapping { pages })
+    }
+
+    /// A load into `rd` or a store of `value`.
+    fn access(value: u32, rd: u32) -> impl Strategy<Value = u32> {
+        (
+            prop::sample::select(BASES.to_vec()),
+            prop_oneof![4 => -12i32..12, 1 => -2048i32..2048],
+            0u32..7,
+            any::<bool>(),
+        )
+            .prop_map(move |((base, _), offset, f3, store)| {
+                if store {
+                    s_type(offset, value, base, f3 & 3)
+                } else {
+                    i_type(offset, base, f3, rd, 0x03)
+                }
+            })
+    }
+
+    /// Instructions the program writes over its own code (x10, x11).
+    const PATCHES: [u32; 2] = [0x0010_8093, 0x0551_4113]; // addi x1, x1, 1; xori x2, x2, 0x55
+
+    fn program() -> impl Strategy<Value = Vec<u32>> {
+        // x1..x9 are written; x10..x15 hold values, x16..x25 bases.
+        let rd = || 1u32..10;
+        let op = prop_oneof![
+            10 => (1u32..16, rd()).prop_flat_map(|(value, rd)| access(value, rd)),
+            // An instruction over one of the program's own, or over the
+            // routine's first; a call of the routine.
+            1 => (0i32..40, 10u32..12).prop_map(|(word, patch)| s_type(4 * word, patch, 23, 2)),
+            1 => (10u32..12).prop_map(|patch| s_type(0, patch, 13, 2)),
+            1 => Just(i_type(0, 13, 0, 9, 0x67)),
+            // Values to store.
+            2 => (any::<i16>(), rd(), rd()).prop_map(|(imm, rd, rs1)| {
+                i_type(i32::from(imm) >> 4, rs1, 0, rd, 0x13)
+            }),
+            // sfence.vma: everything, or one base's page.
+            1 => prop::option::of(prop::sample::select(BASES.to_vec()))
+                .prop_map(|base| r_type(0x09, 0, base.map_or(0, |(r, _)| r), 0, 0, 0x73)),
+            // SUM and MXR on or off (x15 holds them).
+            1 => any::<bool>().prop_map(|set| {
+                (0x100 << 20) | (15 << 15) | (if set { 2 } else { 3 } << 12) | 0x73
+            }),
+            // lr.d / sc.d at DATA.
+            1 => (rd(), rd(), any::<bool>()).prop_map(|(rd, rs2, sc)| if sc {
+                r_type(0x0c, rs2, 17, 3, rd, 0x2f)
+            } else {
+                r_type(0x08, 0, 17, 3, rd, 0x2f)
+            }),
+        ];
+        prop::collection::vec(op, 1..40)
+    }
+
+    fn tables(h: &mut Hart, user: bool, mapping: Mapping) -> u64 {
+        let mut write =
+            |at: u64, pte: u64| h.ram_mut().write(at, &pte.to_le_bytes()).expect("in RAM");
+        let pointer = |table: u64| ((table >> 12) << 10) | 1;
+        let leaf = |pa: u64, flags: u64| ((pa >> 12) << 10) | flags;
+        let u = if user { 0x10 } else { 0 };
+        write(ROOT, 0xcf | u); // VA 0..1 GiB -> PA 0: MMIO
+        write(ROOT + 2 * 8, pointer(L1));
+        write(L1, pointer(L0));
+        // The rest identity, read-write (the code and the tables too).
+        for page in 0..512u64 {
+            write(L0 + page * 8, leaf(BASE + page * 4096, 0xcf | u));
+        }
+        // The handlers are S-mode's.
+        write(L0, leaf(BASE, 0xcf));
+        let targets = [
+            DATA - 4096,
+            DATA,
+            DATA + 4096,
+            DATA + 8192,
+            DATA + 12288,
+            DATA,
+            CODE,
+        ];
+        let vas = [
+            DATA - 4096,
+            DATA,
+            DATA + 4096,
+            DATA + 8192,
+            DATA + 12288,
+            ALIAS,
+            CODE_ALIAS,
+        ];
+        for ((va, pa), (flags, user_bit)) in vas.iter().zip(targets).zip(mapping.pages) {
+            let flags = match LEAVES[flags] {
+                0 => 0,
+                f => f | if user_bit { 0x10 } else { 0 },
+            };
+            write(L0 + ((va - BASE) >> 12) * 8, leaf(pa, flags));
+        }
+        (8 << 60) | (ROOT >> 12)
+    }
+
+    /// How a program runs: privilege, paging, and where its code is.
+    #[derive(Clone, Copy, Debug)]
+    struct Placement {
+        mode: u64,
+        paged: bool,
+        mapping: Mapping,
+        /// `CODE`, or a little before the end of its first chunk, so that
+        /// blocks end there (with a store, say).
+        code: u64,
+        /// Memory faults go to S-mode's handler (from U or S).
+        delegate: bool,
+    }
+
+    fn hart(engine: Engine, body: &[u32], placement: Placement) -> Hart {
+        let Placement {
+            mode,
+            paged,
+            mapping,
+            code: code_at,
+            delegate,
+        } = placement;
+        let mut h = Hart::new(HartConfig {
+            hart_id: 0,
+            ram_base: BASE,
+            ram_size: 1 << 20,
+            insns_per_tick: 10,
+        });
+        h.set_engine(engine).expect("engine available");
+        h.set_translation_threshold(0);
+        let satp = if paged {
+            tables(&mut h, mode == 0, mapping)
+        } else {
+            0
+        };
+        let prologue = [
+            csrrw(0x180, 1), // satp = x1
+            csrrw(0x305, 2), // mtvec = x2
+            csrrw(0x341, 3), // mepc = x3
+            csrrw(0x300, 4), // mstatus = x4
+            csrrw(0x302, 5), // medeleg = x5
+            csrrw(0x105, 6), // stvec = x6
+            0x3020_0073,     // mret
+        ];
+        let handler = [
+            0x3410_2df3,                // csrr x27, mepc
+            i_type(4, 27, 0, 27, 0x13), // addi x27, x27, 4
+            csrrw(0x341, 27),           // csrw mepc, x27
+            0x3020_0073,                // mret
+        ];
+        let s_handler = [
+            0x1410_2df3,                // csrr x27, sepc
+            i_type(4, 27, 0, 27, 0x13), // addi x27, x27, 4
+            csrrw(0x141, 27),           // csrw sepc, x27
+            0x1020_0073,                // sret
+        ];
+        let routine = [i_type(7, 3, 0, 3, 0x13), i_type(0, 9, 0, 0, 0x67)];
+        let mut code = body.to_vec();
+        // Three passes, as in `super::hart`.
+        let back = -4 * (body.len() as i32 + 1);
+        code.push(i_type(-1, 26, 0, 26, 0x13));
+        code.push(b_type(back, 0, 26, 1));
+        code.extend(std::iter::repeat_n(WFI, 8));
+        let bytes =
+            |words: &[u32]| -> Vec<u8> { words.iter().flat_map(|w| w.to_le_bytes()).collect() };
+        h.ram_mut().write(BASE, &bytes(&prologue)).expect("in RAM");
+        h.ram_mut()
+            .write(HANDLER, &bytes(&handler))
+            .expect("in RAM");
+        h.ram_mut()
+            .write(S_HANDLER, &bytes(&s_handler))
+            .expect("in RAM");
+        h.ram_mut()
+            .write(ROUTINE, &bytes(&routine))
+            .expect("in RAM");
+        h.ram_mut().write(code_at, &bytes(&code)).expect("in RAM");
+        let data: Vec<u8> = (0..5 * 4096u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        h.ram_mut().write(DATA - 4096, &data).expect("in RAM");
+        h.set_xreg(1, satp);
+        h.set_xreg(2, HANDLER);
+        h.set_xreg(3, code_at);
+        h.set_xreg(4, mode << 11);
+        h.set_xreg(5, if delegate { MEMORY_FAULTS } else { 0 });
+        h.set_xreg(6, S_HANDLER);
+        assert_eq!(h.run(&mut Recorder::default(), 7), Exit::Limit);
+        for r in 1..15 {
+            h.set_xreg(r, 0x0123_4567_89ab_cdefu64.rotate_left(r as u32 * 7));
+        }
+        h.set_xreg(10, u64::from(PATCHES[0]));
+        h.set_xreg(11, u64::from(PATCHES[1]));
+        h.set_xreg(15, SUM_MXR);
+        for (r, base) in BASES {
+            h.set_xreg(r as usize, base);
+        }
+        h.set_xreg(23, code_at);
+        h.set_xreg(26, 3);
+        h
+    }
+
+    /// Between two runs: nothing, or a device's write of 8 bytes at
+    /// DATA - 4096 + this offset.
+    type Between = Option<u64>;
+
+    fn run(
+        h: &mut Hart,
+        chunks: &[(u64, Between)],
+    ) -> (Vec<(Exit, u64)>, Vec<Vec<usize>>, Recorder) {
+        let mut bus = Recorder::default();
+        let mut exits = Vec::new();
+        // Every page is dirty until the first run ends: the setup wrote
+        // them all.
+        let mut dirty = Vec::new();
+        let mut chunk = chunks.iter().copied();
+        loop {
+            let (steps, between) = chunk.next().unwrap_or((LIMIT, None));
+            let exit = h.run(&mut bus, (h.icount() + steps).min(LIMIT));
+            if exit != Exit::Limit {
+                exits.push((exit, h.icount()));
+            }
+            dirty.push(dirty_pages(h));
+            if let Some(offset) = between {
+                h.dma_write(DATA - 4096 + offset, &offset.to_le_bytes())
+                    .expect("in RAM");
+            }
+            if exit == Exit::Wfi || h.icount() >= LIMIT {
+                return (exits, dirty, bus);
+            }
+        }
+    }
+
+    /// A store fault taken in S-mode is followed by translated code in
+    /// S-mode (the handler) under the same key: the page must stay out of
+    /// the store TLB although the load TLB maps it and it is dirty.
+    #[test]
+    fn a_read_only_page_stays_read_only_to_translated_stores() {
+        let body = [
+            i_type(0, 17, 3, 1, 0x03), // ld x1, 0(x17)
+            s_type(0, 2, 17, 3),       // sd x2, 0(x17): faults
+            s_type(8, 3, 17, 3),       // sd x3, 8(x17): faults
+        ];
+        let mut pages = [(2, false); 7];
+        pages[1] = (1, false); // DATA: read-only
+        let placement = Placement {
+            mode: 1,
+            paged: true,
+            mapping: Mapping { pages },
+            code: CODE,
+            delegate: true,
+        };
+        let mut reference = hart(Engine::Interpreter, &body, placement);
+        let mut translated = hart(Engine::Translator, &body, placement);
+        let a = run(&mut reference, &[]);
+        let b = run(&mut translated, &[]);
+        assert_eq!(a.0, b.0);
+        assert_eq!(reference.state(), translated.state());
+        assert!(reference.ram().bytes() == translated.ram().bytes());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn memory_accesses_reach_the_same_state(
+            body in program(),
+            mode in prop::sample::select(vec![0u64, 1, 3]),
+            paged in prop::bool::weighted(0.8),
+            mapping in mapping(),
+            code in prop_oneof![
+                Just(CODE),
+                (1u64..40).prop_map(|words| CODE + 1024 - 4 * words),
+            ],
+            delegate in any::<bool>(),
+            chunks in prop::collection::vec(
+                (
+                    prop_oneof![1u64..8, 1u64..60],
+                    prop::option::weighted(0.2, 0u64..5 * 4096 - 8),
+                ),
+                0..24,
+            ),
+        ) {
+            let placement = Placement { mode, paged, mapping, code, delegate };
+            let mut reference = hart(Engine::Interpreter, &body, placement);
+            let mut translated = hart(Engine::Translator, &body, placement);
+            let a = run(&mut reference, &chunks);
+            let b = run(&mut translated, &chunks);
+            prop_assert_eq!(&a.0, &b.0, "exits");
+            prop_assert_eq!(reference.state(), translated.state());
+            prop_assert!(reference.ram().bytes() == translated.ram().bytes(), "RAM differs");
+            prop_assert_eq!(&a.1, &b.1, "dirty pages, run by run");
+            prop_assert_eq!(a.2, b.2);
+        }
     }
 }

@@ -74,6 +74,15 @@ fn tag_context(tag: u64) -> usize {
     (tag >> 4) as usize % TLB_CONTEXTS
 }
 
+/// The key of the translator's TLB entries for accesses without
+/// translation (M-mode, or a bare `satp`): effective privilege 2, which no
+/// [`tlb_key`] has (privilege 2 does not exist, and M-mode never
+/// translates).
+pub(super) const DIRECT_KEY: u64 = 2;
+/// A key that no TLB entry of either kind has: the translator's stores
+/// use it while all of them must bail.
+pub(super) const NO_KEY: u64 = 6;
+
 /// The low 12 bits of a TLB tag: effective privilege (bits 1:0), SUM and
 /// MXR (bits 3:2; loads and stores only, as fetches ignore them), the
 /// TLB context (bits 11:4).
@@ -99,6 +108,22 @@ impl Hart {
             tlb.fill(EMPTY_TLB);
         }
         self.tlb_owner.fill(NO_OWNER);
+        self.translator.forget_tlb();
+    }
+
+    /// Empty entry `slot` of the TLB for `access`, with the translator's
+    /// entry standing for it.
+    fn drop_tlb_entry(&mut self, access: usize, slot: usize) {
+        self.tlb[access][slot] = EMPTY_TLB;
+        self.translator.forget_tlb_entry(access, slot);
+    }
+
+    /// The physical page the TLB for `access` holds for `vaddr` under
+    /// `key`, without a walk.
+    pub(super) fn tlb_hit(&self, access: Access, vaddr: u64, key: u64) -> Option<u64> {
+        let slot = ((vaddr >> PAGE_SHIFT) as usize) % TLB_ENTRIES;
+        let entry = self.tlb[access as usize][slot];
+        (entry.tag == (vaddr & !PAGE_MASK) | key).then_some(entry.ppage)
     }
 
     /// The TLB's valid entries and context owners, for [`Hart::state`].
@@ -169,10 +194,11 @@ impl Hart {
     }
 
     fn flush_tlb_context(&mut self, context: usize) {
-        for tlb in self.tlb.iter_mut() {
-            for entry in tlb.iter_mut() {
-                if entry.tag != u64::MAX && tag_context(entry.tag) == context {
-                    *entry = EMPTY_TLB;
+        for access in 0..self.tlb.len() {
+            for slot in 0..TLB_ENTRIES {
+                let tag = self.tlb[access][slot].tag;
+                if tag != u64::MAX && tag_context(tag) == context {
+                    self.drop_tlb_entry(access, slot);
                 }
             }
         }
@@ -193,14 +219,15 @@ impl Hart {
                 }
             }
             (Some(vaddr), _) => {
-                for (tlb, levels) in self.tlb.iter_mut().zip(self.tlb_level.iter()) {
-                    for (entry, &level) in tlb.iter_mut().zip(levels.iter()) {
+                for access in 0..self.tlb.len() {
+                    for slot in 0..TLB_ENTRIES {
                         // The entry caches one 4 KiB piece of a leaf of
                         // 4 KiB << (9 * level): it covers `vaddr` if that
                         // lies in the same leaf.
-                        let span_shift = PAGE_SHIFT + 9 * u32::from(level);
-                        if entry.tag != u64::MAX && (entry.tag ^ vaddr) >> span_shift == 0 {
-                            *entry = EMPTY_TLB;
+                        let tag = self.tlb[access][slot].tag;
+                        let span_shift = PAGE_SHIFT + 9 * u32::from(self.tlb_level[access][slot]);
+                        if tag != u64::MAX && (tag ^ vaddr) >> span_shift == 0 {
+                            self.drop_tlb_entry(access, slot);
                         }
                     }
                 }
@@ -234,6 +261,7 @@ impl Hart {
         let (ppage, level) = self.walk(vaddr, access, prv)?;
         self.tlb[access as usize][slot] = TlbEntry { tag, ppage };
         self.tlb_level[access as usize][slot] = level;
+        self.translator.forget_tlb_entry(access as usize, slot);
         Ok(ppage | (vaddr & PAGE_MASK))
     }
 

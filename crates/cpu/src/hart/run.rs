@@ -212,7 +212,16 @@ impl Hart {
                 break;
             }
         }
-        (len > 0).then(|| self.blocks.commit(off, len))
+        if len == 0 {
+            return None;
+        }
+        let fresh = !self.blocks.has_code(chunk, chunk);
+        let block = self.blocks.commit(off, len);
+        if fresh {
+            // Stores there must bail from now on, to retire the code.
+            self.translator.forget_stores_near_code(chunk);
+        }
+        Some(block)
     }
 
     /// The instruction at `pc`, fetched halfword by halfword.

@@ -93,19 +93,33 @@ mod imp {
 
     use super::{EngineError, JitExit};
     use crate::Privilege;
-    use crate::block::BlockRef;
+    use crate::block::{BlockRef, CHUNK_SHIFT};
     use crate::decode::Decoded;
-    use crate::hart::mmu::{Access, tlb_key};
-    use crate::hart::{Hart, PAGE_MASK};
-    use crate::jit::{ChunkStamp, EXIT_BAIL, EXIT_DONE, EXIT_LINK, Jit, JitContext, PendingLink};
+    use crate::hart::mmu::{Access, DIRECT_KEY, NO_KEY, tlb_key};
+    use crate::hart::{Hart, PAGE_MASK, PAGE_SIZE};
+    use crate::jit::{
+        ChunkStamp, EXIT_BAIL, EXIT_DONE, EXIT_LINK, FAST_EMPTY, FAST_ENTRIES, FastEntry, Jit,
+        JitContext, MISS_LOAD, MISS_NONE, MISS_STORE, PendingLink,
+    };
+    use crate::ram::PAGE_SHIFT;
 
     pub(super) const AVAILABLE: bool = true;
+
+    // Translated loads test for the direct key by value.
+    const _: () = assert!(crate::jit::DIRECT_KEY == DIRECT_KEY);
 
     const TRANSLATE_AFTER_RUNS: u32 = 8;
 
     pub(in crate::hart) struct Translator {
         jit: Option<Box<Jit>>,
-        ctx: JitContext,
+        /// Boxed: it holds the translator's TLBs (8 KiB).
+        ctx: Box<JitContext>,
+        /// What the translator's TLBs were filled under: RAM's host
+        /// address and size, and `Ram::dirty_clears` (stores hit dirty
+        /// pages only). Checked before translated code runs; a change
+        /// empties the TLBs concerned.
+        ram_seen: (usize, u64),
+        dirty_clears_seen: u64,
         /// A guest store retired cached code: translations are dropped before
         /// translated code runs again.
         flush_pending: bool,
@@ -127,7 +141,9 @@ mod imp {
         pub(in crate::hart) fn new() -> Self {
             Translator {
                 jit: None,
-                ctx: JitContext::default(),
+                ctx: Box::new(JitContext::default()),
+                ram_seen: (0, 0),
+                dirty_clears_seen: 0,
                 flush_pending: false,
                 link: None,
                 threshold: TRANSLATE_AFTER_RUNS,
@@ -172,6 +188,47 @@ mod imp {
         #[inline(always)]
         pub(in crate::hart) fn schedule_flush(&mut self) {
             self.flush_pending = true;
+        }
+
+        /// The hart's TLB entry `slot` for `access` (`Access as usize`)
+        /// changed: the translator's entry standing for it goes.
+        #[inline(always)]
+        pub(in crate::hart) fn forget_tlb_entry(&mut self, access: usize, slot: usize) {
+            let table = if access == Access::Load as usize {
+                &mut self.ctx.fast_load
+            } else if access == Access::Store as usize {
+                &mut self.ctx.fast_store
+            } else {
+                return;
+            };
+            if let Some(entry) = table.get_mut(slot) {
+                *entry = FAST_EMPTY;
+            }
+        }
+
+        /// The hart's TLB was emptied: so are the translator's.
+        pub(in crate::hart) fn forget_tlb(&mut self) {
+            self.ctx.fast_load.fill(FAST_EMPTY);
+            self.ctx.fast_store.fill(FAST_EMPTY);
+        }
+
+        /// RAM chunk `chunk` holds cached code from now on: stores to its
+        /// page must bail, and, if it is its page's last, stores to the
+        /// next page too (the interpreter's `note_store` counts a store's
+        /// first byte - 2, so one at the next page's start retires it).
+        pub(in crate::hart) fn forget_stores_near_code(&mut self, chunk: usize) {
+            let page = chunk >> (PAGE_SHIFT - CHUNK_SHIFT);
+            let last_in_page = (chunk + 1) >> (PAGE_SHIFT - CHUNK_SHIFT) != page;
+            for entry in self.ctx.fast_store.iter_mut() {
+                if entry.tag == u64::MAX {
+                    continue;
+                }
+                let entry_page =
+                    ((entry.tag & !PAGE_MASK).wrapping_add(entry.addend) >> PAGE_SHIFT) as usize;
+                if entry_page == page || (last_in_page && entry_page == page + 1) {
+                    *entry = FAST_EMPTY;
+                }
+            }
         }
     }
 
@@ -248,29 +305,39 @@ mod imp {
                     jit.set_link(link, code);
                 }
             }
-            let load_prv = self.effective_privilege(Access::Load);
-            let store_prv = self.effective_privilege(Access::Store);
-            let bare = self.s.satp >> 60 == 0;
-            let load_key = tlb_key(self.s.satp, self.s.mstatus, load_prv, Access::Load);
-            let store_key = tlb_key(self.s.satp, self.s.mstatus, store_prv, Access::Store);
-            let ctx = &mut self.translator.ctx;
+            // Loads without translation check RAM's bounds rather than
+            // the TLB, by the limits below; RAM too small for them takes
+            // the TLB, which holds no page of it.
+            let load_key = match self.fast_key(Access::Load) {
+                DIRECT_KEY if self.ram.size() < 8 => NO_KEY,
+                key => key,
+            };
+            let store_key = if self.s.reservation.is_some() || !self.s.watches.is_empty() {
+                NO_KEY
+            } else {
+                self.fast_key(Access::Store)
+            };
+            self.check_fast_tlbs();
+            let miss = std::mem::replace(&mut self.translator.ctx.miss, MISS_NONE);
+            let vaddr = self.translator.ctx.miss_vaddr;
+            match miss {
+                MISS_LOAD => self.fill_fast(Access::Load, vaddr, load_key),
+                MISS_STORE => self.fill_fast(Access::Store, vaddr, store_key),
+                _ => {}
+            }
+            let ctx = &mut *self.translator.ctx;
             ctx.x = self.s.x.as_mut_ptr();
             ctx.ram = self.ram.host_ptr();
-            ctx.ram_base = self.ram.base();
-            ctx.ram_size = self.ram.size();
             ctx.pc = pc;
             ctx.icount = self.s.icount;
             ctx.icount_limit = icount_limit;
-            ctx.code_chunks = self.blocks.code_chunks_ptr();
             ctx.chunk_generation = self.blocks.chunk_generation_ptr();
-            ctx.dirty_pages = self.ram.dirty_ptr().cast();
-            ctx.tlb_load = self.tlb[Access::Load as usize].as_ptr().cast();
-            ctx.tlb_store = self.tlb[Access::Store as usize].as_ptr().cast();
-            ctx.load_direct = u64::from(bare || load_prv == Privilege::Machine);
-            ctx.store_direct = u64::from(bare || store_prv == Privilege::Machine);
             ctx.load_key = load_key;
             ctx.store_key = store_key;
-            ctx.stores_bail = u64::from(self.s.reservation.is_some() || !self.s.watches.is_empty());
+            ctx.ram_base = self.ram.base();
+            for (i, limit) in ctx.ram_limit.iter_mut().enumerate() {
+                *limit = self.ram.size().saturating_sub(1 << i);
+            }
             ctx.link = std::ptr::null_mut();
             let kind = jit.run(ctx, code)?;
             self.s.pc = ctx.pc;
@@ -290,6 +357,77 @@ mod imp {
                     JitExit::Done
                 }
             }))
+        }
+
+        /// The key of the translator's TLB entries for `access` in the
+        /// current context: the hart TLB's key, or the direct key where
+        /// there is no translation.
+        fn fast_key(&self, access: Access) -> u64 {
+            let prv = self.effective_privilege(access);
+            if prv == Privilege::Machine || self.s.satp >> 60 == 0 {
+                DIRECT_KEY
+            } else {
+                tlb_key(self.s.satp, self.s.mstatus, prv, access)
+            }
+        }
+
+        /// Empty the translator's TLBs where what they were filled under
+        /// changed: RAM itself (both), or the dirty pages were taken
+        /// (stores).
+        fn check_fast_tlbs(&mut self) {
+            let ram = (self.ram.host_ptr() as usize, self.ram.size());
+            let clears = self.ram.dirty_clears();
+            let t = &mut self.translator;
+            if t.ram_seen != ram {
+                t.ram_seen = ram;
+                t.forget_tlb();
+            }
+            if t.dirty_clears_seen != clears {
+                t.dirty_clears_seen = clears;
+                t.ctx.fast_store.fill(FAST_EMPTY);
+            }
+        }
+
+        /// Enter `vaddr`'s page in the translator's TLB for `access` under
+        /// `key`, if every access wholly in it may take the fast path (see
+        /// `JitContext::fast_load`): the hart's TLB holds its mapping (or
+        /// there is none to hold), the page is RAM, and, for a store, the
+        /// page is dirty already and no code is cached in its chunks or
+        /// the one before.
+        fn fill_fast(&mut self, access: Access, vaddr: u64, key: u64) {
+            if key == NO_KEY {
+                return;
+            }
+            let vpage = vaddr & !PAGE_MASK;
+            let ppage = if key == DIRECT_KEY {
+                vpage
+            } else {
+                match self.tlb_hit(access, vaddr, key) {
+                    Some(ppage) => ppage,
+                    None => return,
+                }
+            };
+            if !self.ram.contains(ppage, PAGE_SIZE) {
+                return;
+            }
+            let off = self.ram.off(ppage);
+            if access == Access::Store {
+                let first = (off >> CHUNK_SHIFT).saturating_sub(1);
+                let last = (off + PAGE_SIZE as usize - 1) >> CHUNK_SHIFT;
+                if !self.ram.is_dirty(off) || self.blocks.has_code(first, last) {
+                    return;
+                }
+            }
+            let slot = (vaddr >> PAGE_SHIFT) as usize % FAST_ENTRIES;
+            let table = if access == Access::Store {
+                &mut self.translator.ctx.fast_store
+            } else {
+                &mut self.translator.ctx.fast_load
+            };
+            table[slot] = FastEntry {
+                tag: vpage | key,
+                addend: (off as u64).wrapping_sub(vpage),
+            };
         }
     }
 }
@@ -326,6 +464,13 @@ mod imp {
 
         #[inline(always)]
         pub(in crate::hart) fn schedule_flush(&mut self) {}
+
+        #[inline(always)]
+        pub(in crate::hart) fn forget_tlb_entry(&mut self, _: usize, _: usize) {}
+
+        pub(in crate::hart) fn forget_tlb(&mut self) {}
+
+        pub(in crate::hart) fn forget_stores_near_code(&mut self, _: usize) {}
     }
 
     impl Hart {

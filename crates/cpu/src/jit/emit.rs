@@ -13,10 +13,14 @@ use std::mem::offset_of;
 use dynasmrt::x64::X64Relocation;
 use dynasmrt::{DynamicLabel, DynasmApi, DynasmLabelApi, VecAssembler, dynasm};
 
-use super::{ChunkStamp, EXIT_BAIL, EXIT_LINK, JitContext, ctx};
+use super::{ChunkStamp, DIRECT_KEY, EXIT_BAIL, EXIT_LINK, JitContext, MISS_LOAD, MISS_STORE, ctx};
 use crate::decode::{Decoded, Op};
 
 const PAGE_BYTES: u64 = 4096;
+
+// The TLB index is masked as `(vaddr >> 8) & 0xff0`: 256 entries of 16
+// bytes.
+const _: () = assert!(super::FAST_ENTRIES == 256 && size_of::<super::FastEntry>() == 16);
 
 const RAX: u8 = 0;
 const RCX: u8 = 1;
@@ -45,6 +49,9 @@ struct Cold {
 enum ColdKind {
     /// Bail at the instruction `index` at block-relative offset `rel`.
     Bail { index: i32, rel: i32 },
+    /// The same for a load or store whose virtual address (in rax) the
+    /// translator's TLB did not hold: noted for the run loop first.
+    Miss { index: i32, rel: i32, store: bool },
     /// Leave for a target `rel` bytes from the block start, having executed
     /// `executed` instructions of the block.
     Exit { executed: i32, rel: i64 },
@@ -338,22 +345,18 @@ impl<'a> Emitter<'a> {
             self.write_back(cold.dirty);
             match cold.kind {
                 ColdKind::Bail { index, rel } => self.bail_now(index, rel),
+                ColdKind::Miss { index, rel, store } => {
+                    let miss = if store { MISS_STORE } else { MISS_LOAD } as i32;
+                    dynasm!(self.ops
+                        ; .arch x64
+                        ; mov QWORD [r12 + ctx!(miss_vaddr)], rax
+                        ; mov QWORD [r12 + ctx!(miss)], miss
+                    );
+                    self.bail_now(index, rel)
+                }
                 ColdKind::Exit { executed, rel } => self.static_exit(executed, rel),
             }
         }
-    }
-
-    fn bail_label(&mut self, index: i32, rel: i64) -> DynamicLabel {
-        let label = self.ops.new_dynamic_label();
-        self.cold.push(Cold {
-            label,
-            kind: ColdKind::Bail {
-                index,
-                rel: rel as i32,
-            },
-            dirty: self.cache.dirty,
-        });
-        label
     }
 
     fn bail_now(&mut self, index: i32, rel: i32) {
@@ -599,60 +602,48 @@ impl<'a> Emitter<'a> {
             }
             Op::Lb | Op::Lh | Op::Lw | Op::Ld | Op::Lbu | Op::Lhu | Op::Lwu => {
                 let size = d.op.access_size() as i32;
-                let bail = self.bail_label(index, rel);
-                self.address(rs1, imm, size, false, bail);
+                let direct = self.ops.new_dynamic_label();
+                let done = self.ops.new_dynamic_label();
+                let dirty = self.cache.dirty;
+                self.virtual_address(rs1, imm);
+                dynasm!(self.ops
+                    ; .arch x64
+                    ; cmp QWORD [r12 + ctx!(load_key)], DIRECT_KEY as i32
+                    ; je =>direct
+                );
+                self.fast_tlb(index, rel, size, false);
                 // Past the last bail: rd may change now.
                 let dst = self.dest(rd, RCX);
-                match d.op {
-                    Op::Lb => dynasm!(self.ops ; .arch x64 ; movsx Rq(dst), BYTE [r15 + rax]),
-                    Op::Lbu => dynasm!(self.ops ; .arch x64 ; movzx Rd(dst), BYTE [r15 + rax]),
-                    Op::Lh => dynasm!(self.ops ; .arch x64 ; movsx Rq(dst), WORD [r15 + rax]),
-                    Op::Lhu => dynasm!(self.ops ; .arch x64 ; movzx Rd(dst), WORD [r15 + rax]),
-                    Op::Lw => dynasm!(self.ops ; .arch x64 ; movsxd Rq(dst), DWORD [r15 + rax]),
-                    Op::Lwu => dynasm!(self.ops ; .arch x64 ; mov Rd(dst), DWORD [r15 + rax]),
-                    _ => dynasm!(self.ops ; .arch x64 ; mov Rq(dst), QWORD [r15 + rax]),
-                }
+                self.load(d.op, dst);
+                dynasm!(self.ops ; .arch x64 ; jmp =>done ; =>direct);
+                // No translation: RAM's bounds are all to check.
+                let miss = self.ops.new_dynamic_label();
+                self.cold.push(Cold {
+                    label: miss,
+                    kind: ColdKind::Bail {
+                        index,
+                        rel: rel as i32,
+                    },
+                    dirty,
+                });
+                let limit = ctx!(ram_limit) + 8 * (size.trailing_zeros() as i32);
+                dynasm!(self.ops
+                    ; .arch x64
+                    ; sub rax, QWORD [r12 + ctx!(ram_base)]
+                    ; cmp rax, QWORD [r12 + limit]
+                    ; ja =>miss
+                );
+                self.load(d.op, dst);
+                dynasm!(self.ops ; .arch x64 ; =>done);
                 self.store_x(rd, dst);
             }
             Op::Sb | Op::Sh | Op::Sw | Op::Sd => {
+                // A hit in the store TLB is a store to a dirty page without
+                // cached code (see `JitContext::fast_store`): the store is
+                // all there is to do.
                 let size = d.op.access_size() as i32;
-                let bail = self.bail_label(index, rel);
-                dynasm!(self.ops
-                    ; .arch x64
-                    ; cmp QWORD [r12 + ctx!(stores_bail)], 0
-                    ; jne =>bail
-                );
-                self.address(rs1, imm, size, true, bail);
-                // A store overlapping cached code (the chunk of its first
-                // byte - 2, or of its last byte) bails: the interpreter
-                // retires that code.
-                dynasm!(self.ops
-                    ; .arch x64
-                    ; cmp rax, 2
-                    ; jb =>bail
-                    ; mov rdx, QWORD [r12 + ctx!(code_chunks)]
-                    ; lea rcx, [rax - 2]
-                    ; shr rcx, crate::block::CHUNK_SHIFT as i8
-                    ; bt QWORD [rdx], rcx
-                    ; jc =>bail
-                    ; lea rcx, [rax + (size - 1)]
-                    ; shr rcx, crate::block::CHUNK_SHIFT as i8
-                    ; bt QWORD [rdx], rcx
-                    ; jc =>bail
-                );
-                // Mark the pages of its first and last byte dirty (without
-                // translation, in M-mode or under a bare satp, an access may
-                // cross a page).
-                dynasm!(self.ops
-                    ; .arch x64
-                    ; mov rdx, QWORD [r12 + ctx!(dirty_pages)]
-                    ; mov rcx, rax
-                    ; shr rcx, crate::ram::PAGE_SHIFT as i8
-                    ; mov BYTE [rdx + rcx], 1
-                    ; lea rcx, [rax + (size - 1)]
-                    ; shr rcx, crate::ram::PAGE_SHIFT as i8
-                    ; mov BYTE [rdx + rcx], 1
-                );
+                self.virtual_address(rs1, imm);
+                self.fast_tlb(index, rel, size, true);
                 let value = self.read(rs2, RCX);
                 match size {
                     1 => dynasm!(self.ops ; .arch x64 ; mov BYTE [r15 + rax], Rb(value)),
@@ -856,49 +847,62 @@ impl<'a> Emitter<'a> {
         }
     }
 
-    /// Leave in rax the RAM offset that the access of `size` bytes at
-    /// `x[rs1] + imm` touches, or jump to `bail`.
-    fn address(&mut self, rs1: u8, imm: i32, size: i32, store: bool, bail: DynamicLabel) {
+    /// The load `op` from RAM offset rax into host register `dst`.
+    fn load(&mut self, op: Op, dst: u8) {
+        match op {
+            Op::Lb => dynasm!(self.ops ; .arch x64 ; movsx Rq(dst), BYTE [r15 + rax]),
+            Op::Lbu => dynasm!(self.ops ; .arch x64 ; movzx Rd(dst), BYTE [r15 + rax]),
+            Op::Lh => dynasm!(self.ops ; .arch x64 ; movsx Rq(dst), WORD [r15 + rax]),
+            Op::Lhu => dynasm!(self.ops ; .arch x64 ; movzx Rd(dst), WORD [r15 + rax]),
+            Op::Lw => dynasm!(self.ops ; .arch x64 ; movsxd Rq(dst), DWORD [r15 + rax]),
+            Op::Lwu => dynasm!(self.ops ; .arch x64 ; mov Rd(dst), DWORD [r15 + rax]),
+            _ => dynasm!(self.ops ; .arch x64 ; mov Rq(dst), QWORD [r15 + rax]),
+        }
+    }
+
+    /// Load `x[rs1] + imm` into rax.
+    fn virtual_address(&mut self, rs1: u8, imm: i32) {
         let base = self.read(rs1, RAX);
         if imm != 0 {
             dynasm!(self.ops ; .arch x64 ; lea rax, [Rq(base) + imm]);
         } else if base != RAX {
             dynasm!(self.ops ; .arch x64 ; mov rax, Rq(base));
         }
-        let (direct, tlb, key) = if store {
-            (ctx!(store_direct), ctx!(tlb_store), ctx!(store_key))
+    }
+
+    /// Turn the virtual address in rax of the access of `size` bytes by
+    /// instruction `index` (at `rel`) into the RAM offset it touches,
+    /// through the translator's load or store TLB, or bail.
+    fn fast_tlb(&mut self, index: i32, rel: i64, size: i32, store: bool) {
+        let miss = self.ops.new_dynamic_label();
+        self.cold.push(Cold {
+            label: miss,
+            kind: ColdKind::Miss {
+                index,
+                rel: rel as i32,
+                store,
+            },
+            dirty: self.cache.dirty,
+        });
+        let (table, key) = if store {
+            (ctx!(fast_store), ctx!(store_key))
         } else {
-            (ctx!(load_direct), ctx!(tlb_load), ctx!(load_key))
+            (ctx!(fast_load), ctx!(load_key))
         };
-        let page_limit = PAGE_BYTES as i32 - size;
+        // Entry (vaddr >> 12) % 256, 16 bytes each. Its tag must be the
+        // page of the access's last byte (so that of its first byte too:
+        // an access crossing a page misses) with the context's key.
         dynasm!(self.ops
             ; .arch x64
-            ; cmp QWORD [r12 + direct], 0
-            ; jne >physical
-            // TLB: entry (vaddr >> 12) % 256, tag = page | key.
-            ; mov rcx, rax
-            ; shr rcx, 12
-            ; and ecx, 255
-            ; shl ecx, 4
-            ; add rcx, QWORD [r12 + tlb]
-            ; mov rdx, rax
+            ; mov ecx, eax
+            ; shr ecx, 8
+            ; and ecx, 0xff0
+            ; lea rdx, [rax + (size - 1)]
             ; and rdx, -4096
             ; or rdx, QWORD [r12 + key]
-            ; cmp rdx, QWORD [rcx]
-            ; jne =>bail
-            // Accesses crossing a page take the interpreter's path.
-            ; mov edx, eax
-            ; and edx, 4095
-            ; cmp edx, page_limit
-            ; ja =>bail
-            ; or rdx, QWORD [rcx + 8]
-            ; mov rax, rdx
-            ; physical:
-            ; sub rax, QWORD [r12 + ctx!(ram_base)]
-            ; mov rdx, QWORD [r12 + ctx!(ram_size)]
-            ; sub rdx, size
-            ; cmp rax, rdx
-            ; ja =>bail
+            ; cmp rdx, QWORD [r12 + rcx + table]
+            ; jne =>miss
+            ; add rax, QWORD [r12 + rcx + (table + 8)]
         );
     }
 }
