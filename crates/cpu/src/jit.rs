@@ -300,7 +300,10 @@ pub enum JitError {
 }
 
 impl Jit {
-    pub(crate) fn new() -> Result<Self, JitError> {
+    /// A translator whose epochs start at `first_epoch`: above those of
+    /// any earlier translator of the same hart, whose blocks may still
+    /// name code in a region that is gone.
+    pub(crate) fn new(first_epoch: u64) -> Result<Self, JitError> {
         let region = Region::new()?;
         let base = region.exec_view.as_ptr() as usize;
         let mut jit = Jit {
@@ -313,7 +316,7 @@ impl Jit {
             exit_link: 0,
             links: vec![0; LINK_SLOTS].into_boxed_slice(),
             links_used: 0,
-            epoch: 1,
+            epoch: first_epoch.max(1),
             released: 0,
         };
         jit.emit_stubs()?;
@@ -480,11 +483,14 @@ impl Jit {
         // and writes only: `ctx`'s fields, its TLBs at a masked index below
         // `FAST_ENTRIES`; `ctx.x[0..32]` (register numbers are 5-bit); RAM
         // at `vaddr + addend` for an entry of `ctx`'s TLBs whose tag matched
-        // the page of both the access's first and last byte, so at most
-        // 4096 - size bytes into the page the entry stands for, which was
-        // wholly in RAM when the run loop filled the entry (it empties them
-        // all when RAM's address or size is not what they were filled
-        // for); the chunk generation of the block's own chunk; and the link
+        // the page of the access's last byte, in the slot of its first
+        // byte's page; the run loop fills an entry only in the slot of its
+        // own page, so both bytes lie in that page and the access is at
+        // most 4096 - size bytes into it, a page that was wholly in RAM
+        // when the entry was filled (the loop empties them all when RAM's
+        // address or size is not what they were filled for); untranslated
+        // loads (M-mode, bare `satp`) at `vaddr - ram_base`, below
+        // `ram_limit` for their size; the chunk generation of the block's own chunk; and the link
         // slots, whose array is owned by `self` and never reallocated. The
         // run loop builds `ctx` from live `&mut` borrows of the hart that
         // nothing else uses during this call.

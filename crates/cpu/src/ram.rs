@@ -21,8 +21,9 @@ pub struct Ram {
     /// for the generation they were decoded in.
     pub(crate) host_generation: u64,
     /// One byte per page, set by every write to the page (guest stores,
-    /// translated code's included, page-table A/D updates, DMA, host
-    /// writes) and cleared by [`Ram::take_dirty_pages`]: what a digest
+    /// page-table A/D updates, DMA, host writes; translated code stores
+    /// only to pages already marked, see `dirty_clears`) and cleared by
+    /// [`Ram::take_dirty_pages`]: what a digest
     /// must hash again. Atomic only so that a reader holding `&Ram` can
     /// clear it; the machine is single-threaded and `Relaxed` compiles to
     /// plain byte moves.

@@ -135,6 +135,10 @@ mod imp {
         /// the copies filled the region and flushed it over and over.
         known: HashMap<(usize, u32), (usize, usize)>,
         known_epoch: u64,
+        /// Above every epoch of a translator dropped so far: the blocks
+        /// and `known` still hold their code addresses, in a freed region,
+        /// and a new translator starting at epoch 1 again ran them.
+        next_epoch: u64,
     }
 
     impl Translator {
@@ -149,6 +153,7 @@ mod imp {
                 threshold: TRANSLATE_AFTER_RUNS,
                 known: HashMap::new(),
                 known_epoch: 0,
+                next_epoch: 1,
             }
         }
 
@@ -164,7 +169,7 @@ mod imp {
 
         pub(super) fn enable(&mut self) -> Result<(), EngineError> {
             if self.jit.is_none() {
-                self.jit = Some(Box::new(Jit::new()?));
+                self.jit = Some(Box::new(Jit::new(self.next_epoch)?));
                 self.flush_pending = false;
                 self.link = None;
             }
@@ -172,7 +177,15 @@ mod imp {
         }
 
         pub(super) fn disable(&mut self) {
-            self.jit = None;
+            if let Some(jit) = self.jit.take() {
+                self.retire(&jit);
+            }
+        }
+
+        /// Forget translator `jit` (dropped next): the next one's epochs
+        /// start above its.
+        fn retire(&mut self, jit: &Jit) {
+            self.next_epoch = jit.epoch + 1;
         }
 
         pub(super) fn is_enabled(&self) -> bool {
@@ -243,14 +256,16 @@ mod imp {
         ) -> Option<JitExit> {
             let mut jit = self.translator.jit.take()?;
             let result = self.run_translated_with(&mut jit, block, arena, icount_limit);
-            self.translator.jit = Some(jit);
             match result {
-                Ok(exit) => exit,
+                Ok(exit) => {
+                    self.translator.jit = Some(jit);
+                    exit
+                }
                 Err(error) => {
                     // The interpreter carries on alone; nothing guest-visible
                     // depends on the engine.
                     tracing::warn!(%error, "block translator disabled");
-                    self.translator.jit = None;
+                    self.translator.retire(&jit);
                     None
                 }
             }
@@ -411,6 +426,13 @@ mod imp {
                 return;
             }
             let off = self.ram.off(ppage);
+            // RAM's dirty pages and code chunks count RAM offsets: an entry
+            // stands for whole ones only if the guest page starts a RAM
+            // page (always, with the board's aligned base). With a base
+            // off by 2 KiB, a store to a page's upper half went unmarked.
+            if off & PAGE_MASK as usize != 0 {
+                return;
+            }
             if access == Access::Store {
                 let first = (off >> CHUNK_SHIFT).saturating_sub(1);
                 let last = (off + PAGE_SIZE as usize - 1) >> CHUNK_SHIFT;
