@@ -35,7 +35,11 @@
 //!
 //! Blocks are chained: an exit to a target in the same guest page (whose
 //! physical page is therefore the same) goes through a link slot that,
-//! once the target is translated, jumps straight into it. Every block
+//! once the target is translated, jumps straight into it. Other exits
+//! (`jalr`, and jumps to another page) look their target up in the jump
+//! cache ([`jump_cache`]), by virtual pc and fetch context, and jump
+//! straight into its translation if the run loop entered it before in the
+//! same context and the fetch TLB still maps it the same. Every block
 //! starts by checking the icount limit, so chaining never runs past it.
 //! Translated code never changes interrupt state, so pending interrupts are
 //! only looked for back in the run loop, as with the interpreter.
@@ -75,8 +79,10 @@ use memmap2::{Mmap, MmapMut};
 use crate::decode::Decoded;
 
 mod emit;
+pub(crate) mod jump_cache;
 
 use emit::Emitter;
+pub(crate) use jump_cache::{JumpCache, JumpEntry};
 
 const CODE_BYTES: usize = 32 << 20;
 /// Link slots (one per static exit of a block).
@@ -148,13 +154,20 @@ pub(crate) struct JitContext {
     /// offset of an access of `1 << i` bytes is at most `ram_limit[i]`.
     pub ram_base: u64,
     pub ram_limit: [u64; 4],
-    /// The link slot of the last static exit taken.
+    /// The link slot of the last static exit taken (null after a jump
+    /// through the jump cache).
     pub link: *mut usize,
     /// Set by a bail for a TLB miss (`MISS_*`), with the virtual address:
     /// the run loop fills the entry once the interpreter has executed the
     /// access, if the access may take the fast path.
     pub miss: u64,
     pub miss_vaddr: u64,
+    /// [`JumpCache`]'s entries.
+    pub jump_cache: *const JumpEntry,
+    /// The current fetch context ([`jump_cache::fetch_key`]).
+    pub fetch_key: u64,
+    /// The hart's fetch TLB (`[TlbEntry; 256]`).
+    pub tlb_fetch: *const u64,
     /// The translator's TLBs, indexed by virtual page like the hart's:
     /// where a load or store of the current context hits, the access is
     /// wholly in one page of RAM, through the mapping the hart's TLB holds
@@ -190,6 +203,9 @@ impl Default for JitContext {
             link: std::ptr::null_mut(),
             miss: MISS_NONE,
             miss_vaddr: 0,
+            jump_cache: std::ptr::null(),
+            fetch_key: 0,
+            tlb_fetch: std::ptr::null(),
             fast_load: [FAST_EMPTY; FAST_ENTRIES],
             fast_store: [FAST_EMPTY; FAST_ENTRIES],
         }
@@ -289,6 +305,8 @@ pub(crate) struct Jit {
     pub epoch: u64,
     /// The writable view's pages below this offset are released.
     released: usize,
+    /// Translations by virtual pc, for jumps translated code cannot link.
+    pub jump_cache: JumpCache,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -318,6 +336,7 @@ impl Jit {
             links_used: 0,
             epoch: first_epoch.max(1),
             released: 0,
+            jump_cache: JumpCache::new(),
         };
         jit.emit_stubs()?;
         Ok(jit)
@@ -380,6 +399,7 @@ impl Jit {
         // 64 bits: an epoch never comes round again to revive a
         // translation recorded long ago.
         self.epoch += 1;
+        self.jump_cache.clear();
     }
 
     fn write(&mut self, at: usize, code: &[u8]) -> Result<(), JitError> {
@@ -490,10 +510,17 @@ impl Jit {
         // when the entry was filled (the loop empties them all when RAM's
         // address or size is not what they were filled for); untranslated
         // loads (M-mode, bare `satp`) at `vaddr - ram_base`, below
-        // `ram_limit` for their size; the chunk generation of the block's own chunk; and the link
-        // slots, whose array is owned by `self` and never reallocated. The
-        // run loop builds `ctx` from live `&mut` borrows of the hart that
-        // nothing else uses during this call.
+        // `ram_limit` for their size; the chunk generation of the block's
+        // own chunk; the hart's fetch TLB at a masked index below 256; the
+        // link slots, whose array is owned by `self` and never
+        // reallocated; and the jump cache's entries at a masked index below
+        // their number, also owned by `self` and never reallocated. It
+        // jumps only to the stubs, to code it was emitted with, to link
+        // slots' targets and to jump cache entries' code, both of which
+        // hold only the stubs or translations written in the current epoch
+        // (a flush resets the slots as it hands them out again, and empties
+        // the jump cache). The run loop builds `ctx` from live `&mut`
+        // borrows of the hart that nothing else uses during this call.
         let exit = unsafe {
             let enter: Entry = std::mem::transmute::<usize, Entry>(self.enter);
             enter(ctx, code as *const u8)

@@ -236,6 +236,14 @@ impl Hart {
         self.fetch_vpage = u64::MAX;
     }
 
+    /// The physical page the fetch TLB maps `vaddr`'s page to under TLB
+    /// key `key`, if it holds that page for that key.
+    pub(super) fn fetch_tlb_page(&self, vaddr: u64, key: u64) -> Option<u64> {
+        let slot = ((vaddr >> PAGE_SHIFT) as usize) % TLB_ENTRIES;
+        let entry = self.tlb[Access::Fetch as usize][slot];
+        (entry.tag == (vaddr & !PAGE_MASK) | key).then_some(entry.ppage)
+    }
+
     pub(super) fn effective_privilege(&self, access: Access) -> Privilege {
         if access != Access::Fetch && self.s.mstatus & status::MPRV != 0 {
             mpp_privilege(self.s.mstatus)

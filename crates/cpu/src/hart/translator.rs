@@ -97,6 +97,7 @@ mod imp {
     use crate::decode::Decoded;
     use crate::hart::mmu::{Access, DIRECT_KEY, NO_KEY, tlb_key};
     use crate::hart::{Hart, PAGE_MASK, PAGE_SIZE};
+    use crate::jit::jump_cache::fetch_key;
     use crate::jit::{
         ChunkStamp, EXIT_BAIL, EXIT_DONE, EXIT_LINK, FAST_EMPTY, FAST_ENTRIES, FastEntry, Jit,
         JitContext, MISS_LOAD, MISS_NONE, MISS_STORE, PendingLink,
@@ -320,6 +321,31 @@ mod imp {
                     jit.set_link(link, code);
                 }
             }
+            let bare = self.s.satp >> 60 == 0;
+            let fetch_prv = self.effective_privilege(Access::Fetch);
+            let fetch_direct = bare || fetch_prv == Privilege::Machine;
+            let fetch_tlb_key = tlb_key(self.s.satp, self.s.mstatus, fetch_prv, Access::Fetch);
+            let fetch_key = fetch_key(fetch_tlb_key, fetch_direct);
+            // Remember this entry for jumps from translated code (see
+            // `jit::jump_cache` for why a hit is this same block): the
+            // block is at RAM offset `off` of the page the run loop's fetch
+            // translation found, which is the fetch TLB's page when
+            // fetches are translated.
+            let off = self.fetch_page_off + (pc & PAGE_MASK) as usize;
+            let ppage = if fetch_direct {
+                Some(pc & !PAGE_MASK)
+            } else {
+                self.fetch_tlb_page(pc, fetch_tlb_key)
+            };
+            match ppage {
+                Some(page)
+                    if self.ram.contains(page, PAGE_SIZE)
+                        && self.ram.off(page) + (pc & PAGE_MASK) as usize == off =>
+                {
+                    jit.jump_cache.fill(pc, fetch_key, page, code);
+                }
+                _ => debug_assert!(false, "the fetch page of {pc:#x} is not the TLB's"),
+            }
             // Loads without translation check RAM's bounds rather than
             // the TLB, by the limits below; RAM too small for them takes
             // the TLB, which holds no page of it.
@@ -354,6 +380,9 @@ mod imp {
                 *limit = self.ram.size().saturating_sub(1 << i);
             }
             ctx.link = std::ptr::null_mut();
+            ctx.jump_cache = jit.jump_cache.as_ptr();
+            ctx.fetch_key = fetch_key;
+            ctx.tlb_fetch = self.tlb[Access::Fetch as usize].as_ptr().cast();
             let kind = jit.run(ctx, code)?;
             self.s.pc = ctx.pc;
             self.s.icount = ctx.icount;

@@ -13,7 +13,10 @@ use std::mem::offset_of;
 use dynasmrt::x64::X64Relocation;
 use dynasmrt::{DynamicLabel, DynasmApi, DynasmLabelApi, VecAssembler, dynasm};
 
-use super::{ChunkStamp, DIRECT_KEY, EXIT_BAIL, EXIT_LINK, JitContext, MISS_LOAD, MISS_STORE, ctx};
+use super::{
+    ChunkStamp, DIRECT_KEY, EXIT_BAIL, EXIT_LINK, JitContext, MISS_LOAD, MISS_STORE, ctx,
+    jump_cache,
+};
 use crate::decode::{Decoded, Op};
 
 const PAGE_BYTES: u64 = 4096;
@@ -384,8 +387,8 @@ impl<'a> Emitter<'a> {
 
     /// Leave the block for block-relative target `rel` after `executed`
     /// instructions: chained through a link slot when the target is in the
-    /// same page, to the run loop otherwise. Dirty registers are written
-    /// back already.
+    /// same page, through the jump cache otherwise. Dirty registers are
+    /// written back already.
     fn static_exit(&mut self, executed: i32, rel: i64) {
         let exit = self.exit;
         let target = self.page_offset as i64 + rel;
@@ -410,11 +413,9 @@ impl<'a> Emitter<'a> {
             dynasm!(self.ops
                 ; .arch x64
                 ; add r13, executed
-                ; add rbp, rel32
-                ; mov QWORD [r12 + ctx!(pc)], rbp
-                ; xor eax, eax
-                ; jmp extern exit
+                ; lea rax, [rbp + rel32]
             );
+            jump_cache::lookup(&mut self.ops, exit);
         }
     }
 
@@ -537,25 +538,20 @@ impl<'a> Emitter<'a> {
             }
             Op::Jalr => {
                 let link = (rel + len) as i32;
-                let exit = self.exit;
                 let executed = index + 1;
                 let base = self.read(rs1, RAX);
                 dynasm!(self.ops
                     ; .arch x64
                     ; lea rax, [Rq(base) + imm]
                     ; and rax, -2
-                    ; mov QWORD [r12 + ctx!(pc)], rax
                 );
+                // rd's host register is never rax: the target stays there.
                 let dst = self.dest(rd, RCX);
                 dynasm!(self.ops ; .arch x64 ; lea Rq(dst), [rbp + link]);
                 self.store_x(rd, dst);
                 self.write_back(self.cache.dirty);
-                dynasm!(self.ops
-                    ; .arch x64
-                    ; add r13, executed
-                    ; xor eax, eax
-                    ; jmp extern exit
-                );
+                dynasm!(self.ops ; .arch x64 ; add r13, executed);
+                jump_cache::lookup(&mut self.ops, self.exit);
                 return true;
             }
             Op::Beq | Op::Bne | Op::Blt | Op::Bge | Op::Bltu | Op::Bgeu => {
