@@ -3,17 +3,10 @@
 //! translator must not reuse their epochs (it started at 1 again, and the
 //! loop jumped into freed memory).
 
-use ftvm_cpu::{Bus, BusFault, Engine, Exit, Hart, HartConfig};
+use ftvm_cpu::{Engine, Exit, Hart, HartConfig};
 
-struct NoBus;
-impl Bus for NoBus {
-    fn load(&mut self, paddr: u64, _: u8, _: u64) -> Result<u64, BusFault> {
-        Err(BusFault { addr: paddr })
-    }
-    fn store(&mut self, paddr: u64, _: u8, _: u64, _: u64) -> Result<(), BusFault> {
-        Err(BusFault { addr: paddr })
-    }
-}
+mod encode;
+use encode::NoDevices;
 
 #[test]
 fn reenabling_the_translator_does_not_run_code_of_the_old_region() {
@@ -34,7 +27,7 @@ fn reenabling_the_translator_does_not_run_code_of_the_old_region() {
     h.ram_mut().write(BASE + 0x1000, &code).expect("ram");
     for round in 0..3 {
         h.set_pc(BASE + 0x1000);
-        assert_eq!(h.run(&mut NoBus, h.icount() + 10), Exit::Wfi);
+        assert_eq!(h.run(&mut NoDevices, h.icount() + 10), Exit::Wfi);
         assert_eq!(h.xreg(5), round + 1);
         h.set_engine(Engine::Interpreter).expect("engine");
         h.set_engine(Engine::Translator).expect("engine");

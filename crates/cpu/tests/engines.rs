@@ -11,6 +11,9 @@
 use ftvm_cpu::{Bus, BusFault, Engine, Exit, Hart, HartConfig};
 use proptest::prelude::*;
 
+mod encode;
+use encode::{b_type, i_type, r_type, s_type};
+
 const BASE: u64 = 0x8000_0000;
 /// Where the program under test starts (unless its setup says otherwise);
 /// `DATA` is what x31 points to.
@@ -43,27 +46,6 @@ impl Bus for Recorder {
     }
 }
 
-fn r_type(f7: u32, rs2: u32, rs1: u32, f3: u32, rd: u32, opcode: u32) -> u32 {
-    (f7 << 25) | (rs2 << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | opcode
-}
-fn i_type(imm: i32, rs1: u32, f3: u32, rd: u32, opcode: u32) -> u32 {
-    ((imm as u32 & 0xfff) << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | opcode
-}
-fn s_type(imm: i32, rs2: u32, rs1: u32, f3: u32) -> u32 {
-    let imm = imm as u32 & 0xfff;
-    ((imm >> 5) << 25) | (rs2 << 20) | (rs1 << 15) | (f3 << 12) | ((imm & 31) << 7) | 0x23
-}
-fn b_type(offset: i32, rs2: u32, rs1: u32, f3: u32) -> u32 {
-    let o = offset as u32;
-    (((o >> 12) & 1) << 31)
-        | (((o >> 5) & 0x3f) << 25)
-        | (rs2 << 20)
-        | (rs1 << 15)
-        | (f3 << 12)
-        | (((o >> 1) & 0xf) << 8)
-        | (((o >> 11) & 1) << 7)
-        | 0x63
-}
 fn csrrw(csr: u32, rs1: u32) -> u32 {
     (csr << 20) | (rs1 << 15) | (1 << 12) | 0x73
 }

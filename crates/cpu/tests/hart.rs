@@ -2,22 +2,13 @@
 //! properties the guest programs cannot check against QEMU (which does not
 //! follow the spec for `minstret` writes) or that need the host's view.
 
-use ftvm_cpu::{Bus, BusFault, Engine, Exit, Hart, HartConfig};
+use ftvm_cpu::{Engine, Exit, Hart, HartConfig};
 use proptest::prelude::*;
 
+mod encode;
+use encode::NoDevices;
+
 const BASE: u64 = 0x8000_0000;
-
-/// No devices: every MMIO access faults.
-struct NoDevices;
-
-impl Bus for NoDevices {
-    fn load(&mut self, paddr: u64, _: u8, _: u64) -> Result<u64, BusFault> {
-        Err(BusFault { addr: paddr })
-    }
-    fn store(&mut self, paddr: u64, _: u8, _: u64, _: u64) -> Result<(), BusFault> {
-        Err(BusFault { addr: paddr })
-    }
-}
 
 fn hart() -> Hart {
     Hart::new(HartConfig {
@@ -54,13 +45,7 @@ fn auipc(rd: u32, imm: u32) -> u32 {
     (imm << 12) | (rd << 7) | 0x17
 }
 fn jal(rd: u32, offset: i32) -> u32 {
-    let o = offset as u32;
-    (((o >> 20) & 1) << 31)
-        | (((o >> 1) & 0x3ff) << 21)
-        | (((o >> 11) & 1) << 20)
-        | (((o >> 12) & 0xff) << 12)
-        | (rd << 7)
-        | 0x6f
+    encode::j_type(offset, rd)
 }
 const FENCE_I: u32 = 0x0000_100f;
 const WFI: u32 = 0x1050_0073;

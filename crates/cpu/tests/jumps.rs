@@ -11,8 +11,11 @@
 //! code, `fence.i`; every run cut at random icount limits. The two engines
 //! are compared after every piece of the run.
 
-use ftvm_cpu::{Bus, BusFault, Engine, Exit, Hart, HartConfig};
+use ftvm_cpu::{Engine, Exit, Hart, HartConfig};
 use proptest::prelude::*;
+
+mod encode;
+use encode::{NoDevices, b_type, i_type, j_type, r_type, s_type};
 
 const BASE: u64 = 0x8000_0000;
 const RAM: u64 = 1 << 20;
@@ -37,47 +40,6 @@ const TABLES_A: u64 = BASE + 0x10000;
 const TABLES_B: u64 = BASE + 0x14000;
 const LIMIT: u64 = 3000;
 
-struct NoDevices;
-
-impl Bus for NoDevices {
-    fn load(&mut self, paddr: u64, _: u8, _: u64) -> Result<u64, BusFault> {
-        Err(BusFault { addr: paddr })
-    }
-    fn store(&mut self, paddr: u64, _: u8, _: u64, _: u64) -> Result<(), BusFault> {
-        Err(BusFault { addr: paddr })
-    }
-}
-
-fn r_type(f7: u32, rs2: u32, rs1: u32, f3: u32, rd: u32, opcode: u32) -> u32 {
-    (f7 << 25) | (rs2 << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | opcode
-}
-fn i_type(imm: i32, rs1: u32, f3: u32, rd: u32, opcode: u32) -> u32 {
-    ((imm as u32 & 0xfff) << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | opcode
-}
-fn s_type(imm: i32, rs2: u32, rs1: u32, f3: u32) -> u32 {
-    let imm = imm as u32 & 0xfff;
-    ((imm >> 5) << 25) | (rs2 << 20) | (rs1 << 15) | (f3 << 12) | ((imm & 31) << 7) | 0x23
-}
-fn b_type(offset: i32, rs2: u32, rs1: u32, f3: u32) -> u32 {
-    let o = offset as u32;
-    (((o >> 12) & 1) << 31)
-        | (((o >> 5) & 0x3f) << 25)
-        | (rs2 << 20)
-        | (rs1 << 15)
-        | (f3 << 12)
-        | (((o >> 1) & 0xf) << 8)
-        | (((o >> 11) & 1) << 7)
-        | 0x63
-}
-fn j_type(offset: i32, rd: u32) -> u32 {
-    let o = offset as u32;
-    (((o >> 20) & 1) << 31)
-        | (((o >> 1) & 0x3ff) << 21)
-        | (((o >> 11) & 1) << 20)
-        | (((o >> 12) & 0xff) << 12)
-        | (rd << 7)
-        | 0x6f
-}
 fn jalr(rd: u32, rs1: u32, imm: i32) -> u32 {
     i_type(imm, rs1, 0, rd, 0x67)
 }

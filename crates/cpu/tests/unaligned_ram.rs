@@ -4,25 +4,11 @@
 //! they write and retire the code they overwrite, as the interpreter does.
 //! The translator's own TLBs, keyed by guest page, first got both wrong.
 
-use ftvm_cpu::{Bus, BusFault, Engine, Exit, Hart, HartConfig};
+use ftvm_cpu::{Engine, Exit, Hart, HartConfig};
 
-struct NoBus;
-impl Bus for NoBus {
-    fn load(&mut self, paddr: u64, _: u8, _: u64) -> Result<u64, BusFault> {
-        Err(BusFault { addr: paddr })
-    }
-    fn store(&mut self, paddr: u64, _: u8, _: u64, _: u64) -> Result<(), BusFault> {
-        Err(BusFault { addr: paddr })
-    }
-}
+mod encode;
+use encode::{NoDevices, b_type, i_type, s_type};
 
-fn i_type(imm: i32, rs1: u32, f3: u32, rd: u32, opcode: u32) -> u32 {
-    ((imm as u32 & 0xfff) << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | opcode
-}
-fn s_type(imm: i32, rs2: u32, rs1: u32, f3: u32) -> u32 {
-    let imm = imm as u32 & 0xfff;
-    ((imm >> 5) << 25) | (rs2 << 20) | (rs1 << 15) | (f3 << 12) | ((imm & 31) << 7) | 0x23
-}
 fn addi(rd: u32, rs1: u32, imm: i32) -> u32 {
     i_type(imm, rs1, 0, rd, 0x13)
 }
@@ -81,7 +67,7 @@ fn unaligned_ram_base_translated_store_marks_every_page_it_writes() {
         h.set_xreg(31, PAGE);
         h.set_xreg(30, PAGE + 0x800);
         dirty_pages(&h);
-        assert_eq!(h.run(&mut NoBus, 100), Exit::Wfi);
+        assert_eq!(h.run(&mut NoDevices, 100), Exit::Wfi);
         results.push((h.state(), dirty_pages(&h)));
     }
     assert_eq!(results[0].0, results[1].0);
@@ -130,24 +116,13 @@ fn store_over_code_cached_after_the_entry(base: u64) {
         h.set_xreg(31, PAGE);
         h.set_xreg(30, ROUTINE);
         h.set_xreg(6, u64::from(patch));
-        assert_eq!(h.run(&mut NoBus, 100), Exit::Wfi);
+        assert_eq!(h.run(&mut NoDevices, 100), Exit::Wfi);
         results.push(h.xreg(5));
     }
     assert_eq!(results[0], 101, "interpreter");
     assert_eq!(results[1], 101, "translator");
 }
 
-fn b_type(offset: i32, rs2: u32, rs1: u32, f3: u32) -> u32 {
-    let o = offset as u32;
-    (((o >> 12) & 1) << 31)
-        | (((o >> 5) & 0x3f) << 25)
-        | (rs2 << 20)
-        | (rs1 << 15)
-        | (f3 << 12)
-        | (((o >> 1) & 0xf) << 8)
-        | (((o >> 11) & 1) << 7)
-        | 0x63
-}
 fn csr(number: u32, rs1: u32, f3: u32) -> u32 {
     (number << 20) | (rs1 << 15) | (f3 << 12) | 0x73
 }
@@ -199,7 +174,7 @@ fn mprv_switches_m_mode_accesses_to_the_supervisor_mapping() {
         h.set_xreg(6, 0x100);
         h.set_xreg(26, 3);
         h.set_xreg(9, (1 << 17) | (1 << 11)); // MPRV, MPP = S
-        assert_eq!(h.run(&mut NoBus, 200), Exit::Wfi);
+        assert_eq!(h.run(&mut NoDevices, 200), Exit::Wfi);
         let mut x = [0; 8];
         let mut y = [0; 8];
         h.ram().read(X, &mut x).expect("ram");

@@ -1,0 +1,48 @@
+//! RISC-V instruction encoders and a bus without devices, shared by the
+//! hart's integration tests (each test binary uses a part of them).
+#![allow(dead_code)]
+
+use ftvm_cpu::{Bus, BusFault};
+
+/// No devices: every MMIO access faults.
+pub struct NoDevices;
+
+impl Bus for NoDevices {
+    fn load(&mut self, paddr: u64, _: u8, _: u64) -> Result<u64, BusFault> {
+        Err(BusFault { addr: paddr })
+    }
+    fn store(&mut self, paddr: u64, _: u8, _: u64, _: u64) -> Result<(), BusFault> {
+        Err(BusFault { addr: paddr })
+    }
+}
+
+pub fn r_type(f7: u32, rs2: u32, rs1: u32, f3: u32, rd: u32, opcode: u32) -> u32 {
+    (f7 << 25) | (rs2 << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | opcode
+}
+pub fn i_type(imm: i32, rs1: u32, f3: u32, rd: u32, opcode: u32) -> u32 {
+    ((imm as u32 & 0xfff) << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | opcode
+}
+pub fn s_type(imm: i32, rs2: u32, rs1: u32, f3: u32) -> u32 {
+    let imm = imm as u32 & 0xfff;
+    ((imm >> 5) << 25) | (rs2 << 20) | (rs1 << 15) | (f3 << 12) | ((imm & 31) << 7) | 0x23
+}
+pub fn b_type(offset: i32, rs2: u32, rs1: u32, f3: u32) -> u32 {
+    let o = offset as u32;
+    (((o >> 12) & 1) << 31)
+        | (((o >> 5) & 0x3f) << 25)
+        | (rs2 << 20)
+        | (rs1 << 15)
+        | (f3 << 12)
+        | (((o >> 1) & 0xf) << 8)
+        | (((o >> 11) & 1) << 7)
+        | 0x63
+}
+pub fn j_type(offset: i32, rd: u32) -> u32 {
+    let o = offset as u32;
+    (((o >> 20) & 1) << 31)
+        | (((o >> 1) & 0x3ff) << 21)
+        | (((o >> 11) & 1) << 20)
+        | (((o >> 12) & 0xff) << 12)
+        | (rd << 7)
+        | 0x6f
+}
