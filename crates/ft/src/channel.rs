@@ -272,7 +272,15 @@ impl FrameDecoder {
             return Ok(None);
         }
         self.buffer.drain(..8);
-        let payload: Vec<u8> = self.buffer.drain(..len as usize).collect();
+        // Copied by slices: collecting the drain byte by byte was 6% of a
+        // backup's time while its guest received bulk data.
+        let len = len as usize;
+        let (front, back) = self.buffer.as_slices();
+        let from_front = front.len().min(len);
+        let mut payload = Vec::with_capacity(len);
+        payload.extend_from_slice(&front[..from_front]);
+        payload.extend_from_slice(&back[..len - from_front]);
+        self.buffer.drain(..len);
         if crc32c::crc32c(&payload) != crc {
             return Err(ChannelError::Corrupt("checksum mismatch".into()));
         }
