@@ -3,22 +3,15 @@
 //! translator must not reuse their epochs (it started at 1 again, and the
 //! loop jumped into freed memory).
 
-use ftvm_cpu::{Engine, Exit, Hart, HartConfig};
+use ftvm_cpu::{Engine, Exit};
 
 mod encode;
-use encode::NoDevices;
+use encode::{NoDevices, new_hart};
 
 #[test]
 fn reenabling_the_translator_does_not_run_code_of_the_old_region() {
     const BASE: u64 = 0x8000_0000;
-    let mut h = Hart::new(HartConfig {
-        hart_id: 0,
-        ram_base: BASE,
-        ram_size: 1 << 20,
-        insns_per_tick: 10,
-    });
-    h.set_engine(Engine::Translator).expect("engine");
-    h.set_translation_threshold(0);
+    let mut h = new_hart(Engine::Translator, BASE, 1 << 20);
     // addi x5, x5, 1; wfi
     let code: Vec<u8> = [0x0012_8293u32, 0x1050_0073]
         .iter()

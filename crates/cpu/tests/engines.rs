@@ -8,11 +8,11 @@
 //! blocks in the middle, and others on every aliasing of operands, check
 //! the translator's keeping of guest registers in host registers.
 
-use ftvm_cpu::{Bus, BusFault, Engine, Exit, Hart, HartConfig};
+use ftvm_cpu::{Bus, BusFault, Engine, Exit, Hart};
 use proptest::prelude::*;
 
 mod encode;
-use encode::{b_type, i_type, r_type, s_type};
+use encode::{b_type, i_type, j_type, new_hart, r_type, s_type};
 
 const BASE: u64 = 0x8000_0000;
 /// Where the program under test starts (unless its setup says otherwise);
@@ -240,15 +240,7 @@ fn register_heavy_program() -> impl Strategy<Value = Vec<u32>> {
                     // Back to the body's start, from the middle of it.
                     1 => (reg(), reg(), prop::sample::select(vec![0u32, 1, 4, 5, 6, 7]))
                         .prop_map(move |(rs1, rs2, f3)| b_type(back, rs2, rs1, f3)),
-                    1 => rd().prop_map(move |rd| {
-                        let o = back as u32;
-                        (((o >> 20) & 1) << 31)
-                            | (((o >> 1) & 0x3ff) << 21)
-                            | (((o >> 11) & 1) << 20)
-                            | (((o >> 12) & 0xff) << 12)
-                            | (rd << 7)
-                            | 0x6f
-                    }),
+                    1 => rd().prop_map(move |rd| j_type(back, rd)),
                     // lr.d / sc.d at the data pointer: a reservation makes
                     // every translated store bail.
                     1 => (rd(), reg(), any::<bool>()).prop_map(|(rd, rs2, sc)| if sc {
@@ -309,14 +301,7 @@ fn hart(engine: Engine, body: &[u32], regs: &[u64; 30], setup: Setup) -> Hart {
         sstc_timer,
         code: code_at,
     } = setup;
-    let mut h = Hart::new(HartConfig {
-        hart_id: 0,
-        ram_base: BASE,
-        ram_size: 1 << 20,
-        insns_per_tick: 10,
-    });
-    h.set_engine(engine).expect("engine available");
-    h.set_translation_threshold(0);
+    let mut h = new_hart(engine, BASE, 1 << 20);
     // Prologue at BASE: menvcfg, stimecmp and mie from x1..x3 (run before
     // the random registers are set), then mtvec = handler (WFI),
     // mepc = the body, mret into `mode` (from x29's MPP bits).
@@ -508,14 +493,7 @@ proptest! {
 fn host_writes_over_translated_code_take_effect_on_both_engines() {
     let addi_a0 = |value: i32| i_type(value, 0, 0, 10, 0x13);
     for engine in [Engine::Interpreter, Engine::Translator] {
-        let mut h = Hart::new(HartConfig {
-            hart_id: 0,
-            ram_base: BASE,
-            ram_size: 1 << 20,
-            insns_per_tick: 10,
-        });
-        h.set_engine(engine).expect("engine available");
-        h.set_translation_threshold(0);
+        let mut h = new_hart(engine, BASE, 1 << 20);
         let mut bus = Recorder::default();
         // The code straddles a 1 KiB chunk boundary: `addi a0` at the last
         // word of one chunk, `addi a1` and WFI in the next.
@@ -754,14 +732,7 @@ mod memory {
             code: code_at,
             delegate,
         } = placement;
-        let mut h = Hart::new(HartConfig {
-            hart_id: 0,
-            ram_base: BASE,
-            ram_size: 1 << 20,
-            insns_per_tick: 10,
-        });
-        h.set_engine(engine).expect("engine available");
-        h.set_translation_threshold(0);
+        let mut h = new_hart(engine, BASE, 1 << 20);
         let satp = if paged {
             tables(&mut h, mode == 0, mapping)
         } else {

@@ -11,11 +11,11 @@
 //! code, `fence.i`; every run cut at random icount limits. The two engines
 //! are compared after every piece of the run.
 
-use ftvm_cpu::{Engine, Exit, Hart, HartConfig};
+use ftvm_cpu::{Engine, Exit, Hart};
 use proptest::prelude::*;
 
 mod encode;
-use encode::{NoDevices, b_type, i_type, j_type, r_type, s_type};
+use encode::{NoDevices, b_type, i_type, j_type, new_hart, r_type, s_type};
 
 const BASE: u64 = 0x8000_0000;
 const RAM: u64 = 1 << 20;
@@ -336,14 +336,7 @@ const PROLOGUE: [u32; 9] = [
 ];
 
 fn hart(engine: Engine, pages: &[Vec<u32>], regs: &[u64; 25], setup: &Setup) -> Hart {
-    let mut h = Hart::new(HartConfig {
-        hart_id: 0,
-        ram_base: BASE,
-        ram_size: RAM,
-        insns_per_tick: 10,
-    });
-    h.set_engine(engine).expect("engine available");
-    h.set_translation_threshold(0);
+    let mut h = new_hart(engine, BASE, RAM);
     write_words(&mut h, BASE, &PROLOGUE);
     for (i, page) in pages.iter().enumerate() {
         write_words(&mut h, CODE + i as u64 * 4096, page);

@@ -4,10 +4,10 @@
 //! they write and retire the code they overwrite, as the interpreter does.
 //! The translator's own TLBs, keyed by guest page, first got both wrong.
 
-use ftvm_cpu::{Engine, Exit, Hart, HartConfig};
+use ftvm_cpu::{Engine, Exit, Hart};
 
 mod encode;
-use encode::{NoDevices, b_type, i_type, s_type};
+use encode::{NoDevices, b_type, i_type, new_hart, s_type};
 
 fn addi(rd: u32, rs1: u32, imm: i32) -> u32 {
     i_type(imm, rs1, 0, rd, 0x13)
@@ -33,18 +33,6 @@ fn dirty_pages(h: &Hart) -> Vec<usize> {
     pages
 }
 
-fn new_hart(engine: Engine, base: u64) -> Hart {
-    let mut h = Hart::new(HartConfig {
-        hart_id: 0,
-        ram_base: base,
-        ram_size: 1 << 20,
-        insns_per_tick: 10,
-    });
-    h.set_engine(engine).expect("engine");
-    h.set_translation_threshold(0);
-    h
-}
-
 /// A guest page spans two of RAM's dirty pages. A store TLB entry filled
 /// because the dirty page of the guest page's first byte was marked let a
 /// translated store to the page's upper part write a RAM page that was
@@ -61,7 +49,7 @@ fn unaligned_ram_base_translated_store_marks_every_page_it_writes() {
     ];
     let mut results = Vec::new();
     for engine in [Engine::Interpreter, Engine::Translator] {
-        let mut h = new_hart(engine, BASE);
+        let mut h = new_hart(engine, BASE, 1 << 20);
         h.ram_mut().write(CODE, &bytes(&program)).expect("ram");
         h.set_pc(CODE);
         h.set_xreg(31, PAGE);
@@ -109,7 +97,7 @@ fn store_over_code_cached_after_the_entry(base: u64) {
     let patch = addi(5, 5, 100);
     let mut results = Vec::new();
     for engine in [Engine::Interpreter, Engine::Translator] {
-        let mut h = new_hart(engine, BASE);
+        let mut h = new_hart(engine, BASE, 1 << 20);
         h.ram_mut().write(CODE, &bytes(&program)).expect("ram");
         h.ram_mut().write(ROUTINE, &bytes(&routine)).expect("ram");
         h.set_pc(CODE);
@@ -155,7 +143,7 @@ fn mprv_switches_m_mode_accesses_to_the_supervisor_mapping() {
     program.push(WFI);
     let mut results = Vec::new();
     for engine in [Engine::Interpreter, Engine::Translator] {
-        let mut h = new_hart(engine, BASE);
+        let mut h = new_hart(engine, BASE, 1 << 20);
         let mut write = |at: u64, v: u64| h.ram_mut().write(at, &v.to_le_bytes()).expect("ram");
         let pointer = |t: u64| ((t >> 12) << 10) | 1;
         write(ROOT + 2 * 8, pointer(ROOT + 0x1000));

@@ -1,8 +1,24 @@
-//! RISC-V instruction encoders and a bus without devices, shared by the
-//! hart's integration tests (each test binary uses a part of them).
+//! RISC-V instruction encoders, a bus without devices and a hart to run
+//! them on, shared by the hart's integration tests (each test binary uses
+//! a part of them).
 #![allow(dead_code)]
 
-use ftvm_cpu::{Bus, BusFault};
+use ftvm_cpu::{Bus, BusFault, Engine, Hart, HartConfig};
+
+/// A hart with `ram_size` bytes of RAM at `ram_base` on `engine`, which
+/// translates a block from its first run (so short tests exercise the
+/// translator).
+pub fn new_hart(engine: Engine, ram_base: u64, ram_size: u64) -> Hart {
+    let mut h = Hart::new(HartConfig {
+        hart_id: 0,
+        ram_base,
+        ram_size,
+        insns_per_tick: 10,
+    });
+    h.set_engine(engine).expect("engine available");
+    h.set_translation_threshold(0);
+    h
+}
 
 /// No devices: every MMIO access faults.
 pub struct NoDevices;
