@@ -68,7 +68,16 @@ pub enum Message {
     /// Log bytes, as `ftvm_replay::LogWriter` writes them (the stream
     /// continues where the last `Entries` stopped; frames carry their own
     /// sequence numbers and checksums).
-    Entries { log: Vec<u8> },
+    ///
+    /// Byte payloads go through serde as bytes, not as a sequence of
+    /// `u8`: postcard writes both the same way (a length, then the
+    /// bytes; the golden tests hold it), but reads a sequence one element
+    /// at a time, which was 5% of a backup's time in a bulk transfer and
+    /// 10x slower than one copy.
+    Entries {
+        #[serde(with = "serde_bytes")]
+        log: Vec<u8>,
+    },
     /// The backup holds every entry before `through` in its buffer,
     /// checked, and has executed to `icount`.
     Ack { through: u64, icount: u64 },
@@ -86,6 +95,7 @@ pub enum Message {
     Pages {
         offset: u64,
         encoding: crate::clone::PageEncoding,
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
     /// A chunk of a private disk as it was at the snapshot, at `offset`
@@ -93,6 +103,7 @@ pub enum Message {
     DiskPages {
         offset: u64,
         encoding: crate::clone::PageEncoding,
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
     /// The snapshot is whole: `chunks` RAM chunks and `disk_chunks` disk
