@@ -263,7 +263,7 @@ fn exit_code(node: &Node) -> ExitCode {
         // A planned hand-over (`ftvm migrate`) is this VM's success.
         Status::Ended(_) | Status::Halted(ftvm_node::HaltReason::HandedOver) => ExitCode::SUCCESS,
         Status::Halted(why) => {
-            eprintln!("ftvm: halted: {why}");
+            tracing::error!("halted: {why}");
             ExitCode::from(2)
         }
         _ => ExitCode::FAILURE,

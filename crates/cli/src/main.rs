@@ -38,7 +38,38 @@ use ftvm_board::{Engine, Firmware, MachineConfig};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How diagnostics are written on stderr (a daemon's: its log file in
+    /// the state directory): `text` for people, or `json`, one object per
+    /// line for a log pipeline. Every VM's state changes are events of
+    /// their own (target `ftvm::state`, with the pair, epoch and VM as
+    /// fields), so a failover can be followed across processes and hosts.
+    /// The processes a command starts write the same way.
+    #[arg(long, global = true, value_enum, env = "FTVM_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
+
+/// The form of the diagnostics on stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LogFormat {
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+/// This process's [`LogFormat`], passed on to the processes it starts.
+pub(crate) static LOG_FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
+/// What is logged when `RUST_LOG` says nothing: warnings and errors, and
+/// every VM's state changes.
+const DEFAULT_LOG_FILTER: &str = "warn,ftvm::state=info";
 
 #[derive(Subcommand)]
 enum Command {
@@ -446,16 +477,23 @@ fn main() -> ExitCode {
             eprintln!("ftvm: internal error, a bug in ftvm (please report it): {info}");
         }
     }));
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
+    let cli = Cli::parse();
+    let _ = LOG_FORMAT.set(cli.log_format);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
         // Colour codes only for a terminal, not in a daemon's log file.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    match dispatch(Cli::parse()) {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        // The event's fields at the top level of its object, beside
+        // `timestamp`, `level` and `target`.
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
+    match dispatch(cli) {
         Ok(code) => code,
         Err(err) if reader_went_away(&err) => ftvm_host::process::die_of_sigpipe(),
         Err(err) => {

@@ -380,8 +380,13 @@ pub(crate) fn spawn_child(dir: &Path, name: &str, args: &[OsString]) -> Result<C
     let exe = std::env::current_exe().context("finding the ftvm executable")?;
     let log = std::fs::File::create(dir.join(format!("{name}.log")))
         .with_context(|| format!("creating {name}.log"))?;
+    let log_format = crate::LOG_FORMAT
+        .get()
+        .copied()
+        .unwrap_or(crate::LogFormat::Text);
     Command::new(exe)
         .args(args)
+        .env("FTVM_LOG_FORMAT", log_format.as_str())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)

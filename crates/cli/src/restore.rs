@@ -347,18 +347,24 @@ pub fn agent(args: &AgentArgs) -> Result<ExitCode> {
         let started = Instant::now();
         match restore(dir, &mut children) {
             Ok(restored) => {
-                eprintln!(
-                    "ftvm agent: {} protected again by {} (epoch {}) in {:.2} s; pause {:.2} ms",
+                let seconds = started.elapsed().as_secs_f64();
+                tracing::info!(
+                    target: "ftvm::state",
+                    vm = %restored.survivor,
+                    backup = %restored.backup,
+                    epoch = restored.epoch,
+                    seconds,
+                    pause_ms = restored.pause_ms,
+                    "agent: {} protected again by {} (epoch {}) in {seconds:.2} s; pause {:.2} ms",
                     restored.survivor,
                     restored.backup,
                     restored.epoch,
-                    started.elapsed().as_secs_f64(),
                     restored.pause_ms
                 );
                 pause = RETRY_FIRST;
             }
             Err(e) => {
-                eprintln!("ftvm agent: restoring redundancy failed: {e:#}; again in {pause:?}");
+                tracing::warn!("agent: restoring redundancy failed: {e:#}; again in {pause:?}");
                 next_try = Instant::now() + pause;
                 pause = (pause * 2).min(RETRY_MOST);
             }

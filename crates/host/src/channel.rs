@@ -123,7 +123,6 @@ impl Channel {
                 // Whoever it was, it is not our primary: keep waiting for it.
                 Err(e) => {
                     tracing::error!(%peer, "refused a connection: {e}");
-                    eprintln!("ftvm: refused a connection from {peer}: {e}");
                 }
             }
         }

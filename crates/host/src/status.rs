@@ -166,7 +166,7 @@ impl FromStr for ChannelClose {
 }
 
 /// The arbiter's verdict as a status field.
-fn verdict_str(verdict: Verdict) -> &'static str {
+pub(crate) fn verdict_str(verdict: Verdict) -> &'static str {
     match verdict {
         Verdict::Won => "won",
         Verdict::Lost => "lost",

@@ -704,7 +704,7 @@ impl Vm {
             .any(|device| matches!(device, DeviceKind::Net { .. }));
         if card && !self.has_net {
             let why = HaltReason::NoNetwork;
-            eprintln!("ftvm: {why}");
+            tracing::error!("{why}");
             self.node.give_up(why);
         }
     }
@@ -718,7 +718,6 @@ impl Vm {
             return;
         }
         tracing::error!("closing the logging channel: {why}");
-        eprintln!("ftvm: closing the logging channel: {why}");
         channel.close();
         self.channel_closed = Some(close);
         self.node.channel_closed(close == ChannelClose::PeerClosed);
@@ -807,13 +806,10 @@ impl Vm {
         }
     }
 
-    /// Rewrite the status file (every [`STATUS_EVERY`], or `now`).
     /// Rewrite the status file every [`STATUS_EVERY`], at once when the
-    /// VM's story changed (a failover is read from it), or when `now`.
+    /// VM's story changed (a failover is read from it), or when `now`;
+    /// log each change of the story as an event.
     fn report(&mut self, now: bool) {
-        let Some(file) = &self.status_file else {
-            return;
-        };
         let story = Story {
             state: VmState::of(self.node.status()),
             milestones: self.node.stats().milestones,
@@ -821,6 +817,14 @@ impl Vm {
             cloning: self.clone.is_some(),
         };
         let changed = self.story != Some(story);
+        // A VM of a pair (`ftvm run`'s stderr is the guest's terminal).
+        if changed && self.role.is_some() {
+            self.log_story(story);
+        }
+        let Some(file) = &self.status_file else {
+            self.story = Some(story);
+            return;
+        };
         if !now && !changed && self.status_at.elapsed() < STATUS_EVERY {
             return;
         }
@@ -874,6 +878,74 @@ impl Vm {
             balloon: self.balloon,
         };
         file.write(&line);
+    }
+}
+
+impl Vm {
+    /// One event (target `ftvm::state`, info) for a change of the VM's
+    /// story, with the pair, the epoch and the VM as fields: what a log
+    /// pipeline follows a failover by, across processes and hosts.
+    fn log_story(&self, story: Story) {
+        let before = self.story;
+        let m = story.milestones;
+        let what = match before {
+            None => story.state.as_str().to_string(),
+            Some(b) if b.state != story.state => {
+                format!("{} -> {}", b.state.as_str(), story.state.as_str())
+            }
+            Some(b) => {
+                let was = b.milestones;
+                let mut changes = Vec::new();
+                if m.suspected_peer && !was.suspected_peer {
+                    changes.push("suspects its peer".to_string());
+                }
+                if m.verdict != was.verdict {
+                    let verdict = m.verdict.map_or("none", crate::status::verdict_str);
+                    changes.push(format!("test-and-set: {verdict}"));
+                }
+                if m.took_over && !was.took_over {
+                    changes.push("took over".to_string());
+                }
+                if m.announced && !was.announced {
+                    changes.push("announced the VM's address".to_string());
+                }
+                if m.clones != was.clones {
+                    changes.push(format!("clone {} protects it", m.clones));
+                }
+                if story.channel != b.channel {
+                    let why = story.channel.map_or("open", ChannelClose::as_str);
+                    changes.push(format!("logging channel: {why}"));
+                }
+                if story.cloning != b.cloning {
+                    let stage = if story.cloning { "began" } else { "over" };
+                    changes.push(format!("cloning {stage}"));
+                }
+                format!("{}: {}", story.state.as_str(), changes.join(", "))
+            }
+        };
+        let halt = match self.node.status() {
+            Status::Halted(why) => why.code().as_str(),
+            _ => "none",
+        };
+        tracing::info!(
+            target: "ftvm::state",
+            pair = %self.pair,
+            epoch = self.node.config().epoch,
+            vm = self.name.as_deref().unwrap_or("vm"),
+            role = self.role.as_deref().unwrap_or_default(),
+            pid = std::process::id(),
+            state = story.state.as_str(),
+            previous = before.map_or("none", |b| b.state.as_str()),
+            suspected = m.suspected_peer,
+            verdict = m.verdict.map_or("none", crate::status::verdict_str),
+            took_over = m.took_over,
+            announced = m.announced,
+            channel = story.channel.map_or("open", ChannelClose::as_str),
+            cloning = story.cloning,
+            clones = m.clones,
+            halt,
+            "{what}"
+        );
     }
 }
 

@@ -89,8 +89,10 @@ pub(super) fn run(config: AgentConfig) -> Result<std::process::ExitCode> {
         ftvm_host::status::write_atomically(file, format!("{}\n", agent.addr).as_bytes())
             .with_context(|| format!("writing {}", file.display()))?;
     }
-    eprintln!(
-        "ftvm agent: host {} takes requests on {}, store etcd:{}",
+    tracing::info!(
+        target: "ftvm::state",
+        host = %agent.config.host,
+        "agent: host {} takes requests on {}, store etcd:{}",
         agent.config.host,
         agent.addr,
         agent.etcd.endpoints()
@@ -212,12 +214,22 @@ impl Agent {
                         let _busy = busy;
                         let started = Instant::now();
                         match agent.restore(&pair, &name, None) {
-                            Ok(done) => eprintln!(
-                                "ftvm agent: {pair}/{name} protected again by {done} in {:.2} s",
-                                started.elapsed().as_secs_f64()
-                            ),
-                            Err(e) => eprintln!(
-                                "ftvm agent: restoring redundancy of {pair}/{name} failed: {e:#}; \
+                            Ok(done) => {
+                                let seconds = started.elapsed().as_secs_f64();
+                                tracing::info!(
+                                    target: "ftvm::state",
+                                    %pair,
+                                    vm = %name,
+                                    backup = %done,
+                                    seconds,
+                                    "agent: {pair}/{name} protected again by {done} in \
+                                     {seconds:.2} s"
+                                );
+                            }
+                            Err(e) => tracing::warn!(
+                                %pair,
+                                vm = %name,
+                                "agent: restoring redundancy of {pair}/{name} failed: {e:#}; \
                                  again in {pause:?}"
                             ),
                         }
@@ -246,7 +258,7 @@ impl Agent {
             Some(id) => match self.etcd.keep_alive(id) {
                 Ok(true) => Some(id),
                 Ok(false) => {
-                    eprintln!("ftvm agent: the host's lease expired; registering again");
+                    tracing::warn!("agent: the host's lease expired; registering again");
                     None
                 }
                 Err(e) => {
@@ -261,8 +273,10 @@ impl Agent {
             Some(id) => id,
             None => match self.etcd.grant(LEASE_TTL_S) {
                 Ok(id) => {
-                    eprintln!(
-                        "ftvm agent: host {} registered (lease {id:x})",
+                    tracing::info!(
+                        target: "ftvm::state",
+                        host = %self.config.host,
+                        "agent: host {} registered (lease {id:x})",
                         self.config.host
                     );
                     id
@@ -396,7 +410,7 @@ impl Agent {
                         self.handle(request).map_err(|e| format!("{e:#}"))
                     }
                     Err(e) => {
-                        eprintln!("ftvm agent: refused a request from {peer}: {e}");
+                        tracing::warn!(%peer, "agent: refused a request: {e}");
                         Err(e.to_string())
                     }
                 };
@@ -520,7 +534,13 @@ impl Agent {
         if let Ok(mut children) = self.children.lock() {
             children.push(child);
         }
-        eprintln!("ftvm agent: started {pair}/{name} (pid {pid}) as {role:?}");
+        tracing::info!(
+            target: "ftvm::state",
+            %pair,
+            vm = %name,
+            pid,
+            "agent: started {pair}/{name} (pid {pid}) as {role:?}"
+        );
         match role {
             Role::Alone => Ok(String::new()),
             Role::Backup { .. } => listening_addr(&dir, name, pid),

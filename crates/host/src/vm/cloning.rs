@@ -121,7 +121,6 @@ impl Vm {
             }
             CloneEvent::Failed(why) => {
                 tracing::warn!("the clone failed: {why}");
-                eprintln!("ftvm: the clone failed: {why}");
                 self.node.clone_failed(&why);
                 self.clone = None;
             }
