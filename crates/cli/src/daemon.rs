@@ -84,6 +84,13 @@ pub struct PairArgs {
     #[arg(long)]
     pub name: Option<String>,
 
+    /// Serve this VM's metrics in Prometheus's text format at
+    /// `http://HOST:PORT/metrics` (port 0: any free port; the status line
+    /// says which, as `metrics=HOST:PORT`). `ftvm up` gives each VM a free
+    /// loopback port.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics: Option<std::net::SocketAddr>,
+
     /// Give the VM a network card on a network that outlives it (the
     /// primary's card is the pair's; the backup's port carries the VM's
     /// traffic once it goes live): `switch:HOST:PORT`, a port on an
@@ -198,6 +205,7 @@ impl PairArgs {
             console_socket: self.console_socket.clone(),
             status_file: self.status_file.clone(),
             control_socket: self.control_socket.clone(),
+            metrics: self.metrics,
             stop,
         })
     }

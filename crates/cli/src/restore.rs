@@ -92,6 +92,9 @@ impl Plan {
             dir.join(format!("{name}.console")).into(),
             "--control-socket".into(),
             dir.join(format!("{name}.control")).into(),
+            // Metrics on a free loopback port, named in the status line.
+            "--metrics".into(),
+            "127.0.0.1:0".into(),
         ];
         args.extend(self.common.iter().map(OsString::from));
         args

@@ -36,6 +36,7 @@ pub mod control;
 pub mod etcd;
 pub mod files;
 pub mod io;
+pub mod metrics;
 pub mod pair;
 pub mod process;
 pub mod status;

@@ -105,6 +105,9 @@ pub struct PairOptions {
     pub status_file: Option<PathBuf>,
     /// Where `ftvm protect` and the agent ask this VM to clone itself.
     pub control_socket: Option<PathBuf>,
+    /// Serve metrics for Prometheus here (port 0: any free port; the
+    /// status line says which).
+    pub metrics: Option<std::net::SocketAddr>,
     /// Set by SIGTERM/SIGINT.
     pub stop: Arc<AtomicBool>,
 }
@@ -165,6 +168,7 @@ fn vm_host(
     host.name = Some(options.name.clone());
     host.key = Some(options.key);
     host.control = options.control_socket;
+    host.metrics = options.metrics.map(crate::metrics::serve).transpose()?;
     Ok(host)
 }
 

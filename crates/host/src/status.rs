@@ -300,6 +300,9 @@ pub struct StatusLine {
     /// The memory balloon, if the machine has one.
     #[serde(default)]
     pub balloon: Option<BalloonMib>,
+    /// Where its metrics are served (`--metrics`), for Prometheus.
+    #[serde(default)]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl StatusLine {
@@ -324,6 +327,7 @@ impl StatusLine {
             clone: None,
             measures: None,
             balloon: None,
+            metrics: None,
         }
     }
 
@@ -418,6 +422,9 @@ impl fmt::Display for StatusLine {
         if let Some(bytes) = self.clone_bytes {
             write!(f, " clone-bytes={bytes}")?;
         }
+        if let Some(addr) = self.metrics {
+            write!(f, " metrics={addr}")?;
+        }
         Ok(())
     }
 }
@@ -484,6 +491,7 @@ impl FromStr for StatusLine {
                 "clones" => status.clones = field("clones", value)?,
                 "clone-pause-ms" => status.clone_pause_ms = Some(field("clone-pause-ms", value)?),
                 "clone-bytes" => status.clone_bytes = Some(field("clone-bytes", value)?),
+                "metrics" => status.metrics = Some(field("metrics", value)?),
                 "lag" => m.lag_entries = field("lag", value)?,
                 "lag-ms" => m.lag_ms = field("lag-ms", value)?,
                 "log-mbit-s" => m.log_mbit_s = field("log-mbit-s", value)?,
@@ -666,6 +674,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
 
     fn full() -> StatusLine {
         StatusLine {
@@ -703,6 +712,7 @@ mod tests {
                 target: 32.0,
                 actual: 31.5,
             }),
+            metrics: Some(SocketAddr::from(([127, 0, 0, 1], 46511))),
         }
     }
 

@@ -44,6 +44,7 @@ use crate::clone::CloneEvent;
 use crate::console::ConsoleFile;
 use crate::control::{Reply, Request};
 use crate::io::{HostIo, IoJob, IoThread};
+use crate::metrics::{Exposition, Histogram, Kind, Text};
 use crate::status::{BalloonMib, ChannelClose, Measures, StatusFile, StatusLine, VmState};
 use crate::terminal::{ConsoleEvent, RawMode};
 
@@ -111,6 +112,9 @@ pub struct VmHost {
     pub key: Option<[u8; 32]>,
     /// Where `ftvm protect` and the agent ask this VM (see [`crate::control`]).
     pub control: Option<PathBuf>,
+    /// Where this VM's metrics are served, and their text
+    /// ([`crate::metrics::serve`]).
+    pub metrics: Option<(std::net::SocketAddr, Exposition)>,
 }
 
 impl VmHost {
@@ -133,6 +137,7 @@ impl VmHost {
             stop,
             key: None,
             control: None,
+            metrics: None,
         }
     }
 }
@@ -262,6 +267,10 @@ struct Vm {
     net_checked: bool,
     console_socket: Option<PathBuf>,
     control_socket: Option<PathBuf>,
+    metrics: Option<(std::net::SocketAddr, Exposition)>,
+    /// Take-overs by this process so far: a counter for the metrics (the
+    /// node's milestones start again with each epoch).
+    failovers: u64,
     _raw_mode: Option<RawMode>,
 }
 
@@ -296,6 +305,7 @@ pub fn run(node: Node, host: VmHost) -> Result<Node, HostError> {
         stop,
         key,
         control,
+        metrics,
     } = host;
     let has_net = io.net.is_some();
     let disk = io.disk.as_ref().map(|d| (d.path().to_path_buf(), d.len()));
@@ -421,6 +431,8 @@ pub fn run(node: Node, host: VmHost) -> Result<Node, HostError> {
         net_checked: false,
         console_socket,
         control_socket: control,
+        metrics,
+        failovers: 0,
         _raw_mode: raw_mode,
     };
     vm.serve()
@@ -821,10 +833,13 @@ impl Vm {
         if changed && self.role.is_some() {
             self.log_story(story);
         }
-        let Some(file) = &self.status_file else {
+        if story.milestones.took_over && !self.story.is_some_and(|s| s.milestones.took_over) {
+            self.failovers += 1;
+        }
+        if self.status_file.is_none() && self.metrics.is_none() {
             self.story = Some(story);
             return;
-        };
+        }
         if !now && !changed && self.status_at.elapsed() < STATUS_EVERY {
             return;
         }
@@ -876,8 +891,141 @@ impl Vm {
                 icount: stats.icount,
             }),
             balloon: self.balloon,
+            metrics: self.metrics.as_ref().map(|(addr, _)| *addr),
         };
-        file.write(&line);
+        if let Some((_, exposition)) = &self.metrics {
+            exposition.set(self.render_metrics(&line));
+        }
+        if let Some(file) = &self.status_file {
+            file.write(&line);
+        }
+    }
+
+    /// This VM's metrics as of its status `line`, in Prometheus's text
+    /// format, every sample labelled with the pair and the VM's name.
+    fn render_metrics(&self, line: &StatusLine) -> String {
+        let stats = self.node.stats();
+        let mut text = Text::new(vec![
+            ("pair", self.pair.clone()),
+            ("vm", self.name.clone().unwrap_or_else(|| "vm".into())),
+        ]);
+        let state_labels: Vec<[(&str, &str); 1]> = VmState::ALL
+            .iter()
+            .filter(|s| **s != VmState::Dead)
+            .map(|s| [("state", s.as_str())])
+            .collect();
+        let samples: Vec<(&[(&str, &str)], f64)> = state_labels
+            .iter()
+            .map(|labels| {
+                let current = labels[0].1 == line.state.as_str();
+                (&labels[..], if current { 1.0 } else { 0.0 })
+            })
+            .collect();
+        text.many(
+            "ftvm_vm_state",
+            "The VM's state: 1 for the state it is in, 0 for the others.",
+            Kind::Gauge,
+            &samples,
+        );
+        let role = [("role", self.role.as_deref().unwrap_or("solo"))];
+        text.many(
+            "ftvm_vm_info",
+            "What the VM was started as.",
+            Kind::Gauge,
+            &[(&role, 1.0)],
+        );
+        text.one(
+            "ftvm_epoch",
+            "The pair's epoch as this VM knows it: one more with each new backup.",
+            Kind::Gauge,
+            line.epoch.unwrap_or(0) as f64,
+        );
+        text.one(
+            "ftvm_lag_entries",
+            "Log entries the backup has not acknowledged (primary) or not executed (backup).",
+            Kind::Gauge,
+            stats.lag_entries as f64,
+        );
+        text.one(
+            "ftvm_lag_seconds",
+            "How long the primary would take to execute what its backup has still to \
+             execute: about what a failover now would need to catch up.",
+            Kind::Gauge,
+            stats.lag_ns as f64 / 1e9,
+        );
+        text.one(
+            "ftvm_log_bytes_total",
+            "Log bytes sent to the backup (primary) or received from the primary (backup).",
+            Kind::Counter,
+            stats.log_bytes as f64,
+        );
+        text.one(
+            "ftvm_log_entries_total",
+            "Log entries sent (primary) or received and checked (backup).",
+            Kind::Counter,
+            stats.log_entries as f64,
+        );
+        text.one(
+            "ftvm_outputs_released_total",
+            "Outputs (console bytes, frames, disk writes) released to the world.",
+            Kind::Counter,
+            stats.outputs as f64,
+        );
+        let mut delays = Histogram::new(&ftvm_node::DELAY_BUCKETS_S);
+        delays.counts = stats.delay_buckets.to_vec();
+        delays.count = stats.outputs;
+        delays.sum = stats.delay_sum_ns as f64 / 1e9;
+        text.histogram(
+            "ftvm_output_delay_seconds",
+            "The output rule's delay: from an output's production to its release, once the \
+             backup holds the log up to it.",
+            &delays,
+        );
+        text.one(
+            "ftvm_failovers_total",
+            "Times this VM took over the guest from its failed primary.",
+            Kind::Counter,
+            self.failovers as f64,
+        );
+        text.one(
+            "ftvm_clones_total",
+            "New backups cloned from this VM that caught up and protect it.",
+            Kind::Counter,
+            f64::from(line.clones),
+        );
+        text.one(
+            "ftvm_clone_pause_seconds",
+            "How long the guest stood still for the last clone's snapshot.",
+            Kind::Gauge,
+            line.clone_pause_ms.unwrap_or(0.0) / 1e3,
+        );
+        text.one(
+            "ftvm_clone_sent_bytes",
+            "Bytes the last finished clone's snapshot took on the channel.",
+            Kind::Gauge,
+            line.clone_bytes.unwrap_or(0) as f64,
+        );
+        text.one(
+            "ftvm_clone_progress_ratio",
+            "How far a clone in progress is through the VM's RAM (0 to 1; 0 when none).",
+            Kind::Gauge,
+            line.clone
+                .map_or(0.0, |c| c.done_mib / c.total_mib.max(f64::MIN_POSITIVE)),
+        );
+        text.one(
+            "ftvm_guest_instructions_total",
+            "Guest instructions executed (the machine's instruction count; a guest reboot \
+             starts it again).",
+            Kind::Counter,
+            stats.icount as f64,
+        );
+        text.one(
+            "ftvm_io_in_flight",
+            "Host I/O requests (disk, entropy) the guest waits for.",
+            Kind::Gauge,
+            self.node.io_in_flight() as f64,
+        );
+        text.finish()
     }
 }
 

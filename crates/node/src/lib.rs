@@ -56,7 +56,7 @@ use ftvm_replay::{End, LogError};
 pub use balloon::{BalloonRefused, BalloonSet, pages_to_mib};
 pub use clone::{CloneBegun, CloneRefused};
 pub use halt::{HaltCode, HaltReason};
-pub use stats::{Milestones, Stats};
+pub use stats::{DELAY_BUCKETS_S, Milestones, Stats};
 
 use live::Running;
 use replaying::Replaying;
@@ -412,6 +412,11 @@ impl Node {
             }
         }
         std::mem::take(&mut self.effects)
+    }
+
+    /// I/O requests handed to the host whose answer has not come.
+    pub fn io_in_flight(&self) -> usize {
+        self.in_flight.len()
     }
 
     /// When [`Node::tick`] next has something to do (ms, monotonic).

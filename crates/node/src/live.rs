@@ -599,6 +599,7 @@ impl Node {
             self.icount_base + r.recorder.last_icount(),
         );
         self.stats.log_bytes += bytes.len() as u64;
+        self.stats.log_entries = r.recorder.entries();
         for chunk in bytes.chunks(ENTRIES_CHUNK) {
             self.effects.push(Effect::Send(Message::Entries {
                 log: chunk.to_vec(),

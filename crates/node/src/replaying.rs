@@ -171,6 +171,7 @@ impl Node {
             Ok(ack) => {
                 if let Message::Entries { log } = message {
                     self.stats.log_bytes += log.len() as u64;
+                    self.stats.log_entries = r.backup.acked();
                 }
                 if let Some(ack) = ack {
                     self.effects.push(Effect::Send(ack));

@@ -11,6 +11,13 @@ use crate::Effect;
 /// How many recent output-rule delays the statistics keep.
 const DELAYS_KEPT: usize = 4096;
 
+/// Upper bounds, in seconds, of the buckets the output-rule delays are
+/// counted in (for a histogram in Prometheus's sense): from a logging
+/// round trip on one host to a second.
+pub const DELAY_BUCKETS_S: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
 /// Numbers for `ftvm status` and the benchmarks.
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
@@ -31,6 +38,13 @@ pub struct Stats {
     pub output_delays_ns: VecDeque<u64>,
     /// Outputs released in all.
     pub outputs: u64,
+    /// Every output-rule delay so far, counted in the buckets of
+    /// [`DELAY_BUCKETS_S`] (each counts the delays above the bound before
+    /// it; longer than the last: none), and their sum.
+    pub delay_buckets: [u64; DELAY_BUCKETS_S.len()],
+    pub delay_sum_ns: u64,
+    /// Log entries sent (primary) or received and checked (backup).
+    pub log_entries: u64,
     pub milestones: Milestones,
 }
 
@@ -81,6 +95,11 @@ pub(crate) fn release(effects: &mut Vec<Effect>, stats: &mut Stats, held: Held, 
 
 pub(crate) fn count_release(stats: &mut Stats, delay_ns: u64) {
     stats.outputs += 1;
+    let seconds = delay_ns as f64 / 1e9;
+    if let Some(bucket) = DELAY_BUCKETS_S.iter().position(|&bound| seconds <= bound) {
+        stats.delay_buckets[bucket] += 1;
+    }
+    stats.delay_sum_ns += delay_ns;
     if stats.output_delays_ns.len() == DELAYS_KEPT {
         stats.output_delays_ns.pop_front();
     }

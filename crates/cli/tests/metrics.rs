@@ -1,0 +1,225 @@
+//! A pair's metrics as an operator's Prometheus sees them: `ftvm up`
+//! gives each VM a metrics endpoint on a free loopback port (named in its
+//! status line); each endpoint passes `promtool check metrics`; and a real
+//! Prometheus server (Debian's `prometheus`, which `scripts/deps`
+//! installs), started here and scraping both VMs every second, answers
+//! queries about the pair: the backup's lag, the VMs' states, and the
+//! failover counter, before and after the primary is killed.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use support::pair::{Pair, Vm, VmState};
+use support::ticks::*;
+use support::{poll, signal};
+
+const PROMETHEUS_LIMIT: Duration = Duration::from_secs(60);
+
+/// `GET path` on `addr`: the body, if the answer is a 200.
+fn get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    let (head, body) = answer.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200")
+        .then(|| body.to_string())
+        .or_else(|| head.starts_with("HTTP/1.0 200").then(|| body.to_string()))
+}
+
+/// `promtool check metrics` of `text`: its complaints, if any.
+fn promtool_check(text: &str) -> Result<(), String> {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running promtool (Debian's prometheus: run scripts/deps)");
+    child
+        .stdin
+        .take()
+        .expect("promtool's stdin")
+        .write_all(text.as_bytes())
+        .expect("feeding promtool");
+    let out = child.wait_with_output().expect("promtool's verdict");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// A Prometheus server of its own, ended with the test.
+struct Prometheus {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Prometheus {
+    /// Scraping `targets` every second, its data under `dir`.
+    fn start(dir: &Path, targets: &[SocketAddr]) -> Prometheus {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\n\
+             scrape_configs:\n  - job_name: ftvm\n    static_configs:\n      - targets: [{}]\n",
+            targets.join(", ")
+        );
+        let config_file = dir.join("prometheus.yml");
+        std::fs::write(&config_file, config).expect("writing prometheus.yml");
+        let log = std::fs::File::create(dir.join("prometheus.log")).expect("prometheus.log");
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config_file.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("prometheus-data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting prometheus (Debian's prometheus: run scripts/deps)");
+        let prometheus = Prometheus { child, addr };
+        let ready = poll(PROMETHEUS_LIMIT, || get(addr, "/-/ready"));
+        assert!(
+            ready.is_some(),
+            "prometheus never became ready; see {}",
+            dir.join("prometheus.log").display()
+        );
+        prometheus
+    }
+
+    /// The instant vector `query` evaluates to: (labels, value) each.
+    fn query(&self, query: &str) -> Vec<(Value, f64)> {
+        let body = get(self.addr, &format!("/api/v1/query?query={}", encode(query)))
+            .unwrap_or_else(|| panic!("prometheus did not answer {query:?}"));
+        let answer: Value = serde_json::from_str(&body).expect("prometheus's JSON");
+        assert_eq!(answer["status"], "success", "{query}: {answer}");
+        answer["data"]["result"]
+            .as_array()
+            .map(|results| {
+                results
+                    .iter()
+                    .map(|r| {
+                        let value = r["value"][1]
+                            .as_str()
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(f64::NAN);
+                        (r["metric"].clone(), value)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Ask `query` again and again until `want` holds of its answer.
+    fn wait_for(&self, query: &str, want: impl Fn(&[(Value, f64)]) -> bool) -> Vec<(Value, f64)> {
+        let mut last = Vec::new();
+        let found = poll(PROMETHEUS_LIMIT, || {
+            last = self.query(query);
+            want(&last).then(|| last.clone())
+        });
+        found.unwrap_or_else(|| panic!("prometheus's answer to {query:?} never held: {last:?}"))
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Percent-encoding for a query string.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[test]
+fn prometheus_follows_a_pair_across_a_failover() {
+    let _serial = support::serial();
+    let mut pair = Pair::new("metrics");
+    let (primary, _backup) = pair.up(&guest(TICK_CMD, &SLACK));
+    pair.wait_tick(3, BOOT_LIMIT, "booting");
+    let endpoint = |vm: Vm| {
+        pair.status(vm)
+            .and_then(|line| line.metrics)
+            .unwrap_or_else(|| panic!("the {vm}'s status names no metrics\n{}", pair.diag()))
+    };
+    let targets = [endpoint(Vm::Primary), endpoint(Vm::Backup)];
+    for (vm, addr) in Vm::BOTH.into_iter().zip(targets) {
+        let text = get(addr, "/metrics").unwrap_or_else(|| panic!("no metrics from the {vm}"));
+        if let Err(complaints) = promtool_check(&text) {
+            panic!("promtool check metrics on the {vm}'s:\n{complaints}\n{text}");
+        }
+        assert!(
+            text.contains("ftvm_lag_seconds{") && text.contains("ftvm_failovers_total{"),
+            "{text}"
+        );
+    }
+
+    let prometheus = Prometheus::start(pair.dir(), &targets);
+    // Both VMs scraped, and the pair as it is: one primary, one backup,
+    // no failover.
+    prometheus.wait_for("up", |r| r.len() == 2 && r.iter().all(|(_, v)| *v == 1.0));
+    let lag = prometheus.wait_for("ftvm_lag_seconds", |r| r.len() == 2);
+    for (labels, value) in &lag {
+        assert_eq!(labels["pair"], "ftvm", "{labels}");
+        assert!(value.is_finite() && *value >= 0.0, "{labels}: {value}");
+    }
+    prometheus.wait_for(
+        "ftvm_vm_state{state=\"primary\",vm=\"primary\"} == 1 or \
+         ftvm_vm_state{state=\"backup\",vm=\"backup\"} == 1",
+        |r| r.len() == 2,
+    );
+    let before = prometheus.query("sum(ftvm_failovers_total)");
+    assert_eq!(before.first().map(|(_, v)| *v), Some(0.0), "{before:?}");
+
+    signal(primary, libc::SIGKILL);
+    pair.wait_state(Vm::Backup, VmState::Live, FAILOVER_LIMIT);
+    let failovers = prometheus.wait_for("ftvm_failovers_total{vm=\"backup\"}", |r| {
+        r.len() == 1 && r[0].1 == 1.0
+    });
+    assert_eq!(failovers[0].0["pair"], "ftvm");
+    prometheus.wait_for("ftvm_vm_state{state=\"live\",vm=\"backup\"}", |r| {
+        r.len() == 1 && r[0].1 == 1.0
+    });
+    // The dead primary's target is down; the pair counts one failover.
+    prometheus.wait_for("up{job=\"ftvm\"} == 0", |r| r.len() == 1);
+    let total = prometheus.query("sum(ftvm_failovers_total)");
+    assert_eq!(total.first().map(|(_, v)| *v), Some(1.0), "{total:?}");
+    // Its lag as it runs alone: a number, nothing waits for a backup.
+    prometheus.wait_for("ftvm_lag_seconds{vm=\"backup\"}", |r| {
+        r.len() == 1 && r[0].1.is_finite()
+    });
+}
