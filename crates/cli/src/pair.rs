@@ -176,6 +176,8 @@ fn start_switch(dir: &Path, gateway: &str) -> Result<(String, u32)> {
         dir.into(),
         "--key-file".into(),
         dir.join("key").into(),
+        "--metrics".into(),
+        "127.0.0.1:0".into(),
     ];
     let pid = spawn(dir, "switch", &args)?;
     let addr = listening_addr(dir, "switch", pid)?;

@@ -49,6 +49,68 @@ pub struct SwitchArgs {
     /// (or repeated) are dropped. Required to listen beyond loopback.
     #[arg(long, value_name = "FILE")]
     pub key_file: Option<PathBuf>,
+
+    /// Serve the switch's metrics in Prometheus's text format at
+    /// `http://HOST:PORT/metrics` (port 0: any free port; the status line
+    /// says which). `ftvm up` gives it a free loopback port.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics: Option<SocketAddr>,
+}
+
+/// The switch's metrics in Prometheus's text format, labelled with the
+/// address VMs attach to.
+fn render_metrics(server: &SwitchServer, line: &SwitchStatus) -> String {
+    use ftvm_host::metrics::{Kind, Text};
+    let mut text = Text::new(vec![("switch", line.addr.clone())]);
+    text.one(
+        "ftvm_switch_vm_ports",
+        "VM ports attached (the gateway's not counted).",
+        Kind::Gauge,
+        line.ports as f64,
+    );
+    text.one(
+        "ftvm_switch_address_moves_total",
+        "Times a VM's address moved to another port: a backup that went live announced it.",
+        Kind::Counter,
+        line.moves as f64,
+    );
+    text.one(
+        "ftvm_switch_ports_expired_total",
+        "VM ports detached for their silence (a VM that died or froze).",
+        Kind::Counter,
+        line.expired as f64,
+    );
+    text.one(
+        "ftvm_switch_datagrams_refused_total",
+        "Datagrams dropped as unauthenticated (without the pair's key, or repeated).",
+        Kind::Counter,
+        line.refused as f64,
+    );
+    let traffic = server.traffic();
+    let labels: Vec<[(&str, &str); 1]> = traffic
+        .iter()
+        .map(|(port, _)| [("port", port.as_str())])
+        .collect();
+    let samples = |pick: fn(&ftvm_net::switch::PortTraffic) -> u64| {
+        labels
+            .iter()
+            .zip(&traffic)
+            .map(|(labels, (_, t))| (&labels[..], pick(t) as f64))
+            .collect::<Vec<_>>()
+    };
+    text.many(
+        "ftvm_switch_frames_received_total",
+        "Frames each port sent into the switch (`gateway`, or a VM port's UDP address).",
+        Kind::Counter,
+        &samples(|t| t.received),
+    );
+    text.many(
+        "ftvm_switch_frames_delivered_total",
+        "Frames the switch gave each port.",
+        Kind::Counter,
+        &samples(|t| t.delivered),
+    );
+    text.finish()
 }
 
 /// How long a switch started for a pair waits for a VM of it to appear.
@@ -91,21 +153,27 @@ pub fn switch(args: &SwitchArgs) -> Result<ExitCode> {
         .context("writing to stdout")?;
     }
     let status = args.status_file.as_ref().map(StatusFile::new);
+    let metrics = args.metrics.map(ftvm_host::metrics::serve).transpose()?;
     let started = Instant::now();
     let mut pair_seen = false;
     while !stop.load(Ordering::Relaxed) {
         server
             .serve_for(Duration::from_millis(250))
             .context("serving the switch")?;
+        let line = SwitchStatus {
+            pid: std::process::id(),
+            ports: server.vm_ports(),
+            addr: addr.to_string(),
+            moves: server.moves(),
+            expired: server.expired(),
+            refused: server.refused(),
+            metrics: metrics.as_ref().map(|(addr, _)| *addr),
+        };
+        if let Some((_, exposition)) = &metrics {
+            exposition.set(render_metrics(&server, &line));
+        }
         if let Some(file) = &status {
-            file.write(&SwitchStatus {
-                pid: std::process::id(),
-                ports: server.vm_ports(),
-                addr: addr.to_string(),
-                moves: server.moves(),
-                expired: server.expired(),
-                refused: server.refused(),
-            });
+            file.write(&line);
         }
         if let Some(dir) = &args.pair_dir {
             match crate::pair::pair_runs(dir) {

@@ -579,6 +579,9 @@ pub struct SwitchStatus {
     /// repeated).
     #[serde(default)]
     pub refused: u64,
+    /// Where its metrics are served (`--metrics`).
+    #[serde(default)]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl fmt::Display for SwitchStatus {
@@ -587,7 +590,11 @@ impl fmt::Display for SwitchStatus {
             f,
             "switch pid={} ports={} addr={} moves={} expired={} refused={}",
             self.pid, self.ports, self.addr, self.moves, self.expired, self.refused
-        )
+        )?;
+        if let Some(addr) = self.metrics {
+            write!(f, " metrics={addr}")?;
+        }
+        Ok(())
     }
 }
 
@@ -607,6 +614,7 @@ impl FromStr for SwitchStatus {
             moves: 0,
             expired: 0,
             refused: 0,
+            metrics: None,
         };
         let mut pid = None;
         for word in words {
@@ -617,6 +625,7 @@ impl FromStr for SwitchStatus {
                 Some(("moves", v)) => status.moves = field("moves", v)?,
                 Some(("expired", v)) => status.expired = field("expired", v)?,
                 Some(("refused", v)) => status.refused = field("refused", v)?,
+                Some(("metrics", v)) => status.metrics = Some(field("metrics", v)?),
                 // A newer writer's field.
                 Some(_) => {}
                 None => return Err(StatusError::Field("field", word.to_string())),
@@ -740,10 +749,12 @@ mod tests {
             moves: 2,
             expired: 1,
             refused: 4,
+            metrics: Some(SocketAddr::from(([127, 0, 0, 1], 4001))),
         };
         assert_eq!(
             switch.to_string(),
-            "switch pid=9 ports=3 addr=127.0.0.1:4000 moves=2 expired=1 refused=4"
+            "switch pid=9 ports=3 addr=127.0.0.1:4000 moves=2 expired=1 refused=4 \
+             metrics=127.0.0.1:4001"
         );
         assert_eq!(
             switch.to_string().parse::<SwitchStatus>(),

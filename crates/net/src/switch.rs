@@ -226,7 +226,16 @@ pub struct SwitchServer {
     /// Datagrams dropped: failing the key's MAC or repeated (with a key),
     /// or sealed for a switch that has none.
     refused: u64,
+    /// Frames from and to each port, for the metrics.
+    traffic: HashMap<PortId, PortTraffic>,
     auth: Option<Auth>,
+}
+
+/// Frames a port of the switch sent into it and was given.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortTraffic {
+    pub received: u64,
+    pub delivered: u64,
 }
 
 impl SwitchServer {
@@ -267,6 +276,7 @@ impl SwitchServer {
             moves: 0,
             expired: 0,
             refused: 0,
+            traffic: HashMap::new(),
             auth: Auth::new(key),
         })
     }
@@ -295,6 +305,26 @@ impl SwitchServer {
         self.moves
     }
 
+    /// Each port's frames, named `gateway` or by the VM port's UDP
+    /// address; a port detached is forgotten.
+    pub fn traffic(&self) -> Vec<(String, PortTraffic)> {
+        let gateway = self.gateway.as_ref().map(|(port, _)| *port);
+        let mut ports: Vec<(String, PortTraffic)> = self
+            .traffic
+            .iter()
+            .filter_map(|(port, traffic)| {
+                let name = if Some(*port) == gateway {
+                    "gateway".to_string()
+                } else {
+                    self.addrs.get(port)?.to_string()
+                };
+                Some((name, *traffic))
+            })
+            .collect();
+        ports.sort_by(|a, b| a.0.cmp(&b.0));
+        ports
+    }
+
     /// How many VM ports were detached for their silence.
     pub fn expired(&self) -> u64 {
         self.expired
@@ -312,6 +342,7 @@ impl SwitchServer {
                     tracing::warn!(%addr, "port gone silent: detached");
                     self.expired += 1;
                     self.ports.remove(&addr);
+                    self.traffic.remove(&port);
                 }
             }
             if now >= until {
@@ -385,6 +416,7 @@ impl SwitchServer {
         }
         let moved = mac_at(bytes, 6)
             .filter(|src| !is_group(src) && self.switch.port_of(src).is_some_and(|p| p != port));
+        self.traffic.entry(port).or_default().received += 1;
         let out = self.switch.forward(port, bytes, now);
         if let Some(mac) = moved {
             tracing::warn!(mac = %format_mac(&mac), %from, "address moved to another port");
@@ -395,6 +427,7 @@ impl SwitchServer {
 
     fn deliver(&mut self, out: &[PortId], frame: &[u8]) {
         for &port in out {
+            self.traffic.entry(port).or_default().delivered += 1;
             if let Some((gateway_port, gateway)) = &mut self.gateway {
                 if port == *gateway_port {
                     gateway.send(frame);
@@ -426,6 +459,7 @@ impl SwitchServer {
         let now = self.now();
         self.switch.touch(port, now);
         for frame in frames {
+            self.traffic.entry(port).or_default().received += 1;
             let out = self.switch.forward(port, &frame, now);
             self.deliver(&out, &frame);
         }
@@ -683,6 +717,13 @@ mod tests {
         server.serve_for(Duration::from_millis(50)).unwrap();
         assert_eq!(next_frame(&mut a.try_clone().unwrap()), reply);
         assert_eq!((server.moves(), server.expired()), (0, 0));
+        // Each port sent one frame and was given one; the keepalives that
+        // attached them are not frames.
+        let traffic = server.traffic();
+        assert_eq!(traffic.len(), 2, "{traffic:?}");
+        for (_, t) in traffic {
+            assert_eq!((t.received, t.delivered), (1, 1));
+        }
     }
 
     #[test]
