@@ -19,6 +19,7 @@ mod restore;
 mod run;
 mod set;
 mod switch;
+mod watch;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -89,8 +89,19 @@ pub struct StatusArgs {
 
     /// Print one JSON object (`{"vms": [...], "switch": ...}`) with every
     /// field of the status lines, for scripts.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "watch")]
     pub json: bool,
+
+    /// Redraw a table of the pair's VMs (state, epoch, lag, log rate,
+    /// output delay, clones) and the events seen since (state changes,
+    /// suspicions, take-overs, clones) every `--every-ms`, until
+    /// interrupted or until no VM of the pair runs any more.
+    #[arg(long)]
+    pub watch: bool,
+
+    /// How often `--watch` looks.
+    #[arg(long, value_name = "MS", default_value_t = 500, requires = "watch")]
+    pub every_ms: u64,
 }
 
 pub fn up(args: &UpArgs) -> Result<ExitCode> {
@@ -493,7 +504,7 @@ pub(crate) fn start_order(name: &str) -> (u64, String) {
 }
 
 /// The pair's switch, if it runs.
-fn read_switch(dir: &Path) -> Option<SwitchStatus> {
+pub(crate) fn read_switch(dir: &Path) -> Option<SwitchStatus> {
     StatusFile::read::<SwitchStatus>(&dir.join("switch.status")).filter(|s| process_alive(s.pid))
 }
 
@@ -502,6 +513,9 @@ pub fn status(args: &StatusArgs) -> Result<ExitCode> {
     let vms = read_vms(dir);
     if vms.is_empty() {
         bail!("no pair in {}", dir.display());
+    }
+    if args.watch {
+        return crate::watch::watch(dir, Duration::from_millis(args.every_ms.max(50)));
     }
     let switch = read_switch(dir);
     if args.json {
