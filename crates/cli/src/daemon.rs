@@ -91,6 +91,12 @@ pub struct PairArgs {
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics: Option<std::net::SocketAddr>,
 
+    /// Keep this VM's history here: a JSON line a second (state, epoch,
+    /// lag, log rate, output delay, instructions) and one at each change
+    /// of its state, which `ftvm plot` draws.
+    #[arg(long, value_name = "FILE")]
+    pub history_file: Option<PathBuf>,
+
     /// Give the VM a network card on a network that outlives it (the
     /// primary's card is the pair's; the backup's port carries the VM's
     /// traffic once it goes live): `switch:HOST:PORT`, a port on an
@@ -206,6 +212,7 @@ impl PairArgs {
             status_file: self.status_file.clone(),
             control_socket: self.control_socket.clone(),
             metrics: self.metrics,
+            history_file: self.history_file.clone(),
             stop,
         })
     }

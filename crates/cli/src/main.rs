@@ -14,6 +14,7 @@
 mod cluster;
 mod daemon;
 mod pair;
+mod plot;
 mod replay;
 mod restore;
 mod run;
@@ -153,6 +154,12 @@ enum Command {
     /// Kill the backup (SIGKILL) and show the VM going on alone and
     /// redundancy coming back, with times.
     TestRestartBackup(restore::TestArgs),
+
+    /// Draw the pair's history as a timeline (SVG or PNG): each VM's
+    /// state, the guest's instructions per second on each VM, the backup's
+    /// lag, the logging channel's rate and the output delay, with
+    /// failovers, suspicions and clones marked.
+    Plot(plot::PlotArgs),
 
     /// Reconfigure a pair's running VM: the memory balloon's target
     /// (`--balloon MIB`, for a machine started with `--balloon`). The VM
@@ -534,6 +541,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Migrate(args) => restore::migrate(&args),
         Command::TestFailover(args) => restore::test_failover(&args),
         Command::TestRestartBackup(args) => restore::test_restart_backup(&args),
+        Command::Plot(args) => plot::plot(&args),
         Command::Set(args) => set::set(&args),
     }
 }

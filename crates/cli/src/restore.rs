@@ -95,6 +95,8 @@ impl Plan {
             // Metrics on a free loopback port, named in the status line.
             "--metrics".into(),
             "127.0.0.1:0".into(),
+            "--history-file".into(),
+            dir.join(format!("{name}.history")).into(),
         ];
         args.extend(self.common.iter().map(OsString::from));
         args

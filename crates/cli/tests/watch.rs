@@ -1,6 +1,8 @@
 //! `ftvm status --watch` on a pair: its table shows both VMs, a failover
 //! shows as events (the backup suspects its peer and takes over), and it
-//! ends by itself once the pair has ended.
+//! ends by itself once the pair has ended. And `ftvm plot` of the same
+//! pair's history: a picture that names the failover. And `ftvm plot` of the same
+//! pair's history: a picture that names the failover.
 
 mod support;
 
@@ -52,6 +54,26 @@ fn the_watch_shows_a_failover_and_ends_with_the_pair() {
         seen.is_some(),
         "the failover is not in the events:\n{}",
         read()
+    );
+    // The history has the failover, and the picture says so.
+    let picture = pair.path("pair.svg");
+    let plotted = pair
+        .ftvm()
+        .args(["plot", "--state-dir"])
+        .arg(pair.dir())
+        .arg("--out")
+        .arg(&picture)
+        .output()
+        .expect("ftvm plot");
+    assert!(
+        plotted.status.success(),
+        "ftvm plot failed: {}",
+        String::from_utf8_lossy(&plotted.stderr)
+    );
+    let svg = std::fs::read_to_string(&picture).unwrap_or_default();
+    assert!(
+        svg.contains("backup: backup -&gt; live"),
+        "the picture does not name the failover"
     );
     let stopped = pair
         .ftvm()

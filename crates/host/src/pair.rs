@@ -108,6 +108,8 @@ pub struct PairOptions {
     /// Serve metrics for Prometheus here (port 0: any free port; the
     /// status line says which).
     pub metrics: Option<std::net::SocketAddr>,
+    /// Keep the VM's history here (`ftvm plot` draws it).
+    pub history_file: Option<PathBuf>,
     /// Set by SIGTERM/SIGINT.
     pub stop: Arc<AtomicBool>,
 }
@@ -169,6 +171,7 @@ fn vm_host(
     host.key = Some(options.key);
     host.control = options.control_socket;
     host.metrics = options.metrics.map(crate::metrics::serve).transpose()?;
+    host.history = options.history_file;
     Ok(host)
 }
 

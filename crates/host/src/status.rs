@@ -636,6 +636,94 @@ impl FromStr for SwitchStatus {
     }
 }
 
+/// One line of a VM's history (`NAME.history` in the pair's state
+/// directory, JSON a line): its numbers once a second, and at once when
+/// its story changes, with what changed (`event`). `ftvm plot` draws it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HistoryLine {
+    /// Wall-clock time, ms since the Unix epoch.
+    pub unix_ms: u64,
+    pub vm: String,
+    pub state: VmState,
+    pub epoch: u64,
+    pub lag_entries: u64,
+    pub lag_ms: f64,
+    pub log_mbit_s: f64,
+    pub delay_ms: f64,
+    pub delay_p99_ms: f64,
+    pub outputs: u64,
+    pub icount: u64,
+    /// What changed, if this line is for a change: as the VM's
+    /// `ftvm::state` log event says it (`backup -> live`, `primary:
+    /// suspects its peer`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+    /// How long the guest stood still for a clone that just finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clone_pause_ms: Option<f64>,
+}
+
+/// A VM's history file, appended to; past [`HISTORY_MAX_BYTES`] it starts
+/// again, the old one kept as `NAME.history.old`.
+pub struct HistoryFile {
+    path: PathBuf,
+    written: u64,
+}
+
+/// How big a history file grows before it starts again (about nine hours
+/// of a line a second).
+pub const HISTORY_MAX_BYTES: u64 = 8 << 20;
+
+impl HistoryFile {
+    pub fn new(path: impl Into<PathBuf>) -> HistoryFile {
+        let path = path.into();
+        let written = std::fs::metadata(&path).map_or(0, |m| m.len());
+        HistoryFile { path, written }
+    }
+
+    /// Append `line`; a history is a convenience, so a failure is only
+    /// logged.
+    pub fn append(&mut self, line: &HistoryLine) {
+        use std::io::Write;
+        let Ok(mut text) = serde_json::to_string(line) else {
+            return;
+        };
+        text.push('\n');
+        if self.written + text.len() as u64 > HISTORY_MAX_BYTES {
+            let mut old = self.path.clone().into_os_string();
+            old.push(".old");
+            let _ = std::fs::rename(&self.path, old);
+            self.written = 0;
+        }
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .and_then(|mut file| file.write_all(text.as_bytes()));
+        match appended {
+            Ok(()) => self.written += text.len() as u64,
+            Err(e) => tracing::debug!(path = %self.path.display(), %e, "history not written"),
+        }
+    }
+
+    /// Every line of the history at `path` (its `.old` part first), in
+    /// order; lines that do not read are skipped.
+    pub fn read(path: &Path) -> Vec<HistoryLine> {
+        let mut old = path.to_path_buf().into_os_string();
+        old.push(".old");
+        [PathBuf::from(old), path.to_path_buf()]
+            .iter()
+            .flat_map(|p| {
+                std::fs::read_to_string(p)
+                    .unwrap_or_default()
+                    .lines()
+                    .filter_map(|l| serde_json::from_str(l).ok())
+                    .collect::<Vec<HistoryLine>>()
+            })
+            .collect()
+    }
+}
+
 /// What `ftvm status --json` prints: every VM's line, and the switch's.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PairStatus {

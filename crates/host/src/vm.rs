@@ -45,7 +45,9 @@ use crate::console::ConsoleFile;
 use crate::control::{Reply, Request};
 use crate::io::{HostIo, IoJob, IoThread};
 use crate::metrics::{Exposition, Histogram, Kind, Text};
-use crate::status::{BalloonMib, ChannelClose, Measures, StatusFile, StatusLine, VmState};
+use crate::status::{
+    BalloonMib, ChannelClose, HistoryFile, HistoryLine, Measures, StatusFile, StatusLine, VmState,
+};
 use crate::terminal::{ConsoleEvent, RawMode};
 
 mod cloning;
@@ -65,6 +67,8 @@ const NET_INPUT: mio::Token = mio::Token(3);
 
 /// How often the status file is rewritten.
 const STATUS_EVERY: Duration = Duration::from_millis(200);
+/// How often a line of the VM's history is written, between changes.
+const HISTORY_EVERY: Duration = Duration::from_secs(1);
 
 /// Where the guest's console input comes from.
 pub enum ConsoleIn {
@@ -115,6 +119,8 @@ pub struct VmHost {
     /// Where this VM's metrics are served, and their text
     /// ([`crate::metrics::serve`]).
     pub metrics: Option<(std::net::SocketAddr, Exposition)>,
+    /// Where this VM keeps its history (see [`HistoryLine`]).
+    pub history: Option<PathBuf>,
 }
 
 impl VmHost {
@@ -138,6 +144,7 @@ impl VmHost {
             key: None,
             control: None,
             metrics: None,
+            history: None,
         }
     }
 }
@@ -271,6 +278,8 @@ struct Vm {
     /// Take-overs by this process so far: a counter for the metrics (the
     /// node's milestones start again with each epoch).
     failovers: u64,
+    history: Option<HistoryFile>,
+    history_at: Instant,
     _raw_mode: Option<RawMode>,
 }
 
@@ -306,6 +315,7 @@ pub fn run(node: Node, host: VmHost) -> Result<Node, HostError> {
         key,
         control,
         metrics,
+        history,
     } = host;
     let has_net = io.net.is_some();
     let disk = io.disk.as_ref().map(|d| (d.path().to_path_buf(), d.len()));
@@ -433,6 +443,8 @@ pub fn run(node: Node, host: VmHost) -> Result<Node, HostError> {
         control_socket: control,
         metrics,
         failovers: 0,
+        history: history.map(HistoryFile::new),
+        history_at: Instant::now(),
         _raw_mode: raw_mode,
     };
     vm.serve()
@@ -830,8 +842,9 @@ impl Vm {
         };
         let changed = self.story != Some(story);
         // A VM of a pair (`ftvm run`'s stderr is the guest's terminal).
-        if changed && self.role.is_some() {
-            self.log_story(story);
+        let event = (changed && self.role.is_some()).then(|| self.log_story(story));
+        if event.is_some() || self.history_at.elapsed() >= HISTORY_EVERY {
+            self.remember(story, event);
         }
         if story.milestones.took_over && !self.story.is_some_and(|s| s.milestones.took_over) {
             self.failovers += 1;
@@ -1033,7 +1046,7 @@ impl Vm {
     /// One event (target `ftvm::state`, info) for a change of the VM's
     /// story, with the pair, the epoch and the VM as fields: what a log
     /// pipeline follows a failover by, across processes and hosts.
-    fn log_story(&self, story: Story) {
+    fn log_story(&self, story: Story) -> String {
         let before = self.story;
         let m = story.milestones;
         let what = match before {
@@ -1094,6 +1107,42 @@ impl Vm {
             halt,
             "{what}"
         );
+        what
+    }
+
+    /// A line of this VM's history: its numbers now, and `event` if the
+    /// line is for a change of its story.
+    fn remember(&mut self, story: Story, event: Option<String>) {
+        self.history_at = Instant::now();
+        let Some(history) = &mut self.history else {
+            return;
+        };
+        let stats = self.node.stats();
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let line = HistoryLine {
+            unix_ms,
+            vm: self.name.clone().unwrap_or_else(|| "vm".into()),
+            state: story.state,
+            epoch: self.node.config().epoch,
+            lag_entries: stats.lag_entries,
+            lag_ms: stats.lag_ns as f64 / 1e6,
+            log_mbit_s: self.log_mbit_s,
+            delay_ms: stats.delay_quantile_ns(0.5) as f64 / 1e6,
+            delay_p99_ms: stats.delay_quantile_ns(0.99) as f64 / 1e6,
+            outputs: stats.outputs,
+            icount: stats.icount,
+            clone_pause_ms: event
+                .as_ref()
+                .filter(|_| {
+                    self.story
+                        .is_some_and(|b| story.milestones.clones > b.milestones.clones)
+                })
+                .and(self.clone_pause_ms),
+            event,
+        };
+        history.append(&line);
     }
 }
 

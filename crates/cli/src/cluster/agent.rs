@@ -511,6 +511,8 @@ impl Agent {
             file("console"),
             "--control-socket".into(),
             file("control"),
+            "--history-file".into(),
+            file("history"),
             "--key-file".into(),
             dir.join("key").into(),
             "--arbiter".into(),
