@@ -13,6 +13,7 @@
 
 mod cluster;
 mod daemon;
+mod page;
 mod pair;
 mod plot;
 mod replay;

@@ -304,8 +304,9 @@ fn start_vms(args: &UpArgs, dir: &Path, net: Option<&str>) -> Result<ExitCode> {
     } else if let Some(why) = &plan.not_restorable {
         format!("redundancy: not restored after a failure: {why}\n")
     } else {
-        let pid = crate::restore::start_agent(dir)?;
-        format!("redundancy: restored after a failure by the agent (pid {pid})\n")
+        let (pid, page) = crate::restore::start_agent(dir)?;
+        let page = page.map_or(String::new(), |url| format!("status page: {url}\n"));
+        format!("redundancy: restored after a failure by the agent (pid {pid})\n{page}")
     };
     if args.no_backup {
         restore = format!(

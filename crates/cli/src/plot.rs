@@ -53,13 +53,7 @@ pub fn plot(args: &PlotArgs) -> Result<ExitCode> {
         .filter(|&(w, h): &(u32, u32)| w >= 300 && h >= 300)
         .with_context(|| format!("--size {:?}: WIDTHxHEIGHT, each at least 300", args.size))?;
     let timeline = Timeline::new(&histories);
-    let font = std::fs::read(TEXT_FONT).with_context(|| {
-        format!("the picture's text needs the font {TEXT_FONT} (Debian's fonts-dejavu-core)")
-    })?;
-    // The font lives as long as the process: plotters keeps it.
-    let font: &'static [u8] = Box::leak(font.into_boxed_slice());
-    plotters::style::register_font("sans-serif", FontStyle::Normal, font)
-        .map_err(|_| anyhow!("{TEXT_FONT} is not a font plotters can use"))?;
+    register_font()?;
     match args.out.extension().and_then(|e| e.to_str()) {
         Some("svg") => {
             let root = SVGBackend::new(&args.out, (width, height)).into_drawing_area();
@@ -83,6 +77,43 @@ pub fn plot(args: &PlotArgs) -> Result<ExitCode> {
         args.out.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The font plotters lays text out with, registered once a process.
+fn register_font() -> Result<()> {
+    static REGISTERED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    REGISTERED
+        .get_or_init(|| {
+            let font = std::fs::read(TEXT_FONT).map_err(|e| {
+                format!(
+                    "the picture's text needs the font {TEXT_FONT} (Debian's \
+                     fonts-dejavu-core): {e}"
+                )
+            })?;
+            // Plotters keeps the font for the rest of the process.
+            let font: &'static [u8] = Box::leak(font.into_boxed_slice());
+            plotters::style::register_font("sans-serif", FontStyle::Normal, font)
+                .map_err(|_| format!("{TEXT_FONT} is not a font plotters can use"))
+        })
+        .clone()
+        .map_err(|e| anyhow!(e))
+}
+
+/// The timeline of the pair in `dir` as SVG text (the agent's page).
+pub fn svg(dir: &Path, size: (u32, u32)) -> Result<String> {
+    let histories = read_histories(dir);
+    if histories.values().all(Vec::is_empty) {
+        bail!("no VM history in {}", dir.display());
+    }
+    register_font()?;
+    let timeline = Timeline::new(&histories);
+    let mut text = String::new();
+    {
+        let root = SVGBackend::with_string(&mut text, size).into_drawing_area();
+        draw(&root, &timeline)?;
+        root.present().map_err(fail)?;
+    }
+    Ok(text)
 }
 
 /// Every VM's history in `dir` (and in `dir/gone`, where the agent puts

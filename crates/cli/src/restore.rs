@@ -307,6 +307,13 @@ pub struct AgentArgs {
 
     #[command(flatten)]
     pub cluster: crate::cluster::ClusterAgentArgs,
+
+    /// Serve the pair's status page (its VMs, and the timeline `ftvm plot`
+    /// draws, redrawn live) at `http://HOST:PORT/` (port 0: any free port;
+    /// the address goes in `DIR/agent.http`). `ftvm up` gives the agent a
+    /// free loopback port.
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "cluster")]
+    pub http: Option<std::net::SocketAddr>,
 }
 
 /// How long a VM must have run alone before the agent gives it a backup:
@@ -323,6 +330,12 @@ pub fn agent(args: &AgentArgs) -> Result<ExitCode> {
         return crate::cluster::agent(dir, &args.cluster);
     }
     let stop = ftvm_host::stop_flag()?;
+    if let Some(addr) = args.http {
+        let addr = crate::page::serve(addr, dir)?;
+        let file = crate::page::address_file(dir);
+        ftvm_host::status::write_atomically(&file, format!("http://{addr}/\n").as_bytes())
+            .with_context(|| format!("writing {}", file.display()))?;
+    }
     let mut alone_since: Option<Instant> = None;
     let mut pause = RETRY_FIRST;
     let mut next_try = Instant::now();
@@ -379,13 +392,30 @@ pub fn agent(args: &AgentArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Start the pair's agent (`ftvm up`); its pid.
-pub fn start_agent(dir: &Path) -> Result<u32> {
-    let args: Vec<OsString> = vec!["agent".into(), "--state-dir".into(), dir.into()];
+/// Start the pair's agent (`ftvm up`), with its status page on a free
+/// loopback port; its pid, and the page's address once it serves it.
+pub fn start_agent(dir: &Path) -> Result<(u32, Option<String>)> {
+    let args: Vec<OsString> = vec![
+        "agent".into(),
+        "--state-dir".into(),
+        dir.into(),
+        "--http".into(),
+        "127.0.0.1:0".into(),
+    ];
+    let page = crate::page::address_file(dir);
+    let _ = std::fs::remove_file(&page);
     let pid = spawn(dir, "agent", &args)?;
     std::fs::write(dir.join(AGENT_PID), format!("{pid}\n"))
         .with_context(|| format!("writing {}", dir.join(AGENT_PID).display()))?;
-    Ok(pid)
+    // The page is a convenience: a slow start leaves it unnamed here.
+    let url = wait_for(Duration::from_secs(5), || {
+        std::fs::read_to_string(&page)
+            .ok()
+            .filter(|s| s.ends_with('\n'))
+    })
+    .ok()
+    .map(|s| s.trim().to_string());
+    Ok((pid, url))
 }
 
 /// End the pair's agent, if it runs.

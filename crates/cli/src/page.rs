@@ -1,0 +1,224 @@
+//! The agent's status page: a small HTML page of the pair (its VMs and
+//! switch as `ftvm status` shows them, and the timeline `ftvm plot`
+//! draws), served over HTTP by `ftvm agent --http HOST:PORT` and redrawn
+//! in the browser every second from `/status.json`.
+//!
+//! Routes: `/` (the page; its table is rendered here, so it reads right
+//! without script too), `/status.json` (what `ftvm status --json` prints),
+//! `/plot.svg` (the timeline of the VMs' histories).
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use ftvm_host::status::{PairStatus, StatusLine};
+
+use crate::pair::{read_switch, read_vms};
+
+/// Serve the page of the pair in `dir` on `addr` from a thread; the
+/// address listened on.
+pub fn serve(addr: SocketAddr, dir: &Path) -> Result<SocketAddr> {
+    let listener =
+        TcpListener::bind(addr).with_context(|| format!("listening for the page on {addr}"))?;
+    let local = listener.local_addr().context("the page's address")?;
+    let dir = dir.to_path_buf();
+    std::thread::Builder::new()
+        .name("page".into())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                if let Err(e) = answer(stream, &dir) {
+                    tracing::debug!("the status page: {e:#}");
+                }
+            }
+        })
+        .context("starting the page's thread")?;
+    Ok(local)
+}
+
+fn answer(stream: TcpStream, dir: &Path) -> Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut request = String::new();
+    reader.read_line(&mut request)?;
+    let mut header = String::new();
+    while reader.read_line(&mut header)? > 2 {
+        header.clear();
+    }
+    let path = request.split_whitespace().nth(1).unwrap_or("/");
+    let path = path.split('?').next().unwrap_or("/");
+    let (status, kind, body) = match path {
+        "/" => ("200 OK", "text/html; charset=utf-8", page(dir).into_bytes()),
+        "/status.json" => (
+            "200 OK",
+            "application/json",
+            serde_json::to_vec(&status(dir)).context("encoding the status")?,
+        ),
+        "/plot.svg" => match crate::plot::svg(dir, (1100, 820)) {
+            Ok(svg) => ("200 OK", "image/svg+xml", svg.into_bytes()),
+            Err(e) => (
+                "404 Not Found",
+                "text/plain; charset=utf-8",
+                format!("{e:#}\n").into_bytes(),
+            ),
+        },
+        _ => (
+            "404 Not Found",
+            "text/plain; charset=utf-8",
+            b"not here\n".to_vec(),
+        ),
+    };
+    let mut stream = stream;
+    write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n\
+         Cache-Control: no-store\r\nConnection: close\r\n\r\n",
+        body.len()
+    )?;
+    stream.write_all(&body)?;
+    stream.flush()?;
+    Ok(())
+}
+
+/// The pair as `ftvm status --json` says it.
+fn status(dir: &Path) -> PairStatus {
+    PairStatus {
+        vms: read_vms(dir).iter().map(|vm| vm.describe()).collect(),
+        switch: read_switch(dir),
+    }
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// One table row per VM; the same as the page's script draws.
+fn rows(vms: &[StatusLine]) -> String {
+    let mut out = String::new();
+    for line in vms {
+        let name = escape(line.name.as_deref().unwrap_or("?"));
+        let m = line.measures.as_ref();
+        let cell = |f: &dyn Fn(&ftvm_host::status::Measures) -> String| m.map_or("-".into(), f);
+        out.push_str(&format!(
+            "<tr data-vm=\"{name}\" data-state=\"{state}\"><td>{name}</td><td>{pid}</td>\
+             <td class=\"state {state}\">{state}</td><td>{epoch}</td><td>{lag}</td>\
+             <td>{lag_ms}</td><td>{rate}</td><td>{delay}</td><td>{p99}</td><td>{clones}</td></tr>\n",
+            state = line.state.as_str(),
+            pid = line.pid,
+            epoch = line.epoch.map_or("-".into(), |e| e.to_string()),
+            lag = cell(&|m| m.lag_entries.to_string()),
+            lag_ms = cell(&|m| format!("{:.1}", m.lag_ms)),
+            rate = cell(&|m| format!("{:.3}", m.log_mbit_s)),
+            delay = cell(&|m| format!("{:.2}", m.delay_ms)),
+            p99 = cell(&|m| format!("{:.2}", m.delay_p99_ms)),
+            clones = line.clones,
+        ));
+    }
+    out
+}
+
+fn page(dir: &Path) -> String {
+    let status = status(dir);
+    let switch = status.switch.as_ref().map_or(String::new(), |s| {
+        format!(
+            "<p id=\"switch\">switch pid {} on {}: {} VM ports, {} address moves, {} expired, \
+             {} refused</p>",
+            s.pid,
+            escape(&s.addr),
+            s.ports,
+            s.moves,
+            s.expired,
+            s.refused
+        )
+    });
+    let title = escape(&dir_name(dir));
+    format!(
+        r##"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>ftvm pair {title}</title>
+<style>
+body {{ font-family: sans-serif; margin: 1.5em; }}
+table {{ border-collapse: collapse; }}
+th, td {{ padding: 0.2em 0.8em; border-bottom: 1px solid #ddd; text-align: right; }}
+th:first-child, td:first-child, td.state {{ text-align: left; }}
+td.primary {{ color: #2e8b57; }} td.backup {{ color: #4682b4; }}
+td.live {{ color: #e67e22; }} td.cloning {{ color: #8e44ad; }}
+td.dead, td.halted, td.ended {{ color: #7f8c8d; }}
+</style></head>
+<body>
+<h1>ftvm pair {title}</h1>
+<p>Redrawn every second; <a href="/status.json">status.json</a> is what
+<code>ftvm status --json</code> prints.</p>
+<table id="vms"><thead><tr><th>VM</th><th>pid</th><th>state</th><th>epoch</th>
+<th>lag</th><th>lag ms</th><th>log Mbit/s</th><th>delay ms</th><th>p99 ms</th>
+<th>clones</th></tr></thead>
+<tbody>
+{rows}</tbody></table>
+{switch}
+<h2>Timeline</h2>
+<img id="plot" src="/plot.svg" alt="the pair's history, as ftvm plot draws it" width="1100">
+<script>
+const fmt = (v, d) => (v === undefined || v === null) ? "-" : v.toFixed(d);
+const esc = s => String(s).replace(/[&<>"]/g, c => ({{"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}})[c]);
+async function redraw() {{
+  try {{
+    const status = await (await fetch("/status.json", {{cache: "no-store"}})).json();
+    const rows = status.vms.map(v => {{
+      const m = v.measures || {{}};
+      const name = esc(v.name || "?");
+      return `<tr data-vm="${{name}}" data-state="${{v.state}}"><td>${{name}}</td><td>${{v.pid}}</td>` +
+        `<td class="state ${{v.state}}">${{v.state}}</td><td>${{v.epoch ?? "-"}}</td>` +
+        `<td>${{m.lag_entries ?? "-"}}</td><td>${{fmt(m.lag_ms, 1)}}</td>` +
+        `<td>${{fmt(m.log_mbit_s, 3)}}</td><td>${{fmt(m.delay_ms, 2)}}</td>` +
+        `<td>${{fmt(m.delay_p99_ms, 2)}}</td><td>${{v.clones}}</td></tr>`;
+    }});
+    document.querySelector("#vms tbody").innerHTML = rows.join("\n");
+  }} catch (e) {{}}
+}}
+let ticks = 0;
+setInterval(() => {{
+  redraw();
+  if (++ticks % 5 === 0) document.getElementById("plot").src = "/plot.svg?" + ticks;
+}}, 1000);
+</script>
+</body></html>
+"##,
+        rows = rows(&status.vms),
+    )
+}
+
+fn dir_name(dir: &Path) -> String {
+    dir.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| dir.display().to_string())
+}
+
+/// Where the agent of the pair in `dir` says its page is.
+pub fn address_file(dir: &Path) -> PathBuf {
+    dir.join("agent.http")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ftvm_host::status::VmState;
+
+    #[test]
+    fn rows_carry_each_vm_and_its_state_escaped() {
+        let line = StatusLine {
+            name: Some("a<b".into()),
+            epoch: Some(2),
+            ..StatusLine::new(VmState::Live, 9)
+        };
+        let html = rows(&[line]);
+        assert!(
+            html.starts_with("<tr data-vm=\"a&lt;b\" data-state=\"live\">"),
+            "{html}"
+        );
+        assert!(html.contains("<td>2</td>"), "{html}");
+    }
+}
