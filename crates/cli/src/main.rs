@@ -16,6 +16,7 @@ mod daemon;
 mod page;
 mod pair;
 mod plot;
+mod progress;
 mod replay;
 mod restore;
 mod run;

@@ -55,8 +55,10 @@ pub fn replay(args: &ReplayArgs) -> Result<ExitCode> {
         .transpose()?;
     let name = args.log.display();
     let file = std::fs::File::open(&args.log).with_context(|| format!("opening the log {name}"))?;
+    // How much of the log has been read, on a terminal (hidden elsewhere).
+    let progress = crate::progress::bytes(file.metadata().map_or(0, |m| m.len()), "replaying");
     let mut replayer = Replayer::new(
-        std::io::BufReader::new(file),
+        progress.wrap_read(std::io::BufReader::new(file)),
         args.engine.engine(),
         &ftvm_host::files::HostFiles,
     )
@@ -72,6 +74,7 @@ pub fn replay(args: &ReplayArgs) -> Result<ExitCode> {
         }
     };
     let result = replayer.run(&mut out);
+    progress.finish_and_clear();
     if let Some(e) = write_error {
         return Err(e).context("writing the guest console to stdout");
     }

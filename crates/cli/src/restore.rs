@@ -208,10 +208,22 @@ fn clone_into(dir: &Path, survivor: &Vm, name: &str, pid: u32, epoch: u64) -> Re
     }
     let started = Instant::now();
     let read = |name: &str| read_named(dir, name);
+    // The snapshot's RAM sent so far, on a terminal (hidden elsewhere).
+    let progress = crate::progress::bytes(0, &format!("cloning {} into {name}", survivor.name));
     let outcome = wait_for(CLONE_LIMIT, || {
         let (Some(old), Some(new)) = (read(&survivor.name), read(name)) else {
             return None;
         };
+        if let Some(clone) = old.line.clone {
+            const MIB: f64 = (1 << 20) as f64;
+            progress.set_length((clone.total_mib * MIB) as u64);
+            progress.set_position((clone.done_mib * MIB) as u64);
+            progress.set_message(format!(
+                "cloning {} into {name}: {}",
+                survivor.name,
+                clone.stage.as_str()
+            ));
+        }
         if !old.alive || !new.alive {
             return Some(Err(format!(
                 "{} is {}, {name} is {}",
@@ -232,8 +244,9 @@ fn clone_into(dir: &Path, survivor: &Vm, name: &str, pid: u32, epoch: u64) -> Re
             && started.elapsed() > Duration::from_secs(2);
         gave_up.then(|| Err(format!("{} gave the clone up", survivor.name)))
     })
-    .with_context(|| format!("the clone of {} into {name} did not finish", survivor.name))?;
-    outcome.map_err(|why| {
+    .with_context(|| format!("the clone of {} into {name} did not finish", survivor.name));
+    progress.finish_and_clear();
+    outcome?.map_err(|why| {
         anyhow::anyhow!(
             "the clone of {} into {name} failed: {why}; see {}",
             survivor.name,

@@ -2,6 +2,9 @@
 //! - A Unix tool: a command whose reader goes away (`ftvm status | head
 //!   -1`) ends quietly, killed by SIGPIPE as `cat` or `yes` would be, with
 //!   nothing on stderr: no error line and no panic backtrace.
+//! - Progress shows on a terminal and nowhere else: `ftvm replay` of a
+//!   recording draws its bar when stderr is a terminal (under `script`),
+//!   and says nothing more than its result when it is not.
 //! - QEMU: `ftvm run --kernel Image --initrd F --append ...` boots a Linux
 //!   kernel on OpenSBI without being told, and a Linux kernel with `--bios
 //!   none` (which would hang in M-mode) is refused with one line.
@@ -118,4 +121,61 @@ fn a_linux_kernel_with_bios_none_is_refused_in_one_line() {
         run.stderr
     );
     assert!(run.stdout.is_empty(), "it ran: {}", run.stdout_text());
+}
+
+/// A recording of the default guest printing for a few seconds, then
+/// quitting (SIGINT ends `ftvm run` cleanly).
+fn recording(dir: &std::path::Path) -> std::path::PathBuf {
+    let log = dir.join("ticks.log");
+    let mut run = Command::new(ftvm_bin());
+    run.env("FTVM_GUEST_IMAGE", image_dir())
+        .args(["run", "--record"])
+        .arg(&log)
+        .args([
+            "--append",
+            "console=ttyS0 ftvm_cmd=\"i=0; while true; do echo tick $i; i=$((i+1)); \
+             usleep 10000; done\"",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = run.spawn().expect("ftvm run --record");
+    std::thread::sleep(Duration::from_secs(4));
+    support::signal(child.id(), libc::SIGINT);
+    let (status, killed) = support::wait_or_kill(&mut child, Duration::from_secs(30));
+    assert!(!killed && status.success(), "ftvm run --record: {status:?}");
+    log
+}
+
+#[test]
+fn progress_shows_on_a_terminal_and_nowhere_else() {
+    let dir = std::env::temp_dir().join(format!("ftvm-progress-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temp dir");
+    let log = recording(&dir);
+    let replay = format!("{} replay {}", ftvm_bin().display(), log.display());
+    // `script` gives the command a terminal and copies what it drew.
+    let on_terminal = Command::new("script")
+        .args(["-qec", &replay, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("script (util-linux)");
+    let drawn = String::from_utf8_lossy(&on_terminal.stdout);
+    assert!(on_terminal.status.success(), "{drawn}");
+    assert!(
+        drawn.contains("replaying ["),
+        "no progress bar on a terminal: {drawn:?}"
+    );
+    let piped = Command::new(ftvm_bin())
+        .arg("replay")
+        .arg(&log)
+        .output()
+        .expect("ftvm replay");
+    let said = String::from_utf8_lossy(&piped.stderr);
+    assert!(piped.status.success(), "{said}");
+    assert!(
+        !said.contains("replaying ["),
+        "a progress bar without a terminal: {said:?}"
+    );
+    assert!(said.contains("final state digest"), "{said}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
