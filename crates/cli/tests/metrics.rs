@@ -231,6 +231,11 @@ fn prometheus_follows_a_pair_across_a_failover() {
          ftvm_vm_state{state=\"backup\",vm=\"backup\"} == 1",
         |r| r.len() == 2,
     );
+    // The primary measures its logging round trips.
+    prometheus.wait_for(
+        "ftvm_ack_round_trip_seconds_count{vm=\"primary\"} > 0",
+        |r| r.len() == 1,
+    );
     let before = prometheus.query("sum(ftvm_failovers_total)");
     assert_eq!(before.first().map(|(_, v)| *v), Some(0.0), "{before:?}");
 

@@ -994,6 +994,16 @@ impl Vm {
              backup holds the log up to it.",
             &delays,
         );
+        let mut acks = Histogram::new(&ftvm_node::DELAY_BUCKETS_S);
+        acks.counts = stats.ack_buckets.to_vec();
+        acks.count = stats.acks;
+        acks.sum = stats.ack_sum_ns as f64 / 1e9;
+        text.histogram(
+            "ftvm_ack_round_trip_seconds",
+            "A primary's logging round trip: from sending a piece of the log to the backup's \
+             acknowledgement that covers it.",
+            &acks,
+        );
         text.one(
             "ftvm_failovers_total",
             "Times this VM took over the guest from its failed primary.",

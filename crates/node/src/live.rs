@@ -8,7 +8,7 @@ use ftvm_ft::golive::Verdict;
 use ftvm_ft::primary::{FlowLimits, Pace, Primary};
 use ftvm_replay::{ClockReading, End, MachineId, Recorder, TimeSteering};
 
-use crate::stats::{Held, count_release, release};
+use crate::stats::{Held, count_ack, count_release, release};
 use crate::{
     DiskMode, Effect, HaltReason, Host, Mode, Node, NodeConfig, NodeError, Ran, SHORT_SLICE, SLICE,
     Status, Time,
@@ -79,7 +79,14 @@ pub(crate) struct PairLink {
     /// from now on the primary keeps to its pace.
     clone_replaying: bool,
     retry_at: Option<u64>,
+    /// The log sent and not yet acknowledged: entries through, and when it
+    /// went (ns), for the acknowledgement's round trip.
+    unacked_sends: std::collections::VecDeque<(u64, u64)>,
 }
+
+/// How many sends wait for their acknowledgement's round trip to be
+/// measured (older ones are dropped, unmeasured).
+const SENDS_TIMED: usize = 1024;
 
 /// When a logged run writes a checkpoint and flushes its entries.
 struct Upkeep {
@@ -103,6 +110,7 @@ impl PairLink {
             throttled: false,
             clone_replaying: false,
             retry_at: None,
+            unacked_sends: std::collections::VecDeque::new(),
         }
     }
 
@@ -598,6 +606,11 @@ impl Node {
             r.recorder.entries(),
             self.icount_base + r.recorder.last_icount(),
         );
+        if pair.unacked_sends.len() == SENDS_TIMED {
+            pair.unacked_sends.pop_front();
+        }
+        pair.unacked_sends
+            .push_back((r.recorder.entries(), time.mono_ns));
         self.stats.log_bytes += bytes.len() as u64;
         self.stats.log_entries = r.recorder.entries();
         for chunk in bytes.chunks(ENTRIES_CHUNK) {
@@ -672,6 +685,17 @@ impl Node {
             // live VM's.
             Message::Ack { .. } if pair.arbitrating => {}
             Message::Ack { through, icount } => {
+                let mut covered = None;
+                while let Some(&(entries, sent)) = pair.unacked_sends.front() {
+                    if entries > *through {
+                        break;
+                    }
+                    covered = Some(sent);
+                    pair.unacked_sends.pop_front();
+                }
+                if let Some(sent) = covered {
+                    count_ack(&mut self.stats, time.mono_ns.saturating_sub(sent));
+                }
                 match pair.protocol.ack(*through, *icount) {
                     Ok(released) => {
                         let mut console = None;

@@ -45,6 +45,12 @@ pub struct Stats {
     pub delay_sum_ns: u64,
     /// Log entries sent (primary) or received and checked (backup).
     pub log_entries: u64,
+    /// A primary's acknowledgement round trips (from sending a piece of
+    /// log to the acknowledgement that covers it), in the buckets of
+    /// [`DELAY_BUCKETS_S`] like the output delays, their sum and number.
+    pub ack_buckets: [u64; DELAY_BUCKETS_S.len()],
+    pub ack_sum_ns: u64,
+    pub acks: u64,
     pub milestones: Milestones,
 }
 
@@ -91,6 +97,17 @@ pub(crate) fn release(effects: &mut Vec<Effect>, stats: &mut Stats, held: Held, 
         Held::Console { offset, bytes } => Effect::Console { offset, bytes },
         Held::Io(request) => Effect::Perform(request),
     });
+}
+
+/// Count an acknowledgement that came `round_trip_ns` after the log it
+/// covers was sent.
+pub(crate) fn count_ack(stats: &mut Stats, round_trip_ns: u64) {
+    let seconds = round_trip_ns as f64 / 1e9;
+    if let Some(bucket) = DELAY_BUCKETS_S.iter().position(|&bound| seconds <= bound) {
+        stats.ack_buckets[bucket] += 1;
+    }
+    stats.ack_sum_ns += round_trip_ns;
+    stats.acks += 1;
 }
 
 pub(crate) fn count_release(stats: &mut Stats, delay_ns: u64) {
