@@ -5,11 +5,13 @@
 //!
 //! Routes: `/` (the page; its table is rendered here, so it reads right
 //! without script too), `/status.json` (what `ftvm status --json` prints),
-//! `/plot.svg` (the timeline of the VMs' histories).
+//! `/plot.svg` (the timeline of the VMs' histories), `/metrics` (the
+//! agent's own, in Prometheus's text format).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -17,9 +19,75 @@ use ftvm_host::status::{PairStatus, StatusLine};
 
 use crate::pair::{read_switch, read_vms};
 
-/// Serve the page of the pair in `dir` on `addr` from a thread; the
-/// address listened on.
-pub fn serve(addr: SocketAddr, dir: &Path) -> Result<SocketAddr> {
+/// What the agent has done, for its metrics.
+#[derive(Clone, Default)]
+pub struct AgentCounters(Arc<Mutex<Counts>>);
+
+#[derive(Clone, Copy, Default)]
+struct Counts {
+    restores: u64,
+    failures: u64,
+    last_seconds: f64,
+    last_pause_ms: f64,
+}
+
+impl AgentCounters {
+    /// A restore that took `took`, and how it went.
+    pub fn count(&self, result: &Result<crate::restore::Restored>, took: Duration) {
+        if let Ok(mut counts) = self.0.lock() {
+            match result {
+                Ok(restored) => {
+                    counts.restores += 1;
+                    counts.last_seconds = took.as_secs_f64();
+                    counts.last_pause_ms = restored.pause_ms;
+                }
+                Err(_) => counts.failures += 1,
+            }
+        }
+    }
+
+    fn metrics(&self, dir: &Path) -> String {
+        use ftvm_host::metrics::{Kind, Text};
+        let counts = self.0.lock().map(|c| *c).unwrap_or_default();
+        let vms = read_vms(dir);
+        let mut text = Text::new(vec![("pair_dir", dir.display().to_string())]);
+        text.one(
+            "ftvm_agent_restores_total",
+            "Times the agent gave a VM running alone a new backup that protects it.",
+            Kind::Counter,
+            counts.restores as f64,
+        );
+        text.one(
+            "ftvm_agent_restore_failures_total",
+            "Restores that failed (each is tried again later).",
+            Kind::Counter,
+            counts.failures as f64,
+        );
+        text.one(
+            "ftvm_agent_last_restore_seconds",
+            "How long the last restore took, from starting the new backup to its protecting the VM.",
+            Kind::Gauge,
+            counts.last_seconds,
+        );
+        text.one(
+            "ftvm_agent_last_clone_pause_seconds",
+            "How long the guest stood still for the last restore's snapshot.",
+            Kind::Gauge,
+            counts.last_pause_ms / 1e3,
+        );
+        text.one(
+            "ftvm_agent_vms_running",
+            "VMs of the pair whose processes run.",
+            Kind::Gauge,
+            vms.iter().filter(|vm| vm.running()).count() as f64,
+        );
+        text.finish()
+    }
+}
+
+/// Serve the page of the pair in `dir` on `addr` from a thread, with the
+/// agent's `counters` as its metrics; the address listened on.
+pub fn serve(addr: SocketAddr, dir: &Path, counters: AgentCounters) -> Result<SocketAddr> {
     let listener =
         TcpListener::bind(addr).with_context(|| format!("listening for the page on {addr}"))?;
     let local = listener.local_addr().context("the page's address")?;
@@ -28,7 +96,7 @@ pub fn serve(addr: SocketAddr, dir: &Path) -> Result<SocketAddr> {
         .name("page".into())
         .spawn(move || {
             for stream in listener.incoming().flatten() {
-                if let Err(e) = answer(stream, &dir) {
+                if let Err(e) = answer(stream, &dir, &counters) {
                     tracing::debug!("the status page: {e:#}");
                 }
             }
@@ -37,7 +105,7 @@ pub fn serve(addr: SocketAddr, dir: &Path) -> Result<SocketAddr> {
     Ok(local)
 }
 
-fn answer(stream: TcpStream, dir: &Path) -> Result<()> {
+fn answer(stream: TcpStream, dir: &Path, counters: &AgentCounters) -> Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     stream.set_write_timeout(Some(Duration::from_secs(10)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
@@ -55,6 +123,11 @@ fn answer(stream: TcpStream, dir: &Path) -> Result<()> {
             "200 OK",
             "application/json",
             serde_json::to_vec(&status(dir)).context("encoding the status")?,
+        ),
+        "/metrics" => (
+            "200 OK",
+            "text/plain; version=0.0.4; charset=utf-8",
+            counters.metrics(dir).into_bytes(),
         ),
         "/plot.svg" => match crate::plot::svg(dir, (1100, 820)) {
             Ok(svg) => ("200 OK", "image/svg+xml", svg.into_bytes()),

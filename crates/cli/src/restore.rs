@@ -343,8 +343,9 @@ pub fn agent(args: &AgentArgs) -> Result<ExitCode> {
         return crate::cluster::agent(dir, &args.cluster);
     }
     let stop = ftvm_host::stop_flag()?;
+    let counters = crate::page::AgentCounters::default();
     if let Some(addr) = args.http {
-        let addr = crate::page::serve(addr, dir)?;
+        let addr = crate::page::serve(addr, dir, counters.clone())?;
         let file = crate::page::address_file(dir);
         ftvm_host::status::write_atomically(&file, format!("http://{addr}/\n").as_bytes())
             .with_context(|| format!("writing {}", file.display()))?;
@@ -376,7 +377,9 @@ pub fn agent(args: &AgentArgs) -> Result<ExitCode> {
             continue;
         }
         let started = Instant::now();
-        match restore(dir, &mut children) {
+        let result = restore(dir, &mut children);
+        counters.count(&result, started.elapsed());
+        match result {
             Ok(restored) => {
                 let seconds = started.elapsed().as_secs_f64();
                 tracing::info!(

@@ -2,7 +2,9 @@
 //! (which `scripts/deps` installs) loads the page `ftvm up`'s agent
 //! serves, runs its script, and the VMs and states it shows are the ones
 //! `ftvm status --json` prints, before and after `kill -9` of the primary
-//! (the backup live, then protected again by a clone).
+//! (the backup live, then protected again by a clone). The agent's own
+//! metrics, at `/metrics` beside the page, pass `promtool check metrics`
+//! and count that restore.
 
 mod support;
 
@@ -11,6 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
+use support::http::{get, promtool_check};
 use support::pair::{Pair, Vm, VmState};
 use support::ticks::*;
 use support::{poll, signal};
@@ -137,4 +140,23 @@ fn the_status_page_shows_what_ftvm_status_says_across_a_failover() {
         !after.contains_key("primary") || after["primary"] == "dead",
         "{after:?}"
     );
+
+    let agent: std::net::SocketAddr = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .expect("the page's address");
+    let metrics = poll(PAGE_LIMIT, || {
+        get(agent, "/metrics").filter(|text| text.contains("ftvm_agent_restores_total{"))
+    })
+    .expect("no agent metrics");
+    if let Err(complaints) = promtool_check(&metrics) {
+        panic!("promtool check metrics on the agent's:\n{complaints}\n{metrics}");
+    }
+    let restores = metrics
+        .lines()
+        .find(|l| l.starts_with("ftvm_agent_restores_total{"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok());
+    assert_eq!(restores, Some(1.0), "{metrics}");
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this
 
 pub mod cluster;
+pub mod http;
 pub mod pair;
 pub mod ticks;
 pub mod writer;
