@@ -157,6 +157,7 @@ enum EventKind {
     Suspicion,
     Failover,
     Clone,
+    Migration,
     Other,
 }
 
@@ -177,7 +178,9 @@ impl Timeline {
         let mut events: Vec<Event> = all()
             .filter_map(|l| {
                 let what = l.event.clone()?;
-                let kind = if what.ends_with("-> live") {
+                let kind = if what.contains("hand-over") || what.contains("handed-over") {
+                    EventKind::Migration
+                } else if what.ends_with("-> live") {
                     EventKind::Failover
                 } else if what.contains("suspects its peer") {
                     EventKind::Suspicion
@@ -274,6 +277,7 @@ fn event_color(kind: EventKind) -> RGBColor {
         EventKind::Failover => RGBColor(192, 57, 43),
         EventKind::Suspicion => RGBColor(241, 196, 15),
         EventKind::Clone => RGBColor(39, 174, 96),
+        EventKind::Migration => RGBColor(41, 128, 185),
         EventKind::Other => RGBColor(149, 165, 166),
     }
 }
@@ -290,7 +294,7 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, timeline: &Timeline) 
         .draw_text(
             &format!(
                 "ftvm pair: {} VMs over {:.0} s; suspicions in yellow, failovers in red, \
-                 clones in green",
+                 clones in green, hand-overs in blue",
                 timeline.vms.len(),
                 timeline.end
             ),

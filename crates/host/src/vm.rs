@@ -278,6 +278,12 @@ struct Vm {
     /// Take-overs by this process so far: a counter for the metrics (the
     /// node's milestones start again with each epoch).
     failovers: u64,
+    /// Planned hand-overs this VM took (`ftvm migrate`), likewise.
+    handovers: u64,
+    /// When this VM began to suspect its peer, and how long its last
+    /// take-over took from there (detection to running the guest).
+    suspected_at: Option<Instant>,
+    last_failover: Option<Duration>,
     history: Option<HistoryFile>,
     history_at: Instant,
     _raw_mode: Option<RawMode>,
@@ -443,6 +449,9 @@ pub fn run(node: Node, host: VmHost) -> Result<Node, HostError> {
         control_socket: control,
         metrics,
         failovers: 0,
+        handovers: 0,
+        suspected_at: None,
+        last_failover: None,
         history: history.map(HistoryFile::new),
         history_at: Instant::now(),
         _raw_mode: raw_mode,
@@ -846,8 +855,18 @@ impl Vm {
         if event.is_some() || self.history_at.elapsed() >= HISTORY_EVERY {
             self.remember(story, event);
         }
-        if story.milestones.took_over && !self.story.is_some_and(|s| s.milestones.took_over) {
-            self.failovers += 1;
+        let before = self.story.map(|s| s.milestones);
+        if story.milestones.suspected_peer && !before.is_some_and(|m| m.suspected_peer) {
+            self.suspected_at = Some(Instant::now());
+        }
+        if story.milestones.took_over && !before.is_some_and(|m| m.took_over) {
+            // A take-over without a suspicion is a planned hand-over.
+            if story.milestones.suspected_peer {
+                self.failovers += 1;
+                self.last_failover = self.suspected_at.map(|at| at.elapsed());
+            } else {
+                self.handovers += 1;
+            }
         }
         if self.status_file.is_none() && self.metrics.is_none() {
             self.story = Some(story);
@@ -1006,9 +1025,22 @@ impl Vm {
         );
         text.one(
             "ftvm_failovers_total",
-            "Times this VM took over the guest from its failed primary.",
+            "Times this VM took over the guest from a failed peer.",
             Kind::Counter,
             self.failovers as f64,
+        );
+        text.one(
+            "ftvm_last_failover_seconds",
+            "How long this VM's last take-over took, from suspecting its primary to running \
+             the guest (0: none yet).",
+            Kind::Gauge,
+            self.last_failover.map_or(0.0, |d| d.as_secs_f64()),
+        );
+        text.one(
+            "ftvm_handovers_total",
+            "Planned hand-overs (`ftvm migrate`) this VM took the guest over by.",
+            Kind::Counter,
+            self.handovers as f64,
         );
         text.one(
             "ftvm_clones_total",
@@ -1062,7 +1094,12 @@ impl Vm {
         let what = match before {
             None => story.state.as_str().to_string(),
             Some(b) if b.state != story.state => {
-                format!("{} -> {}", b.state.as_str(), story.state.as_str())
+                let how = match (story.state, self.node.status()) {
+                    (VmState::Live, _) if !m.suspected_peer => " (hand-over)".to_string(),
+                    (_, Status::Halted(why)) => format!(" ({})", why.code().as_str()),
+                    _ => String::new(),
+                };
+                format!("{} -> {}{how}", b.state.as_str(), story.state.as_str())
             }
             Some(b) => {
                 let was = b.milestones;
