@@ -21,7 +21,7 @@ mod translator;
 mod trap;
 
 use mmu::{EMPTY_TLB, NO_OWNER, TLB_CONTEXTS, TLB_ENTRIES, TlbEntry};
-pub use translator::{Engine, EngineError};
+pub use translator::{Engine, EngineError, TranslatedCode};
 use translator::{JitExit, Translator};
 
 const PAGE_SIZE: u64 = 1 << PAGE_SHIFT;

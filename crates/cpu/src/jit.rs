@@ -48,7 +48,8 @@
 //! code or the host writes RAM, which keeps links trivially coherent.
 //!
 //! Register use inside translated code: r12 = context, rbx = guest `x`
-//! array, r15 = host address of RAM, r13 = icount at the current block's
+//! array + `emit::X_BIAS` (so every register is an 8-bit displacement
+//! away), r15 = host address of RAM, r13 = icount at the current block's
 //! start, rbp = guest pc of the current block's start; rax, rcx and rdx
 //! are temporaries (and `mulhsu` pushes one on the host stack).
 //!
@@ -66,6 +67,18 @@
 //! of the block's top (leaving there if the next pass could overrun the
 //! limit) and goes on at the loop's head with the registers still cached,
 //! exactly as if it had left through a link slot to its own top.
+//!
+//! Host code size matters: broad guest code (a kernel's network path) runs
+//! thousands of blocks once each per request, bound by host instruction
+//! fetch. So what every block would repeat off its hot path is emitted
+//! once, among the stubs at the start of the code region ([`Stubs`]): the
+//! jump cache lookup (called; the indirect jump stays at each site, for
+//! its prediction), the bails (each site writes back its registers and
+//! names its instruction in edx) and the blocks' exits for the icount
+//! limit and retired code; and registers, context fields and immediates
+//! take their 8-bit encodings where they fit. Loads' and stores' TLB
+//! lookups stay inline: called, they cost more time than their bytes
+//! saved. [`CodeStats`] counts what blocks are made of.
 
 // dynasm's dynamic-register operands (`Rq(n)`) expand to `n.into()`.
 #![allow(clippy::useless_conversion)]
@@ -81,7 +94,7 @@ use crate::decode::Decoded;
 mod emit;
 pub(crate) mod jump_cache;
 
-use emit::Emitter;
+use emit::{Emitter, PARTS};
 pub(crate) use jump_cache::{JumpCache, JumpEntry};
 
 const CODE_BYTES: usize = 32 << 20;
@@ -137,8 +150,6 @@ pub(crate) const MISS_STORE: u64 = 2;
 /// Filled by the run loop before entering translated code.
 #[repr(C)]
 pub(crate) struct JitContext {
-    pub x: *mut u64,
-    pub ram: *mut u8,
     pub pc: u64,
     pub icount: u64,
     pub icount_limit: u64,
@@ -168,6 +179,10 @@ pub(crate) struct JitContext {
     pub fetch_key: u64,
     /// The hart's fetch TLB (`[TlbEntry; 256]`).
     pub tlb_fetch: *const u64,
+    /// Read on entry only, so last of the fields translated code reads
+    /// with 8-bit displacements.
+    pub x: *mut u64,
+    pub ram: *mut u8,
     /// The translator's TLBs, indexed by virtual page like the hart's:
     /// where a load or store of the current context hits, the access is
     /// wholly in one page of RAM, through the mapping the hart's TLB holds
@@ -220,7 +235,53 @@ macro_rules! ctx {
 // By path as well, for `emit`, which is declared before the macro.
 use ctx;
 
+/// The offset of a field of `JitContext` within an 8-bit displacement.
+macro_rules! ctx8 {
+    ($field:ident) => {{
+        const OFFSET: usize = offset_of!(JitContext, $field);
+        const _: () = assert!(OFFSET < 128);
+        OFFSET as i8
+    }};
+}
+use ctx8;
+
 type Entry = unsafe extern "sysv64" fn(*mut JitContext, *const u8) -> u64;
+
+/// The addresses of the code every block shares, emitted once at the
+/// start of the code region: blocks jump or call there rather than each
+/// carrying its own copy, which keeps translated code small (host
+/// instruction fetch is what broad guest code is bound by).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Stubs {
+    /// Where unlinked link slots point: `EXIT_LINK` with `pc` = rbp.
+    exit_link: usize,
+    /// A block's top found the icount limit too close: `EXIT_DONE` at its
+    /// start (rbp).
+    no_room: usize,
+    /// A block's top found its code retired: `EXIT_LINK` at its start, so
+    /// the run loop translates it anew and links the slot that led here.
+    stale: usize,
+    /// Bail at an instruction of the current block, named by edx (see
+    /// [`bail_operand`]), its cached registers written back.
+    bail: usize,
+    /// The same for a load or store whose virtual address (rax) missed the
+    /// translator's TLB: noted for the run loop first.
+    miss_load: usize,
+    miss_store: usize,
+    /// Called with a guest pc in rax, the icount after the jump in r13 and
+    /// every cached register written back: on a hit in the jump cache,
+    /// return with rcx the entry (whose code the caller jumps to) and rbp
+    /// the pc; on a miss, leave to the run loop at that pc.
+    lookup: usize,
+}
+
+/// The operand of the bail stubs, in edx: the bailing instruction's index
+/// in its block (what to add to the icount) in the low byte, its offset
+/// from the block's start (what to add to its pc) above.
+fn bail_operand(index: i32, rel: i32) -> i32 {
+    debug_assert!((0..256).contains(&index) && (0..1 << 23).contains(&rel));
+    (rel << 8) | index
+}
 
 /// Memory holding the entry/exit stubs and translated blocks, mapped
 /// twice: writable at one address, executable at another, never both at
@@ -296,8 +357,7 @@ pub(crate) struct Jit {
     used: usize,
     stubs_end: usize,
     enter: usize,
-    exit: usize,
-    exit_link: usize,
+    stubs: Stubs,
     links: Box<[usize]>,
     links_used: usize,
     /// Bumped by every flush; block cache entries remember the epoch their
@@ -307,6 +367,17 @@ pub(crate) struct Jit {
     released: usize,
     /// Translations by virtual pc, for jumps translated code cannot link.
     pub jump_cache: JumpCache,
+    /// What this translator emitted so far.
+    pub stats: CodeStats,
+}
+
+/// What a translator emitted: host code bytes by what they are for (the
+/// order of `emit::Part`), blocks, and their guest instructions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CodeStats {
+    pub bytes: [u64; PARTS],
+    pub blocks: u64,
+    pub insns: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -330,13 +401,13 @@ impl Jit {
             used: 0,
             stubs_end: 0,
             enter: 0,
-            exit: 0,
-            exit_link: 0,
+            stubs: Stubs::default(),
             links: vec![0; LINK_SLOTS].into_boxed_slice(),
             links_used: 0,
             epoch: first_epoch.max(1),
             released: 0,
             jump_cache: JumpCache::new(),
+            stats: CodeStats::default(),
         };
         jit.emit_stubs()?;
         Ok(jit)
@@ -355,6 +426,7 @@ impl Jit {
             ; push r15
             ; mov r12, rdi
             ; mov rbx, QWORD [r12 + ctx!(x)]
+            ; add rbx, emit::X_BIAS
             ; mov r15, QWORD [r12 + ctx!(ram)]
             ; mov r13, QWORD [r12 + ctx!(icount)]
             ; mov rbp, QWORD [r12 + ctx!(pc)]
@@ -373,19 +445,61 @@ impl Jit {
             ; ret
         );
         let exit_link = ops.offset().0;
+        let stale = exit_link;
         dynasm!(ops
             ; .arch x64
             ; mov QWORD [r12 + ctx!(pc)], rbp
             ; mov eax, EXIT_LINK as i32
             ; jmp extern self.base + exit
         );
+        let no_room = ops.offset().0;
+        dynasm!(ops
+            ; .arch x64
+            ; mov QWORD [r12 + ctx!(pc)], rbp
+            ; xor eax, eax
+            ; jmp extern self.base + exit
+        );
+        let miss_load = ops.offset().0;
+        dynasm!(ops
+            ; .arch x64
+            ; mov QWORD [r12 + ctx!(miss_vaddr)], rax
+            ; mov QWORD [r12 + ctx!(miss)], MISS_LOAD as i32
+            ; jmp >bail
+        );
+        let miss_store = ops.offset().0;
+        dynasm!(ops
+            ; .arch x64
+            ; mov QWORD [r12 + ctx!(miss_vaddr)], rax
+            ; mov QWORD [r12 + ctx!(miss)], MISS_STORE as i32
+        );
+        let bail = ops.offset().0;
+        dynasm!(ops
+            ; .arch x64
+            ; bail:
+            ; movzx ecx, dl
+            ; add r13, rcx
+            ; shr edx, 8
+            ; lea rax, [rbp + rdx]
+            ; mov QWORD [r12 + ctx!(pc)], rax
+            ; mov eax, EXIT_BAIL as i32
+            ; jmp extern self.base + exit
+        );
+        let lookup = ops.offset().0;
+        jump_cache::lookup_stub(&mut ops, self.base + exit);
         let code = ops
             .finalize()
             .map_err(|e| JitError::Assemble(e.to_string()))?;
         self.write(0, &code)?;
         self.enter = self.base + enter;
-        self.exit = self.base + exit;
-        self.exit_link = self.base + exit_link;
+        self.stubs = Stubs {
+            exit_link: self.base + exit_link,
+            no_room: self.base + no_room,
+            stale: self.base + stale,
+            bail: self.base + bail,
+            miss_load: self.base + miss_load,
+            miss_store: self.base + miss_store,
+            lookup: self.base + lookup,
+        };
         self.used = code.len().next_multiple_of(16);
         self.stubs_end = self.used;
         Ok(())
@@ -432,14 +546,18 @@ impl Jit {
         let at = self.used;
         let mut emitter = Emitter::new(
             self.base + at,
-            self.exit,
-            self.exit_link,
+            self.stubs,
             &mut self.links,
             &mut self.links_used,
             page_offset,
             insns.len() as i32,
         );
         emitter.block(insns, chunk);
+        for (total, bytes) in self.stats.bytes.iter_mut().zip(emitter.bytes) {
+            *total += bytes;
+        }
+        self.stats.blocks += 1;
+        self.stats.insns += insns.len() as u64;
         let code = emitter
             .ops
             .finalize()
@@ -497,7 +615,9 @@ impl Jit {
     pub(crate) fn run(&mut self, ctx: &mut JitContext, code: usize) -> Result<u64, JitError> {
         // SAFETY: `enter` is the entry stub emitted by `emit_stubs`, a
         // sysv64 function of this signature that saves and restores every
-        // callee-saved register it uses and returns through the exit stub.
+        // callee-saved register it uses and returns through the exit stub
+        // (translated code calls the stubs with balanced calls and returns;
+        // a lookup that misses drops its return address before leaving).
         // `code` is the start of a translation in the region's executable
         // view, written completely before this call. Translated code reads
         // and writes only: `ctx`'s fields, its TLBs at a masked index below

@@ -39,7 +39,7 @@ mod jit;
 mod ram;
 mod rvc;
 
-pub use hart::{Engine, EngineError, Hart, HartState, SavedTlbEntry};
+pub use hart::{Engine, EngineError, Hart, HartState, SavedTlbEntry, TranslatedCode};
 pub use ram::Ram;
 
 use serde::{Deserialize, Serialize};

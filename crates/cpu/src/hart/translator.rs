@@ -46,6 +46,17 @@ pub enum EngineError {
     Jit(#[from] crate::jit::JitError),
 }
 
+/// What the block translator emitted since it was last enabled: host code
+/// bytes, blocks translated and their guest instructions (zero without a
+/// translator). For measuring the translator's code density; nothing the
+/// machine does depends on it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TranslatedCode {
+    pub bytes: u64,
+    pub blocks: u64,
+    pub insns: u64,
+}
+
 /// How translated code handed control back.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum JitExit {
@@ -78,6 +89,11 @@ impl Hart {
         self.translator.set_threshold(runs);
     }
 
+    /// What the translator emitted so far (see [`TranslatedCode`]).
+    pub fn translated_code(&self) -> TranslatedCode {
+        self.translator.code_stats()
+    }
+
     pub fn engine(&self) -> Engine {
         if self.translator.is_enabled() {
             Engine::Translator
@@ -91,7 +107,7 @@ impl Hart {
 mod imp {
     use std::collections::HashMap;
 
-    use super::{EngineError, JitExit};
+    use super::{EngineError, JitExit, TranslatedCode};
     use crate::Privilege;
     use crate::block::{BlockRef, CHUNK_SHIFT};
     use crate::decode::Decoded;
@@ -191,6 +207,19 @@ mod imp {
 
         pub(super) fn is_enabled(&self) -> bool {
             self.jit.is_some()
+        }
+
+        pub(super) fn code_stats(&self) -> TranslatedCode {
+            self.jit
+                .as_ref()
+                .map_or_else(TranslatedCode::default, |jit| {
+                    let stats = jit.stats;
+                    TranslatedCode {
+                        bytes: stats.bytes.iter().sum(),
+                        blocks: stats.blocks,
+                        insns: stats.insns,
+                    }
+                })
         }
 
         pub(super) fn set_threshold(&mut self, runs: u32) {
@@ -487,7 +516,7 @@ mod imp {
 /// every block is left to the interpreter.
 #[cfg(not(all(target_arch = "x86_64", unix)))]
 mod imp {
-    use super::{EngineError, JitExit};
+    use super::{EngineError, JitExit, TranslatedCode};
     use crate::block::BlockRef;
     use crate::decode::Decoded;
     use crate::hart::Hart;
@@ -509,6 +538,10 @@ mod imp {
 
         pub(super) fn is_enabled(&self) -> bool {
             false
+        }
+
+        pub(super) fn code_stats(&self) -> TranslatedCode {
+            TranslatedCode::default()
         }
 
         pub(super) fn set_threshold(&mut self, _: u32) {}

@@ -138,19 +138,20 @@ impl JumpCache {
     }
 }
 
-/// Emit the lookup of the guest pc in rax, with r13 the icount after the
-/// jump and every cached guest register written back: straight into the
-/// target's translation (rbp = the target, as at any block's start) on a
-/// hit, out to the run loop at `exit` with `pc` = rax otherwise. Clobbers
-/// rcx, rdx and rbp (the leaving block's start, no longer needed).
-pub(super) fn lookup(ops: &mut VecAssembler<X64Relocation>, exit: usize) {
+/// Emit the lookup stub (`Stubs::lookup`), called with the guest pc in
+/// rax, r13 the icount after the jump and every cached guest register
+/// written back. On a hit it returns with rbp = the target (as at any
+/// block's start) and rcx the entry, whose translation the caller jumps
+/// to ([`lookup`]); on a miss it drops its return address and leaves to
+/// the run loop at `exit` with `pc` = rax. Clobbers rcx, rdx and rbp (the
+/// leaving block's start, no longer needed).
+pub(super) fn lookup_stub(ops: &mut VecAssembler<X64Relocation>, exit: usize) {
     let mask = (ENTRIES - 1) as i32;
     let direct = DIRECT_FETCH as i32;
-    let (pc, key, ppage, code) = (
+    let (pc, key, ppage) = (
         offset_of!(JumpEntry, pc) as i32,
         offset_of!(JumpEntry, key) as i32,
         offset_of!(JumpEntry, ppage) as i32,
-        offset_of!(JumpEntry, code) as i32,
     );
     dynasm!(ops
         ; .arch x64
@@ -187,10 +188,26 @@ pub(super) fn lookup(ops: &mut VecAssembler<X64Relocation>, exit: usize) {
         ; hit:
         ; mov rbp, rax
         ; mov QWORD [r12 + ctx!(link)], 0
-        ; jmp QWORD [rcx + code]
+        ; ret
         ; miss:
+        // Not back to the caller: its return address goes.
+        ; pop rcx
         ; mov QWORD [r12 + ctx!(pc)], rax
         ; mov eax, EXIT_DONE as i32
         ; jmp extern exit
+    );
+}
+
+/// Emit the jump to the guest pc in rax through the jump cache, by the
+/// lookup stub at `stub` (see [`lookup_stub`] for what it expects): into
+/// the target's translation on a hit, out to the run loop otherwise. The
+/// indirect jump is the caller's own, so each call site has its own
+/// prediction.
+pub(super) fn lookup(ops: &mut VecAssembler<X64Relocation>, stub: usize) {
+    let code = offset_of!(JumpEntry, code) as i32;
+    dynasm!(ops
+        ; .arch x64
+        ; call extern stub
+        ; jmp QWORD [rcx + code]
     );
 }
