@@ -484,7 +484,13 @@ fn main() -> ExitCode {
         if std::env::var_os("RUST_BACKTRACE").is_some() {
             default_hook(info);
         } else {
-            eprintln!("ftvm: internal error, a bug in ftvm (please report it): {info}");
+            let what = format!("internal error, a bug in ftvm (please report it): {info}");
+            // A log pipeline reads this too.
+            if LOG_FORMAT.get() == Some(&LogFormat::Json) {
+                tracing::error!("{what}");
+            } else {
+                eprintln!("ftvm: {what}");
+            }
         }
     }));
     let cli = Cli::parse();
@@ -507,7 +513,11 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) if reader_went_away(&err) => ftvm_host::process::die_of_sigpipe(),
         Err(err) => {
-            eprintln!("ftvm: {err:#}");
+            if LOG_FORMAT.get() == Some(&LogFormat::Json) {
+                tracing::error!("{err:#}");
+            } else {
+                eprintln!("ftvm: {err:#}");
+            }
             ExitCode::FAILURE
         }
     }

@@ -8,13 +8,13 @@
 //! `/plot.svg` (the timeline of the VMs' histories), `/metrics` (the
 //! agent's own, in Prometheus's text format).
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use ftvm_host::metrics::{Answer, Request, serve_http};
 use ftvm_host::status::{PairStatus, StatusLine};
 
 use crate::pair::{read_switch, read_vms};
@@ -85,74 +85,38 @@ impl AgentCounters {
     }
 }
 
-/// Serve the page of the pair in `dir` on `addr` from a thread, with the
-/// agent's `counters` as its metrics; the address listened on.
+/// Serve the page of the pair in `dir` on `addr` (see
+/// [`ftvm_host::metrics::serve_http`]), with the agent's `counters` as its
+/// metrics; the address listened on.
 pub fn serve(addr: SocketAddr, dir: &Path, counters: AgentCounters) -> Result<SocketAddr> {
     let listener =
         TcpListener::bind(addr).with_context(|| format!("listening for the page on {addr}"))?;
     let local = listener.local_addr().context("the page's address")?;
     let dir = dir.to_path_buf();
-    std::thread::Builder::new()
-        .name("page".into())
-        .spawn(move || {
-            for stream in listener.incoming().flatten() {
-                if let Err(e) = answer(stream, &dir, &counters) {
-                    tracing::debug!("the status page: {e:#}");
-                }
-            }
-        })
-        .context("starting the page's thread")?;
+    serve_http(listener, "page", move |request| {
+        answer(request, &dir, &counters)
+    })
+    .context("starting the page's thread")?;
     Ok(local)
 }
 
-fn answer(stream: TcpStream, dir: &Path, counters: &AgentCounters) -> Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut request = String::new();
-    reader.read_line(&mut request)?;
-    let mut header = String::new();
-    while reader.read_line(&mut header)? > 2 {
-        header.clear();
-    }
-    let path = request.split_whitespace().nth(1).unwrap_or("/");
-    let path = path.split('?').next().unwrap_or("/");
-    let (status, kind, body) = match path {
-        "/" => ("200 OK", "text/html; charset=utf-8", page(dir).into_bytes()),
-        "/status.json" => (
-            "200 OK",
-            "application/json",
-            serde_json::to_vec(&status(dir)).context("encoding the status")?,
-        ),
-        "/metrics" => (
-            "200 OK",
+fn answer(request: &Request, dir: &Path, counters: &AgentCounters) -> Answer {
+    match request.path.as_str() {
+        "/" => Answer::ok("text/html; charset=utf-8", page(dir)),
+        "/status.json" => match serde_json::to_vec(&status(dir)) {
+            Ok(json) => Answer::ok("application/json", json),
+            Err(e) => Answer::not_found(format!("{e}\n")),
+        },
+        "/metrics" => Answer::ok(
             "text/plain; version=0.0.4; charset=utf-8",
-            counters.metrics(dir).into_bytes(),
+            counters.metrics(dir),
         ),
         "/plot.svg" => match crate::plot::svg(dir, (1100, 820)) {
-            Ok(svg) => ("200 OK", "image/svg+xml", svg.into_bytes()),
-            Err(e) => (
-                "404 Not Found",
-                "text/plain; charset=utf-8",
-                format!("{e:#}\n").into_bytes(),
-            ),
+            Ok(svg) => Answer::ok("image/svg+xml", svg),
+            Err(e) => Answer::not_found(format!("{e:#}\n")),
         },
-        _ => (
-            "404 Not Found",
-            "text/plain; charset=utf-8",
-            b"not here\n".to_vec(),
-        ),
-    };
-    let mut stream = stream;
-    write!(
-        stream,
-        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n\
-         Cache-Control: no-store\r\nConnection: close\r\n\r\n",
-        body.len()
-    )?;
-    stream.write_all(&body)?;
-    stream.flush()?;
-    Ok(())
+        _ => Answer::not_found("not here\n"),
+    }
 }
 
 /// The pair as `ftvm status --json` says it.
@@ -199,8 +163,7 @@ fn page(dir: &Path) -> String {
     let status = status(dir);
     let switch = status.switch.as_ref().map_or(String::new(), |s| {
         format!(
-            "<p id=\"switch\">switch pid {} on {}: {} VM ports, {} address moves, {} expired, \
-             {} refused</p>",
+            "switch pid {} on {}: {} VM ports, {} address moves, {} expired, {} refused",
             s.pid,
             escape(&s.addr),
             s.ports,
@@ -231,7 +194,7 @@ td.dead, td.halted, td.ended {{ color: #7f8c8d; }}
 <th>clones</th></tr></thead>
 <tbody>
 {rows}</tbody></table>
-{switch}
+<p id="switch">{switch}</p>
 <h2>Timeline</h2>
 <img id="plot" src="/plot.svg" alt="the pair's history, as ftvm plot draws it" width="1100">
 <script>
@@ -250,6 +213,12 @@ async function redraw() {{
         `<td>${{fmt(m.delay_p99_ms, 2)}}</td><td>${{v.clones}}</td></tr>`;
     }});
     document.querySelector("#vms tbody").innerHTML = rows.join("\n");
+    const s = status.switch;
+    document.getElementById("switch").innerHTML = s ? `switch pid ${{s.pid}} on ` +
+      `${{esc(s.addr)}}: ${{s.ports}} VM ports, ${{s.moves}} address moves, ` +
+      `${{s.expired}} expired, ${{s.refused}} refused` : "";
+    // Says that the script drew the table (and when), for whoever checks.
+    document.getElementById("vms").dataset.redrawn = new Date().toISOString();
   }} catch (e) {{}}
 }}
 let ticks = 0;

@@ -141,6 +141,28 @@ fn read_histories(dir: &Path) -> BTreeMap<String, Vec<HistoryLine>> {
     histories
 }
 
+/// The most lines of one VM a picture draws: hours of history thinned to
+/// this, every change kept, so that a picture stays small and quick (the
+/// status page redraws it every few seconds).
+const POINTS_MAX: usize = 2000;
+
+/// Every `n`th of `lines`, so that at most about `max` remain, and every
+/// line that marks a change (an event or a new state) and the last.
+fn thin(lines: &[HistoryLine], max: usize) -> Vec<HistoryLine> {
+    let stride = lines.len().div_ceil(max.max(1)).max(1);
+    lines
+        .iter()
+        .enumerate()
+        .filter(|&(i, l)| {
+            i % stride == 0
+                || i + 1 == lines.len()
+                || l.event.is_some()
+                || lines[i - 1].state != l.state
+        })
+        .map(|(_, l)| l.clone())
+        .collect()
+}
+
 /// Each VM's (time, value) points.
 type Series = Vec<(String, Vec<(f64, f64)>)>;
 
@@ -180,7 +202,7 @@ impl Timeline {
                 let what = l.event.clone()?;
                 let kind = if what.contains("hand-over") || what.contains("handed-over") {
                     EventKind::Migration
-                } else if what.ends_with("-> live") {
+                } else if what == "backup -> live" {
                     EventKind::Failover
                 } else if what.contains("suspects its peer") {
                     EventKind::Suspicion
@@ -207,7 +229,7 @@ impl Timeline {
             end: (end_ms.saturating_sub(start_ms) as f64 / 1e3).max(1.0),
             vms: histories
                 .iter()
-                .map(|(vm, lines)| (vm.clone(), lines.clone()))
+                .map(|(vm, lines)| (vm.clone(), thin(lines, POINTS_MAX)))
                 .collect(),
             events,
         }
@@ -505,6 +527,29 @@ mod tests {
         backup.push(cloned);
         histories.insert("backup".into(), backup);
         histories
+    }
+
+    #[test]
+    fn long_histories_are_thinned_keeping_every_change() {
+        let lines: Vec<HistoryLine> = (0..10_000)
+            .map(|i| {
+                let state = if i < 7777 {
+                    VmState::Backup
+                } else {
+                    VmState::Live
+                };
+                let event = (i == 5000).then_some("backup: suspects its peer");
+                line("backup", i * 1000, state, i, event)
+            })
+            .collect();
+        let thinned = thin(&lines, 100);
+        assert!(thinned.len() <= 104, "{}", thinned.len());
+        assert!(thinned.iter().any(|l| l.event.is_some()));
+        assert!(thinned.iter().any(|l| l.unix_ms == lines[7777].unix_ms));
+        assert_eq!(
+            thinned.last().map(|l| l.unix_ms),
+            lines.last().map(|l| l.unix_ms)
+        );
     }
 
     #[test]

@@ -283,7 +283,7 @@ fn retire_the_dead(dir: &Path) {
     }
 }
 
-/// Move the status file of the dead VM `name` to `gone/` and remove the
+/// Move the status and history files of the dead VM `name` to `gone/` and remove the
 /// sockets, address and notes it left (its log stays); on one host and on
 /// a cluster's.
 pub(crate) fn retire(dir: &Path, name: &str) {
@@ -291,8 +291,14 @@ pub(crate) fn retire(dir: &Path, name: &str) {
     if std::fs::create_dir_all(&gone).is_err() {
         return;
     }
-    let file = format!("{name}.status");
-    let _ = std::fs::rename(dir.join(&file), gone.join(&file));
+    // Its story goes with it: `ftvm plot` reads `gone/` too.
+    for file in [
+        format!("{name}.status"),
+        format!("{name}.history"),
+        format!("{name}.history.old"),
+    ] {
+        let _ = std::fs::rename(dir.join(&file), gone.join(&file));
+    }
     for left in ["control", "console", "addr", "mib", "boot"] {
         let _ = std::fs::remove_file(dir.join(format!("{name}.{left}")));
     }

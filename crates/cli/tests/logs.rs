@@ -3,7 +3,8 @@
 //! its log, and each VM's state changes are events of their own (target
 //! `ftvm::state`) carrying the pair, the epoch and the VM, so a failover
 //! can be followed from the logs alone: the backup suspects its primary,
-//! wins the test-and-set and goes live.
+//! wins the test-and-set and goes live. The switch's and the agent's logs
+//! are JSON too, and the agent's tells the restore that follows.
 
 mod support;
 
@@ -46,8 +47,13 @@ fn json_logs_follow_a_failover_by_its_state_changes() {
     let _serial = support::serial();
     let mut pair = Pair::new("json-logs");
     let mut args = guest(TICK_CMD, &SLACK);
-    args.extend(["--log-format".to_string(), "json".to_string()]);
-    let (primary, backup) = pair.up(&args);
+    args.extend([
+        "--log-format".to_string(),
+        "json".to_string(),
+        "--net".to_string(),
+        "user".to_string(),
+    ]);
+    let (primary, backup) = pair.up_restoring(&args);
     pair.wait_tick(3, BOOT_LIMIT, "booting");
     signal(primary, libc::SIGKILL);
     pair.wait_state(Vm::Backup, VmState::Live, FAILOVER_LIMIT);
@@ -87,6 +93,27 @@ fn json_logs_follow_a_failover_by_its_state_changes() {
         "the backup's state changes do not tell its failover in order: {sequence:?}\n{}",
         pair.diag()
     );
+    // The agent restores redundancy, and says so. Its log and the
+    // switch's are JSON line by line as well (the guest sent nothing,
+    // so the switch may have had nothing to say).
+    let restored = support::poll(FAILOVER_LIMIT, || {
+        let (_, agent) = events(&pair, "agent.log");
+        agent
+            .iter()
+            .any(|e| {
+                e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("protected again"))
+            })
+            .then_some(())
+    });
+    assert!(
+        restored.is_some(),
+        "the agent's log tells no restore\n{}",
+        pair.diag()
+    );
+    assert!(pair.path("switch.log").exists(), "no switch log");
+    events(&pair, "switch.log");
     // Events are written in the order they happened.
     let stamps: Vec<&str> = all.iter().filter_map(|e| e["timestamp"].as_str()).collect();
     assert!(

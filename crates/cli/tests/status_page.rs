@@ -16,14 +16,14 @@ use serde_json::Value;
 use support::http::{get, promtool_check};
 use support::pair::{Pair, Vm, VmState};
 use support::ticks::*;
-use support::{poll, signal};
+use support::{poll, signal, wait_or_kill};
 
 const PAGE_LIMIT: Duration = Duration::from_secs(90);
 
 /// The page at `url` as Chromium leaves it after its script ran for a
-/// (virtual) few seconds.
+/// (virtual) few seconds; a Chromium that hangs is killed after a minute.
 fn dom(url: &str) -> String {
-    let out = Command::new("chromium")
+    let mut chromium = Command::new("chromium")
         .args([
             "--headless",
             "--no-sandbox",
@@ -34,10 +34,24 @@ fn dom(url: &str) -> String {
             url,
         ])
         .stdin(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
-        .output()
+        .spawn()
         .expect("running chromium (Debian's chromium: run scripts/deps)");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let mut out = String::new();
+    let reader = chromium.stdout.take().map(|mut stdout| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut stdout, &mut text);
+            text
+        })
+    });
+    let (_, killed) = wait_or_kill(&mut chromium, Duration::from_secs(60));
+    if let Some(text) = reader.and_then(|r| r.join().ok()) {
+        out = text;
+    }
+    assert!(!killed, "chromium hung on {url}");
+    out
 }
 
 /// Each VM row of the page's table: name and state.
@@ -96,9 +110,12 @@ fn agreeing(
 ) -> BTreeMap<String, String> {
     let mut last = (BTreeMap::new(), BTreeMap::new());
     let agreed = poll(PAGE_LIMIT, || {
-        let page = page_states(&dom(url));
+        let dom = dom(url);
+        // The table the script drew, not only the server's.
+        let redrawn = dom.contains("data-redrawn=");
+        let page = page_states(&dom);
         let status = status_states(pair);
-        let ok = !page.is_empty() && page == status && want(&page);
+        let ok = redrawn && !page.is_empty() && page == status && want(&page);
         last = (page.clone(), status);
         ok.then_some(page)
     });

@@ -1,7 +1,6 @@
 //! `ftvm status --watch` on a pair: its table shows both VMs, a failover
 //! shows as events (the backup suspects its peer and takes over), and it
 //! ends by itself once the pair has ended. And `ftvm plot` of the same
-//! pair's history: a picture that names the failover. And `ftvm plot` of the same
 //! pair's history: a picture that names the failover.
 
 mod support;

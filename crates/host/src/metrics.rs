@@ -6,14 +6,18 @@
 //! enough to matter (a VM: with its status line, five times a second) and
 //! the server thread answers every scrape with the last text: a scrape
 //! never waits for the run loop, and the run loop never waits for a
-//! scrape. One connection at a time: Prometheus scrapes each target from
-//! one place, every few seconds.
+//! scrape. Each connection is answered in a thread of its own, a few at a
+//! time ([`serve_http`]), and a request must arrive whole, small and soon:
+//! a local process that connects and says nothing, or too much, holds one
+//! of those threads for 2 s at most, never the VM's memory or the next
+//! scrape.
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::HostError;
 
@@ -43,54 +47,147 @@ pub fn serve(addr: SocketAddr) -> Result<(SocketAddr, Exposition), HostError> {
         .map_err(|e| HostError::io("the metrics listener's address", e))?;
     let exposition = Exposition::default();
     let text = exposition.clone();
-    std::thread::Builder::new()
-        .name("metrics".into())
-        .spawn(move || {
-            for stream in listener.incoming() {
-                match stream {
-                    Ok(stream) => {
-                        if let Err(e) = answer(stream, &text) {
-                            tracing::debug!(%e, "a metrics scrape failed");
-                        }
-                    }
-                    Err(e) => tracing::debug!(%e, "accepting a metrics scrape"),
-                }
-            }
-        })
-        .map_err(|e| HostError::io("starting the metrics thread", e))?;
+    serve_http(listener, "metrics", move |request| {
+        match request.path.as_str() {
+            "/metrics" => Answer::ok("text/plain; version=0.0.4; charset=utf-8", text.get()),
+            _ => Answer::not_found("try /metrics\n"),
+        }
+    })
+    .map_err(|e| HostError::io("starting the metrics thread", e))?;
     Ok((local, exposition))
 }
 
-/// Read one HTTP request and answer it: the metrics for `GET /metrics`,
-/// 404 for any other path, 405 for any other method.
-fn answer(stream: TcpStream, text: &Exposition) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut request = String::new();
-    reader.read_line(&mut request)?;
-    // The headers, to their blank line; none of them matters here.
-    let mut header = String::new();
-    while reader.read_line(&mut header)? > 2 {
-        header.clear();
+/// Connections answered at once; one more is closed unanswered.
+const CONNECTIONS_MAX: usize = 8;
+/// The most bytes a request (its line and headers) may take.
+const REQUEST_MAX: usize = 8 << 10;
+/// How long a whole request may take to arrive.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
+
+/// An HTTP request, as much of it as these servers look at.
+pub struct Request {
+    pub method: String,
+    /// Without its query string.
+    pub path: String,
+}
+
+/// What to send back.
+pub struct Answer {
+    pub status: &'static str,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub fn ok(content_type: &'static str, body: impl Into<Vec<u8>>) -> Answer {
+        Answer {
+            status: "200 OK",
+            content_type,
+            body: body.into(),
+        }
     }
-    let mut words = request.split_whitespace();
-    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-    let path = path.split('?').next().unwrap_or("");
-    let (status, body) = match (method, path) {
-        ("GET" | "HEAD", "/metrics") => ("200 OK", text.get()),
-        ("GET" | "HEAD", _) => ("404 Not Found", "try /metrics\n".to_string()),
-        _ => ("405 Method Not Allowed", String::new()),
+
+    pub fn not_found(body: impl Into<Vec<u8>>) -> Answer {
+        Answer {
+            status: "404 Not Found",
+            content_type: "text/plain; charset=utf-8",
+            body: body.into(),
+        }
+    }
+}
+
+/// Answer `GET` and `HEAD` requests on `listener` with `handle`, each
+/// connection in a thread of its own (named `name`), at most
+/// [`CONNECTIONS_MAX`] at once; the accepting thread runs for ever.
+pub fn serve_http(
+    listener: TcpListener,
+    name: &str,
+    handle: impl Fn(&Request) -> Answer + Send + Sync + 'static,
+) -> std::io::Result<()> {
+    let handle = Arc::new(handle);
+    let busy = Arc::new(AtomicUsize::new(0));
+    let thread_name = name.to_string();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                if busy.fetch_add(1, Ordering::AcqRel) >= CONNECTIONS_MAX {
+                    busy.fetch_sub(1, Ordering::AcqRel);
+                    continue;
+                }
+                let (handle, busy) = (handle.clone(), busy.clone());
+                let answered = busy.clone();
+                let spawned =
+                    std::thread::Builder::new()
+                        .name(thread_name.clone())
+                        .spawn(move || {
+                            if let Err(e) = answer(stream, &*handle) {
+                                tracing::debug!(%e, "an HTTP request failed");
+                            }
+                            busy.fetch_sub(1, Ordering::AcqRel);
+                        });
+                if spawned.is_err() {
+                    answered.fetch_sub(1, Ordering::AcqRel);
+                    tracing::debug!("no thread for an HTTP request");
+                }
+            }
+        })
+        .map(|_| ())
+}
+
+/// Read the request on `stream`: all of it within [`REQUEST_DEADLINE`]
+/// and [`REQUEST_MAX`] bytes, or an error.
+fn read_request(stream: &mut TcpStream) -> std::io::Result<Request> {
+    let deadline = Instant::now() + REQUEST_DEADLINE;
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !bytes.windows(4).any(|w| w == b"\r\n\r\n") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || bytes.len() > REQUEST_MAX {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "an HTTP request too slow or too long",
+            ));
+        }
+        stream.set_read_timeout(Some(left))?;
+        match stream.read(&mut chunk)? {
+            0 => break,
+            n => bytes.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let mut words = text.lines().next().unwrap_or("").split_whitespace();
+    let method = words.next().unwrap_or("").to_string();
+    let path = words.next().unwrap_or("");
+    let path = path.split('?').next().unwrap_or("").to_string();
+    Ok(Request { method, path })
+}
+
+fn answer(
+    mut stream: TcpStream,
+    handle: &(impl Fn(&Request) -> Answer + ?Sized),
+) -> std::io::Result<()> {
+    let request = read_request(&mut stream)?;
+    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+    let answer = match request.method.as_str() {
+        "GET" | "HEAD" => handle(&request),
+        _ => Answer {
+            status: "405 Method Not Allowed",
+            content_type: "text/plain; charset=utf-8",
+            body: Vec::new(),
+        },
     };
-    let mut stream = stream;
     write!(
         stream,
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
+        "HTTP/1.1 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n\
+         Cache-Control: no-store\r\nConnection: close\r\n\r\n",
+        answer.status,
+        answer.content_type,
+        answer.body.len()
     )?;
-    if method != "HEAD" {
-        stream.write_all(body.as_bytes())?;
+    if request.method != "HEAD" {
+        stream.write_all(&answer.body)?;
     }
     stream.flush()
 }
@@ -282,7 +379,7 @@ mod tests {
             let mut stream = TcpStream::connect(addr).expect("connect");
             write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
             let mut answer = String::new();
-            std::io::Read::read_to_string(&mut stream, &mut answer).expect("answer");
+            Read::read_to_string(&mut stream, &mut answer).expect("answer");
             answer
         };
         let ok = get("/metrics");
@@ -290,5 +387,19 @@ mod tests {
         assert!(ok.contains("version=0.0.4"), "{ok}");
         assert!(ok.ends_with("\r\n\r\nx 1\n"), "{ok}");
         assert!(get("/").starts_with("HTTP/1.1 404"));
+        // A client that connects and says nothing, and one that says far
+        // too much, hold up nobody, and the second gets nothing.
+        let _silent = TcpStream::connect(addr).expect("connect");
+        let mut flood = TcpStream::connect(addr).expect("connect");
+        let _ = flood.write_all(&vec![b'x'; 64 << 10]);
+        let started = Instant::now();
+        assert!(get("/metrics").starts_with("HTTP/1.1 200 OK"));
+        assert!(started.elapsed() < Duration::from_secs(1));
+        flood
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut answer = Vec::new();
+        let _ = Read::read_to_end(&mut flood, &mut answer);
+        assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
     }
 }

@@ -1095,7 +1095,9 @@ impl Vm {
             None => story.state.as_str().to_string(),
             Some(b) if b.state != story.state => {
                 let how = match (story.state, self.node.status()) {
-                    (VmState::Live, _) if !m.suspected_peer => " (hand-over)".to_string(),
+                    (VmState::Live, _) if m.took_over && !m.suspected_peer => {
+                        " (hand-over)".to_string()
+                    }
                     (_, Status::Halted(why)) => format!(" ({})", why.code().as_str()),
                     _ => String::new(),
                 };

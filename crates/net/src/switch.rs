@@ -226,8 +226,10 @@ pub struct SwitchServer {
     /// Datagrams dropped: failing the key's MAC or repeated (with a key),
     /// or sealed for a switch that has none.
     refused: u64,
-    /// Frames from and to each port, for the metrics.
-    traffic: HashMap<PortId, PortTraffic>,
+    /// Frames from and to each port, by its name (`gateway`, or a VM
+    /// port's UDP address), for the metrics: kept after a port detaches,
+    /// so that counts never go back should it attach again.
+    traffic: HashMap<String, PortTraffic>,
     auth: Option<Auth>,
 }
 
@@ -306,23 +308,27 @@ impl SwitchServer {
     }
 
     /// Each port's frames, named `gateway` or by the VM port's UDP
-    /// address; a port detached is forgotten.
+    /// address, detached ones included.
     pub fn traffic(&self) -> Vec<(String, PortTraffic)> {
-        let gateway = self.gateway.as_ref().map(|(port, _)| *port);
         let mut ports: Vec<(String, PortTraffic)> = self
             .traffic
             .iter()
-            .filter_map(|(port, traffic)| {
-                let name = if Some(*port) == gateway {
-                    "gateway".to_string()
-                } else {
-                    self.addrs.get(port)?.to_string()
-                };
-                Some((name, *traffic))
-            })
+            .map(|(name, traffic)| (name.clone(), *traffic))
             .collect();
         ports.sort_by(|a, b| a.0.cmp(&b.0));
         ports
+    }
+
+    /// The name a port's traffic is counted under.
+    fn port_name(&self, port: PortId) -> Option<String> {
+        if self
+            .gateway
+            .as_ref()
+            .is_some_and(|(gateway, _)| *gateway == port)
+        {
+            return Some("gateway".to_string());
+        }
+        self.addrs.get(&port).map(SocketAddr::to_string)
     }
 
     /// How many VM ports were detached for their silence.
@@ -342,7 +348,6 @@ impl SwitchServer {
                     tracing::warn!(%addr, "port gone silent: detached");
                     self.expired += 1;
                     self.ports.remove(&addr);
-                    self.traffic.remove(&port);
                 }
             }
             if now >= until {
@@ -416,7 +421,7 @@ impl SwitchServer {
         }
         let moved = mac_at(bytes, 6)
             .filter(|src| !is_group(src) && self.switch.port_of(src).is_some_and(|p| p != port));
-        self.traffic.entry(port).or_default().received += 1;
+        self.traffic.entry(from.to_string()).or_default().received += 1;
         let out = self.switch.forward(port, bytes, now);
         if let Some(mac) = moved {
             tracing::warn!(mac = %format_mac(&mac), %from, "address moved to another port");
@@ -427,7 +432,9 @@ impl SwitchServer {
 
     fn deliver(&mut self, out: &[PortId], frame: &[u8]) {
         for &port in out {
-            self.traffic.entry(port).or_default().delivered += 1;
+            if let Some(name) = self.port_name(port) {
+                self.traffic.entry(name).or_default().delivered += 1;
+            }
             if let Some((gateway_port, gateway)) = &mut self.gateway {
                 if port == *gateway_port {
                     gateway.send(frame);
@@ -459,7 +466,10 @@ impl SwitchServer {
         let now = self.now();
         self.switch.touch(port, now);
         for frame in frames {
-            self.traffic.entry(port).or_default().received += 1;
+            self.traffic
+                .entry("gateway".to_string())
+                .or_default()
+                .received += 1;
             let out = self.switch.forward(port, &frame, now);
             self.deliver(&out, &frame);
         }

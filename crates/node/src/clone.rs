@@ -103,6 +103,7 @@ impl Node {
             disk_size: None,
         };
         r.recorder = Recorder::continuing(Vec::new());
+        self.entries_counted = 0;
         r.pair = Some(PairLink::new(&self.config, Phase::Transferring));
         self.config.epoch = epoch;
         self.status = Status::Cloning;

@@ -303,6 +303,9 @@ pub struct Node {
     /// I/O requests handed to the host ([`Effect::Perform`]) whose answer
     /// has not come: a clone's snapshot waits until there are none.
     in_flight: std::collections::BTreeSet<u64>,
+    /// The recorder's entries already counted in `stats.log_entries` (the
+    /// recorder starts again at a clone; the count must not).
+    entries_counted: u64,
 }
 
 impl Node {
@@ -350,6 +353,7 @@ impl Node {
             ended_machine: None,
             final_digest: None,
             in_flight: std::collections::BTreeSet::new(),
+            entries_counted: 0,
         }
     }
 

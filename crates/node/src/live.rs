@@ -612,7 +612,9 @@ impl Node {
         pair.unacked_sends
             .push_back((r.recorder.entries(), time.mono_ns));
         self.stats.log_bytes += bytes.len() as u64;
-        self.stats.log_entries = r.recorder.entries();
+        let entries = r.recorder.entries();
+        self.stats.log_entries += entries.saturating_sub(self.entries_counted);
+        self.entries_counted = entries;
         for chunk in bytes.chunks(ENTRIES_CHUNK) {
             self.effects.push(Effect::Send(Message::Entries {
                 log: chunk.to_vec(),
@@ -685,16 +687,14 @@ impl Node {
             // live VM's.
             Message::Ack { .. } if pair.arbitrating => {}
             Message::Ack { through, icount } => {
-                let mut covered = None;
+                // Each piece of log this acknowledgement covers: its own
+                // round trip.
                 while let Some(&(entries, sent)) = pair.unacked_sends.front() {
                     if entries > *through {
                         break;
                     }
-                    covered = Some(sent);
-                    pair.unacked_sends.pop_front();
-                }
-                if let Some(sent) = covered {
                     count_ack(&mut self.stats, time.mono_ns.saturating_sub(sent));
+                    pair.unacked_sends.pop_front();
                 }
                 match pair.protocol.ack(*through, *icount) {
                     Ok(released) => {
