@@ -261,7 +261,7 @@ impl Timeline {
                     .filter(|w| w[1].unix_ms > w[0].unix_ms)
                     .map(|w| {
                         let dt = (w[1].unix_ms - w[0].unix_ms) as f64 / 1e3;
-                        let done = w[1].icount.saturating_sub(w[0].icount) as f64;
+                        let done = w[1].measures.icount.saturating_sub(w[0].measures.icount) as f64;
                         (self.at(&w[1]), done / dt / 1e6)
                     })
                     .collect();
@@ -329,9 +329,12 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, timeline: &Timeline) 
     let panels = charts.split_evenly((4, 1));
     let lines: [(&str, Series); 4] = [
         ("guest MIPS", timeline.mips()),
-        ("lag (ms)", timeline.series(|l| l.lag_ms)),
-        ("log (Mbit/s)", timeline.series(|l| l.log_mbit_s)),
-        ("output delay, median (ms)", timeline.series(|l| l.delay_ms)),
+        ("lag (ms)", timeline.series(|l| l.measures.lag_ms)),
+        ("log (Mbit/s)", timeline.series(|l| l.measures.log_mbit_s)),
+        (
+            "output delay, median (ms)",
+            timeline.series(|l| l.measures.delay_ms),
+        ),
     ];
     for (area, (label, series)) in panels.iter().zip(lines) {
         draw_panel(area, timeline, label, &series)?;
@@ -477,13 +480,16 @@ mod tests {
             vm: vm.into(),
             state,
             epoch: 1,
-            lag_entries: 0,
-            lag_ms: 0.5,
-            log_mbit_s: 0.01,
-            delay_ms: 0.3,
-            delay_p99_ms: 1.0,
-            outputs: at_ms,
-            icount,
+            measures: ftvm_host::status::Measures {
+                lag_entries: 0,
+                lag_ms: 0.5,
+                log_mbit_s: 0.01,
+                delay_ms: 0.3,
+                delay_p99_ms: 1.0,
+                outputs: at_ms,
+                log_bytes: at_ms,
+                icount,
+            },
             event: event.map(str::to_string),
             clone_pause_ms: None,
         }

@@ -646,13 +646,9 @@ pub struct HistoryLine {
     pub vm: String,
     pub state: VmState,
     pub epoch: u64,
-    pub lag_entries: u64,
-    pub lag_ms: f64,
-    pub log_mbit_s: f64,
-    pub delay_ms: f64,
-    pub delay_p99_ms: f64,
-    pub outputs: u64,
-    pub icount: u64,
+    /// The numbers of its status line, as fields of the line.
+    #[serde(flatten)]
+    pub measures: Measures,
     /// What changed, if this line is for a change: as the VM's
     /// `ftvm::state` log event says it (`backup -> live`, `primary:
     /// suspects its peer`, ...).

@@ -912,16 +912,7 @@ impl Vm {
             clone_pause_ms: self.clone_pause_ms,
             clone_bytes: self.clone_bytes,
             clone: self.clone.as_ref().map(|job| job.thread.progress.get()),
-            measures: Some(Measures {
-                lag_entries: stats.lag_entries,
-                lag_ms: stats.lag_ns as f64 / 1e6,
-                log_mbit_s: self.log_mbit_s,
-                delay_ms: stats.delay_quantile_ns(0.5) as f64 / 1e6,
-                delay_p99_ms: stats.delay_quantile_ns(0.99) as f64 / 1e6,
-                outputs: stats.outputs,
-                log_bytes: stats.log_bytes,
-                icount: stats.icount,
-            }),
+            measures: Some(self.measures()),
             balloon: self.balloon,
             metrics: self.metrics.as_ref().map(|(addr, _)| *addr),
         };
@@ -1159,14 +1150,28 @@ impl Vm {
         what
     }
 
+    /// The VM's numbers now, as its status line and history give them.
+    fn measures(&self) -> Measures {
+        let stats = self.node.stats();
+        Measures {
+            lag_entries: stats.lag_entries,
+            lag_ms: stats.lag_ns as f64 / 1e6,
+            log_mbit_s: self.log_mbit_s,
+            delay_ms: stats.delay_quantile_ns(0.5) as f64 / 1e6,
+            delay_p99_ms: stats.delay_quantile_ns(0.99) as f64 / 1e6,
+            outputs: stats.outputs,
+            log_bytes: stats.log_bytes,
+            icount: stats.icount,
+        }
+    }
+
     /// A line of this VM's history: its numbers now, and `event` if the
     /// line is for a change of its story.
     fn remember(&mut self, story: Story, event: Option<String>) {
         self.history_at = Instant::now();
-        let Some(history) = &mut self.history else {
+        if self.history.is_none() {
             return;
-        };
-        let stats = self.node.stats();
+        }
         let unix_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -1175,13 +1180,7 @@ impl Vm {
             vm: self.name.clone().unwrap_or_else(|| "vm".into()),
             state: story.state,
             epoch: self.node.config().epoch,
-            lag_entries: stats.lag_entries,
-            lag_ms: stats.lag_ns as f64 / 1e6,
-            log_mbit_s: self.log_mbit_s,
-            delay_ms: stats.delay_quantile_ns(0.5) as f64 / 1e6,
-            delay_p99_ms: stats.delay_quantile_ns(0.99) as f64 / 1e6,
-            outputs: stats.outputs,
-            icount: stats.icount,
+            measures: self.measures(),
             clone_pause_ms: event
                 .as_ref()
                 .filter(|_| {
@@ -1191,7 +1190,9 @@ impl Vm {
                 .and(self.clone_pause_ms),
             event,
         };
-        history.append(&line);
+        if let Some(history) = &mut self.history {
+            history.append(&line);
+        }
     }
 }
 
