@@ -994,25 +994,23 @@ impl Vm {
             Kind::Counter,
             stats.outputs as f64,
         );
-        let mut delays = Histogram::new(&ftvm_node::DELAY_BUCKETS_S);
-        delays.counts = stats.delay_buckets.to_vec();
-        delays.count = stats.outputs;
-        delays.sum = stats.delay_sum_ns as f64 / 1e9;
+        let in_seconds = |counts: &[u64], sum_ns: u64, count: u64| Histogram {
+            bounds: ftvm_node::DELAY_BUCKETS_S.to_vec(),
+            counts: counts.to_vec(),
+            sum: sum_ns as f64 / 1e9,
+            count,
+        };
         text.histogram(
             "ftvm_output_delay_seconds",
             "The output rule's delay: from an output's production to its release, once the \
              backup holds the log up to it.",
-            &delays,
+            &in_seconds(&stats.delay_buckets, stats.delay_sum_ns, stats.outputs),
         );
-        let mut acks = Histogram::new(&ftvm_node::DELAY_BUCKETS_S);
-        acks.counts = stats.ack_buckets.to_vec();
-        acks.count = stats.acks;
-        acks.sum = stats.ack_sum_ns as f64 / 1e9;
         text.histogram(
             "ftvm_ack_round_trip_seconds",
             "A primary's logging round trip: from sending a piece of the log to the backup's \
              acknowledgement that covers it.",
-            &acks,
+            &in_seconds(&stats.ack_buckets, stats.ack_sum_ns, stats.acks),
         );
         text.one(
             "ftvm_failovers_total",
