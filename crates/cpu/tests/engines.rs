@@ -441,7 +441,7 @@ fn setup() -> impl Strategy<Value = Setup> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: encode::cases(2000), ..ProptestConfig::default() })]
 
     #[test]
     fn interpreter_and_translator_reach_the_same_state(
@@ -864,7 +864,7 @@ mod memory {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig { cases: encode::cases(2000), ..ProptestConfig::default() })]
 
         #[test]
         fn memory_accesses_reach_the_same_state(

@@ -493,7 +493,7 @@ fn same_runs(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 1500, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: encode::cases(1500), ..ProptestConfig::default() })]
 
     #[test]
     fn jumps_through_changing_mappings_reach_the_same_state(

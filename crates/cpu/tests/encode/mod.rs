@@ -62,3 +62,12 @@ pub fn j_type(offset: i32, rd: u32) -> u32 {
         | (rd << 7)
         | 0x6f
 }
+
+/// `default` proptest cases, or as many as `PROPTEST_CASES` says (a
+/// longer run of the differential tests: `PROPTEST_CASES=20000`).
+pub fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
