@@ -98,7 +98,7 @@ impl Answer {
 
 /// Answer `GET` and `HEAD` requests on `listener` with `handle`, each
 /// connection in a thread of its own (named `name`), at most
-/// [`CONNECTIONS_MAX`] at once; the accepting thread runs for ever.
+/// eight at once; the accepting thread runs for ever.
 pub fn serve_http(
     listener: TcpListener,
     name: &str,
