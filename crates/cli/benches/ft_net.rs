@@ -12,7 +12,9 @@
 //!    (same kernel and initramfs, `-netdev user` with the same forward),
 //!    and the ratios. The longer ones span several TCP segments: a relay
 //!    that held a message's short last segment back until the guest's
-//!    delayed acknowledgement stalled each of them 40 ms;
+//!    delayed acknowledgement stalled each of them 40 ms; and 64-byte
+//!    messages 20 ms apart (a client with think time: the guest idles
+//!    between them, and its host's caches go cold), median;
 //! 2. bulk echo: 16 MiB written and read back at once on one connection
 //!    (a writer and a reader thread), in MB/s of echoed data, the three
 //!    again, and the pair's logging rate meanwhile (growth of the
@@ -62,6 +64,9 @@ const SERVICES_CMD: &str = "nc -ll -p 7 -e cat & nc -ll -p 9 -e sh -c 'cat >/dev
      nc -ll -p 19 -e cat /dev/zero & while true; do sleep 10; done";
 const LIMIT: Duration = Duration::from_secs(150);
 const RTT_MESSAGES: usize = 300;
+/// Messages of the paced echo, and the client's think time between them.
+const PACED_MESSAGES: usize = 50;
+const PACE: Duration = Duration::from_millis(20);
 /// Echoed message sizes: one segment, and two and three segments.
 const SIZES: [usize; 3] = [64, 2048, 4096];
 /// ftvm's default guest memory, given to QEMU too.
@@ -150,6 +155,20 @@ fn round_trips(stream: &mut TcpStream, size: usize) -> Vec<f64> {
         .collect();
     times.sort_by(f64::total_cmp);
     times
+}
+
+/// Median round trip, in ms, of 64-byte messages [`PACE`] apart.
+fn paced_round_trips(stream: &mut TcpStream) -> f64 {
+    let mut times: Vec<f64> = (0..PACED_MESSAGES)
+        .map(|i| {
+            std::thread::sleep(PACE);
+            let start = Instant::now();
+            echo(stream, &small(i), LIMIT).unwrap_or_else(|e| panic!("paced round trip {i}: {e}"));
+            start.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    quantile(&times, 0.5)
 }
 
 /// Median and p99 round trip, in ms, per size of `SIZES`.
@@ -309,6 +328,8 @@ fn bulk_with_cpu(stream: &mut TcpStream, pids: &[u32]) -> (f64, Vec<f64>) {
 struct Measured {
     /// Per size of `SIZES`: [median, p99] in ms.
     rtt: Vec<[f64; 2]>,
+    /// Median ms of the paced echo.
+    paced: f64,
     /// MB/s: the echo, into the guest, out of the guest.
     bulk: f64,
     upload: f64,
@@ -322,10 +343,12 @@ struct Measured {
 fn measure(ports: Ports, pid: u32) -> Measured {
     let mut stream = connect(ports.echo);
     let rtt = round_trips_by_size(&mut stream);
+    let paced = paced_round_trips(&mut stream);
     let (bulk, cpu) = bulk_with_cpu(&mut stream, &[pid]);
     drop(stream);
     Measured {
         rtt,
+        paced,
         bulk,
         upload: upload(ports.discard),
         download: download(ports.source),
@@ -404,6 +427,7 @@ type Column<'a> = dyn Fn(&Sample) -> [f64; COLUMNS] + 'a;
 struct Sample {
     /// Per size of `SIZES`, per column: [median, p99] in ms.
     rtt: Vec<[[f64; 2]; COLUMNS]>,
+    paced: [f64; COLUMNS],
     bulk: [f64; COLUMNS],
     upload: [f64; COLUMNS],
     download: [f64; COLUMNS],
@@ -427,6 +451,7 @@ fn one_run(run: usize) -> Sample {
     } else {
         Measured {
             rtt: vec![[f64::NAN; 2]; SIZES.len()],
+            paced: f64::NAN,
             bulk: f64::NAN,
             upload: f64::NAN,
             download: f64::NAN,
@@ -438,6 +463,7 @@ fn one_run(run: usize) -> Sample {
     let pair = pair_up(&format!("pair-{run}"), ports);
     let mut stream = connect(ports.echo);
     let ft_rtt = round_trips_by_size(&mut stream);
+    let ft_paced = paced_round_trips(&mut stream);
     let switch = pair.switch_status().map_or(0, |line| line.pid);
     let pids = [pair.pid(Vm::Primary), pair.pid(Vm::Backup), switch];
     let (log0, t0) = log_bytes(&pair);
@@ -453,6 +479,7 @@ fn one_run(run: usize) -> Sample {
         rtt: (0..SIZES.len())
             .map(|k| [solo.rtt[k], ft_rtt[k], qemu.rtt[k]])
             .collect(),
+        paced: [solo.paced, ft_paced, qemu.paced],
         bulk: [solo.bulk, ft_bulk, qemu.bulk],
         upload: [solo.upload, ft_upload, qemu.upload],
         download: [solo.download, ft_download, qemu.download],
@@ -514,6 +541,9 @@ fn main() {
             });
         }
     }
+    row("echo round trip, 64 B 20 ms apart, median (ms)", &|s| {
+        s.paced
+    });
     row("bulk echo, 16 MiB (MB/s)", &|s| s.bulk);
     row("bulk host -> guest, 16 MiB (MB/s)", &|s| s.upload);
     row("bulk guest -> host, 16 MiB (MB/s)", &|s| s.download);
@@ -529,6 +559,15 @@ fn main() {
             Some(qemu),
         );
     }
+    let [solo, ft, qemu] = [0, 1, 2].map(|c| col(&|s| s.paced[c]));
+    report_solo_and_pair(
+        "ft_net",
+        "echo round trip 64 B 20 ms apart, median",
+        "ms",
+        Better::Lower,
+        [solo, ft],
+        Some(qemu),
+    );
     let bulks: [(&str, &Column<'_>); 3] = [
         ("bulk echo 16 MiB", &|s| s.bulk),
         ("bulk host -> guest 16 MiB", &|s| s.upload),
