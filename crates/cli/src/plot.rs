@@ -39,21 +39,13 @@ pub struct PlotArgs {
 const TEXT_FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 
 pub fn plot(args: &PlotArgs) -> Result<ExitCode> {
-    let histories = read_histories(&args.state_dir);
-    if histories.values().all(Vec::is_empty) {
-        bail!(
-            "no VM history in {} (VMs started by `ftvm up` keep one)",
-            args.state_dir.display()
-        );
-    }
+    let timeline = timeline(&args.state_dir)?;
     let (width, height) = args
         .size
         .split_once('x')
         .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)))
         .filter(|&(w, h): &(u32, u32)| w >= 300 && h >= 300)
         .with_context(|| format!("--size {:?}: WIDTHxHEIGHT, each at least 300", args.size))?;
-    let timeline = Timeline::new(&histories);
-    register_font()?;
     match args.out.extension().and_then(|e| e.to_str()) {
         Some("svg") => {
             let root = SVGBackend::new(&args.out, (width, height)).into_drawing_area();
@@ -99,14 +91,23 @@ fn register_font() -> Result<()> {
         .map_err(|e| anyhow!(e))
 }
 
-/// The timeline of the pair in `dir` as SVG text (the agent's page).
-pub fn svg(dir: &Path, size: (u32, u32)) -> Result<String> {
+/// The VMs' histories of the pair in `dir`, ready to draw (the font
+/// registered).
+fn timeline(dir: &Path) -> Result<Timeline> {
     let histories = read_histories(dir);
     if histories.values().all(Vec::is_empty) {
-        bail!("no VM history in {}", dir.display());
+        bail!(
+            "no VM history in {} (VMs started by `ftvm up` keep one)",
+            dir.display()
+        );
     }
     register_font()?;
-    let timeline = Timeline::new(&histories);
+    Ok(Timeline::new(&histories))
+}
+
+/// The timeline of the pair in `dir` as SVG text (the agent's page).
+pub fn svg(dir: &Path, size: (u32, u32)) -> Result<String> {
+    let timeline = timeline(dir)?;
     let mut text = String::new();
     {
         let root = SVGBackend::with_string(&mut text, size).into_drawing_area();

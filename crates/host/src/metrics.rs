@@ -112,28 +112,45 @@ pub fn serve_http(
         .spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
-                if busy.fetch_add(1, Ordering::AcqRel) >= CONNECTIONS_MAX {
-                    busy.fetch_sub(1, Ordering::AcqRel);
+                // Given back when dropped: by the thread once it answered
+                // (or panicked), or here when it is refused or never started.
+                let slot = Slot::take(&busy);
+                if busy.load(Ordering::Acquire) > CONNECTIONS_MAX {
                     continue;
                 }
-                let (handle, busy) = (handle.clone(), busy.clone());
-                let answered = busy.clone();
+                let handle = handle.clone();
                 let spawned =
                     std::thread::Builder::new()
                         .name(thread_name.clone())
                         .spawn(move || {
+                            let _slot = slot;
                             if let Err(e) = answer(stream, &*handle) {
                                 tracing::debug!(%e, "an HTTP request failed");
                             }
-                            busy.fetch_sub(1, Ordering::AcqRel);
                         });
                 if spawned.is_err() {
-                    answered.fetch_sub(1, Ordering::AcqRel);
                     tracing::debug!("no thread for an HTTP request");
                 }
             }
         })
         .map(|_| ())
+}
+
+/// One of the [`serve_http`] connections that may be answered at once,
+/// held until dropped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(busy: &Arc<AtomicUsize>) -> Slot {
+        busy.fetch_add(1, Ordering::AcqRel);
+        Slot(busy.clone())
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Read the request on `stream`: all of it within [`REQUEST_DEADLINE`]
@@ -275,34 +292,15 @@ impl Text {
     }
 }
 
-/// Observations counted into fixed buckets, as a Prometheus histogram
-/// keeps them: counts per bucket (not yet cumulative), their sum, their
-/// number.
+/// Observations counted into fixed buckets (the counting is the owner's,
+/// e.g. `ftvm_node::Durations`), as a Prometheus histogram keeps them:
+/// counts per bucket (not yet cumulative), their sum, their number.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Histogram {
     pub bounds: Vec<f64>,
     pub counts: Vec<u64>,
     pub sum: f64,
     pub count: u64,
-}
-
-impl Histogram {
-    pub fn new(bounds: &[f64]) -> Histogram {
-        Histogram {
-            bounds: bounds.to_vec(),
-            counts: vec![0; bounds.len()],
-            sum: 0.0,
-            count: 0,
-        }
-    }
-
-    pub fn observe(&mut self, value: f64) {
-        if let Some(i) = self.bounds.iter().position(|&bound| value <= bound) {
-            self.counts[i] += 1;
-        }
-        self.sum += value;
-        self.count += 1;
-    }
 }
 
 /// A sample value as Prometheus writes one.
@@ -354,10 +352,13 @@ mod tests {
 
     #[test]
     fn a_histogram_is_cumulative_with_inf_sum_and_count() {
-        let mut histogram = Histogram::new(&[0.001, 0.01]);
-        for value in [0.0005, 0.002, 0.003, 5.0] {
-            histogram.observe(value);
-        }
+        // 0.0005 s; 0.002 and 0.003 s; 5 s, past the last bound.
+        let histogram = Histogram {
+            bounds: vec![0.001, 0.01],
+            counts: vec![1, 2],
+            sum: 5.0055,
+            count: 4,
+        };
         let mut text = Text::new(vec![]);
         text.histogram("d_seconds", "Delays.", &histogram);
         let text = text.finish();

@@ -994,23 +994,23 @@ impl Vm {
             Kind::Counter,
             stats.outputs as f64,
         );
-        let in_seconds = |counts: &[u64], sum_ns: u64, count: u64| Histogram {
+        let in_seconds = |d: &ftvm_node::Durations| Histogram {
             bounds: ftvm_node::DELAY_BUCKETS_S.to_vec(),
-            counts: counts.to_vec(),
-            sum: sum_ns as f64 / 1e9,
-            count,
+            counts: d.buckets.to_vec(),
+            sum: d.sum_ns as f64 / 1e9,
+            count: d.count,
         };
         text.histogram(
             "ftvm_output_delay_seconds",
             "The output rule's delay: from an output's production to its release, once the \
              backup holds the log up to it.",
-            &in_seconds(&stats.delay_buckets, stats.delay_sum_ns, stats.outputs),
+            &in_seconds(&stats.delay_histogram),
         );
         text.histogram(
             "ftvm_ack_round_trip_seconds",
             "A primary's logging round trip: from sending a piece of the log to the backup's \
              acknowledgement that covers it.",
-            &in_seconds(&stats.ack_buckets, stats.ack_sum_ns, stats.acks),
+            &in_seconds(&stats.ack_histogram),
         );
         text.one(
             "ftvm_failovers_total",

@@ -56,7 +56,7 @@ use ftvm_replay::{End, LogError};
 pub use balloon::{BalloonRefused, BalloonSet, pages_to_mib};
 pub use clone::{CloneBegun, CloneRefused};
 pub use halt::{HaltCode, HaltReason};
-pub use stats::{DELAY_BUCKETS_S, Milestones, Stats};
+pub use stats::{DELAY_BUCKETS_S, Durations, Milestones, Stats};
 
 use live::Running;
 use replaying::Replaying;

@@ -8,7 +8,7 @@ use ftvm_ft::golive::Verdict;
 use ftvm_ft::primary::{FlowLimits, Pace, Primary};
 use ftvm_replay::{ClockReading, End, MachineId, Recorder, TimeSteering};
 
-use crate::stats::{Held, count_ack, count_release, release};
+use crate::stats::{Held, count_release, release};
 use crate::{
     DiskMode, Effect, HaltReason, Host, Mode, Node, NodeConfig, NodeError, Ran, SHORT_SLICE, SLICE,
     Status, Time,
@@ -602,17 +602,14 @@ impl Node {
         if bytes.is_empty() {
             return Ok(());
         }
-        pair.protocol.logged(
-            r.recorder.entries(),
-            self.icount_base + r.recorder.last_icount(),
-        );
+        let entries = r.recorder.entries();
+        pair.protocol
+            .logged(entries, self.icount_base + r.recorder.last_icount());
         if pair.unacked_sends.len() == SENDS_TIMED {
             pair.unacked_sends.pop_front();
         }
-        pair.unacked_sends
-            .push_back((r.recorder.entries(), time.mono_ns));
+        pair.unacked_sends.push_back((entries, time.mono_ns));
         self.stats.log_bytes += bytes.len() as u64;
-        let entries = r.recorder.entries();
         self.stats.log_entries += entries.saturating_sub(self.entries_counted);
         self.entries_counted = entries;
         for chunk in bytes.chunks(ENTRIES_CHUNK) {
@@ -693,7 +690,9 @@ impl Node {
                     if entries > *through {
                         break;
                     }
-                    count_ack(&mut self.stats, time.mono_ns.saturating_sub(sent));
+                    self.stats
+                        .ack_histogram
+                        .observe(time.mono_ns.saturating_sub(sent));
                     pair.unacked_sends.pop_front();
                 }
                 match pair.protocol.ack(*through, *icount) {

@@ -38,19 +38,13 @@ pub struct Stats {
     pub output_delays_ns: VecDeque<u64>,
     /// Outputs released in all.
     pub outputs: u64,
-    /// Every output-rule delay so far, counted in the buckets of
-    /// [`DELAY_BUCKETS_S`] (each counts the delays above the bound before
-    /// it; longer than the last: none), and their sum.
-    pub delay_buckets: [u64; DELAY_BUCKETS_S.len()],
-    pub delay_sum_ns: u64,
+    /// Every output-rule delay so far.
+    pub delay_histogram: Durations,
     /// Log entries sent (primary) or received and checked (backup).
     pub log_entries: u64,
     /// A primary's acknowledgement round trips (from sending a piece of
-    /// log to the acknowledgement that covers it), in the buckets of
-    /// [`DELAY_BUCKETS_S`] like the output delays, their sum and number.
-    pub ack_buckets: [u64; DELAY_BUCKETS_S.len()],
-    pub ack_sum_ns: u64,
-    pub acks: u64,
+    /// log to the acknowledgement that covers it).
+    pub ack_histogram: Durations,
     pub milestones: Milestones,
 }
 
@@ -99,24 +93,30 @@ pub(crate) fn release(effects: &mut Vec<Effect>, stats: &mut Stats, held: Held, 
     });
 }
 
-/// Count an acknowledgement that came `round_trip_ns` after the log it
-/// covers was sent.
-pub(crate) fn count_ack(stats: &mut Stats, round_trip_ns: u64) {
-    let seconds = round_trip_ns as f64 / 1e9;
-    if let Some(bucket) = DELAY_BUCKETS_S.iter().position(|&bound| seconds <= bound) {
-        stats.ack_buckets[bucket] += 1;
+/// Durations counted in the buckets of [`DELAY_BUCKETS_S`] (each counts
+/// those above the bound before it; longer than the last: none), with
+/// their sum and number: a histogram in Prometheus's sense.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Durations {
+    pub buckets: [u64; DELAY_BUCKETS_S.len()],
+    pub sum_ns: u64,
+    pub count: u64,
+}
+
+impl Durations {
+    pub(crate) fn observe(&mut self, ns: u64) {
+        let seconds = ns as f64 / 1e9;
+        if let Some(bucket) = DELAY_BUCKETS_S.iter().position(|&bound| seconds <= bound) {
+            self.buckets[bucket] += 1;
+        }
+        self.sum_ns += ns;
+        self.count += 1;
     }
-    stats.ack_sum_ns += round_trip_ns;
-    stats.acks += 1;
 }
 
 pub(crate) fn count_release(stats: &mut Stats, delay_ns: u64) {
     stats.outputs += 1;
-    let seconds = delay_ns as f64 / 1e9;
-    if let Some(bucket) = DELAY_BUCKETS_S.iter().position(|&bound| seconds <= bound) {
-        stats.delay_buckets[bucket] += 1;
-    }
-    stats.delay_sum_ns += delay_ns;
+    stats.delay_histogram.observe(delay_ns);
     if stats.output_delays_ns.len() == DELAYS_KEPT {
         stats.output_delays_ns.pop_front();
     }
