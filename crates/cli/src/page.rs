@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use ftvm_host::metrics::{Answer, Request, serve_http};
-use ftvm_host::status::{PairStatus, StatusLine};
+use ftvm_host::status::StatusLine;
 
-use crate::pair::{read_switch, read_vms};
+use crate::pair::{pair_status, read_vms};
 
 /// What the agent has done, for its metrics.
 #[derive(Clone, Default)]
@@ -103,7 +103,7 @@ pub fn serve(addr: SocketAddr, dir: &Path, counters: AgentCounters) -> Result<So
 fn answer(request: &Request, dir: &Path, counters: &AgentCounters) -> Answer {
     match request.path.as_str() {
         "/" => Answer::ok("text/html; charset=utf-8", page(dir)),
-        "/status.json" => match serde_json::to_vec(&status(dir)) {
+        "/status.json" => match serde_json::to_vec(&pair_status(dir)) {
             Ok(json) => Answer::ok("application/json", json),
             Err(e) => Answer::not_found(format!("{e}\n")),
         },
@@ -120,13 +120,6 @@ fn answer(request: &Request, dir: &Path, counters: &AgentCounters) -> Answer {
 }
 
 /// The pair as `ftvm status --json` says it.
-fn status(dir: &Path) -> PairStatus {
-    PairStatus {
-        vms: read_vms(dir).iter().map(|vm| vm.describe()).collect(),
-        switch: read_switch(dir),
-    }
-}
-
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -160,7 +153,7 @@ fn rows(vms: &[StatusLine]) -> String {
 }
 
 fn page(dir: &Path) -> String {
-    let status = status(dir);
+    let status = pair_status(dir);
     let switch = status.switch.as_ref().map_or(String::new(), |s| {
         format!(
             "switch pid {} on {}: {} VM ports, {} address moves, {} expired, {} refused",

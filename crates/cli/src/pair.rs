@@ -509,28 +509,32 @@ pub(crate) fn read_switch(dir: &Path) -> Option<SwitchStatus> {
     StatusFile::read::<SwitchStatus>(&dir.join("switch.status")).filter(|s| process_alive(s.pid))
 }
 
+/// The pair in `dir` as `ftvm status --json` prints it (and the agent's
+/// page serves it).
+pub(crate) fn pair_status(dir: &Path) -> PairStatus {
+    PairStatus {
+        vms: read_vms(dir).iter().map(Vm::describe).collect(),
+        switch: read_switch(dir),
+    }
+}
+
 pub fn status(args: &StatusArgs) -> Result<ExitCode> {
     let dir = &args.dir.state_dir;
-    let vms = read_vms(dir);
-    if vms.is_empty() {
+    let status = pair_status(dir);
+    if status.vms.is_empty() {
         bail!("no pair in {}", dir.display());
     }
     if args.watch {
         return crate::watch::watch(dir, Duration::from_millis(args.every_ms.max(50)));
     }
-    let switch = read_switch(dir);
     if args.json {
-        let status = PairStatus {
-            vms: vms.iter().map(Vm::describe).collect(),
-            switch,
-        };
         say(&serde_json::to_string(&status).context("encoding the status")?)?;
         return Ok(ExitCode::SUCCESS);
     }
-    for vm in vms {
-        say(&vm.describe().to_string())?;
+    for line in &status.vms {
+        say(&line.to_string())?;
     }
-    if let Some(switch) = switch {
+    if let Some(switch) = &status.switch {
         say(&switch.to_string())?;
     }
     Ok(ExitCode::SUCCESS)

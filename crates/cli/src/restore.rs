@@ -384,10 +384,11 @@ pub fn agent(args: &AgentArgs) -> Result<ExitCode> {
         }
         let started = Instant::now();
         let result = restore(dir, &mut children);
-        counters.count(&result, started.elapsed());
+        let took = started.elapsed();
+        counters.count(&result, took);
         match result {
             Ok(restored) => {
-                let seconds = started.elapsed().as_secs_f64();
+                let seconds = took.as_secs_f64();
                 tracing::info!(
                     target: "ftvm::state",
                     vm = %restored.survivor,
