@@ -331,7 +331,9 @@ pub struct AgentArgs {
     /// draws, redrawn live) at `http://HOST:PORT/` (port 0: any free port;
     /// the address goes in `DIR/agent.http`). `ftvm up` gives the agent a
     /// free loopback port.
-    #[arg(long, value_name = "HOST:PORT", conflicts_with = "cluster")]
+    /// With `--cluster`: the page of the whole cluster, its metrics and
+    /// Prometheus's service discovery (`/sd.json`) of every agent and VM.
+    #[arg(long, value_name = "HOST:PORT")]
     pub http: Option<std::net::SocketAddr>,
 }
 
@@ -346,7 +348,7 @@ const RETRY_MOST: Duration = Duration::from_secs(30);
 pub fn agent(args: &AgentArgs) -> Result<ExitCode> {
     let dir = &args.state_dir;
     if args.cluster.cluster.is_some() {
-        return crate::cluster::agent(dir, &args.cluster);
+        return crate::cluster::agent(dir, &args.cluster, args.http);
     }
     let stop = ftvm_host::stop_flag()?;
     let counters = crate::page::AgentCounters::default();
@@ -385,7 +387,7 @@ pub fn agent(args: &AgentArgs) -> Result<ExitCode> {
         let started = Instant::now();
         let result = restore(dir, &mut children);
         let took = started.elapsed();
-        counters.count(&result, took);
+        counters.restore(result.as_ref().ok().map(|r| r.pause_ms), took);
         match result {
             Ok(restored) => {
                 let seconds = took.as_secs_f64();

@@ -1,8 +1,9 @@
-//! `ftvm status --watch`: the pair's VMs as a table redrawn in place, with
-//! the events seen between two looks (a VM's state changing, a suspicion,
-//! a take-over, a clone), until interrupted or until no VM of the pair
-//! runs any more. On a terminal the screen is redrawn; elsewhere each
-//! table is printed after the last, for a log or a test.
+//! `ftvm status --watch` and `ftvm cluster status --watch`: VMs as a table
+//! redrawn in place, with the events seen between two looks (a VM's state
+//! changing, a suspicion, a take-over, a clone), until interrupted or, for
+//! a pair, until no VM of it runs any more. On a terminal the screen is
+//! redrawn; elsewhere each table is printed after the last, for a log or a
+//! test.
 
 use std::io::{IsTerminal, Write};
 use std::path::Path;
@@ -17,28 +18,70 @@ use crate::pair::{read_switch, read_vms};
 /// How many recent events the table keeps below it.
 const EVENTS_KEPT: usize = 8;
 
+/// One VM in a table: what names it (its name in a pair's directory,
+/// `PAIR/NAME` in a cluster), the host it runs on (a cluster's) and its
+/// status.
+pub struct Row {
+    pub key: String,
+    pub host: Option<String>,
+    pub line: StatusLine,
+}
+
+/// What one look saw.
+pub struct Look {
+    /// The table's first line, before the time.
+    pub title: String,
+    pub rows: Vec<Row>,
+    /// Lines below the VMs (the switch, the hosts).
+    pub footer: Vec<String>,
+    /// Nothing more will happen: the watch ends after this table.
+    pub over: bool,
+}
+
+/// `ftvm status --watch` of the pair in `dir`.
 pub fn watch(dir: &Path, every: Duration) -> Result<ExitCode> {
-    let terminal = std::io::stdout().is_terminal();
-    let mut before: Vec<StatusLine> = Vec::new();
-    let mut events: Vec<String> = Vec::new();
     let mut seen_running = false;
-    loop {
+    watch_looks(every, || {
         let vms = read_vms(dir);
-        let lines: Vec<StatusLine> = vms.iter().map(|vm| vm.describe()).collect();
+        let running = vms.iter().any(|vm| vm.running());
+        seen_running |= running;
+        let rows: Vec<Row> = vms
+            .iter()
+            .map(|vm| Row {
+                key: vm.name.clone(),
+                host: None,
+                line: vm.describe(),
+            })
+            .collect();
+        Ok(Look {
+            title: format!("ftvm pair in {}", dir.display()),
+            over: rows.is_empty() || (seen_running && !running),
+            footer: read_switch(dir).iter().map(switch_line).collect(),
+            rows,
+        })
+    })
+}
+
+/// Draw what `look` sees every `every`, with the events between looks,
+/// until a look says it is over (or `look` fails).
+pub fn watch_looks(every: Duration, mut look: impl FnMut() -> Result<Look>) -> Result<ExitCode> {
+    let terminal = std::io::stdout().is_terminal();
+    let mut before: Vec<Row> = Vec::new();
+    let mut events: Vec<String> = Vec::new();
+    loop {
+        let seen = look()?;
         let stamp = clock();
-        for event in changes(&before, &lines) {
+        for event in changes(&before, &seen.rows) {
             events.push(format!("{stamp} {event}"));
         }
         let excess = events.len().saturating_sub(EVENTS_KEPT);
         events.drain(..excess);
-        let running = vms.iter().any(|vm| vm.running());
-        seen_running |= running;
         let mut screen = String::new();
         if terminal {
             // Home and clear: the table replaces the last one.
             screen.push_str("\x1b[H\x1b[2J");
         }
-        screen.push_str(&table(dir, &lines, read_switch(dir).as_ref(), &stamp));
+        screen.push_str(&table(&seen, &stamp));
         for event in &events {
             screen.push_str(&format!("  {event}\n"));
         }
@@ -51,18 +94,19 @@ pub fn watch(dir: &Path, every: Duration) -> Result<ExitCode> {
             .and_then(|()| stdout.flush())
             .context("writing to stdout")?;
         drop(stdout);
-        before = lines;
-        if lines_done(&before, seen_running, running) {
+        if seen.over {
             return Ok(ExitCode::SUCCESS);
         }
+        before = seen.rows;
         std::thread::sleep(every);
     }
 }
 
-/// The pair is over: it ran, and no VM of it runs any more (or there was
-/// never anything to watch).
-fn lines_done(lines: &[StatusLine], seen_running: bool, running: bool) -> bool {
-    lines.is_empty() || (seen_running && !running)
+fn switch_line(s: &SwitchStatus) -> String {
+    format!(
+        "switch    {:>8} ports={} moves={} expired={} refused={}",
+        s.pid, s.ports, s.moves, s.expired, s.refused
+    )
 }
 
 /// The time of day, UTC, to the second.
@@ -78,15 +122,48 @@ fn clock() -> String {
     )
 }
 
-/// One row per VM and one for the switch.
-fn table(dir: &Path, vms: &[StatusLine], switch: Option<&SwitchStatus>, stamp: &str) -> String {
-    let mut out = format!("ftvm pair in {} at {stamp}\n", dir.display());
+/// One row per VM (with a HOST column if any VM has a host), then the
+/// footer.
+fn table(look: &Look, stamp: &str) -> String {
+    let mut out = format!("{} at {stamp}\n", look.title);
+    let width = look
+        .rows
+        .iter()
+        .map(|r| r.key.len())
+        .max()
+        .unwrap_or(0)
+        .max(9);
+    let hosts = look.rows.iter().any(|r| r.host.is_some());
+    let host_width = look
+        .rows
+        .iter()
+        .filter_map(|r| r.host.as_ref().map(String::len))
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    let host_cell = |host: &str| {
+        if hosts {
+            format!("{host:<host_width$} ")
+        } else {
+            String::new()
+        }
+    };
     out.push_str(&format!(
-        "{:<9} {:>8} {:<9} {:>5} {:>7} {:>9} {:>9} {:>10} {:>8} {:>6}\n",
-        "VM", "PID", "STATE", "EPOCH", "LAG", "LAG MS", "LOG MBIT", "DELAY MS", "P99 MS", "CLONES"
+        "{:<width$} {}{:>8} {:<9} {:>5} {:>7} {:>9} {:>9} {:>10} {:>8} {:>6}\n",
+        "VM",
+        host_cell("HOST"),
+        "PID",
+        "STATE",
+        "EPOCH",
+        "LAG",
+        "LAG MS",
+        "LOG MBIT",
+        "DELAY MS",
+        "P99 MS",
+        "CLONES"
     ));
-    for line in vms {
-        let name = line.name.as_deref().unwrap_or("?");
+    for row in &look.rows {
+        let line = &row.line;
         let (lag, lag_ms, rate, delay, p99) = line.measures.as_ref().map_or(
             ("-".into(), "-".into(), "-".into(), "-".into(), "-".into()),
             |m| {
@@ -100,8 +177,9 @@ fn table(dir: &Path, vms: &[StatusLine], switch: Option<&SwitchStatus>, stamp: &
             },
         );
         out.push_str(&format!(
-            "{:<9} {:>8} {:<9} {:>5} {:>7} {:>9} {:>9} {:>10} {:>8} {:>6}\n",
-            name,
+            "{:<width$} {}{:>8} {:<9} {:>5} {:>7} {:>9} {:>9} {:>10} {:>8} {:>6}\n",
+            row.key,
+            host_cell(row.host.as_deref().unwrap_or("-")),
             line.pid,
             line.state.as_str(),
             line.epoch.map_or("-".into(), |e| e.to_string()),
@@ -113,22 +191,25 @@ fn table(dir: &Path, vms: &[StatusLine], switch: Option<&SwitchStatus>, stamp: &
             line.clones
         ));
     }
-    if let Some(s) = switch {
-        out.push_str(&format!(
-            "switch    {:>8} ports={} moves={} expired={} refused={}\n",
-            s.pid, s.ports, s.moves, s.expired, s.refused
-        ));
+    for line in &look.footer {
+        out.push_str(line);
+        out.push('\n');
     }
     out
 }
 
-/// What changed from `before` to `now`, VM by VM (by name).
-fn changes(before: &[StatusLine], now: &[StatusLine]) -> Vec<String> {
+/// What changed from `before` to `now`, VM by VM (by key).
+fn changes(before: &[Row], now: &[Row]) -> Vec<String> {
     let mut events = Vec::new();
-    for line in now {
-        let name = line.name.as_deref().unwrap_or("?");
-        let Some(was) = before.iter().find(|b| b.name == line.name) else {
-            events.push(format!("{name}: {}", line.state.as_str()));
+    for row in now {
+        let (name, line) = (&row.key, &row.line);
+        let Some(was) = before.iter().find(|b| b.key == row.key).map(|b| &b.line) else {
+            let on = row
+                .host
+                .as_ref()
+                .map(|h| format!(" on {h}"))
+                .unwrap_or_default();
+            events.push(format!("{name}: {}{on}", line.state.as_str()));
             continue;
         };
         if was.state != line.state {
@@ -161,11 +242,15 @@ mod tests {
     use super::*;
     use ftvm_host::status::VmState;
 
-    fn line(name: &str, state: VmState) -> StatusLine {
-        StatusLine {
-            name: Some(name.into()),
-            epoch: Some(1),
-            ..StatusLine::new(state, 7)
+    fn line(name: &str, state: VmState) -> Row {
+        Row {
+            key: name.into(),
+            host: None,
+            line: StatusLine {
+                name: Some(name.into()),
+                epoch: Some(1),
+                ..StatusLine::new(state, 7)
+            },
         }
     }
 
@@ -176,8 +261,8 @@ mod tests {
             line("backup", VmState::Backup),
         ];
         let mut live = line("backup", VmState::Live);
-        live.suspected = true;
-        live.took_over = true;
+        live.line.suspected = true;
+        live.line.took_over = true;
         let now = [
             line("primary", VmState::Dead),
             live,
@@ -198,7 +283,6 @@ mod tests {
 
     #[test]
     fn the_table_has_a_row_per_vm_and_the_switch() {
-        let vms = [line("primary", VmState::Primary)];
         let switch = SwitchStatus {
             pid: 3,
             ports: 2,
@@ -208,9 +292,16 @@ mod tests {
             refused: 0,
             metrics: None,
         };
-        let text = table(Path::new("/d"), &vms, Some(&switch), "12:00:00Z");
+        let look = Look {
+            title: "ftvm pair in /d".into(),
+            rows: vec![line("primary", VmState::Primary)],
+            footer: vec![switch_line(&switch)],
+            over: false,
+        };
+        let text = table(&look, "12:00:00Z");
         let rows: Vec<&str> = text.lines().collect();
         assert_eq!(rows.len(), 4, "{text}");
+        assert!(!rows[1].contains("HOST"), "{text}");
         assert!(
             rows[2].starts_with("primary") && rows[2].contains(" primary "),
             "{text}"
@@ -219,5 +310,24 @@ mod tests {
             rows[3].starts_with("switch") && rows[3].contains("moves=1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_cluster_table_names_each_vms_host() {
+        let mut row = line("web/vm2", VmState::Backup);
+        row.host = Some("h3".into());
+        let look = Look {
+            title: "ftvm cluster".into(),
+            rows: vec![row],
+            footer: Vec::new(),
+            over: false,
+        };
+        let text = table(&look, "12:00:00Z");
+        let rows: Vec<&str> = text.lines().collect();
+        assert!(rows[1].contains(" HOST "), "{text}");
+        let cells: Vec<&str> = rows[2].split_whitespace().collect();
+        assert_eq!(cells[..4], ["web/vm2", "h3", "7", "backup"], "{text}");
+        let appeared = changes(&[], &look.rows);
+        assert_eq!(appeared, ["web/vm2: backup on h3"]);
     }
 }

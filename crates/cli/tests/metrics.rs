@@ -11,116 +11,13 @@
 mod support;
 
 use std::io::Read;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
-use serde_json::Value;
-use support::http::{get, promtool_check};
+use support::http::{Prometheus, get, promtool_check};
 use support::pair::{Pair, Vm, VmState};
+use support::signal;
 use support::ticks::*;
-use support::{poll, signal};
-
-const PROMETHEUS_LIMIT: Duration = Duration::from_secs(60);
-
-/// A Prometheus server of its own, ended with the test.
-struct Prometheus {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Prometheus {
-    /// Scraping `targets` every second, its data under `dir`.
-    fn start(dir: &Path, targets: &[SocketAddr]) -> Prometheus {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
-        let config = format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\n\
-             scrape_configs:\n  - job_name: ftvm\n    static_configs:\n      - targets: [{}]\n",
-            targets.join(", ")
-        );
-        let config_file = dir.join("prometheus.yml");
-        std::fs::write(&config_file, config).expect("writing prometheus.yml");
-        let log = std::fs::File::create(dir.join("prometheus.log")).expect("prometheus.log");
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", config_file.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("prometheus-data").display()
-            ))
-            .arg(format!("--web.listen-address={addr}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("starting prometheus (Debian's prometheus: run scripts/deps)");
-        let prometheus = Prometheus { child, addr };
-        let ready = poll(PROMETHEUS_LIMIT, || get(addr, "/-/ready"));
-        assert!(
-            ready.is_some(),
-            "prometheus never became ready; see {}",
-            dir.join("prometheus.log").display()
-        );
-        prometheus
-    }
-
-    /// The instant vector `query` evaluates to: (labels, value) each.
-    fn query(&self, query: &str) -> Vec<(Value, f64)> {
-        let body = get(self.addr, &format!("/api/v1/query?query={}", encode(query)))
-            .unwrap_or_else(|| panic!("prometheus did not answer {query:?}"));
-        let answer: Value = serde_json::from_str(&body).expect("prometheus's JSON");
-        assert_eq!(answer["status"], "success", "{query}: {answer}");
-        answer["data"]["result"]
-            .as_array()
-            .map(|results| {
-                results
-                    .iter()
-                    .map(|r| {
-                        let value = r["value"][1]
-                            .as_str()
-                            .and_then(|v| v.parse().ok())
-                            .unwrap_or(f64::NAN);
-                        (r["metric"].clone(), value)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    /// Ask `query` again and again until `want` holds of its answer.
-    fn wait_for(&self, query: &str, want: impl Fn(&[(Value, f64)]) -> bool) -> Vec<(Value, f64)> {
-        let mut last = Vec::new();
-        let found = poll(PROMETHEUS_LIMIT, || {
-            last = self.query(query);
-            want(&last).then(|| last.clone())
-        });
-        found.unwrap_or_else(|| panic!("prometheus's answer to {query:?} never held: {last:?}"))
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Percent-encoding for a query string.
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
 
 #[test]
 fn prometheus_follows_a_pair_across_a_failover() {

@@ -9,72 +9,15 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use support::http::{get, promtool_check};
+use support::http::{dom, get, page_states, promtool_check};
 use support::pair::{Pair, Vm, VmState};
 use support::ticks::*;
-use support::{poll, signal, wait_or_kill};
+use support::{poll, signal};
 
 const PAGE_LIMIT: Duration = Duration::from_secs(90);
-
-/// The page at `url` as Chromium leaves it after its script ran for a
-/// (virtual) few seconds; a Chromium that hangs is killed after a minute.
-fn dom(url: &str) -> String {
-    let mut chromium = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--virtual-time-budget=3000",
-            "--dump-dom",
-            url,
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("running chromium (Debian's chromium: run scripts/deps)");
-    let mut out = String::new();
-    let reader = chromium.stdout.take().map(|mut stdout| {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = std::io::Read::read_to_string(&mut stdout, &mut text);
-            text
-        })
-    });
-    let (_, killed) = wait_or_kill(&mut chromium, Duration::from_secs(60));
-    if let Some(text) = reader.and_then(|r| r.join().ok()) {
-        out = text;
-    }
-    assert!(!killed, "chromium hung on {url}");
-    out
-}
-
-/// Each VM row of the page's table: name and state.
-fn page_states(dom: &str) -> BTreeMap<String, String> {
-    let mut states = BTreeMap::new();
-    for row in dom.split("<tr data-vm=\"").skip(1) {
-        let Some((name, rest)) = row.split_once('"') else {
-            continue;
-        };
-        let Some(state) = rest
-            .strip_prefix(" data-state=\"")
-            .and_then(|r| r.split_once('"'))
-            .map(|(state, _)| state)
-        else {
-            continue;
-        };
-        // The script's template literal is in the page too.
-        if !name.starts_with('$') {
-            states.insert(name.to_string(), state.to_string());
-        }
-    }
-    states
-}
 
 /// What `ftvm status --json` says: each VM's name and state.
 fn status_states(pair: &Pair) -> BTreeMap<String, String> {
@@ -144,7 +87,10 @@ fn the_status_page_shows_what_ftvm_status_says_across_a_failover() {
     });
     assert_eq!(before.len(), 2, "{before:?}");
     let dom = dom(&url);
-    assert!(dom.contains("<img id=\"plot\""), "no timeline on the page");
+    assert!(
+        dom.contains("<img class=\"plot\" src=\"/plot.svg"),
+        "no timeline on the page"
+    );
 
     signal(primary, libc::SIGKILL);
     pair.wait_state(Vm::Backup, VmState::Live, FAILOVER_LIMIT);

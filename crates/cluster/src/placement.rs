@@ -25,6 +25,10 @@ pub struct HostInfo {
     pub free_mib: u64,
     /// VMs the agent runs now.
     pub vms: u32,
+    /// Where its agent serves its status page and metrics (`HOST:PORT`),
+    /// if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
 }
 
 /// The host for a new backup of a VM of `need_mib` whose survivor runs on
@@ -57,6 +61,7 @@ mod tests {
             name: name.into(),
             agent: format!("{name}:1"),
             vm_addr: "10.0.0.1".into(),
+            http: None,
             free_mib,
             vms,
         }

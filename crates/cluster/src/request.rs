@@ -84,6 +84,10 @@ pub enum Request {
         backup: bool,
         to: Option<String>,
     },
+    /// The VMs this host runs, each with its whole status (measures
+    /// included), as JSON: what `ftvm cluster status` shows beyond the
+    /// store's records.
+    Status,
 }
 
 /// An agent's answer: what was done, or why not.

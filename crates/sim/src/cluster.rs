@@ -142,6 +142,7 @@ impl Sim {
                     vm_addr: format!("10.0.0.{}", k + 1),
                     free_mib: s.room_mib.saturating_sub(mine * VM_MIB),
                     vms: s.others + mine as u32,
+                    http: None,
                 };
                 (k, info)
             })

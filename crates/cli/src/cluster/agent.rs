@@ -19,7 +19,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -31,7 +31,9 @@ use ftvm_host::etcd::EtcdClient;
 use ftvm_host::process::terminate;
 use ftvm_host::status::VmState;
 
+use super::view::{self, ClusterStatus};
 use super::{AgentConfig, ask_agent, hosts, records};
+use crate::page::{self, AgentCounters, Page, escape};
 use crate::pair::{Vm, listening_addr, read_vms, spawn_child, wait_for};
 
 /// The registration's lease: a host that stops renewing it is out of the
@@ -57,6 +59,11 @@ pub(super) struct Agent {
     /// Pairs with a restore or migration under way (one at a time each).
     busy: Arc<Mutex<HashSet<String>>>,
     stop: Arc<AtomicBool>,
+    /// Where its page is served (`--http`), as other hosts reach it.
+    http: OnceLock<String>,
+    counters: AgentCounters,
+    /// Whether its host is registered under a live lease.
+    registered: AtomicBool,
 }
 
 /// Marks a pair busy while it lives.
@@ -84,7 +91,22 @@ pub(super) fn run(config: AgentConfig) -> Result<std::process::ExitCode> {
         children: Mutex::new(Vec::new()),
         busy: Arc::new(Mutex::new(HashSet::new())),
         stop: ftvm_host::stop_flag()?,
+        http: OnceLock::new(),
+        counters: AgentCounters::default(),
+        registered: AtomicBool::new(false),
     });
+    if let Some(addr) = agent.config.http {
+        let server = agent.clone();
+        let local = page::listen(addr, move |request| server.answer(request))?;
+        // A wildcard address is reached at the host's own.
+        let advertised = if local.ip().is_unspecified() {
+            format!("{}:{}", agent.config.vm_ip(), local.port())
+        } else {
+            local.to_string()
+        };
+        tracing::info!("agent: the cluster's page is at http://{advertised}/");
+        let _ = agent.http.set(advertised);
+    }
     if let Some(file) = &agent.config.addr_file {
         ftvm_host::status::write_atomically(file, format!("{}\n", agent.addr).as_bytes())
             .with_context(|| format!("writing {}", file.display()))?;
@@ -213,8 +235,13 @@ impl Agent {
                     .spawn(move || {
                         let _busy = busy;
                         let started = Instant::now();
-                        match agent.restore(&pair, &name, None) {
-                            Ok(done) => {
+                        let result = agent.restore(&pair, &name, None);
+                        agent.counters.restore(
+                            result.as_ref().ok().map(|(_, pause_ms)| *pause_ms),
+                            started.elapsed(),
+                        );
+                        match result {
+                            Ok((done, _)) => {
                                 let seconds = started.elapsed().as_secs_f64();
                                 tracing::info!(
                                     target: "ftvm::state",
@@ -254,6 +281,12 @@ impl Agent {
     /// Keep the lease alive (or take a new one) and write the host's
     /// registration on it.
     fn renew(&self, lease: Option<i64>, vms: &[(String, Vm)]) -> Option<i64> {
+        let renewed = self.renew_lease(lease, vms);
+        self.registered.store(renewed.is_some(), Ordering::Relaxed);
+        renewed
+    }
+
+    fn renew_lease(&self, lease: Option<i64>, vms: &[(String, Vm)]) -> Option<i64> {
         let alive = match lease {
             Some(id) => match self.etcd.keep_alive(id) {
                 Ok(true) => Some(id),
@@ -298,6 +331,7 @@ impl Agent {
             vm_addr: self.config.vm_ip(),
             free_mib: self.config.memory_mib.saturating_sub(used),
             vms: vms.iter().filter(|(_, vm)| vm.running()).count() as u32,
+            http: self.http.get().cloned(),
         };
         let value = serde_json::to_vec(&info).unwrap_or_default();
         match self
@@ -406,7 +440,12 @@ impl Agent {
             let reply: Reply =
                 match request::open_request(&self.config.key, &challenge, line.trim()) {
                     Ok(request) => {
-                        tracing::info!(%peer, ?request, "request");
+                        // Looks come every second from each watcher and page.
+                        if request == Request::Status {
+                            tracing::debug!(%peer, "status request");
+                        } else {
+                            tracing::info!(%peer, ?request, "request");
+                        }
                         self.handle(request).map_err(|e| format!("{e:#}"))
                     }
                     Err(e) => {
@@ -455,9 +494,123 @@ impl Agent {
                 let busy = self
                     .try_busy(&pair)
                     .ok_or_else(|| anyhow!("{pair} is being restored or moved already"))?;
-                super::migrate::migrate(self, &pair, backup, to.as_deref(), busy)
+                let result = super::migrate::migrate(self, &pair, backup, to.as_deref(), busy);
+                self.counters.migration(result.is_ok());
+                result
+            }
+            Request::Status => {
+                let vms = view::local_status(&self.config.host, &self.local_vms());
+                serde_json::to_string(&vms).context("encoding the status")
             }
         }
+    }
+
+    /// Answer a request for the cluster's page (see [`crate::page`]).
+    fn answer(&self, request: &ftvm_host::metrics::Request) -> ftvm_host::metrics::Answer {
+        use ftvm_host::metrics::Answer;
+        let path = request.path.as_str();
+        let look = || view::cluster_status(&self.etcd, &self.config.key);
+        match path {
+            "/" => Answer::ok("text/html; charset=utf-8", self.page(look())),
+            "/status.json" => match look() {
+                Ok(status) => page::json(&status),
+                Err(e) => Answer::not_found(format!("the cluster store: {e:#}\n")),
+            },
+            "/sd.json" => match look() {
+                Ok(status) => page::json(&status.scrape_targets()),
+                Err(e) => Answer::not_found(format!("the cluster store: {e:#}\n")),
+            },
+            "/metrics" => {
+                let running = self
+                    .local_vms()
+                    .iter()
+                    .filter(|(_, vm)| vm.running())
+                    .count();
+                page::metrics_answer(self.counters.metrics(
+                    vec![("host", self.config.host.clone())],
+                    running,
+                    Some(self.registered.load(Ordering::Relaxed)),
+                ))
+            }
+            _ => match path
+                .strip_prefix("/pairs/")
+                .and_then(|rest| rest.strip_suffix("/plot.svg"))
+            {
+                Some(pair) if ftvm_host::arbiter::check_name(pair).is_ok() => {
+                    page::plot(&self.pair_dir(pair))
+                }
+                _ => Answer::not_found("not here\n"),
+            },
+        }
+    }
+
+    /// The cluster's page: its VMs, its hosts, and the timelines of the
+    /// pairs whose VMs ran on this host.
+    fn page(&self, status: Result<ClusterStatus>) -> String {
+        let (status, trouble) = match status {
+            Ok(status) => (status, String::new()),
+            Err(e) => (
+                ClusterStatus::default(),
+                format!(
+                    " <strong>The cluster store does not answer: {}</strong>",
+                    escape(&format!("{e:#}"))
+                ),
+            ),
+        };
+        let mut hosts = String::from(
+            "<h2>Hosts</h2>\n<table id=\"hosts\"><thead><tr><th>host</th><th>agent</th>\
+             <th>free MiB</th><th>VMs</th><th>answers</th></tr></thead>\n<tbody>\n",
+        );
+        for h in &status.hosts {
+            hosts.push_str(&format!(
+                "<tr data-host=\"{name}\"><td>{name}</td><td>{agent}</td><td>{free}</td>\
+                 <td>{vms}</td><td>{answered}</td></tr>\n",
+                name = escape(&h.info.name),
+                agent = escape(&h.info.agent),
+                free = h.info.free_mib,
+                vms = h.info.vms,
+                answered = if h.answered { "yes" } else { "no" },
+            ));
+        }
+        hosts.push_str("</tbody></table>\n");
+        let mut pairs: Vec<String> = std::fs::read_dir(&self.config.dir)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|pair| ftvm_host::arbiter::check_name(pair).is_ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        pairs.sort();
+        let plots: Vec<(String, String)> = pairs
+            .iter()
+            .map(|pair| {
+                (
+                    format!("{pair}: its VMs on {}", self.config.host),
+                    format!("/pairs/{pair}/plot.svg"),
+                )
+            })
+            .collect();
+        let rows: Vec<crate::watch::Row> =
+            status.vms.into_iter().map(view::ClusterVm::row).collect();
+        let title = format!("ftvm cluster, seen from {}", self.config.host);
+        let intro = format!(
+            "Every VM as its own host's agent sees it (a <code>*</code>: from the store \
+             only, its agent does not answer); redrawn every second. \
+             <a href=\"/status.json\">status.json</a> is what <code>ftvm cluster status \
+             --json</code> prints; <a href=\"/sd.json\">sd.json</a> lists every agent and \
+             VM to scrape (Prometheus's <code>http_sd_configs</code>).{trouble}"
+        );
+        page::html(&Page {
+            title: &title,
+            intro: &intro,
+            vms: &rows,
+            hosts_column: true,
+            below: &hosts,
+            plots: &plots,
+        })
     }
 
     /// Start a VM of `pair` here; the address a backup listens on.
@@ -519,6 +672,9 @@ impl Agent {
             format!("etcd:{}", self.etcd.endpoints()).into(),
             "--console-file".into(),
             dir.join("console").into(),
+            // On the host's cluster address, for a Prometheus elsewhere.
+            "--metrics".into(),
+            format!("{}:0", self.config.vm_ip()).into(),
         ]);
         args.extend(plan.common.iter().map(OsString::from));
         match role {
@@ -550,8 +706,14 @@ impl Agent {
     }
 
     /// Give the VM `name` of `pair`, which runs here alone, a new backup
-    /// on `to` (or where placement says); the new backup's name.
-    pub(super) fn restore(&self, pair: &str, name: &str, to: Option<&str>) -> Result<String> {
+    /// on `to` (or where placement says); the new backup's name and host,
+    /// and how long the guest stood still for its snapshot (ms).
+    pub(super) fn restore(
+        &self,
+        pair: &str,
+        name: &str,
+        to: Option<&str>,
+    ) -> Result<(String, f64)> {
         let plan = self.plan(pair)?;
         let dir = self.pair_dir(pair);
         let survivor = crate::pair::read_named(&dir, name)
@@ -629,7 +791,7 @@ impl Agent {
                 stop();
             }
         }
-        result.map(|()| format!("{backup} on {}", target.name))
+        result.map(|pause_ms| (format!("{backup} on {}", target.name), pause_ms))
     }
 
     fn clone_into(
@@ -640,7 +802,7 @@ impl Agent {
         host: &str,
         addr: &str,
         epoch: u64,
-    ) -> Result<()> {
+    ) -> Result<f64> {
         let dir = self.pair_dir(pair);
         let control_socket = dir.join(format!("{}.control", survivor.name));
         let clone = VmRequest::Clone {
@@ -669,7 +831,7 @@ impl Agent {
                 && old.line.epoch == Some(epoch)
                 && new.is_some_and(|r| r.state == "backup");
             if protected {
-                return Some(Ok(()));
+                return Some(Ok(old.line.clone_pause_ms.unwrap_or(0.0)));
             }
             let gave_up = old.line.state == VmState::Live
                 && old.line.clone.is_none()

@@ -157,5 +157,7 @@ fn move_backup(
             ftvm_cluster::placement::place(&others, &primary.host, plan_mib).map(|h| h.name.clone())
         }
     };
-    agent.restore(pair, &primary.name, to.as_deref())
+    agent
+        .restore(pair, &primary.name, to.as_deref())
+        .map(|(done, _)| done)
 }

@@ -12,6 +12,7 @@
 
 mod agent;
 mod migrate;
+pub mod view;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -40,6 +41,8 @@ pub(crate) struct AgentConfig {
     pub dir: PathBuf,
     pub memory_mib: u64,
     pub addr_file: Option<PathBuf>,
+    /// Where to serve the cluster's page, metrics and scrape targets.
+    pub http: Option<std::net::SocketAddr>,
 }
 
 impl AgentConfig {
@@ -81,7 +84,11 @@ pub struct ClusterAgentArgs {
 }
 
 /// `ftvm agent --cluster ...`.
-pub fn agent(dir: &std::path::Path, args: &ClusterAgentArgs) -> Result<ExitCode> {
+pub fn agent(
+    dir: &std::path::Path,
+    args: &ClusterAgentArgs,
+    http: Option<std::net::SocketAddr>,
+) -> Result<ExitCode> {
     let store = store_endpoints(args.cluster.as_deref().unwrap_or_default())?;
     let key = read_cluster_key(
         args.cluster_key
@@ -123,6 +130,7 @@ pub fn agent(dir: &std::path::Path, args: &ClusterAgentArgs) -> Result<ExitCode>
         dir: dir.to_path_buf(),
         memory_mib,
         addr_file: args.addr_file.clone(),
+        http,
     })
 }
 
@@ -255,8 +263,9 @@ enum ClusterCommand {
     /// least loaded), its backup cloned onto another; returns once the
     /// pair is protected.
     Up(UpArgs),
-    /// The hosts of the cluster and the VMs of every pair.
-    Status(StoreArgs),
+    /// The hosts of the cluster and the VMs of every pair, each with its
+    /// lag, log rate and output delay as its own host's agent tells them.
+    Status(StatusArgs),
     /// Move either VM of a pair to another host while it runs.
     Migrate(MigrateArgs),
     /// End a pair: its VM ends cleanly, its backup with it.
@@ -299,6 +308,22 @@ struct UpArgs {
 }
 
 #[derive(Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Print the status as one JSON object (`hosts`, `vms`), for scripts.
+    #[arg(long, conflicts_with = "watch")]
+    json: bool,
+    /// Redraw the cluster's VMs as a table, with the events seen between
+    /// two looks, until interrupted.
+    #[arg(long)]
+    watch: bool,
+    /// How often `--watch` looks.
+    #[arg(long, value_name = "MS", default_value_t = 1000, requires = "watch")]
+    every_ms: u64,
+}
+
+#[derive(Args)]
 struct MigrateArgs {
     #[command(flatten)]
     store: StoreArgs,
@@ -335,7 +360,13 @@ struct PairKeyArgs {
 pub fn cluster(args: &ClusterArgs) -> Result<ExitCode> {
     match &args.command {
         ClusterCommand::Up(args) => up(args),
-        ClusterCommand::Status(args) => status(args),
+        ClusterCommand::Status(args) => {
+            let (etcd, key) = args.store.open()?;
+            let every = args
+                .watch
+                .then(|| Duration::from_millis(args.every_ms.max(100)));
+            view::show(&etcd, &key, args.json, every)
+        }
         ClusterCommand::Migrate(args) => migrate_command(args),
         ClusterCommand::Stop(args) => stop(args),
         ClusterCommand::Unprotect(args) => unprotect(args),
@@ -434,31 +465,6 @@ fn up(args: &UpArgs) -> Result<ExitCode> {
     ask_agent(&host.agent, &key, &start, Duration::from_secs(30))?;
     println!("ftvm: {}/vm1 started on {}", args.pair, host.name);
     say_protected(&etcd, &args.pair, started)?;
-    Ok(ExitCode::SUCCESS)
-}
-
-fn status(args: &StoreArgs) -> Result<ExitCode> {
-    let (etcd, _) = args.open()?;
-    let hosts = hosts(&etcd)?;
-    println!("{} hosts", hosts.len());
-    for h in &hosts {
-        println!(
-            "host {} agent={} free-mib={} vms={}",
-            h.name, h.agent, h.free_mib, h.vms
-        );
-    }
-    for r in decode_records(etcd.prefix(store::VMS)?)? {
-        let epoch = r.epoch.map(|e| format!(" epoch={e}")).unwrap_or_default();
-        let state = if r.running {
-            r.state.clone()
-        } else {
-            format!("{} (ended)", r.state)
-        };
-        println!(
-            "vm {}/{} host={} {state}{epoch} pid={}",
-            r.pair, r.name, r.host, r.pid
-        );
-    }
     Ok(ExitCode::SUCCESS)
 }
 

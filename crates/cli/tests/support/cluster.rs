@@ -16,6 +16,9 @@ use ftvm_host::status::{StatusFile, StatusLine};
 
 use super::{Scratch, describe, ftvm_bin, image_dir, poll};
 
+/// The port of every agent's page (`--http`), on its host's address.
+pub const AGENT_HTTP_PORT: u16 = 7100;
+
 /// Run `ip ARGS`; panics if it fails.
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("running ip");
@@ -264,6 +267,14 @@ impl Cluster {
         }
     }
 
+    /// Where host `name`'s agent serves its page and metrics.
+    pub fn agent_http(&self, name: &str) -> std::net::SocketAddr {
+        let ip = &self.hosts[self.host_index(name)].ip;
+        format!("{ip}:{AGENT_HTTP_PORT}")
+            .parse()
+            .expect("an agent's page address")
+    }
+
     pub fn host_dir(&self, host: &str) -> PathBuf {
         self.scratch.file(host)
     }
@@ -285,6 +296,8 @@ impl Cluster {
             self.host_dir(&h.name).to_string_lossy().into_owned(),
             "--memory-mib".into(),
             "2048".into(),
+            "--http".into(),
+            format!("{}:{AGENT_HTTP_PORT}", h.ip),
         ];
         let log = format!("{}-agent.log", h.name);
         let child = self.spawn_in(&h.ns.clone(), &ftvm_bin(), &args, &log);

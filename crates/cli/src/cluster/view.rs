@@ -1,0 +1,364 @@
+//! The cluster as an operator sees it: the hosts the store has, and every
+//! VM as its own agent sees it (state, lag, log rate, output delay, its
+//! metrics address), for `ftvm cluster status [--json|--watch]`, the
+//! agents' status pages and Prometheus's service discovery.
+//!
+//! The store holds only a word per VM (its state, epoch and pid); the
+//! measures live in the VMs' status files on their hosts, so each agent
+//! is asked for its own (`Request::Status`). A VM whose agent does not
+//! answer is shown from its record, marked so.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use ftvm_cluster::placement::HostInfo;
+use ftvm_cluster::request::Request;
+use ftvm_cluster::store::{self, VmRecord};
+use ftvm_host::etcd::EtcdClient;
+use ftvm_host::status::{StatusLine, VmState};
+use serde::{Deserialize, Serialize};
+
+use super::{ask_agent, decode_records, hosts};
+use crate::watch::{Look, Row};
+
+/// How long a host's agent has to answer before its VMs are shown from
+/// the store alone.
+const ASK_LIMIT: Duration = Duration::from_secs(2);
+
+/// One VM of the cluster.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClusterVm {
+    pub pair: String,
+    pub host: String,
+    /// Whether its agent told its whole status (`agent`), or it is what
+    /// the store's record says (`store`: its agent did not answer).
+    pub seen: Seen,
+    pub vm: StatusLine,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Seen {
+    Agent,
+    Store,
+}
+
+/// A registered host, and whether its agent answered.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HostView {
+    #[serde(flatten)]
+    pub info: HostInfo,
+    pub answered: bool,
+}
+
+/// What `ftvm cluster status --json` prints and the agents' pages serve.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub hosts: Vec<HostView>,
+    pub vms: Vec<ClusterVm>,
+}
+
+/// The VMs `host`'s agent runs (from `local`: its pairs and VMs), as it
+/// answers `Request::Status`.
+pub(super) fn local_status(host: &str, local: &[(String, crate::pair::Vm)]) -> Vec<ClusterVm> {
+    local
+        .iter()
+        .map(|(pair, vm)| ClusterVm {
+            pair: pair.clone(),
+            host: host.to_string(),
+            seen: Seen::Agent,
+            vm: vm.describe(),
+        })
+        .collect()
+}
+
+/// Look at the whole cluster: the store, then every registered host's
+/// agent (all at once, each within [`ASK_LIMIT`]).
+pub fn cluster_status(etcd: &EtcdClient, key: &[u8; 32]) -> Result<ClusterStatus> {
+    let hosts = hosts(etcd)?;
+    let records = decode_records(etcd.prefix(store::VMS)?)?;
+    let answers: Vec<Option<Vec<ClusterVm>>> = std::thread::scope(|scope| {
+        let asks: Vec<_> = hosts
+            .iter()
+            .map(|host| {
+                scope.spawn(move || {
+                    let json = ask_agent(&host.agent, key, &Request::Status, ASK_LIMIT).ok()?;
+                    let vms: Vec<ClusterVm> = serde_json::from_str(&json).ok()?;
+                    // An agent speaks for its own host only.
+                    Some(vms.into_iter().filter(|vm| vm.host == host.name).collect())
+                })
+            })
+            .collect();
+        asks.into_iter()
+            .map(|ask| ask.join().ok().flatten())
+            .collect()
+    });
+    Ok(assemble(hosts, &records, answers))
+}
+
+/// The hosts with what their agents answered (`None`: no answer), and the
+/// records of VMs no agent spoke for.
+fn assemble(
+    hosts: Vec<HostInfo>,
+    records: &[VmRecord],
+    answers: Vec<Option<Vec<ClusterVm>>>,
+) -> ClusterStatus {
+    let mut status = ClusterStatus::default();
+    for (info, answer) in hosts.into_iter().zip(answers) {
+        status.hosts.push(HostView {
+            info,
+            answered: answer.is_some(),
+        });
+        status.vms.extend(answer.unwrap_or_default());
+    }
+    for record in records {
+        let answered = status
+            .hosts
+            .iter()
+            .any(|h| h.answered && h.info.name == record.host);
+        if !answered {
+            status.vms.push(from_record(record));
+        }
+    }
+    status
+        .vms
+        .sort_by(|a, b| (&a.pair, &a.vm.name, &a.host).cmp(&(&b.pair, &b.vm.name, &b.host)));
+    status
+}
+
+/// Whether the VM's process runs and has not said it is done (a dead
+/// VM's line says `dead`).
+fn runs(line: &StatusLine) -> bool {
+    line.state != VmState::Dead && !line.state.is_final()
+}
+
+fn from_record(record: &VmRecord) -> ClusterVm {
+    let state = record.state.parse().unwrap_or(VmState::Dead);
+    ClusterVm {
+        pair: record.pair.clone(),
+        host: record.host.clone(),
+        seen: Seen::Store,
+        vm: StatusLine {
+            name: Some(record.name.clone()),
+            epoch: record.epoch,
+            ..StatusLine::new(state, record.pid)
+        },
+    }
+}
+
+impl ClusterStatus {
+    /// The cluster as one look of `ftvm cluster status --watch`.
+    pub fn look(self) -> Look {
+        let footer = self
+            .hosts
+            .iter()
+            .map(|h| {
+                format!(
+                    "host {:<8} agent={} free-mib={} vms={}{}",
+                    h.info.name,
+                    h.info.agent,
+                    h.info.free_mib,
+                    h.info.vms,
+                    if h.answered {
+                        ""
+                    } else {
+                        " (its agent does not answer)"
+                    }
+                )
+            })
+            .collect();
+        Look {
+            title: format!("ftvm cluster: {} hosts", self.hosts.len()),
+            rows: self.vms.into_iter().map(ClusterVm::row).collect(),
+            footer,
+            over: false,
+        }
+    }
+
+    /// Prometheus's HTTP service discovery: one target group per agent
+    /// that serves metrics and per running VM that does.
+    pub fn scrape_targets(&self) -> serde_json::Value {
+        let group = |addr: &str, host: &str, kind: &str| {
+            serde_json::json!({
+                "targets": [addr],
+                "labels": {"ftvm_host": host, "ftvm_kind": kind},
+            })
+        };
+        let agents = self.hosts.iter().filter_map(|h| {
+            h.info
+                .http
+                .as_deref()
+                .map(|addr| group(addr, &h.info.name, "agent"))
+        });
+        let vms = self.vms.iter().filter_map(|vm| {
+            let addr = vm.vm.metrics.filter(|_| runs(&vm.vm))?;
+            Some(group(&addr.to_string(), &vm.host, "vm"))
+        });
+        serde_json::Value::Array(agents.chain(vms).collect())
+    }
+}
+
+impl ClusterVm {
+    pub fn row(self) -> Row {
+        let name = self.vm.name.as_deref().unwrap_or("?");
+        let mut key = format!("{}/{name}", self.pair);
+        if self.seen == Seen::Store {
+            key.push('*');
+        }
+        Row {
+            key,
+            host: Some(self.host),
+            line: self.vm,
+        }
+    }
+}
+
+/// `ftvm cluster status`: once (text or JSON), or watched.
+pub(super) fn show(
+    etcd: &EtcdClient,
+    key: &[u8; 32],
+    json: bool,
+    watch: Option<Duration>,
+) -> Result<std::process::ExitCode> {
+    if let Some(every) = watch {
+        return crate::watch::watch_looks(every, || {
+            // A store that does not answer for a moment is a look with
+            // nothing in it, not the end of the watch.
+            Ok(match cluster_status(etcd, key) {
+                Ok(status) => status.look(),
+                Err(e) => Look {
+                    title: format!("ftvm cluster: the store does not answer ({e})"),
+                    rows: Vec::new(),
+                    footer: Vec::new(),
+                    over: false,
+                },
+            })
+        });
+    }
+    let status = cluster_status(etcd, key).context("looking at the cluster")?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&status).context("encoding the status")?
+        );
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    println!("{} hosts", status.hosts.len());
+    for h in &status.hosts {
+        println!(
+            "host {} agent={} free-mib={} vms={}{}",
+            h.info.name,
+            h.info.agent,
+            h.info.free_mib,
+            h.info.vms,
+            if h.answered {
+                String::new()
+            } else {
+                " (its agent does not answer)".into()
+            }
+        );
+    }
+    for vm in &status.vms {
+        let line = &vm.vm;
+        let epoch = line
+            .epoch
+            .map(|e| format!(" epoch={e}"))
+            .unwrap_or_default();
+        let state = if runs(line) || vm.seen == Seen::Store {
+            line.state.as_str().to_string()
+        } else {
+            format!("{} (ended)", line.state.as_str())
+        };
+        let measures = line.measures.as_ref().map_or(String::new(), |m| {
+            format!(
+                " lag={} lag-ms={:.1} log-mbit={:.3} delay-ms={:.2}",
+                m.lag_entries, m.lag_ms, m.log_mbit_s, m.delay_ms
+            )
+        });
+        let seen = if vm.seen == Seen::Store {
+            " (from the store: its agent does not answer)"
+        } else {
+            ""
+        };
+        println!(
+            "vm {}/{} host={} {state}{epoch} pid={}{measures}{seen}",
+            vm.pair,
+            line.name.as_deref().unwrap_or("?"),
+            vm.host,
+            line.pid
+        );
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(name: &str) -> HostInfo {
+        HostInfo {
+            name: name.into(),
+            agent: format!("{name}:7000"),
+            vm_addr: "10.0.0.1".into(),
+            free_mib: 100,
+            vms: 1,
+            http: Some(format!("{name}:7100")),
+        }
+    }
+
+    fn record(name: &str, host: &str, state: &str) -> VmRecord {
+        VmRecord {
+            pair: "web".into(),
+            name: name.into(),
+            host: host.into(),
+            state: state.into(),
+            epoch: Some(3),
+            pid: 42,
+            running: true,
+        }
+    }
+
+    #[test]
+    fn a_host_that_does_not_answer_shows_its_vms_from_the_store() {
+        let mut told = StatusLine {
+            name: Some("vm2".into()),
+            metrics: Some("10.0.0.1:9000".parse().expect("addr")),
+            ..StatusLine::new(VmState::Primary, 7)
+        };
+        told.epoch = Some(3);
+        let answers = vec![
+            Some(vec![ClusterVm {
+                pair: "web".into(),
+                host: "h1".into(),
+                seen: Seen::Agent,
+                vm: told,
+            }]),
+            None,
+        ];
+        let records = [
+            record("vm2", "h1", "primary"),
+            record("vm3", "h2", "backup"),
+        ];
+        let status = assemble(vec![host("h1"), host("h2")], &records, answers);
+        assert_eq!(status.vms.len(), 2, "{status:?}");
+        assert_eq!(status.vms[0].seen, Seen::Agent);
+        assert_eq!(status.vms[1].seen, Seen::Store);
+        assert_eq!(status.vms[1].vm.state, VmState::Backup);
+        assert!(!status.hosts[1].answered);
+        let targets = status.scrape_targets();
+        let addrs: Vec<&str> = targets
+            .as_array()
+            .expect("an array")
+            .iter()
+            .filter_map(|g| g["targets"][0].as_str())
+            .collect();
+        assert_eq!(addrs, ["h1:7100", "h2:7100", "10.0.0.1:9000"]);
+        let look = status.look();
+        assert_eq!(look.rows[1].key, "web/vm3*");
+        assert!(
+            look.footer[1].contains("does not answer"),
+            "{:?}",
+            look.footer
+        );
+    }
+}
