@@ -340,6 +340,11 @@ impl SwitchServer {
     pub fn serve_for(&mut self, budget: Duration) -> std::io::Result<()> {
         let until = Instant::now() + budget;
         loop {
+            // What arrived goes through the gateway before the loop waits:
+            // a datagram read while the gateway was polled, and queued for
+            // it, would otherwise wait out the whole timeout below (a
+            // guest's reply held 1 ms, at random, on its way to the host).
+            self.receive()?;
             self.poll_gateway();
             let now = Instant::now();
             let since_start = now.duration_since(self.started);
@@ -353,16 +358,15 @@ impl SwitchServer {
             if now >= until {
                 return Ok(());
             }
-            self.receive()?;
             // The gateway's host sockets want looking at often; a frame
-            // wakes the switch at once.
+            // wakes the switch at once (the socket was read dry above, so
+            // the next datagram is an edge).
             let wait = (until - now).min(Duration::from_millis(1));
             match self.poll.poll(&mut self.events, Some(wait)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
-            self.receive()?;
         }
     }
 
