@@ -159,16 +159,7 @@ pub fn restore(dir: &Path, children: &mut Vec<std::process::Child>) -> Result<Re
     }
     let vms = read_vms(dir);
     let alive: Vec<&Vm> = vms.iter().filter(|vm| vm.running()).collect();
-    let survivor = match alive.as_slice() {
-        [] => bail!("no VM of the pair runs in {}", dir.display()),
-        [vm] if vm.line.state == VmState::Live => *vm,
-        [vm] => bail!(
-            "{} is {}: only a VM that runs alone can be given a backup",
-            vm.name,
-            vm.line.state
-        ),
-        _ => bail!("the pair has two VMs already"),
-    };
+    let survivor = running_alone(&alive).map_err(|why| anyhow::anyhow!("{why}"))?;
     let epoch = survivor.line.epoch.unwrap_or(1) + 1;
     let name = next_name(dir, &vms);
     if let Some(len) = plan.private_disk {
@@ -196,6 +187,40 @@ pub fn restore(dir: &Path, children: &mut Vec<std::process::Child>) -> Result<Re
         epoch,
         pause_ms,
     })
+}
+
+/// The VM that runs the guest alone, among the VMs whose processes run:
+/// the one that is `live`, while no clone is under way. Others may run
+/// beside it without protecting it: a frozen old primary or backup
+/// (SIGSTOP) keeps its process and its last status until it wakes, finds
+/// its peer gone live and halts, and a VM that went live won the
+/// test-and-set of its epoch, so no such VM can ever run the guest again.
+/// Why there is none otherwise.
+fn running_alone<'a>(alive: &[&'a Vm]) -> Result<&'a Vm, String> {
+    let live: Vec<&Vm> = alive
+        .iter()
+        .copied()
+        .filter(|vm| vm.line.state == VmState::Live)
+        .collect();
+    if let Some(cloning) = alive.iter().find(|vm| vm.line.state == VmState::Cloning) {
+        return Err(format!("{} is cloning itself already", cloning.name));
+    }
+    if let Some(waiting) = alive.iter().find(|vm| vm.line.state == VmState::Waiting) {
+        return Err(format!("{} waits for a clone already", waiting.name));
+    }
+    match (live.as_slice(), alive) {
+        ([vm], _) => Ok(vm),
+        ([], []) => Err("no VM of the pair runs".into()),
+        ([], [vm]) => Err(format!(
+            "{} is {}: only a VM that runs alone can be given a backup",
+            vm.name, vm.line.state
+        )),
+        ([], _) => Err("the pair has two VMs already".into()),
+        (_, _) => Err(format!(
+            "{} VMs say they run the guest alone: none is given a backup",
+            live.len()
+        )),
+    }
 }
 
 fn clone_into(dir: &Path, survivor: &Vm, name: &str, pid: u32, epoch: u64) -> Result<f64> {
@@ -375,8 +400,7 @@ pub fn agent(args: &AgentArgs) -> Result<ExitCode> {
             tracing::info!("the pair has ended: the agent ends");
             return Ok(ExitCode::SUCCESS);
         }
-        let lone = matches!(alive.as_slice(), [vm] if vm.line.state == VmState::Live);
-        if !lone || dir.join(UNPROTECTED).exists() {
+        if running_alone(&alive).is_err() || dir.join(UNPROTECTED).exists() {
             alone_since = None;
             continue;
         }
@@ -740,4 +764,44 @@ fn migrate_backup(dir: &Path, primary: &Vm, backup: &Vm) -> Result<()> {
         restored.pause_ms
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ftvm_host::status::StatusLine;
+
+    fn vm(name: &str, state: VmState) -> Vm {
+        Vm {
+            name: name.into(),
+            line: StatusLine::new(state, 1),
+            alive: true,
+        }
+    }
+
+    fn alone(vms: &[Vm]) -> Result<String, String> {
+        let alive: Vec<&Vm> = vms.iter().collect();
+        running_alone(&alive).map(|vm| vm.name.clone())
+    }
+
+    #[test]
+    fn a_live_vm_beside_a_frozen_old_primary_is_alone() {
+        use VmState::*;
+        assert_eq!(alone(&[vm("backup", Live)]), Ok("backup".into()));
+        // The old primary frozen by SIGSTOP: its file still says primary.
+        assert_eq!(
+            alone(&[vm("primary", Primary), vm("backup", Live)]),
+            Ok("backup".into())
+        );
+        assert_eq!(
+            alone(&[vm("primary", Live), vm("backup", Backup)]),
+            Ok("primary".into())
+        );
+        assert!(alone(&[vm("primary", Primary), vm("backup", Backup)]).is_err());
+        assert!(alone(&[vm("backup", Cloning), vm("vm3", Waiting)]).is_err());
+        assert!(alone(&[vm("backup", Live), vm("vm3", Waiting)]).is_err());
+        assert!(alone(&[vm("primary", Live), vm("backup", Live)]).is_err());
+        assert!(alone(&[vm("primary", Primary)]).is_err());
+        assert!(alone(&[]).is_err());
+    }
 }

@@ -14,6 +14,10 @@
 //!   is lost, and a later clone succeeds. Likewise a migration of the
 //!   primary, with either VM killed during it.
 //!
+//! - A frozen primary (SIGSTOP): the backup takes over, and the agent
+//!   protects it again while the old primary's process is still there,
+//!   frozen; woken, the old primary halts for the test-and-set it lost.
+//!
 //! What the VMs did is read from their status lines (`ftvm status
 //! --json`), never from their logs. `FTVM_SEED` repeats a run's kill
 //! moments; `FTVM_SOAK=N` makes the ten failures N.
@@ -23,7 +27,7 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use support::pair::{Pair, StatusLine, VmState};
+use support::pair::{HaltCode, Pair, StatusLine, Verdict, Vm, VmState};
 use support::writer::{BOOT_LIMIT, REPLY_LIMIT, WRITER_CMD, Writer};
 use support::{
     disk_log, free_port, fsck_clean, image_dir, kill_seed, poll, run_limited, serial, signal,
@@ -137,6 +141,58 @@ fn ten_failures_in_a_row_each_after_redundancy_came_back_lose_no_acknowledged_wr
         "{} writes across {failures} failures; clone pauses (ms): {pauses:?}",
         writer.acked()
     );
+    finish(&pair, writer, &pair.path("disk.img"));
+}
+
+#[test]
+fn a_frozen_primary_does_not_keep_the_survivor_from_a_new_backup() {
+    let _serial = serial();
+    let mut pair = Pair::new("restore-frozen");
+    let mut writer = start(&mut pair, true, &[]);
+    let (primary, _) = wait_protected(&pair, 1, "the pair");
+    signal(primary.pid, libc::SIGSTOP);
+    // The frozen process is a third VM, so not `protected` yet.
+    let mut found = None;
+    pair.wait_until(
+        RESTORE_LIMIT,
+        "a new backup while the old primary is frozen",
+        || {
+            let status = pair.ftvm_status();
+            let alive = status.alive();
+            let of = |state| {
+                alive
+                    .iter()
+                    .find(|line| line.state == state && line.epoch == Some(2))
+                    .map(|line| (*line).clone())
+            };
+            found = of(VmState::Primary).zip(of(VmState::Backup));
+            found.is_some()
+        },
+    );
+    let (survivor, backup) = found.expect("found above");
+    assert_eq!(survivor.name.as_deref(), Some("backup"), "{survivor}");
+    assert_eq!(backup.name.as_deref(), Some("vm3"), "{backup}");
+    let frozen = pair.status(Vm::Primary).expect("the old primary's status");
+    assert_eq!(
+        frozen.state,
+        VmState::Primary,
+        "the old primary was not frozen all along: {frozen}\n{}",
+        pair.diag()
+    );
+    more_writes(
+        &mut writer,
+        &pair,
+        "after the frozen primary's backup took over",
+    );
+    signal(primary.pid, libc::SIGCONT);
+    let old = pair.wait_state(Vm::Primary, VmState::Halted, RESTORE_LIMIT);
+    assert!(
+        old.halt == Some(HaltCode::LostTestAndSet) && old.verdict == Some(Verdict::Lost),
+        "the woken old primary halted, but not for the test-and-set it lost: {old}\n{}",
+        pair.diag()
+    );
+    wait_protected(&pair, 2, "the pair, once the old primary halted");
+    more_writes(&mut writer, &pair, "after the old primary halted");
     finish(&pair, writer, &pair.path("disk.img"));
 }
 
@@ -409,8 +465,7 @@ fn migrating_the_primary_and_the_backup_loses_nothing() {
                 .find(|line| line.name == primary.name);
             if let Some(old) = old {
                 assert!(
-                    old.halt == Some(support::pair::HaltCode::HandedOver)
-                        || old.state == VmState::Dead,
+                    old.halt == Some(HaltCode::HandedOver) || old.state == VmState::Dead,
                     "the old primary: {old}"
                 );
             }
