@@ -346,11 +346,19 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, timeline: &Timeline) 
 /// One lane per VM, coloured by its state over time.
 fn draw_states<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, t: &Timeline) -> Result<()> {
     let lanes = t.vms.len().max(1) as f64;
+    // The events' labels go in rows under the lanes, as many as keep them
+    // apart (a clone right after a failover would write over its label).
+    let (width, height) = area.dim_in_pixel();
+    let seconds_per_px = t.end / f64::from(width.saturating_sub(120).max(1));
+    let rows = label_rows(t, seconds_per_px);
+    let row_count = rows.iter().map(|(_, row)| row + 1).max().unwrap_or(1);
+    let lane_px = f64::from(height) / (lanes + 0.5 * row_count as f64);
+    let row_height = LABEL_PX / lane_px.max(1.0);
     let mut chart = ChartBuilder::on(area)
         .margin_left(10)
         .margin_right(20)
         .y_label_area_size(90)
-        .build_cartesian_2d(0f64..t.end, 0f64..lanes)
+        .build_cartesian_2d(0f64..t.end, -(row_height * row_count as f64)..lanes)
         .map_err(fail)?;
     chart
         .configure_mesh()
@@ -388,7 +396,46 @@ fn draw_states<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, t: &Timeline) 
         });
         chart.draw_series(labels).map_err(fail)?;
     }
-    draw_events(&mut chart, t, lanes, false)
+    draw_events(&mut chart, t, lanes)?;
+    for (event, row) in rows {
+        chart
+            .draw_series(std::iter::once(Text::new(
+                format!("{}: {}", event.vm, event.what),
+                (event.at, -(row_height * row as f64)),
+                ("sans-serif", 12).into_font().color(&event_color(event.kind)),
+            )))
+            .map_err(fail)?;
+    }
+    Ok(())
+}
+
+/// A label's height, in pixels.
+const LABEL_PX: f64 = 15.0;
+
+/// The labelled events, each with its row: the first row where it starts
+/// after the label before it ends (a label's width estimated at 7 px a
+/// character).
+fn label_rows(t: &Timeline, seconds_per_px: f64) -> Vec<(&Event, usize)> {
+    let mut row_ends: Vec<f64> = Vec::new();
+    let labelled = t
+        .events
+        .iter()
+        .filter(|e| !matches!(e.kind, EventKind::Other | EventKind::Suspicion));
+    labelled
+        .map(|event| {
+            let chars = event.vm.chars().count() + 2 + event.what.chars().count();
+            let end = event.at + (chars as f64 * 7.0 + 10.0) * seconds_per_px;
+            let row = match row_ends.iter().position(|&e| e <= event.at) {
+                Some(row) => row,
+                None => {
+                    row_ends.push(0.0);
+                    row_ends.len() - 1
+                }
+            };
+            row_ends[row] = end;
+            (event, row)
+        })
+        .collect()
 }
 
 fn draw_panel<DB: DrawingBackend>(
@@ -429,7 +476,7 @@ fn draw_panel<DB: DrawingBackend>(
             .label(vm.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color));
     }
-    draw_events(&mut chart, t, top, true)?;
+    draw_events(&mut chart, t, top)?;
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperRight)
@@ -439,7 +486,7 @@ fn draw_panel<DB: DrawingBackend>(
         .map_err(fail)
 }
 
-/// A vertical line at each marked event; with `quiet`, no text.
+/// A vertical line at each marked event.
 fn draw_events<DB: DrawingBackend>(
     chart: &mut ChartContext<
         DB,
@@ -447,7 +494,6 @@ fn draw_events<DB: DrawingBackend>(
     >,
     t: &Timeline,
     top: f64,
-    quiet: bool,
 ) -> Result<()> {
     let marked = t.events.iter().filter(|e| e.kind != EventKind::Other);
     for event in marked {
@@ -458,15 +504,6 @@ fn draw_events<DB: DrawingBackend>(
                 color.stroke_width(2),
             )))
             .map_err(fail)?;
-        if !quiet && event.kind != EventKind::Suspicion {
-            chart
-                .draw_series(std::iter::once(Text::new(
-                    format!("{}: {}", event.vm, event.what),
-                    (event.at, top * 0.02),
-                    ("sans-serif", 12).into_font().color(&color),
-                )))
-                .map_err(fail)?;
-        }
     }
     Ok(())
 }
@@ -594,6 +631,20 @@ mod tests {
             backup.iter().any(|&(at, v)| at == 2.5 && v == 0.0),
             "{backup:?}"
         );
+    }
+
+    #[test]
+    fn labels_close_together_go_in_rows_of_their_own() {
+        let timeline = Timeline::new(&failover());
+        // The failover at 2.5 s and the clone at 4.0 s: 1.5 s apart.
+        let rows = |seconds_per_px: f64| -> Vec<usize> {
+            label_rows(&timeline, seconds_per_px)
+                .iter()
+                .map(|(_, row)| *row)
+                .collect()
+        };
+        assert_eq!(rows(0.001), [0, 0], "far apart at 1 ms a pixel");
+        assert_eq!(rows(0.05), [0, 1], "on top of each other at 50 ms a pixel");
     }
 
     #[test]
