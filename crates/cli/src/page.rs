@@ -252,14 +252,7 @@ fn page(dir: &Path) -> String {
             s.refused
         )
     });
-    let vms: Vec<Row> = read_vms(dir)
-        .iter()
-        .map(|vm| Row {
-            key: vm.name.clone(),
-            host: None,
-            line: vm.describe(),
-        })
-        .collect();
+    let vms = crate::watch::pair_rows(&read_vms(dir));
     let title = format!("ftvm pair {}", dir_name(dir));
     html(&Page {
         title: &title,

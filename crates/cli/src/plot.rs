@@ -402,7 +402,9 @@ fn draw_states<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, t: &Timeline) 
             .draw_series(std::iter::once(Text::new(
                 format!("{}: {}", event.vm, event.what),
                 (event.at, -(row_height * row as f64)),
-                ("sans-serif", 12).into_font().color(&event_color(event.kind)),
+                ("sans-serif", 12)
+                    .into_font()
+                    .color(&event_color(event.kind)),
             )))
             .map_err(fail)?;
     }

@@ -45,14 +45,7 @@ pub fn watch(dir: &Path, every: Duration) -> Result<ExitCode> {
         let vms = read_vms(dir);
         let running = vms.iter().any(|vm| vm.running());
         seen_running |= running;
-        let rows: Vec<Row> = vms
-            .iter()
-            .map(|vm| Row {
-                key: vm.name.clone(),
-                host: None,
-                line: vm.describe(),
-            })
-            .collect();
+        let rows = pair_rows(&vms);
         Ok(Look {
             title: format!("ftvm pair in {}", dir.display()),
             over: rows.is_empty() || (seen_running && !running),
@@ -60,6 +53,17 @@ pub fn watch(dir: &Path, every: Duration) -> Result<ExitCode> {
             rows,
         })
     })
+}
+
+/// A pair's VMs as rows, by name.
+pub fn pair_rows(vms: &[crate::pair::Vm]) -> Vec<Row> {
+    vms.iter()
+        .map(|vm| Row {
+            key: vm.name.clone(),
+            host: None,
+            line: vm.describe(),
+        })
+        .collect()
 }
 
 /// Draw what `look` sees every `every`, with the events between looks,

@@ -143,15 +143,15 @@ fn an_operator_follows_a_cluster_across_the_loss_of_a_host() {
              refresh_interval: 1s\n"
         ),
     );
-    let primary_host = |want: &str| {
-        prometheus.wait_for("ftvm_vm_state{state=\"primary\"} == 1", |found| {
-            found.len() == 1 && found[0].0["ftvm_host"] == want
+    // The one VM in `state`, on `host`.
+    let state_on = |state: &str, host: &str| {
+        let query = format!("ftvm_vm_state{{state=\"{state}\"}} == 1");
+        prometheus.wait_for(&query, |found| {
+            found.len() == 1 && found[0].0["ftvm_host"] == host
         });
     };
-    primary_host(&p.host);
-    prometheus.wait_for("ftvm_vm_state{state=\"backup\"} == 1", |found| {
-        found.len() == 1 && found[0].0["ftvm_host"] == b.host.as_str()
-    });
+    state_on("primary", &p.host);
+    state_on("backup", &b.host);
     prometheus.wait_for("sum(ftvm_agent_registered)", |found| {
         found.first().is_some_and(|(_, v)| *v == 3.0)
     });
@@ -196,10 +196,8 @@ fn an_operator_follows_a_cluster_across_the_loss_of_a_host() {
 
     // Prometheus follows: the primary on the survivor's host, one
     // failover, and a restore counted by the survivor's agent.
-    primary_host(&b.host);
-    prometheus.wait_for("ftvm_vm_state{state=\"backup\"} == 1", |found| {
-        found.len() == 1 && found[0].0["ftvm_host"] == b1.host.as_str()
-    });
+    state_on("primary", &b.host);
+    state_on("backup", &b1.host);
     prometheus.wait_for("sum(ftvm_failovers_total)", |found| {
         found.first().is_some_and(|(_, v)| *v == 1.0)
     });
