@@ -103,7 +103,7 @@ impl AgentCounters {
         );
         text.one(
             "ftvm_agent_vms_running",
-            "VMs whose processes run on the agent's host.",
+            "VMs whose processes run on the agent's host (for the agent of one pair: the pair's).",
             Kind::Gauge,
             vms_running as f64,
         );
@@ -313,7 +313,7 @@ const esc = s => String(s).replace(/[&<>"]/g, c => ({{"&": "&amp;", "<": "&lt;",
 // A pair's status lists status lines; a cluster's lists VMs with their
 // pair and host around the line.
 const row = v => v.vm
-  ? {{key: `${{v.pair}}/${{v.vm.name || "?"}}` + (v.seen === "store" ? "*" : ""), host: v.host, line: v.vm}}
+  ? {{key: `${{v.pair}}/${{v.vm.name || "?"}}`, host: v.host + (v.seen === "store" ? "*" : ""), line: v.vm}}
   : {{key: v.name || "?", host: null, line: v}};
 async function redraw() {{
   try {{
@@ -346,13 +346,17 @@ async function redraw() {{
     document.getElementById("vms").dataset.redrawn = new Date().toISOString();
   }} catch (e) {{}}
 }}
+// The next look a second after the last one ended: a slow answer (a
+// host down) is never asked for twice at once.
 let ticks = 0;
-setInterval(() => {{
-  redraw();
+async function again() {{
+  await redraw();
   if (++ticks % 5 === 0) {{
     for (const img of document.querySelectorAll("img.plot")) img.src = img.dataset.src + "?" + ticks;
   }}
-}}, 1000);
+  setTimeout(again, 1000);
+}}
+setTimeout(again, 1000);
 </script>
 </body></html>
 "##,

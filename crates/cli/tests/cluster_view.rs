@@ -242,6 +242,19 @@ fn an_operator_follows_a_cluster_across_the_loss_of_a_host() {
         page_dom.contains("data-redrawn="),
         "the page's script did not run"
     );
+    let survivor_row = format!("<td>web/{}</td><td>{}</td>", b.name, b.host);
+    assert!(
+        page_dom.contains(&survivor_row),
+        "the page does not put {} on {}",
+        b.name,
+        b.host
+    );
+    for host in ["h1", "h2", "h3"].iter().filter(|h| **h != p.host) {
+        assert!(
+            page_dom.contains(&format!("<tr data-host=\"{host}\">")),
+            "no row for host {host} on the page"
+        );
+    }
     let shown = page_states(&page_dom);
     assert_eq!(
         shown, expected,

@@ -64,6 +64,8 @@ pub(super) struct Agent {
     counters: AgentCounters,
     /// Whether its host is registered under a live lease.
     registered: AtomicBool,
+    /// The cluster as its page shows it.
+    look: view::SharedLook,
 }
 
 /// Marks a pair busy while it lives.
@@ -94,18 +96,23 @@ pub(super) fn run(config: AgentConfig) -> Result<std::process::ExitCode> {
         http: OnceLock::new(),
         counters: AgentCounters::default(),
         registered: AtomicBool::new(false),
+        look: view::SharedLook::default(),
     });
     if let Some(addr) = agent.config.http {
         let server = agent.clone();
         let local = page::listen(addr, move |request| server.answer(request))?;
-        // A wildcard address is reached at the host's own.
+        // A wildcard address is reached at the host's own; a loopback one
+        // only here, so it is not told to the cluster (another host's
+        // Prometheus would scrape itself).
         let advertised = if local.ip().is_unspecified() {
             format!("{}:{}", agent.config.vm_ip(), local.port())
         } else {
             local.to_string()
         };
         tracing::info!("agent: the cluster's page is at http://{advertised}/");
-        let _ = agent.http.set(advertised);
+        if !local.ip().is_loopback() {
+            let _ = agent.http.set(advertised);
+        }
     }
     if let Some(file) = &agent.config.addr_file {
         ftvm_host::status::write_atomically(file, format!("{}\n", agent.addr).as_bytes())
@@ -509,17 +516,21 @@ impl Agent {
     fn answer(&self, request: &ftvm_host::metrics::Request) -> ftvm_host::metrics::Answer {
         use ftvm_host::metrics::Answer;
         let path = request.path.as_str();
-        let look = || view::cluster_status(&self.etcd, &self.config.key);
+        let look = || {
+            self.look
+                .get(|| view::cluster_status(&self.etcd, &self.config.key))
+        };
+        let unavailable = |e: String| Answer {
+            status: "503 Service Unavailable",
+            content_type: "text/plain; charset=utf-8",
+            body: format!("the cluster store: {e}\n").into_bytes(),
+        };
         match path {
             "/" => Answer::ok("text/html; charset=utf-8", self.page(look())),
-            "/status.json" => match look() {
-                Ok(status) => page::json(&status),
-                Err(e) => Answer::not_found(format!("the cluster store: {e:#}\n")),
-            },
-            "/sd.json" => match look() {
-                Ok(status) => page::json(&status.scrape_targets()),
-                Err(e) => Answer::not_found(format!("the cluster store: {e:#}\n")),
-            },
+            "/status.json" => look().map_or_else(unavailable, |status| page::json(&status)),
+            "/sd.json" => {
+                look().map_or_else(unavailable, |status| page::json(&status.scrape_targets()))
+            }
             "/metrics" => {
                 let running = self
                     .local_vms()
@@ -546,14 +557,14 @@ impl Agent {
 
     /// The cluster's page: its VMs, its hosts, and the timelines of the
     /// pairs whose VMs ran on this host.
-    fn page(&self, status: Result<ClusterStatus>) -> String {
+    fn page(&self, status: Result<ClusterStatus, String>) -> String {
         let (status, trouble) = match status {
             Ok(status) => (status, String::new()),
             Err(e) => (
                 ClusterStatus::default(),
                 format!(
                     " <strong>The cluster store does not answer: {}</strong>",
-                    escape(&format!("{e:#}"))
+                    escape(&e)
                 ),
             ),
         };
@@ -597,8 +608,8 @@ impl Agent {
             status.vms.into_iter().map(view::ClusterVm::row).collect();
         let title = format!("ftvm cluster, seen from {}", self.config.host);
         let intro = format!(
-            "Every VM as its own host's agent sees it (a <code>*</code>: from the store \
-             only, its agent does not answer); redrawn every second. \
+            "Every VM as its own host's agent sees it (a host marked <code>*</code>: its \
+             agent does not answer, its VMs are shown from the store); redrawn every second. \
              <a href=\"/status.json\">status.json</a> is what <code>ftvm cluster status \
              --json</code> prints; <a href=\"/sd.json\">sd.json</a> lists every agent and \
              VM to scrape (Prometheus's <code>http_sd_configs</code>).{trouble}"

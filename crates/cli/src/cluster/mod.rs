@@ -155,21 +155,28 @@ fn read_cluster_key(path: &std::path::Path) -> Result<[u8; 32]> {
         .with_context(|| format!("{} holds fewer than 16 bytes", path.display()))
 }
 
-/// Ask the agent at `addr`; its answer, or its refusal as an error.
+/// Ask the agent at `addr`, all within `limit`; its answer, or its
+/// refusal as an error.
 pub(crate) fn ask_agent(
     addr: &str,
     key: &[u8; 32],
     request: &Request,
     limit: Duration,
 ) -> Result<String> {
+    let deadline = Instant::now() + limit;
+    let left = || {
+        deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1))
+    };
     let target = addr
         .to_socket_addrs()
         .with_context(|| format!("resolving {addr}"))?
         .next()
         .with_context(|| format!("{addr} resolves to nothing"))?;
-    let stream = TcpStream::connect_timeout(&target, Duration::from_secs(3))
+    let stream = TcpStream::connect_timeout(&target, left().min(Duration::from_secs(3)))
         .with_context(|| format!("connecting to the agent at {addr}"))?;
-    stream.set_read_timeout(Some(limit))?;
+    stream.set_read_timeout(Some(left()))?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut line = String::new();
     reader.read_line(&mut line)?;
@@ -181,6 +188,7 @@ pub(crate) fn ask_agent(
         request::seal_request(key, &challenge, request)
     )?;
     line.clear();
+    reader.get_ref().set_read_timeout(Some(left()))?;
     reader
         .read_line(&mut line)
         .with_context(|| format!("waiting for the agent at {addr}"))?;

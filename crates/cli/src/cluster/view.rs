@@ -8,7 +8,8 @@
 //! is asked for its own (`Request::Status`). A VM whose agent does not
 //! answer is shown from its record, marked so.
 
-use std::time::Duration;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use ftvm_cluster::placement::HostInfo;
@@ -56,6 +57,73 @@ pub struct HostView {
 pub struct ClusterStatus {
     pub hosts: Vec<HostView>,
     pub vms: Vec<ClusterVm>,
+}
+
+/// The cluster as an agent's page shows it: looked at once a second at
+/// most, by one request at a time, however many browsers and Prometheus
+/// servers ask (the others take the last look). A look can take seconds
+/// while a host is down, and each asks etcd and every agent: done per
+/// request, overlapping requests filled the page's eight connections.
+#[derive(Default)]
+pub struct SharedLook {
+    cache: Mutex<Cache>,
+    done: Condvar,
+}
+
+#[derive(Default)]
+struct Cache {
+    at: Option<Instant>,
+    last: Option<Result<ClusterStatus, String>>,
+    looking: bool,
+}
+
+/// How old a look may be and still be shown.
+const FRESH: Duration = Duration::from_secs(1);
+
+impl SharedLook {
+    /// The last look if it is fresh (or one is under way), else a new one
+    /// by `look`.
+    pub fn get(
+        &self,
+        look: impl FnOnce() -> Result<ClusterStatus>,
+    ) -> Result<ClusterStatus, String> {
+        let poisoned = |_| "the page's look at the cluster failed".to_string();
+        let mut cache = self.cache.lock().map_err(poisoned)?;
+        loop {
+            if let (Some(at), Some(last)) = (cache.at, &cache.last) {
+                if at.elapsed() < FRESH || cache.looking {
+                    return last.clone();
+                }
+            }
+            if !cache.looking {
+                break;
+            }
+            // The first look of all is under way.
+            cache = self.done.wait(cache).map_err(poisoned)?;
+        }
+        cache.looking = true;
+        drop(cache);
+        // Ends the look even if `look` panics, so nobody waits for ever.
+        struct Looking<'a>(&'a SharedLook, Option<Result<ClusterStatus, String>>);
+        impl Drop for Looking<'_> {
+            fn drop(&mut self) {
+                if let Ok(mut cache) = self.0.cache.lock() {
+                    cache.looking = false;
+                    cache.at = Some(Instant::now());
+                    cache.last = Some(
+                        self.1
+                            .take()
+                            .unwrap_or_else(|| Err("looking at the cluster failed".into())),
+                    );
+                }
+                self.0.done.notify_all();
+            }
+        }
+        let mut looking = Looking(self, None);
+        let result = look().map_err(|e| format!("{e:#}"));
+        looking.1 = Some(result.clone());
+        result
+    }
 }
 
 /// The VMs `host`'s agent runs (from `local`: its pairs and VMs), as it
@@ -199,15 +267,19 @@ impl ClusterStatus {
 }
 
 impl ClusterVm {
+    /// Its row, keyed by pair and name (so that an agent that misses one
+    /// look does not make it a new VM); a host seen in the store only
+    /// is marked `*`.
     pub fn row(self) -> Row {
         let name = self.vm.name.as_deref().unwrap_or("?");
-        let mut key = format!("{}/{name}", self.pair);
-        if self.seen == Seen::Store {
-            key.push('*');
-        }
+        let key = format!("{}/{name}", self.pair);
+        let host = match self.seen {
+            Seen::Agent => self.host,
+            Seen::Store => format!("{}*", self.host),
+        };
         Row {
             key,
-            host: Some(self.host),
+            host: Some(host),
             line: self.vm,
         }
     }
@@ -319,6 +391,27 @@ mod tests {
     }
 
     #[test]
+    fn many_asking_at_once_make_one_look() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let shared = SharedLook::default();
+        let looks = AtomicUsize::new(0);
+        let slow_look = || {
+            looks.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(100));
+            Ok(ClusterStatus::default())
+        };
+        std::thread::scope(|scope| {
+            for _ in 0..8 {
+                scope.spawn(|| assert!(shared.get(slow_look).is_ok()));
+            }
+        });
+        assert_eq!(looks.load(Ordering::SeqCst), 1, "eight asked within a look");
+        let failing = || Err(anyhow::anyhow!("etcd is down"));
+        // Fresh: the last look, not a new one.
+        assert!(shared.get(failing).is_ok());
+    }
+
+    #[test]
     fn a_host_that_does_not_answer_shows_its_vms_from_the_store() {
         let mut told = StatusLine {
             name: Some("vm2".into()),
@@ -354,7 +447,8 @@ mod tests {
             .collect();
         assert_eq!(addrs, ["h1:7100", "h2:7100", "10.0.0.1:9000"]);
         let look = status.look();
-        assert_eq!(look.rows[1].key, "web/vm3*");
+        assert_eq!(look.rows[1].key, "web/vm3");
+        assert_eq!(look.rows[1].host.as_deref(), Some("h2*"));
         assert!(
             look.footer[1].contains("does not answer"),
             "{:?}",
