@@ -16,3 +16,11 @@ pub fn bytes(total: u64, what: &str) -> ProgressBar {
     bar.set_message(what.to_string());
     bar
 }
+
+/// Show how far `vm`'s clone has come on `bar` (from [`bytes`]).
+pub fn show_clone(bar: &ProgressBar, vm: &str, clone: &ftvm_host::status::CloneProgress) {
+    const MIB: f64 = (1 << 20) as f64;
+    bar.set_length((clone.total_mib * MIB) as u64);
+    bar.set_position((clone.done_mib * MIB) as u64);
+    bar.set_message(format!("cloning {vm}: {}", clone.stage.as_str()));
+}

@@ -239,15 +239,12 @@ fn clone_into(dir: &Path, survivor: &Vm, name: &str, pid: u32, epoch: u64) -> Re
         let (Some(old), Some(new)) = (read(&survivor.name), read(name)) else {
             return None;
         };
-        if let Some(clone) = old.line.clone {
-            const MIB: f64 = (1 << 20) as f64;
-            progress.set_length((clone.total_mib * MIB) as u64);
-            progress.set_position((clone.done_mib * MIB) as u64);
-            progress.set_message(format!(
-                "cloning {} into {name}: {}",
-                survivor.name,
-                clone.stage.as_str()
-            ));
+        if let Some(clone) = &old.line.clone {
+            crate::progress::show_clone(
+                &progress,
+                &format!("{} into {name}", survivor.name),
+                clone,
+            );
         }
         if !old.alive || !new.alive {
             return Some(Err(format!(

@@ -15,7 +15,9 @@
 //!   agent; every agent's `/metrics` passes `promtool check metrics`;
 //! - an agent's page, loaded in headless Chromium, shows the VMs with
 //!   their hosts and states as `ftvm cluster status --json` does, and the
-//!   timeline of the pair's VMs on that host.
+//!   timeline of the pair's VMs on that host;
+//! - `ftvm cluster migrate` draws its clone's progress on a terminal, and
+//!   nothing without one.
 
 mod support;
 
@@ -268,4 +270,33 @@ fn an_operator_follows_a_cluster_across_the_loss_of_a_host() {
         get(page, "/pairs/web/plot.svg").expect("the pair's timeline on the survivor's host");
     assert!(plot.starts_with("<svg"), "{}", &plot[..plot.len().min(200)]);
     drop(prometheus);
+
+    // A migration shows its clone on a terminal (`script` gives it one),
+    // as the guest's agent tells how far it has come; tried up to three
+    // times, since a clone can be over between two looks.
+    let mut migrate = cluster.ftvm(&["cluster", "migrate", "--pair", "web", "--vm", "backup"]);
+    migrate.args(cluster.store_args());
+    let command = support::describe(&migrate);
+    let drew = (0..3).any(|_| {
+        let on_terminal = std::process::Command::new("script")
+            .args(["-qec", &command, "/dev/null"])
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .output()
+            .expect("script (util-linux)");
+        let drawn = String::from_utf8_lossy(&on_terminal.stdout);
+        assert!(on_terminal.status.success(), "{drawn}\n{}", cluster.diag());
+        drawn.contains("cloning web/")
+    });
+    assert!(
+        drew,
+        "no clone's progress on a terminal in three migrations"
+    );
+    let piped = migrate.output().expect("ftvm cluster migrate");
+    let said = String::from_utf8_lossy(&piped.stderr);
+    assert!(piped.status.success(), "{said}\n{}", cluster.diag());
+    assert!(
+        !said.contains("cloning"),
+        "a progress bar without a terminal: {said}"
+    );
 }

@@ -472,7 +472,7 @@ fn up(args: &UpArgs) -> Result<ExitCode> {
     };
     ask_agent(&host.agent, &key, &start, Duration::from_secs(30))?;
     println!("ftvm: {}/vm1 started on {}", args.pair, host.name);
-    say_protected(&etcd, &args.pair, started)?;
+    say_protected(&etcd, &key, &args.pair, started)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -501,7 +501,19 @@ fn migrate_command(args: &MigrateArgs) -> Result<ExitCode> {
         backup: args.vm == WhichVm::Backup,
         to: args.to.clone(),
     };
-    let done = ask_agent(&host.agent, &key, &request, Duration::from_secs(300))?;
+    let done = std::thread::scope(|scope| {
+        let asked =
+            scope.spawn(|| ask_agent(&host.agent, &key, &request, Duration::from_secs(300)));
+        let mut bar = CloneBar::new(&etcd, &key, &args.pair);
+        while !asked.is_finished() {
+            bar.look();
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        drop(bar);
+        asked
+            .join()
+            .map_err(|_| anyhow!("asking the agent failed"))?
+    })?;
     println!("ftvm: {done}");
     Ok(ExitCode::SUCCESS)
 }
@@ -568,23 +580,77 @@ fn unprotect(args: &PairArgs) -> Result<ExitCode> {
 }
 
 fn protect(args: &PairArgs) -> Result<ExitCode> {
-    let (etcd, _) = args.store.open()?;
+    let (etcd, key) = args.store.open()?;
     if etcd.get(&store::plan_key(&args.pair))?.is_none() {
         bail!("no pair {} was started in this cluster", args.pair);
     }
     etcd.delete(&store::unprotected_key(&args.pair))?;
     let started = Instant::now();
-    say_protected(&etcd, &args.pair, started)?;
+    say_protected(&etcd, &key, &args.pair, started)?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// Wait until `pair` is protected, and say where its VMs run.
-fn say_protected(etcd: &EtcdClient, pair: &str, started: Instant) -> Result<()> {
-    let (primary, backup) = wait_for(UP_LIMIT, || {
+/// On a terminal, a bar of the clone `pair`'s guest is making, as its
+/// agent tells how far it has come; nothing elsewhere.
+struct CloneBar<'a> {
+    etcd: &'a EtcdClient,
+    key: &'a [u8; 32],
+    pair: &'a str,
+    terminal: bool,
+    bar: Option<indicatif::ProgressBar>,
+    /// A look costs etcd reads and a request to the agent: four a second.
+    looked: Option<Instant>,
+}
+
+impl<'a> CloneBar<'a> {
+    fn new(etcd: &'a EtcdClient, key: &'a [u8; 32], pair: &'a str) -> CloneBar<'a> {
+        use std::io::IsTerminal;
+        CloneBar {
+            etcd,
+            key,
+            pair,
+            terminal: std::io::stderr().is_terminal(),
+            bar: None,
+            looked: None,
+        }
+    }
+
+    fn look(&mut self) {
+        let recent = self
+            .looked
+            .is_some_and(|at| at.elapsed() < Duration::from_millis(250));
+        if !self.terminal || recent {
+            return;
+        }
+        self.looked = Some(Instant::now());
+        if let Some((vm, clone)) = view::guest_clone(self.etcd, self.key, self.pair) {
+            let bar = self
+                .bar
+                .get_or_insert_with(|| crate::progress::bytes(0, "cloning"));
+            crate::progress::show_clone(bar, &vm, &clone);
+        }
+    }
+}
+
+impl Drop for CloneBar<'_> {
+    fn drop(&mut self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Wait until `pair` is protected (on a terminal, with a bar of its
+/// clone), and say where its VMs run.
+fn say_protected(etcd: &EtcdClient, key: &[u8; 32], pair: &str, started: Instant) -> Result<()> {
+    let mut bar = CloneBar::new(etcd, key, pair);
+    let found = wait_for(UP_LIMIT, || {
+        bar.look();
         let records = records(etcd, pair).ok()?;
         protected(&records).map(|(p, b)| (p.clone(), b.clone()))
-    })
-    .with_context(|| {
+    });
+    drop(bar);
+    let (primary, backup) = found.with_context(|| {
         format!(
             "{pair} was not protected within {} s: see the agents' logs",
             UP_LIMIT.as_secs()

@@ -285,6 +285,30 @@ impl ClusterVm {
     }
 }
 
+/// The clone `pair`'s guest is making, if any, as its agent tells it: the
+/// name of the VM that runs the guest, and how far the clone has come.
+pub(super) fn guest_clone(
+    etcd: &EtcdClient,
+    key: &[u8; 32],
+    pair: &str,
+) -> Option<(String, ftvm_host::status::CloneProgress)> {
+    let records = super::records(etcd, pair).ok()?;
+    let guest = records
+        .iter()
+        .filter(|r| r.runs_guest())
+        .max_by_key(|r| r.epoch)?;
+    let host = hosts(etcd)
+        .ok()?
+        .into_iter()
+        .find(|h| h.name == guest.host)?;
+    let json = ask_agent(&host.agent, key, &Request::Status, ASK_LIMIT).ok()?;
+    let vms: Vec<ClusterVm> = serde_json::from_str(&json).ok()?;
+    let vm = vms
+        .into_iter()
+        .find(|vm| vm.pair == pair && vm.vm.name.as_deref() == Some(guest.name.as_str()))?;
+    Some((format!("{pair}/{}", guest.name), vm.vm.clone?))
+}
+
 /// `ftvm cluster status`: once (text or JSON), or watched.
 pub(super) fn show(
     etcd: &EtcdClient,
