@@ -615,20 +615,18 @@ mod tests {
         // The primary ran at 1 MIPS; the backup made no progress while it
         // waited to go live.
         let mips = timeline.mips();
-        let primary = &mips
-            .iter()
-            .find(|(vm, _)| vm == "primary")
-            .expect("primary")
-            .1;
+        let of = |name: &str| {
+            mips.iter()
+                .find(|(vm, _)| vm == name)
+                .map(|(_, points)| points)
+                .unwrap_or_else(|| panic!("no {name}"))
+        };
+        let primary = of("primary");
         assert!(
             primary.iter().all(|&(_, v)| (v - 1.0).abs() < 1e-9),
             "{primary:?}"
         );
-        let backup = &mips
-            .iter()
-            .find(|(vm, _)| vm == "backup")
-            .expect("backup")
-            .1;
+        let backup = of("backup");
         assert!(
             backup.iter().any(|&(at, v)| at == 2.5 && v == 0.0),
             "{backup:?}"

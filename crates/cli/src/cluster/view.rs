@@ -52,6 +52,23 @@ pub struct HostView {
     pub answered: bool,
 }
 
+impl HostView {
+    /// `host NAME agent=... free-mib=... vms=...`, the name padded to
+    /// `width`.
+    fn line(&self, width: usize) -> String {
+        let h = &self.info;
+        let silent = if self.answered {
+            ""
+        } else {
+            " (its agent does not answer)"
+        };
+        format!(
+            "host {:<width$} agent={} free-mib={} vms={}{silent}",
+            h.name, h.agent, h.free_mib, h.vms
+        )
+    }
+}
+
 /// What `ftvm cluster status --json` prints and the agents' pages serve.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ClusterStatus {
@@ -148,20 +165,21 @@ pub fn cluster_status(etcd: &EtcdClient, key: &[u8; 32]) -> Result<ClusterStatus
     let answers: Vec<Option<Vec<ClusterVm>>> = std::thread::scope(|scope| {
         let asks: Vec<_> = hosts
             .iter()
-            .map(|host| {
-                scope.spawn(move || {
-                    let json = ask_agent(&host.agent, key, &Request::Status, ASK_LIMIT).ok()?;
-                    let vms: Vec<ClusterVm> = serde_json::from_str(&json).ok()?;
-                    // An agent speaks for its own host only.
-                    Some(vms.into_iter().filter(|vm| vm.host == host.name).collect())
-                })
-            })
+            .map(|host| scope.spawn(move || ask_status(host, key)))
             .collect();
         asks.into_iter()
             .map(|ask| ask.join().ok().flatten())
             .collect()
     });
     Ok(assemble(hosts, &records, answers))
+}
+
+/// The VMs `host`'s agent runs, if it answers within [`ASK_LIMIT`].
+fn ask_status(host: &HostInfo, key: &[u8; 32]) -> Option<Vec<ClusterVm>> {
+    let json = ask_agent(&host.agent, key, &Request::Status, ASK_LIMIT).ok()?;
+    let vms: Vec<ClusterVm> = serde_json::from_str(&json).ok()?;
+    // An agent speaks for its own host only.
+    Some(vms.into_iter().filter(|vm| vm.host == host.name).collect())
 }
 
 /// The hosts with what their agents answered (`None`: no answer), and the
@@ -217,24 +235,7 @@ fn from_record(record: &VmRecord) -> ClusterVm {
 impl ClusterStatus {
     /// The cluster as one look of `ftvm cluster status --watch`.
     pub fn look(self) -> Look {
-        let footer = self
-            .hosts
-            .iter()
-            .map(|h| {
-                format!(
-                    "host {:<8} agent={} free-mib={} vms={}{}",
-                    h.info.name,
-                    h.info.agent,
-                    h.info.free_mib,
-                    h.info.vms,
-                    if h.answered {
-                        ""
-                    } else {
-                        " (its agent does not answer)"
-                    }
-                )
-            })
-            .collect();
+        let footer = self.hosts.iter().map(|h| h.line(8)).collect();
         Look {
             title: format!("ftvm cluster: {} hosts", self.hosts.len()),
             rows: self.vms.into_iter().map(ClusterVm::row).collect(),
@@ -301,9 +302,7 @@ pub(super) fn guest_clone(
         .ok()?
         .into_iter()
         .find(|h| h.name == guest.host)?;
-    let json = ask_agent(&host.agent, key, &Request::Status, ASK_LIMIT).ok()?;
-    let vms: Vec<ClusterVm> = serde_json::from_str(&json).ok()?;
-    let vm = vms
+    let vm = ask_status(&host, key)?
         .into_iter()
         .find(|vm| vm.pair == pair && vm.vm.name.as_deref() == Some(guest.name.as_str()))?;
     Some((format!("{pair}/{}", guest.name), vm.vm.clone?))
@@ -341,18 +340,7 @@ pub(super) fn show(
     }
     println!("{} hosts", status.hosts.len());
     for h in &status.hosts {
-        println!(
-            "host {} agent={} free-mib={} vms={}{}",
-            h.info.name,
-            h.info.agent,
-            h.info.free_mib,
-            h.info.vms,
-            if h.answered {
-                String::new()
-            } else {
-                " (its agent does not answer)".into()
-            }
-        );
+        println!("{}", h.line(0));
     }
     for vm in &status.vms {
         let line = &vm.vm;
