@@ -15,12 +15,13 @@
 //! the queue and written when the completion is injected; both happen
 //! between instructions.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use ftvm_cpu::Hart;
 use serde::{Deserialize, Serialize};
 
 mod balloon;
+mod checksum;
 
 use balloon::Balloon;
 pub use balloon::{BALLOON_PAGE_SIZE, BalloonInfo};
@@ -35,8 +36,17 @@ const STATUS_FAILED: u32 = 128;
 const INT_VRING: u32 = 1;
 const INT_CONFIG: u32 = 2;
 
-/// Largest Ethernet frame sent or received (no offloads are offered).
-pub const NET_FRAME_MAX: usize = 1514;
+/// The largest MTU a network card may have: its frames, with an
+/// Ethernet header, fit in one UDP datagram of a pair's switch with room
+/// for the datagram's seal (ARCHITECTURE.md, "The pair's network").
+pub const NET_MTU_MAX: u16 = 65280;
+/// The smallest (IPv4's minimum; Linux refuses a card below it).
+pub const NET_MTU_MIN: u16 = 68;
+/// An Ethernet header, before the MTU's bytes.
+const ETHERNET_HEADER: usize = 14;
+/// Most bytes of frames a network card holds while the guest has no
+/// receive buffer for them.
+const RX_FIFO_BYTES: usize = 1 << 20;
 /// Most entropy bytes one request gets.
 const ENTROPY_MAX: u64 = 64 << 10;
 /// Largest block request served (Linux sends at most a few hundred KiB).
@@ -86,9 +96,11 @@ pub enum DeviceKind {
         sectors: u64,
     },
     Entropy,
-    /// A network card with this MAC address.
+    /// A network card with this MAC address and MTU (the largest IP
+    /// packet it sends or receives, in [`NET_MTU_MIN`]..=[`NET_MTU_MAX`]).
     Net {
         mac: [u8; 6],
+        mtu: u16,
     },
     /// A memory balloon (virtio-balloon): the host sets a target of pages
     /// for the guest to give back, the guest reports what it gave. Last,
@@ -98,6 +110,10 @@ pub enum DeviceKind {
 
 /// The virtio-net header that precedes every frame (with VERSION_1).
 const NET_HEADER: usize = 12;
+/// Its flags: the guest left the checksum for the card to finish; the
+/// card checked the checksum of a frame it received.
+const NET_HDR_F_NEEDS_CSUM: u8 = 1;
+const NET_HDR_F_DATA_VALID: u8 = 2;
 
 impl DeviceKind {
     fn device_id(&self) -> u32 {
@@ -111,10 +127,15 @@ impl DeviceKind {
     fn features(&self) -> u64 {
         const BLK_F_FLUSH: u64 = 1 << 9;
         const NET_F_MAC: u64 = 1 << 5;
+        // The card completes the checksums the guest leaves partial, and
+        // checks those of the frames it receives; and tells its MTU.
+        const NET_F_CSUM: u64 = 1 << 0;
+        const NET_F_GUEST_CSUM: u64 = 1 << 1;
+        const NET_F_MTU: u64 = 1 << 3;
         VIRTIO_F_VERSION_1
             | match self {
                 DeviceKind::Block { .. } => BLK_F_FLUSH,
-                DeviceKind::Net { .. } => NET_F_MAC,
+                DeviceKind::Net { .. } => NET_F_MAC | NET_F_CSUM | NET_F_GUEST_CSUM | NET_F_MTU,
                 DeviceKind::Entropy | DeviceKind::Balloon => 0,
             }
     }
@@ -129,8 +150,12 @@ impl DeviceKind {
         match (self, offset) {
             (DeviceKind::Block { sectors }, 0) => *sectors as u32,
             (DeviceKind::Block { sectors }, 4) => (*sectors >> 32) as u32,
-            (DeviceKind::Net { mac }, 0) => u32::from_le_bytes([mac[0], mac[1], mac[2], mac[3]]),
-            (DeviceKind::Net { mac }, 4) => u32::from(u16::from_le_bytes([mac[4], mac[5]])),
+            (DeviceKind::Net { mac, .. }, 0) => {
+                u32::from_le_bytes([mac[0], mac[1], mac[2], mac[3]])
+            }
+            (DeviceKind::Net { mac, .. }, 4) => u32::from(u16::from_le_bytes([mac[4], mac[5]])),
+            // max_virtqueue_pairs (without MQ: unused), then the MTU.
+            (DeviceKind::Net { mtu, .. }, 8) => u32::from(*mtu) << 16,
             _ => 0,
         }
     }
@@ -188,6 +213,9 @@ pub struct VirtioMmio {
     pending: BTreeMap<u64, Pending>,
     /// A balloon's own state (its configuration and the pages it holds).
     balloon: Option<Balloon>,
+    /// A network card's frames that came while the guest had no receive
+    /// buffer, delivered as it adds buffers (a card's own memory).
+    rx_fifo: VecDeque<Vec<u8>>,
 }
 
 impl VirtioMmio {
@@ -204,6 +232,7 @@ impl VirtioMmio {
             notified: 0,
             pending: BTreeMap::new(),
             balloon: (kind == DeviceKind::Balloon).then(Balloon::default),
+            rx_fifo: VecDeque::new(),
             kind,
         }
     }
@@ -327,8 +356,15 @@ impl VirtioMmio {
             if notified & (1 << index) == 0 || !self.queues[index].ready {
                 continue;
             }
-            // A network card's receive buffers wait for frames.
+            // A network card's receive buffers wait for frames: those the
+            // card holds first.
             if matches!(self.kind, DeviceKind::Net { .. }) && index == 0 {
+                while let Some(frame) = self.rx_fifo.pop_front() {
+                    if !self.deliver(hart, &frame) {
+                        self.rx_fifo.push_front(frame);
+                        break;
+                    }
+                }
                 continue;
             }
             if self.balloon.is_some() {
@@ -410,10 +446,11 @@ impl VirtioMmio {
             status: None,
         };
         match self.kind {
-            DeviceKind::Net { .. } => {
+            DeviceKind::Net { mtu, .. } => {
+                let most = NET_HEADER + ETHERNET_HEADER + usize::from(mtu);
                 let mut frame = Vec::new();
                 for &(addr, len, writable) in &chain {
-                    if writable || frame.len() + len as usize > NET_FRAME_MAX + NET_HEADER {
+                    if writable || frame.len() + len as usize > most {
                         return Err(());
                     }
                     let start = frame.len();
@@ -423,7 +460,12 @@ impl VirtioMmio {
                 if frame.len() < NET_HEADER {
                     return Err(());
                 }
-                frame.drain(..NET_HEADER);
+                let header: Vec<u8> = frame.drain(..NET_HEADER).collect();
+                if header[0] & NET_HDR_F_NEEDS_CSUM != 0 {
+                    let start = usize::from(u16::from_le_bytes([header[6], header[7]]));
+                    let offset = usize::from(u16::from_le_bytes([header[8], header[9]]));
+                    checksum::complete(&mut frame, start, offset).ok_or(())?;
+                }
                 Ok((unstatused(writable), IoRequest::NetTransmit { id, frame }))
             }
             DeviceKind::Entropy => {
@@ -531,8 +573,11 @@ impl VirtioMmio {
     }
 
     /// A network card receives `frame`: into the next receive buffer the
-    /// guest made available, with an interrupt. Returns false (the frame
-    /// is dropped, as a full card would) if there is none.
+    /// guest made available, with an interrupt; or, while there is none,
+    /// into the card's own memory, until the guest adds buffers (as a
+    /// real card, and QEMU's, hold frames: a frame dropped here costs a
+    /// TCP sender a retransmission timeout). Returns false (the frame is
+    /// dropped) when that memory is full too.
     pub fn receive(&mut self, hart: &mut Hart, frame: &[u8]) -> bool {
         if !matches!(self.kind, DeviceKind::Net { .. })
             || self.status & STATUS_DRIVER_OK == 0
@@ -540,10 +585,25 @@ impl VirtioMmio {
         {
             return false;
         }
+        if self.rx_fifo.is_empty() && self.deliver(hart, frame) {
+            return true;
+        }
+        let held: usize = self.rx_fifo.iter().map(Vec::len).sum();
+        if held + frame.len() > RX_FIFO_BYTES {
+            return false;
+        }
+        self.rx_fifo.push_back(frame.to_vec());
+        true
+    }
+
+    fn deliver(&mut self, hart: &mut Hart, frame: &[u8]) -> bool {
         let Some((head, chain)) = self.pop(hart, 0) else {
             return false;
         };
         let mut header = [0u8; NET_HEADER];
+        if checksum::verified(frame) {
+            header[0] = NET_HDR_F_DATA_VALID;
+        }
         header[10] = 1; // num_buffers
         let packet: Vec<u8> = header.iter().chain(frame).copied().collect();
         let buffers = chain
@@ -612,6 +672,10 @@ mod tests {
     /// Set up queue 0 with its rings at fixed places and the given chain
     /// of descriptors (address, length, flags) made available.
     fn driver(dev: &mut VirtioMmio, h: &mut Hart, descs: &[(u64, u32, u16)]) {
+        driver_queue(dev, h, 0, descs);
+    }
+
+    fn driver_queue(dev: &mut VirtioMmio, h: &mut Hart, queue: u32, descs: &[(u64, u32, u16)]) {
         let (desc, avail, used) = (RAM + 0x1000, RAM + 0x2000, RAM + 0x3000);
         for (i, &(addr, len, flags)) in descs.iter().enumerate() {
             let at = desc + 16 * i as u64;
@@ -628,7 +692,7 @@ mod tests {
         h.dma_write(avail + 4, &0u16.to_le_bytes()).expect("ram"); // ring[0] = head 0
         h.dma_write(avail + 2, &1u16.to_le_bytes()).expect("ram"); // idx = 1
         for (reg, value) in [
-            (0x030, 0),
+            (0x030, queue),
             (0x038, 8),
             (0x080, desc as u32),
             (0x084, 0),
@@ -638,7 +702,7 @@ mod tests {
             (0x0a4, 0),
             (0x044, 1),
             (0x070, 15),
-            (0x050, 0),
+            (0x050, queue),
         ] {
             dev.store(reg, value);
         }
@@ -705,6 +769,136 @@ mod tests {
         let (mut next_id, mut out) = (0, Vec::new());
         dev.process(&mut h, &mut next_id, &mut out);
         assert_eq!(out, vec![IoRequest::Unsupported { id: 0 }]);
+    }
+
+    const MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+
+    /// Make descriptor `index` (one device-writable buffer at `addr`) the
+    /// next available chain of queue 0 (set up by `driver`), as the
+    /// guest's driver refilling its receive ring, and notify.
+    fn add_receive_buffer(dev: &mut VirtioMmio, h: &mut Hart, index: u16, addr: u64) {
+        let (desc, avail) = (RAM + 0x1000, RAM + 0x2000);
+        let at = desc + 16 * u64::from(index);
+        h.dma_write(at, &addr.to_le_bytes()).expect("ram");
+        h.dma_write(at + 8, &2048u32.to_le_bytes()).expect("ram");
+        h.dma_write(at + 12, &DESC_F_WRITE.to_le_bytes())
+            .expect("ram");
+        h.dma_write(avail + 4 + 2 * u64::from(index), &index.to_le_bytes())
+            .expect("ram");
+        h.dma_write(avail + 2, &(index + 1).to_le_bytes())
+            .expect("ram");
+        dev.store(0x050, 0);
+        dev.process(h, &mut 0, &mut Vec::new());
+    }
+
+    fn used_idx(h: &Hart) -> u16 {
+        read_u16(h, RAM + 0x3000 + 2).expect("ram")
+    }
+
+    #[test]
+    fn a_card_holds_frames_until_the_guest_adds_buffers() {
+        let mut h = hart();
+        let mut dev = VirtioMmio::new(DeviceKind::Net {
+            mac: MAC,
+            mtu: 1500,
+        });
+        assert_eq!(dev.load(0x100 + 8) >> 16, 1500, "the MTU in the config");
+        let (first, second) = (RAM + 0x4000, RAM + 0x5000);
+        driver(&mut dev, &mut h, &[(first, 2048, DESC_F_WRITE)]);
+        let (mut good, start, offset) = checksum::tests::partial_ipv4(checksum::TCP, b"ping");
+        checksum::complete(&mut good, start, offset).expect("inside");
+        let odd = vec![0xee; 60];
+        assert!(dev.receive(&mut h, &good));
+        assert_eq!(used_idx(&h), 1);
+        // No buffer left: the card keeps the frame, and the next one.
+        assert!(dev.receive(&mut h, &odd));
+        assert!(dev.receive(&mut h, &good));
+        assert_eq!(used_idx(&h), 1, "nothing delivered without a buffer");
+        add_receive_buffer(&mut dev, &mut h, 1, second);
+        assert_eq!(used_idx(&h), 2, "the first frame held goes first");
+        add_receive_buffer(&mut dev, &mut h, 2, RAM + 0x6000);
+        assert_eq!(used_idx(&h), 3);
+        let header = |at: u64| {
+            let mut header = [0u8; NET_HEADER];
+            h.ram().read(at, &mut header).expect("ram");
+            header
+        };
+        assert_eq!(
+            header(first)[0],
+            NET_HDR_F_DATA_VALID,
+            "a checked TCP frame"
+        );
+        assert_eq!(header(second)[0], 0, "anything else: the guest checks");
+        let mut frame = vec![0u8; odd.len()];
+        h.ram()
+            .read(second + NET_HEADER as u64, &mut frame)
+            .expect("ram");
+        assert_eq!(frame, odd);
+        assert_eq!(header(RAM + 0x6000)[0], NET_HDR_F_DATA_VALID);
+        // What the card holds is bounded: past it, frames are dropped.
+        let big = vec![0u8; 1514];
+        let held = (0..2000).take_while(|_| dev.receive(&mut h, &big)).count();
+        assert_eq!(held, RX_FIFO_BYTES / big.len());
+    }
+
+    #[test]
+    fn the_card_finishes_a_checksum_the_guest_left_partial() {
+        let mut h = hart();
+        let mut dev = VirtioMmio::new(DeviceKind::Net {
+            mac: MAC,
+            mtu: 1500,
+        });
+        let (partial, start, offset) = checksum::tests::partial_ipv4(checksum::TCP, &[9; 300]);
+        assert!(!checksum::verified(&partial));
+        let mut header = [0u8; NET_HEADER];
+        header[0] = NET_HDR_F_NEEDS_CSUM;
+        header[6..8].copy_from_slice(&(start as u16).to_le_bytes());
+        header[8..10].copy_from_slice(&(offset as u16).to_le_bytes());
+        let (at_header, at_frame) = (RAM + 0x4000, RAM + 0x5000);
+        h.dma_write(at_header, &header).expect("ram");
+        h.dma_write(at_frame, &partial).expect("ram");
+        driver_queue(
+            &mut dev,
+            &mut h,
+            1,
+            &[
+                (at_header, NET_HEADER as u32, DESC_F_NEXT),
+                (at_frame, partial.len() as u32, 0),
+            ],
+        );
+        let mut out = Vec::new();
+        dev.process(&mut h, &mut 0, &mut out);
+        let [IoRequest::NetTransmit { frame, .. }] = out.as_slice() else {
+            panic!("one frame sent: {out:?}");
+        };
+        assert!(
+            checksum::verified(frame),
+            "the frame leaves with its checksum"
+        );
+        assert_eq!(frame[..start], partial[..start]);
+    }
+
+    #[test]
+    fn a_frame_longer_than_the_mtu_breaks_the_card() {
+        let mut h = hart();
+        let mut dev = VirtioMmio::new(DeviceKind::Net {
+            mac: MAC,
+            mtu: 1500,
+        });
+        let (at_header, at_frame) = (RAM + 0x4000, RAM + 0x5000);
+        driver_queue(
+            &mut dev,
+            &mut h,
+            1,
+            &[
+                (at_header, NET_HEADER as u32, DESC_F_NEXT),
+                (at_frame, 1515, 0),
+            ],
+        );
+        let mut out = Vec::new();
+        dev.process(&mut h, &mut 0, &mut out);
+        assert!(out.is_empty());
+        assert_ne!(dev.load(0x070) & 64, 0, "DEVICE_NEEDS_RESET");
     }
 
     proptest! {

@@ -102,8 +102,9 @@ pub struct PairArgs {
     /// traffic once it goes live): `switch:HOST:PORT`, a port on an
     /// `ftvm switch` (which `ftvm up --net` starts), or `tap,ifname=NAME`,
     /// a TAP interface on a bridge. The backup needs one when the primary
-    /// has one.
-    #[arg(long, value_name = "switch:HOST:PORT|tap,ifname=NAME")]
+    /// has one. `,mtu=N` sets the card's MTU (the primary's is the VM's):
+    /// by default 65280 on a switch, 1500 on TAP (see `ftvm run --net`).
+    #[arg(long, value_name = "switch:HOST:PORT|tap,ifname=NAME[,mtu=N]")]
     pub net: Option<String>,
 }
 

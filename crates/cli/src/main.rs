@@ -197,8 +197,11 @@ pub struct RunArgs {
     /// forwarding host ports to the guest, as in QEMU, e.g.
     /// `--net user,hostfwd=tcp:127.0.0.1:8080-:80`. `tap,ifname=NAME`
     /// connects it to the host's TAP interface NAME instead (Linux; needs
-    /// the right to use /dev/net/tun).
-    #[arg(long, value_name = "user[,hostfwd=...]|tap,ifname=NAME")]
+    /// the right to use /dev/net/tun). `,mtu=N` sets the card's MTU (68 to
+    /// 65280): by default 65280 on the user-mode network, whose both ends
+    /// are ftvm's (the guest's TCP then sends 64 KiB segments), and 1500 on
+    /// TAP.
+    #[arg(long, value_name = "user[,hostfwd=...]|tap,ifname=NAME[,mtu=N]")]
     net: Option<String>,
 
     /// Stop after this many guest instructions (exit code 124, like

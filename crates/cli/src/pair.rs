@@ -19,7 +19,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use ftvm_host::process::{process_alive, terminate};
 use ftvm_host::status::{PairStatus, StatusFile, StatusLine, SwitchStatus, VmState};
-use ftvm_net::NetSpec;
+use ftvm_net::{NetKind, NetSpec};
 
 use crate::MachineArgs;
 use crate::daemon::DiskModeArg;
@@ -71,7 +71,8 @@ pub struct UpArgs {
     /// a process apart from both VMs with the user-mode gateway and the
     /// forwarded ports, so that clients' connections survive a failover;
     /// `switch:HOST:PORT` attaches both VMs to a switch that runs already.
-    #[arg(long, value_name = "user[,hostfwd=...]|switch:HOST:PORT")]
+    /// `,mtu=N` sets the card's MTU (default 65280; see `ftvm run --net`).
+    #[arg(long, value_name = "user[,hostfwd=...]|switch:HOST:PORT[,mtu=N]")]
     pub net: Option<String>,
 }
 
@@ -149,15 +150,25 @@ pub fn up(args: &UpArgs) -> Result<ExitCode> {
         .machine_config(Vec::new())
         .context("the guest to run")?;
 
+    // The VMs are told their card's MTU, which the user's spec may set.
     let net = match args.net.as_deref().map(ftvm_net::parse_net).transpose()? {
         None => None,
-        Some(NetSpec::Switch(addr)) => Some((format!("switch:{addr}"), None)),
-        Some(NetSpec::User(_)) => {
+        Some(NetSpec {
+            kind: NetKind::Switch(addr),
+            mtu,
+        }) => Some((format!("switch:{addr},mtu={mtu}"), None)),
+        Some(NetSpec {
+            kind: NetKind::User(_),
+            mtu,
+        }) => {
             let spec = args.net.clone().unwrap_or_default();
             let (addr, pid) = start_switch(&dir, &spec)?;
-            Some((format!("switch:{addr}"), Some(pid)))
+            Some((format!("switch:{addr},mtu={mtu}"), Some(pid)))
         }
-        Some(NetSpec::Tap(_)) => bail!(
+        Some(NetSpec {
+            kind: NetKind::Tap(_),
+            ..
+        }) => bail!(
             "the two VMs of a pair need a TAP interface each: start them with `ftvm primary` \
              and `ftvm backup`, each with its own --net tap,ifname=NAME on one bridge"
         ),

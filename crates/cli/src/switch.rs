@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 use ftvm_net::switch::SwitchServer;
 use ftvm_net::{NetBackend, UserNet};
@@ -30,7 +30,8 @@ pub struct SwitchArgs {
 
     /// The gateway on the switch: `user[,hostfwd=tcp:HOSTADDR:PORT-:GUESTPORT]...`
     /// as for `ftvm run --net` (the VM is 10.0.2.15, the gateway 10.0.2.2),
-    /// or `none` for a switch without one.
+    /// or `none` for a switch without one. The gateway takes frames of any
+    /// card's MTU (`mtu=` is ignored here: it is the VMs').
     #[arg(long, value_name = "user[,hostfwd=...]|none", default_value = "user")]
     pub gateway: String,
 
@@ -120,9 +121,11 @@ pub fn switch(args: &SwitchArgs) -> Result<ExitCode> {
     let stop = ftvm_host::stop_flag()?;
     let gateway: Option<Box<dyn NetBackend>> = match args.gateway.as_str() {
         "none" => None,
-        spec => Some(Box::new(UserNet::new(&ftvm_net::parse_user_options(
-            spec,
-        )?)?)),
+        // The gateway's stack takes any card's MTU; `mtu=` is the VMs'.
+        spec => match ftvm_net::parse_net(spec)?.kind {
+            ftvm_net::NetKind::User(forwards) => Some(Box::new(UserNet::new(&forwards)?)),
+            _ => bail!("--gateway takes `user[,hostfwd=...]` or `none`, not {spec}"),
+        },
     };
     let key = args
         .key_file

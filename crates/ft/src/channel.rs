@@ -49,7 +49,7 @@ impl Role {
 /// `Protected`); 4: what the messages carry changed, not their form: a
 /// clone's machine state (snapshot version 3, with a balloon's state) and
 /// the log (version 2, with the balloon's target as a control entry).
-pub const CHANNEL_VERSION: u32 = 4;
+pub const CHANNEL_VERSION: u32 = 5;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {

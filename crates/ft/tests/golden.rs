@@ -36,11 +36,11 @@ const GOLDEN_KEY: &str = "0b6058b08fcf89b82bde9d25129195257764c9270a5bedf978fdea
 
 /// The handshake's frames, as `channel::encode` puts them on the wire.
 const GOLDEN_PRIMARY_HELLO: &str = concat!(
-    "1e000000bb29239400040009766d2d676f6c64656e0710111213141516171819",
+    "1e0000009ee2f86300050009766d2d676f6c64656e0710111213141516171819",
     "1a1b1c1d1e1f",
 );
 const GOLDEN_BACKUP_HELLO: &str = concat!(
-    "1e000000ed668fb300040109766d2d676f6c64656e07e0e1e2e3e4e5e6e7e8e9",
+    "1e000000c8ad544400050109766d2d676f6c64656e07e0e1e2e3e4e5e6e7e8e9",
     "eaebecedeeef",
 );
 const GOLDEN_PRIMARY_PROOF: &str = concat!(
@@ -56,8 +56,8 @@ const GOLDEN_BACKUP_PROOF: &str = concat!(
 const GOLDEN_SEALED_BY_PRIMARY: [&str; KINDS] = [
     // Hello
     concat!(
-        "2e000000b855919886c3d212453ce3e3795f75123aac37bbe999969bb675d945",
-        "894ff57fa59444b297cd25383e7e7c59da8069812905",
+        "2e0000005408ca6f86c2d212453ce3e3795f75123aac37bbe999969bb675d945",
+        "894ff57fa594b8c1c78fba1fec3fe0776d9a70ab5c41",
     ),
     // Proof
     concat!(
@@ -81,13 +81,13 @@ const GOLDEN_SEALED_BY_PRIMARY: [&str; KINDS] = [
     "1400000079c66a251b4ff17c0bbf907680c20412a028f39f38e292ea",
     // CloneStart
     concat!(
-        "bb0000003549340ef95ebc2489910199dbe51ea9fb5a291408bd78612abd03ad",
+        "bd0000008a7be3cef95ebc2489910199dbe51ea9fb5a291408bd78612abd03ad",
         "61587c9bf7207499ba9ccedcc50b5319b154889e3104048e8e9379a6be03138e",
         "46b4cbc6e708faf5355a2600d62974a39094f15e940b4fd95e1ed508a1c3a406",
-        "e5f4c2470b7d6ebdb2c26726d2de7ec5b4108986ae6facffe6b9e5d64eac3e26",
-        "f04034eabd25c70750cc89e720859332890c85aebd54f6b3bae76d8ef464c4c2",
-        "0bb32d4eb6d86864ab9869ee36189a28b515fc502b5551ffd23932615a553bde",
-        "76d44e",
+        "e5f4c2470b7d6ebdb2c26726d2de7ec5b4108986ae6facffe6656e564e6c9666",
+        "db463ee0bb3bdd0d5ecab3dd268b9928970a8fa4bb2a8cb9b4e17794f26acef8",
+        "35b52744b0c672963a8f5d6b072b7a8934155cf41d4797e9bcf91905be0bf6c5",
+        "5a8a8bf44a",
     ),
     // Pages
     concat!(
@@ -114,8 +114,8 @@ const GOLDEN_SEALED_BY_PRIMARY: [&str; KINDS] = [
 const GOLDEN_SEALED_BY_BACKUP: [&str; KINDS] = [
     // Hello
     concat!(
-        "2e000000c0aca506fbb884d5cef011d79643a12051fee11528664d831ddd191e",
-        "57106b08059e525fe0c5ca95a92e0c01f6215d3f90d1",
+        "2e000000181aa197fbb984d5cef011d79643a12051fee11528664d831ddd191e",
+        "57106b08059e3bfbc98530c08eab7e85686476f11134",
     ),
     // Proof
     concat!(
@@ -139,13 +139,13 @@ const GOLDEN_SEALED_BY_BACKUP: [&str; KINDS] = [
     "140000007d011ffb22b3cad9eb3372d6049cc9175139ee4aa567c4ec",
     // CloneStart
     concat!(
-        "bb000000e6c21913fe509eb80fe8979ac6fc153554223ac55e630b4c05358af3",
+        "bd0000006344f1d7fe509eb80fe8979ac6fc153554223ac55e630b4c05358af3",
         "e8c175437933eac9fab6fc7076be6eb25eef9a8745dc29efc8df56fa022ae436",
         "7e1f8ee071c76ebb2c2657650a8186618ccbffa4a958d3866092e1c0cf1b078b",
-        "b72d5ae4f16c93eb113f218fa65059b1783f01111080a479b21ef9f95c1d3d63",
-        "8afdc6df3a5215f3a1da7dd20e1aa87abfdb89fa2959ea736ec475c9c1fbcf01",
-        "f39c6135e96ebf422e0d2ea5dffb674e1b71860ed63b5cb016b761e1b9992a74",
-        "e9cd5a",
+        "b72d5ae4f16c93eb113f218fa65059b1783f01111080a479b2c272795cdd95a3",
+        "21fbccd53c4c0ff9afdc47e80814a260a1dd83f02f27907960c26fd3c7f5c53b",
+        "cd9a6b3fef70a5303e1a1b20eecb87ec9a71263b5e0fe162397b42fd9e564a95",
+        "61e8485c03",
     ),
     // Pages
     concat!(
@@ -229,6 +229,7 @@ fn messages(from: Role) -> [Message; KINDS] {
                     DeviceKind::Block { sectors: 2048 },
                     DeviceKind::Net {
                         mac: [2, 0, 0, 0, 0, salt],
+                        mtu: 1500,
                     },
                 ],
             },
@@ -507,7 +508,7 @@ fn flip(frame: &[u8], at: usize, bit: u32, fix_crc: bool) -> Vec<u8> {
 #[test]
 fn the_frame_limits_and_the_key_derivation_are_pinned() {
     assert_eq!(
-        CHANNEL_VERSION, 4,
+        CHANNEL_VERSION, 5,
         "{CHANGED}: the channel's version. Update this test with the golden constants."
     );
     assert_eq!(

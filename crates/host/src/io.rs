@@ -124,8 +124,11 @@ impl HostIo {
     /// The machine's virtio devices, in slot order.
     pub fn devices(&self) -> Vec<DeviceKind> {
         let mut kinds: Vec<DeviceKind> = self.disk.iter().map(Disk::device).collect();
-        if self.net.is_some() {
-            kinds.push(DeviceKind::Net { mac: GUEST_MAC });
+        if let Some(net) = &self.net {
+            kinds.push(DeviceKind::Net {
+                mac: GUEST_MAC,
+                mtu: net.mtu(),
+            });
         }
         kinds.push(DeviceKind::Entropy);
         kinds

@@ -60,6 +60,9 @@ pub trait NetBackend: Send {
     fn send(&mut self, frame: &[u8]);
     /// Do pending host work; frames for the guest.
     fn poll(&mut self) -> Vec<Vec<u8>>;
+    /// The MTU the guest's card gets on this network (from the
+    /// [`NetSpec`] the backend was opened with).
+    fn mtu(&self) -> u16;
     /// Put the host sockets whose input [`poll`](Self::poll) handles in
     /// the polling loop's epoll (`registry`), reported as `token`, so the
     /// loop can sleep until then rather than answer late. Backends whose
@@ -75,10 +78,29 @@ pub const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
 /// The gateway's (the host's) address.
 pub const GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
 const GATEWAY_MAC: [u8; 6] = [0x52, 0x55, 0x0a, 0x00, 0x02, 0x02];
-const BUFFER: usize = 64 << 10;
+/// Each way of a relayed connection: eight segments of the largest MTU in
+/// flight, so a sender does not wait for each acknowledgement.
+const BUFFER: usize = 512 << 10;
 /// The most polls of the gateway's stack in one [`NetBackend::poll`]: each
-/// sends at most one segment per socket, and a 64 KiB buffer is 45.
+/// sends at most one segment per socket.
 const EGRESS_ROUNDS: usize = 64;
+
+/// The largest MTU a card may have: a frame of it, with its Ethernet
+/// header, fits in one datagram of a pair's switch, with the datagram's
+/// seal (65,507 bytes of UDP payload at most).
+pub const MTU_MAX: u16 = 65280;
+/// The smallest: IPv4's minimum (Linux refuses a card below it).
+pub const MTU_MIN: u16 = 68;
+/// A card's MTU on the user-mode network or a switch when `mtu=` does not
+/// say: the largest, as on a host's loopback. Both ends of every link are
+/// ftvm's, so nothing on the way needs Ethernet's 1,500 bytes; the guest's
+/// TCP sends 64 KiB segments where it sent 1,448 bytes, and each layer
+/// (the guest's network stack, the log, the switch's datagrams) handles a
+/// 45th of the packets (ARCHITECTURE.md, "The pair's network").
+pub const LINK_MTU: u16 = MTU_MAX;
+/// A card's MTU on a TAP interface when `mtu=` does not say: Ethernet's,
+/// as the host's bridge and the networks behind it expect.
+pub const ETHERNET_MTU: u16 = 1500;
 
 /// A forwarded port: connections to `host` are relayed to the guest's
 /// `guest_port`.
@@ -102,7 +124,16 @@ pub enum NetError {
 
 /// A `--net` option, QEMU style.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum NetSpec {
+pub struct NetSpec {
+    pub kind: NetKind,
+    /// The MTU of the guest's card: `mtu=N`, else [`LINK_MTU`] on the
+    /// user-mode network and a switch, [`ETHERNET_MTU`] on TAP.
+    pub mtu: u16,
+}
+
+/// Which network a card is on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NetKind {
     /// `user[,hostfwd=tcp:HOSTADDR:HOSTPORT-:GUESTPORT]...`
     User(Vec<HostForward>),
     /// `tap,ifname=NAME`
@@ -111,33 +142,72 @@ pub enum NetSpec {
     Switch(SocketAddr),
 }
 
+/// Parse a `--net` option: a network, and `,mtu=N` if given.
 pub fn parse_net(spec: &str) -> Result<NetSpec, NetError> {
+    let (rest, mtu) = take_mtu(spec)?;
+    let kind = parse_kind(&rest)?;
+    let mtu = mtu.unwrap_or(match kind {
+        NetKind::Tap(_) => ETHERNET_MTU,
+        NetKind::User(_) | NetKind::Switch(_) => LINK_MTU,
+    });
+    Ok(NetSpec { kind, mtu })
+}
+
+/// `spec` without its `mtu=N` option, and N.
+fn take_mtu(spec: &str) -> Result<(String, Option<u16>), NetError> {
+    let mut mtu = None;
+    let mut rest = Vec::new();
+    for part in spec.split(',') {
+        match part.strip_prefix("mtu=") {
+            Some(value) => {
+                let value = value
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|m| (MTU_MIN..=MTU_MAX).contains(m))
+                    .ok_or_else(|| {
+                        NetError::Option(
+                            spec.to_string(),
+                            format!("mtu= takes {MTU_MIN} to {MTU_MAX}"),
+                        )
+                    })?;
+                mtu = Some(value);
+            }
+            None => rest.push(part),
+        }
+    }
+    Ok((rest.join(","), mtu))
+}
+
+fn parse_kind(spec: &str) -> Result<NetKind, NetError> {
     if let Some(addr) = spec.strip_prefix("switch:") {
         return std::net::ToSocketAddrs::to_socket_addrs(addr)
             .ok()
             .and_then(|mut addrs| addrs.next())
-            .map(NetSpec::Switch)
+            .map(NetKind::Switch)
             .ok_or_else(|| NetError::Option(spec.to_string(), "expected switch:HOST:PORT".into()));
     }
     if let Some(rest) = spec.strip_prefix("tap") {
         return rest
             .strip_prefix(",ifname=")
             .filter(|name| !name.is_empty() && !name.contains(','))
-            .map(|name| NetSpec::Tap(name.to_string()))
+            .map(|name| NetKind::Tap(name.to_string()))
             .ok_or_else(|| NetError::Option(spec.to_string(), "expected tap,ifname=NAME".into()));
     }
-    parse_user_options(spec).map(NetSpec::User)
+    parse_user_options(spec).map(NetKind::User)
 }
 
 /// Open the backend a [`NetSpec`] names.
 pub fn open(spec: &NetSpec) -> Result<Box<dyn NetBackend>, NetError> {
-    match spec {
-        NetSpec::User(forwards) => Ok(Box::new(UserNet::new(forwards)?)),
-        NetSpec::Switch(addr) => Ok(Box::new(switch::SwitchPort::connect(*addr, None)?)),
+    let mtu = spec.mtu;
+    match &spec.kind {
+        NetKind::User(forwards) => Ok(Box::new(UserNet::new(forwards)?.with_mtu(mtu))),
+        NetKind::Switch(addr) => Ok(Box::new(
+            switch::SwitchPort::connect(*addr, None)?.with_mtu(mtu),
+        )),
         #[cfg(target_os = "linux")]
-        NetSpec::Tap(name) => Ok(Box::new(Tap::open(name)?)),
+        NetKind::Tap(name) => Ok(Box::new(Tap::open(name)?.with_mtu(mtu))),
         #[cfg(not(target_os = "linux"))]
-        NetSpec::Tap(name) => Err(NetError::Tap(
+        NetKind::Tap(name) => Err(NetError::Tap(
             name.clone(),
             std::io::Error::other("TAP is only supported on Linux"),
         )),
@@ -176,28 +246,28 @@ pub type Attached = (Box<dyn NetBackend>, Box<dyn FrameReceiver>);
 /// with the VM, and the clients' connections with it. A switch port seals
 /// its datagrams with `key` (the pair's switch key).
 pub fn attach(spec: &NetSpec, key: Option<datagram::DatagramKey>) -> Result<Attached, NetError> {
-    match spec {
-        NetSpec::User(_) => Err(NetError::Option(
+    match &spec.kind {
+        NetKind::User(_) => Err(NetError::Option(
             "user".into(),
             "a VM of a pair needs a network that outlives it: `switch:HOST:PORT` (see \
              `ftvm switch`) or `tap,ifname=NAME`"
                 .into(),
         )),
-        NetSpec::Switch(addr) => {
-            let port = switch::SwitchPort::connect(*addr, key)?;
+        NetKind::Switch(addr) => {
+            let port = switch::SwitchPort::connect(*addr, key)?.with_mtu(spec.mtu);
             let receiver = port
                 .try_clone()
                 .map_err(|e| NetError::Switch(addr.to_string(), e))?;
             Ok((Box::new(port), Box::new(receiver)))
         }
         #[cfg(target_os = "linux")]
-        NetSpec::Tap(name) => {
-            let tap = Tap::open(name)?;
+        NetKind::Tap(name) => {
+            let tap = Tap::open(name)?.with_mtu(spec.mtu);
             let receiver = tap.receiver().map_err(|e| NetError::Tap(name.clone(), e))?;
             Ok((Box::new(tap), Box::new(receiver)))
         }
         #[cfg(not(target_os = "linux"))]
-        NetSpec::Tap(name) => Err(NetError::Tap(
+        NetKind::Tap(name) => Err(NetError::Tap(
             name.clone(),
             std::io::Error::other("TAP is only supported on Linux"),
         )),
@@ -275,7 +345,9 @@ impl Device for Frames {
     fn capabilities(&self) -> DeviceCapabilities {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ethernet;
-        caps.max_transmission_unit = 1514;
+        // The largest any card may have: TCP's MSS option tells each end
+        // what the other's card takes.
+        caps.max_transmission_unit = usize::from(MTU_MAX) + 14;
         caps
     }
 }
@@ -310,6 +382,7 @@ pub struct UserNet {
     next_local_port: u16,
     /// Wakes the polling loop on host input, once asked to.
     readiness: Option<readiness::HostReadiness>,
+    mtu: u16,
 }
 
 impl UserNet {
@@ -342,7 +415,14 @@ impl UserNet {
             listening: HashMap::new(),
             next_local_port: 49152,
             readiness: None,
+            mtu: LINK_MTU,
         })
+    }
+
+    /// The guest's card gets this MTU.
+    pub fn with_mtu(mut self, mtu: u16) -> UserNet {
+        self.mtu = mtu;
+        self
     }
 
     fn now(&self) -> Instant {
@@ -575,6 +655,10 @@ impl NetBackend for UserNet {
         self.frames.to_gateway.push_back(frame.to_vec());
     }
 
+    fn mtu(&self) -> u16 {
+        self.mtu
+    }
+
     fn poll(&mut self) -> Vec<Vec<u8>> {
         self.accept_forwards();
         let now = self.now();
@@ -713,27 +797,55 @@ mod tests {
     fn tap_options() {
         assert_eq!(
             parse_net("tap,ifname=tap0").expect("parses"),
-            NetSpec::Tap("tap0".into())
+            NetSpec {
+                kind: NetKind::Tap("tap0".into()),
+                mtu: ETHERNET_MTU
+            }
         );
-        for bad in ["tap", "tap,ifname=", "tapx", "bridge"] {
+        assert_eq!(
+            parse_net("tap,ifname=tap0,mtu=9000").expect("parses").mtu,
+            9000
+        );
+        for bad in [
+            "tap",
+            "tap,ifname=",
+            "tapx",
+            "bridge",
+            "tap,ifname=t,mtu=67",
+        ] {
             assert!(parse_net(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn switch_options() {
+        let switch = NetSpec {
+            kind: NetKind::Switch("127.0.0.1:7000".parse().expect("an address")),
+            mtu: LINK_MTU,
+        };
+        assert_eq!(parse_net("switch:127.0.0.1:7000").expect("parses"), switch);
         assert_eq!(
-            parse_net("switch:127.0.0.1:7000").expect("parses"),
-            NetSpec::Switch("127.0.0.1:7000".parse().expect("an address"))
+            parse_net("switch:127.0.0.1:7000,mtu=1500").expect("parses"),
+            NetSpec {
+                mtu: 1500,
+                ..switch
+            }
         );
-        for bad in ["switch:", "switch:127.0.0.1", "switch:nowhere:x"] {
+        for bad in [
+            "switch:",
+            "switch:127.0.0.1",
+            "switch:nowhere:x",
+            "switch:127.0.0.1:7000,mtu=65281",
+            "switch:127.0.0.1:7000,mtu=x",
+        ] {
             assert!(parse_net(bad).is_err(), "{bad}");
         }
+        let user = parse_net("user,mtu=1500,hostfwd=tcp::2222-:22").expect("parses");
+        assert_eq!(user.mtu, 1500);
+        assert!(matches!(&user.kind, NetKind::User(forwards) if forwards.len() == 1));
+        assert_eq!(parse_net("user").expect("parses").mtu, LINK_MTU);
         assert!(
-            matches!(
-                attach(&NetSpec::User(Vec::new()), None),
-                Err(NetError::Option(..))
-            ),
+            matches!(attach(&user, None), Err(NetError::Option(..))),
             "a pair's VM may not carry its own gateway"
         );
     }

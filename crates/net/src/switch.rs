@@ -67,9 +67,27 @@ pub const PORT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often an attached VM says it is still there.
 pub const KEEPALIVE: Duration = Duration::from_secs(1);
 
-/// The largest frame that crosses the switch: an Ethernet frame of the
-/// largest MTU a virtio-net card without offloads uses, with room to spare.
+/// The largest datagram the switch and its ports read: a frame of the
+/// largest MTU ([`crate::MTU_MAX`]) with its seal fits.
 pub const FRAME_MAX: usize = 65_535;
+
+/// What a socket's kernel buffers should hold: a burst of a TCP window of
+/// frames, read only between two of the guest's slices.
+const SOCKET_BUFFER: usize = 4 << 20;
+
+/// Ask for [`SOCKET_BUFFER`] both ways; the kernel caps it at
+/// `net.core.rmem_max` and `wmem_max`.
+fn room_for_bursts(socket: &UdpSocket) {
+    let socket = socket2::SockRef::from(socket);
+    for (what, set) in [
+        ("receive", socket.set_recv_buffer_size(SOCKET_BUFFER)),
+        ("send", socket.set_send_buffer_size(SOCKET_BUFFER)),
+    ] {
+        if let Err(e) = set {
+            tracing::debug!(%e, "cannot size the {what} buffer");
+        }
+    }
+}
 
 /// The forwarding logic, without sockets: which ports a frame goes to.
 ///
@@ -251,6 +269,7 @@ impl SwitchServer {
         let fail = |e| NetError::Switch(addr.to_string(), e);
         let socket = UdpSocket::bind(addr).map_err(fail)?;
         socket.set_nonblocking(true).map_err(fail)?;
+        room_for_bursts(&socket);
         let poll = mio::Poll::new().map_err(fail)?;
         poll.registry()
             .register(
@@ -495,6 +514,7 @@ pub struct SwitchPort {
     buf: Vec<u8>,
     key: Option<DatagramKey>,
     auth: Option<Auth>,
+    mtu: u16,
 }
 
 impl SwitchPort {
@@ -508,6 +528,7 @@ impl SwitchPort {
         };
         let socket = UdpSocket::bind(local).map_err(fail)?;
         socket.connect(switch).map_err(fail)?;
+        room_for_bursts(&socket);
         let mut port = SwitchPort {
             socket,
             switch,
@@ -515,9 +536,16 @@ impl SwitchPort {
             buf: vec![0; FRAME_MAX],
             auth: Auth::new(key.clone()),
             key,
+            mtu: crate::LINK_MTU,
         };
         port.send_datagram(&[]).map_err(fail)?;
         Ok(port)
+    }
+
+    /// The guest's card gets this MTU.
+    pub fn with_mtu(mut self, mtu: u16) -> SwitchPort {
+        self.mtu = mtu;
+        self
     }
 
     /// Send `frame` (empty: "still here"), sealed when there is a key.
@@ -551,6 +579,7 @@ impl SwitchPort {
             buf: vec![0; FRAME_MAX],
             auth: Auth::new(self.key.clone()),
             key: self.key.clone(),
+            mtu: self.mtu,
         })
     }
 
@@ -586,6 +615,10 @@ impl SwitchPort {
 }
 
 impl NetBackend for SwitchPort {
+    fn mtu(&self) -> u16 {
+        self.mtu
+    }
+
     fn send(&mut self, frame: &[u8]) {
         // A lost datagram is a lost frame, which the guest's protocols
         // are built for.

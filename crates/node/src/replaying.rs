@@ -416,7 +416,7 @@ impl Node {
             reissued = r.outstanding.len(), "going live");
         self.stats.milestones.took_over = true;
         for device in &config.virtio {
-            if let DeviceKind::Net { mac } = device {
+            if let DeviceKind::Net { mac, .. } = device {
                 self.effects.push(Effect::Announce { mac: *mac });
                 self.stats.milestones.announced = true;
             }

@@ -136,7 +136,7 @@ fn a_primary_releases_output_only_after_the_backups_acknowledgement() {
 fn a_backup_takes_over_only_when_it_wins_the_test_and_set() {
     let kernel = image("spin", &[SPIN]);
     let mac = [0x52, 0x54, 0, 1, 2, 3];
-    let net = vec![DeviceKind::Net { mac }];
+    let net = vec![DeviceKind::Net { mac, mtu: 1500 }];
     for verdict in [Verdict::Won, Verdict::Lost] {
         let mut clock = Clock(0);
         let mut primary =

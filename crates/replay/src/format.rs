@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 pub const MAGIC: &[u8; 8] = b"FTVMLOG\0";
 /// 2: the balloon's target (`Input::BalloonTarget`), a control entry.
 /// 3: checkpoint digests hash RAM as a tree of pages (`Machine::digest`).
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 /// No frame is larger; a corrupt length cannot make the reader allocate
 /// more than this.
 pub const FRAME_MAX: u32 = 64 << 20;

@@ -25,28 +25,28 @@ const IF_INTENDED: &str = "If this change is intended, bump ftvm_replay::format:
 /// `full_log()`: every event, every input, every I/O status and every end,
 /// in four entry frames.
 const GOLDEN_LOG: &str = concat!(
-    "4654564d4c4f470003000000ec000000e8285ebf800201162f676f6c64656e2f",
+    "4654564d4c4f470004000000ee000000e91836a1800201162f676f6c64656e2f",
     "66775f64796e616d69632e62696e0ff026f01bab75bc3ae59bf15762cef8cdcc",
     "071e290643dd6c856c7c2ae2ce710f0d2f676f6c64656e2f496d61676513a41c",
     "5855bf688302995fa8590725a7b43919df701ff58dc02f2ac52f381bb7cf0113",
     "2f676f6c64656e2f696e697472642e6370696f0d1d273c385f5e8c6ef6fafc7c",
     "0779c9c217ca647424b03bafb19461135ae162c51c636f6e736f6c653d747479",
-    "5330206561726c79636f6e207175696574190400801001025254001234560301",
-    "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
-    "170000008b48065c000400959a97ece39fe7cb170011610000ff019b02e8079d",
-    "000000602ef055040294823d2a03010c05f3033c000102030405060708090a0b",
-    "0c0d0e0f101112131415161718191a1b1c1d1e1f202122232425262728292a2b",
-    "2c2d2e2f303132333435363738393a3b0664010010a0a1a2a3a4a5a6a7a8a9aa",
-    "abacadaeaf06640201000664ffffffffffffffffff010201000a640b32feffff",
-    "ff0f0732fffefdfcfbfaf9f8f7f6f5f4f3f2f1f0efeeedecebeae9e8e7e6e5e4",
-    "e3e2e1e00e000000640dac370d08e80700050a0afbffffffff1f1c0000008fa1",
-    "0c84100900008180d4aa05090101ffffffffffffffffff01090102090103",
+    "5330206561726c79636f6e20717569657419040080100102525400123456dc0b",
+    "0301000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d",
+    "1e1f170000008b48065c000400959a97ece39fe7cb170011610000ff019b02e8",
+    "079d000000602ef055040294823d2a03010c05f3033c00010203040506070809",
+    "0a0b0c0d0e0f101112131415161718191a1b1c1d1e1f20212223242526272829",
+    "2a2b2c2d2e2f303132333435363738393a3b0664010010a0a1a2a3a4a5a6a7a8",
+    "a9aaabacadaeaf06640201000664ffffffffffffffffff010201000a640b32fe",
+    "ffffff0f0732fffefdfcfbfaf9f8f7f6f5f4f3f2f1f0efeeedecebeae9e8e7e6",
+    "e5e4e3e2e1e00e000000640dac370d08e80700050a0afbffffffff1f1c000000",
+    "8fa10c84100900008180d4aa05090101ffffffffffffffffff01090102090103",
 );
 
 /// `minimal_log()`: the other engine, no firmware, no initrd, no devices,
 /// an empty command line and a single entry.
 const GOLDEN_MINIMAL_LOG: &str = concat!(
-    "4654564d4c4f4700030000004a0000000b4e39161000016b00af1349b9f5f9a1",
+    "4654564d4c4f4700040000004a0000000b4e39161000016b00af1349b9f5f9a1",
     "a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f326200000100000000",
     "0000000000000000000000000000000000000000000000000000000000000400",
     "0000881427c600090003",
@@ -75,6 +75,7 @@ fn full_config() -> MachineConfig {
             DeviceKind::Entropy,
             DeviceKind::Net {
                 mac: [0x52, 0x54, 0x00, 0x12, 0x34, 0x56],
+                mtu: 1500,
             },
             DeviceKind::Balloon,
         ],
@@ -330,7 +331,7 @@ fn the_magic_version_and_frame_limit_are_pinned() {
         "{CHANGED}: MAGIC. Old logs would no longer be recognised as logs."
     );
     assert_eq!(
-        VERSION, 3,
+        VERSION, 4,
         "{CHANGED}: VERSION was bumped. Update this test and the golden constants in \
          crates/replay/tests/golden.rs (the failing tests print them)."
     );

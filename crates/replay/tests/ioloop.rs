@@ -42,6 +42,7 @@ fn config(engine: Engine) -> MachineConfig {
         virtio: vec![
             DeviceKind::Net {
                 mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
+                mtu: 1500,
             },
             DeviceKind::Block { sectors: 64 },
             DeviceKind::Entropy,

@@ -66,7 +66,10 @@ impl Guest {
             virtio: vec![
                 DeviceKind::Block { sectors: SECTORS },
                 DeviceKind::Entropy,
-                DeviceKind::Net { mac: VM_MAC },
+                DeviceKind::Net {
+                    mac: VM_MAC,
+                    mtu: 1500,
+                },
             ],
         }
     }

@@ -127,11 +127,13 @@ mod tests {
     #[test]
     fn config_space_reads_in_bytes_and_halves() {
         let mac = [1, 2, 3, 4, 5, 6];
-        let mut slots = VirtioSlots::new(&[DeviceKind::Net { mac }]).expect("one device");
+        let mut slots =
+            VirtioSlots::new(&[DeviceKind::Net { mac, mtu: 1500 }]).expect("one device");
         let ctx = &mut BusCtx::at_mtime(0);
         let config = 7 * VirtioSlots::SLOT_SIZE + 0x100;
         assert_eq!(slots.load(config + 1, 1, ctx), Some(2));
         assert_eq!(slots.load(config + 4, 2, ctx), Some(0x0605));
+        assert_eq!(slots.load(config + 10, 2, ctx), Some(1500), "the MTU");
         assert_eq!(slots.load(config + 3, 2, ctx), None, "crosses a word");
         assert_eq!(
             slots.load(config - 0x100 + 1, 1, ctx),
