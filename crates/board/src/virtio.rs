@@ -44,8 +44,9 @@ pub const NET_MTU_MAX: u16 = 65280;
 pub const NET_MTU_MIN: u16 = 68;
 /// An Ethernet header, before the MTU's bytes.
 const ETHERNET_HEADER: usize = 14;
-/// Most bytes of frames a network card holds while the guest has no
-/// receive buffer for them.
+/// Most frames, and bytes of them, a network card holds while the guest
+/// has no receive buffer for them.
+const RX_FIFO_FRAMES: usize = 256;
 const RX_FIFO_BYTES: usize = 1 << 20;
 /// Most entropy bytes one request gets.
 const ENTROPY_MAX: u64 = 64 << 10;
@@ -589,7 +590,7 @@ impl VirtioMmio {
             return true;
         }
         let held: usize = self.rx_fifo.iter().map(Vec::len).sum();
-        if held + frame.len() > RX_FIFO_BYTES {
+        if self.rx_fifo.len() >= RX_FIFO_FRAMES || held + frame.len() > RX_FIFO_BYTES {
             return false;
         }
         self.rx_fifo.push_back(frame.to_vec());
@@ -835,10 +836,16 @@ mod tests {
             .expect("ram");
         assert_eq!(frame, odd);
         assert_eq!(header(RAM + 0x6000)[0], NET_HDR_F_DATA_VALID);
-        // What the card holds is bounded: past it, frames are dropped.
-        let big = vec![0u8; 1514];
+        // What the card holds is bounded, in bytes and in frames: past
+        // it, frames are dropped.
+        let big = vec![0u8; 65294];
         let held = (0..2000).take_while(|_| dev.receive(&mut h, &big)).count();
         assert_eq!(held, RX_FIFO_BYTES / big.len());
+        dev.store(0x070, 0); // a reset empties it
+        driver(&mut dev, &mut h, &[(first, 2048, DESC_F_WRITE)]);
+        assert!(dev.receive(&mut h, &odd), "into the buffer");
+        let held = (0..2000).take_while(|_| dev.receive(&mut h, &odd)).count();
+        assert_eq!(held, RX_FIFO_FRAMES);
     }
 
     #[test]
