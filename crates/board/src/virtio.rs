@@ -448,20 +448,36 @@ impl VirtioMmio {
         };
         match self.kind {
             DeviceKind::Net { mtu, .. } => {
-                let most = NET_HEADER + ETHERNET_HEADER + usize::from(mtu);
-                let mut frame = Vec::new();
-                for &(addr, len, writable) in &chain {
-                    if writable || frame.len() + len as usize > most {
-                        return Err(());
-                    }
-                    let start = frame.len();
-                    frame.resize(start + len as usize, 0);
-                    hart.ram().read(addr, &mut frame[start..]).map_err(|_| ())?;
-                }
-                if frame.len() < NET_HEADER {
+                let total: usize = chain.iter().map(|d| d.1 as usize).sum();
+                if chain.iter().any(|d| d.2)
+                    || total < NET_HEADER
+                    || total > NET_HEADER + ETHERNET_HEADER + usize::from(mtu)
+                {
                     return Err(());
                 }
-                let header: Vec<u8> = frame.drain(..NET_HEADER).collect();
+                // The header and the frame gathered apart: the frame is
+                // read once, straight into its own buffer.
+                let mut header = [0u8; NET_HEADER];
+                let mut frame = vec![0u8; total - NET_HEADER];
+                let mut at = 0;
+                for &(addr, len, _) in &chain {
+                    let (mut addr, mut len) = (addr, len as usize);
+                    if at < NET_HEADER {
+                        let n = len.min(NET_HEADER - at);
+                        hart.ram()
+                            .read(addr, &mut header[at..at + n])
+                            .map_err(|_| ())?;
+                        (addr, at, len) = (addr + n as u64, at + n, len - n);
+                    }
+                    if len > 0 {
+                        // The header is whole: `at` is past it.
+                        let start = at - NET_HEADER;
+                        hart.ram()
+                            .read(addr, &mut frame[start..start + len])
+                            .map_err(|_| ())?;
+                        at += len;
+                    }
+                }
                 if header[0] & NET_HDR_F_NEEDS_CSUM != 0 {
                     let start = usize::from(u16::from_le_bytes([header[6], header[7]]));
                     let offset = usize::from(u16::from_le_bytes([header[8], header[9]]));
@@ -543,7 +559,7 @@ impl VirtioMmio {
         let Some(pending) = self.pending.remove(&id) else {
             return false;
         };
-        let mut written = scatter(hart, pending.writable.iter().copied(), data);
+        let mut written = scatter(hart, pending.writable.iter().copied(), &[data]);
         if let Some(status_addr) = pending.status {
             let byte = match status {
                 IoStatus::Ok => 0u8,
@@ -606,33 +622,40 @@ impl VirtioMmio {
             header[0] = NET_HDR_F_DATA_VALID;
         }
         header[10] = 1; // num_buffers
-        let packet: Vec<u8> = header.iter().chain(frame).copied().collect();
         let buffers = chain
             .iter()
             .filter(|d| d.2)
             .map(|&(addr, len, _)| (addr, len));
-        let written = scatter(hart, buffers, &packet);
+        let written = scatter(hart, buffers, &[&header, frame]);
         // A buffer too small gets the frame cut short, as the guest asked.
         self.push_used(hart, 0, head, written);
         true
     }
 }
 
-/// Write `data` across guest buffers (address, length) in order; returns
-/// the bytes written.
-fn scatter(hart: &mut Hart, buffers: impl Iterator<Item = (u64, u32)>, data: &[u8]) -> u32 {
+/// Write `parts`, one after the other, across guest buffers (address,
+/// length) in order; returns the bytes written.
+fn scatter(hart: &mut Hart, buffers: impl Iterator<Item = (u64, u32)>, parts: &[&[u8]]) -> u32 {
     let mut written = 0u32;
-    let mut rest = data;
-    for (addr, len) in buffers {
-        if rest.is_empty() {
-            break;
+    let mut parts = parts.iter().copied();
+    let mut rest: &[u8] = parts.next().unwrap_or_default();
+    for (mut addr, mut room) in buffers {
+        while room > 0 {
+            while rest.is_empty() {
+                match parts.next() {
+                    Some(part) => rest = part,
+                    None => return written,
+                }
+            }
+            let n = rest.len().min(room as usize);
+            if hart.dma_write(addr, &rest[..n]).is_err() {
+                return written;
+            }
+            written += n as u32;
+            addr += n as u64;
+            room -= n as u32;
+            rest = &rest[n..];
         }
-        let n = rest.len().min(len as usize);
-        if hart.dma_write(addr, &rest[..n]).is_err() {
-            break;
-        }
-        written += n as u32;
-        rest = &rest[n..];
     }
     written
 }
@@ -883,6 +906,43 @@ mod tests {
             "the frame leaves with its checksum"
         );
         assert_eq!(frame[..start], partial[..start]);
+    }
+
+    #[test]
+    fn a_frame_split_anywhere_across_descriptors_is_gathered_whole() {
+        let frame: Vec<u8> = (0..200u8).collect();
+        let mut bytes = vec![0u8; NET_HEADER];
+        bytes.extend_from_slice(&frame);
+        let at = RAM + 0x4000;
+        for (a, b) in [(5, 10), (12, 12), (1, 150), (11, 13), (12, 212), (0, 3)] {
+            let mut h = hart();
+            let mut dev = VirtioMmio::new(DeviceKind::Net {
+                mac: MAC,
+                mtu: 1500,
+            });
+            h.dma_write(at, &bytes).expect("ram");
+            let len = bytes.len() as u64;
+            let descs: Vec<(u64, u32, u16)> = [(0, a), (a, b), (b, len)]
+                .into_iter()
+                .filter(|(from, to)| to > from)
+                .map(|(from, to)| (at + from, (to - from) as u32, DESC_F_NEXT))
+                .collect();
+            let mut descs = descs;
+            if let Some(last) = descs.last_mut() {
+                last.2 = 0;
+            }
+            driver_queue(&mut dev, &mut h, 1, &descs);
+            let mut out = Vec::new();
+            dev.process(&mut h, &mut 0, &mut out);
+            assert_eq!(
+                out,
+                [IoRequest::NetTransmit {
+                    id: 0,
+                    frame: frame.clone()
+                }],
+                "split at {a} and {b}"
+            );
+        }
     }
 
     #[test]
