@@ -40,7 +40,13 @@ pub struct Channel {
     stream: Option<TcpStream>,
     decoder: FrameDecoder,
     buffer: Vec<u8>,
+    /// Sealed frames not yet written (see [`Channel::send`]).
+    out: Vec<u8>,
 }
+
+/// Sealed bytes [`Channel::send`] holds before it writes them without
+/// waiting for [`Channel::flush`] (a clone's pages come by the megabyte).
+const OUT_BATCH: usize = 256 << 10;
 
 /// Who the peer must prove to be.
 pub struct Credentials<'a> {
@@ -134,6 +140,7 @@ impl Channel {
             stream: Some(stream),
             decoder,
             buffer: vec![0; 1 << 16],
+            out: Vec::new(),
         }
     }
 
@@ -254,18 +261,37 @@ impl Channel {
         self.stream.is_some()
     }
 
-    /// Seal and send `message`; on failure the channel is closed and why
-    /// is returned.
+    /// Seal `message` and queue it: the queue is written at
+    /// [`Channel::flush`], or at once when it passes [`OUT_BATCH`], so that
+    /// what one turn of the loop sends is one write. On failure the
+    /// channel is closed and why is returned.
     pub fn send(&mut self, message: &Message) -> Result<(), (String, ChannelClose)> {
-        let Some(stream) = &mut self.stream else {
+        if self.stream.is_none() {
             return Ok(());
-        };
-        let bytes = match self.session.seal(message) {
-            Ok(bytes) => bytes,
+        }
+        match self.session.seal(message) {
+            Ok(bytes) => self.out.extend_from_slice(&bytes),
             // Too large for a frame: a bug on this side, not the peer's.
             Err(e) => return Err((format!("sending: {e}"), ChannelClose::SendFailed)),
+        }
+        if self.out.len() >= OUT_BATCH {
+            return self.flush();
+        }
+        Ok(())
+    }
+
+    /// Write what [`Channel::send`] queued.
+    pub fn flush(&mut self) -> Result<(), (String, ChannelClose)> {
+        let Some(stream) = &mut self.stream else {
+            self.out.clear();
+            return Ok(());
         };
-        stream.write_all(&bytes).map_err(|e| {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let written = stream.write_all(&self.out);
+        self.out.clear();
+        written.map_err(|e| {
             let close = if closed_by_peer(&e) {
                 ChannelClose::PeerClosed
             } else {
@@ -288,6 +314,7 @@ impl Channel {
 
     /// Close both directions; whatever is in flight is lost.
     pub fn close(&mut self) {
+        self.out.clear();
         if let Some(stream) = self.stream.take() {
             let _ = stream.shutdown(Shutdown::Both);
         }
@@ -418,6 +445,11 @@ mod tests {
         for message in &sent {
             primary.send(message).expect("sent");
         }
+        assert!(
+            !woken(&mut poll, Duration::from_millis(20)),
+            "queued until flushed"
+        );
+        primary.flush().expect("sent");
         assert!(woken(&mut poll, LIMIT), "woken by the messages");
         let mut got = Vec::new();
         // Loopback may hand the bytes over in more than one piece.
@@ -430,6 +462,7 @@ mod tests {
         assert_eq!(got, sent);
         assert!(messages(&mut backup).is_empty(), "nothing more was sent");
         primary.send(&Message::Heartbeat).expect("sent");
+        primary.flush().expect("sent");
         assert!(woken(&mut poll, LIMIT), "woken by the next message");
         assert_eq!(messages(&mut backup), vec![Message::Heartbeat]);
     }
@@ -439,6 +472,7 @@ mod tests {
         let mut poll = mio::Poll::new().expect("an epoll");
         let (mut primary, mut backup) = pair(&poll);
         primary.send(&Message::Heartbeat).expect("sent");
+        primary.flush().expect("sent");
         primary.close();
         let mut events = Vec::new();
         while !events

@@ -34,7 +34,7 @@ pub enum CloneEvent {
     /// The snapshot has been sent: the channel, for the log, and the
     /// snapshot's digest.
     Sent {
-        channel: Channel,
+        channel: Box<Channel>,
         digest: Digest,
         bytes: u64,
         took: Duration,
@@ -192,7 +192,7 @@ fn send_clone(
         "the snapshot is sent"
     );
     Ok(Some(CloneEvent::Sent {
-        channel,
+        channel: Box::new(channel),
         digest,
         bytes: sender.bytes_sent(),
         took: started.elapsed(),

@@ -88,6 +88,33 @@ pub enum Stdout {
     /// Nobody may be reading (a detached daemon): the console file is the
     /// console of record, and a failed write is ignored.
     BestEffort,
+    /// Stdout is /dev/null (a daemon's): not written at all, which saves
+    /// a system call on every release of console output.
+    Discarded,
+}
+
+impl Stdout {
+    /// [`Stdout::Discarded`] in place of `BestEffort` when stdout is
+    /// /dev/null.
+    fn resolve(self) -> Stdout {
+        use std::os::fd::AsFd;
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let rdev = |file: std::io::Result<std::fs::File>| {
+            file.and_then(|f| f.metadata())
+                .ok()
+                .filter(|m| m.file_type().is_char_device())
+                .map(|m| m.rdev())
+        };
+        let stdout = std::io::stdout()
+            .as_fd()
+            .try_clone_to_owned()
+            .map(std::fs::File::from);
+        let null = std::fs::File::open("/dev/null");
+        match (self, rdev(stdout), rdev(null)) {
+            (Stdout::BestEffort, Some(out), Some(null)) if out == null => Stdout::Discarded,
+            (stdout, ..) => stdout,
+        }
+    }
 }
 
 /// What a VM process has on this host besides its node.
@@ -429,7 +456,7 @@ pub fn run(node: Node, host: VmHost) -> Result<Node, HostError> {
         clone_pause_ms: None,
         clone_bytes: None,
         console_file,
-        stdout,
+        stdout: stdout.resolve(),
         recording,
         status_file,
         role,
@@ -756,10 +783,18 @@ impl Vm {
         self.node.channel_closed(close == ChannelClose::PeerClosed);
     }
 
+    /// Carry out what the node decided; what it sends to its peer goes
+    /// out in one write at the end (a message each was a system call each,
+    /// and a read each on the other side).
     fn perform(&mut self) -> Result<(), HostError> {
         loop {
             let effects = self.node.take_effects();
             if effects.is_empty() {
+                if let Some(channel) = &mut self.channel {
+                    if let Err((why, close)) = channel.flush() {
+                        self.close_channel(&why, close);
+                    }
+                }
                 return Ok(());
             }
             for effect in effects {
@@ -828,6 +863,9 @@ impl Vm {
         if let Some(file) = &self.console_file {
             file.write_at(offset, bytes)
                 .map_err(|e| HostError::io("writing the console file", e))?;
+        }
+        if self.stdout == Stdout::Discarded {
+            return Ok(());
         }
         let mut stdout = std::io::stdout().lock();
         let written = stdout.write_all(bytes).and_then(|()| stdout.flush());

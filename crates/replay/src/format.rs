@@ -248,6 +248,11 @@ pub struct Entry {
 }
 
 /// The encoded form of an entry: the icount distance first in every kind.
+///
+/// A frame's or a read's bytes go through serde as bytes: serde writes a
+/// plain `&[u8]` as a sequence, a call per byte, and a 64 KiB frame cost
+/// the primary 0.1 ms to log. postcard writes both the same way (a
+/// length, then the bytes; the golden tests hold it).
 #[derive(Serialize, Deserialize)]
 enum Wire<'a> {
     ConsoleByte(u64, u8),
@@ -255,8 +260,13 @@ enum Wire<'a> {
     GuestTimeStep(u64, u64),
     GuestTimeRate(u64, u64),
     WallClock(u64, u64),
-    NetReceive(u64, #[serde(borrow)] Bytes<'a>),
-    IoDone(u64, u64, IoStatus, #[serde(borrow)] Bytes<'a>),
+    NetReceive(u64, #[serde(borrow, with = "serde_bytes")] &'a [u8]),
+    IoDone(
+        u64,
+        u64,
+        IoStatus,
+        #[serde(borrow, with = "serde_bytes")] &'a [u8],
+    ),
     Checkpoint(u64, [u8; 32]),
     Reset(u64),
     End(u64, End),
@@ -275,10 +285,8 @@ impl<'a> Wire<'a> {
                     Wire::GuestTimeRate(delta, *insns_per_tick)
                 }
                 Input::WallClock { unix_ns } => Wire::WallClock(delta, *unix_ns),
-                Input::NetReceive { frame } => Wire::NetReceive(delta, Bytes(frame)),
-                Input::IoDone { id, status, data } => {
-                    Wire::IoDone(delta, *id, *status, Bytes(data))
-                }
+                Input::NetReceive { frame } => Wire::NetReceive(delta, frame),
+                Input::IoDone { id, status, data } => Wire::IoDone(delta, *id, *status, data),
                 Input::BalloonTarget { pages } => Wire::BalloonTarget(delta, *pages),
             },
             Event::Checkpoint(d) => Wire::Checkpoint(delta, d.0),
@@ -301,7 +309,7 @@ impl<'a> Wire<'a> {
             Wire::NetReceive(d, frame) => (
                 d,
                 input(Input::NetReceive {
-                    frame: frame.0.to_vec(),
+                    frame: frame.to_vec(),
                 }),
             ),
             Wire::IoDone(d, id, status, data) => (
@@ -309,7 +317,7 @@ impl<'a> Wire<'a> {
                 input(Input::IoDone {
                     id,
                     status,
-                    data: data.0.to_vec(),
+                    data: data.to_vec(),
                 }),
             ),
             Wire::Checkpoint(d, digest) => (d, Event::Checkpoint(Digest(digest))),
@@ -318,21 +326,6 @@ impl<'a> Wire<'a> {
             Wire::Output(d) => (d, Event::Output),
             Wire::BalloonTarget(d, pages) => (d, input(Input::BalloonTarget { pages })),
         }
-    }
-}
-
-/// A frame's or a read's bytes in an entry, written in one piece. Serde
-/// writes a plain `&[u8]` as a sequence, a call per byte: a 64 KiB frame
-/// cost the primary 0.1 ms to log. The bytes on the wire are the same
-/// (postcard writes both as a length and the bytes), and reading borrows
-/// them either way.
-#[derive(Deserialize)]
-#[serde(transparent)]
-struct Bytes<'a>(#[serde(borrow)] &'a [u8]);
-
-impl Serialize for Bytes<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_bytes(self.0)
     }
 }
 

@@ -117,7 +117,7 @@ impl Vm {
                     job.thread.progress.catching_up();
                     job.sent = true;
                 }
-                self.install_channel(channel)?;
+                self.install_channel(*channel)?;
             }
             CloneEvent::Failed(why) => {
                 tracing::warn!("the clone failed: {why}");
