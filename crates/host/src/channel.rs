@@ -262,7 +262,7 @@ impl Channel {
     }
 
     /// Seal `message` and queue it: the queue is written at
-    /// [`Channel::flush`], or at once when it passes [`OUT_BATCH`], so that
+    /// [`Channel::flush`], or at once when it passes 256 KiB, so that
     /// what one turn of the loop sends is one write. On failure the
     /// channel is closed and why is returned.
     pub fn send(&mut self, message: &Message) -> Result<(), (String, ChannelClose)> {
