@@ -36,12 +36,6 @@ const STATUS_FAILED: u32 = 128;
 const INT_VRING: u32 = 1;
 const INT_CONFIG: u32 = 2;
 
-/// The largest MTU a network card may have: its frames, with an
-/// Ethernet header, fit in one UDP datagram of a pair's switch with room
-/// for the datagram's seal (ARCHITECTURE.md, "The pair's network").
-pub const NET_MTU_MAX: u16 = 65280;
-/// The smallest (IPv4's minimum; Linux refuses a card below it).
-pub const NET_MTU_MIN: u16 = 68;
 /// An Ethernet header, before the MTU's bytes.
 const ETHERNET_HEADER: usize = 14;
 /// Most frames, and bytes of them, a network card holds while the guest
@@ -98,7 +92,8 @@ pub enum DeviceKind {
     },
     Entropy,
     /// A network card with this MAC address and MTU (the largest IP
-    /// packet it sends or receives, in [`NET_MTU_MIN`]..=[`NET_MTU_MAX`]).
+    /// packet it sends or receives; ftvm-net's `--net` parsing bounds it
+    /// by what its networks carry).
     Net {
         mac: [u8; 6],
         mtu: u16,
@@ -795,7 +790,13 @@ mod tests {
         assert_eq!(out, vec![IoRequest::Unsupported { id: 0 }]);
     }
 
-    const MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+    /// A network card of Ethernet's MTU.
+    fn card() -> VirtioMmio {
+        VirtioMmio::new(DeviceKind::Net {
+            mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
+            mtu: 1500,
+        })
+    }
 
     /// Make descriptor `index` (one device-writable buffer at `addr`) the
     /// next available chain of queue 0 (set up by `driver`), as the
@@ -822,10 +823,7 @@ mod tests {
     #[test]
     fn a_card_holds_frames_until_the_guest_adds_buffers() {
         let mut h = hart();
-        let mut dev = VirtioMmio::new(DeviceKind::Net {
-            mac: MAC,
-            mtu: 1500,
-        });
+        let mut dev = card();
         assert_eq!(dev.load(0x100 + 8) >> 16, 1500, "the MTU in the config");
         let (first, second) = (RAM + 0x4000, RAM + 0x5000);
         driver(&mut dev, &mut h, &[(first, 2048, DESC_F_WRITE)]);
@@ -874,10 +872,7 @@ mod tests {
     #[test]
     fn the_card_finishes_a_checksum_the_guest_left_partial() {
         let mut h = hart();
-        let mut dev = VirtioMmio::new(DeviceKind::Net {
-            mac: MAC,
-            mtu: 1500,
-        });
+        let mut dev = card();
         let (partial, start, offset) = checksum::tests::partial_ipv4(checksum::TCP, &[9; 300]);
         assert!(!checksum::verified(&partial));
         let mut header = [0u8; NET_HEADER];
@@ -916,10 +911,7 @@ mod tests {
         let at = RAM + 0x4000;
         for (a, b) in [(5, 10), (12, 12), (1, 150), (11, 13), (12, 212), (0, 3)] {
             let mut h = hart();
-            let mut dev = VirtioMmio::new(DeviceKind::Net {
-                mac: MAC,
-                mtu: 1500,
-            });
+            let mut dev = card();
             h.dma_write(at, &bytes).expect("ram");
             let len = bytes.len() as u64;
             let descs: Vec<(u64, u32, u16)> = [(0, a), (a, b), (b, len)]
@@ -948,10 +940,7 @@ mod tests {
     #[test]
     fn a_frame_longer_than_the_mtu_breaks_the_card() {
         let mut h = hart();
-        let mut dev = VirtioMmio::new(DeviceKind::Net {
-            mac: MAC,
-            mtu: 1500,
-        });
+        let mut dev = card();
         let (at_header, at_frame) = (RAM + 0x4000, RAM + 0x5000);
         driver_queue(
             &mut dev,

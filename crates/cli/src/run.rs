@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use ftvm_host::clock::Clock;
-use ftvm_host::io::{Disk, HostIo};
+use ftvm_host::io::{Disk, HostIo, NetCard};
 use ftvm_host::vm::{ConsoleIn, Stdout, VmHost};
 use ftvm_node::{Node, NodeConfig, Status};
 use ftvm_replay::End;
@@ -27,7 +27,13 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         );
     }
     let net = match &args.net {
-        Some(spec) => Some(ftvm_net::open(&ftvm_net::parse_net(spec)?)?),
+        Some(spec) => {
+            let spec = ftvm_net::parse_net(spec)?;
+            Some(NetCard {
+                backend: ftvm_net::open(&spec)?,
+                mtu: spec.mtu,
+            })
+        }
         None => None,
     };
     let io = HostIo {

@@ -48,7 +48,9 @@ impl Role {
 /// added cloning (`CloneStart`, `Pages`, `DiskPages`, `CloneEnd`,
 /// `Protected`); 4: what the messages carry changed, not their form: a
 /// clone's machine state (snapshot version 3, with a balloon's state) and
-/// the log (version 2, with the balloon's target as a control entry).
+/// the log (version 2, with the balloon's target as a control entry); 5:
+/// the same, for snapshot version 5 and log version 4 (a network card's
+/// MTU and the frames it holds).
 pub const CHANNEL_VERSION: u32 = 5;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -117,7 +117,15 @@ const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 /// the entropy source.
 pub struct HostIo {
     pub disk: Option<Disk>,
-    pub net: Option<Box<dyn NetBackend>>,
+    pub net: Option<NetCard>,
+}
+
+/// A network card: the network its frames go to and come from, and the
+/// MTU it tells the guest (the `--net` option's; the network carries
+/// frames of any).
+pub struct NetCard {
+    pub backend: Box<dyn NetBackend>,
+    pub mtu: u16,
 }
 
 impl HostIo {
@@ -127,7 +135,7 @@ impl HostIo {
         if let Some(net) = &self.net {
             kinds.push(DeviceKind::Net {
                 mac: GUEST_MAC,
-                mtu: net.mtu(),
+                mtu: net.mtu,
             });
         }
         kinds.push(DeviceKind::Entropy);
@@ -137,7 +145,8 @@ impl HostIo {
     /// Frames that arrived for the guest.
     pub fn poll_net(&mut self) -> Vec<Input> {
         self.net.as_mut().map_or_else(Vec::new, |net| {
-            net.poll()
+            net.backend
+                .poll()
                 .into_iter()
                 .map(|frame| Input::NetReceive { frame })
                 .collect()
@@ -151,7 +160,7 @@ impl HostIo {
     pub fn announce(&mut self, mac: [u8; 6]) {
         if let Some(net) = self.net.as_mut() {
             tracing::warn!(mac = %ftvm_net::switch::format_mac(&mac), "announcing the VM's address");
-            net.send(&ftvm_net::switch::announcement(mac));
+            net.backend.send(&ftvm_net::switch::announcement(mac));
         }
     }
 
@@ -195,7 +204,7 @@ impl HostIo {
             }
             IoRequest::NetTransmit { frame, .. } => match self.net.as_mut() {
                 Some(net) => {
-                    net.send(frame);
+                    net.backend.send(frame);
                     (IoStatus::Ok, Vec::new())
                 }
                 None => (IoStatus::Error, Vec::new()),

@@ -20,7 +20,7 @@ use crate::clock::Clock;
 use crate::clone::First;
 use crate::console::ConsoleFile;
 use crate::files::HostFiles;
-use crate::io::{Disk, HostIo};
+use crate::io::{Disk, HostIo, NetCard};
 use crate::status::{StatusFile, StatusLine, VmState, write_atomically};
 use crate::vm::{ConsoleIn, Stdout, VmHost};
 
@@ -126,9 +126,13 @@ pub fn open_devices(
     let (net, frames) = match net {
         Some(spec) => {
             let key = ftvm_net::datagram::DatagramKey::from_pair_key(key);
-            let (net, frames) = ftvm_net::attach(spec, Some(key))
+            let (backend, frames) = ftvm_net::attach(spec, Some(key))
                 .map_err(|e| HostError::from(e).context("attaching the VM's network card"))?;
-            (Some(net), Some(frames))
+            let card = NetCard {
+                backend,
+                mtu: spec.mtu,
+            };
+            (Some(card), Some(frames))
         }
         None => (None, None),
     };

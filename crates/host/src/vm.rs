@@ -354,7 +354,8 @@ pub fn run(node: Node, host: VmHost) -> Result<Node, HostError> {
     let disk = io.disk.as_ref().map(|d| (d.path().to_path_buf(), d.len()));
     let polled_net = has_net && frames.is_none();
     if let Some(net) = io.net.as_mut().filter(|_| polled_net) {
-        net.watch_input(poll.registry(), NET_INPUT)
+        net.backend
+            .watch_input(poll.registry(), NET_INPUT)
             .map_err(|e| HostError::io("watching the network's host sockets", e))?;
     }
     if let Some(channel) = &mut channel {

@@ -60,9 +60,6 @@ pub trait NetBackend: Send {
     fn send(&mut self, frame: &[u8]);
     /// Do pending host work; frames for the guest.
     fn poll(&mut self) -> Vec<Vec<u8>>;
-    /// The MTU the guest's card gets on this network (from the
-    /// [`NetSpec`] the backend was opened with).
-    fn mtu(&self) -> u16;
     /// Put the host sockets whose input [`poll`](Self::poll) handles in
     /// the polling loop's epoll (`registry`), reported as `token`, so the
     /// loop can sleep until then rather than answer late. Backends whose
@@ -198,14 +195,11 @@ fn parse_kind(spec: &str) -> Result<NetKind, NetError> {
 
 /// Open the backend a [`NetSpec`] names.
 pub fn open(spec: &NetSpec) -> Result<Box<dyn NetBackend>, NetError> {
-    let mtu = spec.mtu;
     match &spec.kind {
-        NetKind::User(forwards) => Ok(Box::new(UserNet::new(forwards)?.with_mtu(mtu))),
-        NetKind::Switch(addr) => Ok(Box::new(
-            switch::SwitchPort::connect(*addr, None)?.with_mtu(mtu),
-        )),
+        NetKind::User(forwards) => Ok(Box::new(UserNet::new(forwards)?)),
+        NetKind::Switch(addr) => Ok(Box::new(switch::SwitchPort::connect(*addr, None)?)),
         #[cfg(target_os = "linux")]
-        NetKind::Tap(name) => Ok(Box::new(Tap::open(name)?.with_mtu(mtu))),
+        NetKind::Tap(name) => Ok(Box::new(Tap::open(name)?)),
         #[cfg(not(target_os = "linux"))]
         NetKind::Tap(name) => Err(NetError::Tap(
             name.clone(),
@@ -254,7 +248,7 @@ pub fn attach(spec: &NetSpec, key: Option<datagram::DatagramKey>) -> Result<Atta
                 .into(),
         )),
         NetKind::Switch(addr) => {
-            let port = switch::SwitchPort::connect(*addr, key)?.with_mtu(spec.mtu);
+            let port = switch::SwitchPort::connect(*addr, key)?;
             let receiver = port
                 .try_clone()
                 .map_err(|e| NetError::Switch(addr.to_string(), e))?;
@@ -262,7 +256,7 @@ pub fn attach(spec: &NetSpec, key: Option<datagram::DatagramKey>) -> Result<Atta
         }
         #[cfg(target_os = "linux")]
         NetKind::Tap(name) => {
-            let tap = Tap::open(name)?.with_mtu(spec.mtu);
+            let tap = Tap::open(name)?;
             let receiver = tap.receiver().map_err(|e| NetError::Tap(name.clone(), e))?;
             Ok((Box::new(tap), Box::new(receiver)))
         }
@@ -382,7 +376,6 @@ pub struct UserNet {
     next_local_port: u16,
     /// Wakes the polling loop on host input, once asked to.
     readiness: Option<readiness::HostReadiness>,
-    mtu: u16,
 }
 
 impl UserNet {
@@ -415,14 +408,7 @@ impl UserNet {
             listening: HashMap::new(),
             next_local_port: 49152,
             readiness: None,
-            mtu: LINK_MTU,
         })
-    }
-
-    /// The guest's card gets this MTU.
-    pub fn with_mtu(mut self, mtu: u16) -> UserNet {
-        self.mtu = mtu;
-        self
     }
 
     fn now(&self) -> Instant {
@@ -653,10 +639,6 @@ impl NetBackend for UserNet {
         tracing::trace!(len = frame.len(), summary = %summary(frame), "frame from the guest");
         self.listen_for(frame);
         self.frames.to_gateway.push_back(frame.to_vec());
-    }
-
-    fn mtu(&self) -> u16 {
-        self.mtu
     }
 
     fn poll(&mut self) -> Vec<Vec<u8>> {

@@ -514,7 +514,6 @@ pub struct SwitchPort {
     buf: Vec<u8>,
     key: Option<DatagramKey>,
     auth: Option<Auth>,
-    mtu: u16,
 }
 
 impl SwitchPort {
@@ -536,16 +535,9 @@ impl SwitchPort {
             buf: vec![0; FRAME_MAX],
             auth: Auth::new(key.clone()),
             key,
-            mtu: crate::LINK_MTU,
         };
         port.send_datagram(&[]).map_err(fail)?;
         Ok(port)
-    }
-
-    /// The guest's card gets this MTU.
-    pub fn with_mtu(mut self, mtu: u16) -> SwitchPort {
-        self.mtu = mtu;
-        self
     }
 
     /// Send `frame` (empty: "still here"), sealed when there is a key.
@@ -579,7 +571,6 @@ impl SwitchPort {
             buf: vec![0; FRAME_MAX],
             auth: Auth::new(self.key.clone()),
             key: self.key.clone(),
-            mtu: self.mtu,
         })
     }
 
@@ -615,10 +606,6 @@ impl SwitchPort {
 }
 
 impl NetBackend for SwitchPort {
-    fn mtu(&self) -> u16 {
-        self.mtu
-    }
-
     fn send(&mut self, frame: &[u8]) {
         // A lost datagram is a lost frame, which the guest's protocols
         // are built for.

@@ -27,7 +27,6 @@ struct InterfaceRequest {
 pub struct Tap {
     file: File,
     name: String,
-    mtu: u16,
 }
 
 impl Tap {
@@ -70,14 +69,7 @@ impl Tap {
         Ok(Tap {
             file,
             name: name.to_string(),
-            mtu: crate::ETHERNET_MTU,
         })
-    }
-
-    /// The guest's card gets this MTU (the interface's should be as large).
-    pub fn with_mtu(mut self, mtu: u16) -> Tap {
-        self.mtu = mtu;
-        self
     }
 
     /// A second handle on the same interface, for a thread that waits for
@@ -126,10 +118,6 @@ fn read_available(
 }
 
 impl NetBackend for Tap {
-    fn mtu(&self) -> u16 {
-        self.mtu
-    }
-
     fn send(&mut self, frame: &[u8]) {
         // A full queue drops the frame, as a congested link would.
         if let Err(e) = self.file.write(frame) {

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 pub const MAGIC: &[u8; 8] = b"FTVMLOG\0";
 /// 2: the balloon's target (`Input::BalloonTarget`), a control entry.
 /// 3: checkpoint digests hash RAM as a tree of pages (`Machine::digest`).
+/// 4: the machine's configuration gives a network card's MTU.
 pub const VERSION: u32 = 4;
 /// No frame is larger; a corrupt length cannot make the reader allocate
 /// more than this.
