@@ -72,8 +72,12 @@ pub const SHORT_SLICE: u64 = SLICE / 8;
 
 /// The most a backup replays before it looks at its channel again: the
 /// primary's outputs wait for the acknowledgement of entries that arrive
-/// meanwhile.
-pub const REPLAY_SLICE: u64 = SLICE / 32;
+/// meanwhile, and every look costs a turn of the loop (a system call, the
+/// clocks, a re-entry into translated code). A quarter of this replayed
+/// some 10% slower than the primary ran: a busy guest's pair fell to the
+/// backup's pace once it trailed by `--max-lag-ms`. Round trips through
+/// the pair did not change (ARCHITECTURE.md, "The path of an input").
+pub const REPLAY_SLICE: u64 = SLICE / 8;
 
 /// How the pair's disk is used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
