@@ -55,6 +55,22 @@ impl PairPlan {
     }
 }
 
+/// Which VMs a [`Request::StopVm`] may end. The asker decided from the
+/// store's records, which may be 200 ms old, or unreadable (the store
+/// without a quorum); the VM's own agent checks its status file, which is
+/// not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StopOnly {
+    /// Any VM (`ftvm cluster stop`).
+    Any,
+    /// Not a VM that runs the guest now: the backup the asker meant to end
+    /// may have taken over since.
+    Backup,
+    /// Only a backup still waiting for its primary's clone. One that holds
+    /// the clone, whose primary died, may be the VM's only copy.
+    Waiting,
+}
+
 /// What an agent is asked.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
@@ -67,13 +83,12 @@ pub enum Request {
         plan: PairPlan,
     },
     /// End the VM `name` of `pair` (SIGTERM: a primary ends the pair
-    /// cleanly, a backup just ends). With `backup_only`, refused if the VM
-    /// runs the guest now (the records the asker read may be stale: the
-    /// backup it meant to end may have taken over since).
+    /// cleanly, a backup just ends), unless `only` says it is not a VM to
+    /// end.
     StopVm {
         pair: String,
         name: String,
-        backup_only: bool,
+        only: StopOnly,
     },
     /// Move a VM of `pair`, whose guest runs on this host: `backup` true
     /// moves the backup, else the VM that runs the guest (a clone at the
@@ -275,7 +290,7 @@ mod tests {
         Request::StopVm {
             pair: "web".into(),
             name: "vm3".into(),
-            backup_only: true,
+            only: StopOnly::Backup,
         }
     }
 

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use ftvm_cluster::placement::{HostInfo, place};
-use ftvm_cluster::request::{self, PairPlan, Reply, Request, Role};
+use ftvm_cluster::request::{self, PairPlan, Reply, Request, Role, StopOnly};
 use ftvm_cluster::store::{self, VmRecord};
 use ftvm_host::control::{self, Request as VmRequest};
 use ftvm_host::etcd::EtcdClient;
@@ -480,19 +480,12 @@ impl Agent {
                 role,
                 plan,
             } => self.start_vm(&pair, &name, &role, &plan),
-            Request::StopVm {
-                pair,
-                name,
-                backup_only,
-            } => {
+            Request::StopVm { pair, name, only } => {
                 let vm = crate::pair::read_named(&self.pair_dir(&pair), &name)
                     .filter(|vm| vm.running())
                     .ok_or_else(|| anyhow!("{pair}/{name} does not run on {}", self.config.host))?;
-                if backup_only && vm.line.state.runs_the_guest() {
-                    bail!(
-                        "{pair}/{name} runs the guest now ({}): it is not a backup to end",
-                        vm.line.state
-                    );
+                if let Some(why) = refuses_to_stop(only, vm.line.state) {
+                    bail!("{pair}/{name} {why} ({}): not ended", vm.line.state);
                 }
                 terminate(vm.line.pid);
                 Ok(format!("{pair}/{name} (pid {}) told to end", vm.line.pid))
@@ -747,11 +740,11 @@ impl Agent {
             role: Role::Backup { epoch },
             plan,
         };
-        let stop = || {
+        let stop = |only| {
             let stop = Request::StopVm {
                 pair: pair.into(),
                 name: backup.clone(),
-                backup_only: true,
+                only,
             };
             let _ = ask_agent(
                 &target.agent,
@@ -771,36 +764,32 @@ impl Agent {
             Ok(addr) => addr,
             Err(e) => {
                 // It may have started all the same (a late answer).
-                stop();
+                stop(StopOnly::Backup);
                 return Err(e);
             }
         };
         // `ftvm cluster unprotect` may have come while the backup started.
         if !matches!(self.etcd.get(&store::unprotected_key(pair)), Ok(None)) {
-            stop();
+            stop(StopOnly::Backup);
             bail!("{pair} was unprotected meanwhile");
         }
         let result = self.clone_into(pair, &survivor, &backup, &target.name, &addr, epoch);
         // A clone that failed while the survivor runs is ended. One whose
-        // survivor died is left alone once it holds a snapshot (a
-        // `backup`): if it had caught up it is the VM's only copy and takes
-        // over; if not it halts by itself. One still waiting for the
-        // snapshot would wait for ever: it is ended.
+        // survivor died is left alone once it holds the snapshot: if it
+        // had caught up it is the VM's only copy and takes over; if not it
+        // halts by itself. One still waiting for the snapshot would wait
+        // for ever: it is ended. Its own agent tells which from its status
+        // file: the store may say nothing (without a quorum, when the
+        // survivor died with a majority of its members) or be 200 ms old,
+        // and deciding from the store ended the only copy.
         if result.is_err() {
             let survivor_runs =
                 crate::pair::read_named(&dir, &survivor.name).is_some_and(|vm| vm.running());
-            let has_snapshot = || {
-                records(&self.etcd, pair).is_ok_and(|records| {
-                    records.iter().any(|r| {
-                        r.name == backup
-                            && r.host == target.name
-                            && matches!(&*r.state, "backup" | "live")
-                    })
-                })
-            };
-            if survivor_runs || !has_snapshot() {
-                stop();
-            }
+            stop(if survivor_runs {
+                StopOnly::Backup
+            } else {
+                StopOnly::Waiting
+            });
         }
         result.map(|pause_ms| (format!("{backup} on {}", target.name), pause_ms))
     }
@@ -854,10 +843,47 @@ impl Agent {
     }
 }
 
+/// Why a VM in `state` is not one that a `StopVm` limited to `only` ends,
+/// if it is not.
+fn refuses_to_stop(only: StopOnly, state: VmState) -> Option<&'static str> {
+    match only {
+        StopOnly::Any => None,
+        StopOnly::Backup => state
+            .runs_the_guest()
+            .then_some("runs the guest now: it is not a backup to end"),
+        StopOnly::Waiting => (state != VmState::Waiting)
+            .then_some("holds its primary's clone, perhaps the VM's only copy"),
+    }
+}
+
 /// This boot of the host (Linux's random boot id), so that a VM of an
 /// earlier boot is never taken for alive because its pid came back.
 fn boot_id() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .ok()
         .map(|id| id.trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stop_limited_to_some_vms_ends_only_those() {
+        for state in VmState::ALL {
+            assert_eq!(refuses_to_stop(StopOnly::Any, state), None, "{state}");
+            assert_eq!(
+                refuses_to_stop(StopOnly::Backup, state).is_some(),
+                state.runs_the_guest(),
+                "{state}"
+            );
+            // A backup whose primary died while it caught up (`backup`) or
+            // that took over since (`live`, `primary`, `cloning`) is kept.
+            assert_eq!(
+                refuses_to_stop(StopOnly::Waiting, state).is_none(),
+                state == VmState::Waiting,
+                "{state}"
+            );
+        }
+    }
 }

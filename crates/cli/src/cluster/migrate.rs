@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use ftvm_cluster::request::Request;
+use ftvm_cluster::request::{Request, StopOnly};
 use ftvm_cluster::store::VmRecord;
 use ftvm_host::control::{self, Request as VmRequest};
 use ftvm_host::status::VmState;
@@ -140,7 +140,7 @@ fn move_backup(
     let stop = Request::StopVm {
         pair: pair.into(),
         name: old.name.clone(),
-        backup_only: true,
+        only: StopOnly::Backup,
     };
     ask_agent(&old_host.agent, agent.key(), &stop, Duration::from_secs(10))?;
     let dir = agent.pair_dir(pair);

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Subcommand};
 use ftvm_cluster::placement::{HostInfo, place};
-use ftvm_cluster::request::{self, PairPlan, Request, Role};
+use ftvm_cluster::request::{self, PairPlan, Request, Role, StopOnly};
 use ftvm_cluster::store::{self, VmRecord};
 use ftvm_host::etcd::EtcdClient;
 
@@ -534,7 +534,7 @@ fn stop(args: &PairArgs) -> Result<ExitCode> {
     let stop = Request::StopVm {
         pair: args.pair.clone(),
         name: guest.name.clone(),
-        backup_only: false,
+        only: StopOnly::Any,
     };
     ask_agent(&host.agent, &key, &stop, Duration::from_secs(10))?;
     wait_for(Duration::from_secs(30), || {
@@ -559,7 +559,7 @@ fn unprotect(args: &PairArgs) -> Result<ExitCode> {
         let stop = Request::StopVm {
             pair: args.pair.clone(),
             name: backup.name.clone(),
-            backup_only: true,
+            only: StopOnly::Backup,
         };
         ask_agent(&host.agent, &key, &stop, Duration::from_secs(10))?;
     }
