@@ -280,6 +280,36 @@ impl Channel {
         Ok(())
     }
 
+    /// Run `work` while a thread of its own says [`Message::Heartbeat`]
+    /// on this channel at once and every `every` until `work` is done: a
+    /// peer that waits on this side (a primary for its new backup, which
+    /// builds its machine before it can acknowledge anything: over 500 ms
+    /// for a debug build on a loaded host) hears it is alive, and does not
+    /// take it for dead after a short failure timeout. A send that fails
+    /// ends the heartbeats: the run loop meets the closed channel and
+    /// says so.
+    pub fn heartbeat_while<T>(&mut self, every: Duration, work: impl FnOnce() -> T) -> T {
+        use std::sync::mpsc::{self, RecvTimeoutError};
+        std::thread::scope(|scope| {
+            // Dropped when `work` is done (or panics): the heartbeats end
+            // at once.
+            let (done, stopped) = mpsc::channel::<()>();
+            let channel = &mut *self;
+            scope.spawn(move || {
+                while channel
+                    .send(&Message::Heartbeat)
+                    .and_then(|()| channel.flush())
+                    .is_ok()
+                    && stopped.recv_timeout(every) == Err(RecvTimeoutError::Timeout)
+                {
+                }
+            });
+            let value = work();
+            drop(done);
+            value
+        })
+    }
+
     /// Write what [`Channel::send`] queued.
     pub fn flush(&mut self) -> Result<(), (String, ChannelClose)> {
         let Some(stream) = &mut self.stream else {
@@ -465,6 +495,37 @@ mod tests {
         primary.flush().expect("sent");
         assert!(woken(&mut poll, LIMIT), "woken by the next message");
         assert_eq!(messages(&mut backup), vec![Message::Heartbeat]);
+    }
+
+    /// While a backup builds its machine, its primary hears heartbeats,
+    /// again and again; they end with the work.
+    #[test]
+    fn heartbeats_go_out_while_the_work_runs_and_end_with_it() {
+        let every = Duration::from_millis(20);
+        let mut poll = mio::Poll::new().expect("an epoll");
+        let (mut starting, mut waiting) = pair(&poll);
+        let heard = starting.heartbeat_while(every, || {
+            let mut heard = Vec::new();
+            while heard.len() < 3 {
+                assert!(woken(&mut poll, LIMIT), "no heartbeat while the work ran");
+                heard.extend(messages(&mut waiting));
+            }
+            heard
+        });
+        assert!(heard.iter().all(|m| *m == Message::Heartbeat), "{heard:?}");
+        // The heartbeats' thread has ended: what it sent before is all.
+        while woken(&mut poll, 5 * every) {
+            messages(&mut waiting);
+        }
+        std::thread::sleep(5 * every);
+        assert!(
+            messages(&mut waiting).is_empty(),
+            "a heartbeat after the work"
+        );
+        starting.send(&Message::Heartbeat).expect("sent");
+        starting.flush().expect("the channel still works");
+        assert!(woken(&mut poll, LIMIT));
+        assert_eq!(messages(&mut waiting), vec![Message::Heartbeat]);
     }
 
     #[test]

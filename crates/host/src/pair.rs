@@ -321,9 +321,14 @@ pub fn backup(
             Node::backup_from_clone(config, Box::new(HostFiles), *cloned, clock.now())?
         }
         First::Message(message) => {
-            let mut node = Node::backup(config, Box::new(HostFiles), clock.now());
-            node.receive(&message, clock.now());
-            node
+            // Building the machine (the guest's images) takes a while:
+            // the primary's failure detector hears heartbeats meanwhile.
+            let heartbeat = Duration::from_millis(config.detector.heartbeat_ms);
+            channel.heartbeat_while(heartbeat, || {
+                let mut node = Node::backup(config, Box::new(HostFiles), clock.now());
+                node.receive(&message, clock.now());
+                node
+            })
         }
     };
     let host = vm_host(clock, io, frames, Some(channel), options, "backup")?;
