@@ -378,8 +378,9 @@ pub struct UserNet {
     readiness: Option<readiness::HostReadiness>,
     /// Where relays read into, allocated once: the loop polls every turn,
     /// and a fresh zeroed buffer of this size is a fresh mapping, its
-    /// pages faulted in again on every poll (a quarter of an idle VM's
-    /// time, and 0.5 ms of a reply's latency after the guest idled).
+    /// pages faulted in again on every poll (11-13% of the samples of a VM
+    /// answering echoes 20 ms apart; ARCHITECTURE.md, "The pair's
+    /// network").
     scratch: Vec<u8>,
 }
 
